@@ -1,0 +1,118 @@
+"""The job's durable state: ``state.db`` in the run directory (SQLite, WAL, synchronous=FULL).
+
+One SQLite transaction holds everything a resumed run needs, so a checkpoint is atomic and
+durable in one commit (SQLite's own journal gives the temp-file-and-rename guarantee):
+
+- ``meta['checkpoint']``: a small JSON document, the *resume file* proper: input fingerprint,
+  the watermark (byte offset and line number below which every record is finished), the lines
+  finished beyond the watermark, the step state of records still in flight, the counters and
+  totals, and the size of every output file at that instant. Its size is bounded by the
+  window, not by the input.
+- ``seen``: 64-bit hash of each external id -> the first line that used it, to reject
+  duplicates across resumed runs without holding every id in memory.
+- ``resolved``: customers (and other lookups) resolved once per run and kept across runs.
+
+Rows in ``seen`` and ``resolved`` may run ahead of the checkpoint (they are facts, true
+whatever happened later), never behind it: they are committed in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import OutputError
+
+__all__ = ["StateStore", "id_hash"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (h INTEGER PRIMARY KEY, line INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS resolved (ns TEXT NOT NULL, k TEXT NOT NULL, v TEXT NOT NULL,
+                                     PRIMARY KEY (ns, k)) WITHOUT ROWID;
+"""
+
+
+def id_hash(external_id: str) -> int:
+    """Signed 64-bit hash of an external id (SQLite integers are signed).
+
+    A false duplicate needs a 64-bit collision: about 3e-8 for a million ids.
+    """
+    digest = hashlib.blake2b(external_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class StateStore:
+    """Owns ``state.db``. All methods are synchronous and cheap; commit() is the only fsync."""
+
+    def __init__(self, run_dir: Path, *, cache_size: int = 20_000) -> None:
+        self.path = run_dir / "state.db"
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise OutputError(f"cannot open the resume file {self.path}: {exc}") from None
+        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._cache_size = cache_size
+
+    def close(self) -> None:
+        try:
+            self._db.execute("ROLLBACK") if self._db.in_transaction else None
+            self._db.close()
+        except sqlite3.Error:
+            pass
+
+    # --- the checkpoint document ----------------------------------------------------
+    def load(self) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def commit(self, checkpoint: dict[str, Any]) -> None:
+        """Write the checkpoint and every pending row in one durable transaction."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('checkpoint', ?)", (orjson.dumps(checkpoint),)
+            )
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise OutputError(f"cannot write the resume file {self.path}: {exc}") from None
+
+    # --- duplicates -------------------------------------------------------------------
+    def first_line(self, external_id: str, line_no: int) -> int:
+        """Record that ``external_id`` is used on ``line_no``; return the first line that used it."""
+        h = id_hash(external_id)
+        cur = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (h, line_no))
+        if cur.rowcount:
+            return line_no
+        row = self._db.execute("SELECT line FROM seen WHERE h=?", (h,)).fetchone()
+        return int(row[0])
+
+    # --- resolved lookups (customers, items...) ---------------------------------------
+    def get(self, ns: str, key: str) -> str | None:
+        hit = self._cache.get((ns, key))
+        if hit is not None:
+            self._cache.move_to_end((ns, key))
+            return hit
+        row = self._db.execute("SELECT v FROM resolved WHERE ns=? AND k=?", (ns, key)).fetchone()
+        if row is None:
+            return None
+        self._remember(ns, key, row[0])
+        return str(row[0])
+
+    def put(self, ns: str, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO resolved VALUES (?, ?, ?)", (ns, key, value))
+        self._remember(ns, key, value)
+
+    def _remember(self, ns: str, key: str, value: str) -> None:
+        self._cache[(ns, key)] = value
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

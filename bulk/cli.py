@@ -1,0 +1,293 @@
+"""Command line: argparse -> config -> run. The only module that prints.
+
+Exit codes: 0 everything created; 1 finished, but some records were rejected or failed;
+2 usage or configuration error; 3 aborted but resumable; 130 interrupted, resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+
+from .config import Shard, UploadConfig
+from .errors import BulkError, ConfigError, QuotaExhausted
+from .targets import available_targets, get_target
+from .targets.base import Target
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _say(message: str) -> None:
+    print(f"bulk: {message}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        _say(f"error: {message}")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _options(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {pair!r}: write it as KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bulk", description="Fast, exact, resumable bulk invoice uploads.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    targets = available_targets()
+
+    up = sub.add_parser("upload", help="upload an NDJSON file of invoices (resumable)")
+    up.add_argument("input", help="NDJSON file, .gz file, or - for stdin")
+    up.add_argument("--target", default="agiled", choices=targets)
+    up.add_argument("--base-url", help="the API's base URL (default: the target's *_BASE_URL env var, "
+                    "else the embedded sandbox)")
+    up.add_argument("--rate", type=float, help="requests per second for the whole run (default: the API's documented limits)")
+    up.add_argument("--concurrency", type=int, default=64, help="records in flight (default 64)")
+    up.add_argument("--item-concurrency", type=int, default=4, help="line items of one invoice created at once "
+                    "where the API needs one call per item (anny); 1 keeps the source order")
+    up.add_argument("--out", help="run directory (default runs/<input name>); re-run with the same --out to resume")
+    up.add_argument("--dry-run", action="store_true", help="validate and say what would be done; send nothing")
+    up.add_argument("--quiet", action="store_true", help="no progress bar")
+    up.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    up.add_argument("--retries", type=int, default=5, help="retries per request for 5xx/timeouts (default 5)")
+    up.add_argument("--give-up-after", type=float, default=120.0,
+                    help="stop (resumably) when nothing has succeeded for this many seconds (default 120)")
+    up.add_argument("--max-wait", type=float, default=900.0,
+                    help="stop (resumably) when the API asks to wait longer than this (default 900 s)")
+    up.add_argument("--checkpoint-every", type=float, default=1.0, help=argparse.SUPPRESS)
+    up.add_argument("--max-line-bytes", type=int, default=1 << 20, help="longest accepted input line (default 1 MiB)")
+    up.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to a non-loopback host")
+    up.add_argument("--shard", help="K/N: only the records whose id hashes to shard K of N")
+    up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="target setting, e.g. organization=42 (anny), record_map=map.csv (coperniq)")
+
+    va = sub.add_parser("validate", help="check an input file offline; nothing is sent")
+    va.add_argument("input")
+    va.add_argument("--target", choices=targets, help="also apply this target's own rules")
+    va.add_argument("--max-line-bytes", type=int, default=1 << 20)
+    va.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+
+    sb = sub.add_parser("sandbox", help="run an API simulator on loopback")
+    sb.add_argument("--target", default="agiled", choices=[*targets, "all"])
+    sb.add_argument("--host", default="127.0.0.1")
+    sb.add_argument("--port", type=int, default=8080)
+    sb.add_argument("--rate-limit", type=float, help="writes per second per token (429 beyond)")
+    sb.add_argument("--read-rate-limit", type=float)
+    sb.add_argument("--latency", type=float, default=0, help="milliseconds added to every request")
+    sb.add_argument("--fail-rate", type=float, default=0, help="probability of a 500")
+    sb.add_argument("--drop-rate", type=float, default=0, help="probability of dropping the connection unhandled")
+    sb.add_argument("--lose-rate", type=float, default=0, help="probability of losing the answer after a create")
+    sb.add_argument("--seed", type=int)
+    sb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+
+    ge = sub.add_parser("generate", help="write N synthetic valid invoices as NDJSON")
+    ge.add_argument("n", type=int)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--output", "-o", default="-", help="file (default stdout)")
+    return p
+
+
+# --- upload ----------------------------------------------------------------------------------
+def _default_out(input_path: str, shard: Shard | None) -> Path:
+    if input_path == "-":
+        raise ConfigError("reading stdin needs --out: the run directory is how a re-run resumes")
+    name = Path(input_path).name
+    for suffix in (".gz", ".ndjson", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return Path("runs") / (name + (f"-shard{shard.index}of{shard.count}" if shard else ""))
+
+
+def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConfig:
+    shard = Shard.parse(args.shard) if args.shard else None
+    return UploadConfig(
+        input=args.input,
+        out=Path(args.out) if args.out else _default_out(args.input, shard),
+        target=args.target,
+        base_url=base_url,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        item_concurrency=args.item_concurrency,
+        timeout=args.timeout,
+        attempts=args.retries + 1,
+        give_up_after=args.give_up_after,
+        max_wait=args.max_wait,
+        checkpoint_every=args.checkpoint_every,
+        max_line_bytes=args.max_line_bytes,
+        dry_run=args.dry_run,
+        allow_insecure_http=args.allow_insecure_http,
+        shard=shard,
+        options=_options(args.option),
+    )
+
+
+async def _upload(args: argparse.Namespace) -> int:
+    from .pipeline import Run
+    from .progress import make_progress
+    from .sandbox import serve
+    from .sandbox.config import SandboxConfig
+
+    cls = get_target(args.target)
+    base_url = args.base_url or os.environ.get(cls.base_url_env) or None
+    config = _upload_config(args, base_url)
+    if config.dry_run:
+        return await _dry_run(config, cls)
+    if not os.path.exists(config.input) and config.input != "-":
+        raise ConfigError(f"input {config.input!r} does not exist")
+    progress = make_progress(quiet=args.quiet, total_bytes=None, desc=f"bulk {config.target}")
+    try:
+        if config.base_url is not None:
+            target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
+                         options=config.options)
+            result = await Run(config, target, progress=progress).execute()
+        else:
+            creds, token = cls.sandbox_credentials(secrets.token_urlsafe(24))
+            sandbox_config = SandboxConfig(token=token, options=cls.sandbox_options())
+            async with serve(config.target, sandbox_config) as sandbox:
+                _say(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
+                     "(nothing leaves this machine)")
+                target = cls(base_url=sandbox.base_url, credentials=creds, options=config.options)
+                target.default_limits = {}  # the sandbox has no limit unless --rate sets one
+                result = await Run(config, target, progress=progress).execute()
+    finally:
+        if progress is not None:
+            progress.close()
+    _report(config, result.summary)
+    if result.error is not None:
+        _say(f"stopped: {result.error}")
+        if isinstance(result.error, QuotaExhausted):
+            _say(f"resume after {result.error.resume_at} with the same command")
+        else:
+            _say("nothing is lost: run the same command again to resume")
+    elif result.interrupted:
+        _say("interrupted: run the same command again to resume")
+    return result.exit_code
+
+
+def _report(config: UploadConfig, s: dict[str, Any]) -> None:
+    r = s["records"]
+    _say(
+        f"{s['target']}: {r['read']} records: {r['created']} created ({r['existing']} already existed, "
+        f"{r['already_done']} done by earlier runs), {r['rejected']} rejected, {r['failed']} failed, "
+        f"{r['uncertain']} uncertain"
+    )
+    for cur, t in s["totals"].items():
+        _say(f"  {cur}: {t['invoices']} invoices, net {t['net']}, tax {t['tax']}, gross {t['gross']}")
+    if s["mismatches"]["count"]:
+        _say(f"  {s['mismatches']['count']} invoice totals reported by the API differ from the money rule "
+             "(see summary.json)")
+    _say(f"  {s['requests']} requests, {s['retries']} retries, {s['throttled']} throttled; "
+         f"this run {s['this_run']['elapsed_seconds']:.1f} s, {s['this_run']['invoices_per_second']:.1f} invoices/s")
+    bad = r["rejected"] + r["failed"] + r["uncertain"]
+    extra = f"; fix and re-feed {config.out / 'failed.ndjson'}" if bad else ""
+    _say(f"  outputs in {config.out}: id_map.csv, summary.json, failed.ndjson, failed_reasons.csv{extra}")
+
+
+async def _dry_run(config: UploadConfig, cls: type[Target]) -> int:
+    from .plan import make_plan
+
+    target = cls(base_url="", credentials={}, options=config.options)
+    plan = await make_plan(config.input, target=target, max_line_bytes=config.max_line_bytes, run_dir=config.out)
+    for line in plan.lines():
+        print(line)
+    _say(f"dry run: {plan.records} records, {plan.valid} valid, {plan.problem_count} rejected; would skip "
+         f"{plan.done} already done, reconcile {plan.reconcile} possibly sent by an interrupted run, "
+         f"create {plan.create}; nothing was sent")
+    return EXIT_PARTIAL if plan.problem_count else EXIT_OK
+
+
+async def _validate(args: argparse.Namespace) -> int:
+    from .plan import make_plan
+
+    target = None
+    if args.target:
+        target = get_target(args.target)(base_url="", credentials={}, options=_options(args.option))
+    plan = await make_plan(args.input, target=target, max_line_bytes=args.max_line_bytes)
+    for line in plan.lines():
+        print(line)
+    if plan.problem_count > len(plan.problems):
+        print(f"... and {plan.problem_count - len(plan.problems)} more")
+    _say(f"{plan.records} records: {plan.valid} valid, {plan.problem_count} with problems")
+    return EXIT_PARTIAL if plan.problem_count else EXIT_OK
+
+
+# --- sandbox, generate -------------------------------------------------------------------------
+async def _sandbox(args: argparse.Namespace) -> int:
+    from .sandbox import run_forever
+    from .sandbox.config import SandboxConfig
+
+    token = None
+    if args.target != "all":
+        cls = get_target(args.target)
+        values = [os.environ.get(name) for name in cls.credential_env]
+        if all(values):
+            _, token = cls.sandbox_credentials(values[-1] or "")
+            if len(values) > 1:
+                token = ":".join(v or "" for v in values)
+    config = SandboxConfig(
+        token=token, rate_limit=args.rate_limit, read_rate_limit=args.read_rate_limit, latency_ms=args.latency,
+        fail_rate=args.fail_rate, drop_rate=args.drop_rate, lose_rate=args.lose_rate, seed=args.seed,
+        options=_options(args.option),
+    )
+
+    def ready(url: str) -> None:
+        _say(f"{args.target} sandbox listening on {url} (token: {'from the environment' if token else 'any'}); "
+             f"state at {url}/_sandbox/state; Ctrl-C stops it")
+
+    await run_forever(args.target, config, args.host, args.port, ready)
+    return EXIT_OK
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    if args.n < 0:
+        raise ConfigError("N must be >= 0")
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    try:
+        buf = []
+        for line in generate(args.n, seed=args.seed):
+            buf.append(line)
+            if len(buf) >= 4096:
+                out.write(b"".join(buf))
+                buf.clear()
+        out.write(b"".join(buf))
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+        else:
+            out.flush()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        runner = {"upload": _upload, "validate": _validate, "sandbox": _sandbox}[args.command]
+        return anyio.run(runner, args)
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    except BulkError as exc:
+        _say(f"stopped: {exc}")
+        return EXIT_ABORTED
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED

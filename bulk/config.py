@@ -1,0 +1,111 @@
+"""Frozen, keyword-only settings for one upload run, validated on construction.
+
+Per-run objects (the HTTP session, limiters, streams, task groups) are *not* here: they are
+created inside the run and die with it (see ``bulk.pipeline``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["UploadConfig", "Shard", "check_base_url"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """``--shard K/N``: this process handles the records whose stable hash falls in shard K."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        try:
+            k, n = (int(part) for part in text.split("/", 1))
+        except ValueError:
+            raise ConfigError(f"--shard {text!r}: write it as K/N, e.g. 0/4") from None
+        if n < 1 or not 0 <= k < n:
+            raise ConfigError(f"--shard {text!r}: K must be in 0..N-1 and N >= 1")
+        return cls(k, n)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def check_base_url(url: str, *, allow_insecure_http: bool) -> str:
+    """Return ``url`` without a trailing slash; refuse plain http to a non-loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--base-url {url!r}: give a full http(s) URL such as https://api.example.com")
+    if parts.username or parts.password:
+        raise ConfigError("--base-url must not carry credentials: put them in the environment")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"--base-url {url!r} is plain http to a non-loopback host: use https, "
+            "or pass --allow-insecure-http if you really mean it"
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadConfig:
+    """Everything one ``bulk upload`` run needs to know. No secrets live here."""
+
+    input: str  # a path, a .gz path, or "-" for stdin
+    out: Path
+    target: str = "agiled"
+    base_url: str | None = None  # None: the embedded sandbox
+    rate: float | None = None  # requests per second for the whole run; None = the target's default
+    concurrency: int = 64
+    item_concurrency: int = 4
+    timeout: float = 30.0
+    attempts: int = 6  # per request, for 5xx / timeouts / connection errors
+    give_up_after: float = 120.0  # no successful answer for this long: stop, resumable
+    max_wait: float = 900.0  # a Retry-After longer than this stops the run, resumable
+    window: int = 0  # max records between the watermark and the newest started one (0 = auto)
+    checkpoint_every: float = 1.0  # seconds between durable checkpoints
+    max_line_bytes: int = 1 << 20
+    dry_run: bool = False
+    allow_insecure_http: bool = False
+    shard: Shard | None = None
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.concurrency > 4096:
+            raise ConfigError("--concurrency must be between 1 and 4096")
+        if self.item_concurrency < 1:
+            raise ConfigError("--item-concurrency must be at least 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError("--rate must be a positive number of requests per second")
+        if self.timeout <= 0 or self.give_up_after <= 0 or self.max_wait < 0:
+            raise ConfigError("--timeout and --give-up-after must be positive, --max-wait >= 0")
+        if self.attempts < 1:
+            raise ConfigError("--retries must be at least 0")
+        if self.max_line_bytes < 1024:
+            raise ConfigError("--max-line-bytes must be at least 1024")
+        if self.base_url is not None:
+            object.__setattr__(
+                self, "base_url", check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
+            )
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def effective_window(self) -> int:
+        return self.window or max(10_000, 16 * self.concurrency)

@@ -1,0 +1,142 @@
+"""The engine's side of the target contract: sending with retries, single-flight resolution.
+
+:class:`Session` holds what every record of a run shares (transport, pacer, target, counters,
+resolver); :class:`RecordJob` is the per-record handle a target's ``upload`` receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .errors import RetryableError, Throttled
+from .pacing import Backoff, Pacer
+from .transport import Reply, Request, Transport
+
+if TYPE_CHECKING:
+    from .checkpoint import StateStore
+    from .records import Record
+    from .targets.base import Target
+
+__all__ = ["Counters", "Session", "RecordJob"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """HTTP traffic of this run (observable by progress and the summary)."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+
+
+class _Flight:
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: str | None = None
+        self.error: BaseException | None = None
+
+
+class Session:
+    """Per-run shared machinery. Created inside the run; dies with it."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        pacer: Pacer,
+        target: Target,
+        state: StateStore,
+        attempts: int,
+        item_concurrency: int,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.transport = transport
+        self.pacer = pacer
+        self.target = target
+        self.state = state
+        self.attempts = attempts
+        self.item_concurrency = item_concurrency
+        self.backoff = backoff or Backoff()
+        self.counters = Counters()
+        self._flights: dict[tuple[str, str], _Flight] = {}
+
+    async def send(
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
+    ) -> Reply:
+        attempt = 0
+        while True:
+            try:
+                async with self.pacer.slot(req.kind):
+                    self.counters.requests += 1
+                    reply = await self.transport.send(req)
+                result = self.target.classify(reply, stage)
+                self.pacer.ok()
+                return result
+            except Throttled as exc:
+                # 429 does not use up the attempt budget: the pause is shared, the health
+                # check bounds how long we keep being throttled.
+                self.counters.throttled += 1
+                self.pacer.throttled(exc.retry_after)
+            except RetryableError as exc:
+                self.pacer.failed(str(exc))
+                attempt += 1
+                if attempt >= self.attempts:
+                    raise
+                self.counters.retries += 1
+                await anyio.sleep(self.backoff.delay(attempt))
+                if exc.maybe_committed and recover is not None:
+                    found = await recover()
+                    if found is not None:
+                        return found
+
+    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
+        cached = self.state.get(ns, key)
+        if cached is not None:
+            return cached
+        flight = self._flights.get((ns, key))
+        if flight is not None:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.value is not None
+            return flight.value
+        flight = self._flights[(ns, key)] = _Flight()
+        try:
+            flight.value = value = await factory()
+            self.state.put(ns, key, value)
+            return value
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[(ns, key)]
+            flight.done.set()
+
+
+class RecordJob:
+    """The :class:`bulk.targets.Job` for one record."""
+
+    __slots__ = ("record", "progress", "maybe_sent_before", "item_concurrency", "_session")
+
+    def __init__(
+        self, session: Session, record: Record, *, progress: dict[str, Any] | None, maybe_sent_before: bool
+    ) -> None:
+        self._session = session
+        self.record = record
+        self.progress: dict[str, Any] = progress if progress is not None else {}
+        self.maybe_sent_before = maybe_sent_before
+        self.item_concurrency = session.item_concurrency
+
+    async def send(
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
+    ) -> Reply:
+        return await self._session.send(req, stage=stage, recover=recover)
+
+    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
+        return await self._session.resolve(ns, key, factory)

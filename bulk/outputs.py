@@ -1,0 +1,136 @@
+"""The run directory's output files, written so a crash never leaves one corrupt.
+
+- ``id_map.csv``          external id -> the API's invoice id (append + flush)
+- ``failed.ndjson``       every rejected or failed input line, verbatim, ready to fix and re-feed
+- ``failed_reasons.csv``  why: line, external id, kind, stage, field, HTTP status, message
+- ``summary.json``        counts and totals (temp file, fsync, rename)
+
+Appends are buffered and flushed + fsynced at each checkpoint, which records every file's size;
+a resumed run first truncates each file back to the size its checkpoint recorded, so the
+lines of records that were not checkpointed (and will be redone) never appear twice, and a
+torn last line never survives.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import orjson
+
+from .errors import OutputError
+
+__all__ = ["Outputs", "write_atomic", "ID_MAP_HEADER", "REASONS_HEADER"]
+
+ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross"]
+REASONS_HEADER = ["line", "external_id", "kind", "stage", "field", "http_status", "message"]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file, fsync and rename (readers see old or new)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+class Outputs:
+    """Appenders for the three growing files. Only the engine calls these (never a target)."""
+
+    def __init__(self, run_dir: Path, sizes: dict[str, int] | None) -> None:
+        self.dir = run_dir
+        try:
+            self._id_map = self._open_text("id_map.csv", sizes, ID_MAP_HEADER)
+            self._reasons = self._open_text("failed_reasons.csv", sizes, REASONS_HEADER)
+            self._failed: BinaryIO = self._open("failed.ndjson", sizes, binary=True)  # type: ignore[assignment]
+        except OSError as exc:
+            raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}") from None
+        self._id_csv = csv.writer(self._id_map, lineterminator="\n")
+        self._reasons_csv = csv.writer(self._reasons, lineterminator="\n")
+
+    def _open(self, name: str, sizes: dict[str, int] | None, *, binary: bool) -> TextIO | BinaryIO:
+        path = self.dir / name
+        keep = (sizes or {}).get(name, 0)
+        f = open(path, "ab" if binary else "a", **({} if binary else {"encoding": "utf-8", "newline": ""}))
+        if f.tell() != keep:
+            f.truncate(keep)  # drop what the last checkpoint did not cover
+            f.seek(keep)
+        return f
+
+    def _open_text(self, name: str, sizes: dict[str, int] | None, header: list[str]) -> TextIO:
+        f: TextIO = self._open(name, sizes, binary=False)  # type: ignore[assignment]
+        if f.tell() == 0:
+            csv.writer(f, lineterminator="\n").writerow(header)
+        return f
+
+    def created(self, row: list[Any]) -> None:
+        try:
+            self._id_csv.writerow(row)
+        except OSError as exc:
+            raise OutputError(f"cannot append to id_map.csv: {exc.strerror or exc}") from None
+
+    def failed(self, raw: bytes, reason: list[Any]) -> None:
+        try:
+            self._failed.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            self._reasons_csv.writerow(reason)
+        except OSError as exc:
+            raise OutputError(f"cannot append to failed.ndjson: {exc.strerror or exc}") from None
+
+    def failed_copy(self, path: str, start: int, length: int, reason: list[Any]) -> None:
+        """Append bytes ``start .. start+length`` of ``path`` (an overlong line) in chunks."""
+        try:
+            with open(path, "rb") as src:
+                src.seek(start)
+                left = length
+                while left > 0:
+                    chunk = src.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    self._failed.write(chunk)
+                    left -= len(chunk)
+            self._failed.write(b"\n")
+            self._reasons_csv.writerow(reason)
+        except OSError as exc:
+            raise OutputError(f"cannot append to failed.ndjson: {exc.strerror or exc}") from None
+
+    def flush(self) -> dict[str, int]:
+        """Flush Python's buffers and return each file's size (to go into the checkpoint)."""
+        try:
+            for f in (self._id_map, self._reasons, self._failed):
+                f.flush()
+            return {
+                "id_map.csv": self._id_map.tell(),
+                "failed_reasons.csv": self._reasons.tell(),
+                "failed.ndjson": self._failed.tell(),
+            }
+        except OSError as exc:
+            raise OutputError(f"cannot write to the run directory: {exc.strerror or exc}") from None
+
+    def sync(self) -> None:
+        try:
+            for f in (self._id_map, self._reasons, self._failed):
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot sync the run directory: {exc.strerror or exc}") from None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.dir / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+
+    def close(self) -> None:
+        for f in (self._id_map, self._reasons, self._failed):
+            try:
+                f.close()
+            except OSError:
+                pass

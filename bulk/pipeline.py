@@ -1,0 +1,451 @@
+"""The upload engine: producer -> bounded stream -> worker pool, with durable checkpoints.
+
+Structure (one anyio task group per run)::
+
+    producer ──(memory stream, bounded)──> N workers ──> target.upload(record, job)
+        │ parse, validate, dedupe, shard          │ outputs (append) + tally
+        └── watermark tracker <──── done ─────────┘
+    checkpointer: every ``checkpoint_every`` s: flush + fsync outputs, then one SQLite commit
+    signal watcher: SIGINT/SIGTERM -> stop reading, let in-flight finish (grace), exit 130
+
+Exactly-once across kills: a record is *finished* only when its outcome is in the output
+files; the checkpoint stores the watermark (every record before it is finished), the lines
+finished beyond it, and the output sizes at that instant. A resumed run truncates the
+outputs back to those sizes and redoes everything else, which the targets make idempotent
+(idempotency keys, unique numbers/external keys, or a lookup before retrying a create).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio import CancelScope
+
+from .checkpoint import StateStore, id_hash
+from .config import UploadConfig
+from .errors import AbortRun, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
+from .job import RecordJob, Session
+from .outputs import Outputs
+from .pacing import Pacer
+from .progress import ProgressSink
+from .records import Record, parse_record, peek_external_id
+from .source import InputFile, RawLine, fingerprint
+from .tally import Tally
+from .targets.base import Created, Target
+from .transport import Transport
+
+__all__ = ["Run", "RunResult"]
+
+VERSION = 1
+
+
+@dataclass(slots=True)
+class RunResult:
+    exit_code: int
+    summary: dict[str, Any]
+    error: BulkError | None = None
+    interrupted: bool = False
+
+
+class _Entry:
+    __slots__ = ("line", "end", "done")
+
+    def __init__(self, line: int, end: int) -> None:
+        self.line, self.end, self.done = line, end, False
+
+
+class Tracker:
+    """Watermark over out-of-order completion: everything before it is finished."""
+
+    def __init__(self, offset: int, line: int) -> None:
+        self.offset, self.line = offset, line  # next unfinished byte / line number
+        self._pending: deque[_Entry] = deque()
+        self._room = anyio.Event()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, raw: RawLine) -> _Entry:
+        entry = _Entry(raw.line_no, raw.end)
+        self._pending.append(entry)
+        return entry
+
+    def finish(self, entry: _Entry) -> None:
+        entry.done = True
+        pending = self._pending
+        while pending and pending[0].done:
+            head = pending.popleft()
+            self.offset, self.line = head.end, head.line + 1
+        self._room.set()
+
+    async def wait_for_room(self, window: int) -> None:
+        while len(self._pending) >= window:
+            self._room = anyio.Event()
+            await self._room.wait()
+
+    def done_beyond(self) -> list[int]:
+        return [e.line for e in self._pending if e.done]
+
+
+class Run:
+    """One ``bulk upload`` run over a run directory. Use :meth:`execute` once."""
+
+    def __init__(self, config: UploadConfig, target: Target, *, progress: ProgressSink | None = None) -> None:
+        self.config = config
+        self.target = target
+        self.progress = progress
+        self.out = Path(config.out)
+        self.tally = Tally()
+        self.stopping = False
+        self._inflight: dict[int, RecordJob] = {}
+        self._resume_progress: dict[int, dict[str, Any]] = {}
+        self._done_beyond: set[int] = set()
+        self._prev_reserved = 0
+        self._reserved = 0
+        self._traffic0 = {"requests": 0, "retries": 0, "throttled": 0}
+        self._elapsed0 = 0.0
+        self._already_done = 0
+        self._complete = False
+        self._t0 = time.monotonic()
+        self._session: Session | None = None
+        self._work_scope: CancelScope | None = None
+
+    # --- setup -------------------------------------------------------------------------------
+    def _open_job(self) -> tuple[StateStore, Outputs, dict[str, Any] | None]:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the run directory {self.out}: {exc.strerror or exc}") from None
+        free = shutil.disk_usage(self.out).free
+        if free < 16 << 20:
+            raise OutputError(f"only {free >> 20} MiB free in {self.out}: free some space first")
+        self._fingerprint = fingerprint(self.config.input)
+        state = StateStore(self.out)
+        cp = state.load()
+        if cp is not None:
+            self._check_same_job(cp)
+        outputs = Outputs(self.out, cp["outputs"] if cp else None)
+        return state, outputs, cp
+
+    def _check_same_job(self, cp: dict[str, Any]) -> None:
+        c = self.config
+        if cp.get("input") != self._fingerprint:
+            raise ConfigError(
+                f"the run directory {self.out} belongs to a different input (the file changed since "
+                "its first run): use a new --out for the new file, or restore the original input"
+            )
+        if cp.get("target") != c.target:
+            raise ConfigError(f"{self.out} is a {cp.get('target')} job: use --target {cp.get('target')} or a new --out")
+        if cp.get("shard") != (str(c.shard) if c.shard else None):
+            raise ConfigError(f"{self.out} was started with --shard {cp.get('shard')}: use the same shard")
+
+    def _restore(self, cp: dict[str, Any]) -> tuple[int, int]:
+        self.tally = Tally.from_json(cp["tally"])
+        self._already_done = self.tally.read
+        self._done_beyond = set(cp["done_beyond"])
+        self._resume_progress = {int(k): v for k, v in cp["progress"].items()}
+        self._prev_reserved = self._reserved = int(cp["reserved"])
+        self._traffic0 = dict(cp["traffic"])
+        self._elapsed0 = float(cp["elapsed"])
+        offset, line = cp["watermark"]
+        return int(offset), int(line)
+
+    # --- the checkpoint ---------------------------------------------------------------------
+    def _snapshot(self, sizes: dict[str, int]) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "target": self.config.target,
+            "input": self._fingerprint,
+            "shard": str(self.config.shard) if self.config.shard else None,
+            "watermark": [self._tracker.offset, self._tracker.line],
+            "done_beyond": self._tracker.done_beyond(),
+            "progress": {str(k): j.progress for k, j in self._inflight.items() if j.progress},
+            "reserved": self._reserved,
+            "tally": self.tally.to_json(),
+            "traffic": self._traffic(),
+            "elapsed": self._elapsed(),
+            "outputs": sizes,
+            "complete": self._complete,
+        }
+
+    def checkpoint(self) -> None:
+        """Make everything finished so far durable, in this order: outputs, then state."""
+        sizes = self._outputs.flush()
+        doc = self._snapshot(sizes)  # no await between flush and snapshot: they agree
+        self._outputs.sync()
+        self._state.commit(doc)
+        self._outputs.write_summary(self.summary())
+
+    def _traffic(self) -> dict[str, int]:
+        c = self._session.counters if self._session else None
+        return {
+            "requests": self._traffic0["requests"] + (c.requests if c else 0),
+            "retries": self._traffic0["retries"] + (c.retries if c else 0),
+            "throttled": self._traffic0["throttled"] + (c.throttled if c else 0),
+        }
+
+    def _elapsed(self) -> float:
+        return self._elapsed0 + (time.monotonic() - self._t0)
+
+    def summary(self) -> dict[str, Any]:
+        t = self.tally
+        elapsed = self._elapsed()
+        run_elapsed = time.monotonic() - self._t0
+        made_now = t.created - self._created0
+        return {
+            "target": self.config.target,
+            "input": self.config.input,
+            "shard": str(self.config.shard) if self.config.shard else None,
+            "complete": self._complete,
+            "records": {
+                "read": t.read, "created": t.created, "existing": t.existing,
+                "already_done": self._already_done, "rejected": t.rejected,
+                "failed": t.failed, "uncertain": t.uncertain,
+            },
+            "totals": t.totals.to_json(),
+            "mismatches": {"count": t.mismatch_count, "first": t.mismatches},
+            **self._traffic(),
+            "elapsed_seconds": round(elapsed, 3),
+            "invoices_per_second": round(t.created / elapsed, 2) if elapsed > 0 else 0.0,
+            "this_run": {
+                "created": made_now,
+                "elapsed_seconds": round(run_elapsed, 3),
+                "invoices_per_second": round(made_now / run_elapsed, 2) if run_elapsed > 0 else 0.0,
+            },
+        }
+
+    # --- outcomes --------------------------------------------------------------------------
+    def _created(self, record: Record, created: Created) -> None:
+        totals = record.totals()
+        self._outputs.created([
+            record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
+            created.status or record.status, record.currency, totals.net, totals.tax, totals.gross,
+        ])
+        t = self.tally
+        t.read += 1
+        t.created += 1
+        t.existing += created.existed
+        t.totals.add(record.currency, totals)
+        if created.reported_gross is not None and created.reported_gross != totals.gross:
+            t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
+
+    def _failed(self, line_no: int, data: bytes | RawLine, external_id: str | None, kind: str, stage: str,
+                field: str, status: int | str, message: str) -> None:
+        reason = [line_no, external_id or "", kind, stage, field, status, message]
+        if isinstance(data, bytes):
+            self._outputs.failed(data, reason)
+        elif self._input.is_stdin or self.config.input.endswith(".gz"):
+            self._outputs.failed(b"", reason)  # an overlong line we cannot re-read: the reason stays
+        else:
+            # An overlong line: copied from the input, never held in memory whole.
+            self._outputs.failed_copy(self.config.input, data.start, data.length, reason)
+        t = self.tally
+        t.read += 1
+        if kind == "rejected":
+            t.rejected += 1
+        elif kind == "uncertain":
+            t.uncertain += 1
+        else:
+            t.failed += 1
+
+    def _reject(self, raw: RawLine, exc: InvalidRecord, external_id: str | None) -> None:
+        self._failed(raw.line_no, raw.data if raw.data is not None else raw, external_id, "rejected", "parse",
+                     exc.field, "", exc.message)
+
+    # --- the tasks --------------------------------------------------------------------------
+    async def _produce(self, send: Any) -> None:
+        c = self.config
+        max_line = c.max_line_bytes
+        shard = c.shard
+        tracker = self._tracker
+        window = c.effective_window
+        async with send:
+            async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line, max_line_bytes=max_line):
+                if self.stopping:
+                    break
+                entry = tracker.add(raw)
+                if raw.line_no in self._done_beyond or (raw.data is not None and not raw.data.strip()):
+                    tracker.finish(entry)  # finished by an earlier run, or a blank line
+                    continue
+                await tracker.wait_for_room(window)
+                ext_id = None
+                try:
+                    if raw.data is None:
+                        if shard and raw.line_no % shard.count != shard.index:
+                            tracker.finish(entry)
+                            continue
+                        raise InvalidRecord(raw.line_no, "(line)", f"the line is {raw.length} bytes, over the "
+                                            f"{max_line}-byte limit", "split the invoice or raise --max-line-bytes")
+                    try:
+                        record = parse_record(raw.data, raw.line_no)
+                    except InvalidRecord:
+                        if shard and raw.line_no % shard.count != shard.index:
+                            tracker.finish(entry)  # another shard reports it
+                            continue
+                        ext_id = peek_external_id(raw.data)
+                        raise
+                    ext_id = record.external_id
+                    if shard and id_hash(ext_id) % shard.count != shard.index:
+                        tracker.finish(entry)
+                        continue
+                    first = self._state.first_line(ext_id, raw.line_no)
+                    if first != raw.line_no:
+                        raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first} "
+                                            f"({ext_id[:80]!r})", "give each invoice its own external_id; "
+                                            "the first one stands")
+                    self.target.check(record)
+                except InvalidRecord as exc:
+                    self._reject(raw, exc, ext_id)
+                    tracker.finish(entry)
+                    continue
+                if raw.line_no > self._reserved:
+                    # Write ahead: a resumed run must know which records may have been sent.
+                    self._reserved = raw.line_no + window
+                    self.checkpoint()
+                await send.send((entry, record, raw.data))
+
+    async def _work(self, receive: Any) -> None:
+        session = self._session
+        assert session is not None
+        target = self.target
+        async with receive:
+            async for entry, record, data in receive:
+                if self.stopping:
+                    continue  # not started: stays unfinished, the next run does it
+                line = record.line_no
+                job = RecordJob(session, record, progress=self._resume_progress.pop(line, None),
+                                maybe_sent_before=line <= self._prev_reserved)
+                self._inflight[line] = job
+                try:
+                    created = await target.upload(record, job)
+                except RecordError as exc:
+                    status = getattr(exc, "status", "")
+                    field = getattr(exc, "field", "")
+                    self._failed(line, data, record.external_id, exc.kind, exc.stage,
+                                 field, status, getattr(exc, "api_message", exc.message))
+                except RetryableError as exc:
+                    kind = "uncertain" if exc.maybe_committed else "failed"
+                    self._failed(line, data, record.external_id, kind, "request", "",
+                                 exc.status or "", session.transport.redact(str(exc)))
+                else:
+                    self._created(record, created)
+                del self._inflight[line]
+                self._tracker.finish(entry)
+
+    async def _checkpointer(self) -> None:
+        while True:
+            await anyio.sleep(self.config.checkpoint_every)
+            self.checkpoint()
+
+    async def _ticker(self) -> None:
+        assert self.progress is not None
+        while True:
+            self.progress.update(self.tally, self._traffic())
+            await anyio.sleep(0.25)
+
+    async def _watch_signals(self, outer: CancelScope) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    if self.stopping:
+                        break  # second signal: stop now
+                    self.stopping = True
+                    if self.progress:
+                        self.progress.note("interrupted: finishing requests in flight (again to stop now)")
+                    with anyio.move_on_after(10):
+                        async for _ in signals:
+                            break
+                    break
+        except (ValueError, NotImplementedError):
+            await anyio.sleep_forever()  # not the main thread: the caller handles signals
+            return
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    # --- run ---------------------------------------------------------------------------------
+    async def execute(self, *, handle_signals: bool = True) -> RunResult:
+        c = self.config
+        self._state, self._outputs, cp = self._open_job()
+        offset, line = self._restore(cp) if cp else (0, 1)
+        self._created0 = self.tally.created
+        self._tracker = Tracker(offset, line)
+        self._input = InputFile(c.input)
+        error: BulkError | None = None
+        try:
+            limits = {"*": c.rate} if c.rate else dict(self.target.default_limits)
+            pacer = Pacer(limits=limits, concurrency=c.concurrency, give_up_after=c.give_up_after, max_wait=c.max_wait)
+            async with Transport(self.target.base_url, headers=self.target.headers(), timeout=c.timeout,
+                                 connections=c.concurrency, secrets=self.target.secrets()) as transport:
+                self._session = Session(transport=transport, pacer=pacer, target=self.target, state=self._state,
+                                        attempts=c.attempts, item_concurrency=c.item_concurrency)
+                error = await self._run_tasks(handle_signals)
+        finally:
+            self._input.close()
+            if not isinstance(error, OutputError):
+                if error is None and not self.stopping:
+                    self._complete = True
+                try:
+                    self.checkpoint()
+                except OutputError as exc:
+                    error = error or exc
+            self._outputs.close()
+            self._state.close()
+        summary = self.summary()
+        if self.stopping and error is None:
+            return RunResult(130, summary, None, interrupted=True)
+        if error is not None:
+            return RunResult(3 if isinstance(error, AbortRun) else 2, summary, error)
+        t = self.tally
+        return RunResult(1 if (t.rejected or t.failed or t.uncertain) else 0, summary)
+
+    async def _run_tasks(self, handle_signals: bool) -> BulkError | None:
+        c = self.config
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._checkpointer)
+                if self.progress is not None:
+                    outer.start_soon(self._ticker)
+                if handle_signals:
+                    outer.start_soon(self._watch_signals, outer.cancel_scope)
+                with CancelScope() as work_scope:
+                    self._work_scope = work_scope
+                    assert self._session is not None
+                    await self.target.prepare(RecordJob(self._session, None, progress=None,  # type: ignore[arg-type]
+                                                        maybe_sent_before=False))
+                    send, receive = anyio.create_memory_object_stream[tuple[_Entry, Record, bytes]](c.concurrency)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._produce, send)
+                        for _ in range(c.concurrency):
+                            tg.start_soon(self._work, receive.clone())
+                        receive.close()
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            return _first_bulk_error(group)
+        except BulkError as exc:
+            return exc
+        return None
+
+
+def _find_bulk_error(group: BaseExceptionGroup) -> BulkError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BulkError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _find_bulk_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_bulk_error(group: BaseExceptionGroup) -> BulkError:
+    found = _find_bulk_error(group)
+    if found is None:
+        raise group
+    return found

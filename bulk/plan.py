@@ -1,0 +1,82 @@
+"""Offline checks: ``bulk validate`` and ``bulk upload --dry-run``. Nothing is sent.
+
+Reads the input once, reports every problem with its line number and field, and (for a dry
+run over an existing run directory) says what the next run would skip as already done,
+reconcile (possibly sent by an interrupted run) or create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import StateStore, id_hash
+from .errors import InvalidRecord
+from .records import parse_record
+from .source import InputFile
+from .targets.base import Target
+
+__all__ = ["Plan", "make_plan"]
+
+
+@dataclass(slots=True)
+class Plan:
+    records: int = 0
+    valid: int = 0
+    problems: list[InvalidRecord] = field(default_factory=list)
+    problem_count: int = 0
+    done: int = 0  # finished by an earlier run of this job
+    reconcile: int = 0  # may have been sent by an interrupted run: looked up / replayed first
+    create: int = 0
+
+    def lines(self) -> Iterator[str]:
+        yield from (str(p) for p in self.problems)
+
+
+async def make_plan(
+    path: str, *, target: Target | None, max_line_bytes: int, run_dir: Path | None = None, keep: int = 10_000
+) -> Plan:
+    plan = Plan()
+    watermark_line, done_beyond, reserved = 1, set(), 0
+    if run_dir is not None and (run_dir / "state.db").exists():
+        store = StateStore(run_dir)
+        cp = store.load()
+        store.close()
+        if cp:
+            watermark_line = int(cp["watermark"][1])
+            done_beyond = set(cp["done_beyond"])
+            reserved = int(cp["reserved"])
+    seen: dict[int, int] = {}
+    src = InputFile(path)
+    try:
+        async for raw in src.lines(max_line_bytes=max_line_bytes):
+            if raw.data is not None and not raw.data.strip():
+                continue
+            plan.records += 1
+            try:
+                if raw.data is None:
+                    raise InvalidRecord(raw.line_no, "(line)", f"the line is {raw.length} bytes, over the "
+                                        f"{max_line_bytes}-byte limit", "split the invoice or raise --max-line-bytes")
+                record = parse_record(raw.data, raw.line_no)
+                first = seen.setdefault(id_hash(record.external_id), raw.line_no)
+                if first != raw.line_no:
+                    raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first}",
+                                        "give each invoice its own external_id; the first one stands")
+                if target is not None:
+                    target.check(record)
+            except InvalidRecord as exc:
+                plan.problem_count += 1
+                if len(plan.problems) < keep:
+                    plan.problems.append(exc)
+                continue
+            plan.valid += 1
+            if raw.line_no < watermark_line or raw.line_no in done_beyond:
+                plan.done += 1
+            elif raw.line_no <= reserved:
+                plan.reconcile += 1
+            else:
+                plan.create += 1
+    finally:
+        src.close()
+    return plan

@@ -1,0 +1,60 @@
+"""What a job has done so far: record outcomes, money totals and API total mismatches.
+
+Cumulative across every resumed run of the job (it is saved in each checkpoint), so the
+summary of a run directory describes everything done for its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .money import CurrencyTotals
+
+__all__ = ["Tally"]
+
+_MAX_MISMATCHES = 100
+
+
+@dataclass(slots=True)
+class Tally:
+    read: int = 0  # records finished, whatever the outcome
+    created: int = 0  # invoices in the ID map (made now, or found already made)
+    existing: int = 0  # of those, found at the API already (a lost answer, an earlier job)
+    rejected: int = 0  # invalid input (incl. duplicate external ids)
+    failed: int = 0  # refused by the API
+    uncertain: int = 0  # retries exhausted with the outcome unknown: safe to feed back
+    totals: CurrencyTotals = field(default_factory=CurrencyTotals)
+    mismatch_count: int = 0
+    mismatches: list[dict[str, str]] = field(default_factory=list)
+
+    def mismatch(self, external_id: str, currency: str, expected: Decimal, reported: Decimal) -> None:
+        self.mismatch_count += 1
+        if len(self.mismatches) < _MAX_MISMATCHES:
+            self.mismatches.append(
+                {"external_id": external_id, "currency": currency, "expected_gross": str(expected),
+                 "reported_gross": str(reported)}
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "read": self.read, "created": self.created, "existing": self.existing,
+            "rejected": self.rejected, "failed": self.failed, "uncertain": self.uncertain,
+            "totals": self.totals.to_json(),
+            "mismatch_count": self.mismatch_count, "mismatches": list(self.mismatches),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tally:
+        t = cls(**{k: int(data.get(k, 0)) for k in ("read", "created", "existing", "rejected", "failed", "uncertain")})
+        t.totals = CurrencyTotals.from_json(data.get("totals", {}))
+        t.mismatch_count = int(data.get("mismatch_count", 0))
+        t.mismatches = list(data.get("mismatches", []))
+        return t
+
+    def merge(self, other: Tally) -> None:
+        for k in ("read", "created", "existing", "rejected", "failed", "uncertain", "mismatch_count"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.totals.merge(other.totals)
+        self.mismatches = (self.mismatches + other.mismatches)[:_MAX_MISMATCHES]

@@ -1,0 +1,45 @@
+"""Target API adapters, found by name. Third parties add one via the ``bulk.targets`` entry points."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from ..errors import ConfigError
+from .base import Created, Job, Target
+
+__all__ = ["TARGETS", "Created", "Job", "Target", "get_target", "available_targets"]
+
+TARGETS: dict[str, str] = {
+    "agiled": "bulk.targets.agiled:AgiledTarget",
+    "anny": "bulk.targets.anny:AnnyTarget",
+    "chargeover": "bulk.targets.chargeover:ChargeOverTarget",
+    "coperniq": "bulk.targets.coperniq:CoperniqTarget",
+}
+
+
+def available_targets() -> list[str]:
+    names = set(TARGETS)
+    names.update(ep.name for ep in entry_points(group="bulk.targets"))
+    return sorted(names)
+
+
+def get_target(name: str) -> type[Target]:
+    """The adapter class registered as ``name``; a ConfigError lists the available ones."""
+    spec = TARGETS.get(name)
+    if spec is None:
+        for ep in entry_points(group="bulk.targets"):
+            if ep.name == name:
+                cls = ep.load()
+                break
+        else:
+            raise ConfigError(f"unknown target {name!r}; available: {', '.join(available_targets())}")
+    else:
+        module, _, attr = spec.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"target {name!r} is not available in this build ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Target)):
+        raise ConfigError(f"target {name!r} does not implement bulk.targets.Target")
+    return cls

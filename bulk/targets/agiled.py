@@ -1,0 +1,132 @@
+"""Agiled public API (``$AGILED_API_BASE_URL/public/v1``), seed 000 and API-NOTES §1.
+
+Exactly once: every create carries an ``Idempotency-Key`` derived from the external id
+(Agiled: "use an idempotency key based on the external invoice or order ID so retries do not
+create duplicate invoices"), so a retry or a resumed run replays the stored answer instead of
+creating again. The same key with a different body is refused with 409 (the record then fails
+with that message: the invoice was already created from different data).
+
+Agiled does not publish its invoice body; the mapping below is our documented assumption
+(README, "Agiled request body"), kept in :func:`invoice_body` and :func:`contact_body` so it
+is one place to adjust against a real deployment's OpenAPI reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal
+from typing import Any
+
+from ..records import Record
+from ..transport import Request
+from .base import Created, Job, Target
+
+__all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
+
+_SAFE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
+
+def idempotency_key(kind: str, external_id: str) -> str:
+    """``invoice-INV-1001`` for a plain id (readable in Agiled's logs), else a hash of it."""
+    if _SAFE_KEY.fullmatch(external_id):
+        return f"{kind}-{external_id}"
+    return f"{kind}-h{hashlib.sha256(external_id.encode()).hexdigest()[:40]}"
+
+
+def contact_body(record: Record) -> dict[str, Any]:
+    c = record.customer
+    first, _, last = (c.name or "").partition(" ")
+    a = c.address
+    return {
+        "email": c.email,
+        "first_name": first or None,
+        "last_name": last or None,
+        "company": c.company,
+        "locale": c.locale,
+        "external_id": c.external_id,
+        "address": None if a is None else {
+            "line1": a.line1, "line2": a.line2, "city": a.city, "state": a.region,
+            "postal_code": a.postal_code, "country": a.country,
+        },
+    }
+
+
+def invoice_body(record: Record, contact_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "invoice_number": record.external_id,
+        "contact_id": int(contact_id),
+        "currency": record.currency,
+        "issue_date": record.issue_date.isoformat() if record.issue_date else None,
+        "due_date": record.due_date.isoformat() if record.due_date else None,
+        "status": record.status,
+        "tax_inclusive": record.prices == "gross",
+        "notes": record.notes,
+        "items": [
+            {
+                "name": line.title,
+                "description": line.description,
+                "quantity": str(line.quantity),
+                "unit_price": str(line.unit_price),
+                "tax_rate": str(line.tax_rate),
+                "sku": line.item_ref,
+            }
+            for line in record.lines
+        ],
+    }
+    for key, value in record.extra.items():
+        body.setdefault(key, value)  # target-specific pass-through; never overrides the mapping
+    return body
+
+
+class AgiledTarget(Target):
+    name = "agiled"
+    credential_env = ("AGILED_API_TOKEN",)
+    base_url_env = "AGILED_API_BASE_URL"
+    # G-err: per token and action, writes 30/min, reads 60/min.
+    default_limits = {"write": 30 / 60, "read": 60 / 60}
+    auth_hint = "check AGILED_API_TOKEN: it must be valid and have contact and invoice write ability"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials['AGILED_API_TOKEN']}", "Accept": "application/json"}
+
+    async def prepare(self, job: Job) -> None:
+        # G-auth: the smoke test, so a bad token stops the run before any write.
+        await job.send(Request("GET", "/public/v1/me", kind="read"), stage="auth")
+
+    async def upload(self, record: Record, job: Job) -> Created:
+        customer = record.customer
+        contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
+        reply = await job.send(
+            Request(
+                "POST", "/public/v1/invoices", json=invoice_body(record, contact_id),
+                headers={"Idempotency-Key": idempotency_key("invoice", record.external_id)},
+            ),
+            stage="invoice",
+        )
+        data = reply.json()["data"]
+        total = data.get("total")
+        return Created(
+            invoice_id=str(data["id"]),
+            customer_id=contact_id,
+            status=data.get("status"),
+            reported_gross=Decimal(str(total)) if total is not None else None,
+        )
+
+    async def _contact(self, record: Record, job: Job) -> str:
+        """Find the contact by email; create it (idempotently) when there is none."""
+        email = record.customer.email
+        found = await job.send(
+            Request("GET", "/public/v1/contacts", params={"email": email}, kind="read"), stage="customer"
+        )
+        rows = found.json().get("data") or []
+        if rows:
+            return str(rows[0]["id"])
+        made = await job.send(
+            Request(
+                "POST", "/public/v1/contacts", json=contact_body(record),
+                headers={"Idempotency-Key": idempotency_key("contact", record.customer.external_id)},
+            ),
+            stage="customer",
+        )
+        return str(made.json()["data"]["id"])

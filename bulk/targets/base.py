@@ -1,0 +1,148 @@
+"""The contract every target API adapter implements, and the one the engine provides to it.
+
+A target is a small class: it says how to authenticate, what it checks beyond the common input
+rules, and how one record becomes invoices at its API (:meth:`Target.upload`). It never paces,
+retries, checkpoints or writes output: the engine does, through the :class:`Job` handed to
+``upload``. Register a new target in ``bulk.targets.TARGETS`` or through the ``bulk.targets``
+entry-point group.
+
+Exactly-once is the target's responsibility *using the engine's help*:
+
+- ``job.send(req, stage=..., recover=find)``: for a create that is not idempotent at the API,
+  ``find`` is awaited before every resend after an answer that may have been lost (timeout,
+  reset, 5xx). If it finds the object, its Reply is returned instead of creating again.
+- ``job.maybe_sent_before`` is True when an earlier run may have sent this record (it was
+  at or after that run's watermark): look before creating when the API has no idempotency key.
+- ``job.progress`` is a dict persisted at every checkpoint while the record is in flight, so
+  a multi-step workflow resumes at the step it reached (it must still verify, because the
+  last steps may have happened after the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ..errors import AbortRun, AuthError, ConfigError, RecordRefused, ServerError, Throttled
+from ..pacing import parse_retry_after
+from ..transport import Reply, Request
+
+if TYPE_CHECKING:
+    from ..records import Record
+
+__all__ = ["Created", "Job", "Target"]
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What a target reports for one finished record."""
+
+    invoice_id: str
+    customer_id: str | None = None
+    status: str | None = None
+    reported_gross: Decimal | None = None  # the API's invoice total, checked against the money rule
+    existed: bool = False  # found at the API already (lost answer, earlier job), not made now
+
+
+class Job(Protocol):
+    """What the engine offers a target for one record (implemented in ``bulk.job``)."""
+
+    record: Record
+    progress: dict[str, Any]
+    maybe_sent_before: bool
+    item_concurrency: int
+
+    async def send(
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
+    ) -> Reply:
+        """Send with pacing and retries; return a 2xx Reply or raise a `bulk` error."""
+
+    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
+        """Resolve ``key`` once per job (single flight, cached, kept in the resume file)."""
+
+
+class Target(abc.ABC):
+    """Base class of the API adapters. Subclasses set the class attributes and ``upload``."""
+
+    name: ClassVar[str]
+    #: environment variables holding the credentials, in the order the adapter wants them
+    credential_env: ClassVar[tuple[str, ...]]
+    #: environment variable that may hold the base URL (``--base-url`` wins)
+    base_url_env: ClassVar[str]
+    #: documented request rates of the real API, requests per second per kind ("read"/"write")
+    default_limits: ClassVar[Mapping[str, float]] = {}
+    #: what to check when the API answers 401/403
+    auth_hint: ClassVar[str] = "check the API token in the environment"
+
+    def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
+        self.base_url = base_url
+        self.credentials = dict(credentials)
+        self.options = dict(options)
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def credentials_from_env(cls, env: Mapping[str, str]) -> dict[str, str]:
+        missing = [name for name in cls.credential_env if not env.get(name)]
+        if missing:
+            raise ConfigError(f"the {cls.name} target needs {', '.join(missing)} in the environment")
+        return {name: env[name] for name in cls.credential_env}
+
+    @classmethod
+    def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
+        """Credentials for the embedded sandbox, and the token string its dialect accepts."""
+        return {name: secret for name in cls.credential_env}, secret
+
+    @classmethod
+    def sandbox_options(cls) -> dict[str, Any]:
+        """Dialect options for the embedded sandbox (e.g. seeded catalogue)."""
+        return {}
+
+    # --- the adapter's contract ----------------------------------------------------------
+    @abc.abstractmethod
+    def headers(self) -> dict[str, str]:
+        """Headers sent with every request (authentication). Secret: never logged."""
+
+    def secrets(self) -> list[str]:
+        """Every secret string, so the engine can redact it from any message."""
+        return list(self.credentials.values())
+
+    def check(self, record: Record) -> None:
+        """Raise :class:`~bulk.errors.InvalidRecord` for what this API cannot take."""
+
+    async def prepare(self, job: Job) -> None:
+        """Called once per run before any record (e.g. an auth smoke test). Default: nothing."""
+
+    @abc.abstractmethod
+    async def upload(self, record: Record, job: Job) -> Created:
+        """Create ``record`` at the API exactly once and say what was created."""
+
+    def error_message(self, reply: Reply) -> str:
+        """The API's own message from an error answer (override for its error shape)."""
+        data = reply.json()
+        if isinstance(data, dict):
+            for key in ("message", "error", "detail", "title"):
+                if isinstance(data.get(key), str) and data[key]:
+                    return str(data[key])
+        return reply.text() or f"HTTP {reply.status}"
+
+    def classify(self, reply: Reply, stage: str) -> Reply:
+        """Return a 2xx reply; raise the `bulk` error that says what to do with any other."""
+        status = reply.status
+        if 200 <= status < 300:
+            return reply
+        message = self.error_message(reply)
+        if status in (401, 403):
+            raise AuthError(status, message, self.auth_hint)
+        if status == 429:
+            raise Throttled(message, retry_after=parse_retry_after(reply.headers.get("Retry-After")))
+        if status >= 500:
+            raise ServerError(status, message)
+        if 300 <= status < 400:
+            raise AbortRun(
+                f"HTTP {status}: the API redirected to {reply.headers.get('Location', '?')}; "
+                "check --base-url (credentials are never forwarded across redirects)"
+            )
+        raise RecordRefused(status, message, stage=stage)

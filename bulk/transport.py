@@ -1,0 +1,140 @@
+"""The HTTP boundary: one aiohttp session per run; aiohttp and OS errors become `bulk` errors here.
+
+Nothing above this module sees an aiohttp exception. Redirects are not followed: an API that
+answers a write with 3xx is misconfigured (usually a wrong ``--base-url``), and following it
+could carry credentials to another host. Every message that leaves this module passes through
+:meth:`Transport.redact`, so a credential echoed by a server or a library never reaches a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .errors import TransportError
+
+__all__ = ["Request", "Reply", "Transport", "dumps"]
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        # Exact decimal text as a JSON number (no float round trip); 'f' avoids exponents.
+        return orjson.Fragment(format(obj, "f"))
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON-encode a request body; Decimals become exact JSON numbers."""
+    return orjson.dumps(obj, default=_default)
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request a target wants sent. ``kind`` selects the rate limit: read or write."""
+
+    method: str
+    path: str  # appended to the base URL; starts with "/"
+    params: Sequence[tuple[str, str]] | Mapping[str, str] | None = None
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+    kind: str = "write"
+    content_type: str = "application/json"
+    _body: bytes | None = field(default=None, repr=False)
+
+    def body(self) -> bytes | None:
+        """The encoded body, computed once so every retry sends the same bytes."""
+        if self._body is None and self.json is not None:
+            self._body = dumps(self.json)
+        return self._body
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    _data: Any = field(default=None, repr=False)
+
+    def json(self) -> Any:
+        """Parsed body (orjson; floats for JSON numbers). None for an empty or non-JSON body."""
+        if self._data is None and self.content:
+            try:
+                self._data = orjson.loads(self.content)
+            except orjson.JSONDecodeError:
+                self._data = None
+        return self._data
+
+    def text(self, limit: int = 300) -> str:
+        return self.content[:limit].decode("utf-8", "replace")
+
+
+class Transport:
+    """Owns the aiohttp session. Create it inside the run (it is bound to the event loop)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+        connections: int,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        self._connections = connections
+        self._secrets = [s for s in secrets if s]
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Transport:
+        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, timeout=self._timeout, auto_decompress=True
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    async def send(self, req: Request) -> Reply:
+        """Send ``req`` once. Raises :class:`TransportError`; any HTTP status is a Reply."""
+        assert self._session is not None, "use 'async with Transport(...)'"
+        headers = dict(req.headers or {})
+        body = req.body()
+        if body is not None:
+            headers.setdefault("Content-Type", req.content_type)
+        try:
+            async with self._session.request(
+                req.method,
+                self.base_url + req.path,
+                params=req.params,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+            ) as resp:
+                content = await resp.read()
+                return Reply(resp.status, resp.headers, content)
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never established: the request surely did not arrive.
+            raise TransportError(self._describe("cannot connect", exc), maybe_committed=False) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TransportError(self._describe("no answer", exc), maybe_committed=True) from None
+
+    def _describe(self, what: str, exc: BaseException) -> str:
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, asyncio.TimeoutError):
+            detail = "timed out"
+        return self.redact(f"{what} ({type(exc).__name__}: {detail})")
