@@ -6,6 +6,7 @@ resolver); :class:`RecordJob` is the per-record handle a target's ``upload`` rec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,7 @@ class Session:
         self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
     ) -> Reply:
         attempt = 0
+        first_failure: float | None = None
         while True:
             try:
                 async with self.pacer.slot(req.kind):
@@ -86,10 +88,14 @@ class Session:
             except RetryableError as exc:
                 self.pacer.failed(str(exc))
                 attempt += 1
-                if attempt >= self.attempts:
+                if first_failure is None:
+                    first_failure = time.monotonic()
+                # The budget is per record only while the API answers others: during an outage
+                # nothing is marked failed; the health check stops the run (resumably) instead.
+                if attempt >= self.attempts and self.pacer.succeeded_since(first_failure):
                     raise
                 self.counters.retries += 1
-                await anyio.sleep(self.backoff.delay(attempt))
+                await anyio.sleep(self.backoff.delay(min(attempt, self.attempts)))
                 if exc.maybe_committed and recover is not None:
                     found = await recover()
                     if found is not None:

@@ -113,6 +113,10 @@ class Pacer:
     def ok(self) -> None:
         self._last_ok = time.monotonic()
 
+    def succeeded_since(self, moment: float) -> bool:
+        """Has any request succeeded after ``moment`` (a ``time.monotonic()`` value)?"""
+        return self._last_ok > moment
+
     def failed(self, message: str) -> None:
         """Note a retryable failure; stop the run if nothing has succeeded for too long."""
         self.last_error = message

@@ -30,7 +30,7 @@ from anyio import CancelScope
 
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
-from .errors import AbortRun, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
+from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
 from .job import RecordJob, Session
 from .outputs import Outputs
 from .pacing import Pacer
@@ -417,8 +417,12 @@ class Run:
                 with CancelScope() as work_scope:
                     self._work_scope = work_scope
                     assert self._session is not None
-                    await self.target.prepare(RecordJob(self._session, None, progress=None,  # type: ignore[arg-type]
-                                                        maybe_sent_before=False))
+                    try:
+                        await self.target.prepare(RecordJob(self._session, None,  # type: ignore[arg-type]
+                                                            progress=None, maybe_sent_before=False))
+                    except RetryableError as exc:
+                        raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
+                                             "again to resume") from None
                     send, receive = anyio.create_memory_object_stream[tuple[_Entry, Record, bytes]](c.concurrency)
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._produce, send)

@@ -1,0 +1,183 @@
+"""Test harness: a real sandbox server on 127.0.0.1:0 in a background thread, and the CLI in a
+subprocess (the real entry point, real sockets, real signals). No mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bulk.generate import generate
+from bulk.money import CurrencyTotals
+from bulk.records import Record, parse_record
+from bulk.sandbox import serve
+from bulk.sandbox.config import SandboxConfig
+from bulk.targets import get_target
+
+SECRET = "tok-Sup3rS3cret-0123456789abcdef"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def support(target: str) -> ModuleType:
+    """tests/support/<target>.py: how this target's sandbox state maps back to our records."""
+    return importlib.import_module(f"support.{target}")
+
+
+class SandboxServer:
+    """``with SandboxServer("agiled", rate_limit=5) as sb:`` -> sb.base_url, sb.state(), sb.faults()."""
+
+    def __init__(self, target: str, *, secret: str = SECRET, **settings: Any) -> None:
+        cls = get_target(target)
+        self.target = target
+        self.env, token = cls.sandbox_credentials(secret)
+        options = {**cls.sandbox_options(), **settings.pop("options", {})}
+        self.config = SandboxConfig(token=token, options=options, **settings)
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.base_url = ""
+        self._error: BaseException | None = None
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with serve(self.target, self.config) as sb:
+                self.base_url = sb.base_url
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # surfaced by __enter__
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> SandboxServer:
+        self._thread.start()
+        if not self._ready.wait(15) or self._error is not None:
+            raise RuntimeError(f"sandbox did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def state(self) -> dict[str, Any]:
+        return self._call("GET", "/_sandbox/state")
+
+    def faults(self, **changes: Any) -> dict[str, Any]:
+        return self._call("POST", "/_sandbox/faults", changes)
+
+
+def client_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_BASE_URL")}
+    env.update(extra)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def cli(args: Iterable[str], env: dict[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bulk", *args], env=client_env(env), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def start_cli(args: Iterable[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def upload_args(sb: SandboxServer, path: Path, out: Path, *extra: str) -> list[str]:
+    return ["upload", str(path), "--target", sb.target, "--base-url", sb.base_url, "--out", str(out),
+            "--rate", "100000", "--quiet", *support(sb.target).EXTRA_ARGS, *extra]
+
+
+def write_input(path: Path, n: int, seed: int = 7, extra_lines: Iterable[bytes] = ()) -> list[Record]:
+    lines = list(generate(n, seed=seed)) + [line if line.endswith(b"\n") else line + b"\n" for line in extra_lines]
+    path.write_bytes(b"".join(lines))
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            records.append(parse_record(line.rstrip(b"\n"), i))
+        except Exception:
+            pass
+    return records
+
+
+def read_id_map(out: Path) -> list[dict[str, str]]:
+    with open(out / "id_map.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_reasons(out: Path) -> list[dict[str, str]]:
+    with open(out / "failed_reasons.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "summary.json").read_text())
+
+
+def expected_totals(records: Iterable[Record]) -> dict[str, Any]:
+    totals = CurrencyTotals()
+    for r in records:
+        totals.add(r.currency, r.totals())
+    return totals.to_json()
+
+
+def assert_exactly_once(sb: SandboxServer, out: Path, records: list[Record]) -> None:
+    """Every record created once at the API; the ID map equals the server; totals by the money rule."""
+    invoices = support(sb.target).invoices(sb.state())
+    counts = Counter(inv["external_id"] for inv in invoices)
+    dupes = {k: v for k, v in counts.items() if v > 1}
+    assert not dupes, f"duplicates at the API: {dupes}"
+    want = {r.external_id for r in records}
+    assert set(counts) == want, f"missing {sorted(want - set(counts))[:5]} extra {sorted(set(counts) - want)[:5]}"
+    server_ids = {inv["external_id"]: str(inv["id"]) for inv in invoices}
+    rows = read_id_map(out)
+    assert Counter(r["external_id"] for r in rows) == Counter(want), "ID map rows differ from the input"
+    assert {r["external_id"]: r["invoice_id"] for r in rows} == server_ids, "ID map differs from the server"
+    by_id = {r.external_id: r for r in records}
+    for inv in invoices:
+        if inv.get("gross") is not None:
+            assert Decimal(str(inv["gross"])) == by_id[inv["external_id"]].totals().gross, inv
+    assert summary(out)["totals"] == expected_totals(records)
+
+
+def kill_and_resume(args: list[str], env: dict[str, str], *, kills: int, seed: int, lo: float = 0.2,
+                    hi: float = 1.2, final_timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """SIGKILL the CLI at seeded random moments ``kills`` times, then let it finish."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(kills):
+        proc = start_cli(args, env)
+        time.sleep(rng.uniform(lo, hi))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    return cli(args, env, timeout=final_timeout)
