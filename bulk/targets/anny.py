@@ -1,0 +1,510 @@
+"""anny Admin API (``$ANNY_BASE_URL/api/v1``), seed 001 and API-NOTES §2: a multi-step workflow.
+
+One record becomes, every call with ``?o={organization}`` and the Bearer token, writes as
+``application/vnd.api+json`` JSON:API resource documents (the wire contract is written out in
+``bulk/sandbox/anny.py``)::
+
+    GET /customers?filter[email]&include=address -> [POST /customers -> POST /addresses]
+    POST /invoices (draft, number = external id) -> POST /items x n -> [send] -> [set-paid]
+
+Exactly once, without an idempotency key: every create whose answer may be lost is looked up
+before it is sent again, and a resumed record verifies what its resume state says.
+
+- customer: one lookup-or-create per distinct e-mail (``job.resolve``: single flight, cached,
+  kept in the resume file); the e-mail lookup also finds a create whose answer was lost, and
+  an address missing after a crash is added then.
+- invoice: ``number`` = the external id, unique per organization; a 422 on it, or an earlier
+  run that may have sent the record, means: find it with ``filter[number]`` and continue with
+  it, after checking it is ours (currency, price mode, customer); else the record fails.
+- items: matched to lines by (title, subtitle, quantity, tax rate, unit amount) with
+  multiplicity, from a read of the invoice's items (``include=items``) whenever the invoice
+  was not created by this very call. Lines with the same key are created one after another,
+  so a recovering read can tell "mine" from "a twin's" by counting.
+- send / set-paid: the invoice's status says whether they happened.
+
+Item order: anny has no position field; an invoice lists items in creation order. With
+``--item-concurrency 1`` the lines are created one by one in source order (n round trips per
+invoice); with N > 1 up to N lines of an invoice are created at once (about n/N round trips)
+and may land in any order. Totals do not depend on the order.
+
+Set paid: ``PUT /invoices/{id}/set-paid`` with ``{"send_notification": false}``, the form of
+the seed's "Mark as Paid" reference section (it names the body and its meaning); the workflow
+summary's ``POST ...?sendNotification=true`` is a one-line recap. ``--option
+paid_notification=true`` mails the payment confirmation. The sandbox accepts both forms.
+
+Pacing: anny's defaults per organization (100 writes and 400 reads per 60 s; options
+``writes_per_minute``, ``reads_per_minute``) and at most ``identical_per_second`` (4) identical
+requests per second: twin item POSTs are spaced by :class:`IdenticalSpacer` instead of
+meeting a 429 (which pauses every worker).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import anyio
+
+from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused
+from ..records import Line, Record
+from ..transport import Reply, Request
+from .base import Created, Job, Target
+
+__all__ = ["AnnyTarget", "IdenticalSpacer", "item_key", "line_key", "match_items"]
+
+API = "/api/v1"
+JSONAPI = "application/vnd.api+json"
+SANDBOX_ORGANIZATION = "sandbox-org"
+ItemKey = tuple[str, str | None, int, Decimal, Decimal]
+T = TypeVar("T")
+_FOUND = Reply(200, {}, b"")  # what a recover() returns when the lookup found the object
+
+
+class _NumberTaken(RecordRefused):
+    """422 on ``POST /invoices`` naming ``/data/attributes/number``."""
+
+
+def line_key(line: Line) -> ItemKey:
+    return (line.title, line.description, int(line.quantity), line.tax_rate, line.unit_price)
+
+
+def item_key(attrs: Mapping[str, Any], from_net: bool) -> ItemKey:
+    """The key of an item as anny answers it (amounts parsed exactly)."""
+    amount = attrs.get("single_net_amount" if from_net else "single_gross_amount")
+    return (attrs.get("title") or "", attrs.get("subtitle") or None, int(attrs.get("quantity") or 0),
+            _decimal(attrs.get("tax_rate")), _decimal(amount))
+
+
+def match_items(lines: list[ItemKey], items: list[tuple[str, ItemKey]]) -> tuple[dict[int, str], list[str]]:
+    """Assign items to lines with multiplicity, in order: ``({line index: item id}, unmatched ids)``."""
+    pool: dict[ItemKey, deque[str]] = defaultdict(deque)
+    for item_id, key in items:
+        pool[key].append(item_id)
+    done = {i: pool[key].popleft() for i, key in enumerate(lines) if pool.get(key)}
+    return done, [item_id for ids in pool.values() for item_id in ids]
+
+
+def _decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value if value is not None else "NaN"))
+
+
+def _exact(reply: Reply) -> Any:
+    """The answer with every fractional number as a Decimal (orjson would give floats)."""
+    return json.loads(reply.content, parse_float=Decimal)
+
+
+@dataclass(slots=True)
+class _Invoice:
+    id: str
+    number: str
+    status: str
+    currency: str
+    from_net: bool
+    customer_id: str | None
+    total: Decimal | None
+    items: list[tuple[str, ItemKey]]
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], included: list[Any] | None = None) -> _Invoice:
+        a, rels = data.get("attributes") or {}, data.get("relationships") or {}
+        from_net = bool(a.get("calculate_from_net"))
+        ids = [ref.get("id") for ref in ((rels.get("items") or {}).get("data") or [])]
+        by_id = {r.get("id"): r for r in included or [] if r.get("type") == "items"}
+        customer = (rels.get("customer") or {}).get("data") or {}
+        total = a.get("total")
+        return cls(str(data["id"]), str(a.get("number")), str(a.get("status", "")).lower(),
+                   str(a.get("currency")), from_net, customer.get("id"),
+                   None if total is None else _decimal(total),
+                   [(i, item_key(by_id[i].get("attributes") or {}, from_net)) for i in ids if i in by_id])
+
+
+class IdenticalSpacer:
+    """Keeps identical requests (same method, path, query and body) under ``limit`` per second,
+    counted from their *completion*: a request completed before the next one leaves surely
+    arrived before it, so the server never sees ``limit + 1`` within a second."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._done: dict[Hashable, deque[float]] = defaultdict(deque)
+        self._busy: dict[Hashable, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def slot(self, req: Request) -> AsyncIterator[None]:
+        if self.limit <= 0:
+            yield
+            return
+        params = req.params.items() if isinstance(req.params, Mapping) else req.params or ()
+        key = (req.method, req.path, tuple(sorted(params)), req.body())
+        done = self._done[key]
+        while True:
+            now = time.monotonic()
+            while done and done[0] <= now - 1.0:
+                done.popleft()
+            if len(done) + self._busy[key] < self.limit:
+                break
+            await anyio.sleep(done[0] + 1.0 - now + 0.01 if done else 0.02)
+        self._busy[key] += 1
+        try:
+            yield
+        finally:
+            self._busy[key] -= 1
+            done.append(time.monotonic())
+            if not self._busy[key] and len(self._done) > 1000:
+                self._prune()
+
+    def _prune(self) -> None:
+        cut = time.monotonic() - 1.0
+        for key in [k for k, q in self._done.items() if not self._busy[k] and (not q or q[-1] <= cut)]:
+            del self._done[key], self._busy[key]
+
+
+def _customer_attributes(record: Record) -> dict[str, Any]:
+    c = record.customer
+    given, _, family = (c.name or "").partition(" ")
+    return {"email": c.email, "locale": c.locale, "given_name": given or None,
+            "family_name": family or None, "company": c.company}
+
+
+def _address_attributes(record: Record) -> dict[str, Any]:
+    c = record.customer
+    a = c.address
+    assert a is not None
+    return {"name": c.name or c.company, "street_address": a.line1, "address_line_2": a.line2,
+            "zip_code": a.postal_code, "city": a.city, "area": a.region, "country_code": a.country}
+
+
+def _recipient(record: Record) -> str | None:
+    """The free-text address block anny prints (it fills a blank one from the customer on send)."""
+    c, a = record.customer, record.customer.address
+    parts = [c.company, c.name]
+    if a is not None:
+        city = " ".join(p for p in (a.postal_code, a.city) if p)
+        parts += [a.line1, a.line2, city, a.region, a.country]
+    return "\n".join(p for p in parts if p) or None
+
+
+def _invoice_attributes(record: Record) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "number": record.external_id, "currency": record.currency, "recipient": _recipient(record),
+        "calculate_from_net": record.prices == "net", "notes": record.notes,
+        "issued_at": record.issue_date.isoformat() if record.issue_date else None,
+        "due_date": record.due_date.isoformat() if record.due_date else None,
+    }
+    for key in ("vat_number", "invoicing_party"):  # the extras anny has a field for
+        if isinstance(record.extra.get(key), str):
+            attrs[key] = record.extra[key]
+    return attrs
+
+
+def _item_attributes(line: Line, from_net: bool) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"title": line.title, "quantity": int(line.quantity), "tax_rate": line.tax_rate,
+                             "single_net_amount" if from_net else "single_gross_amount": line.unit_price}
+    if line.description:
+        attrs["subtitle"] = line.description
+    return attrs
+
+
+def _resource(kind: str, attributes: dict[str, Any], **relations: tuple[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": kind, "attributes": attributes}
+    if relations:
+        data["relationships"] = {name: {"data": {"type": t, "id": i}} for name, (t, i) in relations.items()}
+    return {"data": data}
+
+
+def _per_minute(options: Mapping[str, Any], name: str, default: float) -> float:
+    try:
+        value = float(options.get(name, default))
+    except (TypeError, ValueError):
+        value = -1
+    if not value > 0:
+        raise ConfigError(f"--option {name}={options.get(name)!r}: give a number of requests per minute > 0")
+    return value / 60
+
+
+class AnnyTarget(Target):
+    name = "anny"
+    credential_env = ("ANNY_API_TOKEN",)
+    base_url_env = "ANNY_BASE_URL"
+    # A-rate: Admin API, per organization, 400 reads and 100 writes per 60 s (adjustable).
+    default_limits = {"write": 100 / 60, "read": 400 / 60}
+    auth_hint = ("check ANNY_API_TOKEN (an Admin API token with customer and invoice abilities) and that "
+                 "it belongs to the organization given by --option organization or ANNY_ORGANIZATION")
+
+    def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
+        super().__init__(base_url=base_url, credentials=credentials, options=options)
+        self.organization = str(options.get("organization") or credentials.get("ANNY_ORGANIZATION") or "")
+        if base_url and not self.organization:
+            raise ConfigError("the anny target needs the organization id: --option organization=ID "
+                              "or ANNY_ORGANIZATION in the environment")
+        # Per instance: an organization's limits may have been raised (A-rate: "adjustable").
+        self.default_limits = {"write": _per_minute(options, "writes_per_minute", 100),  # type: ignore[misc]
+                               "read": _per_minute(options, "reads_per_minute", 400)}
+        try:
+            self.spacer = IdenticalSpacer(int(options.get("identical_per_second", 4)))
+        except ValueError:
+            raise ConfigError("--option identical_per_second: give a whole number (0 = no spacing)") from None
+        self.paid_notification = str(options.get("paid_notification", "false")).lower() in ("true", "1", "yes")
+
+    @classmethod
+    def credentials_from_env(cls, env: Mapping[str, str]) -> dict[str, str]:
+        creds = super().credentials_from_env(env)
+        if env.get("ANNY_ORGANIZATION"):
+            creds["ANNY_ORGANIZATION"] = env["ANNY_ORGANIZATION"]
+        return creds
+
+    @classmethod
+    def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
+        return {"ANNY_API_TOKEN": secret, "ANNY_ORGANIZATION": SANDBOX_ORGANIZATION}, secret
+
+    @classmethod
+    def sandbox_options(cls) -> dict[str, Any]:
+        return {"organization": SANDBOX_ORGANIZATION}
+
+    def secrets(self) -> list[str]:
+        return [self.credentials.get("ANNY_API_TOKEN", "")]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials['ANNY_API_TOKEN']}", "Accept": JSONAPI}
+
+    def error_message(self, reply: Reply) -> str:
+        data = reply.json()
+        errors = data.get("errors") if isinstance(data, dict) else None
+        if not isinstance(errors, list) or not errors:
+            return super().error_message(reply)
+        parts = []
+        for error in errors[:5]:
+            if isinstance(error, dict):
+                source = error.get("source")
+                where = (source.get("pointer") or source.get("parameter")) if isinstance(source, dict) else None
+                text = str(error.get("detail") or error.get("title") or "")
+                parts.append(f"{where}: {text}" if where else text)
+        return "; ".join(parts) or f"HTTP {reply.status}"
+
+    def classify(self, reply: Reply, stage: str) -> Reply:
+        if reply.status == 422 and stage == "invoice" and b'"/data/attributes/number"' in reply.content:
+            raise _NumberTaken(422, self.error_message(reply), stage=stage)
+        return super().classify(reply, stage)
+
+    def check(self, record: Record) -> None:
+        for i, line in enumerate(record.lines):
+            if line.quantity != line.quantity.to_integral_value():
+                raise InvalidRecord(record.line_no, f"lines[{i}].quantity",
+                                    f"is {line.quantity}, but anny takes whole quantities only",
+                                    "use a whole number, or quantity 1 with the line total as unit_price")
+            if line.description is not None and len(line.description) > 185:
+                raise InvalidRecord(record.line_no, f"lines[{i}].description",
+                                    f"is {len(line.description)} characters long, more than the 185 of "
+                                    "an anny item subtitle", "shorten it to at most 185 characters")
+
+    async def prepare(self, job: Job) -> None:
+        if not self.organization:
+            raise ConfigError("the anny target needs the organization id: --option organization=ID")
+        # A read as smoke test: a bad token or organization stops the run before any write.
+        await job.send(self._req("GET", "/invoices", [("page[size]", "1")]), stage="auth")
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _req(self, method: str, path: str, params: Sequence[tuple[str, str]] = (), body: Any = None) -> Request:
+        return Request(method, API + path, params=[("o", self.organization), *params], json=body,
+                       kind="read" if method == "GET" else "write", content_type=JSONAPI)
+
+    async def _send(self, job: Job, req: Request, stage: str,
+                    recover: Callable[[], Awaitable[Reply | None]] | None = None) -> Reply:
+        async with self.spacer.slot(req):
+            return await job.send(req, stage=stage, recover=recover)
+
+    async def _create(self, job: Job, req: Request, stage: str,
+                      find: Callable[[], Awaitable[T | None]]) -> tuple[Reply | None, T | None]:
+        """Send a create; after an answer that may be lost, ``find()`` looks for it first.
+        Returns ``(reply, None)`` when created now, ``(None, found)`` when found."""
+        found: T | None = None
+
+        async def recover() -> Reply | None:
+            nonlocal found
+            found = await find()
+            return _FOUND if found is not None else None
+
+        reply = await self._send(job, req, stage, recover)
+        return (None, found) if reply is _FOUND else (reply, None)
+
+    # --- the workflow ----------------------------------------------------------------------
+
+    async def upload(self, record: Record, job: Job) -> Created:
+        email = record.customer.email
+        customer_id = await job.resolve(f"anny.customer:{self.organization}", email.lower(),
+                                        lambda: self._customer(record, job))
+        p = job.progress
+        invoice: _Invoice | None = None
+        if p.get("invoice"):
+            invoice = await self._get_invoice(job, p["invoice"])
+        if invoice is None and (job.maybe_sent_before or p):
+            invoice = await self._find_invoice(job, record.external_id)
+        existed, fresh = invoice is not None, False
+        if invoice is None:
+            body = _resource("invoices", _invoice_attributes(record), customer=("customers", customer_id))
+            try:
+                reply, invoice = await self._create(job, self._req("POST", "/invoices", body=body), "invoice",
+                                                    lambda: self._find_invoice(job, record.external_id))
+            except _NumberTaken:  # made by an earlier job, or by a run whose answer was lost
+                invoice, reply, existed = await self._find_invoice(job, record.external_id), None, True
+                if invoice is None:
+                    raise
+            if reply is not None:
+                invoice, fresh = _Invoice.parse(_exact(reply)["data"]), True
+        assert invoice is not None
+        if not fresh:
+            self._check_ours(record, customer_id, invoice)
+        p["invoice"] = invoice.id
+        created_items = await self._items(record, job, invoice)
+        wanted = record.status
+        if wanted in ("sent", "paid") and invoice.status == "draft":
+            invoice = await self._act(job, invoice, "send", ("sent", "paid"))
+            p["sent"] = True
+        if wanted == "paid" and invoice.status == "sent":
+            invoice = await self._act(job, invoice, "set-paid", ("paid",))
+            p["paid"] = True
+        elif created_items and wanted == "draft":
+            invoice = await self._get_invoice(job, invoice.id) or invoice  # totals after the items
+        return Created(invoice_id=invoice.id, customer_id=customer_id, status=invoice.status,
+                       reported_gross=invoice.total, existed=existed)
+
+    def _check_ours(self, record: Record, customer_id: str, invoice: _Invoice) -> None:
+        """An invoice found by number must be this record's, never someone else's to change."""
+        differ = [what for what, same in (
+            ("currency", invoice.currency == record.currency),
+            ("calculate_from_net", invoice.from_net == (record.prices == "net")),
+            ("customer", invoice.customer_id in (None, customer_id))) if not same]
+        if differ:
+            raise RecordRefused(422, f"an invoice numbered {record.external_id!r} already exists at anny "
+                                f"({invoice.id}) with another {', '.join(differ)}; it was not changed",
+                                stage="invoice")
+
+    async def _items(self, record: Record, job: Job, invoice: _Invoice) -> bool:
+        """Create the lines anny does not have yet; True if any was created."""
+        keys = [line_key(line) for line in record.lines]
+        done, strangers = match_items(keys, invoice.items)
+        if strangers:
+            raise RecordError(f"invoice {record.external_id!r} at anny ({invoice.id}) has {len(strangers)} "
+                              "item(s) that match no line of this record; it was not changed", stage="item")
+        missing = [i for i in range(len(keys)) if i not in done]
+        job.progress["items"] = sorted(done)
+        if missing and invoice.status != "draft":
+            raise RecordError(f"invoice {record.external_id!r} at anny is {invoice.status} with "
+                              f"{len(done)} of {len(keys)} items; items can only be added to a draft",
+                              stage="item")
+        claimed = set(done.values())
+
+        async def one(i: int) -> None:
+            req = self._req("POST", "/items", [("calculate_from_net", "true" if invoice.from_net else "false")],
+                            _resource("items", _item_attributes(record.lines[i], invoice.from_net),
+                                      document=("invoices", invoice.id)))
+
+            async def find() -> str | None:  # twins are never in flight together: counting is exact
+                now = await self._get_invoice(job, invoice.id)
+                return next((item_id for item_id, key in (now.items if now else ())
+                             if key == keys[i] and item_id not in claimed), None)
+
+            reply, item_id = await self._create(job, req, "item", find)
+            item_id = str(_exact(reply)["data"]["id"]) if reply is not None else item_id
+            assert item_id is not None
+            claimed.add(item_id)
+            job.progress["items"].append(i)
+
+        if job.item_concurrency <= 1:
+            for i in missing:
+                await one(i)
+            return bool(missing)
+        twins: dict[ItemKey, list[int]] = defaultdict(list)
+        for i in missing:
+            twins[keys[i]].append(i)
+        limiter, errors = anyio.CapacityLimiter(job.item_concurrency), list[BulkError]()
+
+        async def chain(indexes: list[int]) -> None:
+            try:
+                for i in indexes:
+                    async with limiter:
+                        await one(i)
+            except BulkError as exc:
+                errors.append(exc)
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for indexes in twins.values():
+                tg.start_soon(chain, indexes)
+        if errors:  # a run-stopping error wins over a record error
+            raise next((e for e in errors if isinstance(e, AbortRun)), errors[0])
+        return True
+
+    async def _act(self, job: Job, invoice: _Invoice, action: str, after: tuple[str, ...]) -> _Invoice:
+        """``send`` or ``set-paid``; after a lost answer the invoice's status says if it happened."""
+        if action == "send":
+            req = self._req("POST", f"/invoices/{invoice.id}/send")
+        else:
+            req = self._req("PUT", f"/invoices/{invoice.id}/set-paid",
+                            body={"send_notification": self.paid_notification})
+
+        async def find() -> _Invoice | None:
+            now = await self._get_invoice(job, invoice.id)
+            return now if now is not None and now.status in after else None
+
+        reply, found = await self._create(job, req, action, find)
+        return _Invoice.parse(_exact(reply)["data"]) if reply is not None else found  # type: ignore[return-value]
+
+    # --- lookups -------------------------------------------------------------------------
+
+    async def _get_invoice(self, job: Job, invoice_id: str) -> _Invoice | None:
+        try:
+            reply = await self._send(job, self._req("GET", f"/invoices/{invoice_id}", [("include", "items")]),
+                                     "invoice")
+        except RecordRefused as exc:
+            if exc.status == 404:
+                return None
+            raise
+        doc = _exact(reply)
+        return _Invoice.parse(doc["data"], doc.get("included"))
+
+    async def _find_invoice(self, job: Job, number: str) -> _Invoice | None:
+        reply = await self._send(job, self._req("GET", "/invoices", [("filter[number]", number),
+                                                                     ("include", "items")]), "invoice")
+        doc = _exact(reply)
+        for row in doc.get("data") or []:
+            if (row.get("attributes") or {}).get("number") == number:
+                return _Invoice.parse(row, doc.get("included"))
+        return None
+
+    async def _find_customer(self, job: Job, email: str) -> tuple[str, bool] | None:
+        """``(customer id, has an address)`` of the first customer with this e-mail."""
+        reply = await self._send(job, self._req("GET", "/customers", [("filter[email]", email),
+                                                                      ("include", "address")]), "customer")
+        for row in (reply.json() or {}).get("data") or []:
+            if str((row.get("attributes") or {}).get("email", "")).lower() == email.lower():
+                address = ((row.get("relationships") or {}).get("address") or {}).get("data")
+                return str(row["id"]), bool(address)
+        return None
+
+    async def _customer(self, record: Record, job: Job) -> str:
+        """Find the customer by e-mail, else create it; then its address if it has none."""
+        email = record.customer.email
+        found = await self._find_customer(job, email)
+        if found is None:
+            body = _resource("customers", _customer_attributes(record))
+            reply, found = await self._create(job, self._req("POST", "/customers", body=body), "customer",
+                                              lambda: self._find_customer(job, email))
+            if reply is not None:
+                found = (str(reply.json()["data"]["id"]), False)
+        assert found is not None
+        customer_id, has_address = found
+        if record.customer.address is not None and not has_address:
+            async def address_made() -> bool | None:
+                again = await self._find_customer(job, email)
+                return True if again is not None and again[1] else None
+
+            body = _resource("addresses", _address_attributes(record), addressable=("customers", customer_id))
+            await self._create(job, self._req("POST", "/addresses", body=body), "address", address_made)
+        return customer_id
