@@ -1,0 +1,329 @@
+"""ChargeOver sandbox dialect, and the wire contract ``bulk`` assumes for ChargeOver's REST API v3.
+
+Sources: seed 002 and API-NOTES.md section 3 (O-rest, O-http, O-ext, O-get, O-bulk, the PHP
+SDK). What ChargeOver does not publish is marked *assumed*; the client in
+``bulk.targets.chargeover`` is written against this text, not against this code.
+
+General
+    Base ``{base_url}/api/v3``. HTTP Basic auth: username = public key, password = private key
+    (the sandbox's token is ``"<public>:<private>"``). JSON in and out. Every answer is the
+    envelope ``{"code", "status": "OK"|"Error", "message", "details": {}, "response"}``.
+    Amounts in answers are JSON numbers (O-get); in requests, JSON numbers or decimal strings,
+    read exactly (never through float), at most 12 digits before and 10 after the point (assumed).
+Errors (``response: false``; one message naming the field, wording ours)
+    400 validation, malformed JSON, a taken external key: ``The external key "K" is already
+    in use.`` (ChargeOver's code and wording for that are not public: assumed 400).
+    Unknown fields are refused with 400 (assumed: the real API may ignore them).
+    401 ``Invalid or incorrect authorization [Missing (basic) authorization header.]`` (O-http)
+    or ``[...credentials...]``; 403 read-only credential on a write (sandbox only);
+    404 unknown object or path; 405; 429 over the rate limit (O-http; ChargeOver documents no
+    numbers and no ``Retry-After``: the sandbox sends none unless option ``retry_after`` is
+    true, an assumption); 500 ``Internal server error.``.
+Objects (``GET /api/v3/{customer|item|currency|invoice}/{ref}`` -> 200 | 404, ``ref`` = the
+    numeric id or ``external_key:<key>``, percent-encoded; lists with ``where=field:OP:value``
+    (EQUALS, NOTEQUALS, CONTAINS; ``\\,`` escapes a comma), ``limit`` (default 10, max 500),
+    ``offset`` -> ``response: [objects]``; an invoice list omits line items)
+    customer ``customer_id`` + fields as created; item ``item_id, name, external_key``;
+    currency ``currency_id, currency_iso4217``; invoice ``invoice_id, external_key,
+    customer_id, date, currency_id, currency_iso4217, refnumber, memo, bill_*, ship_*,
+    custom_*, line_items[{line_item_id, item_id, item_external_key, descrip, line_rate,
+    line_quantity, line_subtotal, ...}], subtotal, taxes, total, balance,
+    invoice_status_str: "open-unpaid", write_datetime``.
+``POST /api/v3/customer`` ``company`` (required) and the documented customer fields;
+    ``external_key`` unique -> 201 ``{"id": N}`` + ``Location``.
+``POST /api/v3/invoice`` exactly one of ``customer_id | customer_token |
+    customer_external_key`` (an existing customer); ``external_key`` unique, never reusable;
+    ``date`` YYYY-MM-DD (default today); ``currency_id`` (default: the account's first
+    currency); ``refnumber, memo, bill_*, ship_*, class_id, terms_id, admin_id, paycycle,
+    custom_1..20``; ``line_items`` at least one, each ``item_id`` (an existing item, required),
+    ``line_rate`` (required), ``line_quantity`` (> 0, default 1), ``descrip`` (default the item
+    name), ``paycycle``, ``custom_1..10``, ``tags`` -> 201 ``{"id": N}`` + ``Location``.
+    Totals (rounding is not documented; assumed): line_subtotal = round(rate x quantity) half
+    up to the currency's minor unit; subtotal = sum; taxes = round(subtotal x tax_percent / 100)
+    from the account's tax setting (option ``tax_percent``, default 0: no tax configured);
+    total = subtotal + taxes.
+``POST /api/v3/_bulk`` (O-bulk) a list of at most 25 ``{request_method: GET|POST|PUT, uri:
+    "/api/v3/...", payload}``, handled in order -> 200 ``response: {"_bulk": [{code, status,
+    message, response}, ...]}`` (the ``_bulk`` key as the SDK's example reads it), one per
+    sub-request. One ``_bulk`` call is one request for the rate limit and the faults.
+
+Sandbox options: ``items`` (comma-separated external keys; default SKU-001..SKU-050 and
+ADJUSTMENT), ``currencies`` (ISO codes, the first is the account default; default USD EUR GBP
+CHF JPY KWD CAD AUD), ``tax_percent`` (default 0), ``retry_after`` (default false),
+``bulk_item_fail_rate`` (probability that a ``_bulk`` sub-request answers 500 unhandled),
+``bulk`` (false: ``/_bulk`` answers 404, like an account without it).
+State (``GET /_sandbox/state``): ``customers, items, currencies, invoices`` (amounts as strings).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Context, Decimal
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import orjson
+from aiohttp import web
+
+from bulk.sandbox.chargeover_rules import (
+    FILTERS,
+    Answer,
+    Invalid,
+    envelope,
+    error,
+    matches,
+    parse_where,
+    validate_customer,
+    validate_invoice,
+    words,
+)
+from bulk.sandbox.config import SandboxConfig, SandboxConfigError
+from bulk.sandbox.core import WRITE_METHODS, Dialect, Problem
+from bulk.sandbox.money import line_totals, round_money
+from bulk.sandbox.wire import plain
+
+__all__ = ["ChargeOverSandbox", "create_app"]
+
+PREFIX = "/api/v3"
+MAX_BULK = 25
+DEFAULT_ITEMS = (*(f"SKU-{k:03d}" for k in range(1, 51)), "ADJUSTMENT")
+DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "CHF", "JPY", "KWD", "CAD", "AUD")
+_MISSING_AUTH = "Invalid or incorrect authorization [Missing (basic) authorization header.]"
+_BAD_AUTH = "Invalid or incorrect authorization [The supplied credentials are not valid.]"
+_CTX = Context(prec=60)
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    dialect = ChargeOverSandbox(config)
+    app = dialect.create_app()
+    app.on_response_prepare.append(dialect.strip_retry_after)
+    return app
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(plain(value))  # amounts are JSON numbers on the wire (O-get)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+class ChargeOverSandbox(Dialect):
+    name = "chargeover"
+    problems: ClassVar[Mapping[Problem, tuple[int, Any]]] = {
+        Problem.UNAUTHORIZED: (401, envelope(401, False, _MISSING_AUTH)),
+        Problem.FORBIDDEN: (403, envelope(403, False, "This API user may not write.")),
+        Problem.NOT_FOUND: (404, envelope(404, False, "Not found.")),
+        Problem.METHOD_NOT_ALLOWED: (405, envelope(405, False, "Method not allowed.")),
+        Problem.MALFORMED_JSON: (400, envelope(400, False, "Malformed JSON in the request body.")),
+        Problem.THROTTLED: (429, envelope(429, False, "Too many requests: over the REST API rate limit.")),
+        Problem.SERVER_ERROR: (500, envelope(500, False, "Internal server error.")),
+        # ChargeOver has no idempotency header; the dialect never uses the key store.
+        Problem.IDEMPOTENCY_MISMATCH: (400, envelope(400, False, "Missing or invalid parameter.")),
+        Problem.IDEMPOTENCY_IN_FLIGHT: (400, envelope(400, False, "Missing or invalid parameter.")),
+        Problem.INVALID_IDEMPOTENCY_KEY: (400, envelope(400, False, "Missing or invalid parameter.")),
+    }
+
+    def __init__(self, config: SandboxConfig) -> None:
+        super().__init__(config)
+        options = config.options
+        self.item_keys = words(options.get("items"), DEFAULT_ITEMS)
+        self.currency_codes = words(options.get("currencies"), DEFAULT_CURRENCIES)
+        try:
+            self.tax_percent = Decimal(str(options.get("tax_percent", "0")))
+            self.bulk_item_fail_rate = float(options.get("bulk_item_fail_rate", 0))
+            if not (self.tax_percent.is_finite() and 0 <= self.bulk_item_fail_rate <= 1):
+                raise ValueError
+        except (ArithmeticError, ValueError):
+            raise SandboxConfigError("chargeover options: tax_percent must be a decimal number and "
+                                     "bulk_item_fail_rate a probability") from None
+        self.retry_after = str(options.get("retry_after", "false")).lower() in ("1", "true", "yes")
+        self.bulk_enabled = str(options.get("bulk", "true")).lower() not in ("0", "false", "no")
+        self.clear()
+
+    # --- framework hooks ---------------------------------------------------------------
+
+    def clear(self) -> None:
+        self.store: dict[str, dict[int, dict[str, Any]]] = {
+            "customer": {}, "item": {}, "currency": {}, "invoice": {}}
+        self.keys: dict[str, dict[str, int]] = {name: {} for name in self.store}
+        self.next_id = {"customer": 1, "item": 101, "currency": 1, "invoice": 10_001}
+        self.line_ids = 0
+        for key in self.item_keys:
+            self._add("item", {"name": f"Item {key}", "external_key": key, "type": "service"})
+        for code in self.currency_codes:
+            self._add("currency", {"currency_iso4217": code})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name + "s" if name != "currency" else "currencies": list(objects.values())
+                for name, objects in self.store.items()}
+
+    def credential(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if header[:6].lower() != "basic ":
+            return None
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded if ":" in decoded else None
+
+    def problem(self, kind: Problem, request: web.Request) -> web.Response:
+        if kind is Problem.UNAUTHORIZED and self.credential(request) is not None:
+            return self._response((401, envelope(401, False, _BAD_AUTH), None))
+        return super().problem(kind, request)
+
+    async def strip_retry_after(self, request: web.Request, response: web.StreamResponse) -> None:
+        """ChargeOver documents no Retry-After (API-NOTES §3): the framework's header on a 429 is
+        removed, unless option ``retry_after`` or an explicit ``retry_after_override`` asks for it."""
+        if (response.status == 429 and not self.retry_after
+                and self.faults.settings.retry_after_override is None):
+            response.headers.popall("Retry-After", None)
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("*", PREFIX + "/{tail:.*}", self.handle)
+
+    # --- HTTP --------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request) if request.method in WRITE_METHODS and request.can_read_body else None
+        raw = request.raw_path.split("?", 1)[0]  # still percent-encoded: an escaped "/" stays in its key
+        segments = [unquote(s) for s in raw[raw.index(PREFIX + "/") + len(PREFIX) + 1:].split("/")]
+        if segments == ["_bulk"] and self.bulk_enabled:
+            if request.method != "POST":
+                return self._response(error(405, "Method not allowed."))
+            return self._response(self.bulk(body))
+        answer = self.dispatch(request.method, segments, dict(request.query), body)
+        return self._response(answer, f"{request.scheme}://{request.host}")
+
+    def _response(self, answer: Answer, origin: str = "") -> web.Response:
+        status, body, location = answer
+        response = web.Response(body=orjson.dumps(body, default=_number), status=status,
+                                content_type=self.content_type)
+        if location is not None:
+            response.headers["Location"] = origin + location
+        return response
+
+    # --- the API, as plain calls (also what _bulk runs) ---------------------------------
+
+    def bulk(self, body: Any) -> Answer:
+        if not isinstance(body, list) or not all(isinstance(sub, dict) for sub in body):
+            return error(400, "A bulk request is a JSON list of {request_method, uri, payload} objects.")
+        if len(body) > MAX_BULK:
+            return error(400, f"A bulk request may hold at most {MAX_BULK} requests (got {len(body)}).")
+        results = []
+        for sub in body:
+            method, uri = sub.get("request_method"), sub.get("uri")
+            if self.faults.hit(self.bulk_item_fail_rate):
+                sub_answer = error(500, "Internal server error.")[1]
+            elif method not in ("GET", "POST", "PUT") or not isinstance(uri, str):
+                sub_answer = error(400, "request_method must be GET, POST or PUT and uri a string.")[1]
+            else:
+                split = urlsplit(uri)
+                parts = split.path.split("/")
+                if parts[:3] != ["", "api", "v3"] or parts[3:] == ["_bulk"]:
+                    sub_answer = error(400, f"uri {uri!r} is not an API v3 resource.")[1]
+                else:
+                    sub_answer = self.dispatch(method, [unquote(p) for p in parts[3:]],
+                                               dict(parse_qsl(split.query)), sub.get("payload"))[1]
+            results.append({k: sub_answer[k] for k in ("code", "status", "message", "response")})
+        return 200, envelope(200, {"_bulk": results}), None
+
+    def dispatch(self, method: str, segments: list[str], query: Mapping[str, str], body: Any) -> Answer:
+        if not segments or segments[0] not in self.store or len(segments) > 2:
+            return error(404, "Not found.")
+        resource = segments[0]
+        if method == "GET":
+            if len(segments) == 2:
+                obj = self._find(resource, segments[1])
+                return (200, envelope(200, obj), None) if obj else error(404, f"No such {resource}.")
+            return self._list(resource, query)
+        if method == "POST" and len(segments) == 1 and resource in ("customer", "invoice"):
+            try:
+                return self._create_customer(body) if resource == "customer" else self._create_invoice(body)
+            except Invalid as exc:
+                return error(400, exc.message)
+        return error(405, "Method not allowed.")
+
+    def _find(self, resource: str, ref: str) -> dict[str, Any] | None:
+        if ref.startswith("external_key:"):
+            found = self.keys[resource].get(ref[len("external_key:"):])
+        else:
+            found = int(ref) if ref.isascii() and ref.isdigit() and len(ref) < 19 else None
+        return self.store[resource].get(found) if found is not None else None
+
+    def _list(self, resource: str, query: Mapping[str, str]) -> Answer:
+        try:
+            where = parse_where(query.get("where"), FILTERS[resource])
+            limit = min(500, max(1, int(query.get("limit", "10"))))
+            offset = max(0, int(query.get("offset", "0")))
+        except Invalid as exc:
+            return error(400, exc.message)
+        except ValueError:
+            return error(400, "limit and offset must be integers.")
+        found = [obj for obj in self.store[resource].values() if matches(obj, where)]
+        page = found[offset:offset + limit]
+        if resource == "invoice":
+            page = [{k: v for k, v in obj.items() if k != "line_items"} for obj in page]
+        return 200, envelope(200, page), None
+
+    def _add(self, resource: str, fields: dict[str, Any]) -> dict[str, Any]:
+        new_id = self.next_id[resource]
+        self.next_id[resource] = new_id + 1
+        obj = {f"{resource}_id": new_id, **fields}
+        self.store[resource][new_id] = obj
+        if fields.get("external_key") is not None:
+            self.keys[resource][fields["external_key"]] = new_id
+        return obj
+
+    def _taken(self, resource: str, key: str | None) -> None:
+        if key is not None and key in self.keys[resource]:
+            raise Invalid(f'The external key "{key}" is already in use.')
+
+    def _create_customer(self, body: Any) -> Answer:
+        fields = validate_customer(body)
+        self._taken("customer", fields["external_key"])
+        obj = self._add("customer", {**fields, "write_datetime": _now()})
+        return 201, envelope(201, {"id": obj["customer_id"]}), f"{PREFIX}/customer/{obj['customer_id']}"
+
+    def _customer_ref(self, field: str, value: Any) -> int | None:
+        if field == "customer_id":
+            return value if type(value) is int and value in self.store["customer"] else None
+        if field == "customer_external_key" and isinstance(value, str):
+            return self.keys["customer"].get(value)
+        if field == "customer_token" and isinstance(value, str):
+            return next((i for i, c in self.store["customer"].items() if c.get("token") == value), None)
+        return None
+
+    def _create_invoice(self, body: Any) -> Answer:
+        fields = validate_invoice(
+            body, customer=self._customer_ref, currency_exists=self.store["currency"].__contains__,
+            item=self.store["item"].get)
+        self._taken("invoice", fields["external_key"])
+        currency_id = fields["currency_id"] or next(iter(self.store["currency"]))
+        code = self.store["currency"][currency_id]["currency_iso4217"]
+        subtotal = Decimal(0)
+        lines = []
+        for line in fields.pop("line_items"):
+            amount = line_totals(line["line_quantity"], line["line_rate"], Decimal(0),
+                                 tax_inclusive=False, currency=code)[0]
+            subtotal += amount
+            self.line_ids += 1
+            lines.append({"line_item_id": self.line_ids, **line, "line_rate": line["line_rate"].normalize(),
+                          "line_quantity": line["line_quantity"].normalize(), "line_subtotal": amount})
+        subtotal = round_money(subtotal, code)
+        taxes = round_money(_CTX.divide(_CTX.multiply(subtotal, self.tax_percent), Decimal(100)), code)
+        total = subtotal + taxes
+        obj = self._add("invoice", {
+            **fields, "date": fields["date"] or datetime.now(UTC).date().isoformat(),
+            "currency_id": currency_id, "currency_iso4217": code, "line_items": lines,
+            "subtotal": subtotal, "taxes": taxes, "total": total, "balance": total,
+            "invoice_status_str": "open-unpaid", "invoice_status_state": "o", "is_paid": False,
+            "write_datetime": _now(),
+        })
+        return 201, envelope(201, {"id": obj["invoice_id"]}), f"{PREFIX}/invoice/{obj['invoice_id']}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,196 @@
+"""Batching of ChargeOver calls into ``POST /api/v3/_bulk`` (O-bulk: at most 25 sub-requests).
+
+Why: ChargeOver limits requests, not objects, and one ``_bulk`` call is one request, so under
+a request-rate limit 25 creates per call go up to 25 times as fast (measured in
+``tests/test_chargeover.py``). The per-record contract does not change: every ``upload``
+awaits its own sub-response through :meth:`Batcher.call`.
+
+Protocol (no background task, nothing outlives the run): the first caller to find no open
+batch becomes its *leader*. It waits until the batch is full or ``linger`` seconds have
+passed, then sends it with ``job.send`` (pacing, 429 pauses and retries are the engine's) and
+hands each caller its sub-response. The batch stays open until the request is actually
+transmitted (its sub-request list is taken when the transport first encodes the body), so
+under a rate limit it keeps filling while it waits for its slot. If the send fails, every
+caller of the batch gets the same ``bulk`` error.
+
+Lost answers: a ``_bulk`` call that may have been committed (timeout, reset, 5xx) is recovered
+before it is sent again. Each create carries the URI that finds its object by external key;
+one ``_bulk`` of those GETs looks them all up. If every create is found, their objects are the
+answers (``Sub.recovered``) and nothing is resent; otherwise the batch is resent whole, and a
+create found before comes back "external key in use" (400) and is answered with what was found.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import anyio
+
+from ..errors import BulkError, ServerError, TransportError
+from ..transport import Reply, Request
+from .base import Job
+
+__all__ = ["BULK_URI", "MAX_BULK", "Batcher", "Sub", "parse"]
+
+BULK_URI = "/api/v3/_bulk"
+MAX_BULK = 25  # O-bulk
+
+
+def parse(content: bytes) -> Any:
+    """A ChargeOver answer, numbers with a fraction as Decimal (amounts stay exact)."""
+    try:
+        return json.loads(content, parse_float=Decimal)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sub:
+    """One answer: the envelope's ``code``, ``message`` and ``response``."""
+
+    code: int
+    message: str
+    response: Any
+    recovered: bool = False  # found by external key after a lost answer, not answered now
+
+
+class _Entry:
+    __slots__ = ("done", "error", "found", "lookup", "request", "result")
+
+    def __init__(self, request: dict[str, Any], lookup: str | None) -> None:
+        self.request = request
+        self.lookup = lookup
+        self.done = anyio.Event()
+        self.result: Sub | None = None
+        self.error: BaseException | None = None
+        self.found: Any = None
+
+
+class _BatchRequest(Request):
+    """``POST /_bulk`` whose body is the batch as it is when first sent (``Request.body()`` is
+    called by the transport at send time, once: every resend carries the same batch)."""
+
+    __slots__ = ("_freeze",)
+
+    def __init__(self, freeze: Callable[[], list[dict[str, Any]]]) -> None:
+        super().__init__("POST", BULK_URI)
+        self._freeze = freeze
+
+    def body(self) -> bytes | None:
+        if self.json is None:
+            self.json = self._freeze()
+        return super().body()
+
+
+class _Batch:
+    __slots__ = ("entries", "full")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.full = anyio.Event()
+
+
+class Batcher:
+    """Create inside the run (anyio events are bound to its loop); one per run."""
+
+    def __init__(self, *, size: int = MAX_BULK, linger: float = 0.01) -> None:
+        if not 1 <= size <= MAX_BULK:
+            raise ValueError(f"size must be 1..{MAX_BULK}")
+        self.size = size
+        self.linger = linger
+        self._open: _Batch | None = None
+
+    async def call(self, job: Job, method: str, uri: str, payload: Any = None, *,
+                   lookup: str | None = None) -> Sub:
+        """Send one sub-request in the next batch; ``lookup`` finds a POST's object by key."""
+        entry = _Entry({"request_method": method, "uri": uri, "payload": payload}, lookup)
+        batch = self._open
+        leader = batch is None
+        if batch is None:
+            batch = self._open = _Batch()
+        batch.entries.append(entry)
+        if len(batch.entries) >= self.size:
+            self._close(batch)
+        if not leader:
+            await entry.done.wait()
+        else:
+            try:
+                with anyio.move_on_after(self.linger):
+                    await batch.full.wait()
+                await self._flush(batch, job)
+            except BaseException as exc:
+                self._close(batch)
+                shared = exc if isinstance(exc, BulkError) else TransportError(
+                    "the _bulk request was interrupted", maybe_committed=True)
+                for other in batch.entries:
+                    if not other.done.is_set():
+                        other.error = shared
+                        other.done.set()
+                raise
+        if entry.error is not None:
+            raise entry.error
+        assert entry.result is not None
+        return entry.result
+
+    def _close(self, batch: _Batch) -> None:
+        if self._open is batch:
+            self._open = None
+        batch.full.set()
+
+    async def _flush(self, batch: _Batch, job: Job) -> None:
+        entries = batch.entries
+        recovered = False
+
+        def freeze() -> list[dict[str, Any]]:
+            self._close(batch)  # no await between this and the encoding: nobody joins late
+            return [e.request for e in entries]
+
+        async def recover() -> Reply | None:
+            nonlocal recovered
+            await self._look_up(entries, job)
+            if all(e.found is not None for e in entries):
+                recovered = True
+                return Reply(200, {}, b"")
+            return None
+
+        reply = await job.send(_BatchRequest(freeze), stage="bulk", recover=recover)
+        self._close(batch)
+        if recovered:
+            results = [Sub(200, "", e.found, recovered=True) for e in entries]
+        else:
+            results = _results(reply, len(entries))
+        for entry, sub in zip(entries, results, strict=True):
+            if entry.found is not None and sub.code == 400:
+                sub = Sub(200, "", entry.found, recovered=True)  # our own earlier create
+            entry.result = sub
+            entry.done.set()
+
+    async def _look_up(self, entries: list[_Entry], job: Job) -> None:
+        """Find the objects of the creates of a batch whose answer was lost (one _bulk of GETs)."""
+        wanted = [e for e in entries if e.lookup and e.found is None]
+        if not wanted:
+            return
+        req = Request("POST", BULK_URI, json=[
+            {"request_method": "GET", "uri": e.lookup, "payload": None} for e in wanted])
+        reply = await job.send(req, stage="bulk")
+        for entry, sub in zip(wanted, _results(reply, len(wanted)), strict=True):
+            if sub.code == 200 and isinstance(sub.response, dict):
+                entry.found = sub.response
+
+
+def _results(reply: Reply, count: int) -> list[Sub]:
+    data = parse(reply.content)
+    response = data.get("response") if isinstance(data, dict) else None
+    subs = response.get("_bulk") if isinstance(response, dict) else response
+    if not isinstance(subs, list) or len(subs) != count or not all(isinstance(s, dict) for s in subs):
+        raise ServerError(reply.status, f"the _bulk answer does not hold {count} results")
+    return [Sub(_code(s.get("code")), str(s.get("message") or ""), s.get("response")) for s in subs]
+
+
+def _code(value: Any) -> int:
+    return value if type(value) is int else 0
+
