@@ -1,0 +1,328 @@
+"""Coperniq sandbox dialect: the invoice part of Coperniq's public API, as its OpenAPI document
+(``fixtures/coperniq/coperniq-openapi.yml``), seed 003 and API-NOTES §4 describe it.
+
+The sandbox's root is the API's base (``https://api.coperniq.io/v1``): ``{base_url}/invoices``.
+
+General
+    Every request needs ``x-api-key: <key>``; JSON in and out. Numbers are JSON numbers, read
+    exactly (never through float): ``amount`` is sum(unitPrice x quantity), unrounded (Coperniq
+    documents no rounding and has no tax). Every authenticated answer carries
+    ``X-RateLimit-Limit`` and ``X-RateLimit-Remaining`` (C-auth).
+Errors ``{"message", "code"}`` (+ ``"field"`` on a validation 400)
+    401 ``UNAUTHORIZED``; 404 ``NOT_FOUND``; 429 ``RATE_LIMIT_EXCEEDED``; 500
+    ``INTERNAL_SERVER_ERROR``. A 400 has ``message`` and ``field`` but NO ``code``: the vendor's
+    document allows only ``UNAUTHORIZED`` there (a Fern-export artefact, API-NOTES §4), and
+    ``code`` is optional, so leaving it out is the one answer that is both honest and valid.
+    403 (read-only key on a write) and 405 have no documented code either: ``message`` only.
+Limits (options; every limit is per key)
+    ``daily_quota`` (default 5000, ``off`` for none) requests per ``quota_window`` seconds
+    (default 86400, rolling). Beyond it: 429 ``RATE_LIMIT_EXCEEDED`` with Remaining 0 and no
+    Retry-After (none is documented); refused requests do not count. The per-second limit is
+    the framework's ``rate_limit``/``read_rate_limit`` (Coperniq: 100/s, reads and writes alike).
+Seed data (options ``accounts``, ``catalog_items``; see ``coperniq_rules.Seed``)
+    accounts ``CUST-000000``.. (id 10000 + k), each with one project (id 20000 + k, title
+    ``CUST-000000 project``); catalog items ``SKU-001``.. (id 7000 + k) and ``DISCOUNT`` (7000).
+Routes
+    ``GET /catalog-items`` -> 200 [CatalogItem] (active ones).
+    ``GET /accounts?title=&q=&page=&page_size=&order_by=`` -> 200 [Account]; ``title`` and
+    ``q`` match case-insensitive substrings of the title; ``page_size`` 1..100 (default 20).
+    ``POST /invoices`` ``InvoiceCreate`` -> 201 Invoice | 400 (rules in ``coperniq_rules``).
+    ``GET /invoices/{id}`` -> 200 Invoice | 404.
+    ``GET /invoices``, ``GET /projects/{id}/invoices``, ``GET /accounts/{id}/invoices`` (the
+    account's own invoices and its projects') with ``page``, ``page_size`` (max 100),
+    ``order_by`` asc|desc (by id), ``updated_after``/``updated_before`` -> 200 ``{items, page,
+    page_size, has_more}`` | 400 (bad parameter) | 404 (no such project/account).
+Sandbox only
+    ``GET /_sandbox/state``: ``invoices`` (as answered, plus the ``issueDate`` Coperniq keeps
+    but does not return), ``quota``, the framework's counters. With option
+    ``record_exchanges`` true, ``GET /_sandbox/exchanges`` lists every API request and answer
+    (``status`` null when the connection was closed without one), for contract tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Context, Decimal
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from bulk.sandbox.config import SandboxConfig, SandboxConfigError
+from bulk.sandbox.control import control_route
+from bulk.sandbox.coperniq_rules import (
+    Invalid,
+    NewInvoice,
+    parse_seed,
+    validate_invoice,
+)
+from bulk.sandbox.core import Dialect, Problem, SandboxProblem
+from bulk.sandbox.wire import plain
+
+__all__ = ["CoperniqSandbox", "create_app"]
+
+_CTX = Context(prec=60)
+_MAX_EXCHANGES = 50_000
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    sandbox = CoperniqSandbox(config)
+    app = sandbox.create_app()
+    app.middlewares.insert(0, sandbox.quota_middleware())  # outermost: sees every API answer
+    return app
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(plain(value))  # an exact JSON number, as Coperniq's doubles are
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, default=_number), status=status, content_type="application/json")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _quota_options(options: Mapping[str, Any]) -> tuple[int | None, float]:
+    """``(daily_quota or None, quota_window seconds)``; SandboxConfigError for a bad value."""
+    raw, window = options.get("daily_quota", 5000), options.get("quota_window", 86_400)
+    try:
+        quota = None if raw is None or str(raw).lower() in ("off", "none", "") else int(str(raw))
+        seconds = float(str(window))
+    except ValueError:
+        quota, seconds = 0, 0.0
+    if (quota is not None and quota < 1) or not 0 < seconds < 10**9:
+        raise SandboxConfigError(f"coperniq sandbox options: daily_quota must be >= 1 or off (got {raw!r}) "
+                                 f"and quota_window seconds > 0 (got {window!r})")
+    return quota, seconds
+
+
+class CoperniqSandbox(Dialect):
+    name = "coperniq"
+    problems: ClassVar[Mapping[Problem, tuple[int, Any]]] = {
+        Problem.UNAUTHORIZED: (401, {"message": "Invalid or missing API key", "code": "UNAUTHORIZED"}),
+        Problem.FORBIDDEN: (403, {"message": "API key valid but does not have access to this resource"}),
+        Problem.NOT_FOUND: (404, {"message": "Resource not found", "code": "NOT_FOUND"}),
+        Problem.METHOD_NOT_ALLOWED: (405, {"message": "Method not allowed"}),
+        Problem.MALFORMED_JSON: (400, {"message": "Request body is not valid JSON", "field": "body"}),
+        Problem.THROTTLED: (429, {"message": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED"}),
+        Problem.SERVER_ERROR: (500, {"message": "Internal server error", "code": "INTERNAL_SERVER_ERROR"}),
+        # Coperniq has no idempotency keys; the framework never raises these for this dialect.
+        Problem.IDEMPOTENCY_MISMATCH: (400, {"message": "Idempotency keys are not supported"}),
+        Problem.IDEMPOTENCY_IN_FLIGHT: (400, {"message": "Idempotency keys are not supported"}),
+        Problem.INVALID_IDEMPOTENCY_KEY: (400, {"message": "Idempotency keys are not supported"}),
+    }
+
+    def __init__(self, config: SandboxConfig) -> None:
+        super().__init__(config)
+        options = config.options
+        self.seed = parse_seed(options)
+        self.quota, self.quota_window = _quota_options(options)
+        self.recording = str(options.get("record_exchanges", "")).lower() in ("1", "true", "yes")
+        self.clear()
+
+    # --- framework hooks ---------------------------------------------------------------
+    def credential(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key", "").strip() or None
+
+    def clear(self) -> None:
+        now = _now()
+        self.catalog = {item["id"]: item for item in self.seed.catalog(now)}
+        self.accounts, self.projects = self.seed.records(now)
+        self.invoices: dict[int, dict[str, Any]] = {}
+        self.issue_dates: dict[int, str | None] = {}
+        self.line_ids = 0
+        self.usage: dict[str, deque[float]] = {}
+        self.exchanges: list[dict[str, Any]] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "invoices": [{**inv, "issueDate": self.issue_dates[i]} for i, inv in self.invoices.items()],
+            "quota": {"limit": self.quota, "window_seconds": self.quota_window,
+                      "used": sum(len(q) for q in self.usage.values())},
+            "seed": {"accounts": self.seed.accounts, "catalog_items": self.seed.catalog_items},
+        }
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/catalog-items", self.list_catalog)
+        router.add_get("/accounts", self.list_accounts)
+        router.add_get("/accounts/{id}/invoices", self.account_invoices)
+        router.add_get("/projects/{id}/invoices", self.project_invoices)
+        router.add_get("/invoices", self.list_invoices)
+        router.add_post("/invoices", self.create_invoice)
+        router.add_get("/invoices/{id}", self.get_invoice)
+
+        async def exchanges(request: web.Request) -> web.StreamResponse:
+            return web.Response(body=orjson.dumps(self.exchanges), content_type="application/json")
+
+        router.add_get("/_sandbox/exchanges", control_route(exchanges))
+
+    # --- handlers ----------------------------------------------------------------------
+    async def list_catalog(self, request: web.Request) -> web.Response:
+        return _json([item for item in self.catalog.values() if not item["isArchived"]])
+
+    async def list_accounts(self, request: web.Request) -> web.Response:
+        found = list(self.accounts.values())
+        for name in ("title", "q"):
+            needle = request.query.get(name)
+            if needle:
+                found = [a for a in found if needle.lower() in a["title"].lower()]
+        # 400 is not documented for this operation: bad paging values fall back to the defaults.
+        try:
+            return _json(self._page(request, found)[0])
+        except Invalid:
+            return _json(found[:20])
+
+    async def account_invoices(self, request: web.Request) -> web.Response:
+        account = self._id(request, self.accounts)
+        return self._list(request, [v for v in self.invoices.values() if v["account"]["id"] == account])
+
+    async def project_invoices(self, request: web.Request) -> web.Response:
+        project = self._id(request, self.projects)
+        return self._list(request, [v for v in self.invoices.values() if v["record"]["id"] == project])
+
+    async def list_invoices(self, request: web.Request) -> web.Response:
+        return self._list(request, list(self.invoices.values()))
+
+    async def get_invoice(self, request: web.Request) -> web.Response:
+        return _json(self.invoices[self._id(request, self.invoices)])
+
+    async def create_invoice(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        try:
+            new = validate_invoice(body, lambda i: i in self.accounts or i in self.projects,
+                                   lambda i: i in self.catalog and not self.catalog[i]["isArchived"])
+        except Invalid as exc:
+            return _json({"message": exc.message, "field": exc.field}, 400)
+        return _json(self._commit(new), 201)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _commit(self, new: NewInvoice) -> dict[str, Any]:
+        now = _now()
+        if new.record_id in self.projects:
+            project = self.projects[new.record_id]
+            account = self.accounts[project["accountId"]]
+            record = {"id": project["id"], "uid": project["uid"], "title": project["title"]}
+        else:
+            account = self.accounts[new.record_id]
+            record = {"id": account["id"], "uid": account["number"], "title": account["title"]}
+        amount, lines = Decimal(0), []
+        for item_id, quantity, cost, price, description in new.lines:
+            amount = _CTX.add(amount, _CTX.multiply(price, quantity))
+            self.line_ids += 1
+            item = self.catalog[item_id]
+            lines.append({"id": self.line_ids, "catalogItemId": item_id, "quantity": quantity, "unitCost": cost,
+                          "unitPrice": price, "description": description,
+                          "catalogItem": {k: item[k] for k in ("id", "name", "manufacturer", "sku", "type")}})
+        invoice_id = 900_000 + len(self.invoices) + 1
+        invoice: dict[str, Any] = {
+            "id": invoice_id, "uid": invoice_id - 899_000, "description": new.description, "type": "INVOICE",
+            "status": new.status, "basedOnId": None, "basedOnUid": None,
+            "amount": amount, "amountPaid": amount if new.status == "PAID" else Decimal(0),
+            "isArchived": False, "sharedWithPortal": False, "calculationMethod": "LINE_ITEMS",
+            "percentage": None, "baseAmount": None, "createdAt": now, "updatedAt": now,
+            "account": {"id": account["id"], "title": account["title"]}, "record": record, "lineItems": lines,
+        }
+        if new.due_date is not None:
+            invoice["dueDate"] = new.due_date  # ``type: string``, not nullable: absent when unset
+        self.invoices[invoice_id] = invoice
+        self.issue_dates[invoice_id] = new.issue_date
+        return invoice
+
+    @staticmethod
+    def _id(request: web.Request, table: Mapping[int, Any]) -> int:
+        raw = request.match_info["id"]
+        if raw.isascii() and raw.isdigit() and len(raw) < 12 and int(raw) in table:
+            return int(raw)
+        raise SandboxProblem(Problem.NOT_FOUND)
+
+    def _page(self, request: web.Request, found: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int, bool]:
+        q = request.query
+        values = {}
+        for name, default in (("page", 1), ("page_size", 20)):
+            raw = q.get(name)
+            if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) < 10 and int(raw) >= 1):
+                raise Invalid(name, f"{name} must be a positive integer")
+            values[name] = default if raw is None else int(raw)
+        order = q.get("order_by", "asc")
+        if order not in ("asc", "desc"):
+            raise Invalid("order_by", "order_by must be asc or desc")
+        for name in ("updated_after", "updated_before"):
+            if q.get(name) is not None:
+                try:
+                    bound = datetime.fromisoformat(q[name].replace("Z", "+00:00"))
+                    bound = bound if bound.tzinfo else bound.replace(tzinfo=UTC)
+                except ValueError:
+                    raise Invalid(name, f"{name} must be an ISO 8601 date-time") from None
+                after = name == "updated_after"
+                found = [v for v in found
+                         if (datetime.fromisoformat(v["updatedAt"].replace("Z", "+00:00")) > bound) == after]
+        page, size = values["page"], min(100, values["page_size"])
+        found = sorted(found, key=lambda v: v["id"], reverse=order == "desc")
+        start = (page - 1) * size
+        return found[start:start + size], page, size, len(found) > start + size
+
+    def _list(self, request: web.Request, found: list[dict[str, Any]]) -> web.Response:
+        try:
+            items, page, size, more = self._page(request, found)
+        except Invalid as exc:
+            return _json({"message": exc.message, "field": exc.field}, 400)
+        return _json({"items": items, "page": page, "page_size": size, "has_more": more})
+
+    # --- the daily quota, rate-limit headers and the exchange recorder ------------------------
+    def quota_middleware(self) -> Middleware:
+        token, readonly = self.config.token, self.config.readonly_token
+        counters = self.counters
+
+        @web.middleware
+        async def quota(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if getattr(request.match_info.handler, "sandbox_control", False):
+                return await handler(request)
+            # Read the body before the framework's latency/slow delay: a create whose client gave
+            # up during the delay must still commit afterwards, as a real server does.
+            body = await request.read()
+            key = self.credential(request)
+            known = key is not None and (token is None or key in (token, readonly))
+            if not known or self.quota is None or key is None:
+                response = await handler(request)
+            else:
+                now = time.monotonic()
+                used = self.usage.setdefault(key, deque())
+                while used and used[0] <= now - self.quota_window:
+                    used.popleft()
+                if len(used) >= self.quota:
+                    counters.total += 1
+                    counters.by_status[429] = counters.by_status.get(429, 0) + 1
+                    response = self.problem(Problem.THROTTLED, request)
+                else:
+                    used.append(now)
+                    response = await handler(request)
+                    if response.status == 429:  # the per-second limit: not counted
+                        used.remove(now)
+                response.headers["X-RateLimit-Limit"] = str(self.quota)
+                response.headers["X-RateLimit-Remaining"] = str(max(0, self.quota - len(used)))
+            if self.recording and len(self.exchanges) < _MAX_EXCHANGES:
+                self._record(request, body, response)
+            return response
+
+        return quota
+
+    def _record(self, request: web.Request, body: bytes, response: web.StreamResponse) -> None:
+        transport = request.transport
+        answered = transport is not None and not transport.is_closing()
+        content = response.body if isinstance(response, web.Response) else None
+        self.exchanges.append({
+            "method": request.method, "path": request.path, "query": list(request.query.items()),
+            "headers": {str(k): v for k, v in request.headers.items()},
+            "body": body.decode("utf-8", "replace") if body else None,
+            "status": response.status if answered else None,
+            "response_headers": {str(k): v for k, v in response.headers.items()} if answered else {},
+            "response_body": content.decode("utf-8", "replace") if answered and isinstance(content, bytes) else None,
+        })

@@ -1,0 +1,365 @@
+"""Coperniq public API (``$COPERNIQ_BASE_URL``, real ``https://api.coperniq.io/v1``), seed 003,
+API-NOTES §4 and the vendor's OpenAPI document (``fixtures/coperniq/coperniq-openapi.yml``).
+
+Mapping
+    See ``bulk.targets.coperniq_mapping`` (recordId from ``extra.recordId``, ``--option
+    record_map=FILE.csv`` or the account titled with the customer id; catalog items by SKU,
+    merged when one repeats; whole quantities; no tax at Coperniq).
+Exactly once (no idempotency at Coperniq)
+    Before creating a record an earlier run may have sent (``job.maybe_sent_before``), and
+    before every resend after a lost answer, the record's invoices are listed (``GET
+    /projects/{id}/invoices`` or ``/accounts/{id}/invoices``; the kind is probed once when the
+    map does not say it) and the one whose description starts with the external id is taken.
+    The earlier-run check lists each record (customer) once per run. An attempt given up on
+    (timeout, reset, 5xx) may still commit later, so it is looked for during ``--option
+    settle=SECONDS`` (default 10, polls backing off from 0.5 s) before it is sent again: a
+    create the API commits more than ``settle`` s after ``bulk`` gave up on it is the one case
+    left that can duplicate (raise ``settle`` or ``--timeout`` for an API that slow).
+Limits
+    100 requests/s per key (``default_limits``) and 5,000 per rolling 24 h. Every answer's
+    ``X-RateLimit-Remaining`` is read: when it cannot cover the requests in flight, or a 429
+    comes with Remaining <= 100 (Remaining lags), the run stops with
+    :class:`~bulk.errors.QuotaExhausted` (exit 3, resumable) and says when to run again, instead
+    of spending the day on 429s; a 429 with quota left is a short shared pause. Before stopping
+    it lets the requests in flight finish, so no sent create is abandoned.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import anyio
+
+from ..errors import ConfigError, InvalidRecord, QuotaExhausted, RecordRefused, RetryableError
+from ..records import Record
+from ..transport import Reply, Request
+from .base import Created, Job, Target
+from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
+
+__all__ = ["CoperniqTarget"]
+
+_DAY = dt.timedelta(hours=24)
+# A 429 while Remaining is at most this is the daily quota, not the per-second limit: Remaining
+# lags (C-auth: usage is cached up to 60 s per key), so "almost nothing left" + 429 means "spent".
+_QUOTA_429_MARGIN = 100
+_RECOVERING = contextvars.ContextVar("coperniq_recovering", default=False)
+
+
+def _exact(reply: Reply) -> Any:
+    """The body with every JSON number that has a fraction as a Decimal (money stays exact)."""
+    return json.loads(reply.content, parse_float=Decimal)
+
+
+def _remaining(reply: Reply) -> int | None:
+    value = reply.headers.get("X-RateLimit-Remaining")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+class _Missing(LookupError):
+    """A lookup found nothing; turned into a per-record InvalidRecord by the caller."""
+
+
+class CoperniqTarget(Target):
+    name = "coperniq"
+    credential_env = ("COPERNIQ_API_KEY",)
+    base_url_env = "COPERNIQ_BASE_URL"
+    default_limits = {"*": 100.0}  # C-auth: 100 requests per second per key, reads and writes alike
+    auth_hint = "check COPERNIQ_API_KEY: an API key of a user allowed to read records and create invoices"
+
+    def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
+        super().__init__(base_url=base_url, credentials=credentials, options=options)
+        unknown = set(self.options) - {"record_map", "record_lookup", "default_catalog_item", "settle"}
+        if unknown:
+            raise ConfigError(f"unknown coperniq option(s) {', '.join(sorted(unknown))}; known: "
+                              "record_map, record_lookup, default_catalog_item, settle")
+        try:
+            self.settle = float(self.options.get("settle", 10))
+        except ValueError:
+            self.settle = -1.0
+        if not 0 <= self.settle <= 3600:
+            raise ConfigError("--option settle must be seconds between 0 and 3600")
+        path = self.options.get("record_map")
+        self.record_map = load_record_map(path) if path else {}
+        self.lookup = self.options.get("record_lookup", "off" if path else "title")
+        if self.lookup not in ("title", "off"):
+            raise ConfigError("--option record_lookup must be title or off")
+        self.default_item = self.options.get("default_catalog_item", "DISCOUNT")
+        # per-run state, bound to the running loop lazily (the target lives for one run)
+        self._catalogue: dict[str, str] | None = None
+        self._lock: anyio.Lock | None = None
+        self._listings: dict[int, dict[str | None, Any]] = {}
+        self._listing_flights: dict[int, anyio.Event] = {}
+        self._inflight = 0
+        self._settled: anyio.Event | None = None
+        self._remaining: int | None = None
+        self._limit = "5000"
+        self._first_answer: dt.datetime | None = None
+
+    @classmethod
+    def sandbox_options(cls) -> dict[str, Any]:
+        # The sandbox's documented seed (accounts CUST-000000.., SKU-001..SKU-050, DISCOUNT) fits
+        # `bulk generate`; a quota no demo file reaches, with the real headers.
+        return {"accounts": 1000, "catalog_items": 50, "daily_quota": 10_000_000}
+
+    def headers(self) -> dict[str, str]:
+        return {"x-api-key": self.credentials["COPERNIQ_API_KEY"], "Accept": "application/json"}
+
+    # --- offline checks ------------------------------------------------------------------
+    def check(self, record: Record) -> None:
+        for i, line in enumerate(record.lines):
+            if line.quantity != line.quantity.to_integral_value() or line.quantity > MAX_QUANTITY:
+                raise InvalidRecord(
+                    record.line_no, f"lines[{i}].quantity",
+                    f"Coperniq quantities are whole numbers up to {MAX_QUANTITY}, got {line.quantity}",
+                    "use a whole quantity (e.g. bill 2.5 h as 150 min at a per-minute price)")
+        skus = [line.item_ref or self.default_item for line in record.lines]
+        merge_lines(record, skus, self._names(record))
+        self._record_ref(record)
+
+    def _names(self, record: Record) -> list[str]:
+        return [f"catalog item {ln.item_ref}" if ln.item_ref else
+                f"the default catalog item {self.default_item} (a line without item_ref)" for ln in record.lines]
+
+    def _record_ref(self, record: Record) -> tuple[int, str | None] | None:
+        """(recordId, kind) known offline, or None when it is to be looked up by title."""
+        raw = record.extra.get("recordId")
+        if raw is not None:
+            text = str(raw) if type(raw) in (int, str) else ""
+            if text.isascii() and text.isdigit() and int(text) >= 1:
+                return int(text), None
+            raise InvalidRecord(record.line_no, "extra.recordId", f"must be a positive integer, got {raw!r}",
+                                "give the id of the Coperniq project or account the invoice belongs to")
+        found = self.record_map.get(record.customer.external_id)
+        if found is not None:
+            return found
+        if self.lookup == "title":
+            return None
+        where = "is not in the record_map file" if self.record_map else "has no record map"
+        raise InvalidRecord(record.line_no, "extra.recordId",
+                            f"no Coperniq recordId: customer {record.customer.external_id!r} {where}",
+                            "add extra.recordId, or map the customer in --option record_map=FILE.csv "
+                            "(customer_external_id,record_id), or allow --option record_lookup=title")
+
+    # --- quota (X-RateLimit-*) ------------------------------------------------------------
+    def classify(self, reply: Reply, stage: str) -> Reply:
+        remaining = _remaining(reply)
+        if self._first_answer is None:
+            self._first_answer = dt.datetime.now(dt.UTC)
+        if remaining is not None:
+            self._remaining = remaining
+            self._limit = reply.headers.get("X-RateLimit-Limit") or self._limit
+        if reply.status == 429 and self._remaining is not None and self._remaining <= _QUOTA_429_MARGIN:
+            raise self._exhausted()
+        return super().classify(reply, stage)
+
+    def _exhausted(self) -> QuotaExhausted:
+        now = dt.datetime.now(dt.UTC)
+        start = min(self._first_answer or now, now)
+        at, full = (start + _DAY).isoformat(timespec="seconds"), (now + _DAY).isoformat(timespec="seconds")
+        return QuotaExhausted(
+            f"Coperniq's daily request quota for this API key ({self._limit} per rolling 24 h) is used up "
+            f"(X-RateLimit-Remaining {self._remaining}); stopped instead of spending the day on 429s. Run the "
+            f"same command again after {at}, when this run's first requests leave the window (the whole "
+            f"quota is back by {full})", resume_at=at)
+
+    async def _send(self, job: Job, req: Request, *, stage: str,
+                    recover: Callable[[], Awaitable[Reply | None]] | None = None) -> Reply:
+        """job.send, but only while the last X-RateLimit-Remaining covers the requests in flight.
+
+        When it does not, wait for those to finish (their answers update Remaining); stop only
+        when nothing is in flight and Remaining is still spent, so no sent create is abandoned.
+        """
+        if _RECOVERING.get():  # a lookup inside the retry of a create that is itself in flight
+            return await job.send(req, stage=stage, recover=recover)
+        while self._remaining is not None and self._remaining <= self._inflight:
+            if self._inflight == 0:
+                raise self._exhausted()
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
+        self._inflight += 1
+        try:
+            return await job.send(req, stage=stage, recover=recover)
+        finally:
+            self._inflight -= 1
+            if self._settled is not None:
+                self._settled.set()
+                self._settled = None
+
+    # --- upload ----------------------------------------------------------------------------
+    async def upload(self, record: Record, job: Job) -> Created:
+        record_id, kind = await self._record(record, job)
+        items = await self._items(record, job)
+        if job.maybe_sent_before:
+            found = (await self._listing(record_id, kind, job)).get(record.external_id)
+            if found is not None:
+                return self._created(record, record_id, found, existed=True)
+        found_now: list[dict[str, Any]] = []
+
+        async def recover() -> Reply | None:
+            # The attempt we gave up on may still commit at the server: keep looking for `settle`
+            # seconds before the engine sends it again (then no earlier attempt is alive). A
+            # lookup that failed proves nothing: look again (the engine's give-up time bounds it).
+            token = _RECOVERING.set(True)
+            try:
+                start, pause = time.monotonic(), 0.5
+                while True:
+                    try:
+                        invoice = await self._find(record.external_id, record_id, kind, job)
+                        known = True
+                    except RetryableError:
+                        invoice, known = None, False
+                    if invoice is not None:
+                        break
+                    left = self.settle - (time.monotonic() - start)
+                    if known and left <= 0:
+                        return None
+                    await anyio.sleep(min(pause, left) if left > 0 else pause)
+                    pause = min(pause * 2, 5.0)
+            finally:
+                _RECOVERING.reset(token)
+            found_now.append(invoice)
+            return Reply(200, {}, b"")
+
+        reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
+                                 stage="invoice", recover=recover)
+        if found_now:
+            return self._created(record, record_id, found_now[0], existed=True)
+        return self._created(record, record_id, _exact(reply), existed=False)
+
+    @staticmethod
+    def _created(record: Record, record_id: int, invoice: dict[str, Any], *, existed: bool) -> Created:
+        amount = invoice.get("amount")
+        return Created(
+            invoice_id=str(invoice["id"]), customer_id=str(record_id),
+            status=str(invoice.get("status") or record.status).lower(),
+            reported_gross=Decimal(amount) if amount is not None and comparable(record) else None,
+            existed=existed)
+
+    async def _record(self, record: Record, job: Job) -> tuple[int, str | None]:
+        known = self._record_ref(record)
+        if known is not None:
+            return known
+        customer = record.customer.external_id
+        try:
+            found = await job.resolve("coperniq.record", customer, lambda: self._by_title(customer, job))
+        except _Missing as exc:
+            raise InvalidRecord(record.line_no, "customer.external_id", str(exc),
+                                "add extra.recordId or map the customer in --option record_map=FILE.csv") from None
+        return int(found), "accounts"
+
+    async def _by_title(self, title: str, job: Job) -> str:
+        for page in range(1, 11):
+            reply = await self._send(job, Request("GET", "/accounts", params={
+                "title": title, "page": str(page), "page_size": "100"}, kind="read"), stage="customer")
+            rows = reply.json() or []
+            hits = [row["id"] for row in rows if row.get("title") == title]
+            if len(hits) > 1:
+                raise _Missing(f"{len(hits)} Coperniq accounts are titled {title!r}")
+            if hits:
+                return str(hits[0])
+            if len(rows) < 100:
+                break
+        raise _Missing(f"no Coperniq account is titled {title!r}")
+
+    async def _items(self, record: Record, job: Job) -> list[tuple[int, Decimal, list[int]]]:
+        resolved = []
+        for i, line in enumerate(record.lines):
+            sku = line.item_ref or self.default_item
+            try:
+                value = await job.resolve("coperniq.catalog", sku, functools.partial(self._catalog_item, sku, job))
+            except _Missing as exc:
+                raise InvalidRecord(record.line_no, f"lines[{i}].item_ref", str(exc),
+                                    "create the item in Coperniq's catalog, fix item_ref, or set "
+                                    "--option default_catalog_item=SKU for lines without one") from None
+            catalog_id, _, cost = value.partition(" ")
+            resolved.append((int(catalog_id), Decimal(cost)))
+        groups = merge_lines(record, [catalog_id for catalog_id, _ in resolved], self._names(record))
+        return [(resolved[g[0]][0], resolved[g[0]][1], g) for g in groups]
+
+    async def _catalog_item(self, sku: str, job: Job) -> str:
+        """``"<id> <unit cost>"`` of the active catalog item with this SKU (one list per run)."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            if self._catalogue is None:
+                reply = await self._send(job, Request("GET", "/catalog-items", kind="read"), stage="item")
+                catalogue: dict[str, str] = {}
+                for item in _exact(reply):
+                    key = item.get("sku")
+                    if key and not item.get("isArchived"):
+                        cost = item.get("cost") or 0
+                        catalogue[key] = "" if key in catalogue else f"{item['id']} {cost}"
+                self._catalogue = catalogue
+        found = self._catalogue.get(sku)
+        if not found:
+            what = "several active catalog items have" if found == "" else "no active catalog item has"
+            raise _Missing(f"{what} the SKU {sku!r}")
+        return found
+
+    # --- finding an invoice that may exist already -----------------------------------------
+    async def _kind(self, record_id: int, kind: str | None, job: Job) -> str:
+        if kind is not None:
+            return kind
+        return await job.resolve("coperniq.kind", str(record_id), lambda: self._probe(record_id, job))
+
+    async def _probe(self, record_id: int, job: Job) -> str:
+        for kind in ("projects", "accounts"):
+            try:
+                await self._send(job, Request("GET", f"/{kind}/{record_id}/invoices", params={"page_size": "1"},
+                                              kind="read"), stage="lookup")
+                return kind
+            except RecordRefused as exc:
+                if exc.status != 404:
+                    raise
+        return "none"  # no such record: nothing to find; the create will say so
+
+    async def _pages(self, record_id: int, kind: str | None, job: Job) -> AsyncIterator[list[dict[str, Any]]]:
+        kind = await self._kind(record_id, kind, job)
+        page = 1
+        while kind != "none":
+            reply = await self._send(job, Request("GET", f"/{kind}/{record_id}/invoices", params={
+                "page": str(page), "page_size": "100", "order_by": "desc"}, kind="read"), stage="lookup")
+            data = _exact(reply)
+            yield data["items"]
+            if not data.get("has_more"):
+                return
+            page += 1
+
+    async def _find(self, external_id: str, record_id: int, kind: str | None, job: Job) -> dict[str, Any] | None:
+        """The record's invoice whose description starts with ``external_id`` (fresh listing)."""
+        async for items in self._pages(record_id, kind, job):
+            for invoice in items:
+                if external_id_of(invoice.get("description")) == external_id:
+                    return dict(invoice)
+        return None
+
+    async def _listing(self, record_id: int, kind: str | None, job: Job) -> dict[str | None, Any]:
+        """All of a record's invoices by external id, listed once per run (single flight): what
+        earlier runs made. (A lost answer in this run is looked up afresh by :meth:`_find`.)"""
+        while record_id not in self._listings:
+            flight = self._listing_flights.get(record_id)
+            if flight is not None:
+                await flight.wait()  # the owner failed if there is still no listing: try ourselves
+                continue
+            flight = self._listing_flights[record_id] = anyio.Event()
+            try:
+                found: dict[str | None, Any] = {}
+                async for items in self._pages(record_id, kind, job):
+                    for invoice in items:
+                        found.setdefault(external_id_of(invoice.get("description")), invoice)
+                self._listings[record_id] = found
+            finally:
+                del self._listing_flights[record_id]
+                flight.set()
+        return self._listings[record_id]
