@@ -28,7 +28,7 @@ import orjson
 
 from .errors import OutputError
 
-__all__ = ["StateStore", "id_hash"]
+__all__ = ["StateStore", "id_hash", "read_checkpoint"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -45,6 +45,23 @@ def id_hash(external_id: str) -> int:
     """
     digest = hashlib.blake2b(external_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint document of ``run_dir/state.db``, opened read-only (the job is not
+    changed); None when the directory has no resume file or no checkpoint yet."""
+    path = run_dir / "state.db"
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise OutputError(f"cannot read the resume file {path}: {exc}") from None
+    return orjson.loads(row[0]) if row else None
 
 
 class StateStore:

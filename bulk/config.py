@@ -73,6 +73,7 @@ class UploadConfig:
     target: str = "agiled"
     base_url: str | None = None  # None: the embedded sandbox
     rate: float | None = None  # requests per second for the whole run; None = the target's default
+    limits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # per kind, over the target's
     concurrency: int = 64
     item_concurrency: int = 4
     timeout: float = 30.0
@@ -94,6 +95,9 @@ class UploadConfig:
             raise ConfigError("--item-concurrency must be at least 1")
         if self.rate is not None and self.rate <= 0:
             raise ConfigError("--rate must be a positive number of requests per second")
+        for kind, value in self.limits.items():
+            if not kind or not value > 0:
+                raise ConfigError(f"--limit {kind}={value}: give a kind (read, write) and a positive rate")
         if self.timeout <= 0 or self.give_up_after <= 0 or self.max_wait < 0:
             raise ConfigError("--timeout and --give-up-after must be positive, --max-wait >= 0")
         if self.attempts < 1:
@@ -105,6 +109,16 @@ class UploadConfig:
                 self, "base_url", check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
             )
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "limits", MappingProxyType(dict(self.limits)))
+
+    def pacing_limits(self, documented: Mapping[str, float]) -> dict[str, float]:
+        """Requests per second by kind for this process: the target's ``documented`` limits,
+        or ``--rate`` for everything, then any ``--limit KIND=R``; a shard takes 1/N of each,
+        so N shards sharing one API key together stay within its limits."""
+        limits = {"*": self.rate} if self.rate else dict(documented)
+        limits.update(self.limits)
+        share = self.shard.count if self.shard else 1
+        return {kind: rate / share for kind, rate in limits.items()}
 
     @property
     def effective_window(self) -> int:

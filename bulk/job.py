@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import RetryableError, Throttled
+from .errors import RetryableError, Throttled, TransportError
 from .pacing import Backoff, Pacer
 from .transport import Reply, Request, Transport
 
@@ -70,8 +70,9 @@ class Session:
     async def send(
         self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
     ) -> Reply:
-        attempt = 0
-        first_failure: float | None = None
+        attempt = 0  # failures charged to this request's budget
+        tries = 0  # every failure: drives the backoff
+        last_failure: float | None = None
         while True:
             try:
                 async with self.pacer.slot(req.kind):
@@ -87,15 +88,22 @@ class Session:
                 self.pacer.throttled(exc.retry_after)
             except RetryableError as exc:
                 self.pacer.failed(str(exc))
-                attempt += 1
-                if first_failure is None:
-                    first_failure = time.monotonic()
+                tries += 1
+                # A connection that could not even be made (refused: the server is away, e.g.
+                # restarting) says nothing about this request and is not charged to its budget.
+                if not isinstance(exc, TransportError) or exc.maybe_committed:
+                    attempt += 1
                 # The budget is per record only while the API answers others: during an outage
                 # nothing is marked failed; the health check stops the run (resumably) instead.
-                if attempt >= self.attempts and self.pacer.succeeded_since(first_failure):
+                # "Answers others" means between this request's last two failures: a success
+                # merely since its first failure may be an answer that was already on its way
+                # when the outage began (a restart), and would cost the record its place.
+                if (attempt >= self.attempts and last_failure is not None
+                        and self.pacer.succeeded_since(last_failure)):
                     raise
+                last_failure = time.monotonic()
                 self.counters.retries += 1
-                await anyio.sleep(self.backoff.delay(min(attempt, self.attempts)))
+                await anyio.sleep(self.backoff.delay(min(tries, self.attempts)))
                 if exc.maybe_committed and recover is not None:
                     found = await recover()
                     if found is not None:

@@ -8,13 +8,17 @@
 Appends are buffered and flushed + fsynced at each checkpoint, which records every file's size;
 a resumed run first truncates each file back to the size its checkpoint recorded, so the
 lines of records that were not checkpointed (and will be redone) never appear twice, and a
-torn last line never survives.
+torn last line never survives. A run that stops because a write failed (disk full) does the
+same on its way out: :meth:`Outputs.close` cuts each file back to its last complete flush, so
+no torn row is left behind even before the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -22,7 +26,7 @@ import orjson
 
 from .errors import OutputError
 
-__all__ = ["Outputs", "write_atomic", "ID_MAP_HEADER", "REASONS_HEADER"]
+__all__ = ["Outputs", "atomic_writer", "write_atomic", "ID_MAP_HEADER", "REASONS_HEADER"]
 
 ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross"]
 REASONS_HEADER = ["line", "external_id", "kind", "stage", "field", "http_status", "message"]
@@ -43,7 +47,35 @@ def write_atomic(path: Path, data: bytes) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # never leave a half-written temp file behind
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """Stream a file into place: a temp file beside ``path``, fsync, rename (readers see the old
+    file or the whole new one). For outputs too big for :func:`write_atomic`'s one buffer."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class Outputs:
@@ -51,6 +83,9 @@ class Outputs:
 
     def __init__(self, run_dir: Path, sizes: dict[str, int] | None) -> None:
         self.dir = run_dir
+        # Each file's size after its last complete flush: always a row boundary (see close()).
+        self._whole = {name: (sizes or {}).get(name, 0)
+                       for name in ("id_map.csv", "failed_reasons.csv", "failed.ndjson")}
         try:
             self._id_map = self._open_text("id_map.csv", sizes, ID_MAP_HEADER)
             self._reasons = self._open_text("failed_reasons.csv", sizes, REASONS_HEADER)
@@ -110,11 +145,13 @@ class Outputs:
         try:
             for f in (self._id_map, self._reasons, self._failed):
                 f.flush()
-            return {
+            sizes = {
                 "id_map.csv": self._id_map.tell(),
                 "failed_reasons.csv": self._reasons.tell(),
                 "failed.ndjson": self._failed.tell(),
             }
+            self._whole = sizes
+            return dict(sizes)
         except OSError as exc:
             raise OutputError(f"cannot write to the run directory: {exc.strerror or exc}") from None
 
@@ -129,8 +166,19 @@ class Outputs:
         write_atomic(self.dir / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
 
     def close(self) -> None:
+        """Close the files, then cut each back to its last complete flush.
+
+        After a clean final checkpoint that cuts nothing. After a failed write (disk full,
+        EFBIG) a file may end in a torn row: what lies past the last complete flush was never
+        checkpointed, so a resumed run would drop it anyway; dropping it now leaves every
+        file whole (truncating never needs free space).
+        """
         for f in (self._id_map, self._reasons, self._failed):
             try:
                 f.close()
             except OSError:
                 pass
+        for name, size in self._whole.items():
+            with contextlib.suppress(OSError):
+                if os.path.getsize(self.dir / name) > size:
+                    os.truncate(self.dir / name, size)

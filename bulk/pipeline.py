@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio import CancelScope
+from anyio import CancelScope, EndOfStream
 
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
 from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
+from .feed import Feed
 from .job import RecordJob, Session
 from .outputs import Outputs
 from .pacing import Pacer
@@ -260,18 +261,18 @@ class Run:
                      exc.field, "", exc.message)
 
     # --- the tasks --------------------------------------------------------------------------
-    async def _produce(self, send: Any) -> None:
+    async def _produce(self, feed: Feed[tuple[_Entry, Record, bytes]]) -> None:
         c = self.config
         max_line = c.max_line_bytes
         shard = c.shard
         tracker = self._tracker
         window = c.effective_window
-        async with send:
+        try:
             async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line, max_line_bytes=max_line):
                 if self.stopping:
                     break
                 entry = tracker.add(raw)
-                if raw.line_no in self._done_beyond or (raw.data is not None and not raw.data.strip()):
+                if raw.line_no in self._done_beyond or (raw.data is not None and (not raw.data or raw.data.isspace())):
                     tracker.finish(entry)  # finished by an earlier run, or a blank line
                     continue
                 await tracker.wait_for_room(window)
@@ -309,35 +310,40 @@ class Run:
                     # Write ahead: a resumed run must know which records may have been sent.
                     self._reserved = raw.line_no + window
                     self.checkpoint()
-                await send.send((entry, record, raw.data))
+                await feed.put((entry, record, raw.data))
+        finally:
+            feed.close()
 
-    async def _work(self, receive: Any) -> None:
+    async def _work(self, feed: Feed[tuple[_Entry, Record, bytes]]) -> None:
         session = self._session
         assert session is not None
         target = self.target
-        async with receive:
-            async for entry, record, data in receive:
-                if self.stopping:
-                    continue  # not started: stays unfinished, the next run does it
-                line = record.line_no
-                job = RecordJob(session, record, progress=self._resume_progress.pop(line, None),
-                                maybe_sent_before=line <= self._prev_reserved)
-                self._inflight[line] = job
-                try:
-                    created = await target.upload(record, job)
-                except RecordError as exc:
-                    status = getattr(exc, "status", "")
-                    field = getattr(exc, "field", "")
-                    self._failed(line, data, record.external_id, exc.kind, exc.stage,
-                                 field, status, getattr(exc, "api_message", exc.message))
-                except RetryableError as exc:
-                    kind = "uncertain" if exc.maybe_committed else "failed"
-                    self._failed(line, data, record.external_id, kind, "request", "",
-                                 exc.status or "", session.transport.redact(str(exc)))
-                else:
-                    self._created(record, created)
-                del self._inflight[line]
-                self._tracker.finish(entry)
+        while True:
+            try:
+                entry, record, data = await feed.get()
+            except EndOfStream:
+                break
+            if self.stopping:
+                continue  # not started: stays unfinished, the next run does it
+            line = record.line_no
+            job = RecordJob(session, record, progress=self._resume_progress.pop(line, None),
+                            maybe_sent_before=line <= self._prev_reserved)
+            self._inflight[line] = job
+            try:
+                created = await target.upload(record, job)
+            except RecordError as exc:
+                status = getattr(exc, "status", "")
+                field = getattr(exc, "field", "")
+                self._failed(line, data, record.external_id, exc.kind, exc.stage,
+                             field, status, getattr(exc, "api_message", exc.message))
+            except RetryableError as exc:
+                kind = "uncertain" if exc.maybe_committed else "failed"
+                self._failed(line, data, record.external_id, kind, "request", "",
+                             exc.status or "", session.transport.redact(str(exc)))
+            else:
+                self._created(record, created)
+            del self._inflight[line]
+            self._tracker.finish(entry)
 
     async def _checkpointer(self) -> None:
         while True:
@@ -379,7 +385,7 @@ class Run:
         self._input = InputFile(c.input)
         error: BulkError | None = None
         try:
-            limits = {"*": c.rate} if c.rate else dict(self.target.default_limits)
+            limits = c.pacing_limits(self.target.default_limits)
             pacer = Pacer(limits=limits, concurrency=c.concurrency, give_up_after=c.give_up_after, max_wait=c.max_wait)
             async with Transport(self.target.base_url, headers=self.target.headers(), timeout=c.timeout,
                                  connections=c.concurrency, secrets=self.target.secrets()) as transport:
@@ -423,12 +429,11 @@ class Run:
                     except RetryableError as exc:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
-                    send, receive = anyio.create_memory_object_stream[tuple[_Entry, Record, bytes]](c.concurrency)
+                    feed: Feed[tuple[_Entry, Record, bytes]] = Feed(c.concurrency)
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._produce, send)
+                        tg.start_soon(self._produce, feed)
                         for _ in range(c.concurrency):
-                            tg.start_soon(self._work, receive.clone())
-                        receive.close()
+                            tg.start_soon(self._work, feed)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             return _first_bulk_error(group)

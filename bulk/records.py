@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
+from ._frozen import constructor
 from .errors import InvalidRecord
 from .money import Totals, is_currency
+from .money import invoice_totals as _invoice_totals
 from .money import line_totals as _line_totals
 
 __all__ = ["Address", "Customer", "Line", "Record", "parse_record", "peek_external_id"]
@@ -108,10 +110,16 @@ class Record:
 
     def totals(self) -> Totals:
         """The invoice's totals: the sums of its lines' rounded totals."""
-        total = Totals.zero(self.currency)
-        for t in self.line_totals():
-            total = total + t
-        return total
+        return _invoice_totals([(ln.quantity, ln.unit_price, ln.tax_rate) for ln in self.lines],
+                               self.prices, self.currency)
+
+
+# The parser builds these per record: the fast constructors skip the frozen __init__'s per-field
+# object.__setattr__ (bulk._frozen), for identical objects.
+_new_address = constructor(Address)
+_new_customer = constructor(Customer)
+_new_line = constructor(Line)
+_new_record = constructor(Record)
 
 
 def parse_record(raw: bytes, line_no: int) -> Record:
@@ -148,9 +156,13 @@ def parse_record(raw: bytes, line_no: int) -> Record:
 
 
 def _has_float_amount(lines: Any) -> bool:
-    return type(lines) is list and any(
-        type(ln) is dict and any(type(ln.get(k)) is float for k in _AMOUNT_KEYS) for ln in lines
-    )
+    if type(lines) is not list:
+        return False
+    for ln in lines:  # plain loops: nested any() generators cost more than the check itself
+        if type(ln) is dict and (type(ln.get("quantity")) is float or type(ln.get("unit_price")) is float
+                                 or type(ln.get("tax_rate")) is float):
+            return True
+    return False
 
 
 def _lenient_decimal(text: str) -> Decimal:
@@ -202,8 +214,10 @@ def _string(ln: int, path: str, value: Any, *, max_len: int = _SHORT, required: 
     """A string field. Optional ones that are absent, null or blank come back as None; ``exact`` ones
     (identifiers, matched byte for byte downstream) must not carry surrounding whitespace."""
     if (type(value) is str and value and len(value) <= max_len and (value.strip() == value if exact else value.strip())
-            and not (_BAD_TEXT if multiline else _BAD_ONELINE).search(value)):
-        return value  # the common, valid case in one pass
+            and (value.isprintable() or not (_BAD_TEXT if multiline else _BAD_ONELINE).search(value))):
+        # The common, valid case in one pass. isprintable() (C, no regex) is False for every
+        # control character and surrogate, so when it is True neither pattern can match.
+        return value
     if value is _MISSING or value is None:
         if required:
             raise _absent(ln, path, value, f"add {path} as a non-empty string")
@@ -289,21 +303,42 @@ def _amount(ln: int, path: str, value: Any) -> Decimal:
     return amount.quantize(Decimal(1)) if amount.as_tuple().exponent > 0 else amount  # type: ignore[operator]
 
 
+_ADDRESS_FIELDS = tuple((key, f"customer.address.{key}")
+                        for key in ("line1", "line2", "city", "region", "postal_code", "country"))
+
+
+def _plain(value: Any, max_len: int) -> bool:
+    """True for a string `_string` accepts as it is (not ``exact``): the common case, checked
+    without `_string`'s keyword call. Anything else (absent, null, blank, control characters,
+    line breaks, too long) goes through `_string`, whose verdict and message stand. ~20 string
+    fields a record: this fast path measured ~5 µs of a record's ~25 µs parse."""
+    return type(value) is str and 0 < len(value) <= max_len and bool(value.strip()) and value.isprintable()
+
+
+def _plain_exact(value: Any, max_len: int) -> bool:
+    """`_plain` for identifiers (``exact``: no surrounding whitespace either)."""
+    return type(value) is str and 0 < len(value) <= max_len and value.strip() == value and value.isprintable()
+
+
 def _address(ln: int, value: Any) -> Address | None:
     if value is _MISSING or value is None:
         return None
     if type(value) is not dict:
         raise InvalidRecord(ln, "customer.address", f"must be an object, got {_got(value)}",
                             'write it as {"line1": ..., "country": "DE"} or null')
-    parts = [_string(ln, f"customer.address.{key}", value.get(key, _MISSING))
-             for key in ("line1", "line2", "city", "region", "postal_code", "country")]
+    parts = []
+    for key, path in _ADDRESS_FIELDS:
+        part = value.get(key)
+        if part is not None and not _plain(part, _SHORT):
+            part = _string(ln, path, value.get(key, _MISSING))
+        parts.append(part)
     country = parts[-1]
     if country is not None and country not in _COUNTRIES:
         fix = (f'write it in upper case: "{country.upper()}"' if country.upper() in _COUNTRIES
                else 'use an ISO 3166-1 alpha-2 code such as "DE" or "US"')
         raise InvalidRecord(ln, "customer.address.country", f"is not an ISO 3166-1 alpha-2 code: "
                             f"{_show(country)}", fix)
-    return Address(*parts)
+    return _new_address(*parts)
 
 
 def _customer(ln: int, value: Any) -> Customer:
@@ -312,19 +347,27 @@ def _customer(ln: int, value: Any) -> Customer:
     if type(value) is not dict:
         raise InvalidRecord(ln, "customer", f"must be an object, got {_got(value)}",
                             'write it as {"external_id": ..., "email": ...}')
-    ext = _string(ln, "customer.external_id", value.get("external_id", _MISSING), max_len=100, required=True,
-                  exact=True)
-    email = _string(ln, "customer.email", value.get("email", _MISSING), max_len=254, required=True)
+    ext = value.get("external_id")
+    if not _plain_exact(ext, 100):
+        ext = _string(ln, "customer.external_id", value.get("external_id", _MISSING), max_len=100, required=True,
+                      exact=True)
+    email = value.get("email")
+    if not _plain(email, 254):
+        email = _string(ln, "customer.email", value.get("email", _MISSING), max_len=254, required=True)
     if not _EMAIL.fullmatch(email):
         raise InvalidRecord(ln, "customer.email", f"is not a plausible e-mail address: {_show(email)}",
                             "write it like jane@example.com")
-    name = _string(ln, "customer.name", value.get("name", _MISSING))
-    company = _string(ln, "customer.company", value.get("company", _MISSING))
+    name = value.get("name")
+    if name is not None and not _plain(name, _SHORT):
+        name = _string(ln, "customer.name", name)
+    company = value.get("company")
+    if company is not None and not _plain(company, _SHORT):
+        company = _string(ln, "customer.company", company)
     locale = _string(ln, "customer.locale", value.get("locale", _MISSING), max_len=35) or "en"
     if not _LOCALE.fullmatch(locale):
         raise InvalidRecord(ln, "customer.locale", f"is not a language tag: {_show(locale)}",
                             'use a code such as "en", "de" or "pt-BR"')
-    return Customer(ext, email, name, company, locale, _address(ln, value.get("address", _MISSING)))
+    return _new_customer(ext, email, name, company, locale, _address(ln, value.get("address", _MISSING)))
 
 
 def _line(ln: int, i: int, value: Any) -> Line:
@@ -332,9 +375,12 @@ def _line(ln: int, i: int, value: Any) -> Line:
     if type(value) is not dict:
         raise InvalidRecord(ln, p, f"must be an object, got {_got(value)}",
                             'write it as {"title": ..., "quantity": ..., "unit_price": ..., "tax_rate": ...}')
-    title = _string(ln, f"{p}.title", value.get("title", _MISSING), max_len=185, required=True)
-    description = _string(ln, f"{p}.description", value.get("description", _MISSING), max_len=_LONG,
-                          multiline=True)
+    title = value.get("title")
+    if not _plain(title, 185):
+        title = _string(ln, f"{p}.title", value.get("title", _MISSING), max_len=185, required=True)
+    description = value.get("description")
+    if description is not None and not _plain(description, _LONG):
+        description = _string(ln, f"{p}.description", description, max_len=_LONG, multiline=True)
     quantity = _amount(ln, f"{p}.quantity", value.get("quantity", _MISSING))
     if quantity <= 0:
         raise InvalidRecord(ln, f"{p}.quantity", f"must be greater than 0, got {quantity}",
@@ -344,16 +390,20 @@ def _line(ln: int, i: int, value: Any) -> Line:
     if not 0 <= tax_rate <= 1000:
         raise InvalidRecord(ln, f"{p}.tax_rate", f"must be between 0 and 1000 percent, got {tax_rate}",
                             'write the rate in percent, e.g. "19" for 19 %')
-    item_ref = _string(ln, f"{p}.item_ref", value.get("item_ref", _MISSING), max_len=100, exact=True)
-    return Line(title, description, quantity, unit_price, tax_rate, item_ref)
+    item_ref = value.get("item_ref")
+    if item_ref is not None and not _plain_exact(item_ref, 100):
+        item_ref = _string(ln, f"{p}.item_ref", item_ref, max_len=100, exact=True)
+    return _new_line(title, description, quantity, unit_price, tax_rate, item_ref)
 
 
 def _build(obj: Any, ln: int) -> Record:
     if type(obj) is not dict:
         raise InvalidRecord(ln, "(line)", f"must be a JSON object, got {_got(obj)}",
                             "put exactly one invoice object {...} on each line")
-    external_id = _string(ln, "external_id", obj.get("external_id", _MISSING), max_len=100, required=True,
-                          exact=True)
+    external_id = obj.get("external_id")
+    if not _plain_exact(external_id, 100):
+        external_id = _string(ln, "external_id", obj.get("external_id", _MISSING), max_len=100, required=True,
+                              exact=True)
     customer = _customer(ln, obj.get("customer", _MISSING))
     currency = obj.get("currency", _MISSING)
     if type(currency) is not str or not is_currency(currency):
@@ -383,7 +433,7 @@ def _build(obj: Any, ln: int) -> Record:
         extra = {}
     elif type(extra) is not dict:
         raise InvalidRecord(ln, "extra", f"must be an object, got {_got(extra)}", "write it as {...} or leave it out")
-    return Record(ln, external_id, customer, currency, issue_date, due_date, status, prices, notes, parsed, extra)
+    return _new_record(ln, external_id, customer, currency, issue_date, due_date, status, prices, notes, parsed, extra)
 
 
 # A JSON string or a bracket: enough to track nesting depth in a malformed or truncated line.

@@ -2,8 +2,12 @@
 
 Nothing above this module sees an aiohttp exception. Redirects are not followed: an API that
 answers a write with 3xx is misconfigured (usually a wrong ``--base-url``), and following it
-could carry credentials to another host. Every message that leaves this module passes through
-:meth:`Transport.redact`, so a credential echoed by a server or a library never reaches a log.
+could carry credentials to another host. TLS certificates are verified (aiohttp's default
+context; never ``ssl=False``) and a certificate that does not verify stops the run at once
+(:class:`~bulk.errors.ConfigError`) instead of being retried. Every message that leaves this
+module passes through :meth:`Transport.redact`, and every answer has the credentials a server
+echoed back replaced by ``***``, so a credential echoed by a server or a library never reaches
+a log or an output file.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 
-from .errors import TransportError
+from .errors import ConfigError, TransportError
 
 __all__ = ["Request", "Reply", "Transport", "dumps"]
 
@@ -91,6 +96,8 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
         self._connections = connections
         self._secrets = [s for s in secrets if s]
+        # As bytes, raw and JSON-escaped ("/" may be sent as "\/"), to scrub answers (see send()).
+        self._secret_bytes = list({v.encode() for s in self._secrets for v in (s, s.replace("/", "\\/"))})
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Transport:
@@ -126,12 +133,31 @@ class Transport:
                 allow_redirects=False,
             ) as resp:
                 content = await resp.read()
+                if self._secret_bytes:
+                    return self._scrubbed(resp.status, resp.headers, content)
                 return Reply(resp.status, resp.headers, content)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # The server's certificate does not verify (untrusted, expired, wrong host): no retry
+            # can fix that, and nothing was sent. Stop now rather than retry until --give-up-after.
+            raise ConfigError(self._describe(
+                f"the TLS certificate of {self.base_url} could not be verified", exc
+            ) + ": fix the server's certificate, or add its CA to the trusted ones (SSL_CERT_FILE)") from None
         except aiohttp.ClientConnectorError as exc:
             # The connection was never established: the request surely did not arrive.
             raise TransportError(self._describe("cannot connect", exc), maybe_committed=False) from None
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(self._describe("no answer", exc), maybe_committed=True) from None
+
+    def _scrubbed(self, status: int, headers: Mapping[str, str], content: bytes) -> Reply:
+        """A Reply with every credential a server echoed back (in an error body, a Location...)
+        replaced by ``***``: the target's messages, failed_reasons.csv and the CLI never see it."""
+        for secret in self._secret_bytes:
+            if secret in content:
+                content = content.replace(secret, b"***")
+        values = "\n".join(headers.values())  # one C-level scan per secret instead of one per header
+        if any(secret in values for secret in self._secrets):
+            headers = CIMultiDict((name, self.redact(value)) for name, value in headers.items())
+        return Reply(status, headers, content)
 
     def _describe(self, what: str, exc: BaseException) -> str:
         detail = str(exc) or type(exc).__name__

@@ -181,3 +181,212 @@ def kill_and_resume(args: list[str], env: dict[str, str], *, kills: int, seed: i
             proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     return cli(args, env, timeout=final_timeout)
+
+
+# --- reliability helpers (issue 6) -----------------------------------------------------------------------------
+
+
+class RestartableSandbox(SandboxServer):
+    """A SandboxServer whose listening socket can be restarted on the same port mid-run.
+
+    ``restart(down=...)`` aborts every open connection (in-flight requests see a reset; their
+    handlers still run to completion, like a server that committed before it went away),
+    closes the listener, so new connections are refused for ``down`` seconds, then listens again
+    on the same port. The dialect object (data, counters, idempotency keys) survives: it is a
+    restart with durable storage, not a new server.
+    """
+
+    def _main(self) -> None:
+        from aiohttp import web
+
+        from bulk.sandbox import build_app
+
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._runner = web.AppRunner(build_app(self.target, self.config), access_log=None,
+                                         handle_signals=False, shutdown_timeout=0.25)
+            await self._runner.setup()
+            self._site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+            await self._site.start()
+            self.port = self._runner.addresses[0][1]
+            self.base_url = f"http://127.0.0.1:{self.port}"
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await self._runner.cleanup()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # surfaced by __enter__
+            self._error = exc
+            self._ready.set()
+
+    def restart(self, *, down: float) -> None:
+        from aiohttp import web
+
+        async def bounce() -> None:
+            await self._site.stop()
+            server = self._runner.server
+            for conn in list(server.connections if server is not None else ()):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            await asyncio.sleep(down)
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+            await self._site.start()
+
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(bounce(), self._loop).result(timeout=down + 15)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+    """Poll ``predicate()`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def created_count(sb: SandboxServer) -> int:
+    return len(support(sb.target).invoices(sb.state()))
+
+
+def assert_outputs_whole(out: Path) -> None:
+    """Nothing half-written: every output file of ``out`` parses completely.
+
+    CSV files end with a newline and every row has the header's width; failed.ndjson ends with
+    a newline (each line is a verbatim input line); summary.json is valid JSON; no temp file
+    of an atomic write is left behind.
+    """
+    for name in ("id_map.csv", "failed_reasons.csv"):
+        path = out / name
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        assert not data or data.endswith(b"\n"), f"{name} ends with a torn row: {data[-80:]!r}"
+        rows = list(csv.reader(data.decode("utf-8").splitlines()))
+        assert rows, f"{name} lacks its header"
+        width = len(rows[0])
+        torn = [r for r in rows if len(r) != width]
+        assert not torn, f"{name} has incomplete rows: {torn[:3]}"
+    failed = out / "failed.ndjson"
+    if failed.exists():
+        data = failed.read_bytes()
+        assert not data or data.endswith(b"\n"), f"failed.ndjson ends with a torn line: {data[-80:]!r}"
+    if (out / "summary.json").exists():
+        json.loads((out / "summary.json").read_text())
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers, f"temp files left behind: {leftovers}"
+
+
+def assert_counts(out: Path, records: list[Record], *, rejected: int = 0, failed: int = 0) -> None:
+    """The summary's counts and totals equal the input's: every valid record created, nothing lost."""
+    s = summary(out)
+    r = s["records"]
+    assert s["complete"] is True, s
+    assert r["created"] == len(records), r
+    assert (r["rejected"], r["failed"], r["uncertain"]) == (rejected, failed, 0), r
+    assert r["read"] == len(records) + rejected + failed, r
+    assert s["totals"] == expected_totals(records), s["totals"]
+
+
+def cli_with(prelude: str, args: Iterable[str], env: dict[str, str], *, epilogue: str = "",
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Like :func:`cli`, but run ``prelude`` in the child before bulk starts (e.g. a resource
+    limit) and ``epilogue`` when it ends (e.g. report the peak memory on stderr)."""
+    boot = "\n".join([
+        "import runpy, sys",
+        prelude,
+        "sys.argv = ['bulk', *sys.argv[1:]]",
+        "try:",
+        "    runpy.run_module('bulk', run_name='__main__', alter_sys=True)",
+        "finally:",
+        "    pass",
+        *(f"    {line}" for line in epilogue.splitlines()),
+    ])
+    return subprocess.run([sys.executable, "-B", "-c", boot, *args], env=client_env(env), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+class ScriptedServer:
+    """A tiny aiohttp server in a thread that answers every request with ``respond(request)``
+    (a coroutine returning a ``web.Response``) and records each request's method, path and
+    headers in ``seen``. ``ssl`` serves https with that context. Not a sandbox: for hostile or
+    misconfigured servers (echoing credentials, redirecting, self-signed certificates)."""
+
+    def __init__(self, respond: Any, *, ssl: Any = None) -> None:
+        self.respond = respond
+        self.ssl = ssl
+        self.seen: list[dict[str, Any]] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.port = 0
+        self._error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
+
+    def _main(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self.seen.append({"method": request.method, "path": request.path_qs, "headers": dict(request.headers)})
+            await request.read()
+            return await self.respond(request)  # type: ignore[no-any-return]
+
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await runner.cleanup()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        if not self._ready.wait(15) or self._error is not None:
+            raise RuntimeError(f"server did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Make sure a started CLI is gone and reaped, its pipes closed (a test's ``finally``)."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.communicate(timeout=30)
+    except ValueError:  # already communicated: the pipes are closed
+        proc.wait(timeout=30)

@@ -261,6 +261,7 @@ class Dialect:
                 return _drop(request)
             delay = settings.latency_ms
             if faults.hit(settings.slow_rate):
+                counters.slowed += 1
                 delay += settings.slow_ms
             if delay:
                 if write and key_header in request.headers:

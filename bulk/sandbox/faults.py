@@ -160,7 +160,7 @@ class Faults:
 class RequestCounters:
     """Counts of API requests (control routes excluded), for ``/_sandbox/state``."""
 
-    __slots__ = ("by_status", "dropped", "lost", "total")
+    __slots__ = ("by_status", "dropped", "lost", "slowed", "total")
 
     def __init__(self) -> None:
         self.clear()
@@ -170,6 +170,7 @@ class RequestCounters:
         self.by_status: dict[int, int] = {}  # answers sent, by status
         self.dropped = 0  # closed before handling (drop_rate)
         self.lost = 0  # handled, committed, then closed (lose_rate)
+        self.slowed = 0  # delayed by slow_ms (slow_rate)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -178,4 +179,5 @@ class RequestCounters:
             "throttled": self.by_status.get(429, 0),
             "dropped": self.dropped,
             "lost": self.lost,
+            "slowed": self.slowed,
         }

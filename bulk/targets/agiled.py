@@ -18,8 +18,9 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from ..errors import ServerError
 from ..records import Record
-from ..transport import Request
+from ..transport import Reply, Request
 from .base import Created, Job, Target
 
 __all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
@@ -89,6 +90,14 @@ class AgiledTarget(Target):
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credentials['AGILED_API_TOKEN']}", "Accept": "application/json"}
+
+    def classify(self, reply: Reply, stage: str) -> Reply:
+        # 409 "already in progress": our own earlier attempt with this Idempotency-Key (one whose
+        # answer timed out) is still being handled. Not a refusal: retry later with the same key,
+        # which then replays that attempt's answer. (409 "different request" stays a refusal.)
+        if reply.status == 409 and "in progress" in self.error_message(reply).lower():
+            raise ServerError(409, self.error_message(reply))
+        return super().classify(reply, stage)
 
     async def prepare(self, job: Job) -> None:
         # G-auth: the smoke test, so a bad token stops the run before any write.

@@ -1,0 +1,1 @@
+"""Benchmark harness for ``bulk`` (not part of the installed package; see benchmarks/README.md)."""

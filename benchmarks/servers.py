@@ -1,0 +1,216 @@
+"""The servers the benchmark clients talk to, each a subprocess on 127.0.0.1.
+
+- ``nginx``: canned answers from a generated configuration (``return 201 '...'``), one worker
+  process. With the echo module (Debian: ``libnginx-mod-http-echo``) the same answers after
+  ``echo_sleep`` for the latency scenario. A C server, so it is not the bottleneck: the
+  harness reports its CPU use next to every run to show it.
+- ``canned``: :mod:`benchmarks.canned`, the Python fallback when nginx (or its echo module)
+  is missing. Labelled as such in the table: it may be the bottleneck.
+- ``sandbox``: ``bulk sandbox --target agiled --rate-limit R --read-rate-limit R``, the Agiled
+  simulator enforcing R requests per second per kind with 429 + Retry-After (token bucket).
+
+Every server exposes ``base_url``, ``label`` and ``cpu_seconds()`` (user + system time of
+its processes so far, from /proc; None where /proc is not available).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["Server", "nginx_available", "start_canned", "start_nginx", "start_sandbox"]
+
+ME = '{"data":{"id":1,"name":"bench"}}'
+CONTACTS = '{"data":[{"id":1}]}'
+INVOICE = '{"data":{"id":1,"status":"draft","total":null}}'
+ECHO_MODULE_PATHS = ("/usr/lib/nginx/modules/ngx_http_echo_module.so",
+                     "/usr/lib64/nginx/modules/ngx_http_echo_module.so")
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_cpu(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir() if Path("/proc").exists() else ():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], base_url: str, label: str, tmp: Path | None = None) -> None:
+        self.proc, self.base_url, self.label, self._tmp = proc, base_url, label, tmp
+        self._pids = [proc.pid]
+
+    def track_children(self) -> None:
+        self._pids = [self.proc.pid, *_children(self.proc.pid)]
+
+    def cpu_seconds(self) -> float | None:
+        values = [_proc_cpu(pid) for pid in self._pids]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    def first_request_times(self) -> tuple[float, float]:
+        """Epoch seconds of the first request and of the first ``POST .../invoices`` in the access
+        log (nginx started with ``access_log=True``; nginx stamps a request when it answers)."""
+        assert self._tmp is not None
+        first = first_post = float("nan")
+        with open(self._tmp / "access.log") as log:
+            for line in log:
+                stamp, method, uri = line.split()
+                if first != first:
+                    first = float(stamp)
+                if method == "POST" and uri.endswith("/invoices"):
+                    first_post = float(stamp)
+                    break
+        return first, first_post
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if "nginx" not in self.label else signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                          if os.access(p, os.X_OK)), None)
+
+
+def echo_module() -> str | None:
+    return next((p for p in ECHO_MODULE_PATHS if os.path.exists(p)), None)
+
+
+def nginx_available(latency: bool) -> bool:
+    return nginx_binary() is not None and (not latency or echo_module() is not None)
+
+
+def _nginx_conf(tmp: Path, port: int, latency_ms: float, module: str | None, access_log: bool = False) -> str:
+    if latency_ms:
+        delay = f"{latency_ms / 1000:.3f}"
+        routes = f"""
+    location = /public/v1/me {{ return 200 '{ME}'; }}
+    location = /public/v1/contacts {{ echo_sleep {delay}; echo '{CONTACTS}'; }}
+    location = /public/v1/invoices {{ echo_read_request_body; echo_sleep {delay}; echo_status 201;
+                                      echo '{INVOICE}'; }}"""
+    else:
+        routes = f"""
+    location = /public/v1/me {{ return 200 '{ME}'; }}
+    location = /public/v1/contacts {{ return 200 '{CONTACTS}'; }}
+    location = /public/v1/invoices {{ return 201 '{INVOICE}'; }}"""
+    return f"""{f'load_module {module};' if latency_ms and module else ''}
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  {f"log_format stamp '$msec $request_method $uri'; access_log {tmp}/access.log stamp;"
+   if access_log else "access_log off;"}
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_buffer_size 64k;
+  default_type application/json;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;{routes}
+  }}
+}}
+"""
+
+
+def start_nginx(latency_ms: float = 0, *, access_log: bool = False) -> Server:
+    """nginx with canned answers; ``access_log`` stamps each request (see first_request_times)."""
+    binary = nginx_binary()
+    module = echo_module()
+    if binary is None or (latency_ms and module is None):
+        raise RuntimeError("nginx (and, for latency, its echo module) is not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="bulk-bench-nginx-"))
+    os.chmod(tmp, 0o755)
+    port = free_port()
+    (tmp / "nginx.conf").write_text(_nginx_conf(tmp, port, latency_ms, module, access_log))
+    proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_listening(port, proc, "nginx")
+    server = Server(proc, f"http://127.0.0.1:{port}", f"nginx (1 worker{', echo_sleep' if latency_ms else ''})", tmp)
+    time.sleep(0.1)
+    server.track_children()
+    return server
+
+
+def start_canned(latency_ms: float = 0) -> Server:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.canned", "--port", str(port),
+                             "--latency-ms", str(latency_ms)], stdout=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parent.parent)
+    _wait_listening(port, proc, "the Python canned server")
+    return Server(proc, f"http://127.0.0.1:{port}", "python canned server (nginx not found: may be the bottleneck)")
+
+
+def start_sandbox(rate: float, token: str) -> Server:
+    port = free_port()
+    env = {**os.environ, "AGILED_API_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "bulk", "sandbox", "--target", "agiled", "--port", str(port),
+                             "--rate-limit", str(rate), "--read-rate-limit", str(rate)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _wait_listening(port, proc, "bulk sandbox")
+    return Server(proc, f"http://127.0.0.1:{port}", f"bulk sandbox --target agiled --rate-limit {rate:g} "
+                  f"--read-rate-limit {rate:g}")
+
+
+def sandbox_call(server: Server, method: str, path: str) -> bytes:
+    req = urllib.request.Request(server.base_url + path, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback URL we built
+        return bytes(resp.read())
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    try:
+        yield server
+    finally:
+        server.stop()

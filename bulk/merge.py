@@ -1,0 +1,174 @@
+"""``bulk merge``: combine the run directories of ``--shard K/N`` runs into one set of outputs.
+
+The N shards of one input split its records by a stable hash of the external id (and its
+invalid lines by line number), so every record belongs to exactly one shard and the shards'
+outputs are disjoint. Merging therefore concatenates and adds up:
+
+- ``id_map.csv`` and ``failed_reasons.csv``: the header once, then every shard's rows in
+  shard order (line numbers are the input's, the same for every shard);
+- ``failed.ndjson``: every shard's lines, verbatim, ready to fix and re-feed;
+- ``summary.json``: the counts, request counters and money totals summed (totals exactly, as
+  :class:`~bulk.tally.Tally` merges them), elapsed time the longest shard's (they ran side by
+  side), and one entry per shard.
+
+It refuses, with a :class:`~bulk.errors.ConfigError` saying what to do, a set that is not one
+complete job: directories that are not finished shard runs, shards of different inputs,
+targets or shard counts, a shard given twice, or a missing one. Each output is written
+atomically; the shards' own directories are only read. The merged directory is a report,
+not a job: it has no ``state.db`` and cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .checkpoint import read_checkpoint
+from .errors import ConfigError
+from .outputs import ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
+from .tally import Tally
+
+__all__ = ["merge_runs"]
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    dir: Path
+    index: int
+    count: int
+    checkpoint: dict[str, Any]
+
+
+def _load(run_dir: Path) -> _Shard:
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a directory: give the --out directories of the shard runs")
+    cp = read_checkpoint(run_dir)
+    if cp is None:
+        raise ConfigError(f"{run_dir} is not a bulk run directory (no state.db checkpoint)")
+    shard = cp.get("shard")
+    if not shard:
+        raise ConfigError(f"{run_dir} was not run with --shard K/N: only shard runs can be merged")
+    index, count = (int(part) for part in str(shard).split("/"))
+    if not cp.get("complete"):
+        raise ConfigError(f"shard {shard} in {run_dir} has not finished: run its upload command again "
+                          "(it resumes), then merge")
+    return _Shard(run_dir, index, count, cp)
+
+
+def _check_one_job(shards: list[_Shard]) -> None:
+    first = shards[0]
+    for s in shards[1:]:
+        for key, what in (("input", "input file"), ("target", "target")):
+            if s.checkpoint.get(key) != first.checkpoint.get(key):
+                raise ConfigError(f"{s.dir} and {first.dir} are shards of different {what}s "
+                                  f"({s.checkpoint.get(key)} vs {first.checkpoint.get(key)}): merge the shards of "
+                                  "one job at a time")
+        if s.count != first.count:
+            raise ConfigError(f"{s.dir} is shard {s.index}/{s.count} but {first.dir} is {first.index}/{first.count}: "
+                              "every shard of a job must use the same N")
+    seen: dict[int, Path] = {}
+    for s in shards:
+        if s.index in seen:
+            raise ConfigError(f"shard {s.index}/{s.count} is given twice ({seen[s.index]} and {s.dir})")
+        seen[s.index] = s.dir
+    missing = [k for k in range(first.count) if k not in seen]
+    if missing:
+        listed = ", ".join(f"{k}/{first.count}" for k in missing)
+        raise ConfigError(f"incomplete set: shard{'s' if len(missing) > 1 else ''} {listed} missing; "
+                          f"give all {first.count} shard directories")
+
+
+def _copy_rows(shards: list[_Shard], name: str, header: list[str], out: Path) -> None:
+    """Header once, then each shard's rows (its own header skipped), copied as bytes."""
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow(header)
+    header_line = head.getvalue().encode()
+    with atomic_writer(out / name) as dst:
+        dst.write(header_line)
+        for s in shards:
+            with open(s.dir / name, "rb") as src:
+                first = src.readline()
+                if first and first != header_line:
+                    raise ConfigError(f"{s.dir / name} does not start with the expected header: not a bulk output")
+                for chunk in iter(lambda: src.read(_CHUNK), b""):  # noqa: B023 - src is the loop's file
+                    dst.write(chunk)
+
+
+def _count_rows(path: Path) -> int:
+    with open(path, newline="", encoding="utf-8") as f:
+        return sum(1 for _ in csv.reader(f)) - 1  # CSV rows (a quoted field may hold a newline), less the header
+
+
+def _copy_bytes(shards: list[_Shard], name: str, out: Path) -> None:
+    with atomic_writer(out / name) as dst:
+        for s in shards:
+            with open(s.dir / name, "rb") as src:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):  # noqa: B023
+                    dst.write(chunk)
+
+
+def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Merge the shard run directories ``run_dirs`` into ``out``; return the merged summary."""
+    if not run_dirs:
+        raise ConfigError("give the run directories of the shards to merge")
+    shards = sorted((_load(Path(d)) for d in run_dirs), key=lambda s: s.index)
+    _check_one_job(shards)
+    resolved_out = out.resolve()
+    if any(s.dir.resolve() == resolved_out for s in shards):
+        raise ConfigError(f"--out {out} is one of the shard directories: merge into a new directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out}: {exc.strerror or exc}") from None
+
+    tally = Tally()
+    traffic = {"requests": 0, "retries": 0, "throttled": 0}
+    per_shard = []
+    for s in shards:
+        t = Tally.from_json(s.checkpoint["tally"])
+        tally.merge(t)
+        for key in traffic:
+            traffic[key] += int(s.checkpoint["traffic"].get(key, 0))
+        per_shard.append({"shard": f"{s.index}/{s.count}", "dir": str(s.dir), "read": t.read, "created": t.created,
+                          "rejected": t.rejected, "failed": t.failed, "uncertain": t.uncertain,
+                          "elapsed_seconds": round(float(s.checkpoint["elapsed"]), 3)})
+
+    _copy_rows(shards, "id_map.csv", ID_MAP_HEADER, out)
+    _copy_rows(shards, "failed_reasons.csv", REASONS_HEADER, out)
+    _copy_bytes(shards, "failed.ndjson", out)
+    created_rows = _count_rows(out / "id_map.csv")
+    if created_rows != tally.created:
+        raise ConfigError(f"the shards' id_map.csv files hold {created_rows} rows but their checkpoints count "
+                          f"{tally.created} created invoices: a shard directory was changed after its run")
+
+    elapsed = max(float(s.checkpoint["elapsed"]) for s in shards)
+    try:
+        input_path = orjson.loads((shards[0].dir / "summary.json").read_bytes()).get("input")
+    except (OSError, orjson.JSONDecodeError):
+        input_path = None
+    summary = {
+        "target": shards[0].checkpoint["target"],
+        "input": input_path,
+        "input_fingerprint": shards[0].checkpoint["input"],
+        "shards": per_shard,
+        "complete": True,
+        "records": {
+            "read": tally.read, "created": tally.created, "existing": tally.existing,
+            "rejected": tally.rejected, "failed": tally.failed, "uncertain": tally.uncertain,
+        },
+        "totals": tally.totals.to_json(),
+        "mismatches": {"count": tally.mismatch_count, "first": tally.mismatches},
+        **traffic,
+        "elapsed_seconds": round(elapsed, 3),
+        "invoices_per_second": round(tally.created / elapsed, 2) if elapsed > 0 else 0.0,
+    }
+    write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    return summary

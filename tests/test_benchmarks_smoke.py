@@ -1,0 +1,39 @@
+"""The benchmark harness works end to end on a tiny input (the benchmarks themselves are not
+part of the test run: ``python -m benchmarks.run``, see benchmarks/README.md).
+
+It uses the Python canned server (``--no-nginx``), so it needs nothing beyond the test extra,
+which installs every baseline client (requests, httpx, uvloop)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import REPO, client_env
+
+CLIENT_LABELS = ("bulk (CLI)", "bare aiohttp loop", "bare aiohttp loop + uvloop", "httpx.AsyncClient + gather",
+                 "requests.Session loop")
+
+
+def test_the_harness_runs_every_client_on_every_scenario(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--no-nginx", "--scenarios", "none,latency,rate",
+         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        env=client_env({}), capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout
+    assert "skipping" not in done.stderr  # every client ran
+    for title in ("no latency, no limit", "5 ms latency", "server limit R = 1000"):
+        assert title in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| client")]
+    assert sorted({row.split(" | ")[0][2:] for row in rows}) == sorted(CLIENT_LABELS)
+    assert len(rows) == 3 * len(CLIENT_LABELS)
+    assert "python canned server" in table
+    raw = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    runs = [run for scenario in raw["scenarios"] for run in scenario["runs"]]
+    assert len(runs) == 3 * len(CLIENT_LABELS)
+    assert all(run["exit_code"] == 0 and run["created"] == run["records"] for run in runs), runs
+    assert (tmp_path / "results").glob("*.md")

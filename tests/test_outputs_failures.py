@@ -1,0 +1,149 @@
+"""A run directory that cannot be written, or a disk that fills during the run.
+
+Either it is detected before anything is sent (exit 3, nothing at the API), or the run stops
+resumably (exit 3) with every output file whole (no torn CSV row or NDJSON line, valid
+summary.json, no temp file left), and a re-run with space restored finishes exactly once.
+
+Tests run as root in CI, where file modes do not stop writes; the honest mechanisms used here:
+``--out`` under a regular file (ENOTDIR), a read-only or tiny tmpfs when the test may mount
+(skipped otherwise), and ``RLIMIT_FSIZE`` in the child, which makes every write past the limit
+fail with EFBIG: a faithful "disk full" for that process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    SandboxServer,
+    assert_counts,
+    assert_exactly_once,
+    assert_outputs_whole,
+    cli,
+    cli_with,
+    summary,
+    support,
+    upload_args,
+    write_input,
+)
+
+from bulk.generate import generate
+
+TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+
+
+def _assert_nothing_sent(sb: SandboxServer) -> None:
+    assert sb.state()["requests"]["total"] == 0, "requests were sent before the output problem was found"
+
+
+def test_out_under_a_regular_file_is_refused_before_sending(tmp_path: Path) -> None:
+    src = tmp_path / "in.ndjson"
+    write_input(src, 5, seed=301)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with SandboxServer("agiled") as sb:
+        done = cli(upload_args(sb, src, blocker / "run"), sb.env, timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert "cannot create the run directory" in done.stderr, done.stderr
+        _assert_nothing_sent(sb)
+    assert blocker.read_text() == "x"
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_read_only_filesystem_is_refused_before_sending(tmp_path: Path) -> None:
+    src = tmp_path / "in.ndjson"
+    write_input(src, 5, seed=302)
+    with _tmpfs(tmp_path / "ro", "ro,size=64m") as ro, SandboxServer("agiled") as sb:
+        done = cli(upload_args(sb, src, ro / "run"), sb.env, timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert "Read-only file system" in done.stderr, done.stderr
+        _assert_nothing_sent(sb)
+
+
+def test_nearly_full_disk_is_refused_before_sending(tmp_path: Path) -> None:
+    src = tmp_path / "in.ndjson"
+    write_input(src, 5, seed=303)
+    with _tmpfs(tmp_path / "small", "size=4m") as small, SandboxServer("agiled") as sb:
+        done = cli(upload_args(sb, src, small / "run"), sb.env, timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert "free" in done.stderr, done.stderr
+        _assert_nothing_sent(sb)
+
+
+def _run_with_file_size_limit(args: list[str], env: dict[str, str], limit: int) -> subprocess.CompletedProcess[str]:
+    """The CLI with RLIMIT_FSIZE = ``limit`` bytes: any write past it fails with EFBIG (SIGXFSZ ignored)."""
+    prelude = ("import resource, signal\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))")
+    return cli_with(prelude, args, env)
+
+
+# (RLIMIT_FSIZE, --checkpoint-every, what fills first). SQLite's WAL grows by a few pages per
+# commit: frequent checkpoints make the resume file hit the limit first; rare ones let id_map.csv
+# (and the failed files) hit it first, in the middle of a row.
+FILLS = {
+    "resume-file-fills": (80_000, "0.02", "resume file"),
+    "outputs-fill": (56_000, "30", "run directory"),  # "cannot write to the run directory" / "cannot append to"
+}
+# Every target with its outputs filling up; the resume file filling up (engine code alone) for
+# agiled; every pair with ``pytest -m slow``.
+CASES = [
+    pytest.param(target, fill, id=f"{target}-{fill}",
+                 marks=() if fill == "outputs-fill" or target == "agiled" else pytest.mark.slow)
+    for target in TARGETS for fill in FILLS
+]
+
+
+@pytest.mark.parametrize(("target", "fill"), CASES)
+def test_disk_fills_mid_run_stops_resumably_with_nothing_half_written(target: str, fill: str, tmp_path: Path) -> None:
+    limit, every, what = FILLS[fill]
+    if fill == "resume-file-fills" and target != "agiled":
+        limit *= 2  # slower targets commit more often per invoice: let some invoices in first
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    good = [json.loads(line) for line in generate(600, seed=304)]
+    for i, doc in enumerate(good):  # longer ids, longer id_map rows: the files fill sooner
+        doc["external_id"] = f"INV-DISK-FULL-{'X' * 50}-{i:06d}"
+    refused = set(range(7, len(good), 40))  # refused by the API: failed.ndjson and failed_reasons.csv grow too
+    for i in refused:
+        good[i] = support(target).refusable(good[i])
+    lines = [json.dumps(doc, ensure_ascii=False).encode() for doc in good]
+    records = [r for i, r in enumerate(write_input(src, 0, extra_lines=lines)) if i not in refused]
+    with SandboxServer(target) as sb:
+        args = upload_args(sb, src, out, "--concurrency", "16", "--checkpoint-every", every)
+        stopped = _run_with_file_size_limit(args, sb.env, limit)
+        assert stopped.returncode == 3, stopped.stderr
+        assert what in stopped.stderr or (fill == "outputs-fill" and "cannot append to" in stopped.stderr), \
+            stopped.stderr
+        assert "File too large" in stopped.stderr or "disk I/O error" in stopped.stderr, stopped.stderr
+        assert "run the same command again" in stopped.stderr
+        assert "Traceback" not in stopped.stderr, stopped.stderr
+        assert_outputs_whole(out)
+        s = summary(out)
+        assert s["complete"] is False
+        # Mid-run: invoices were made, and the job's durable record of them is incomplete.
+        assert support(target).invoices(sb.state()), stopped.stderr
+        assert s["records"]["created"] < len(records), stopped.stderr
+
+        done = cli(args, sb.env)
+        assert done.returncode == 1, done.stderr  # the refused records
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records, failed=len(refused))
+    assert_outputs_whole(out)
+    failed_lines = (out / "failed.ndjson").read_bytes().splitlines()
+    assert sorted(failed_lines) == sorted(lines[i] for i in refused)

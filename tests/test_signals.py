@@ -1,0 +1,112 @@
+"""SIGINT and SIGTERM, per target, through the CLI: stop reading, let the requests in flight
+finish (or, on a second signal, abandon them safely), flush the resume file and the outputs,
+exit 130; the same command then resumes and finishes exactly once."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from harness import (
+    SandboxServer,
+    assert_counts,
+    assert_exactly_once,
+    assert_outputs_whole,
+    cli,
+    created_count,
+    read_id_map,
+    start_cli,
+    stop,
+    summary,
+    support,
+    upload_args,
+    wait_until,
+    write_input,
+)
+
+TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+
+
+# Each target with one of the two signals in the default run (the handling is the engine's; the
+# target decides what "in flight" means); every pair with ``pytest -m slow``.
+CASES = [
+    pytest.param(target, signum, id=f"{target}-{signum.name}",
+                 marks=() if (i + j) % 2 == 0 else pytest.mark.slow)
+    for i, target in enumerate(TARGETS) for j, signum in enumerate([signal.SIGINT, signal.SIGTERM])
+]
+
+
+@pytest.mark.parametrize(("target", "signum"), CASES)
+def test_signal_stops_gracefully_then_resumes(target: str, signum: signal.Signals, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 30, seed=201)
+    with SandboxServer(target, latency_ms=150) as sb:
+        args = upload_args(sb, src, out, "--concurrency", "4")
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: created_count(sb) >= 4, timeout=30, what="the first invoices")
+            sent = time.monotonic()
+            proc.send_signal(signum)
+            _, stderr = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            stop(proc)
+        assert proc.returncode == 130, stderr
+        assert "interrupted" in stderr and "run the same command again" in stderr, stderr
+        # Requests in flight were let finish (each takes 150 ms plus the item calls some
+        # targets make): no wait for the 10 s grace, no cancellation.
+        assert took < 5, f"took {took:.1f} s to stop"
+        # ... and their outcomes are in the outputs: the ID map equals what the server holds
+        # (once anything abandoned would have been committed: 150 ms of latency).
+        time.sleep(0.3)
+        server = {i["external_id"]: str(i["id"]) for i in support(target).invoices(sb.state())}
+        assert {r["external_id"]: r["invoice_id"] for r in read_id_map(out)} == server
+        assert len(server) < len(records), "the signal came too late to prove anything"
+        s = summary(out)
+        assert s["complete"] is False and s["records"]["created"] == len(server)
+        assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
+        assert_outputs_whole(out)
+
+        sb.faults(latency_ms=0)
+        done = cli(args, sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_second_signal_abandons_requests_in_flight_safely(target: str, tmp_path: Path) -> None:
+    """Answers take 1 s; the second SIGINT does not wait for them: exit 130 at once. The server
+    then commits what was in flight; the resumed run reconciles it, never duplicates it."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 20, seed=202)
+    with SandboxServer(target, latency_ms=100) as sb:
+        args = upload_args(sb, src, out, "--concurrency", "4")
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: created_count(sb) >= 2, timeout=30, what="the first invoices")
+            sb.faults(latency_ms=1000)
+            time.sleep(0.2)  # requests are now stuck in the slow server, for 0.8 s more at least
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.1)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            stop(proc)
+        assert proc.returncode == 130, stderr
+        assert took < 0.6, f"the second signal did not stop at once ({took:.1f} s)"
+        s = summary(out)
+        assert s["complete"] is False
+        assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
+        assert_outputs_whole(out)
+
+        time.sleep(1.2)  # the abandoned requests finish at the server
+        sb.faults(latency_ms=0)
+        done = cli(args, sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
