@@ -40,8 +40,8 @@ __all__ = [
     "quantize",
 ]
 
-# ISO 4217 List One (active codes, as published by SIX; includes XCG and ZWG of 2024/2025,
-# excludes the withdrawn ANG, BGN, CUC, HRK, SLL, ZWL). Codes whose minor unit is "N.A."
+# ISO 4217 List One (active codes, as published by SIX; includes XCG and ZWG of 2024/2025),
+# plus the recently withdrawn codes below. Codes whose minor unit is "N.A."
 # (precious metals XAU/XAG/XPD/XPT, bond units XBA-XBD, XDR, XSU, XUA, XAD, test XTS, XXX)
 # are left out on purpose: an invoice amount needs a minor unit to be rounded to.
 _EXPONENT_0 = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
@@ -56,9 +56,15 @@ _EXPONENT_2 = (
     "SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST "
     "XCD XCG YER ZAR ZMW ZWG"
 )
+# Withdrawn codes still found in the invoices a backfill migrates (ISO 4217 List Three, with
+# their last minor unit): a 2022 invoice in HRK or a 2025 one in BGN is valid history.
+_HISTORIC_0 = "BYR"
+_HISTORIC_2 = "ANG BGN CUC EEK HRK LTL LVL MRO SKK SLL STD VEF ZWL"
 _MINOR_UNITS: dict[str, int] = {
     code: exponent
-    for exponent, codes in ((0, _EXPONENT_0), (2, _EXPONENT_2), (3, _EXPONENT_3), (4, _EXPONENT_4))
+    for exponent, codes in (
+        (0, _EXPONENT_0), (2, _EXPONENT_2), (3, _EXPONENT_3), (4, _EXPONENT_4), (0, _HISTORIC_0), (2, _HISTORIC_2)
+    )
     for code in codes.split()
 }
 # One quantum per code, built once: quantize() is on the hot path (3 calls per invoice line).
@@ -79,7 +85,7 @@ _ZERO_BY_Q: dict[Decimal, Decimal] = {q: (q * 0).copy_abs() for q in _QUANTUM.va
 
 
 def is_currency(code: str) -> bool:
-    """True if ``code`` is an active ISO 4217 code with a minor unit (exact, upper case)."""
+    """True if ``code`` is an ISO 4217 code with a minor unit (active, or recently withdrawn)."""
     return code in _MINOR_UNITS
 
 

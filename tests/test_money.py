@@ -25,9 +25,9 @@ def test_minor_units_follow_iso_4217(code: str, exponent: int) -> None:
     assert minor_units(code) == exponent
 
 
-@pytest.mark.parametrize("code", ["XYZ", "eur", "Eur", "", "EURO", "HRK", "ZWL", "ANG", "XAU", "XXX", "XTS"])
+@pytest.mark.parametrize("code", ["XYZ", "eur", "Eur", "", "EURO", "DEM1", "ZZZ", "XAU", "XXX", "XTS"])
 def test_not_currencies(code: str) -> None:
-    # Unknown, wrong case, withdrawn (HRK, ZWL, ANG) and codes without a minor unit (metals, test, none).
+    # Unknown, wrong case, malformed and codes without a minor unit (metals, test, none).
     assert not is_currency(code)
     with pytest.raises(KeyError):
         minor_units(code)
@@ -172,3 +172,12 @@ def test_currency_totals_merge_and_round_trip() -> None:
 def test_currency_totals_from_json_rejects_malformed(data: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValueError):
         CurrencyTotals.from_json(data)
+
+
+def test_recently_withdrawn_currencies_are_valid_history_for_backfills() -> None:
+    from bulk.money import is_currency, minor_units
+
+    for code in ("HRK", "BGN", "LTL", "ANG"):
+        assert is_currency(code) and minor_units(code) == 2
+    assert is_currency("BYR") and minor_units("BYR") == 0
+    assert not is_currency("XAU") and not is_currency("XYZ")
