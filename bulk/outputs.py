@@ -34,22 +34,8 @@ REASONS_HEADER = ["line", "external_id", "kind", "stage", "field", "http_status"
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file, fsync and rename (readers see old or new)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)  # never leave a half-written temp file behind
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 @contextlib.contextmanager

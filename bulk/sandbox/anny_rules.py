@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from bulk.sandbox.money import minor_unit
-from bulk.sandbox.wire import plain
+from bulk.sandbox.wire import parse_decimal, plain
 
 __all__ = [
     "ROUNDINGS",
@@ -226,13 +226,7 @@ def document(body: Any, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def number(value: Any) -> Decimal | None:
     """A JSON number (as parsed exactly: int or Decimal) as a finite Decimal; strings refused."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, Decimal) and value.is_finite():
-        return value
-    return None
+    return None if isinstance(value, str) else parse_decimal(value)
 
 
 def _places(value: Decimal) -> int:
