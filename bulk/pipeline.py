@@ -69,6 +69,7 @@ class Tracker:
         self.offset, self.line = offset, line  # next unfinished byte / line number
         self._pending: deque[_Entry] = deque()
         self._room = anyio.Event()
+        self._waiting = False  # the producer waits in wait_for_room: finish() must wake it
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -84,12 +85,17 @@ class Tracker:
         while pending and pending[0].done:
             head = pending.popleft()
             self.offset, self.line = head.end, head.line + 1
-        self._room.set()
+        if self._waiting:
+            self._room.set()
 
     async def wait_for_room(self, window: int) -> None:
         while len(self._pending) >= window:
             self._room = anyio.Event()
-            await self._room.wait()
+            self._waiting = True
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting = False
 
     def done_beyond(self) -> list[int]:
         return [e.line for e in self._pending if e.done]
@@ -275,7 +281,8 @@ class Run:
                 if raw.line_no in self._done_beyond or (raw.data is not None and (not raw.data or raw.data.isspace())):
                     tracker.finish(entry)  # finished by an earlier run, or a blank line
                     continue
-                await tracker.wait_for_room(window)
+                if len(tracker) >= window:
+                    await tracker.wait_for_room(window)
                 ext_id = None
                 try:
                     if raw.data is None:

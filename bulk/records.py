@@ -250,14 +250,33 @@ def _choice(ln: int, path: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+# Valid amounts and dates repeat from record to record (tax rates, quantities, list prices, the
+# days of a month's invoices): each distinct text is checked and converted once, then reused
+# (Decimal and date are immutable). Bounded: emptied when full, so memory does not grow with
+# the input. Only values that passed every check are kept.
+_CACHE_SIZE = 4096
+_AMOUNT_CACHE: dict[str, Decimal] = {}
+_INT_AMOUNT_CACHE: dict[int, Decimal] = {}
+_DATE_CACHE: dict[str, datetime.date] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _date(ln: int, path: str, value: Any) -> datetime.date | None:
     if value is _MISSING or value is None:
         return None
+    if type(value) is str and (hit := _DATE_CACHE.get(value)) is not None:
+        return hit
     if type(value) is not str or not _DATE.fullmatch(value):
         raise InvalidRecord(ln, path, f"must be a date YYYY-MM-DD, got {_got(value)}",
                             'write it like "2026-03-31"')
     try:
-        return datetime.date.fromisoformat(value)
+        return _remember(_DATE_CACHE, value, datetime.date.fromisoformat(value))  # type: ignore[no-any-return]
     except ValueError:
         raise InvalidRecord(ln, path, f"is not a real date: {value}", "check the day and month") from None
 
@@ -265,10 +284,15 @@ def _date(ln: int, path: str, value: Any) -> datetime.date | None:
 def _amount(ln: int, path: str, value: Any) -> Decimal:
     """A finite Decimal, |value| < 10^12, at most 12 decimal places once trailing zeros are dropped (so every
     product in the money rule is exact at 50 digits). Booleans, NaN, Infinity, bad strings are refused."""
-    if type(value) is str and _PLAIN_AMOUNT.fullmatch(value):
-        return Decimal(value)
-    if type(value) is int and -_LIMIT < value < _LIMIT:
-        return Decimal(value)
+    if type(value) is str:
+        hit = _AMOUNT_CACHE.get(value)
+        if hit is not None:
+            return hit
+        if _PLAIN_AMOUNT.fullmatch(value):
+            return _remember(_AMOUNT_CACHE, value, Decimal(value))  # type: ignore[no-any-return]
+    elif type(value) is int and -_LIMIT < value < _LIMIT:
+        hit = _INT_AMOUNT_CACHE.get(value)
+        return hit if hit is not None else _remember(_INT_AMOUNT_CACHE, value, Decimal(value))  # type: ignore[no-any-return]
     if value is _MISSING or value is None:
         raise _absent(ln, path, value, _AMOUNT_FIX)
     if type(value) is int:
