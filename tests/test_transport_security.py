@@ -97,14 +97,14 @@ def test_insecure_http_rules() -> None:
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+        pytest.fail("openssl is needed to make the self-signed certificate for the TLS checks")
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                            "-keyout", str(key), "-out", str(cert)], capture_output=True, timeout=60)
     if made.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {made.stderr.decode(errors='replace')}")
+        pytest.fail(f"openssl could not make a certificate: {made.stderr.decode(errors='replace')}")
     return cert, key
 
 
