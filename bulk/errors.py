@@ -40,6 +40,7 @@ __all__ = [
     "ApiUnavailable",
     "QuotaExhausted",
     "OutputError",
+    "find_bulk_error",
 ]
 
 
@@ -166,3 +167,13 @@ class QuotaExhausted(AbortRun):
 
 class OutputError(AbortRun):
     """The run directory could not be written. Nothing half-written is left behind."""
+
+
+def find_bulk_error(group: BaseExceptionGroup) -> BulkError | None:
+    """The first `BulkError` in a (nested) exception group from a task group, or None."""
+    for exc in group.exceptions:
+        if isinstance(exc, BulkError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := find_bulk_error(exc)) is not None:
+            return found
+    return None

@@ -82,6 +82,15 @@ class Feed(Generic[T]):
             self._room = None
         return item
 
+    def take(self, limit: int) -> list[T]:
+        """Up to ``limit`` more items that are there now, without waiting (to batch them)."""
+        items = self._items
+        out = [items.popleft() for _ in range(min(limit, len(items)))]
+        if out and self._room is not None and len(items) <= self._low:
+            self._room.set()
+            self._room = None
+        return out
+
     def _wake_one(self) -> None:
         if self._waiters and self._items:
             self._waiters.popleft().set()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import RetryableError, Throttled, TransportError
+from .errors import RecordError, RetryableError, Throttled, TransportError
 from .pacing import Backoff, Pacer
 from .transport import Reply, Request, Transport
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .records import Record
     from .targets.base import Target
 
-__all__ = ["Counters", "Session", "RecordJob"]
+__all__ = ["Counters", "Session", "RecordJob", "failure"]
 
 
 @dataclass(slots=True)
@@ -154,3 +154,14 @@ class RecordJob:
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
+
+
+def failure(exc: RecordError | RetryableError, redact: Callable[[str], str]) -> tuple[str, str, str, int | str, str]:
+    """How a record that ended with ``exc`` is reported: (kind, stage, field, status, message),
+    the columns of failed_reasons.csv. A retryable error that outlived the retry budget is
+    ``uncertain`` when the request may have been committed, ``failed`` otherwise."""
+    if isinstance(exc, RecordError):
+        return (exc.kind, exc.stage, getattr(exc, "field", ""), getattr(exc, "status", ""),
+                getattr(exc, "api_message", exc.message))
+    kind = "uncertain" if exc.maybe_committed else "failed"
+    return kind, "request", "", exc.status or "", redact(str(exc))

@@ -31,8 +31,10 @@ from anyio import CancelScope, EndOfStream
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
 from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
+from .errors import find_bulk_error
+from .fanout import Child, ChildOutcome, Router
 from .feed import Feed
-from .job import RecordJob, Session
+from .job import RecordJob, Session, failure
 from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink
@@ -60,6 +62,15 @@ class _Entry:
 
     def __init__(self, line: int, end: int) -> None:
         self.line, self.end, self.done = line, end, False
+
+
+class _Remote:
+    """A record in flight in an upload process: the progress it last reported."""
+
+    __slots__ = ("progress",)
+
+    def __init__(self, progress: dict[str, Any]) -> None:
+        self.progress = progress
 
 
 class Tracker:
@@ -111,7 +122,9 @@ class Run:
         self.out = Path(config.out)
         self.tally = Tally()
         self.stopping = False
-        self._inflight: dict[int, RecordJob] = {}
+        self._inflight: dict[int, RecordJob | _Remote] = {}
+        self._children: list[Child] = []
+        self._sent: dict[int, tuple[_Entry, Record, bytes]] = {}  # handed to an upload process
         self._resume_progress: dict[int, dict[str, Any]] = {}
         self._done_beyond: set[int] = set()
         self._prev_reserved = 0
@@ -192,10 +205,13 @@ class Run:
 
     def _traffic(self) -> dict[str, int]:
         c = self._session.counters if self._session else None
+        now = [c.requests, c.retries, c.throttled] if c else [0, 0, 0]
+        for child in self._children:
+            now = [a + b for a, b in zip(now, child.traffic)]
         return {
-            "requests": self._traffic0["requests"] + (c.requests if c else 0),
-            "retries": self._traffic0["retries"] + (c.retries if c else 0),
-            "throttled": self._traffic0["throttled"] + (c.throttled if c else 0),
+            "requests": self._traffic0["requests"] + now[0],
+            "retries": self._traffic0["retries"] + now[1],
+            "throttled": self._traffic0["throttled"] + now[2],
         }
 
     def _elapsed(self) -> float:
@@ -211,6 +227,7 @@ class Run:
             "input": self.config.input,
             "shard": str(self.config.shard) if self.config.shard else None,
             "complete": self._complete,
+            "processes": max(1, len(self._children)),
             "records": {
                 "read": t.read, "created": t.created, "existing": t.existing,
                 "already_done": self._already_done, "rejected": t.rejected,
@@ -267,7 +284,7 @@ class Run:
                      exc.field, "", exc.message)
 
     # --- the tasks --------------------------------------------------------------------------
-    async def _produce(self, feed: Feed[tuple[_Entry, Record, bytes]]) -> None:
+    async def _produce(self, feed: Feed[tuple[_Entry, Record, bytes]] | Router[tuple[_Entry, Record, bytes]]) -> None:
         c = self.config
         max_line = c.max_line_bytes
         shard = c.shard
@@ -338,19 +355,59 @@ class Run:
             self._inflight[line] = job
             try:
                 created = await target.upload(record, job)
-            except RecordError as exc:
-                status = getattr(exc, "status", "")
-                field = getattr(exc, "field", "")
-                self._failed(line, data, record.external_id, exc.kind, exc.stage,
-                             field, status, getattr(exc, "api_message", exc.message))
-            except RetryableError as exc:
-                kind = "uncertain" if exc.maybe_committed else "failed"
-                self._failed(line, data, record.external_id, kind, "request", "",
-                             exc.status or "", session.transport.redact(str(exc)))
+            except (RecordError, RetryableError) as exc:
+                self._failed(line, data, record.external_id, *failure(exc, session.transport.redact))
             else:
                 self._created(record, created)
             del self._inflight[line]
             self._tracker.finish(entry)
+
+    async def _send_to(self, child: Child, feed: Feed[tuple[_Entry, Record, bytes]]) -> None:
+        """Hand this upload process its records, in batches of what is ready."""
+        try:
+            while True:
+                try:
+                    batch = [await feed.get(), *feed.take(255)]
+                except EndOfStream:
+                    break
+                if self.stopping:
+                    continue  # not started: stays unfinished, the next run does it
+                header: list[Any] = []
+                for item in batch:
+                    line = item[1].line_no
+                    progress = self._resume_progress.pop(line, None)
+                    self._inflight[line] = _Remote(progress or {})
+                    self._sent[line] = item
+                    header.append([line, line <= self._prev_reserved, progress, len(item[2])])
+                await child.send(header, b"".join(item[2] for item in batch))
+        finally:
+            with CancelScope(shield=True):
+                await child.finish()
+
+    def _stop_children(self) -> None:
+        for child in self._children:
+            child.stop()
+
+    async def _fan_out(self, feed: Router[tuple[_Entry, Record, bytes]], processes: int) -> None:
+        """Start the upload processes and feed each its share (``bulk.fanout``)."""
+        c = self.config
+        share = {kind: rate / processes for kind, rate in c.pacing_limits(self.target.default_limits).items()}
+        settings = {
+            "target": c.target, "base_url": self.target.base_url, "credentials": self.target.credentials,
+            "options": dict(self.target.options), "limits": share, "concurrency": -(-c.concurrency // processes),
+            "give_up_after": c.give_up_after, "max_wait": c.max_wait, "timeout": c.timeout,
+            "attempts": c.attempts, "item_concurrency": c.item_concurrency, "state_db": str(self.out / "state.db"),
+        }
+        outcome = _RemoteOutcome(self)
+        try:
+            async with anyio.create_task_group() as tg:
+                for child, child_feed in zip(self._children, feed.feeds):
+                    await child.start(settings)
+                    tg.start_soon(self._send_to, child, child_feed)
+                    tg.start_soon(child.collect, outcome)
+        finally:
+            for child in self._children:
+                await child.close()
 
     async def _checkpointer(self) -> None:
         while True:
@@ -370,6 +427,7 @@ class Run:
                     if self.stopping:
                         break  # second signal: stop now
                     self.stopping = True
+                    self._stop_children()
                     if self.progress:
                         self.progress.note("interrupted: finishing requests in flight (again to stop now)")
                     with anyio.move_on_after(10):
@@ -436,11 +494,20 @@ class Run:
                     except RetryableError as exc:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
-                    feed: Feed[tuple[_Entry, Record, bytes]] = Feed(c.concurrency)
+                    processes = c.processes_for(self.target.default_limits)
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._produce, feed)
-                        for _ in range(c.concurrency):
-                            tg.start_soon(self._work, feed)
+                        if processes > 1:
+                            self._children = [Child(k) for k in range(processes)]
+                            per = -(-c.concurrency // processes)
+                            router = Router([Feed(2 * per) for _ in range(processes)],
+                                            lambda item: id_hash("fanout:" + self.target.affinity(item[1])))
+                            tg.start_soon(self._produce, router)
+                            tg.start_soon(self._fan_out, router, processes)
+                        else:
+                            feed: Feed[tuple[_Entry, Record, bytes]] = Feed(c.concurrency)
+                            tg.start_soon(self._produce, feed)
+                            for _ in range(c.concurrency):
+                                tg.start_soon(self._work, feed)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             return _first_bulk_error(group)
@@ -449,19 +516,38 @@ class Run:
         return None
 
 
-def _find_bulk_error(group: BaseExceptionGroup) -> BulkError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, BulkError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _find_bulk_error(exc)
-            if found is not None:
-                return found
-    return None
+
+class _RemoteOutcome(ChildOutcome):
+    """Applies an upload process's events to the run, as its own workers would."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def created(self, line: int, created: Created) -> None:
+        run = self._run
+        entry, record, _ = run._sent.pop(line)
+        del run._inflight[line]
+        run._created(record, created)
+        run._tracker.finish(entry)
+
+    def failed(self, line: int, kind: str, stage: str, field: str, status: int | str, message: str) -> None:
+        run = self._run
+        entry, record, data = run._sent.pop(line)
+        del run._inflight[line]
+        run._failed(line, data, record.external_id, kind, stage, field, status, message)
+        run._tracker.finish(entry)
+
+    def progress(self, line: int, progress: dict[str, Any]) -> None:
+        remote = self._run._inflight.get(line)
+        if remote is not None:
+            remote.progress = progress
+
+    def resolved(self, ns: str, key: str, value: str) -> None:
+        self._run._state.put(ns, key, value)
 
 
 def _first_bulk_error(group: BaseExceptionGroup) -> BulkError:
-    found = _find_bulk_error(group)
+    found = find_bulk_error(group)
     if found is None:
         raise group
     return found

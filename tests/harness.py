@@ -9,6 +9,7 @@ import csv
 import importlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
@@ -171,7 +172,6 @@ def assert_exactly_once(sb: SandboxServer, out: Path, records: list[Record]) -> 
 def kill_and_resume(args: list[str], env: dict[str, str], *, kills: int, seed: int, lo: float = 0.2,
                     hi: float = 1.2, final_timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """SIGKILL the CLI at seeded random moments ``kills`` times, then let it finish."""
-    import random
 
     rng = random.Random(seed)
     for _ in range(kills):
@@ -181,6 +181,51 @@ def kill_and_resume(args: list[str], env: dict[str, str], *, kills: int, seed: i
             proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     return cli(args, env, timeout=final_timeout)
+
+
+def no_duplicates(sb: SandboxServer) -> None:
+    counts = Counter(inv["external_id"] for inv in support(sb.target).invoices(sb.state()))
+    dupes = {k: v for k, v in counts.items() if v > 1}
+    assert not dupes, f"duplicate invoices at the API: {dupes}"
+
+
+def kill_until_done(sb: SandboxServer, args_for: Callable[[random.Random], list[str]], *, kills: int, seed: int,
+                    timeout: float = 120) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Start the same command again and again, SIGKILLing it at seeded moments ``kills`` times,
+    then let it run to its end. Returns (kills delivered, the last, unkilled run).
+
+    A third of the moments are a random time after the start (while still importing, opening
+    the job, sending the first requests); the others come when the server has created a random
+    number (1-6) of further invoices, plus a random few milliseconds: so the kills land in the
+    upload proper on every target, however fast it is, and the job is never done too early.
+    """
+    rng = random.Random(seed)
+    delivered = 0
+    for _ in range(kills):
+        proc = start_cli(args_for(rng), sb.env)
+        try:
+            if rng.random() < 1 / 3:
+                time.sleep(rng.uniform(0.05, 0.6))
+            else:
+                goal = created_count(sb) + rng.randint(1, 6)
+                wait_until(lambda: proc.poll() is not None or created_count(sb) >= goal, timeout=60,
+                           interval=0.01, what="progress before the kill")
+                time.sleep(rng.uniform(0, 0.05))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                delivered += 1
+            _, err = proc.communicate(timeout=30)
+        finally:
+            stop(proc)
+        if proc.returncode not in (-signal.SIGKILL, 0):
+            raise AssertionError(f"run exited {proc.returncode}: {err}")
+        no_duplicates(sb)
+    proc = start_cli(args_for(rng), sb.env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop(proc)
+    return delivered, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # --- reliability helpers (issue 6) -----------------------------------------------------------------------------

@@ -302,6 +302,9 @@ class AnnyTarget(Target):
                                     f"is {len(line.description)} characters long, more than the 185 of "
                                     "an anny item subtitle", "shorten it to at most 185 characters")
 
+    def affinity(self, record: Record) -> str:
+        return record.customer.email.lower()  # customers are found (and resolved) by e-mail
+
     async def prepare(self, job: Job) -> None:
         if not self.organization:
             raise ConfigError("the anny target needs the organization id: --option organization=ID")

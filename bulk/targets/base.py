@@ -117,6 +117,11 @@ class Target(abc.ABC):
     def check(self, record: Record) -> None:
         """Raise :class:`~bulk.errors.InvalidRecord` for what this API cannot take."""
 
+    def affinity(self, record: Record) -> str:
+        """The key ``upload`` resolves the record's customer by. With ``--processes N`` the
+        records sharing it go to the same process, so the customer is resolved once."""
+        return record.customer.external_id
+
     async def prepare(self, job: Job) -> None:
         """Called once per run before any record (e.g. an auth smoke test). Default: nothing."""
 

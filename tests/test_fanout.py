@@ -1,0 +1,254 @@
+"""``--processes N``: the upload spread over child processes (``bulk.fanout``), for every target.
+
+The same guarantees as one process, checked through the CLI against the sandboxes: every
+record once, every customer once (records of one customer go to one process), the ID map and
+totals equal to the server's, a SIGKILL of the run at any moment (its children die with it)
+and a SIGINT both resume exactly once; a child that dies or aborts stops the run resumably.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from harness import (
+    SandboxServer,
+    assert_counts,
+    assert_exactly_once,
+    assert_outputs_whole,
+    cli,
+    created_count,
+    kill_until_done,
+    start_cli,
+    stop,
+    summary,
+    upload_args,
+    wait_until,
+    write_input,
+)
+
+from bulk.config import UploadConfig
+from bulk.errors import ApiUnavailable, AuthError, ConfigError, InvalidRecord, QuotaExhausted
+from bulk.fanout import Router, error_from_wire, error_to_wire
+from bulk.feed import Feed
+
+TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+CUSTOMERS = {"agiled": "contacts", "anny": "customers", "chargeover": "customers"}  # coperniq's are seeded
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_two_processes_create_every_record_and_customer_once(target: str, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 90, seed=810 + TARGETS.index(target))
+    with SandboxServer(target, latency_ms=5) as sb:
+        done = cli(upload_args(sb, src, out, "--processes", "2", "--concurrency", "8"), sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+        state = sb.state()
+        if target in CUSTOMERS:
+            # Single flight across processes: one create per customer, however many invoices share it.
+            assert len(state[CUSTOMERS[target]]) == len({r.customer.external_id for r in records})
+        s = summary(out)
+        assert s["processes"] == 2
+        # The children's traffic is counted: every request the server saw, and no more.
+        assert s["requests"] == state["requests"]["total"]
+    assert_counts(out, records)
+    assert_outputs_whole(out)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sigkill_of_the_run_kills_its_children_and_resumes_exactly_once(target: str, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 70, seed=820 + TARGETS.index(target))
+    with SandboxServer(target, latency_ms=20, seed=5) as sb:
+        def args_for(rng: random.Random) -> list[str]:
+            return upload_args(sb, src, out, "--processes", "2", "--concurrency", str(rng.choice([4, 8])))
+
+        delivered, done = kill_until_done(sb, args_for, kills=4, seed=830 + TARGETS.index(target))
+        assert done.returncode == 0, done.stderr
+        assert delivered >= 3
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
+    assert_outputs_whole(out)
+
+
+def test_children_die_with_a_killed_run(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    write_input(src, 200, seed=840)
+    with SandboxServer("agiled", latency_ms=50) as sb:
+        proc = start_cli(upload_args(sb, src, out, "--processes", "2", "--concurrency", "4"), sb.env)
+        try:
+            wait_until(lambda: created_count(sb) >= 3, timeout=30, what="the first invoices")
+            kids = _children(proc.pid)
+            assert len(kids) == 2, kids
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            wait_until(lambda: not any(_alive(k) for k in kids), timeout=5, what="the children to die")
+            time.sleep(0.2)  # what was already sent lands (50 ms latency)
+            made = created_count(sb)
+            time.sleep(0.5)
+            assert created_count(sb) == made, "a child of the killed run kept creating invoices"
+        finally:
+            stop(proc)
+
+
+@pytest.mark.parametrize("target", ["agiled", "anny"])
+def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 80, seed=850)
+    with SandboxServer(target, latency_ms=100) as sb:
+        args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: created_count(sb) >= 4, timeout=30, what="the first invoices")
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            stop(proc)
+        assert proc.returncode == 130, stderr
+        s = summary(out)
+        assert s["complete"] is False and 0 < s["records"]["created"] < len(records)
+        assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
+        # Everything the children finished is in the ID map: no invoice at the server is missing from it.
+        assert s["records"]["created"] == created_count(sb)
+        assert_outputs_whole(out)
+
+        sb.faults(latency_ms=0)
+        done = cli(args, sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
+
+
+def test_a_child_that_dies_stops_the_run_resumably(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 120, seed=860)
+    with SandboxServer("agiled", latency_ms=50) as sb:
+        args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: created_count(sb) >= 4, timeout=30, what="the first invoices")
+            os.kill(_children(proc.pid)[0], signal.SIGKILL)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            stop(proc)
+        assert proc.returncode == 3, stderr
+        assert "upload process" in stderr and "ended unexpectedly" in stderr and "resume" in stderr, stderr
+        assert summary(out)["complete"] is False
+        assert_outputs_whole(out)
+
+        done = cli(args, sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
+
+
+def test_an_abort_in_a_child_stops_the_run_with_its_message(tmp_path: Path) -> None:
+    """A 429 asking for an hour, beyond --max-wait, inside a child: the parent stops (exit 3)
+    with the child's own message and moment to resume; the same command then finishes."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 40, seed=870)
+    with SandboxServer("agiled", latency_ms=20, retry_after_override=3600) as sb:
+        args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4", "--max-wait", "60")
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: created_count(sb) >= 3, timeout=30, what="the first invoices")
+            sb.faults(throttle_rate=1.0)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            stop(proc)
+        assert proc.returncode == 3, stderr
+        assert "--max-wait" in stderr and "resume after" in stderr, stderr
+        s = summary(out)
+        assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
+
+        sb.faults(throttle_rate=0.0)
+        done = cli(args, sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
+
+
+# --- the seams ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc", [
+    AuthError(401, "token expired", "check AGILED_API_TOKEN"),
+    QuotaExhausted("wait until 2026-11-22T00:00:00+00:00", resume_at="2026-11-22T00:00:00+00:00"),
+    ApiUnavailable("no successful answer for 120 s"),
+    ConfigError("the TLS certificate could not be verified"),
+    InvalidRecord(7, "lines[0].quantity", "must be greater than 0", "use a positive quantity"),
+])
+def test_errors_cross_the_process_boundary_whole(exc: Exception) -> None:
+    back = error_from_wire(error_to_wire(exc))  # type: ignore[arg-type]
+    assert type(back) is type(exc)
+    assert str(back) == str(exc)
+    assert vars(back) == vars(exc)
+
+
+def test_an_unknown_error_class_from_a_child_still_stops_the_run() -> None:
+    from bulk.errors import AbortRun
+
+    back = error_from_wire(["NoSuchError", "boom", {}])
+    assert isinstance(back, AbortRun) and str(back) == "boom"
+
+
+def _config(tmp_path: Path, size: int, **kw: object) -> UploadConfig:
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(b"x" * size)
+    return UploadConfig(input=str(src), out=tmp_path / "run", **kw)  # type: ignore[arg-type]
+
+
+def test_auto_uses_processes_only_where_they_pay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    big, small = 8 << 20, 1 << 20
+    assert _config(tmp_path, big, processes=0).processes_for({}) == 4  # one per CPU, at most 4
+    assert _config(tmp_path, small, processes=0).processes_for({}) == 1  # small input: not worth starting
+    assert _config(tmp_path, big, processes=0).processes_for({"write": 0.5}) == 1  # rate-limited API
+    assert _config(tmp_path, big, processes=0, rate=1e6).processes_for({"write": 0.5}) == 4  # --rate lifts it
+    assert _config(tmp_path, big, processes=0, rate=1e6, shard=None, concurrency=4).processes_for({}) == 1
+    assert _config(tmp_path, small, processes=3).processes_for({"write": 0.5}) == 3  # asked for: given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert _config(tmp_path, big, processes=0).processes_for({}) == 1  # one CPU
+
+
+def test_the_router_sends_a_key_always_to_the_same_feed() -> None:
+    async def main() -> list[list[int]]:
+        feeds: list[Feed[int]] = [Feed(100) for _ in range(3)]
+        router = Router(feeds, key=lambda item: item // 10)
+        for item in range(60):
+            await router.put(item)
+        router.close()
+        return [[await f.get(), *f.take(100)] for f in feeds]
+
+    got = anyio.run(main)
+    assert sorted(x for feed in got for x in feed) == list(range(60))
+    for k, feed in enumerate(got):
+        assert {x // 10 % 3 for x in feed} == {k}
+        assert feed == sorted(feed)  # in order within a feed
