@@ -123,6 +123,7 @@ def run_client(client: Client, input_path: Path, server: servers.Server, *, conc
             raise RuntimeError(f"bulk wrote no summary (exit {code}): {stderr.decode()[-800:]}") from None
         created, requests, throttled = summary["records"]["created"], summary["requests"], summary["throttled"]
         work_seconds = summary["this_run"]["elapsed_seconds"]
+        processes = summary.get("processes", 1)
     else:
         try:
             result = orjson.loads(stdout.strip().splitlines()[-1])
@@ -130,12 +131,14 @@ def run_client(client: Client, input_path: Path, server: servers.Server, *, conc
             raise RuntimeError(f"{client.name} failed (exit {code}): {stderr.decode()[-800:]}") from None
         created, requests, throttled = result["created"], result["requests"], result["throttled"]
         work_seconds = result["work_seconds"]
+        processes = 1
     shutil.rmtree(out, ignore_errors=True)
     return Measurement(
         client=client.name, records=sum(1 for _ in open(input_path, "rb")), wall=wall,
-        cpu=usage["utime"] + usage["stime"], rss_mb=usage["maxrss_kb"] / 1024, created=created, requests=requests,
-        throttled=throttled, server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0, exit_code=code,
-        extra={"work_seconds": work_seconds},
+        cpu=usage["utime"] + usage["stime"], rss_mb=usage.get("tree_rss_kb", usage["maxrss_kb"]) / 1024,
+        created=created, requests=requests, throttled=throttled,
+        server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0, exit_code=code,
+        extra={"work_seconds": work_seconds, "processes": processes},
     )
 
 
@@ -289,24 +292,31 @@ def machine() -> str:
 
 # --- memory and resume ----------------------------------------------------------------------------
 def memory_goal(args: argparse.Namespace, work: Path, log: Callable[[str], None]) -> list[str]:
-    """Peak RSS of bulk at 10,000 and at --memory-records records (no latency server)."""
+    """Peak RSS of bulk (all its processes, summed) at 10,000 and at --memory-records records
+    (no-latency server), with the default ``--processes auto`` and with one process."""
     small, big = 10_000, args.memory_records
     server = servers.start_nginx(0) if servers.nginx_available(False) and not args.no_nginx else servers.start_canned(0)
+    modes = (("auto", ()), ("1", ("--processes", "1")))
+    rows: list[tuple[str, Measurement]] = []
     try:
-        rows = []
-        for n in (small, big):
-            m = run_client(CLIENTS["bulk"], make_input(work, n), server, concurrency=args.concurrency, work=work,
-                           bulk_args=("--rate", "1e9"))
-            log(f"[memory] {n:,} records: peak RSS {m.rss_mb:.1f} MB, {m.rate:,.0f} inv/s, {m.wall:.1f} s")
-            rows.append(m)
+        for mode, extra in modes:
+            for n in (small, big):
+                m = run_client(CLIENTS["bulk"], make_input(work, n), server, concurrency=args.concurrency, work=work,
+                               bulk_args=("--rate", "1e9", *extra))
+                log(f"[memory] --processes {mode}, {n:,} records: peak RSS {m.rss_mb:.1f} MB, {m.rate:,.0f} inv/s, "
+                    f"{m.wall:.1f} s")
+                rows.append((mode, m))
     finally:
         server.stop()
-    ratio = rows[1].rss_mb / rows[0].rss_mb
-    return [
-        "| records | peak RSS MB | invoices/s | wall s |", "|---:|---:|---:|---:|",
-        *(f"| {m.records:,} | {m.rss_mb:.1f} | {m.rate:,.0f} | {m.wall:.1f} |" for m in rows),
-        "", f"peak RSS at {big:,} ÷ at {small:,}: {ratio:.2f}",
-    ]
+    lines = ["| --processes | records | processes used | peak RSS MB (summed) | invoices/s | wall s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {mode} | {m.records:,} | {m.extra.get('processes', '?')} | {m.rss_mb:.1f} | {m.rate:,.0f} | "
+              f"{m.wall:.1f} |" for mode, m in rows]
+    lines.append("")
+    for i, (mode, _) in enumerate(modes):
+        lo, hi = rows[2 * i][1], rows[2 * i + 1][1]
+        lines.append(f"--processes {mode}: peak RSS at {big:,} ÷ at {small:,}: {hi.rss_mb / lo.rss_mb:.2f}  ")
+    return lines
 
 
 def resume_goal(args: argparse.Namespace, work: Path, scratch: Path, log: Callable[[str], None]) -> list[str]:

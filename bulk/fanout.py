@@ -138,6 +138,7 @@ class Child:
         self._stream: SocketStream | None = None
         self._reader: BufferedByteReceiveStream | None = None
         self._stopped = False
+        self._closed = False
 
     async def start(self, settings: dict[str, Any]) -> None:
         mine, theirs = socket.socketpair()
@@ -215,7 +216,10 @@ class Child:
         return f"exit code {self._process.returncode}; {last[0][:300]}"
 
     async def close(self) -> None:
-        """Reap the child; kill it if it is still running (the run was cancelled)."""
+        """Reap the child; kill it if it is still running (the run was cancelled). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         with anyio.CancelScope(shield=True):
             if self._stream is not None:
                 await self._stream.aclose()
@@ -313,8 +317,13 @@ def _die_with_parent() -> None:
 def child() -> None:
     """Entry point of an upload process (``python -c 'from bulk.fanout import child; child()' FD``)."""
     _die_with_parent()
-    from .config import loop_options
+    import gc
 
+    from .config import loop_options
+    from .targets import get_target  # noqa: F401 - imported before the freeze below
+
+    gc.freeze()  # as the CLI does: the imports' objects out of the young collections
+    gc.set_threshold(20_000, 50, 100)
     fd = int(sys.argv[1])
     anyio.run(_child_main, fd, backend_options=loop_options())
 

@@ -388,8 +388,9 @@ class Run:
         for child in self._children:
             child.stop()
 
-    async def _fan_out(self, feed: Router[tuple[_Entry, Record, bytes]], processes: int) -> None:
-        """Start the upload processes and feed each its share (``bulk.fanout``)."""
+    async def _start_children(self, processes: int) -> None:
+        """Start the upload processes (``bulk.fanout``) first thing: their start-up (imports)
+        overlaps the parent's own (opening the job, the auth smoke test)."""
         c = self.config
         share = {kind: rate / processes for kind, rate in c.pacing_limits(self.target.default_limits).items()}
         settings = {
@@ -398,16 +399,17 @@ class Run:
             "give_up_after": c.give_up_after, "max_wait": c.max_wait, "timeout": c.timeout,
             "attempts": c.attempts, "item_concurrency": c.item_concurrency, "state_db": str(self.out / "state.db"),
         }
+        self._children = [Child(k) for k in range(processes)]
+        for child in self._children:
+            await child.start(settings)
+
+    async def _fan_out(self, feed: Router[tuple[_Entry, Record, bytes]]) -> None:
+        """Feed each upload process its share and apply what it reports."""
         outcome = _RemoteOutcome(self)
-        try:
-            async with anyio.create_task_group() as tg:
-                for child, child_feed in zip(self._children, feed.feeds):
-                    await child.start(settings)
-                    tg.start_soon(self._send_to, child, child_feed)
-                    tg.start_soon(child.collect, outcome)
-        finally:
-            for child in self._children:
-                await child.close()
+        async with anyio.create_task_group() as tg:
+            for child, child_feed in zip(self._children, feed.feeds):
+                tg.start_soon(self._send_to, child, child_feed)
+                tg.start_soon(child.collect, outcome)
 
     async def _checkpointer(self) -> None:
         while True:
@@ -450,6 +452,9 @@ class Run:
         self._input = InputFile(c.input)
         error: BulkError | None = None
         try:
+            processes = c.processes_for(self.target.default_limits)
+            if processes > 1:
+                await self._start_children(processes)
             limits = c.pacing_limits(self.target.default_limits)
             pacer = Pacer(limits=limits, concurrency=c.concurrency, give_up_after=c.give_up_after, max_wait=c.max_wait)
             async with Transport(self.target.base_url, headers=self.target.headers(), timeout=c.timeout,
@@ -458,6 +463,8 @@ class Run:
                                         attempts=c.attempts, item_concurrency=c.item_concurrency)
                 error = await self._run_tasks(handle_signals)
         finally:
+            for child in self._children:
+                await child.close()
             self._input.close()
             if not isinstance(error, OutputError):
                 if error is None and not self.stopping:
@@ -494,15 +501,13 @@ class Run:
                     except RetryableError as exc:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
-                    processes = c.processes_for(self.target.default_limits)
                     async with anyio.create_task_group() as tg:
-                        if processes > 1:
-                            self._children = [Child(k) for k in range(processes)]
-                            per = -(-c.concurrency // processes)
-                            router = Router([Feed(2 * per) for _ in range(processes)],
+                        if self._children:
+                            per = -(-c.concurrency // len(self._children))
+                            router = Router([Feed(2 * per) for _ in self._children],
                                             lambda item: id_hash("fanout:" + self.target.affinity(item[1])))
                             tg.start_soon(self._produce, router)
-                            tg.start_soon(self._fan_out, router, processes)
+                            tg.start_soon(self._fan_out, router)
                         else:
                             feed: Feed[tuple[_Entry, Record, bytes]] = Feed(c.concurrency)
                             tg.start_soon(self._produce, feed)
