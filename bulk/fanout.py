@@ -62,7 +62,7 @@ from .records import parse_record
 from .targets.base import Created
 from .transport import Transport
 
-__all__ = ["Child", "ChildOutcome", "Router", "encode", "receive", "error_to_wire", "error_from_wire", "child"]
+__all__ = ["Child", "ChildOutcome", "Router", "shares", "encode", "receive", "error_to_wire", "error_from_wire", "child"]
 
 T = TypeVar("T")
 _HEAD = struct.Struct(">II")
@@ -113,15 +113,28 @@ class ChildOutcome:
     def resolved(self, ns: str, key: str, value: str) -> None: ...
 
 
-class Router(Generic[T]):
-    """The producer's side of one feed per upload process: an item goes to ``feeds[key(item) % N]``."""
+def shares(processes: int) -> tuple[float, float]:
+    """(the parent's share, each child's share) of the records, the rate budget and the
+    concurrency, for ``processes`` in all. The parent uploads too, but it also does the run's
+    bookkeeping for every record (about a third of what uploading one costs), so it takes
+    half a child's share: with 2 processes, 1/3 and 2/3."""
+    if processes <= 1:
+        return 1.0, 0.0
+    total = 0.5 + (processes - 1)
+    return 0.5 / total, 1 / total
 
-    def __init__(self, feeds: list[Feed[T]], key: Callable[[T], int]) -> None:
+
+class Router(Generic[T]):
+    """The producer's side of one feed per process: an item goes to the feed its key hashes to,
+    ``weights[i]`` slots of the hash space for ``feeds[i]`` (the same key, the same feed)."""
+
+    def __init__(self, feeds: list[Feed[T]], key: Callable[[T], int], weights: list[int] | None = None) -> None:
         self.feeds = feeds
         self._key = key
+        self._slots = [i for i, w in enumerate(weights or [1] * len(feeds)) for _ in range(w)]
 
     async def put(self, item: T) -> None:
-        await self.feeds[self._key(item) % len(self.feeds)].put(item)
+        await self.feeds[self._slots[self._key(item) % len(self._slots)]].put(item)
 
     def close(self) -> None:
         for feed in self.feeds:
@@ -139,6 +152,8 @@ class Child:
         self._reader: BufferedByteReceiveStream | None = None
         self._stopped = False
         self._closed = False
+        self.outstanding = 0  # records sent and not yet reported: bounded by the sender (wait_for_room)
+        self._room: anyio.Event | None = None
 
     async def start(self, settings: dict[str, Any]) -> None:
         mine, theirs = socket.socketpair()
@@ -160,6 +175,13 @@ class Child:
             await self._stream.send(encode(header, payload))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the child is gone: collect() reports why
+
+    async def wait_for_room(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` records are outstanding: records wait in the parent's
+        feed, not in socket buffers, so the parent's memory stays bounded by the feeds."""
+        while self.outstanding >= limit:
+            self._room = room = anyio.Event()
+            await room.wait()
 
     async def finish(self) -> None:
         """No more records for this child."""
@@ -183,6 +205,11 @@ class Child:
             self.traffic = tuple(header["t"])  # type: ignore[assignment]
             for event in header["e"]:
                 tag = event[0]
+                if tag in ("ok", "fail"):
+                    self.outstanding -= 1
+                    if self._room is not None:
+                        self._room.set()
+                        self._room = None
                 if tag == "ok":
                     _, line, invoice_id, customer_id, status, gross, existed = event
                     outcome.created(line, Created(invoice_id, customer_id, status,

@@ -32,7 +32,7 @@ from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
 from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
 from .errors import find_bulk_error
-from .fanout import Child, ChildOutcome, Router
+from .fanout import Child, ChildOutcome, Router, shares
 from .feed import Feed
 from .job import RecordJob, Session, failure
 from .outputs import Outputs
@@ -227,7 +227,7 @@ class Run:
             "input": self.config.input,
             "shard": str(self.config.shard) if self.config.shard else None,
             "complete": self._complete,
-            "processes": max(1, len(self._children)),
+            "processes": len(self._children) + 1,
             "records": {
                 "read": t.read, "created": t.created, "existing": t.existing,
                 "already_done": self._already_done, "rejected": t.rejected,
@@ -362,12 +362,14 @@ class Run:
             del self._inflight[line]
             self._tracker.finish(entry)
 
-    async def _send_to(self, child: Child, feed: Feed[tuple[_Entry, Record, bytes]]) -> None:
-        """Hand this upload process its records, in batches of what is ready."""
+    async def _send_to(self, child: Child, feed: Feed[tuple[_Entry, Record, bytes]], limit: int) -> None:
+        """Hand this upload process its records, in batches of what is ready, at most ``limit``
+        of them outstanding."""
         try:
             while True:
+                await child.wait_for_room(limit)
                 try:
-                    batch = [await feed.get(), *feed.take(255)]
+                    batch = [await feed.get(), *feed.take(min(255, limit - child.outstanding - 1))]
                 except EndOfStream:
                     break
                 if self.stopping:
@@ -379,6 +381,7 @@ class Run:
                     self._inflight[line] = _Remote(progress or {})
                     self._sent[line] = item
                     header.append([line, line <= self._prev_reserved, progress, len(item[2])])
+                child.outstanding += len(batch)
                 await child.send(header, b"".join(item[2] for item in batch))
         finally:
             with CancelScope(shield=True):
@@ -392,23 +395,26 @@ class Run:
         """Start the upload processes (``bulk.fanout``) first thing: their start-up (imports)
         overlaps the parent's own (opening the job, the auth smoke test)."""
         c = self.config
-        share = {kind: rate / processes for kind, rate in c.pacing_limits(self.target.default_limits).items()}
+        _, share = shares(processes)
+        limits = {kind: rate * share for kind, rate in c.pacing_limits(self.target.default_limits).items()}
         settings = {
             "target": c.target, "base_url": self.target.base_url, "credentials": self.target.credentials,
-            "options": dict(self.target.options), "limits": share, "concurrency": -(-c.concurrency // processes),
+            "options": dict(self.target.options), "limits": limits, "concurrency": _part(c.concurrency, share),
             "give_up_after": c.give_up_after, "max_wait": c.max_wait, "timeout": c.timeout,
             "attempts": c.attempts, "item_concurrency": c.item_concurrency, "state_db": str(self.out / "state.db"),
         }
-        self._children = [Child(k) for k in range(processes)]
+        self._children = [Child(k) for k in range(1, processes)]
         for child in self._children:
             await child.start(settings)
 
     async def _fan_out(self, feed: Router[tuple[_Entry, Record, bytes]]) -> None:
         """Feed each upload process its share and apply what it reports."""
+        c = self.config
+        _, share = shares(len(self._children) + 1)
         outcome = _RemoteOutcome(self)
         async with anyio.create_task_group() as tg:
-            for child, child_feed in zip(self._children, feed.feeds):
-                tg.start_soon(self._send_to, child, child_feed)
+            for child, child_feed in zip(self._children, feed.feeds[1:]):
+                tg.start_soon(self._send_to, child, child_feed, 4 * _part(c.concurrency, share))
                 tg.start_soon(child.collect, outcome)
 
     async def _checkpointer(self) -> None:
@@ -455,8 +461,10 @@ class Run:
             processes = c.processes_for(self.target.default_limits)
             if processes > 1:
                 await self._start_children(processes)
-            limits = c.pacing_limits(self.target.default_limits)
-            pacer = Pacer(limits=limits, concurrency=c.concurrency, give_up_after=c.give_up_after, max_wait=c.max_wait)
+            own, _ = shares(processes)  # this process's part of the budget
+            limits = {kind: rate * own for kind, rate in c.pacing_limits(self.target.default_limits).items()}
+            pacer = Pacer(limits=limits, concurrency=_part(c.concurrency, own), give_up_after=c.give_up_after,
+                          max_wait=c.max_wait)
             async with Transport(self.target.base_url, headers=self.target.headers(), timeout=c.timeout,
                                  connections=c.concurrency, secrets=self.target.secrets()) as transport:
                 self._session = Session(transport=transport, pacer=pacer, target=self.target, state=self._state,
@@ -503,11 +511,17 @@ class Run:
                                              "again to resume") from None
                     async with anyio.create_task_group() as tg:
                         if self._children:
-                            per = -(-c.concurrency // len(self._children))
-                            router = Router([Feed(2 * per) for _ in self._children],
-                                            lambda item: id_hash("fanout:" + self.target.affinity(item[1])))
+                            own, share = shares(len(self._children) + 1)
+                            mine, per = _part(c.concurrency, own), _part(c.concurrency, share)
+                            # Feed 0 is this process's own workers; one slot of the hash space
+                            # for it, two for each child (their shares).
+                            router = Router([Feed(mine), *(Feed(2 * per) for _ in self._children)],
+                                            lambda item: id_hash("fanout:" + self.target.affinity(item[1])),
+                                            [1, *(2 for _ in self._children)])
                             tg.start_soon(self._produce, router)
                             tg.start_soon(self._fan_out, router)
+                            for _ in range(mine):
+                                tg.start_soon(self._work, router.feeds[0])
                         else:
                             feed: Feed[tuple[_Entry, Record, bytes]] = Feed(c.concurrency)
                             tg.start_soon(self._produce, feed)
@@ -520,6 +534,10 @@ class Run:
             return exc
         return None
 
+
+
+def _part(concurrency: int, share: float) -> int:
+    return max(1, round(concurrency * share))
 
 
 class _RemoteOutcome(ChildOutcome):

@@ -34,7 +34,7 @@ from harness import (
 
 from bulk.config import UploadConfig
 from bulk.errors import ApiUnavailable, AuthError, ConfigError, InvalidRecord, QuotaExhausted
-from bulk.fanout import Router, error_from_wire, error_to_wire
+from bulk.fanout import Router, error_from_wire, error_to_wire, shares
 from bulk.feed import Feed
 
 TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
@@ -102,11 +102,11 @@ def test_children_die_with_a_killed_run(tmp_path: Path) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     write_input(src, 200, seed=840)
     with SandboxServer("agiled", latency_ms=50) as sb:
-        proc = start_cli(upload_args(sb, src, out, "--processes", "2", "--concurrency", "4"), sb.env)
+        proc = start_cli(upload_args(sb, src, out, "--processes", "3", "--concurrency", "6"), sb.env)
         try:
             wait_until(lambda: created_count(sb) >= 3, timeout=30, what="the first invoices")
             kids = _children(proc.pid)
-            assert len(kids) == 2, kids
+            assert len(kids) == 2, kids  # the parent is one of the three
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
             wait_until(lambda: not any(_alive(k) for k in kids), timeout=5, what="the children to die")
@@ -238,17 +238,27 @@ def test_auto_uses_processes_only_where_they_pay(tmp_path: Path, monkeypatch: py
     assert _config(tmp_path, big, processes=0).processes_for({}) == 1  # one CPU
 
 
-def test_the_router_sends_a_key_always_to_the_same_feed() -> None:
+def test_the_router_sends_a_key_always_to_the_same_feed_by_weight() -> None:
     async def main() -> list[list[int]]:
-        feeds: list[Feed[int]] = [Feed(100) for _ in range(3)]
-        router = Router(feeds, key=lambda item: item // 10)
-        for item in range(60):
+        feeds: list[Feed[int]] = [Feed(1000) for _ in range(3)]
+        router = Router(feeds, key=lambda item: item // 10, weights=[1, 2, 2])
+        for item in range(500):
             await router.put(item)
         router.close()
-        return [[await f.get(), *f.take(100)] for f in feeds]
+        return [[await f.get(), *f.take(1000)] for f in feeds]
 
     got = anyio.run(main)
-    assert sorted(x for feed in got for x in feed) == list(range(60))
+    assert sorted(x for feed in got for x in feed) == list(range(500))
+    slot_to_feed = [0, 1, 1, 2, 2]
     for k, feed in enumerate(got):
-        assert {x // 10 % 3 for x in feed} == {k}
+        assert {slot_to_feed[x // 10 % 5] for x in feed} == {k}  # every key in one feed
         assert feed == sorted(feed)  # in order within a feed
+    assert [len(f) for f in got] == [100, 200, 200]  # by weight
+
+
+def test_the_parent_takes_half_a_childs_share() -> None:
+    assert shares(1) == (1.0, 0.0)
+    own, each = shares(2)
+    assert (own, each) == pytest.approx((1 / 3, 2 / 3))
+    own, each = shares(4)
+    assert own + 3 * each == pytest.approx(1.0) and each == pytest.approx(2 * own)
