@@ -1,7 +1,7 @@
 """Benchmark harness: ``bulk`` against three baselines, on the same local servers, in one run.
 
     python -m benchmarks.run                       # the three scenarios, 3 rounds (~12 min)
-    python -m benchmarks.run --scenarios memory,resume   # the memory and resume goals (~10 min)
+    python -m benchmarks.run --scenarios memory,resume   # the memory and resume goals (~15 min)
     python -m benchmarks.run --tiny                # seconds: checks the harness works
 
 Every client runs in its own subprocess; the runs of a scenario alternate (A B C D A B C D
@@ -377,7 +377,7 @@ def resume_goal(args: argparse.Namespace, work: Path, scratch: Path, log: Callab
         "",
         f"Totals after the re-run: {summary['records']['created']:,} created, "
         f"{summary['records']['rejected'] + summary['records']['failed']} rejected or failed "
-        f"(exit {code}); peak RSS of the re-run {usage.ru_maxrss / 1024:.0f} MB.",
+        f"(exit {code}); peak RSS of the re-run's main process {usage.ru_maxrss / 1024:.0f} MB.",
     ]
 
 

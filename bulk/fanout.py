@@ -2,26 +2,31 @@
 
 One process of ``bulk`` spends about two thirds of its CPU inside aiohttp, one core's worth
 at a few thousand requests a second. When the API allows more than that (a local or
-self-hosted API, a load test, a high rate limit), ``--processes N`` moves the uploading into
-N child processes and keeps everything that makes the run directory *the job* in the parent:
+self-hosted API, a load test, a high rate limit), ``--processes N`` spreads the uploading
+over the parent and N-1 child processes, and keeps everything that makes the run directory
+*the job* in the parent:
 
-    parent: read -> parse, validate, dedupe, shard -> route ──> child k: parse -> target.upload
-            watermark, outputs, tally, checkpoints  <── outcomes, progress, resolved ids ──┘
+    parent: read -> parse, validate, dedupe, shard -> route ─┬─> its own workers: target.upload
+            watermark, outputs, tally, checkpoints           └─> child k: parse -> target.upload
+                                        <── outcomes, progress, resolved ids ──┘
 
-- **Routing.** A record goes to child ``hash(target.affinity(record)) % N``: every record of one
-  customer goes to the same child, so a customer is still resolved (looked up or created)
-  once, by one single-flight resolver, never raced by two processes.
-- **Budget.** Each child gets 1/N of every rate limit and of ``--concurrency``: together they
-  stay within what one process would send. A 429 pauses the child that got it.
+- **Routing.** A record goes to the process its ``target.affinity(record)`` hashes to (see
+  :class:`Router`): every record of one customer goes to the same process, so a customer is
+  still resolved (looked up or created) once, by one single-flight resolver, never raced.
+- **Budget.** The parent also does the bookkeeping of every record, so it takes half a child's
+  share (:func:`shares`) of the records, of every rate limit and of ``--concurrency``:
+  together the processes stay within what one process would send. A 429 pauses the process
+  that got it.
 - **The parent stays the only writer** of the run directory. A child reports each record's
   outcome, its ``job.progress`` while in flight (so checkpoints keep the step a multi-step
   workflow reached) and what it resolved (kept in ``state.db``). It reads earlier runs'
   resolved ids from ``state.db`` read-only.
 - **Stopping.** End of input: the parent closes its side of the socket; a child finishes its
   records and says ``bye``. SIGINT/SIGTERM to the parent: it sends SIGTERM to the children,
-  which start nothing new and finish what is in flight. A child dies with its parent (Linux
-  ``PR_SET_PDEATHSIG``), so no child of a killed run is still sending when the run is resumed.
-  A child that ends without ``bye`` stops the run, resumable (exit 3).
+  which start nothing new (a record not started stays unfinished for the next run) and
+  finish what is in flight. A child dies with its parent (Linux ``PR_SET_PDEATHSIG``), so no
+  child of a killed run is still sending when the run is resumed. A child that ends without
+  ``bye`` stops the run, resumable (exit 3).
 
 Wire: frames over a socketpair. A frame is two big-endian u32 (header and payload lengths),
 an orjson header, raw payload bytes. Parent -> child: first the settings (credentials travel
@@ -29,8 +34,11 @@ here, never in argv or the environment), then batches ``[[line, maybe_sent_befor
 progress | null, size], ...]`` whose payload is the lines' bytes. Child -> parent: ``{"e":
 events, "t": [requests, retries, throttled]}`` with events ``["ok", line, invoice_id,
 customer_id, status, gross | null, existed]``, ``["fail", line, kind, stage, field, status,
-message]``, ``["progress", line, {...}]``, ``["resolved", ns, key, value]``, ``["abort",
-error]``, ``["bye"]``.
+message]``, ``["progress", line, {...}]``, ``["resolved", ns, key, value]``,
+``["abort", error]``, ``["bye"]``. A child has at most 4x its concurrency outstanding (sent,
+not yet reported): the rest waits in the parent's bounded feed, not in socket buffers. As
+that limit is above what a child can hold queued, the records it finishes on a stop always
+make room for the parent to hand over the end of the input.
 """
 
 from __future__ import annotations
