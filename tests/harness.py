@@ -228,6 +228,28 @@ def kill_until_done(sb: SandboxServer, args_for: Callable[[random.Random], list[
     return delivered, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def run_until(sb: SandboxServer, args: list[str], *, created: int,
+              then: Callable[[subprocess.Popen[str]], object]) -> tuple[int, str]:
+    """Start the CLI; once the server holds ``created`` more invoices, call ``then(proc)`` (send a
+    signal, kill a child, break the server...) and wait for the run to exit: (exit code, stderr)."""
+    proc = start_cli(args, sb.env)
+    try:
+        goal = created_count(sb) + created
+        wait_until(lambda: proc.poll() is not None or created_count(sb) >= goal, timeout=30, what="invoices")
+        then(proc)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    return proc.returncode, stderr
+
+
+def resume_to_the_end(sb: SandboxServer, args: list[str], out: Path, records: list[Record]) -> None:
+    """The same command again finishes (exit 0) with every record created exactly once."""
+    done = cli(args, sb.env)
+    assert done.returncode == 0, done.stderr
+    assert_exactly_once(sb, out, records)
+
+
 # --- reliability helpers (issue 6) -----------------------------------------------------------------------------
 
 

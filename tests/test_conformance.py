@@ -16,6 +16,7 @@ from harness import (
     cli,
     kill_and_resume,
     read_reasons,
+    resume_to_the_end,
     summary,
     support,
     upload_args,
@@ -71,9 +72,7 @@ def test_server_down_stops_resumably_then_finishes(target: str, tmp_path: Path) 
         assert "no successful answer" in stopped.stderr and "resume" in stopped.stderr
         assert support(target).invoices(sb.state()) == []
         sb.faults(fail_rate=0.0)
-        done = cli(args, sb.env)
-        assert done.returncode == 0, done.stderr
-        assert_exactly_once(sb, out, records)
+        resume_to_the_end(sb, args, out, records)
 
 
 def test_refused_record_fails_with_api_status_and_run_goes_on(target: str, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from harness import (
     cli,
     created_count,
     kill_until_done,
+    resume_to_the_end,
+    run_until,
     start_cli,
     stop,
     summary,
@@ -124,14 +126,8 @@ def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tm
     records = write_input(src, 80, seed=850)
     with SandboxServer(target, latency_ms=100) as sb:
         args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
-        proc = start_cli(args, sb.env)
-        try:
-            wait_until(lambda: created_count(sb) >= 4, timeout=30, what="the first invoices")
-            proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=30)
-        finally:
-            stop(proc)
-        assert proc.returncode == 130, stderr
+        code, stderr = run_until(sb, args, created=4, then=lambda proc: proc.send_signal(signal.SIGINT))
+        assert code == 130, stderr
         s = summary(out)
         assert s["complete"] is False and 0 < s["records"]["created"] < len(records)
         assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
@@ -140,9 +136,7 @@ def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tm
         assert_outputs_whole(out)
 
         sb.faults(latency_ms=0)
-        done = cli(args, sb.env)
-        assert done.returncode == 0, done.stderr
-        assert_exactly_once(sb, out, records)
+        resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
 
 
@@ -151,21 +145,13 @@ def test_a_child_that_dies_stops_the_run_resumably(tmp_path: Path) -> None:
     records = write_input(src, 120, seed=860)
     with SandboxServer("agiled", latency_ms=50) as sb:
         args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
-        proc = start_cli(args, sb.env)
-        try:
-            wait_until(lambda: created_count(sb) >= 4, timeout=30, what="the first invoices")
-            os.kill(_children(proc.pid)[0], signal.SIGKILL)
-            _, stderr = proc.communicate(timeout=30)
-        finally:
-            stop(proc)
-        assert proc.returncode == 3, stderr
+        code, stderr = run_until(sb, args, created=4,
+                                 then=lambda proc: os.kill(_children(proc.pid)[0], signal.SIGKILL))
+        assert code == 3, stderr
         assert "upload process" in stderr and "ended unexpectedly" in stderr and "resume" in stderr, stderr
         assert summary(out)["complete"] is False
         assert_outputs_whole(out)
-
-        done = cli(args, sb.env)
-        assert done.returncode == 0, done.stderr
-        assert_exactly_once(sb, out, records)
+        resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
 
 
@@ -176,22 +162,14 @@ def test_an_abort_in_a_child_stops_the_run_with_its_message(tmp_path: Path) -> N
     records = write_input(src, 40, seed=870)
     with SandboxServer("agiled", latency_ms=20, retry_after_override=3600) as sb:
         args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4", "--max-wait", "60")
-        proc = start_cli(args, sb.env)
-        try:
-            wait_until(lambda: created_count(sb) >= 3, timeout=30, what="the first invoices")
-            sb.faults(throttle_rate=1.0)
-            _, stderr = proc.communicate(timeout=30)
-        finally:
-            stop(proc)
-        assert proc.returncode == 3, stderr
+        code, stderr = run_until(sb, args, created=3, then=lambda proc: sb.faults(throttle_rate=1.0))
+        assert code == 3, stderr
         assert "--max-wait" in stderr and "resume after" in stderr, stderr
         s = summary(out)
         assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
 
         sb.faults(throttle_rate=0.0)
-        done = cli(args, sb.env)
-        assert done.returncode == 0, done.stderr
-        assert_exactly_once(sb, out, records)
+        resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
 
 

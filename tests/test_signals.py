@@ -12,11 +12,10 @@ import pytest
 from harness import (
     SandboxServer,
     assert_counts,
-    assert_exactly_once,
     assert_outputs_whole,
-    cli,
     created_count,
     read_id_map,
+    resume_to_the_end,
     start_cli,
     stop,
     summary,
@@ -70,9 +69,7 @@ def test_signal_stops_gracefully_then_resumes(target: str, signum: signal.Signal
         assert_outputs_whole(out)
 
         sb.faults(latency_ms=0)
-        done = cli(args, sb.env)
-        assert done.returncode == 0, done.stderr
-        assert_exactly_once(sb, out, records)
+        resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
 
 
@@ -106,7 +103,5 @@ def test_second_signal_abandons_requests_in_flight_safely(target: str, tmp_path:
 
         time.sleep(1.2)  # the abandoned requests finish at the server
         sb.faults(latency_ms=0)
-        done = cli(args, sb.env)
-        assert done.returncode == 0, done.stderr
-        assert_exactly_once(sb, out, records)
+        resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
