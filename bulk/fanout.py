@@ -50,6 +50,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from decimal import Decimal
@@ -152,8 +153,12 @@ class Router(Generic[T]):
 class Child:
     """One upload process, seen from the parent. Create inside the run."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, *, redact: Callable[[str], str]) -> None:
         self.index = index
+        self._redact = redact  # what a child prints when it dies may quote a credential
+        # Its stderr goes to an unlinked file, never a pipe: a child that writes much (a warning
+        # per request) can never block on it; only the end is read, if it dies.
+        self._stderr = tempfile.TemporaryFile()
         self.traffic = (0, 0, 0)  # requests, retries, throttled: this child's totals
         self._process: anyio.abc.Process | None = None
         self._stream: SocketStream | None = None
@@ -168,7 +173,7 @@ class Child:
         try:
             self._process = await anyio.open_process(
                 [sys.executable, "-c", _CHILD, str(theirs.fileno())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
                 pass_fds=(theirs.fileno(),), start_new_session=True,  # Ctrl-C reaches the parent only
             )
         finally:
@@ -239,16 +244,9 @@ class Child:
         assert self._process is not None
         with anyio.move_on_after(5):
             await self._process.wait()
-        tail = b""
-        if self._process.stderr is not None:
-            with anyio.move_on_after(1):
-                try:
-                    while len(tail) < 65536:
-                        tail += await self._process.stderr.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    pass
-        last = tail.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-        return f"exit code {self._process.returncode}; {last[0][:300]}"
+        self._stderr.seek(max(0, self._stderr.seek(0, os.SEEK_END) - 4096))
+        tail = self._stderr.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        return self._redact(f"exit code {self._process.returncode}; {tail[0][:300]}")
 
     async def close(self) -> None:
         """Reap the child; kill it if it is still running (the run was cancelled). Idempotent."""
@@ -266,6 +264,7 @@ class Child:
                     self._process.kill()
                     await self._process.wait()
                 await self._process.aclose()
+            self._stderr.close()
 
 
 # --- the child's side ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .records import Record, parse_record, peek_external_id
 from .source import InputFile, RawLine, fingerprint
 from .tally import Tally
 from .targets.base import Created, Target
-from .transport import Transport
+from .transport import Transport, redactor
 
 __all__ = ["Run", "RunResult"]
 
@@ -403,7 +403,8 @@ class Run:
             "give_up_after": c.give_up_after, "max_wait": c.max_wait, "timeout": c.timeout,
             "attempts": c.attempts, "item_concurrency": c.item_concurrency, "state_db": str(self.out / "state.db"),
         }
-        self._children = [Child(k) for k in range(1, processes)]
+        redact = redactor(self.target.secrets())
+        self._children = [Child(k, redact=redact) for k in range(1, processes)]
         for child in self._children:
             await child.start(settings)
 

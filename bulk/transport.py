@@ -13,7 +13,7 @@ a log or an output file.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from .errors import ConfigError, TransportError
 
-__all__ = ["Request", "Reply", "Transport", "dumps"]
+__all__ = ["Request", "Reply", "Transport", "dumps", "redactor"]
 
 
 def _default(obj: Any) -> Any:
@@ -79,6 +79,18 @@ class Reply:
         return self.content[:limit].decode("utf-8", "replace")
 
 
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """A function that replaces every one of ``secrets`` in a text by ``***``."""
+    values = [s for s in secrets if s]
+
+    def redact(text: str) -> str:
+        for secret in values:
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
+
+
 class Transport:
     """Owns the aiohttp session. Create it inside the run (it is bound to the event loop)."""
 
@@ -96,6 +108,7 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
         self._connections = connections
         self._secrets = [s for s in secrets if s]
+        self._redact = redactor(self._secrets)
         # As bytes, raw and JSON-escaped ("/" may be sent as "\/"), to scrub answers (see send()).
         self._secret_bytes = list({v.encode() for s in self._secrets for v in (s, s.replace("/", "\\/"))})
         self._session: aiohttp.ClientSession | None = None
@@ -112,9 +125,7 @@ class Transport:
             await self._session.close()
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._redact(text)
 
     async def send(self, req: Request) -> Reply:
         """Send ``req`` once. Raises :class:`TransportError`; any HTTP status is a Reply."""
