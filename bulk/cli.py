@@ -10,6 +10,7 @@ import argparse
 import gc
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -299,8 +300,16 @@ async def _sandbox(args: argparse.Namespace) -> int:
         _say(f"{args.target} sandbox listening on {url} (token: {'from the environment' if token else 'any'}); "
              f"state at {url}/_sandbox/state; Ctrl-C stops it")
 
-    await run_forever(args.target, config, args.host, args.port, ready)
-    return EXIT_OK
+    # Ctrl-C / SIGTERM through the event loop's own signal handling: relying on asyncio.Runner's
+    # KeyboardInterrupt left the server running now and then under uvloop (MagicStack/uvloop#295).
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_forever, args.target, config, args.host, args.port, ready)
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break
+    _say("interrupted")
+    return EXIT_INTERRUPTED
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from harness import (
     read_id_map,
     read_reasons,
     start_cli,
+    stop,
     summary,
     upload_args,
     write_input,
@@ -395,4 +396,8 @@ def test_standalone_sandbox_takes_both_keys_from_the_environment(tmp_path: Path)
         assert done.returncode == 0, done.stderr
     finally:
         server.send_signal(signal.SIGINT)
-        server.communicate(timeout=10)
+        try:
+            server.communicate(timeout=10)
+        finally:
+            stop(server)  # reaped even if it failed to stop: no leak into the next test
+    assert server.returncode == 130, "the sandbox did not stop on SIGINT"
