@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from harness import (
     cli,
     created_count,
     kill_until_done,
+    read_id_map,
     resume_to_the_end,
     run_until,
     start_cli,
@@ -137,6 +139,34 @@ def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tm
 
         sb.faults(latency_ms=0)
         resume_to_the_end(sb, args, out, records)
+    assert_counts(out, records)
+
+
+def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_path: Path) -> None:
+    """Customers resolved before an interruption are in state.db; on resume the children read
+    them there (read-only) instead of looking them up again. Counted at the server: the resumed
+    run sends the auth check, the remaining invoices, and lookups only for customers that were
+    never resolved (one GET when the contact exists, GET + POST when it does not)."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 150, seed=880)
+    with SandboxServer("agiled", latency_ms=30) as sb:
+        args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "6")
+        code, stderr = run_until(sb, args, created=40, then=lambda proc: proc.send_signal(signal.SIGINT))
+        assert code == 130, stderr
+        with sqlite3.connect(out / "state.db") as db:
+            resolved = {k for (k,) in db.execute("SELECT k FROM resolved WHERE ns='agiled.contact'")}
+        done_ids = {row["external_id"] for row in read_id_map(out)}
+        remaining = [r for r in records if r.external_id not in done_ids]
+        state = sb.state()
+        assert resolved and remaining
+        known_emails = {c["email"].lower() for c in state["contacts"]}
+        unresolved = {r.customer.external_id: r.customer.email.lower() for r in remaining
+                      if r.customer.external_id not in resolved}
+        lookups = sum(1 if email in known_emails else 2 for email in unresolved.values())
+        before = state["requests"]["total"]
+
+        resume_to_the_end(sb, args, out, records)
+        assert sb.state()["requests"]["total"] - before == 1 + len(remaining) + lookups
     assert_counts(out, records)
 
 
