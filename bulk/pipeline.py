@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from .source import InputFile, RawLine, fingerprint
 from .tally import Tally
 from .targets.base import Created, Target
 from .transport import Transport, redactor
+from .watermark import Entry, Tracker
 
 __all__ = ["Run", "RunResult"]
 
@@ -57,13 +57,6 @@ class RunResult:
     interrupted: bool = False
 
 
-class _Entry:
-    __slots__ = ("line", "end", "done")
-
-    def __init__(self, line: int, end: int) -> None:
-        self.line, self.end, self.done = line, end, False
-
-
 class _Remote:
     """A record in flight in an upload process: the progress it last reported."""
 
@@ -71,45 +64,6 @@ class _Remote:
 
     def __init__(self, progress: dict[str, Any]) -> None:
         self.progress = progress
-
-
-class Tracker:
-    """Watermark over out-of-order completion: everything before it is finished."""
-
-    def __init__(self, offset: int, line: int) -> None:
-        self.offset, self.line = offset, line  # next unfinished byte / line number
-        self._pending: deque[_Entry] = deque()
-        self._room = anyio.Event()
-        self._waiting = False  # the producer waits in wait_for_room: finish() must wake it
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def add(self, raw: RawLine) -> _Entry:
-        entry = _Entry(raw.line_no, raw.end)
-        self._pending.append(entry)
-        return entry
-
-    def finish(self, entry: _Entry) -> None:
-        entry.done = True
-        pending = self._pending
-        while pending and pending[0].done:
-            head = pending.popleft()
-            self.offset, self.line = head.end, head.line + 1
-        if self._waiting:
-            self._room.set()
-
-    async def wait_for_room(self, window: int) -> None:
-        while len(self._pending) >= window:
-            self._room = anyio.Event()
-            self._waiting = True
-            try:
-                await self._room.wait()
-            finally:
-                self._waiting = False
-
-    def done_beyond(self) -> list[int]:
-        return [e.line for e in self._pending if e.done]
 
 
 class Run:
@@ -124,7 +78,7 @@ class Run:
         self.stopping = False
         self._inflight: dict[int, RecordJob | _Remote] = {}
         self._children: list[Child] = []
-        self._sent: dict[int, tuple[_Entry, Record, bytes]] = {}  # handed to an upload process
+        self._sent: dict[int, tuple[Entry, Record, bytes]] = {}  # handed to an upload process
         self._resume_progress: dict[int, dict[str, Any]] = {}
         self._done_beyond: set[int] = set()
         self._prev_reserved = 0
@@ -284,7 +238,7 @@ class Run:
                      exc.field, "", exc.message)
 
     # --- the tasks --------------------------------------------------------------------------
-    async def _produce(self, feed: Feed[tuple[_Entry, Record, bytes]] | Router[tuple[_Entry, Record, bytes]]) -> None:
+    async def _produce(self, feed: Feed[tuple[Entry, Record, bytes]] | Router[tuple[Entry, Record, bytes]]) -> None:
         c = self.config
         max_line = c.max_line_bytes
         shard = c.shard
@@ -338,7 +292,7 @@ class Run:
         finally:
             feed.close()
 
-    async def _work(self, feed: Feed[tuple[_Entry, Record, bytes]]) -> None:
+    async def _work(self, feed: Feed[tuple[Entry, Record, bytes]]) -> None:
         session = self._session
         assert session is not None
         target = self.target
@@ -362,7 +316,7 @@ class Run:
             del self._inflight[line]
             self._tracker.finish(entry)
 
-    async def _send_to(self, child: Child, feed: Feed[tuple[_Entry, Record, bytes]], limit: int) -> None:
+    async def _send_to(self, child: Child, feed: Feed[tuple[Entry, Record, bytes]], limit: int) -> None:
         """Hand this upload process its records, in batches of what is ready, at most ``limit``
         of them outstanding."""
         try:
@@ -408,7 +362,7 @@ class Run:
         for child in self._children:
             await child.start(settings)
 
-    async def _fan_out(self, feed: Router[tuple[_Entry, Record, bytes]]) -> None:
+    async def _fan_out(self, feed: Router[tuple[Entry, Record, bytes]]) -> None:
         """Feed each upload process its share and apply what it reports."""
         c = self.config
         _, share = shares(len(self._children) + 1)
@@ -524,7 +478,7 @@ class Run:
                             for _ in range(mine):
                                 tg.start_soon(self._work, router.feeds[0])
                         else:
-                            feed: Feed[tuple[_Entry, Record, bytes]] = Feed(c.concurrency)
+                            feed: Feed[tuple[Entry, Record, bytes]] = Feed(c.concurrency)
                             tg.start_soon(self._produce, feed)
                             for _ in range(c.concurrency):
                                 tg.start_soon(self._work, feed)
