@@ -58,12 +58,13 @@ class RunResult:
 
 
 class _Remote:
-    """A record in flight in an upload process: the progress it last reported."""
+    """A record handed to an upload process: what finishing it needs, and the progress the
+    process last reported (checkpointed like a local job's)."""
 
-    __slots__ = ("progress",)
+    __slots__ = ("entry", "record", "data", "progress")
 
-    def __init__(self, progress: dict[str, Any]) -> None:
-        self.progress = progress
+    def __init__(self, entry: Entry, record: Record, data: bytes, progress: dict[str, Any]) -> None:
+        self.entry, self.record, self.data, self.progress = entry, record, data, progress
 
 
 class Run:
@@ -78,7 +79,6 @@ class Run:
         self.stopping = False
         self._inflight: dict[int, RecordJob | _Remote] = {}
         self._children: list[Child] = []
-        self._sent: dict[int, tuple[Entry, Record, bytes]] = {}  # handed to an upload process
         self._resume_progress: dict[int, dict[str, Any]] = {}
         self._done_beyond: set[int] = set()
         self._prev_reserved = 0
@@ -332,8 +332,7 @@ class Run:
                 for item in batch:
                     line = item[1].line_no
                     progress = self._resume_progress.pop(line, None)
-                    self._inflight[line] = _Remote(progress or {})
-                    self._sent[line] = item
+                    self._inflight[line] = _Remote(*item, progress or {})
                     header.append([line, line <= self._prev_reserved, progress, len(item[2])])
                 child.outstanding += len(batch)
                 await child.send(header, b"".join(item[2] for item in batch))
@@ -503,17 +502,17 @@ class _RemoteOutcome(ChildOutcome):
 
     def created(self, line: int, created: Created) -> None:
         run = self._run
-        entry, record, _ = run._sent.pop(line)
-        del run._inflight[line]
-        run._created(record, created)
-        run._tracker.finish(entry)
+        remote = run._inflight.pop(line)
+        assert isinstance(remote, _Remote)
+        run._created(remote.record, created)
+        run._tracker.finish(remote.entry)
 
     def failed(self, line: int, kind: str, stage: str, field: str, status: int | str, message: str) -> None:
         run = self._run
-        entry, record, data = run._sent.pop(line)
-        del run._inflight[line]
-        run._failed(line, data, record.external_id, kind, stage, field, status, message)
-        run._tracker.finish(entry)
+        remote = run._inflight.pop(line)
+        assert isinstance(remote, _Remote)
+        run._failed(line, remote.data, remote.record.external_id, kind, stage, field, status, message)
+        run._tracker.finish(remote.entry)
 
     def progress(self, line: int, progress: dict[str, Any]) -> None:
         remote = self._run._inflight.get(line)
