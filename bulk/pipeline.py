@@ -13,6 +13,21 @@ files; the checkpoint stores the watermark (every record before it is finished),
 finished beyond it, and the output sizes at that instant. A resumed run truncates the
 outputs back to those sizes and redoes everything else, which the targets make idempotent
 (idempotency keys, unique numbers/external keys, or a lookup before retrying a create).
+
+The invariant every checkpoint keeps (tests/test_resume_accounting.py checks it after every
+run, killed or not): *the lines it calls finished (below the watermark, or in done_beyond)
+are exactly the lines the outputs record up to its sizes, each once, and its tally counts and
+totals exactly those rows.* Three things hold it:
+
+- an outcome is written to the outputs, counted in the tally and marked finished in the
+  tracker in one synchronous step (no await between), and a checkpoint flushes, snapshots and
+  commits with no await between flush and snapshot: no checkpoint sees one without the other;
+- a resumed run's done_beyond is the earlier run's lines it has not re-read yet *plus* the
+  tracker's: a resumed producer may wait (a smaller --concurrency, a full feed, a stalled
+  record) before it reaches the lines an earlier run finished out of order, and a checkpoint
+  taken then must still call them finished, or the next run records them again;
+- the write-ahead reservation (``reserved``) only says which records *may have been sent*;
+  it never marks anything finished.
 """
 
 from __future__ import annotations
@@ -139,7 +154,10 @@ class Run:
             "input": self._fingerprint,
             "shard": str(self.config.shard) if self.config.shard else None,
             "watermark": [self._tracker.offset, self._tracker.line],
-            "done_beyond": self._tracker.done_beyond(),
+            # The earlier runs' finished lines this run's producer has not re-read yet are
+            # still finished: forgetting them would have the next run redo, and record
+            # again, what the outputs already hold (issue 10).
+            "done_beyond": sorted({*self._tracker.done_beyond(), *self._done_beyond}),
             "progress": {str(k): j.progress for k, j in self._inflight.items() if j.progress},
             "reserved": self._reserved,
             "tally": self.tally.to_json(),
@@ -249,8 +267,12 @@ class Run:
                 if self.stopping:
                     break
                 entry = tracker.add(raw)
-                if raw.line_no in self._done_beyond or (raw.data is not None and (not raw.data or raw.data.isspace())):
-                    tracker.finish(entry)  # finished by an earlier run, or a blank line
+                if self._done_beyond and raw.line_no in self._done_beyond:
+                    self._done_beyond.discard(raw.line_no)  # from now on the tracker holds it
+                    tracker.finish(entry)
+                    continue
+                if raw.data is not None and (not raw.data or raw.data.isspace()):
+                    tracker.finish(entry)  # a blank line
                     continue
                 if len(tracker) >= window:
                     await tracker.wait_for_room(window)
