@@ -129,6 +129,11 @@ class StateStore:
         self._db.execute("INSERT OR REPLACE INTO resolved VALUES (?, ?, ?)", (ns, key, value))
         self._remember(ns, key, value)
 
+    def forget(self, ns: str, key: str) -> None:
+        """Drop a resolved value the API no longer knows (committed with the next checkpoint)."""
+        self._db.execute("DELETE FROM resolved WHERE ns=? AND k=?", (ns, key))
+        self._cache.pop((ns, key), None)
+
     def _remember(self, ns: str, key: str, value: str) -> None:
         self._cache[(ns, key)] = value
         if len(self._cache) > self._cache_size:

@@ -6,7 +6,8 @@
     ├── ConfigError          usage or configuration is wrong: fix and re-run (exit 2)
     ├── RecordError          this record cannot be created: write it to failed.ndjson, go on
     │   ├── InvalidRecord    the input line is wrong (line number, field, reason, fix)
-    │   └── RecordRefused    the API refused it (4xx other than 401/403/429): status + message
+    │   └── RecordRefused    the API refused it (4xx other than 401/403/429): status, field, message
+    │       └── UnknownReference  ... because an id it references is unknown (a deleted contact)
     ├── RetryableError       try the same request again later (bounded by the retry budget)
     │   ├── Throttled        429; ``retry_after`` seconds, pauses every worker
     │   ├── ServerError      5xx
@@ -25,12 +26,15 @@ message and status, never request headers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "BulkError",
     "ConfigError",
     "RecordError",
     "InvalidRecord",
     "RecordRefused",
+    "UnknownReference",
     "RetryableError",
     "Throttled",
     "ServerError",
@@ -41,6 +45,7 @@ __all__ = [
     "QuotaExhausted",
     "OutputError",
     "find_bulk_error",
+    "redact_error",
 ]
 
 
@@ -86,12 +91,31 @@ class InvalidRecord(RecordError):
 
 
 class RecordRefused(RecordError):
-    """The API answered 4xx for this record; ``status`` and ``message`` are the API's."""
+    """The API answered 4xx for this record; ``status``, ``field`` (the field or fields the API
+    named, comma-separated; empty when it named none) and ``message`` are the API's."""
 
-    def __init__(self, status: int, message: str, *, stage: str = "invoice") -> None:
+    def __init__(self, status: int, message: str, *, stage: str = "invoice", field: str = "") -> None:
         super().__init__(f"HTTP {status}: {message}", stage=stage)
         self.status = status
         self.api_message = message
+        self.field = field
+
+
+class UnknownReference(RecordRefused):
+    """The API refused a request because an id it references is unknown to it: a customer or
+    item resolved earlier (and cached in the resume file) that was deleted since.
+
+    A target raises it (from ``classify``, or itself) for that refusal only. ``refs`` names the
+    resolved ``(namespace, key)`` pairs the refused request was built from: given by the target,
+    or filled in by the engine from ``job.send(..., refs=...)``. The engine then forgets those
+    cached ids, runs the record's upload once more (resolving them again), and reports the
+    refusal as a plain failure if it happens again.
+    """
+
+    def __init__(self, status: int, message: str, *, stage: str = "invoice", field: str = "",
+                 refs: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(status, message, stage=stage, field=field)
+        self.refs = refs
 
 
 # --- retry ------------------------------------------------------------------------------
@@ -167,6 +191,20 @@ class QuotaExhausted(AbortRun):
 
 class OutputError(AbortRun):
     """The run directory could not be written. Nothing half-written is left behind."""
+
+
+def redact_error(exc: BaseException, redact: Callable[[str], str]) -> None:
+    """Redact, in place, the text of ``exc`` and of the errors chained to it (their messages
+    and string attributes), before it leaves the engine to be rendered: an error built from an
+    API's answer quotes that answer verbatim, and the answer may echo a credential."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        for name, value in list(vars(exc).items()):
+            if isinstance(value, str):
+                setattr(exc, name, redact(value))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
 def find_bulk_error(group: BaseExceptionGroup) -> BulkError | None:

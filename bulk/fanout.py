@@ -276,13 +276,14 @@ class _ChildState:
         self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._size = size
         self._report = report
+        self._forgotten: set[tuple[str, str]] = set()
         self._db: sqlite3.Connection | None = None
         if db_path.exists():
             self._db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
 
     def get(self, ns: str, key: str) -> str | None:
         hit = self._cache.get((ns, key))
-        if hit is not None or self._db is None:
+        if hit is not None or self._db is None or (ns, key) in self._forgotten:
             return hit
         try:
             row = self._db.execute("SELECT v FROM resolved WHERE ns=? AND k=?", (ns, key)).fetchone()
@@ -290,7 +291,14 @@ class _ChildState:
             return None  # the parent's store is the truth; a miss only costs a lookup
         return None if row is None else str(row[0])
 
+    def forget(self, ns: str, key: str) -> None:
+        # The API no longer knows it: resolved again, and that value reported, replaces it in
+        # the parent's state.db; until then the read-only copy of it must not be used.
+        self._cache.pop((ns, key), None)
+        self._forgotten.add((ns, key))
+
     def put(self, ns: str, key: str, value: str) -> None:
+        self._forgotten.discard((ns, key))
         self._cache[(ns, key)] = value
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -408,7 +416,7 @@ async def _child_main(fd: int) -> None:
                 job = RecordJob(session, record, progress=progress, maybe_sent_before=maybe)
                 inflight[line] = job
                 try:
-                    created = await target.upload(record, job)
+                    created = await upload(target, job)
                 except (RecordError, RetryableError) as exc:
                     outbox.put(["fail", line, *failure(exc, transport.redact)])
                 else:

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import RecordError, RetryableError, Throttled, TransportError
+from .errors import RecordError, RetryableError, Throttled, TransportError, UnknownReference
 from .pacing import Backoff, Pacer
 from .transport import Reply, Request, Transport
 
 if TYPE_CHECKING:
     from .checkpoint import StateStore
     from .records import Record
-    from .targets.base import Target
+    from .targets.base import Created, Target
 
-__all__ = ["Counters", "Session", "RecordJob", "failure"]
+__all__ = ["Counters", "Session", "RecordJob", "failure", "upload"]
 
 
 @dataclass(slots=True)
@@ -68,8 +68,16 @@ class Session:
         self._flights: dict[tuple[str, str], _Flight] = {}
 
     async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
+        refs: tuple[tuple[str, str], ...] = (),
     ) -> Reply:
+        try:
+            return await self._send(req, stage, recover)
+        except UnknownReference as exc:
+            exc.refs = exc.refs or refs  # the resolved ids this request was built from
+            raise
+
+    async def _send(self, req: Request, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None) -> Reply:
         attempt = 0  # failures charged to this request's budget
         tries = 0  # every failure: drives the backoff
         last_failure: float | None = None
@@ -108,6 +116,12 @@ class Session:
                     found = await recover()
                     if found is not None:
                         return found
+
+    def forget(self, ns: str, key: str, stale: str | None) -> None:
+        """Drop the cached ``ns``/``key`` (memory and resume file) when it still holds ``stale``
+        (another record may already have resolved it again: that fresh value stays)."""
+        if stale is not None and self.state.get(ns, key) == stale:
+            self.state.forget(ns, key)
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         cached = self.state.get(ns, key)
@@ -148,12 +162,36 @@ class RecordJob:
         self.item_concurrency = session.item_concurrency
 
     async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
+        refs: tuple[tuple[str, str], ...] = (),
     ) -> Reply:
-        return await self._session.send(req, stage=stage, recover=recover)
+        return await self._session.send(req, stage=stage, recover=recover, refs=refs)
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
+
+
+async def upload(target: Target, job: RecordJob) -> Created:
+    """``target.upload`` of the job's record, resolving stale cached ids again once.
+
+    When the API refuses a request because an id it references is unknown
+    (:class:`~bulk.errors.UnknownReference`: a contact deleted since it was resolved and cached
+    in the resume file), the cached ids the request was built from (``exc.refs``) are forgotten
+    and the whole upload runs once more: its resolves call their factories again (a lookup,
+    then a create), and every step before the refused one is idempotent (targets make it so
+    for resumed runs anyway). A second refusal fails the record with the API's answer.
+    """
+    record = job.record
+    try:
+        return await target.upload(record, job)
+    except UnknownReference as exc:
+        if not exc.refs:
+            raise
+        session = job._session
+        stale = [(ns, key, session.state.get(ns, key)) for ns, key in exc.refs]
+        for ns, key, value in stale:
+            session.forget(ns, key, value)
+        return await target.upload(record, job)
 
 
 def failure(exc: RecordError | RetryableError, redact: Callable[[str], str]) -> tuple[str, str, str, int | str, str]:
@@ -161,7 +199,8 @@ def failure(exc: RecordError | RetryableError, redact: Callable[[str], str]) -> 
     the columns of failed_reasons.csv. A retryable error that outlived the retry budget is
     ``uncertain`` when the request may have been committed, ``failed`` otherwise."""
     if isinstance(exc, RecordError):
-        return (exc.kind, exc.stage, getattr(exc, "field", ""), getattr(exc, "status", ""),
-                getattr(exc, "api_message", exc.message))
+        # The API's own words, redacted here (the output boundary): an answer may quote a credential.
+        return (exc.kind, exc.stage, redact(getattr(exc, "field", "")), getattr(exc, "status", ""),
+                redact(getattr(exc, "api_message", exc.message)))
     kind = "uncertain" if exc.maybe_committed else "failed"
     return kind, "request", "", exc.status or "", redact(str(exc))

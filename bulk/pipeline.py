@@ -45,10 +45,10 @@ from anyio import CancelScope, EndOfStream
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
 from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
-from .errors import find_bulk_error
+from .errors import find_bulk_error, redact_error
 from .fanout import Child, ChildOutcome, Router, shares
 from .feed import Feed
-from .job import RecordJob, Session, failure
+from .job import RecordJob, Session, failure, upload
 from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink
@@ -330,7 +330,7 @@ class Run:
                             maybe_sent_before=line <= self._prev_reserved)
             self._inflight[line] = job
             try:
-                created = await target.upload(record, job)
+                created = await upload(target, job)
             except (RecordError, RetryableError) as exc:
                 self._failed(line, data, record.external_id, *failure(exc, session.transport.redact))
             else:
@@ -460,6 +460,9 @@ class Run:
             self._outputs.close()
             self._state.close()
         summary = self.summary()
+        if error is not None:
+            # The output boundary: the error may quote an API's answer, which may quote a credential.
+            redact_error(error, redactor(self.target.secrets()))
         if self.stopping and error is None:
             return RunResult(130, summary, None, interrupted=True)
         if error is not None:

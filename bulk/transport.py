@@ -4,10 +4,14 @@ Nothing above this module sees an aiohttp exception. Redirects are not followed:
 answers a write with 3xx is misconfigured (usually a wrong ``--base-url``), and following it
 could carry credentials to another host. TLS certificates are verified (aiohttp's default
 context; never ``ssl=False``) and a certificate that does not verify stops the run at once
-(:class:`~bulk.errors.ConfigError`) instead of being retried. Every message that leaves this
-module passes through :meth:`Transport.redact`, and every answer has the credentials a server
-echoed back replaced by ``***``, so a credential echoed by a server or a library never reaches
-a log or an output file.
+(:class:`~bulk.errors.ConfigError`) instead of being retried. Every message this module makes
+passes through :meth:`Transport.redact`.
+
+Answers are handed up **byte for byte**: redaction happens only at the output boundary (the
+reasons written to failed_reasons.csv, the error a run returns, what the CLI prints), never on
+data the program acts on. Scrubbing answers changed them: with a one-letter key every ``a`` of
+a ChargeOver answer became ``***`` before it was parsed (issue 10). A credential too short to
+redact without mangling ordinary text is refused up front (``Target.credentials_from_env``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict
 
 from .errors import ConfigError, TransportError
 
@@ -80,8 +83,10 @@ class Reply:
 
 
 def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
-    """A function that replaces every one of ``secrets`` in a text by ``***``."""
-    values = [s for s in secrets if s]
+    """A function that replaces every one of ``secrets`` in a text by ``***`` (also as JSON may
+    escape it, ``/`` as ``\\/``: a raw answer body quoted in a message). Longest first, so a
+    secret containing another is replaced whole."""
+    values = sorted({v for s in secrets if s for v in (s, s.replace("/", "\\/"))}, key=len, reverse=True)
 
     def redact(text: str) -> str:
         for secret in values:
@@ -109,8 +114,6 @@ class Transport:
         self._connections = connections
         self._secrets = [s for s in secrets if s]
         self._redact = redactor(self._secrets)
-        # As bytes, raw and JSON-escaped ("/" may be sent as "\/"), to scrub answers (see send()).
-        self._secret_bytes = list({v.encode() for s in self._secrets for v in (s, s.replace("/", "\\/"))})
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Transport:
@@ -143,10 +146,7 @@ class Transport:
                 headers=headers,
                 allow_redirects=False,
             ) as resp:
-                content = await resp.read()
-                if self._secret_bytes:
-                    return self._scrubbed(resp.status, resp.headers, content)
-                return Reply(resp.status, resp.headers, content)
+                return Reply(resp.status, resp.headers, await resp.read())
         except aiohttp.ClientConnectorCertificateError as exc:
             # The server's certificate does not verify (untrusted, expired, wrong host): no retry
             # can fix that, and nothing was sent. Stop now rather than retry until --give-up-after.
@@ -158,17 +158,6 @@ class Transport:
             raise TransportError(self._describe("cannot connect", exc), maybe_committed=False) from None
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(self._describe("no answer", exc), maybe_committed=True) from None
-
-    def _scrubbed(self, status: int, headers: Mapping[str, str], content: bytes) -> Reply:
-        """A Reply with every credential a server echoed back (in an error body, a Location...)
-        replaced by ``***``: the target's messages, failed_reasons.csv and the CLI never see it."""
-        for secret in self._secret_bytes:
-            if secret in content:
-                content = content.replace(secret, b"***")
-        values = "\n".join(headers.values())  # one C-level scan per secret instead of one per header
-        if any(secret in values for secret in self._secrets):
-            headers = CIMultiDict((name, self.redact(value)) for name, value in headers.items())
-        return Reply(status, headers, content)
 
     def _describe(self, what: str, exc: BaseException) -> str:
         detail = str(exc) or type(exc).__name__

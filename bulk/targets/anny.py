@@ -286,6 +286,18 @@ class AnnyTarget(Target):
                 parts.append(f"{where}: {text}" if where else text)
         return "; ".join(parts) or f"HTTP {reply.status}"
 
+    def error_detail(self, reply: Reply) -> tuple[str, str]:
+        # JSON:API errors: the field is each error's source (a pointer or a query parameter).
+        data = reply.json()
+        errors = data.get("errors") if isinstance(data, dict) else None
+        fields = []
+        for error in errors[:5] if isinstance(errors, list) else ():
+            source = error.get("source") if isinstance(error, dict) else None
+            where = (source.get("pointer") or source.get("parameter")) if isinstance(source, dict) else None
+            if where and str(where) not in fields:
+                fields.append(str(where))
+        return ", ".join(fields), self.error_message(reply)
+
     def classify(self, reply: Reply, stage: str) -> Reply:
         if reply.status == 422 and stage == "invoice" and b'"/data/attributes/number"' in reply.content:
             raise _NumberTaken(422, self.error_message(reply), stage=stage)

@@ -33,7 +33,10 @@ from ..transport import Reply, Request
 if TYPE_CHECKING:
     from ..records import Record
 
-__all__ = ["Created", "Job", "Target"]
+__all__ = ["Created", "Job", "Target", "MIN_SECRET_LENGTH"]
+
+#: the shortest credential accepted from the environment (see ``credentials_from_env``)
+MIN_SECRET_LENGTH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,14 @@ class Target(abc.ABC):
         missing = [name for name in cls.credential_env if not env.get(name)]
         if missing:
             raise ConfigError(f"the {cls.name} target needs {', '.join(missing)} in the environment")
+        # Refused, not warned about: a credential this short also occurs in ordinary text (an
+        # id, an amount, a word of an error message), so it can be kept out of the outputs only
+        # by mangling them ("***" for every "a"), and left in them it would leak. No real API
+        # issues keys this short (the embedded sandbox makes its own long secrets).
+        short = [name for name in cls.credential_env if len(env[name]) < MIN_SECRET_LENGTH]
+        if short:
+            raise ConfigError(f"{', '.join(short)} is shorter than {MIN_SECRET_LENGTH} characters: too short to "
+                              "keep out of messages and output files safely; give the real credential")
         return {name: env[name] for name in cls.credential_env}
 
     @classmethod
@@ -129,6 +140,24 @@ class Target(abc.ABC):
     async def upload(self, record: Record, job: Job) -> Created:
         """Create ``record`` at the API exactly once and say what was created."""
 
+    def error_detail(self, reply: Reply) -> tuple[str, str]:
+        """``(field, message)`` of an error answer, in the API's own words: the field(s) it
+        names (comma-separated, empty when none) and its message, with each field's own message.
+        Understands a Laravel-style ``{"message", "errors": {field: [messages]}}`` (Agiled) and
+        a top-level ``{"message", "field"}`` (Coperniq); override for other shapes."""
+        message = self.error_message(reply)
+        data = reply.json()
+        if isinstance(data, dict):
+            errors = data.get("errors")
+            if isinstance(errors, dict) and errors:
+                pairs = [(str(name), "; ".join(str(m) for m in (msgs if isinstance(msgs, list) else [msgs])))
+                         for name, msgs in list(errors.items())[:10]]
+                detail = "; ".join(f"{name}: {text}" if text else name for name, text in pairs)
+                return ", ".join(name for name, _ in pairs), f"{message} ({detail})"
+            if isinstance(data.get("field"), str) and data["field"]:
+                return str(data["field"]), message
+        return "", message
+
     def error_message(self, reply: Reply) -> str:
         """The API's own message from an error answer (override for its error shape)."""
         data = reply.json()
@@ -143,7 +172,7 @@ class Target(abc.ABC):
         status = reply.status
         if 200 <= status < 300:
             return reply
-        message = self.error_message(reply)
+        field, message = self.error_detail(reply)
         if status in (401, 403):
             raise AuthError(status, message, self.auth_hint)
         if status == 429:
@@ -155,4 +184,4 @@ class Target(abc.ABC):
                 f"HTTP {status}: the API redirected to {reply.headers.get('Location', '?')}; "
                 "check --base-url (credentials are never forwarded across redirects)"
             )
-        raise RecordRefused(status, message, stage=stage)
+        raise RecordRefused(status, message, stage=stage, field=field)

@@ -49,6 +49,7 @@ write, so that is up to 50 calls per second. A 429 without Retry-After pauses ev
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -74,6 +75,16 @@ OPTIONS = ("default_item", "bulk", "bulk_size", "bulk_linger_ms", "verify_totals
 
 class _NotFound(Exception):
     pass
+
+
+_FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])?(?:\.[A-Za-z_][A-Za-z0-9_]*)*): ")
+
+
+def _field_of(message: str) -> str:
+    """The field a ChargeOver message names: its envelope has no field of its own, and its
+    validation messages lead with it (``line_items[0].item_id: no item 7 ...``)."""
+    match = _FIELD.match(message)
+    return match.group(1) if match else ""
 
 
 def _no_item(record: Record, i: int) -> InvalidRecord:
@@ -159,6 +170,10 @@ class ChargeOverTarget(Target):
         if isinstance(data, dict) and isinstance(data.get("message"), str) and data["message"]:
             return str(data["message"])
         return super().error_message(reply)
+
+    def error_detail(self, reply: Reply) -> tuple[str, str]:
+        message = self.error_message(reply)
+        return _field_of(message), message
 
     def check(self, record: Record) -> None:
         if self.default_item is None:
@@ -318,5 +333,5 @@ class ChargeOverTarget(Target):
         if sub.code in (401, 403):
             return AuthError(sub.code, message, self.auth_hint)
         if 400 <= sub.code < 500:
-            return RecordRefused(sub.code, message, stage=stage)
+            return RecordRefused(sub.code, message, stage=stage, field=_field_of(message))
         return ServerError(sub.code, message)
