@@ -66,6 +66,7 @@ class Session:
         self.backoff = backoff or Backoff()
         self.counters = Counters()
         self._flights: dict[tuple[str, str], _Flight] = {}
+        self.stale: dict[tuple[str, str], str] = {}  # ids forgotten as unknown to the API, this run
 
     async def send(
         self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
@@ -122,6 +123,7 @@ class Session:
         (another record may already have resolved it again: that fresh value stays)."""
         if stale is not None and self.state.get(ns, key) == stale:
             self.state.forget(ns, key)
+            self.stale[(ns, key)] = stale
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         cached = self.state.get(ns, key)
@@ -169,6 +171,9 @@ class RecordJob:
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
+
+    def stale(self, ns: str, key: str) -> str | None:
+        return self._session.stale.get((ns, key))
 
 
 async def upload(target: Target, job: RecordJob) -> Created:

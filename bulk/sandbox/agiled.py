@@ -128,8 +128,17 @@ class AgiledSandbox(Dialect):
         self.invoices: dict[int, dict[str, Any]] = {}
         self.extra: dict[tuple[str, int], dict[str, Any]] = {}  # ("contact"|"invoice", id)
         self.emails: dict[str, list[int]] = {}  # lower-cased email -> contact ids
+        self.deleted_contacts = 0  # by POST /_sandbox/delete
         self.numbers: dict[str, int] = {}  # invoice_number -> invoice id
         self.item_ids = 0
+
+    def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
+        if collection != "contacts" or recreate:
+            return super().delete_object(collection, ident, recreate=recreate)
+        contact = self.contacts.pop(int(ident))  # KeyError: no such contact
+        self.emails[contact["email"].lower()].remove(int(ident))
+        self.deleted_contacts += 1
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -194,7 +203,7 @@ class AgiledSandbox(Dialect):
         contact, extra = validate_contact(body, errors)
         if errors:
             return self._invalid(errors)
-        contact_id = len(self.contacts) + 1
+        contact_id = len(self.contacts) + self.deleted_contacts + 1  # ids are never reused
         contact = {"id": contact_id, **contact}
         self.contacts[contact_id] = contact
         self.emails.setdefault(contact["email"].lower(), []).append(contact_id)

@@ -9,6 +9,12 @@ No auth, never faulted, limited or counted (the pipeline skips handlers marked w
                            lose_rate, slow_rate, slow_ms, rate_limit, read_rate_limit, burst:
                            applied together (or not at all); answers the new settings.
 ``POST /_sandbox/reset``   forget stored data, counters and idempotency keys; answers the state.
+``POST /_sandbox/delete``  ``{"collection": "contacts", "id": 7, "recreate": false}``: delete one
+                           stored object as a user would in the vendor's UI (a contact deleted
+                           between two runs); with ``recreate`` it comes back under a new id
+                           (deleted and made again). Answers ``{"deleted": id, "new_id": ...}``;
+                           404 when there is no such object. Each dialect says which collections
+                           it supports (``Dialect.delete_object``).
 
 With ``target="all"`` the root has the same three endpoints over every dialect (state as
 ``{"target": "all", "targets": {name: state}}``), and each dialect keeps its own under its
@@ -38,6 +44,8 @@ class Controls(Protocol):
 
     def update_faults(self, changes: Mapping[str, Any]) -> dict[str, Any]: ...
 
+    def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any: ...
+
 
 CONTROLS = web.AppKey("sandbox.controls", Controls)
 
@@ -54,6 +62,9 @@ class AllTargets:
     def reset(self) -> None:
         for member in self.members.values():
             member.reset()
+
+    def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
+        raise ValueError("delete through the dialect's prefix, e.g. POST /agiled/_sandbox/delete")
 
     def update_faults(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         # Every member validates the same way, so an invalid change fails on the first one
@@ -100,9 +111,28 @@ async def _post_reset(request: web.Request) -> web.StreamResponse:
     return json_response(controls.state())
 
 
+@control_route
+async def _post_delete(request: web.Request) -> web.StreamResponse:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not (isinstance(body, dict) and isinstance(body.get("collection"), str) and "id" in body):
+        return _error('body must be {"collection": NAME, "id": ID, "recreate": false}')
+    try:
+        new_id = request.app[CONTROLS].delete_object(body["collection"], body["id"],
+                                                     recreate=bool(body.get("recreate")))
+    except KeyError:
+        return json_response({"error": f"no {body['collection']} {body['id']!r}"}, status=404)
+    except ValueError as exc:
+        return _error(str(exc))
+    return json_response({"deleted": body["id"], "new_id": new_id})
+
+
 def add_routes(app: web.Application, controls: Controls) -> None:
-    """Add the three control endpoints to ``app``, driving ``controls``."""
+    """Add the control endpoints to ``app``, driving ``controls``."""
     app[CONTROLS] = controls
     app.router.add_get("/_sandbox/state", _get_state)
     app.router.add_post("/_sandbox/faults", _post_faults)
     app.router.add_post("/_sandbox/reset", _post_reset)
+    app.router.add_post("/_sandbox/delete", _post_delete)

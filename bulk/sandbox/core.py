@@ -157,6 +157,12 @@ class Dialect:
         self.faults.rng.seed(self.config.seed)
 
     @final
+    def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
+        """``POST /_sandbox/delete``: remove one stored object (``KeyError`` when there is none),
+        or with ``recreate`` give it a new id; returns the new id or None. ``ValueError`` for a
+        collection the dialect does not support (the default: none)."""
+        raise ValueError(f"the {self.name} sandbox cannot delete {collection!r}")
+
     def update_faults(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         return self.faults.update(changes)
 

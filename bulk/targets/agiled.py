@@ -18,7 +18,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from ..errors import ServerError
+from ..errors import ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
 from .base import Created, Job, Target
@@ -97,6 +97,14 @@ class AgiledTarget(Target):
         # which then replays that attempt's answer. (409 "different request" stays a refusal.)
         if reply.status == 409 and "in progress" in self.error_message(reply).lower():
             raise ServerError(409, self.error_message(reply))
+        # Laravel's ``exists`` rule: "The selected contact id is invalid." names a contact the
+        # API does not know (deleted since we resolved it): the engine resolves it again.
+        if reply.status == 422:
+            data = reply.json()
+            errors = data.get("errors") if isinstance(data, dict) else None
+            if isinstance(errors, dict) and "selected" in str(errors.get("contact_id", "")).lower():
+                field, message = self.error_detail(reply)
+                raise UnknownReference(422, message, stage=stage, field=field)
         return super().classify(reply, stage)
 
     async def prepare(self, job: Job) -> None:
@@ -111,7 +119,7 @@ class AgiledTarget(Target):
                 "POST", "/public/v1/invoices", json=invoice_body(record, contact_id),
                 headers={"Idempotency-Key": idempotency_key("invoice", record.external_id)},
             ),
-            stage="invoice",
+            stage="invoice", refs=(("agiled.contact", customer.external_id),),
         )
         data = reply.json()["data"]
         total = data.get("total")
@@ -121,6 +129,13 @@ class AgiledTarget(Target):
             status=data.get("status"),
             reported_gross=Decimal(str(total)) if total is not None else None,
         )
+
+    @staticmethod
+    def _contact_key(record: Record, job: Job) -> str:
+        ext = record.customer.external_id
+        stale = job.stale("agiled.contact", ext)
+        # The contact made under the plain key was deleted: that key would replay its answer.
+        return idempotency_key("contact", ext if stale is None else f"{ext}~after-{stale}")
 
     async def _contact(self, record: Record, job: Job) -> str:
         """Find the contact by email; create it (idempotently) when there is none."""
@@ -134,7 +149,7 @@ class AgiledTarget(Target):
         made = await job.send(
             Request(
                 "POST", "/public/v1/contacts", json=contact_body(record),
-                headers={"Idempotency-Key": idempotency_key("contact", record.customer.external_id)},
+                headers={"Idempotency-Key": self._contact_key(record, job)},
             ),
             stage="customer",
         )

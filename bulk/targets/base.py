@@ -13,6 +13,13 @@ Exactly-once is the target's responsibility *using the engine's help*:
   reset, 5xx). If it finds the object, its Reply is returned instead of creating again.
 - ``job.maybe_sent_before`` is True when an earlier run may have sent this record (it was
   at or after that run's watermark): look before creating when the API has no idempotency key.
+- stale cached ids: when the API refuses a request because an id it references is unknown
+  (a contact deleted since it was resolved), ``classify`` raises
+  :class:`~bulk.errors.UnknownReference`, and ``job.send(..., refs=((ns, key),))`` names the
+  resolved ids the request was built from (or the target raises it with ``refs`` itself). The
+  engine drops those from the cache and the resume file and runs ``upload`` once more, whose
+  ``job.resolve`` calls then run their factories again. ``upload`` must be safe to run again
+  from the start (it already is: a resumed run does just that).
 - ``job.progress`` is a dict persisted at every checkpoint while the record is in flight, so
   a multi-step workflow resumes at the step it reached (it must still verify, because the
   last steps may have happened after the last checkpoint).
@@ -59,12 +66,22 @@ class Job(Protocol):
     item_concurrency: int
 
     async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
+        refs: tuple[tuple[str, str], ...] = (),
     ) -> Reply:
-        """Send with pacing and retries; return a 2xx Reply or raise a `bulk` error."""
+        """Send with pacing and retries; return a 2xx Reply or raise a `bulk` error.
+
+        ``refs``: the ``(namespace, key)`` of every resolved id the request was built from.
+        When ``classify`` raises :class:`~bulk.errors.UnknownReference` for it (the API says a
+        referenced id is unknown), the engine forgets those ids and runs the upload once more."""
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         """Resolve ``key`` once per job (single flight, cached, kept in the resume file)."""
+
+    def stale(self, ns: str, key: str) -> str | None:
+        """The id cached for ``ns``/``key`` that the API refused as unknown in this run (so it is
+        being resolved again), or None. A factory whose create carries an idempotency key derives
+        a new key from it: the old key would replay the deleted object's answer."""
 
 
 class Target(abc.ABC):
