@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused
+from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused, UnknownReference
 from ..records import Line, Record
 from ..transport import Reply, Request
 from .base import Created, Job, Target
@@ -301,6 +301,9 @@ class AnnyTarget(Target):
     def classify(self, reply: Reply, stage: str) -> Reply:
         if reply.status == 422 and stage == "invoice" and b'"/data/attributes/number"' in reply.content:
             raise _NumberTaken(422, self.error_message(reply), stage=stage)
+        if reply.status == 422 and stage == "invoice" and b'"/data/relationships/customer"' in reply.content:
+            field, message = self.error_detail(reply)  # the customer we resolved is gone
+            raise UnknownReference(422, message, stage=stage, field=field)
         return super().classify(reply, stage)
 
     def check(self, record: Record) -> None:
@@ -352,8 +355,8 @@ class AnnyTarget(Target):
 
     async def upload(self, record: Record, job: Job) -> Created:
         email = record.customer.email
-        customer_id = await job.resolve(f"anny.customer:{self.organization}", email.lower(),
-                                        lambda: self._customer(record, job))
+        ns = f"anny.customer:{self.organization}"
+        customer_id = await job.resolve(ns, email.lower(), lambda: self._customer(record, job))
         p = job.progress
         invoice: _Invoice | None = None
         if p.get("invoice"):
@@ -370,6 +373,9 @@ class AnnyTarget(Target):
                 invoice, reply, existed = await self._find_invoice(job, record.external_id), None, True
                 if invoice is None:
                     raise
+            except UnknownReference as exc:
+                exc.refs = ((ns, email.lower()),)  # the engine resolves the customer again
+                raise
             if reply is not None:
                 invoice, fresh = _Invoice.parse(_exact(reply)["data"]), True
         assert invoice is not None
