@@ -79,6 +79,7 @@ def test_failed_reasons_keep_the_apis_status_field_and_message(target: str, tmp_
 STALE = {
     "agiled": ("agiled.contact", "contacts", "contact_id", False),
     "anny": ("anny.customer:", "customers", "customer_id", False),
+    "chargeover": ("chargeover.customer", "customers", "customer_id", False),
 }
 
 

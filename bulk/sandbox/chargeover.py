@@ -155,6 +155,16 @@ class ChargeOverSandbox(Dialect):
         for code in self.currency_codes:
             self._add("currency", {"currency_iso4217": code})
 
+    def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
+        resource = collection.removesuffix("s")
+        if resource not in ("customer", "item") or recreate:
+            return super().delete_object(collection, ident, recreate=recreate)
+        obj = self.store[resource].pop(int(ident))  # KeyError: no such object
+        # ChargeOver's "clear the external key on delete" policy (O-ext): the key may be used again.
+        if obj.get("external_key") is not None:
+            self.keys[resource].pop(obj["external_key"], None)
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         return {name + "s" if name != "currency" else "currencies": list(objects.values())
                 for name, objects in self.store.items()}

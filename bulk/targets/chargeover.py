@@ -55,7 +55,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, ServerError
+from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
 from .base import Created, Job, Target
@@ -78,6 +78,9 @@ class _NotFound(Exception):
 
 
 _FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]+\])?(?:\.[A-Za-z_][A-Za-z0-9_]*)*): ")
+
+
+_GONE = re.compile(r": no (customer|item|currency) ")
 
 
 def _field_of(message: str) -> str:
@@ -210,7 +213,11 @@ class ChargeOverTarget(Target):
                 raise RecordRefused(404, f'{where}: no ChargeOver item has the external key "{ref}"',
                                     stage="item") from None
         key = record.external_id
-        invoice_id, existed, obj = await self._create(job, "invoice", invoice_body(record, currency_id, item_ids), key)
+        try:
+            invoice_id, existed, obj = await self._create(job, "invoice", invoice_body(record, currency_id, item_ids),
+                                                          key)
+        except RecordRefused as exc:
+            raise self._stale(record, exc) from None
         if existed and obj is not None and str(obj.get("customer_id")) != customer_id:
             raise RecordRefused(400, f'the external key "{key}" is already used by ChargeOver invoice '
                                 f"{invoice_id} of another customer ({obj.get('customer_id')})")
@@ -223,6 +230,19 @@ class ChargeOverTarget(Target):
                 status = obj.get("invoice_status_str")
         return Created(invoice_id=invoice_id, customer_id=customer_id, status=status,
                        reported_gross=reported, existed=existed)
+
+    def _stale(self, record: Record, exc: RecordRefused) -> RecordRefused:
+        """``exc`` as an :class:`UnknownReference` when it says an object we resolved is gone
+        (``customer_external_key: no customer ...``, ``line_items[0].item_id: no item ...``,
+        ``currency_id: no currency ...``), naming the cached ids to resolve again."""
+        refs = {"customer": (("chargeover.customer", record.customer.external_id),),
+                "item": tuple(("chargeover.item", line.item_ref or self.default_item or "") for line in record.lines),
+                "currency": (("chargeover.currency", record.currency),)}
+        gone = _GONE.search(exc.api_message) if exc.status in (400, 404) else None
+        if gone is None:
+            return exc
+        return UnknownReference(exc.status, exc.api_message, stage=exc.stage, field=exc.field,
+                                refs=refs[gone.group(1)])
 
     async def _customer(self, record: Record, job: Job) -> str:
         key = record.customer.external_id
