@@ -142,6 +142,19 @@ class CoperniqSandbox(Dialect):
         self.usage: dict[str, deque[float]] = {}
         self.exchanges: list[dict[str, Any]] = []
 
+    def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
+        if collection != "accounts":
+            return super().delete_object(collection, ident, recreate=recreate)
+        account = self.accounts.pop(int(ident))  # KeyError: no such account
+        if not recreate:
+            return None
+        new_id = max(self.accounts, default=int(ident)) + 1
+        self.accounts[new_id] = {**account, "id": new_id}
+        for project in self.projects.values():
+            if project["accountId"] == int(ident):
+                project["accountId"] = new_id
+        return new_id
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "invoices": [{**inv, "issueDate": self.issue_dates[i]} for i, inv in self.invoices.items()],

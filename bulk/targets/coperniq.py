@@ -37,7 +37,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import ConfigError, InvalidRecord, QuotaExhausted, RecordRefused, RetryableError
+from ..errors import ConfigError, InvalidRecord, QuotaExhausted, RecordRefused, RetryableError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
 from .base import Created, Job, Target
@@ -201,7 +201,11 @@ class CoperniqTarget(Target):
         record_id, kind = await self._record(record, job)
         items = await self._items(record, job)
         if job.maybe_sent_before:
-            found = (await self._listing(record_id, kind, job)).get(record.external_id)
+            try:
+                listing = await self._listing(record_id, kind, job)
+            except RecordRefused as exc:
+                raise self._stale(record, exc, exc.status == 404) from None
+            found = listing.get(record.external_id)
             if found is not None:
                 return self._created(record, record_id, found, existed=True)
         found_now: list[dict[str, Any]] = []
@@ -231,11 +235,22 @@ class CoperniqTarget(Target):
             found_now.append(invoice)
             return Reply(200, {}, b"")
 
-        reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
-                                 stage="invoice", recover=recover)
+        try:
+            reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
+                                     stage="invoice", recover=recover)
+        except RecordRefused as exc:
+            raise self._stale(record, exc, exc.field == "recordId" and "not found" in exc.api_message) from None
         if found_now:
             return self._created(record, record_id, found_now[0], existed=True)
         return self._created(record, record_id, _exact(reply), existed=False)
+
+    def _stale(self, record: Record, exc: RecordRefused, unknown_record: bool) -> RecordRefused:
+        """``exc`` as an :class:`UnknownReference` when it says the account we found by title is
+        gone (deleted, or made again under a new id): the engine looks the title up again."""
+        if not unknown_record or self._record_ref(record) is not None:
+            return exc
+        return UnknownReference(exc.status, exc.api_message, stage=exc.stage, field=exc.field,
+                                refs=(("coperniq.record", record.customer.external_id),))
 
     @staticmethod
     def _created(record: Record, record_id: int, invoice: dict[str, Any], *, existed: bool) -> Created:
