@@ -65,7 +65,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from . import errors
 from .errors import AbortRun, BulkError, RecordError, RetryableError, find_bulk_error
 from .feed import Feed
-from .job import RecordJob, Session, failure
+from .job import RecordJob, Session, failure, upload
 from .pacing import Pacer
 from .records import parse_record
 from .targets.base import Created
