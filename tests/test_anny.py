@@ -324,12 +324,12 @@ def test_items_match_lines_with_multiplicity() -> None:
 
 def test_configuration() -> None:
     with pytest.raises(ConfigError, match="organization"):
-        AnnyTarget(base_url="https://b.anny.co", credentials={"ANNY_API_TOKEN": "t"}, options={})
+        AnnyTarget(base_url="https://b.anny.co", credentials={"ANNY_API_TOKEN": "tok-anny-test"}, options={})
     with pytest.raises(ConfigError, match="writes_per_minute"):
         AnnyTarget(base_url="", credentials={}, options={"writes_per_minute": "0"})
-    creds = AnnyTarget.credentials_from_env({"ANNY_API_TOKEN": "t", "ANNY_ORGANIZATION": "42"})
+    creds = AnnyTarget.credentials_from_env({"ANNY_API_TOKEN": "tok-anny-test", "ANNY_ORGANIZATION": "42"})
     target = AnnyTarget(base_url="https://b.anny.co", credentials=creds, options={"writes_per_minute": "300"})
-    assert target.organization == "42" and target.secrets() == ["t"]
+    assert target.organization == "42" and target.secrets() == ["tok-anny-test"]
     assert target.default_limits == {"write": 5.0, "read": 400 / 60}
     errors = {"errors": [{"status": "422", "detail": "The number has already been taken.",
                           "source": {"pointer": "/data/attributes/number"}}]}
@@ -536,5 +536,5 @@ def test_embedded_sandbox_needs_no_setup_and_organization_is_required(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert summary(tmp_path / "a")["records"]["created"] == 2
     missing = cli(["upload", str(src), "--target", "anny", "--out", str(tmp_path / "b"), "--quiet",
-                   "--base-url", "http://127.0.0.1:9"], {"ANNY_API_TOKEN": "t", "ANNY_ORGANIZATION": ""})
+                   "--base-url", "http://127.0.0.1:9"], {"ANNY_API_TOKEN": "tok-anny-test", "ANNY_ORGANIZATION": ""})
     assert missing.returncode == 2 and "organization" in missing.stderr

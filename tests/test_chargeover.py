@@ -326,7 +326,7 @@ def test_missing_items_currencies_and_bad_keys(tmp_path: Path) -> None:
         # the default item is checked before anything is written
         bad = cli(upload_args(sb, src, tmp_path / "bad", "--option", "default_item=NOPE"), sb.env)
         assert bad.returncode == 2 and "default_item=NOPE" in bad.stderr
-        wrong = cli(upload_args(sb, src, tmp_path / "wrong"), {**sb.env, "CHARGEOVER_PRIVATE_KEY": "x"})
+        wrong = cli(upload_args(sb, src, tmp_path / "wrong"), {**sb.env, "CHARGEOVER_PRIVATE_KEY": "x-wrong-private-key"})
         assert wrong.returncode == 3 and "CHARGEOVER_PRIVATE_KEY" in wrong.stderr
         assert sb.state()["requests"]["by_status"].get("201") is None
     with SandboxServer("chargeover", options={"currencies": "USD,EUR,GBP,CHF,JPY,KWD"}) as sb:
@@ -390,7 +390,7 @@ def test_standalone_sandbox_takes_both_keys_from_the_environment(tmp_path: Path)
         refused = cli(args, keys)  # a real-looking key: no default item unless asked for
         assert refused.returncode == 1 and summary(out)["records"]["rejected"] == discounted
         wrong = cli([*args[:-1], str(tmp_path / "wrong"), "--option", "default_item=ADJUSTMENT"],
-                    {**keys, "CHARGEOVER_PRIVATE_KEY": "nope"})
+                    {**keys, "CHARGEOVER_PRIVATE_KEY": "nope-wrong-key"})
         assert wrong.returncode == 3, wrong.stderr
         done = cli([*args[:-1], str(tmp_path / "ok"), "--option", "default_item=ADJUSTMENT"], keys)
         assert done.returncode == 0, done.stderr
