@@ -330,6 +330,10 @@ def test_configuration() -> None:
         AnnyTarget(base_url="https://b.anny.co", credentials={"ANNY_API_TOKEN": "t"}, options={})
     with pytest.raises(ConfigError, match="writes_per_minute"):
         AnnyTarget(base_url="", credentials={}, options={"writes_per_minute": "0"})
+    for settle in ("soon", "-1", "3601"):
+        with pytest.raises(ConfigError, match="settle"):
+            AnnyTarget(base_url="", credentials={}, options={"settle": settle})
+    assert AnnyTarget(base_url="", credentials={}, options={"settle": "0.5"}).settle == 0.5
     creds = AnnyTarget.credentials_from_env({"ANNY_API_TOKEN": "t", "ANNY_ORGANIZATION": "42"})
     target = AnnyTarget(base_url="https://b.anny.co", credentials=creds, options={"writes_per_minute": "300"})
     assert target.organization == "42" and target.secrets() == ["t"]

@@ -139,13 +139,18 @@ class _Invoice:
     customer_id: str | None
     total: Decimal | None
     items: list[tuple[str, ItemKey]]  # the items the answer included, with their keys
-    item_ids: frozenset[str]  # every item the invoice has (its relationship), included or not
+    item_ids: frozenset[str] | None  # every item the invoice has (its relationship); None: not said
+
+    def known_ids(self) -> frozenset[str]:
+        """The invoice's item ids: its relationship, else the items the answer included."""
+        return self.item_ids if self.item_ids is not None else frozenset(i for i, _ in self.items)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], included: list[Any] | None = None) -> _Invoice:
         a, rels = data.get("attributes") or {}, data.get("relationships") or {}
         from_net = bool(a.get("calculate_from_net"))
-        ids = [ref.get("id") for ref in ((rels.get("items") or {}).get("data") or [])]
+        refs = (rels.get("items") or {}).get("data")
+        ids = [ref.get("id") for ref in refs or []]
         by_id = {r.get("id"): r for r in included or [] if r.get("type") == "items"}
         customer = (rels.get("customer") or {}).get("data") or {}
         total = a.get("total")
@@ -153,7 +158,7 @@ class _Invoice:
                    str(a.get("currency")), from_net, customer.get("id"),
                    None if total is None else _decimal(total),
                    [(i, item_key(by_id[i].get("attributes") or {}, from_net)) for i in ids if i in by_id],
-                   frozenset(str(i) for i in ids))
+                   None if refs is None else frozenset(str(i) for i in ids))
 
 
 class IdenticalSpacer:
@@ -419,13 +424,15 @@ class AnnyTarget(Target):
         await self._items(record, job, invoice)
         if invoice.status == "draft":  # step 2: what is sent (or reported) is exactly the record
             invoice = await self._verified(record, job, invoice.id)
-        items = invoice.item_ids
+        items = invoice.known_ids()
         wanted = record.status
         if wanted in ("sent", "paid") and invoice.status == "draft":
-            invoice = self._unchanged(record, items, await self._act(job, invoice, "send", ("sent", "paid")))
+            invoice = await self._unchanged(record, job, items,
+                                            await self._act(job, invoice, "send", ("sent", "paid")))
             p["sent"] = True
         if wanted == "paid" and invoice.status == "sent":
-            invoice = self._unchanged(record, items, await self._act(job, invoice, "set-paid", ("paid",)))
+            invoice = await self._unchanged(record, job, items,
+                                            await self._act(job, invoice, "set-paid", ("paid",)))
             p["paid"] = True
         return Created(invoice_id=invoice.id, customer_id=customer_id, status=invoice.status,
                        reported_gross=invoice.total, existed=existed)
@@ -441,39 +448,42 @@ class AnnyTarget(Target):
                                 f"({invoice.id}) with another {', '.join(differ)}; it was not changed",
                                 stage="invoice")
 
-    @staticmethod
-    def _extras(record: Record, invoice: _Invoice, strangers: int) -> RecordError:
-        return RecordError(
-            f"invoice {record.external_id!r} at anny ({invoice.id}, {invoice.status}) has {strangers} item(s) "
-            "beyond the record's lines (likely a request of an earlier, killed run that arrived late); "
-            "anny offers no way to remove an item, so it was not counted as created: correct the invoice "
-            "in anny", stage="item")
-
     async def _verified(self, record: Record, job: Job, invoice_id: str) -> _Invoice:
-        """A fresh read of the invoice, whose items must be exactly the record's lines."""
+        """Step 2: a fresh read of the invoice, whose items must be exactly the record's lines."""
         invoice = await self._get_invoice(job, invoice_id)
         if invoice is None:
             raise RecordError(f"invoice {record.external_id!r} ({invoice_id}) is gone from anny", stage="item")
         done, strangers = match_items([line_key(line) for line in record.lines], invoice.items)
         if strangers:
-            raise self._extras(record, invoice, len(strangers))
-        if len(done) != len(record.lines) or len(invoice.items) != len(invoice.item_ids):
+            raise RecordError(
+                f"invoice {record.external_id!r} at anny ({invoice.id}) has {len(strangers)} item(s) beyond the "
+                "record's lines, added after bulk had read it (a request of an earlier, killed run delivered "
+                "late); anny has no way to remove an item, so it was left an unsent draft and not counted: "
+                "delete the extra item in anny, then feed the record again", stage="item")
+        if len(done) != len(record.lines) or len(invoice.items) != len(invoice.item_ids or invoice.items):
             raise RecordError(f"invoice {record.external_id!r} at anny ({invoice.id}) holds {len(done)} of the "
                               f"record's {len(record.lines)} lines after they were created", stage="item")
         return invoice
 
-    def _unchanged(self, record: Record, verified: frozenset[str], invoice: _Invoice) -> _Invoice:
-        """Step 3: the invoice a transition answered has exactly the verified items."""
-        if invoice.item_ids != verified:
-            raise self._extras(record, invoice, len(invoice.item_ids - verified))
-        return invoice
+    async def _unchanged(self, record: Record, job: Job, verified: frozenset[str], invoice: _Invoice) -> _Invoice:
+        """Step 3: the invoice a transition answered has exactly the verified items (read back
+        when the answer does not list them)."""
+        now = invoice if invoice.item_ids is not None else await self._get_invoice(job, invoice.id) or invoice
+        if now.known_ids() == verified:
+            return invoice
+        raise RecordError(
+            f"invoice {record.external_id!r} at anny ({invoice.id}) is {invoice.status} with "
+            f"{len(now.known_ids() - verified)} item(s) beyond the record's lines, added between bulk's check "
+            "and the send (a request of an earlier, killed run delivered late); it is wrong at anny and was "
+            "not counted: cancel it in anny (a credit note voids it)", stage="item")
 
     async def _items(self, record: Record, job: Job, invoice: _Invoice) -> bool:
         """Create the lines anny does not have yet; True if any was created."""
         keys = [line_key(line) for line in record.lines]
         done, strangers = match_items(keys, invoice.items)
         if strangers:
-            raise self._extras(record, invoice, len(strangers))
+            raise RecordError(f"invoice {record.external_id!r} at anny ({invoice.id}) has {len(strangers)} "
+                              "item(s) that match no line of this record; it was not changed", stage="item")
         missing = [i for i in range(len(keys)) if i not in done]
         job.progress["items"] = sorted(done)
         if missing and invoice.status != "draft":
