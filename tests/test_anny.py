@@ -224,6 +224,9 @@ async def test_send_only_from_draft_and_set_paid_only_from_sent() -> None:
         assert status == 200 and body["data"]["attributes"]["status"] == "sent"
         assert (await api.call("POST", f"/invoices/{invoice_id}/send"))[0] == 422
         assert (await post_item(api, item(invoice_id)))[0] == 422  # no items once sent
+        _, one, _ = await api.call("GET", f"/invoices/{invoice_id}")
+        item_id = one["data"]["relationships"]["items"]["data"][0]["id"]
+        assert (await api.call("DELETE", f"/items/{item_id}"))[0] == 404  # anny documents no item delete
         status, body, _ = await api.call("POST", f"/invoices/{invoice_id}/set-paid", sendNotification="true")
         assert status == 200 and body["data"]["attributes"]["status"] == "paid"
         for method in ("PUT", "POST"):
