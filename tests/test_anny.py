@@ -615,7 +615,7 @@ class Proxy:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         self.base_url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as self.session:
             self._ready.set()
