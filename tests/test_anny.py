@@ -5,7 +5,10 @@ n items, send, set-paid) followed by a resume. Every end-to-end case is checked 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -17,11 +20,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from harness import (
     SECRET,
     SandboxServer,
     assert_exactly_once,
     cli,
+    kill_until_done,
     read_id_map,
     read_reasons,
     start_cli,
@@ -221,6 +226,9 @@ async def test_send_only_from_draft_and_set_paid_only_from_sent() -> None:
         assert status == 200 and body["data"]["attributes"]["status"] == "sent"
         assert (await api.call("POST", f"/invoices/{invoice_id}/send"))[0] == 422
         assert (await post_item(api, item(invoice_id)))[0] == 422  # no items once sent
+        _, one, _ = await api.call("GET", f"/invoices/{invoice_id}")
+        item_id = one["data"]["relationships"]["items"]["data"][0]["id"]
+        assert (await api.call("DELETE", f"/items/{item_id}"))[0] == 404  # anny documents no item delete
         status, body, _ = await api.call("POST", f"/invoices/{invoice_id}/set-paid", sendNotification="true")
         assert status == 200 and body["data"]["attributes"]["status"] == "paid"
         for method in ("PUT", "POST"):
@@ -327,6 +335,10 @@ def test_configuration() -> None:
         AnnyTarget(base_url="https://b.anny.co", credentials={"ANNY_API_TOKEN": "tok-anny-test"}, options={})
     with pytest.raises(ConfigError, match="writes_per_minute"):
         AnnyTarget(base_url="", credentials={}, options={"writes_per_minute": "0"})
+    for settle in ("soon", "-1", "3601"):
+        with pytest.raises(ConfigError, match="settle"):
+            AnnyTarget(base_url="", credentials={}, options={"settle": settle})
+    assert AnnyTarget(base_url="", credentials={}, options={"settle": "0.5"}).settle == 0.5
     creds = AnnyTarget.credentials_from_env({"ANNY_API_TOKEN": "tok-anny-test", "ANNY_ORGANIZATION": "42"})
     target = AnnyTarget(base_url="https://b.anny.co", credentials=creds, options={"writes_per_minute": "300"})
     assert target.organization == "42" and target.secrets() == ["tok-anny-test"]
@@ -538,3 +550,294 @@ def test_embedded_sandbox_needs_no_setup_and_organization_is_required(tmp_path: 
     missing = cli(["upload", str(src), "--target", "anny", "--out", str(tmp_path / "b"), "--quiet",
                    "--base-url", "http://127.0.0.1:9"], {"ANNY_API_TOKEN": "tok-anny-test", "ANNY_ORGANIZATION": ""})
     assert missing.returncode == 2 and "organization" in missing.stderr
+
+
+# --- a scripted man in the middle: lost answers, blind repeats, a killed run's late request ---------
+
+
+DROP = object()  # a script's answer: close the connection without answering
+Answer = tuple[int, bytes, str]  # status, body, content type
+
+
+class Call:
+    """One request the proxy received; ``forward()`` sends it to the sandbox (again, if called
+    twice) and returns the sandbox's answer."""
+
+    def __init__(self, proxy: Proxy, method: str, path: str, query: dict[str, str], raw_query: str,
+                 body: bytes, headers: dict[str, str]) -> None:
+        self.proxy, self.method, self.path, self.query = proxy, method, path, query
+        self.raw_query, self.body, self.headers = raw_query, body, headers
+
+    async def forward(self) -> Answer:
+        assert self.proxy.session is not None
+        url = f"{self.proxy.upstream}{self.path}?{self.raw_query}"
+        async with self.proxy.session.request(self.method, url, data=self.body or None,
+                                              headers=self.headers) as resp:
+            answer = (resp.status, await resp.read(), resp.headers.get("Content-Type", JSONAPI))
+        self.proxy.forwarded.append((self.method, self.path, answer[0]))
+        return answer
+
+
+class Proxy:
+    """127.0.0.1:0 in front of a sandbox, in its own thread and loop. ``script(call)`` (a
+    coroutine run in the proxy's loop) answers each request: by default it forwards it.
+    ``seen`` lists what the client sent, ``forwarded`` what reached the sandbox (with its status)."""
+
+    def __init__(self, upstream: str, script: Callable[[Call], Any]) -> None:
+        self.upstream, self.script = upstream, script
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.forwarded: list[tuple[str, str, int]] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.base_url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        call = Call(self, request.method, request.path, dict(request.query), request.query_string,
+                    await request.read(), headers)
+        self.seen.append((call.method, call.path, call.query))
+        answer = await self.script(call)
+        if answer is DROP:
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=204)
+        status, body, content_type = answer
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as self.session:
+            self._ready.set()
+            await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> Proxy:
+        self._thread.start()
+        assert self._ready.wait(15), "the proxy did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def count(self, method: str, suffix: str) -> int:
+        return sum(1 for m, path, _ in self.seen if m == method and path.endswith(suffix))
+
+
+def proxy_args(proxy: Proxy, src: Path, out: Path, *extra: str) -> list[str]:
+    return ["upload", str(src), "--target", "anny", "--base-url", proxy.base_url, "--out", str(out),
+            "--rate", "100000", "--quiet", *extra]
+
+
+def server_items(invoice: dict[str, Any]) -> Counter[tuple[str, int, Decimal, Decimal]]:
+    """An invoice's items at the server as a multiset of (title, quantity, tax rate, unit price)."""
+    single = "single_net_amount" if invoice["calculate_from_net"] else "single_gross_amount"
+    return Counter((i["title"], i["quantity"], Decimal(str(i["tax_rate"])), Decimal(str(i[single])))
+                   for i in invoice["items"])
+
+
+def record_lines(record: Record) -> Counter[tuple[str, int, Decimal, Decimal]]:
+    return Counter((ln.title, int(ln.quantity), ln.tax_rate, ln.unit_price) for ln in record.lines)
+
+
+@pytest.mark.parametrize("how", ["lost", "repeated"])
+@pytest.mark.parametrize("action", ["send", "set-paid"])
+def test_a_transition_is_read_back_never_repeated_blindly(action: str, how: str, tmp_path: Path) -> None:
+    """``lost``: the sandbox commits the transition, its answer is dropped (the connection
+    closes). ``repeated``: the request reaches the sandbox twice, as when a request given up on
+    arrives late, and the client gets the second answer, the sandbox's refusal. Either way the
+    client reads the invoice back, finds the step done and goes on: nothing is sent again."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    [record] = write_records(src, [WORKFLOW[0]])  # status paid: send, then set-paid
+    hits = []
+
+    async def script(call: Call) -> Any:
+        if call.method != "GET" and call.path.endswith("/" + action) and not hits:
+            hits.append(await call.forward())
+            if how == "lost":
+                return DROP
+            hits.append(await call.forward())
+            return hits[-1]
+        return await call.forward()
+
+    with SandboxServer("anny") as sb, Proxy(sb.base_url, script) as proxy:
+        done = cli(proxy_args(proxy, src, out), sb.env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert_workflow_state(sb.state(), [record])
+        assert_exactly_once(sb, out, [record])
+        assert hits[0][0] == 200  # the step was done at the first request
+        if how == "repeated":
+            assert hits[1][0] == 422  # ... and the repeat refused
+        assert proxy.count("POST", "/" + action) == 1  # the client never sent it again
+        assert proxy.count("GET", f"/invoices/{sb.state()['invoices'][0]['id']}") >= 1  # it read back
+
+
+# When the item create a killed run had on its way reaches anny, relative to the resumed run.
+LATE = ["in-window", "after-look", "before-send", "after-send"]
+
+
+@pytest.mark.parametrize("when", LATE)
+def test_a_killed_runs_item_create_arriving_late_never_leaves_a_wrong_invoice_counted(
+        when: str, tmp_path: Path) -> None:
+    """Run 1 creates AN-1's invoice and first item; its second item create is held by the
+    proxy, and run 1 is SIGKILLed while it waits. Run 2 (the same command) resumes; the held
+    create is delivered at a moment tied to run 2's progress, never to the clock:
+
+    - ``in-window``: at run 2's first request; run 2 must not look at AN-1 for ``settle`` s
+      after its first answer, so it sees the item and completes the invoice exactly;
+    - ``after-look``: right after run 2 read AN-1's items: run 2 adds the line again, its
+      check before ``send`` finds one item too many: AN-1 fails and stays an unsent draft;
+    - ``before-send``: after that check, just before ``send``: the send's answer lists an item
+      that was not checked: AN-1 fails (it is sent and wrong at anny), never counted created;
+    - ``after-send``: anny refuses an item on a sent invoice: AN-1 is exactly right.
+
+    AN-3 (another record) is created exactly in every case."""
+    settle = 1.0
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_records(src, [WORKFLOW[0], WORKFLOW[2]])
+    an1 = records[0]
+    phase = [1]
+    held: list[Call] = []
+    is_held, release = threading.Event(), asyncio.Event()
+    late: list[Answer] = []
+    times: dict[str, float] = {}
+
+    def look(call: Call) -> bool:
+        return (call.method == "GET" and call.query.get("include") == "items" and bool(held)
+                and (call.query.get("filter[number]") == "AN-1" or call.path.endswith("/" + invoice_of(held[0]))))
+
+    async def script(call: Call) -> Any:
+        if phase[0] == 1:
+            if call.path.endswith("/items") and "Hosting".encode() in call.body and not held:
+                held.append(call)
+                is_held.set()
+                await release.wait()  # run 1 is killed meanwhile: this answer never goes anywhere
+                return DROP
+            return await call.forward()
+        invoice_id = invoice_of(held[0])
+        if when == "in-window" and not late:
+            late.append(await held[0].forward())
+            answer = await call.forward()
+            times["first answer"] = time.monotonic()
+            return answer
+        if when == "in-window" and look(call):
+            times.setdefault("look", time.monotonic())
+        if when == "after-look" and look(call) and not late:
+            answer = await call.forward()
+            late.append(await held[0].forward())
+            return answer
+        if call.path.endswith(f"/invoices/{invoice_id}/send") and not late:
+            if when == "before-send":
+                late.append(await held[0].forward())
+                return await call.forward()
+            if when == "after-send":
+                answer = await call.forward()
+                late.append(await held[0].forward())
+                return answer
+        return await call.forward()
+
+    with SandboxServer("anny") as sb, Proxy(sb.base_url, script) as proxy:
+        args = proxy_args(proxy, src, out, "--concurrency", "1", "--item-concurrency", "1",
+                          "--checkpoint-every", "0.2", "--option", f"settle={settle}")
+        first = start_cli(args, sb.env)
+        try:
+            assert is_held.wait(30), "run 1 never sent the second item"
+        finally:
+            first.kill()
+            first.communicate(timeout=10)
+        phase[0] = 2
+        done = cli(args, sb.env, timeout=60)
+        assert proxy._loop is not None
+        proxy._loop.call_soon_threadsafe(release.set)
+        state = sb.state()
+        assert len(late) == 1, "the held create was never delivered"
+        invoices = {inv["number"]: inv for inv in state["invoices"]}
+        assert sorted(invoices) == ["AN-1", "AN-3"]  # each invoice once
+        assert server_items(invoices["AN-3"]) == record_lines(records[1])
+        assert invoices["AN-3"]["status"] == "draft"
+        created = {row["external_id"]: row["invoice_id"] for row in read_id_map(out)}
+        reasons = read_reasons(out)
+        extra = Counter({("Hosting 東京", 1, Decimal("19"), Decimal("49.90")): 1})
+        if when in ("in-window", "after-send"):
+            assert done.returncode == 0, done.stderr
+            assert_workflow_state(state, records)
+            assert_exactly_once(sb, out, records)
+            assert reasons == []
+            if when == "in-window":  # run 2 waited out the window before it looked
+                assert late[0][0] == 201 and times["look"] - times["first answer"] >= settle
+            else:
+                assert late[0][0] == 422  # anny takes no item on a sent invoice
+        else:
+            assert done.returncode == 1, done.stderr
+            assert late[0][0] == 201
+            assert server_items(invoices["AN-1"]) == record_lines(an1) + extra
+            # not sent when caught before send; sent (and never set paid) when it came in between
+            assert invoices["AN-1"]["status"] == ("draft" if when == "after-look" else "sent")
+            assert set(created) == {"AN-3"} and created["AN-3"] == invoices["AN-3"]["id"]
+            [reason] = reasons
+            assert (reason["external_id"], reason["kind"], reason["stage"]) == ("AN-1", "failed", "item")
+            assert "1 item(s) beyond the record's lines" in reason["message"]
+            counts = summary(out)["records"]
+            assert (counts["created"], counts["failed"]) == (1, 1), counts
+
+
+def invoice_of(item_call: Call) -> str:
+    """The invoice an item create goes on (its ``relationships.document``)."""
+    return str(json.loads(item_call.body)["data"]["relationships"]["document"]["data"]["id"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_soak_hostile_proxy_and_sigkills(seed: int, tmp_path: Path) -> None:
+    """150 invoices, 10 SIGKILLs (each after 1-6 more invoices exist), through a proxy that,
+    drawn per request from the seed, the request's identity and its attempt number, answers 429
+    or 503, resets, delays 50-600 ms before forwarding (so a killed run's request lands late), or
+    forwards and drops the answer. Every invoice, item and status is audited at the sandbox."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 150, seed=seed)
+    attempts: Counter[tuple[Any, ...]] = Counter()
+    did: Counter[str] = Counter()
+    error = b'{"errors": [{"status": "%d", "detail": "proxy"}]}'
+
+    async def script(call: Call) -> Any:
+        identity = (call.method, call.path, tuple(sorted(call.query.items())), call.body)
+        attempts[identity] += 1
+        draw = random.Random(f"{seed}{identity}{attempts[identity]}")
+        x = draw.random()
+        for kind, below in (("429", 0.04), ("503", 0.08), ("reset", 0.12), ("lost", 0.16), ("delay", 0.30)):
+            if x < below:
+                did[kind] += 1
+                break
+        else:
+            return await call.forward()
+        if kind in ("429", "503"):
+            return int(kind), error % int(kind), JSONAPI
+        if kind == "reset":
+            return DROP
+        if kind == "lost":
+            await call.forward()
+            return DROP
+        await asyncio.sleep(draw.uniform(0.05, 0.6))
+        return await call.forward()
+
+    with SandboxServer("anny", latency_ms=5) as sb, Proxy(sb.base_url, script) as proxy:
+        args = proxy_args(proxy, src, out, "--retries", "12", "--concurrency", "4")
+        delivered, done = kill_until_done(sb, lambda rng: args, kills=10, seed=seed, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert delivered >= 8, f"only {delivered} kills landed"
+        assert all(did[k] for k in ("429", "503", "reset", "lost", "delay")), did
+        assert_workflow_state(sb.state(), records)
+        assert_exactly_once(sb, out, records)
+    assert read_reasons(out) == []

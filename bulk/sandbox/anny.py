@@ -47,6 +47,7 @@ Lists: ``page[number]`` >= 1, ``page[size]`` 1..30 (default 30; clamped) -> ``{"
     ``relationships.document`` -> a *draft* ``invoices`` (required) -> 201 item: those + the
     derived single amount, ``net_amount``, ``tax_amount``, ``gross_amount``, ``currency``. No
     position: an invoice lists its items in creation order. Totals recalculate after each item.
+    No item delete or update (anny documents none; a non-draft invoice is ``locked``).
 Money rule (anny documents none; the sandbox's own, see ``anny_rules.item_totals``): per item,
     half up to the currency's ISO 4217 minor unit; the invoice sums its items. Option
     ``rounding: "half_even"`` makes the sandbox disagree with the client on purpose.

@@ -5,7 +5,7 @@ One record becomes, every call with ``?o={organization}`` and the Bearer token, 
 ``bulk/sandbox/anny.py``)::
 
     GET /customers?filter[email]&include=address -> [POST /customers -> POST /addresses]
-    POST /invoices (draft, number = external id) -> POST /items x n -> [send] -> [set-paid]
+    POST /invoices (draft, number = external id) -> POST /items x n -> GET (verify) -> [send] -> [set-paid]
 
 Exactly once, without an idempotency key: every create whose answer may be lost is looked up
 before it is sent again, and a resumed record verifies what its resume state says.
@@ -20,17 +20,47 @@ before it is sent again, and a resumed record verifies what its resume state say
   multiplicity, from a read of the invoice's items (``include=items``) whenever the invoice
   was not created by this very call. Lines with the same key are created one after another,
   so a recovering read can tell "mine" from "a twin's" by counting.
-- send / set-paid: the invoice's status says whether they happened.
+- send / set-paid: the invoice's status says whether they happened. After an answer that may
+  be lost the status is read before anything is sent again (already ``sent``/``paid``: the
+  step is done); a refusal (422: "Only a draft invoice can be sent", "invoice not in SENT
+  status") is read back the same way, since it means the step may have been done by a
+  request we gave up on. Set-paid uses the seed's ``POST ...?sendNotification=`` form: a
+  POST is never re-sent by the HTTP library on its own (aiohttp silently repeats an
+  idempotent method, such as the seed's ``PUT`` form, once when a kept-alive connection drops
+  before the answer: the blind repeat of a set-paid that had succeeded met "not in SENT
+  status"). The sandbox accepts both forms.
+
+Requests of a killed run that arrive late. A SIGKILL leaves requests on their way (in socket
+buffers, a proxy, the API's queue); one of them may reach anny after the resumed run has
+read the invoice. anny documents no way to remove an item (seed 001 and API-NOTES list no
+item delete or update; an invoice that is not a draft is ``locked``), so an extra item can
+be avoided or detected, never undone. Hence, in this order:
+
+1. *Wait out the in-flight window*: a record an earlier run may have sent
+   (``job.maybe_sent_before`` or resume state) is not looked at before ``settle`` seconds
+   (``--option settle``, default 2) have passed since this run's first answer from anny
+   (every request of the earlier run was sent before that answer). Only the first seconds of
+   a resumed run pay for it. A request delayed longer than ``settle`` is the case left, and
+   the next two steps make sure it never yields a wrong invoice counted as created.
+2. *Verify the draft right before it is sent* (and before a draft record is reported): one
+   read; its items must be exactly the record's lines as a multiset. Extra items -> the
+   record fails (``stage=item``) and the invoice stays an unsent draft, to be fixed in anny.
+3. *Check the transition's answer*: ``send`` and ``set-paid`` answer the invoice with its
+   item ids; an id that was not in the verified set means an item landed between the check
+   and the send. The invoice is then sent and wrong: the record fails with that reason and
+   is never counted as created. After ``send`` anny refuses items (only a draft takes them),
+   so a create landing later changes nothing.
+
+A draft record's invoice stays open to a request delayed beyond the run's end; nothing a
+client can do bounds that (raise ``settle`` for an API or network that slow).
 
 Item order: anny has no position field; an invoice lists items in creation order. With
 ``--item-concurrency 1`` the lines are created one by one in source order (n round trips per
 invoice); with N > 1 up to N lines of an invoice are created at once (about n/N round trips)
 and may land in any order. Totals do not depend on the order.
 
-Set paid: ``PUT /invoices/{id}/set-paid`` with ``{"send_notification": false}``, the form of
-the seed's "Mark as Paid" reference section (it names the body and its meaning); the workflow
-summary's ``POST ...?sendNotification=true`` is a one-line recap. ``--option
-paid_notification=true`` mails the payment confirmation. The sandbox accepts both forms.
+Set paid: ``{"send_notification"}`` / ``sendNotification`` is false unless ``--option
+paid_notification=true`` (mails the payment confirmation).
 
 Pacing: anny's defaults per organization (100 writes and 400 reads per 60 s; options
 ``writes_per_minute``, ``reads_per_minute``) and at most ``identical_per_second`` (4) identical
@@ -108,20 +138,27 @@ class _Invoice:
     from_net: bool
     customer_id: str | None
     total: Decimal | None
-    items: list[tuple[str, ItemKey]]
+    items: list[tuple[str, ItemKey]]  # the items the answer included, with their keys
+    item_ids: frozenset[str] | None  # every item the invoice has (its relationship); None: not said
+
+    def known_ids(self) -> frozenset[str]:
+        """The invoice's item ids: its relationship, else the items the answer included."""
+        return self.item_ids if self.item_ids is not None else frozenset(i for i, _ in self.items)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], included: list[Any] | None = None) -> _Invoice:
         a, rels = data.get("attributes") or {}, data.get("relationships") or {}
         from_net = bool(a.get("calculate_from_net"))
-        ids = [ref.get("id") for ref in ((rels.get("items") or {}).get("data") or [])]
+        refs = (rels.get("items") or {}).get("data")
+        ids = [ref.get("id") for ref in refs or []]
         by_id = {r.get("id"): r for r in included or [] if r.get("type") == "items"}
         customer = (rels.get("customer") or {}).get("data") or {}
         total = a.get("total")
         return cls(str(data["id"]), str(a.get("number")), str(a.get("status", "")).lower(),
                    str(a.get("currency")), from_net, customer.get("id"),
                    None if total is None else _decimal(total),
-                   [(i, item_key(by_id[i].get("attributes") or {}, from_net)) for i in ids if i in by_id])
+                   [(i, item_key(by_id[i].get("attributes") or {}, from_net)) for i in ids if i in by_id],
+                   None if refs is None else frozenset(str(i) for i in ids))
 
 
 class IdenticalSpacer:
@@ -250,6 +287,15 @@ class AnnyTarget(Target):
         except ValueError:
             raise ConfigError("--option identical_per_second: give a whole number (0 = no spacing)") from None
         self.paid_notification = str(options.get("paid_notification", "false")).lower() in ("true", "1", "yes")
+        try:
+            self.settle = float(options.get("settle", 2))
+        except (TypeError, ValueError):
+            self.settle = -1.0
+        if not 0 <= self.settle <= 3600:
+            raise ConfigError("--option settle: give the seconds a request of a killed run may still take "
+                              "to reach anny, between 0 and 3600 (default 2)")
+        self._started = time.monotonic()  # moved to the first answer by prepare()
+        self._resumed = False  # a record an earlier run may have sent was seen
 
     @classmethod
     def credentials_from_env(cls, env: Mapping[str, str]) -> dict[str, str]:
@@ -325,6 +371,15 @@ class AnnyTarget(Target):
             raise ConfigError("the anny target needs the organization id: --option organization=ID")
         # A read as smoke test: a bad token or organization stops the run before any write.
         await job.send(self._req("GET", "/invoices", [("page[size]", "1")]), stage="auth")
+        # Every request of an earlier (killed) run left before this answer came back.
+        self._started = time.monotonic()
+
+    async def _settled(self) -> None:
+        """Wait until requests an earlier run had on their way have reached anny (step 1)."""
+        self._resumed = True
+        left = self._started + self.settle - time.monotonic()
+        if left > 0:
+            await anyio.sleep(left)
 
     # --- requests ------------------------------------------------------------------------
 
@@ -354,6 +409,8 @@ class AnnyTarget(Target):
     # --- the workflow ----------------------------------------------------------------------
 
     async def upload(self, record: Record, job: Job) -> Created:
+        if job.maybe_sent_before or job.progress:
+            await self._settled()
         email = record.customer.email
         ns = f"anny.customer:{self.organization}"
         customer_id = await job.resolve(ns, email.lower(), lambda: self._customer(record, job))
@@ -382,16 +439,19 @@ class AnnyTarget(Target):
         if not fresh:
             self._check_ours(record, customer_id, invoice)
         p["invoice"] = invoice.id
-        created_items = await self._items(record, job, invoice)
+        await self._items(record, job, invoice)
+        if invoice.status == "draft":  # step 2: what is sent (or reported) is exactly the record
+            invoice = await self._verified(record, job, invoice.id)
+        items = invoice.known_ids()
         wanted = record.status
         if wanted in ("sent", "paid") and invoice.status == "draft":
-            invoice = await self._act(job, invoice, "send", ("sent", "paid"))
+            invoice = await self._unchanged(record, job, items,
+                                            await self._act(job, invoice, "send", ("sent", "paid")))
             p["sent"] = True
         if wanted == "paid" and invoice.status == "sent":
-            invoice = await self._act(job, invoice, "set-paid", ("paid",))
+            invoice = await self._unchanged(record, job, items,
+                                            await self._act(job, invoice, "set-paid", ("paid",)))
             p["paid"] = True
-        elif created_items and wanted == "draft":
-            invoice = await self._get_invoice(job, invoice.id) or invoice  # totals after the items
         return Created(invoice_id=invoice.id, customer_id=customer_id, status=invoice.status,
                        reported_gross=invoice.total, existed=existed)
 
@@ -405,6 +465,35 @@ class AnnyTarget(Target):
             raise RecordRefused(422, f"an invoice numbered {record.external_id!r} already exists at anny "
                                 f"({invoice.id}) with another {', '.join(differ)}; it was not changed",
                                 stage="invoice")
+
+    async def _verified(self, record: Record, job: Job, invoice_id: str) -> _Invoice:
+        """Step 2: a fresh read of the invoice, whose items must be exactly the record's lines."""
+        invoice = await self._get_invoice(job, invoice_id)
+        if invoice is None:
+            raise RecordError(f"invoice {record.external_id!r} ({invoice_id}) is gone from anny", stage="item")
+        done, strangers = match_items([line_key(line) for line in record.lines], invoice.items)
+        if strangers:
+            raise RecordError(
+                f"invoice {record.external_id!r} at anny ({invoice.id}) has {len(strangers)} item(s) beyond the "
+                "record's lines, added after bulk had read it (a request of an earlier, killed run delivered "
+                "late); anny has no way to remove an item, so it was left an unsent draft and not counted: "
+                "delete the extra item in anny, then feed the record again", stage="item")
+        if len(done) != len(record.lines) or len(invoice.items) != len(invoice.item_ids or invoice.items):
+            raise RecordError(f"invoice {record.external_id!r} at anny ({invoice.id}) holds {len(done)} of the "
+                              f"record's {len(record.lines)} lines after they were created", stage="item")
+        return invoice
+
+    async def _unchanged(self, record: Record, job: Job, verified: frozenset[str], invoice: _Invoice) -> _Invoice:
+        """Step 3: the invoice a transition answered has exactly the verified items (read back
+        when the answer does not list them)."""
+        now = invoice if invoice.item_ids is not None else await self._get_invoice(job, invoice.id) or invoice
+        if now.known_ids() == verified:
+            return invoice
+        raise RecordError(
+            f"invoice {record.external_id!r} at anny ({invoice.id}) is {invoice.status} with "
+            f"{len(now.known_ids() - verified)} item(s) beyond the record's lines, added between bulk's check "
+            "and the send (a request of an earlier, killed run delivered late); it is wrong at anny and was "
+            "not counted: cancel it in anny (a credit note voids it)", stage="item")
 
     async def _items(self, record: Record, job: Job, invoice: _Invoice) -> bool:
         """Create the lines anny does not have yet; True if any was created."""
@@ -463,18 +552,27 @@ class AnnyTarget(Target):
         return True
 
     async def _act(self, job: Job, invoice: _Invoice, action: str, after: tuple[str, ...]) -> _Invoice:
-        """``send`` or ``set-paid``; after a lost answer the invoice's status says if it happened."""
+        """``send`` or ``set-paid``. Done already is done: after an answer that may be lost, and
+        after a refusal, the invoice's status says whether the step happened."""
         if action == "send":
             req = self._req("POST", f"/invoices/{invoice.id}/send")
-        else:
-            req = self._req("PUT", f"/invoices/{invoice.id}/set-paid",
-                            body={"send_notification": self.paid_notification})
+        else:  # POST, never PUT: see the module docstring
+            req = self._req("POST", f"/invoices/{invoice.id}/set-paid",
+                            [("sendNotification", "true" if self.paid_notification else "false")])
 
         async def find() -> _Invoice | None:
             now = await self._get_invoice(job, invoice.id)
             return now if now is not None and now.status in after else None
 
-        reply, found = await self._create(job, req, action, find)
+        try:
+            reply, found = await self._create(job, req, action, find)
+        except RecordRefused:
+            # e.g. 422 "invoice not in SENT status": a request we gave up on (this run's, or a
+            # killed run's arriving late) may have done the step already.
+            found = await find()
+            if found is None:
+                raise
+            return found
         return _Invoice.parse(_exact(reply)["data"]) if reply is not None else found  # type: ignore[return-value]
 
     # --- lookups -------------------------------------------------------------------------
@@ -511,6 +609,8 @@ class AnnyTarget(Target):
 
     async def _customer(self, record: Record, job: Job) -> str:
         """Find the customer by e-mail, else create it; then its address if it has none."""
+        if self._resumed:  # a killed run's create for this e-mail may still be on its way
+            await self._settled()
         email = record.customer.email
         found = await self._find_customer(job, email)
         if found is None:
