@@ -234,6 +234,7 @@ class AnnyTarget(Target):
     # A-rate: Admin API, per organization, 400 reads and 100 writes per 60 s (adjustable).
     default_limits = {"write": 100 / 60, "read": 400 / 60}
     path_prefix = API
+    optional_env = ("ANNY_ORGANIZATION",)
     option_keys = ("organization", "writes_per_minute", "reads_per_minute", "identical_per_second",
                    "paid_notification")
     auth_hint = ("check ANNY_API_TOKEN (an Admin API token with customer and invoice abilities) and that "

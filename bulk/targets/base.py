@@ -70,6 +70,8 @@ class Target(abc.ABC):
     name: ClassVar[str]
     #: environment variables holding the credentials, in the order the adapter wants them
     credential_env: ClassVar[tuple[str, ...]]
+    #: further environment variables the adapter reads when set (listed in ``--help``)
+    optional_env: ClassVar[tuple[str, ...]] = ()
     #: environment variable that may hold the base URL (``--base-url`` wins)
     base_url_env: ClassVar[str]
     #: documented request rates of the real API, requests per second per kind ("read"/"write")
