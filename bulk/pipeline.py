@@ -394,7 +394,9 @@ class Run:
 
     def _status(self) -> Status:
         pacer = self._session.pacer if self._session else None
-        return Status(done_bytes=self._tracker.offset, total_bytes=self._input.estimated_size(),
+        shard = self.config.shard
+        return Status(done_bytes=self._tracker.offset, done_lines=self._tracker.line - 1,
+                      total_bytes=self._input.estimated_size(), share=1 / shard.count if shard else 1.0,
                       failing_since=pacer.failing_since if pacer else None,
                       give_up_at=pacer.last_ok + self.config.give_up_after if pacer else None,
                       last_error=pacer.last_error if pacer else "")
