@@ -354,10 +354,10 @@ def _stopped(cls: type[Target], config: UploadConfig, error: BulkError, exit_cod
     _say(f"stopped: {message}")
     if (hint := _base_url_hint(cls, config.base_url, error)) is not None:
         _say(hint)
-    if "the same command" in message:
-        return
-    if isinstance(error, QuotaExhausted):
+    if isinstance(error, QuotaExhausted):  # the one line scripts parse for the moment
         _say(f"resume after {error.resume_at} with the same command")
+    elif "the same command" in message:
+        return  # the message already says what to do
     elif isinstance(error, AuthError):
         _say("nothing is lost: fix the credentials, then run the same command again to resume")
     elif exit_code == EXIT_ABORTED:
