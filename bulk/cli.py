@@ -316,11 +316,13 @@ async def _upload(args: argparse.Namespace) -> int:
     _check_paths(config)
     if config.dry_run:
         return await _dry_run(config, cls)
+    target: Target | None = None
+    if config.base_url is not None:  # a missing credential is said before any bar is drawn
+        target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
+                     options=config.options)
     console = make_progress(quiet=args.quiet, desc=f"bulk {config.target}")
     try:
-        if config.base_url is not None:
-            target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
-                         options=config.options)
+        if target is not None:
             if (pace := _pace_note(config, target)) is not None:
                 console.note(pace)
             result = await Run(config, target, progress=console).execute()
