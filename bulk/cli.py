@@ -12,14 +12,16 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 
 from .config import Shard, UploadConfig, loop_options
-from .errors import BulkError, ConfigError, QuotaExhausted
+from .errors import AuthError, BulkError, ConfigError, QuotaExhausted
+from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
 from .targets.base import Target
 
@@ -33,6 +35,14 @@ def _say(message: str) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
+    #: builds the epilog when help is shown (it loads every target: never on a normal start)
+    epilog_fn: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         _say(f"error: {message}")
@@ -74,27 +84,73 @@ def _processes(text: str) -> int:
     return value
 
 
+EXIT_CODES = """exit codes:
+  0    every record created
+  1    finished, but some records were rejected or failed (see failed_reasons.csv)
+  2    usage or configuration error: nothing was started
+  3    stopped, resumable: run the same command again (credentials refused, API down,
+       quota exhausted, disk full)
+  130  interrupted, resumable: run the same command again"""
+
+
+def _targets_epilog() -> str:
+    """Each target's environment variables and --option keys (for --help)."""
+    lines = ["environment (credentials only ever come from the environment; --base-url wins over",
+             "the *_BASE_URL variable; without either, bulk upload uses the embedded sandbox):"]
+    for name in available_targets():
+        try:
+            cls = get_target(name)
+        except ConfigError:
+            continue
+        env = ", ".join([*cls.credential_env, *(f"{v} (optional)" for v in cls.optional_env)])
+        without = f" (without {cls.path_prefix})" if cls.path_prefix else ""
+        lines.append(f"  {name:<11} {env}; base URL: {cls.base_url_env}{without}")
+        lines.append(f"  {'':<11} --option keys: {', '.join(cls.option_keys) or 'none'}")
+    return "\n".join(lines)
+
+
+def _upload_epilog() -> str:
+    return f"{_targets_epilog()}\n\n{EXIT_CODES}"
+
+
+def _sandbox_epilog() -> str:
+    lines = ["credentials: when the target's credential variables are all set, the sandbox accepts only",
+             "that token, so a client run with the same environment authenticates (and a wrong one",
+             "gets 401); when they are not set it accepts any token. --target all accepts any token.",
+             "The variables:"]
+    for name in available_targets():
+        try:
+            cls = get_target(name)
+        except ConfigError:
+            continue
+        lines.append(f"  {name:<11} {' and '.join(cls.credential_env)}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bulk", description="Fast, exact, resumable bulk invoice uploads.")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="bulk", description="Fast, exact, resumable bulk invoice uploads.", formatter_class=raw)
+    p.epilog_fn = _upload_epilog
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     targets = available_targets()
 
-    up = sub.add_parser("upload", help="upload an NDJSON file of invoices (resumable)")
+    up = sub.add_parser("upload", help="upload an NDJSON file of invoices (resumable)", formatter_class=raw)
+    up.epilog_fn = _upload_epilog
     up.add_argument("input", help="NDJSON file, .gz file, or - for stdin")
-    up.add_argument("--target", default="agiled", choices=targets)
+    up.add_argument("--target", default="agiled", choices=targets, help="the API to upload to (default: agiled)")
     up.add_argument("--base-url", help="the API's base URL (default: the target's *_BASE_URL env var, "
                     "else the embedded sandbox)")
     up.add_argument("--rate", type=float, help="requests per second for the whole run (default: the API's documented limits)")
     up.add_argument("--limit", action="append", default=[], metavar="KIND=RATE",
                     help="requests per second for one kind of request (read, write), in place of the target's "
                     "documented limit, e.g. --limit write=2 for a plan with higher limits; with --shard K/N "
-                    "every rate is split N ways")
+                    "every rate is split N ways (default: the documented limits)")
     up.add_argument("--concurrency", type=int, default=64, help="records in flight (default 64)")
     up.add_argument("--item-concurrency", type=int, default=4, help="line items of one invoice created at once "
-                    "where the API needs one call per item (anny); 1 keeps the source order")
+                    "where the API needs one call per item (anny); 1 keeps the source order (default 4)")
     up.add_argument("--out", help="run directory (default runs/<input name>); re-run with the same --out to resume")
     up.add_argument("--dry-run", action="store_true", help="validate and say what would be done; send nothing")
-    up.add_argument("--quiet", action="store_true", help="no progress bar")
+    up.add_argument("--quiet", action="store_true", help="no progress bar (notes and the summary are still printed)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     up.add_argument("--retries", type=int, default=5, help="retries per request for 5xx/timeouts (default 5)")
     up.add_argument("--give-up-after", type=float, default=120.0,
@@ -107,36 +163,45 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--processes", type=_processes, default=0, metavar="N|auto",
                     help="upload processes (default auto: one per CPU, up to 4, for an input of 8 MiB or more "
                     "when no rate limit is under 2000/s; otherwise 1)")
-    up.add_argument("--shard", help="K/N: only the records whose id hashes to shard K of N")
+    up.add_argument("--shard", help="K/N: only the records whose id hashes to shard K of N (default: all records)")
     up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="target setting, e.g. organization=42 (anny), record_map=map.csv (coperniq)")
+                    help="target setting, e.g. organization=42 (anny), record_map=map.csv (coperniq); "
+                    "each target's keys are listed below (default: none)")
 
     va = sub.add_parser("validate", help="check an input file offline; nothing is sent")
-    va.add_argument("input")
-    va.add_argument("--target", choices=targets, help="also apply this target's own rules")
-    va.add_argument("--max-line-bytes", type=int, default=1 << 20)
-    va.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    va.add_argument("input", help="NDJSON file or .gz file")
+    va.add_argument("--target", choices=targets,
+                    help="also apply this target's own rules (default: only the common input rules)")
+    va.add_argument("--max-line-bytes", type=int, default=1 << 20, help="longest accepted input line (default 1 MiB)")
+    va.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="target setting, as for bulk upload (default: none)")
 
-    sb = sub.add_parser("sandbox", help="run an API simulator on loopback")
-    sb.add_argument("--target", default="agiled", choices=[*targets, "all"])
-    sb.add_argument("--host", default="127.0.0.1")
-    sb.add_argument("--port", type=int, default=8080)
-    sb.add_argument("--rate-limit", type=float, help="writes per second per token (429 beyond)")
-    sb.add_argument("--read-rate-limit", type=float)
-    sb.add_argument("--latency", type=float, default=0, help="milliseconds added to every request")
-    sb.add_argument("--fail-rate", type=float, default=0, help="probability of a 500")
-    sb.add_argument("--drop-rate", type=float, default=0, help="probability of dropping the connection unhandled")
-    sb.add_argument("--lose-rate", type=float, default=0, help="probability of losing the answer after a create")
-    sb.add_argument("--seed", type=int)
-    sb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    sb = sub.add_parser("sandbox", help="run an API simulator on loopback", formatter_class=raw)
+    sb.epilog_fn = _sandbox_epilog
+    sb.add_argument("--target", default="agiled", choices=[*targets, "all"],
+                    help="the API to simulate; all serves every dialect under /<target> (default: agiled)")
+    sb.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sb.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+    sb.add_argument("--rate-limit", type=float, help="writes per second per token, 429 beyond (default: no limit)")
+    sb.add_argument("--read-rate-limit", type=float,
+                    help="reads per second per token, 429 beyond (default: no limit)")
+    sb.add_argument("--latency", type=float, default=0, help="milliseconds added to every request (default 0)")
+    sb.add_argument("--fail-rate", type=float, default=0, help="probability of a 500 (default 0)")
+    sb.add_argument("--drop-rate", type=float, default=0,
+                    help="probability of dropping the connection unhandled (default 0)")
+    sb.add_argument("--lose-rate", type=float, default=0,
+                    help="probability of losing the answer after a create (default 0)")
+    sb.add_argument("--seed", type=int, help="seed of the fault injection (default: random)")
+    sb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="dialect setting (see bulk/sandbox/config.py; default: none)")
 
     me = sub.add_parser("merge", help="combine the run directories of --shard K/N runs into one")
     me.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the --out directory of every shard")
     me.add_argument("--out", required=True, help="a new directory for the merged outputs")
 
     ge = sub.add_parser("generate", help="write N synthetic valid invoices as NDJSON")
-    ge.add_argument("n", type=int)
-    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("n", type=int, help="how many invoices")
+    ge.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
     ge.add_argument("--output", "-o", default="-", help="file (default stdout)")
     return p
 
@@ -176,6 +241,63 @@ def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConf
     )
 
 
+def _check_options(cls: type[Target], options: dict[str, str]) -> None:
+    """Refuse an --option key the target does not read (it would be ignored silently)."""
+    unknown = sorted(set(options) - set(cls.option_keys))
+    if unknown:
+        keys = ", ".join(cls.option_keys) or "none"
+        raise ConfigError(f"--option {', '.join(unknown)}: not an option of the {cls.name} target "
+                          f"(its options: {keys})")
+
+
+def _check_paths(config: UploadConfig) -> None:
+    """The input and --out problems that are usage errors: found before anything is created."""
+    if config.input != "-":
+        if os.path.isdir(config.input):
+            raise ConfigError(directory_message(config.input))
+        if not os.path.exists(config.input):
+            raise ConfigError(f"input {config.input!r} does not exist")
+    for path in (config.out, *config.out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"--out {str(config.out)!r}: {str(path)!r} is a file, not a directory: "
+                                  "give a new directory (or an earlier run's) for the run")
+            break
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{max(minutes, 1)} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _pace_note(config: UploadConfig, target: Target) -> str | None:
+    """One line at the start of a real run whose pace makes it long: the write rate and the
+    estimated duration (the input's invoices, each costing ``writes_per_invoice`` writes)."""
+    limits = config.pacing_limits(target.default_limits)
+    kind = "write" if "write" in limits else "*"
+    rate = limits.get(kind)
+    if not rate:
+        return None
+    what = "writes" if kind == "write" else "requests"
+    pace = f"{rate * 60:g} {what}/min" if rate < 2 else f"{rate:g} {what}/s"
+    raise_it = "--limit write=R" if kind == "write" else "--rate R"
+    count = estimate_records(config.input)
+    per = target.writes_per_invoice()
+    if count is None:
+        return (f"{pace}: about {_duration(1000 * per / rate)} per 1,000 invoices; {raise_it} for a plan "
+                "with higher limits")
+    seconds = count * per / rate
+    if seconds < 60:
+        return None
+    return (f"{pace}: about {_duration(seconds)} for {count:,} invoices; {raise_it} for a plan with "
+            "higher limits")
+
+
 async def _upload(args: argparse.Namespace) -> int:
     from .pipeline import Run
     from .progress import make_progress
@@ -190,16 +312,20 @@ async def _upload(args: argparse.Namespace) -> int:
     cls = get_target(args.target)
     base_url = args.base_url or os.environ.get(cls.base_url_env) or None
     config = _upload_config(args, base_url)
+    _check_options(cls, dict(config.options))
+    _check_paths(config)
     if config.dry_run:
         return await _dry_run(config, cls)
-    if not os.path.exists(config.input) and config.input != "-":
-        raise ConfigError(f"input {config.input!r} does not exist")
-    progress = make_progress(quiet=args.quiet, total_bytes=None, desc=f"bulk {config.target}")
+    target: Target | None = None
+    if config.base_url is not None:  # a missing credential is said before any bar is drawn
+        target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
+                     options=config.options)
+    console = make_progress(quiet=args.quiet, desc=f"bulk {config.target}")
     try:
-        if config.base_url is not None:
-            target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
-                         options=config.options)
-            result = await Run(config, target, progress=progress).execute()
+        if target is not None:
+            if (pace := _pace_note(config, target)) is not None:
+                console.note(pace)
+            result = await Run(config, target, progress=console).execute()
         else:
             from .sandbox import serve  # aiohttp.web and the dialects: imported only when used
             from .sandbox.config import SandboxConfig
@@ -207,27 +333,51 @@ async def _upload(args: argparse.Namespace) -> int:
             creds, token = cls.sandbox_credentials(secrets.token_urlsafe(24))
             sandbox_config = SandboxConfig(token=token, options=cls.sandbox_options())
             async with serve(config.target, sandbox_config) as sandbox:
-                _say(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
-                     "(nothing leaves this machine)")
+                console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
+                             "(nothing leaves this machine)")
                 options = {**cls.sandbox_client_options(), **config.options}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
-                result = await Run(config, target, progress=progress).execute()
+                result = await Run(config, target, progress=console).execute()
+        console.finish(result.summary)
     finally:
-        if progress is not None:
-            progress.close()
+        console.close()
     _report(config, result.summary)
     if result.error is not None:
-        _say(f"stopped: {result.error}")
-        if isinstance(result.error, QuotaExhausted):
-            _say(f"resume after {result.error.resume_at} with the same command")
-        elif result.exit_code == EXIT_ABORTED:
-            _say("nothing is lost: run the same command again to resume")
-        else:  # e.g. the API refused the first (smoke test) request: the same command would fail again
-            _say("nothing was created: fix the configuration (--base-url, --option) and run again")
+        _stopped(cls, config, result.error, result.exit_code)
     elif result.interrupted:
         _say("interrupted: run the same command again to resume")
     return result.exit_code
+
+
+def _stopped(cls: type[Target], config: UploadConfig, error: BulkError, exit_code: int) -> None:
+    """Why the run stopped and what to do, each said once (some messages already say it)."""
+    message = str(error)
+    _say(f"stopped: {message}")
+    if (hint := _base_url_hint(cls, config.base_url, error)) is not None:
+        _say(hint)
+    if isinstance(error, QuotaExhausted):  # the one line scripts parse for the moment
+        _say(f"resume after {error.resume_at} with the same command")
+    elif "the same command" in message:
+        return  # the message already says what to do
+    elif isinstance(error, AuthError):
+        _say("nothing is lost: fix the credentials, then run the same command again to resume")
+    elif exit_code == EXIT_ABORTED:
+        _say("nothing is lost: run the same command again to resume")
+    else:  # e.g. the API refused the first (smoke test) request: the same command would fail again
+        _say("nothing was created: fix the configuration (--base-url, --option) and run again")
+
+
+def _base_url_hint(cls: type[Target], base_url: str | None, error: BulkError) -> str | None:
+    """After a 404: the base URL most likely repeats the path the target adds itself."""
+    if base_url is None or getattr(error, "status", None) != 404:
+        return None
+    prefix = cls.path_prefix
+    path = urlsplit(base_url).path.rstrip("/")
+    if prefix and path.endswith(prefix):
+        return (f"hint: give the base URL without {prefix}, which bulk adds to every request: "
+                f"--base-url {base_url[: len(base_url) - len(prefix)].rstrip('/') or base_url}")
+    return f"hint: check --base-url: {cls.name} requests go to {base_url}{prefix}/..."
 
 
 def _report(config: UploadConfig, s: dict[str, Any]) -> None:
@@ -267,7 +417,9 @@ async def _validate(args: argparse.Namespace) -> int:
 
     target = None
     if args.target:
-        target = get_target(args.target)(base_url="", credentials={}, options=_options(args.option))
+        cls = get_target(args.target)
+        _check_options(cls, _options(args.option))
+        target = cls(base_url="", credentials={}, options=_options(args.option))
     plan = await make_plan(args.input, target=target, max_line_bytes=args.max_line_bytes)
     for line in plan.lines():
         print(line)

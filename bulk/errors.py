@@ -172,7 +172,8 @@ class AuthError(AbortRun):
     """401/403: the credentials were refused or lack the needed ability."""
 
     def __init__(self, status: int, message: str, hint: str) -> None:
-        super().__init__(f"HTTP {status}: {message}. {hint}")
+        # One full stop between the API's sentence and ours ("Unauthorized." is common).
+        super().__init__(f"HTTP {status}: {message.rstrip('. ')}. {hint[:1].upper()}{hint[1:]}")
         self.status = status
         self.api_message = message
 

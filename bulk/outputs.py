@@ -5,6 +5,10 @@
 - ``failed_reasons.csv``  why: line, external id, kind, stage, field, HTTP status, message
 - ``summary.json``        counts and totals (temp file, fsync, rename)
 
+Every CSV cell is text a person opens with ``grep``, a spreadsheet or a terminal: a control
+character in it (U+0000-U+001F, U+007F-U+009F: NUL, ESC, a newline...) is written as ``\\xNN``
+(:func:`escape_cell`), nothing else is changed. ``failed.ndjson`` stays verbatim.
+
 Appends are buffered and flushed + fsynced at each checkpoint, which records every file's size;
 a resumed run first truncates each file back to the size its checkpoint recorded, so the
 lines of records that were not checkpointed (and will be redone) never appear twice, and a
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -26,10 +31,39 @@ import orjson
 
 from .errors import OutputError
 
-__all__ = ["Outputs", "atomic_writer", "write_atomic", "ID_MAP_HEADER", "REASONS_HEADER"]
+__all__ = ["Outputs", "atomic_writer", "escape_cell", "write_atomic", "ID_MAP_HEADER", "REASONS_HEADER"]
 
 ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross"]
 REASONS_HEADER = ["line", "external_id", "kind", "stage", "field", "http_status", "message"]
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _hex(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def escape_cell(value: Any) -> Any:
+    """``value`` with every control character written as ``\\xNN`` (a str), else unchanged."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        return _CONTROL.sub(_hex, value)
+    return value
+
+
+def _own_message(line: Any, field: Any, message: Any) -> Any:
+    """The message without the ``line N: field:`` its own columns already hold."""
+    if isinstance(message, str):
+        prefix = f"line {line}: {field}: " if field else f"line {line}: "
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+def _reason_row(reason: list[Any]) -> list[Any]:
+    line, field, message = reason[0], reason[4], reason[6]
+    row = [*reason[:6], _own_message(line, field, message), *reason[7:]]
+    return [escape_cell(cell) for cell in row]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -98,14 +132,14 @@ class Outputs:
 
     def created(self, row: list[Any]) -> None:
         try:
-            self._id_csv.writerow(row)
+            self._id_csv.writerow([escape_cell(cell) for cell in row])
         except OSError as exc:
             raise OutputError(f"cannot append to id_map.csv: {exc.strerror or exc}") from None
 
     def failed(self, raw: bytes, reason: list[Any]) -> None:
         try:
             self._failed.write(raw if raw.endswith(b"\n") else raw + b"\n")
-            self._reasons_csv.writerow(reason)
+            self._reasons_csv.writerow(_reason_row(reason))
         except OSError as exc:
             raise OutputError(f"cannot append to failed.ndjson: {exc.strerror or exc}") from None
 
@@ -122,7 +156,7 @@ class Outputs:
                     self._failed.write(chunk)
                     left -= len(chunk)
             self._failed.write(b"\n")
-            self._reasons_csv.writerow(reason)
+            self._reasons_csv.writerow(_reason_row(reason))
         except OSError as exc:
             raise OutputError(f"cannot append to failed.ndjson: {exc.strerror or exc}") from None
 

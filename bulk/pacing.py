@@ -110,6 +110,8 @@ class Pacer:
         self._pause_until = 0.0  # monotonic time before which nothing is sent (0.0: never paused)
         self._last_ok = time.monotonic()
         self.last_error = ""
+        #: monotonic time of the first retryable failure since the last success (None: healthy)
+        self.failing_since: float | None = None
 
     def slot(self, kind: str) -> _Slot:
         """Hold one of the run's request slots, after any pause and the rate limit.
@@ -157,6 +159,13 @@ class Pacer:
 
     def ok(self) -> None:
         self._last_ok = time.monotonic()
+        self.failing_since = None
+
+    @property
+    def last_ok(self) -> float:
+        """Monotonic time of the last success (the run's start before any): the health
+        check gives up ``give_up_after`` seconds after it."""
+        return self._last_ok
 
     def succeeded_since(self, moment: float) -> bool:
         """Has any request succeeded after ``moment`` (a ``time.monotonic()`` value)?"""
@@ -165,6 +174,8 @@ class Pacer:
     def failed(self, message: str) -> None:
         """Note a retryable failure; stop the run if nothing has succeeded for too long."""
         self.last_error = message
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         self._check_health(message)
 
     def _check_health(self, message: str) -> None:

@@ -32,6 +32,7 @@ totals exactly those rows.* Three things hold it:
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import signal
 import time
@@ -51,7 +52,7 @@ from .feed import Feed
 from .job import RecordJob, Session, failure, upload
 from .outputs import Outputs
 from .pacing import Pacer
-from .progress import ProgressSink
+from .progress import ProgressSink, Status
 from .records import Record, parse_record, peek_external_id
 from .source import InputFile, RawLine, fingerprint
 from .tally import Tally
@@ -103,6 +104,8 @@ class Run:
         self._already_done = 0
         self._complete = False
         self._t0 = time.monotonic()
+        self._started_at = _utc_now()  # the job's start: a resumed run keeps the first run's
+        self._ended_at: str | None = None
         self._session: Session | None = None
         self._work_scope: CancelScope | None = None
 
@@ -143,6 +146,7 @@ class Run:
         self._prev_reserved = self._reserved = int(cp["reserved"])
         self._traffic0 = dict(cp["traffic"])
         self._elapsed0 = float(cp["elapsed"])
+        self._started_at = cp.get("started_at") or self._started_at
         offset, line = cp["watermark"]
         return int(offset), int(line)
 
@@ -165,6 +169,7 @@ class Run:
             "elapsed": self._elapsed(),
             "outputs": sizes,
             "complete": self._complete,
+            "started_at": self._started_at,
         }
 
     def checkpoint(self) -> None:
@@ -194,7 +199,12 @@ class Run:
         elapsed = self._elapsed()
         run_elapsed = time.monotonic() - self._t0
         made_now = t.created - self._created0
+        from . import __version__  # bulk/__init__ imports this module
+
         return {
+            "version": __version__,
+            "started_at": self._started_at,  # when the job's first run started (UTC)
+            "ended_at": self._ended_at,  # when this run ended (UTC); null while it runs
             "target": self.config.target,
             "input": self.config.input,
             "shard": str(self.config.shard) if self.config.shard else None,
@@ -401,8 +411,17 @@ class Run:
     async def _ticker(self) -> None:
         assert self.progress is not None
         while True:
-            self.progress.update(self.tally, self._traffic())
+            self.progress.update(self.tally, self._traffic(), self._status())
             await anyio.sleep(0.25)
+
+    def _status(self) -> Status:
+        pacer = self._session.pacer if self._session else None
+        shard = self.config.shard
+        return Status(done_bytes=self._tracker.offset, done_lines=self._tracker.line - 1,
+                      total_bytes=self._input.estimated_size(), share=1 / shard.count if shard else 1.0,
+                      failing_since=pacer.failing_since if pacer else None,
+                      give_up_at=pacer.last_ok + self.config.give_up_after if pacer else None,
+                      last_error=pacer.last_error if pacer else "")
 
     async def _watch_signals(self, outer: CancelScope) -> None:
         try:
@@ -447,6 +466,7 @@ class Run:
                                         attempts=c.attempts, item_concurrency=c.item_concurrency)
                 error = await self._run_tasks(handle_signals)
         finally:
+            self._ended_at = _utc_now()
             for child in self._children:
                 await child.close()
             self._input.close()
@@ -513,6 +533,10 @@ class Run:
             return exc
         return None
 
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _part(concurrency: int, share: float) -> int:

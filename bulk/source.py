@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import stat
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import anyio.to_thread
 
 from .errors import ConfigError
 
-__all__ = ["RawLine", "InputFile", "fingerprint"]
+__all__ = ["RawLine", "InputFile", "directory_message", "estimate_records", "fingerprint"]
 
 _CHUNK = 1 << 20
 
@@ -35,23 +36,45 @@ class RawLine:
 
 
 class InputFile:
-    """One opened input. ``size`` is the decompressed size when known cheaply, else None."""
+    """One opened input. ``size`` is the decompressed size when known cheaply, else None.
+
+    ``position`` is how many (decompressed) bytes have been read so far; :meth:`estimated_size`
+    is the progress bar's total: the size of a file, an estimate for a ``.gz`` file from how
+    far through the compressed bytes it is, the size of a file redirected to stdin, and None
+    for a pipe.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.is_stdin = path == "-"
+        self.position = 0
+        self._gz_size = 0  # compressed size of a .gz input
+        self._gz_read = 0  # compressed bytes consumed so far
+        if not self.is_stdin and os.path.isdir(path):
+            raise ConfigError(directory_message(path))
         try:
             if self.is_stdin:
                 self._raw: BinaryIO = sys.stdin.buffer
-                self.size: int | None = None
+                self.size: int | None = _regular_size(self._raw)
             elif path.endswith(".gz"):
                 self._raw = gzip.open(path, "rb")  # noqa: SIM115 - closed in close()
                 self.size = None
+                self._gz_size = os.path.getsize(path)
             else:
                 self._raw = open(path, "rb")  # noqa: SIM115
                 self.size = os.fstat(self._raw.fileno()).st_size
         except OSError as exc:
             raise ConfigError(f"cannot read input {path!r}: {exc.strerror or exc}") from None
+
+    def estimated_size(self) -> int | None:
+        """The input's (decompressed) size in bytes: exact for a file, estimated for ``.gz``
+        (bytes read so far over the fraction of the compressed file consumed), None when
+        nothing tells (a pipe)."""
+        if self.size is not None:
+            return self.size
+        if self._gz_size and self._gz_read:
+            return max(self.position, round(self.position * self._gz_size / self._gz_read))
+        return None
 
     def close(self) -> None:
         if not self.is_stdin:
@@ -72,6 +95,9 @@ class InputFile:
             chunk = await anyio.to_thread.run_sync(f.read, _CHUNK)
             if not chunk:
                 break
+            self.position = offset + len(buf) + len(chunk) + max(skipping, 0)
+            if self._gz_size:
+                self._gz_read = _compressed_position(f)
             buf = buf + chunk if buf else chunk
             pos = 0
             while True:
@@ -101,6 +127,51 @@ class InputFile:
             yield RawLine(line_no, offset, offset + len(buf), buf, len(buf))
 
 
+def directory_message(path: str) -> str:
+    return f"input {path!r} is a directory: give the NDJSON file inside it (or - for stdin)"
+
+
+def _regular_size(f: BinaryIO) -> int | None:
+    """The size of stdin when it is a redirected regular file (``< file``), else None."""
+    try:
+        st = os.fstat(f.fileno())
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _compressed_position(f: BinaryIO) -> int:
+    raw = getattr(f, "fileobj", None)  # gzip.GzipFile's underlying file
+    try:
+        return int(raw.tell()) if raw is not None else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def estimate_records(path: str, *, exact_up_to: int = 64 << 20) -> int | None:
+    """How many lines ``path`` holds: counted in its first ``exact_up_to`` bytes (exact for a
+    smaller file, ~20 ms for 64 MiB), the rest scaled by size; a ``.gz`` file's count is
+    scaled by the compressed bytes those bytes took. None for stdin or an unreadable file."""
+    if path == "-":
+        return None
+    lines, read, last = 0, 0, b"\n"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as raw:
+            f: BinaryIO = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw  # type: ignore[assignment]
+            while read < exact_up_to and (block := f.read(_CHUNK)):
+                lines += block.count(b"\n")
+                read += len(block)
+                last = block[-1:]
+            whole = not f.read(1)
+            used = raw.tell()
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    if whole:
+        return lines + (last != b"\n")
+    return round(lines * size / used) if used else None
+
+
 async def _discard(f: BinaryIO, n: int) -> None:
     while n > 0:
         got = await anyio.to_thread.run_sync(f.read, min(n, _CHUNK))
@@ -118,6 +189,8 @@ def fingerprint(path: str) -> str:
     """
     if path == "-":
         return "stdin"
+    if os.path.isdir(path):
+        raise ConfigError(directory_message(path))
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size

@@ -48,8 +48,9 @@ def test_out_under_a_regular_file_is_refused_before_sending(tmp_path: Path) -> N
     blocker.write_text("x")
     with SandboxServer("agiled") as sb:
         done = cli(upload_args(sb, src, blocker / "run"), sb.env, timeout=60)
-        assert done.returncode == 3, done.stderr
-        assert "cannot create the run directory" in done.stderr, done.stderr
+        # a usage error, found before anything starts (issue 14), like --out naming a file
+        assert done.returncode == 2, done.stderr
+        assert "is a file, not a directory" in done.stderr, done.stderr
         _assert_nothing_sent(sb)
     assert blocker.read_text() == "x"
 

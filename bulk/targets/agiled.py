@@ -86,6 +86,7 @@ class AgiledTarget(Target):
     base_url_env = "AGILED_API_BASE_URL"
     # G-err: per token and action, writes 30/min, reads 60/min.
     default_limits = {"write": 30 / 60, "read": 60 / 60}
+    path_prefix = "/public/v1"
     auth_hint = "check AGILED_API_TOKEN: it must be valid and have contact and invoice write ability"
 
     def headers(self) -> dict[str, str]:

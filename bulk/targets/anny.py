@@ -270,6 +270,10 @@ class AnnyTarget(Target):
     base_url_env = "ANNY_BASE_URL"
     # A-rate: Admin API, per organization, 400 reads and 100 writes per 60 s (adjustable).
     default_limits = {"write": 100 / 60, "read": 400 / 60}
+    path_prefix = API
+    optional_env = ("ANNY_ORGANIZATION",)
+    option_keys = ("organization", "writes_per_minute", "reads_per_minute", "identical_per_second",
+                   "paid_notification")
     auth_hint = ("check ANNY_API_TOKEN (an Admin API token with customer and invoice abilities) and that "
                  "it belongs to the organization given by --option organization or ANNY_ORGANIZATION")
 
@@ -296,6 +300,9 @@ class AnnyTarget(Target):
                               "to reach anny, between 0 and 3600 (default 2)")
         self._started = time.monotonic()  # moved to the first answer by prepare()
         self._resumed = False  # a record an earlier run may have sent was seen
+
+    def writes_per_invoice(self) -> float:
+        return 2.0  # the draft invoice and at least one item (send and set-paid add more)
 
     @classmethod
     def credentials_from_env(cls, env: Mapping[str, str]) -> dict[str, str]:

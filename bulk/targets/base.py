@@ -90,12 +90,19 @@ class Target(abc.ABC):
     name: ClassVar[str]
     #: environment variables holding the credentials, in the order the adapter wants them
     credential_env: ClassVar[tuple[str, ...]]
+    #: further environment variables the adapter reads when set (listed in ``--help``)
+    optional_env: ClassVar[tuple[str, ...]] = ()
     #: environment variable that may hold the base URL (``--base-url`` wins)
     base_url_env: ClassVar[str]
     #: documented request rates of the real API, requests per second per kind ("read"/"write")
     default_limits: ClassVar[Mapping[str, float]] = {}
     #: what to check when the API answers 401/403
     auth_hint: ClassVar[str] = "check the API token in the environment"
+    #: the path the adapter puts after the base URL on every request (Agiled's ``/public/v1``):
+    #: a ``--base-url`` that already ends with it doubles it (the CLI's hint after a 404)
+    path_prefix: ClassVar[str] = ""
+    #: the ``--option`` keys the adapter reads; the CLI refuses any other key (exit 2)
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         self.base_url = base_url
@@ -144,6 +151,10 @@ class Target(abc.ABC):
 
     def check(self, record: Record) -> None:
         """Raise :class:`~bulk.errors.InvalidRecord` for what this API cannot take."""
+
+    def writes_per_invoice(self) -> float:
+        """Write requests one invoice costs, roughly (the CLI's start-up duration estimate)."""
+        return 1.0
 
     def affinity(self, record: Record) -> str:
         """The key ``upload`` resolves the record's customer by. With ``--processes N`` the

@@ -130,6 +130,8 @@ class ChargeOverTarget(Target):
     base_url_env = "CHARGEOVER_BASE_URL"
     # No published numbers (API-NOTES §3): conservative guesses, override with --rate.
     default_limits = {"write": 2.0, "read": 4.0}
+    path_prefix = API
+    option_keys = OPTIONS
     auth_hint = "check CHARGEOVER_PUBLIC_KEY and CHARGEOVER_PRIVATE_KEY (Settings > Developer > REST API)"
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
@@ -145,6 +147,9 @@ class ChargeOverTarget(Target):
         self.currency_map = _currency_map(str(self.options.get("currency_map", "")))
         self.batcher: Batcher | None = None
         self._missing: set[tuple[str, str]] = set()  # (kind, key) not found this run
+
+    def writes_per_invoice(self) -> float:
+        return 1 / self.bulk_size if self.use_bulk else 1.0  # _bulk carries up to bulk_size creates
 
     @classmethod
     def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:

@@ -74,11 +74,13 @@ class CoperniqTarget(Target):
     credential_env = ("COPERNIQ_API_KEY",)
     base_url_env = "COPERNIQ_BASE_URL"
     default_limits = {"*": 100.0}  # C-auth: 100 requests per second per key, reads and writes alike
+    path_prefix = ""  # the documented base URL carries the version: https://api.coperniq.io/v1
+    option_keys = ("record_map", "record_lookup", "default_catalog_item", "settle")
     auth_hint = "check COPERNIQ_API_KEY: an API key of a user allowed to read records and create invoices"
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         super().__init__(base_url=base_url, credentials=credentials, options=options)
-        unknown = set(self.options) - {"record_map", "record_lookup", "default_catalog_item", "settle"}
+        unknown = set(self.options) - set(self.option_keys)
         if unknown:
             raise ConfigError(f"unknown coperniq option(s) {', '.join(sorted(unknown))}; known: "
                               "record_map, record_lookup, default_catalog_item, settle")
