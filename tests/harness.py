@@ -213,8 +213,8 @@ def _concurrency(args: list[str]) -> int:
 
 def kill_until_done(sb: SandboxServer, proxy: HostileProxy, args_for: Callable[[random.Random], list[str]], *,
                     kills: int, seed: int, records: int, span: int = 12, late_into_next_run: float = 0.0,
-                    timeout: float = 120, after_each: Callable[[SandboxServer], None] | None = no_duplicates,
-                    ) -> Kills:
+                    late_window: int = 3, timeout: float = 120,
+                    after_each: Callable[[SandboxServer], None] | None = no_duplicates) -> Kills:
     """Start the same command again and again, SIGKILLing it ``kills`` times on progress, then
     run it until it ends on its own (exit 3, stopped resumably, is run again, at most 3 times).
 
@@ -222,19 +222,21 @@ def kill_until_done(sb: SandboxServer, proxy: HostileProxy, args_for: Callable[[
     1 to ``span``); the run is killed once that request is held, so the kill always lands
     mid-run whatever the machine's speed: the run cannot end while it waits for that answer.
     k is at most what the job still has to send, so the run cannot end before reaching it:
-    the auth check, plus one create per ``--concurrency`` records not yet at the server (``records``
-    is how many the input holds). The held request is then delivered late: after the kill
-    (the proxy drains, so everything the killed run sent has landed before the next run
-    starts) or, with probability ``late_into_next_run``, when the next run's 1st-3rd request
-    arrives (a request of a dead run landing while its successor works). ``after_each`` checks
-    the server after every kill (by default: no duplicate invoice, not even transiently).
+    the auth check, plus one create per record not yet at the server (``records`` is how many
+    the input holds), or per ``--concurrency`` records where the target batches its creates
+    (``BATCHED`` in tests/support/<target>.py). The held request is then delivered late: after
+    the kill (the proxy drains, so everything the killed run sent has landed before the next
+    run starts) or, with probability ``late_into_next_run``, when one of the next run's first
+    ``late_window`` requests arrives (a request of a dead run landing while its successor
+    works). ``after_each`` checks the server after every kill (by default: no duplicate
+    invoice, not even transiently).
     """
     rng = random.Random(seed)
     delivered, kinds, late, exits = 0, [], 0, []
     pending = False  # a held request of the last killed run is still on its way
     for _ in range(kills):
         args = args_for(rng)
-        per_request = _concurrency(args)
+        per_request = _concurrency(args) if getattr(support(sb.target), "BATCHED", False) else 1
         remaining = max(0, records - created_count(sb) - (per_request if pending else 0))
         k = rng.randint(1, max(1, min(span, 1 + -(-remaining // per_request))))
         hold = proxy.hold_after(k)
@@ -253,11 +255,11 @@ def kill_until_done(sb: SandboxServer, proxy: HostileProxy, args_for: Callable[[
         if proc.returncode not in (-signal.SIGKILL, 0, 1, 3):
             raise AssertionError(f"run exited {proc.returncode}: {err}")
         if hold.reached.is_set() and late_into_next_run and rng.random() < late_into_next_run:
-            proxy.release_after(hold, rng.randint(1, 3))
+            proxy.release_after(hold, rng.randint(1, late_window))
             late += 1
             pending = True
         else:
-            hold.release()
+            proxy.release_all()  # this hold, and one of an earlier run still waiting for its moment
             proxy.drain()
             pending = False
         if after_each is not None and not pending:

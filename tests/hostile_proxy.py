@@ -9,7 +9,7 @@ fate from ``(seed, identity, attempt)`` where identity = method + path with quer
 the body, and attempt = how many times this proxy saw that identity before. The draw does not
 depend on interleaving or timing, so a seed replays the same faults for the same requests:
 
-- ``throttle``: answers 429 with ``Retry-After: 0`` or ``1``, forwards nothing;
+- ``throttle``: answers 429 with ``Retry-After: 0`` (3 in 4) or ``1``, forwards nothing;
 - ``unavailable``: answers 503, forwards nothing;
 - ``reset``: aborts the client's connection, forwards nothing;
 - ``drop_answer``: forwards, waits for the server's answer (it committed), then aborts the
@@ -38,7 +38,8 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
 
 ``stats()`` returns what it did: per fate, per request kind (method + path pattern, ids
 replaced by ``{id}``) and per (kind, fate), plus ``late`` (forwards that completed after the
-client's connection was gone).
+client's connection was gone); ``journal`` lists every request's (number, kind, identity,
+attempt, fate).
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ class HostileProxy:
         self._kinds: Counter[str] = Counter()
         self._by_kind: Counter[tuple[str, str]] = Counter()
         self._late = 0
-        self._holds: dict[int, Hold] = {}
+        self.journal: list[tuple[int, str, str, int, str]] = []  # (number, kind, identity, attempt, fate)
+        self._holds: dict[int, Hold] = {}  # not arrived yet
+        self._unreleased: set[int] = set()  # hold numbers, arrived or not
+        self._all_holds: dict[int, Hold] = {}
         self._waiting: dict[int, asyncio.Event] = {}  # hold number -> its event, in the loop
         self._watchers: dict[int, list[Callable[[], None]]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -189,6 +193,8 @@ class HostileProxy:
         with self._lock:
             hold = Hold(self._seen + k, _proxy=self)
             self._holds[hold.number] = hold
+            self._unreleased.add(hold.number)
+            self._all_holds[hold.number] = hold
         return hold
 
     def release_after(self, hold: Hold, k: int) -> None:
@@ -198,8 +204,9 @@ class HostileProxy:
             self._watchers.setdefault(self._seen + k, []).append(hold.release)
 
     def release_all(self) -> None:
+        """Release every hold not released yet, whether its request arrived or not."""
         with self._lock:
-            holds = list(self._holds.values())
+            holds = [self._all_holds[n] for n in self._unreleased]
         for hold in holds:
             hold.release()
 
@@ -208,6 +215,7 @@ class HostileProxy:
             if hold._released:
                 return
             hold._released = True
+            self._unreleased.discard(hold.number)
             self._holds.pop(hold.number, None)  # not arrived yet: it will not wait
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -277,6 +285,7 @@ class HostileProxy:
             self._fates[fate] += 1
             self._kinds[kind] += 1
             self._by_kind[(kind, fate)] += 1
+            self.journal.append((number, kind, identity, attempt, fate))
         for watcher in watchers:
             watcher()
         if hold is not None:
@@ -291,7 +300,7 @@ class HostileProxy:
             return await self._answer(request, await self._detached(request, body, 0))
         if fate == "throttle":
             return web.json_response({"message": "Too Many Attempts."}, status=429,
-                                     headers={"Retry-After": "0" if extra < 0.5 else "1"})
+                                     headers={"Retry-After": "0" if extra < 0.75 else "1"})
         if fate == "unavailable":
             return web.json_response({"message": "Service Unavailable"}, status=503)
         if fate == "reset":

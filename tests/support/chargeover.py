@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 EXTRA_ARGS: list[str] = ["--option", "default_item=ADJUSTMENT"]
+BATCHED = True  # creates go through _bulk: one request carries up to --concurrency records
 
 
 def invoices(state: dict[str, Any]) -> list[dict[str, Any]]:
