@@ -31,10 +31,12 @@ seeds. The proxy itself is tested first: each fault happens and does what it say
 
 from __future__ import annotations
 
+import copy
 import csv
 import http.client
 import json
 import random
+import shutil
 import socket
 import threading
 from collections import Counter
@@ -49,6 +51,7 @@ from harness import (
     SandboxServer,
     ScriptedServer,
     assert_outputs_whole,
+    cli,
     kill_until_done,
     support,
     upload_args,
@@ -444,3 +447,50 @@ def test_request_kinds_name_the_endpoint_not_the_ids() -> None:
     assert request_kind("GET", "/api/v3/item/external_key:SKU-001") == "GET /api/v3/item/external_key:{key}"
     assert request_kind("GET", "/projects/10001/invoices", ["page", "order_by", "page"]) == \
         "GET /projects/{id}/invoices?order_by&page"
+
+
+def test_the_audit_finds_what_it_is_meant_to_find(tmp_path: Path) -> None:
+    """A clean run audits clean; each kind of damage, done to a copy of the state or of the run
+    directory, is reported (so a green adversary test means something)."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    job = Job(src, 12, seed=77)
+    with SandboxServer("agiled") as sb:
+        done = cli(upload_args(sb, src, out), sb.env)
+        assert done.returncode == 1, done.stderr  # the bad lines
+        state = sb.state()
+    assert audit("agiled", state, out, job)[0] == []
+
+    def damaged(change: Any) -> list[str]:
+        st, run = copy.deepcopy(state), tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(out, run)
+        change(st, run)
+        return audit("agiled", st, run, job)[0]
+
+    def twice(st: dict[str, Any], run: Path) -> None:
+        st["invoices"].append({**st["invoices"][0], "id": 999})
+
+    def item(st: dict[str, Any], run: Path) -> None:
+        st["invoices"][1]["items"][0]["quantity"] = "999"
+
+    def status(st: dict[str, Any], run: Path) -> None:
+        st["invoices"][2]["status"] = "paid" if st["invoices"][2]["status"] != "paid" else "draft"
+
+    def id_map_row(st: dict[str, Any], run: Path) -> None:
+        rows = (run / "id_map.csv").read_bytes().splitlines(keepends=True)
+        (run / "id_map.csv").write_bytes(b"".join(rows) + rows[1])
+
+    def totals(st: dict[str, Any], run: Path) -> None:
+        s = json.loads((run / "summary.json").read_text())
+        cur = next(iter(s["totals"]))
+        s["totals"][cur]["net"] = str(Decimal(s["totals"][cur]["net"]) + Decimal("0.01"))
+        (run / "summary.json").write_text(json.dumps(s))
+
+    def rejected_twice(st: dict[str, Any], run: Path) -> None:
+        with open(run / "failed.ndjson", "ab") as f:
+            f.write(next(iter(job.bad.values()))[0] + b"\n")
+
+    for change, says in [(twice, "2 invoices at the API"), (item, "items differ"), (status, "status"),
+                         (id_map_row, "more than once"), (totals, "summary.json totals"),
+                         (rejected_twice, "failed.ndjson")]:
+        problems = damaged(change)
+        assert any(says in p for p in problems), (change.__name__, problems)
