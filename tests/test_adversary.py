@@ -310,7 +310,7 @@ def _request(base_url: str, method: str, path: str, body: bytes = b"") -> tuple[
 
 
 class _Recorder:
-    """An upstream that commits each request it receives (``seen``) and answers 201."""
+    """An upstream that commits each request it receives (``committed``) and answers 201."""
 
     def __init__(self) -> None:
         self.committed: list[tuple[str, str, bytes]] = []
