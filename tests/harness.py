@@ -18,10 +18,13 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from hostile_proxy import HostileProxy
 
 from bulk.generate import generate
 from bulk.money import CurrencyTotals
@@ -112,8 +115,10 @@ def start_cli(args: Iterable[str], env: dict[str, str]) -> subprocess.Popen[str]
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
-def upload_args(sb: SandboxServer, path: Path, out: Path, *extra: str) -> list[str]:
-    return ["upload", str(path), "--target", sb.target, "--base-url", sb.base_url, "--out", str(out),
+def upload_args(sb: SandboxServer, path: Path, out: Path, *extra: str, via: HostileProxy | None = None) -> list[str]:
+    """``bulk upload`` of ``path`` into ``out`` against ``sb`` (through the proxy ``via``, if given)."""
+    base_url = sb.base_url if via is None else via.base_url
+    return ["upload", str(path), "--target", sb.target, "--base-url", base_url, "--out", str(out),
             "--rate", "100000", "--quiet", *support(sb.target).EXTRA_ARGS, *extra]
 
 
@@ -189,43 +194,88 @@ def no_duplicates(sb: SandboxServer) -> None:
     assert not dupes, f"duplicate invoices at the API: {dupes}"
 
 
-def kill_until_done(sb: SandboxServer, args_for: Callable[[random.Random], list[str]], *, kills: int, seed: int,
-                    timeout: float = 120) -> tuple[int, subprocess.CompletedProcess[str]]:
-    """Start the same command again and again, SIGKILLing it at seeded moments ``kills`` times,
-    then let it run to its end. Returns (kills delivered, the last, unkilled run).
+@dataclass
+class Kills:
+    """What :func:`kill_until_done` did: kills that landed, the kind of request each run was
+    killed on (held at the proxy), how many held requests reached the server during the next
+    run, and the last run (the one that ended on its own)."""
 
-    A third of the moments are a random time after the start (while still importing, opening
-    the job, sending the first requests); the others come when the server has created a random
-    number (1-6) of further invoices, plus a random few milliseconds: so the kills land in the
-    upload proper on every target, however fast it is, and the job is never done too early.
+    delivered: int
+    held_kinds: list[str]
+    late_into_next_run: int
+    done: subprocess.CompletedProcess[str]
+    exits: list[int]
+
+
+def _concurrency(args: list[str]) -> int:
+    return int(args[args.index("--concurrency") + 1]) if "--concurrency" in args else 16
+
+
+def kill_until_done(sb: SandboxServer, proxy: HostileProxy, args_for: Callable[[random.Random], list[str]], *,
+                    kills: int, seed: int, records: int, span: int = 12, late_into_next_run: float = 0.0,
+                    late_window: int = 3, timeout: float = 120,
+                    after_each: Callable[[SandboxServer], None] | None = no_duplicates) -> Kills:
+    """Start the same command again and again, SIGKILLing it ``kills`` times on progress, then
+    run it until it ends on its own (exit 3, stopped resumably, is run again, at most 3 times).
+
+    Each killed run is pointed at ``proxy``, which holds the run's k-th request (k seeded, from
+    1 to ``span``); the run is killed once that request is held, so the kill always lands
+    mid-run whatever the machine's speed: the run cannot end while it waits for that answer.
+    k is at most what the job still has to send, so the run cannot end before reaching it:
+    the auth check, plus one create per record not yet at the server (``records`` is how many
+    the input holds), or per ``--concurrency`` records where the target batches its creates
+    (``BATCHED`` in tests/support/<target>.py). The held request is then delivered late: after
+    the kill (the proxy drains, so everything the killed run sent has landed before the next
+    run starts) or, with probability ``late_into_next_run``, when one of the next run's first
+    ``late_window`` requests arrives (a request of a dead run landing while its successor
+    works). ``after_each`` checks the server after every kill (by default: no duplicate
+    invoice, not even transiently).
     """
     rng = random.Random(seed)
-    delivered = 0
+    delivered, kinds, late, exits = 0, [], 0, []
+    pending = False  # a held request of the last killed run is still on its way
     for _ in range(kills):
-        proc = start_cli(args_for(rng), sb.env)
+        args = args_for(rng)
+        per_request = _concurrency(args) if getattr(support(sb.target), "BATCHED", False) else 1
+        remaining = max(0, records - created_count(sb) - (per_request if pending else 0))
+        k = rng.randint(1, max(1, min(span, 1 + -(-remaining // per_request))))
+        hold = proxy.hold_after(k)
+        proc = start_cli(args, sb.env)
         try:
-            if rng.random() < 1 / 3:
-                time.sleep(rng.uniform(0.05, 0.6))
-            else:
-                goal = created_count(sb) + rng.randint(1, 6)
-                wait_until(lambda: proc.poll() is not None or created_count(sb) >= goal, timeout=60,
-                           interval=0.01, what="progress before the kill")
-                time.sleep(rng.uniform(0, 0.05))
+            wait_until(lambda: hold.reached.is_set() or proc.poll() is not None, timeout=90, interval=0.005,
+                       what=f"request {hold.number} at the proxy")
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 delivered += 1
+                kinds.append(hold.kind or "?")
             _, err = proc.communicate(timeout=30)
         finally:
             stop(proc)
-        if proc.returncode not in (-signal.SIGKILL, 0):
+        exits.append(proc.returncode)
+        if proc.returncode not in (-signal.SIGKILL, 0, 1, 3):
             raise AssertionError(f"run exited {proc.returncode}: {err}")
-        no_duplicates(sb)
-    proc = start_cli(args_for(rng), sb.env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        stop(proc)
-    return delivered, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        if hold.reached.is_set() and late_into_next_run and rng.random() < late_into_next_run:
+            proxy.release_after(hold, rng.randint(1, late_window))
+            late += 1
+            pending = True
+        else:
+            proxy.release_all()  # this hold, and one of an earlier run still waiting for its moment
+            proxy.drain()
+            pending = False
+        if after_each is not None and not pending:
+            after_each(sb)
+    for _ in range(4):
+        proc = start_cli(args_for(rng), sb.env)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            stop(proc)
+        exits.append(proc.returncode)
+        if proc.returncode != 3:
+            break
+    proxy.release_all()
+    proxy.drain()
+    return Kills(delivered, kinds, late, subprocess.CompletedProcess(proc.args, proc.returncode, out, err), exits)
 
 
 def run_until(sb: SandboxServer, args: list[str], *, created: int,

@@ -35,6 +35,7 @@ from harness import (
     wait_until,
     write_input,
 )
+from hostile_proxy import HostileProxy
 
 from bulk.config import UploadConfig
 from bulk.errors import ApiUnavailable, AuthError, ConfigError, InvalidRecord, QuotaExhausted
@@ -90,13 +91,13 @@ def test_two_processes_create_every_record_and_customer_once(target: str, tmp_pa
 def test_sigkill_of_the_run_kills_its_children_and_resumes_exactly_once(target: str, tmp_path: Path) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 70, seed=820 + TARGETS.index(target))
-    with SandboxServer(target, latency_ms=20, seed=5) as sb:
+    with SandboxServer(target, latency_ms=20, seed=5) as sb, HostileProxy(sb.base_url, seed=5, rates={}) as proxy:
         def args_for(rng: random.Random) -> list[str]:
-            return upload_args(sb, src, out, "--processes", "2", "--concurrency", str(rng.choice([4, 8])))
+            return upload_args(sb, src, out, "--processes", "2", "--concurrency", str(rng.choice([4, 8])), via=proxy)
 
-        delivered, done = kill_until_done(sb, args_for, kills=4, seed=830 + TARGETS.index(target))
-        assert done.returncode == 0, done.stderr
-        assert delivered >= 3
+        kills = kill_until_done(sb, proxy, args_for, kills=4, seed=830 + TARGETS.index(target), records=len(records))
+        assert kills.done.returncode == 0, kills.done.stderr
+        assert kills.delivered == 4, f"only {kills.delivered} of 4 kills landed (exits {kills.exits})"
         assert_exactly_once(sb, out, records)
     assert_counts(out, records)
     assert_outputs_whole(out)

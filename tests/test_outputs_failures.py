@@ -5,27 +5,30 @@ resumably (exit 3) with every output file whole (no torn CSV row or NDJSON line,
 summary.json, no temp file left), and a re-run with space restored finishes exactly once.
 
 Tests run as root in CI, where file modes do not stop writes; the honest mechanisms used here:
-``--out`` under a regular file (ENOTDIR), a read-only or tiny tmpfs when the test may mount
-(skipped otherwise), and ``RLIMIT_FSIZE`` in the child, which makes every write past the limit
+``--out`` under a regular file (ENOTDIR), a read-only or tiny tmpfs (mounted as root, or in
+a user namespace of the CLI's own as another user; skipped only where neither is possible), and ``RLIMIT_FSIZE`` in the child, which makes every write past the limit
 fail with EFBIG: a faithful "disk full" for that process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
+import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
 import pytest
 from harness import (
+    REPO,
     SandboxServer,
     assert_counts,
     assert_exactly_once,
     assert_outputs_whole,
     cli,
     cli_with,
+    client_env,
     summary,
     support,
     upload_args,
@@ -55,26 +58,52 @@ def test_out_under_a_regular_file_is_refused_before_sending(tmp_path: Path) -> N
     assert blocker.read_text() == "x"
 
 
-@contextlib.contextmanager
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+def _user_namespaces() -> str | None:
+    """None when ``unshare --user --mount --map-root-user`` works here, else why not."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    tried = subprocess.run(["unshare", "--user", "--mount", "--map-root-user", "true"], capture_output=True)
+    if tried.returncode != 0:
+        return f"user namespaces are not available ({tried.stderr.decode(errors='replace').strip()})"
+    return None
+
+
+def _cli_on_tmpfs(where: Path, options: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The CLI with a tmpfs (mount ``options``) at ``where``.
+
+    As root the tmpfs is mounted here and unmounted after; a mount that fails fails the test
+    (a skip would pass CI without proving anything). As another user, the mount and the CLI
+    run in a user + mount namespace of their own (``unshare --user --mount --map-root-user``:
+    mapped root may mount a tmpfs there, and nobody else sees it); where that is unavailable
+    too, the test is skipped, naming what is missing.
+    """
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
-    if mounted.returncode != 0:
-        # A failure, not a skip: a skipped check would pass CI without proving anything. The
-        # suite runs as root (CI and this machine); elsewhere, run it where mount is allowed.
-        pytest.fail(f"cannot mount a tmpfs to simulate the file system ({mounted.stderr.decode(errors='replace').strip()}): "
-                    "run the suite as root or with CAP_SYS_ADMIN")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if mounted.returncode != 0:
+            pytest.fail(f"cannot mount a tmpfs as root ({mounted.stderr.decode(errors='replace').strip()}): "
+                        "run the suite with CAP_SYS_ADMIN")
+        try:
+            return cli(args, env, timeout=60)
+        finally:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    missing = _user_namespaces()
+    if missing is not None:
+        pytest.skip(f"needs root or user namespaces to mount a tmpfs: {missing}")
+    script = 'mount -t tmpfs -o "$1" tmpfs "$2" || exit 97; shift 2; exec "$@"'
+    done = subprocess.run(["unshare", "--user", "--mount", "--map-root-user", "sh", "-c", script, "sh", options,
+                           str(where), sys.executable, "-m", "bulk", *args],
+                          env=client_env(env), capture_output=True, text=True, timeout=60, cwd=REPO)
+    if done.returncode == 97:
+        pytest.fail(f"cannot mount a tmpfs in a user namespace: {done.stderr.strip()}")
+    return done
 
 
 def test_read_only_filesystem_is_refused_before_sending(tmp_path: Path) -> None:
     src = tmp_path / "in.ndjson"
     write_input(src, 5, seed=302)
-    with _tmpfs(tmp_path / "ro", "ro,size=64m") as ro, SandboxServer("agiled") as sb:
-        done = cli(upload_args(sb, src, ro / "run"), sb.env, timeout=60)
+    with SandboxServer("agiled") as sb:
+        done = _cli_on_tmpfs(tmp_path / "ro", "ro,size=64m", upload_args(sb, src, tmp_path / "ro" / "run"), sb.env)
         assert done.returncode == 3, done.stderr
         assert "Read-only file system" in done.stderr, done.stderr
         _assert_nothing_sent(sb)
@@ -83,8 +112,8 @@ def test_read_only_filesystem_is_refused_before_sending(tmp_path: Path) -> None:
 def test_nearly_full_disk_is_refused_before_sending(tmp_path: Path) -> None:
     src = tmp_path / "in.ndjson"
     write_input(src, 5, seed=303)
-    with _tmpfs(tmp_path / "small", "size=4m") as small, SandboxServer("agiled") as sb:
-        done = cli(upload_args(sb, src, small / "run"), sb.env, timeout=60)
+    with SandboxServer("agiled") as sb:
+        done = _cli_on_tmpfs(tmp_path / "small", "size=4m", upload_args(sb, src, tmp_path / "small" / "run"), sb.env)
         assert done.returncode == 3, done.stderr
         assert "free" in done.stderr, done.stderr
         _assert_nothing_sent(sb)

@@ -8,4 +8,7 @@ Each module ``support/<target>.py`` provides:
 - ``refusable(record: dict) -> dict``: a copy of a valid record that bulk's own validation
   accepts but this API refuses with a 4xx.
 - ``EXTRA_ARGS``: extra ``bulk upload`` arguments the target needs against its sandbox.
+- ``audited(state) -> list[dict]``: each stored invoice with ``external_id``, ``id``, ``customer_id``,
+  ``status`` and ``items``; ``record_items(doc)`` and ``record_status(doc)``: what the raw input
+  record ``doc`` (a dict) must become by this target's mapping (items as tuples, see the modules).
 """

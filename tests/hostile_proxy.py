@@ -1,0 +1,360 @@
+"""A hostile network for tests: an aiohttp reverse proxy between ``bulk`` and a sandbox.
+
+``with HostileProxy(upstream_base_url, seed=S) as px:`` listens on 127.0.0.1 port 0 in a
+background thread; point bulk's ``--base-url`` at ``px.base_url``. It knows nothing of bulk or
+of the sandboxes (it imports neither): it sees HTTP only, like a network would.
+
+Per request (``/_sandbox/*`` excepted: always forwarded untouched and uncounted) it draws one
+fate from ``(seed, identity, attempt)`` where identity = method + path with query + a hash of
+the body, and attempt = how many times this proxy saw that identity before. The draw does not
+depend on interleaving or timing, so a seed replays the same faults for the same requests:
+
+- ``throttle``: answers 429 with ``Retry-After: 0`` (3 in 4) or ``1``, forwards nothing;
+- ``unavailable``: answers 503, forwards nothing;
+- ``reset``: aborts the client's connection, forwards nothing;
+- ``drop_answer``: forwards, waits for the server's answer (it committed), then aborts the
+  client's connection: the client sees a dead connection for a request that took effect;
+- ``delay``: waits 50-600 ms, then forwards and answers. The wait and the forward run in a
+  detached task, so a client killed meanwhile does not stop the request: it reaches the
+  server after its sender died (``late`` counts those);
+- ``forward``: a faithful forward.
+
+After ``max_faults`` faulty fates of one identity its later attempts are forwarded faithfully,
+so a bounded number of client retries always gets through (a fault test must end by itself).
+
+Every forward is a detached task: once the proxy has the request, it reaches the server
+whatever happens to the client (as bytes already on the wire would).
+
+Progress hooks, for kills triggered by progress instead of wall clock (requests are numbered
+1, 2, ... in arrival order, over the proxy's life):
+
+- ``hold_after(k)``: the k-th request from now is held (not forwarded) until ``release()``;
+  ``hold.reached`` (a threading.Event) is set when it arrives. Kill the client then release:
+  the request is delivered late (fate ``held``), and the client could not have finished
+  its run meanwhile, because it waits for that answer.
+- ``release_after(hold, k)``: release the hold when the k-th request from now arrives (the
+  next run's k-th request, say), before that request goes on.
+- ``drain()``: wait until no forward is in flight (nothing more can land at the server).
+
+``stats()`` returns what it did: per fate, per request kind (method + path pattern, ids
+replaced by ``{id}``) and per (kind, fate), plus ``late`` (forwards that completed after the
+client's connection was gone); ``journal`` lists every request's (number, kind, identity,
+attempt, fate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+
+__all__ = ["FATES", "FAULTS", "Hold", "HostileProxy", "request_kind"]
+
+FAULTS = ("throttle", "unavailable", "reset", "drop_answer", "delay")
+FATES = (*FAULTS, "forward", "held")
+DEFAULT_RATES = {"throttle": 0.06, "unavailable": 0.05, "reset": 0.05, "drop_answer": 0.06, "delay": 0.12}
+_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding",
+                  "upgrade", "proxy-connection", "te", "trailer"})
+_ID_SEGMENT = re.compile(r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,})$")
+
+
+def request_kind(method: str, path: str, query_keys: list[str] | tuple[str, ...] = ()) -> str:
+    """``POST /api/v1/invoices/{id}/send``: the method, the path with ids as ``{id}`` (and
+    ``external_key:...`` as ``external_key:{key}``), then the sorted query parameter names."""
+    parts = []
+    for seg in path.split("/"):
+        if _ID_SEGMENT.match(seg):
+            seg = "{id}"
+        elif ":" in seg:
+            seg = seg.split(":", 1)[0] + ":{key}"
+        parts.append(seg)
+    keys = sorted(set(query_keys))
+    return f"{method} {'/'.join(parts)}" + (f"?{'&'.join(keys)}" if keys else "")
+
+
+@dataclass
+class Hold:
+    """One request number the proxy holds until :meth:`release` (see the module docstring)."""
+
+    number: int
+    reached: threading.Event = field(default_factory=threading.Event)
+    kind: str | None = None  # the held request's kind, once it arrived
+    _proxy: HostileProxy | None = None
+    _released: bool = False
+
+    def release(self) -> None:
+        """Let the request go on (from any thread; idempotent). Before it arrived: it will not wait."""
+        assert self._proxy is not None
+        self._proxy._release(self)
+
+
+class HostileProxy:
+    """See the module docstring. ``rates`` maps each fault of :data:`FAULTS` to its
+    probability per attempt (the rest is ``forward``); ``{}`` forwards everything (hooks only)."""
+
+    def __init__(self, upstream: str, *, seed: int, rates: dict[str, float] | None = None,
+                 max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600)) -> None:
+        split = urlsplit(upstream)
+        self.upstream = f"{split.scheme}://{split.netloc}"
+        self._prefix = split.path.rstrip("/")
+        self.seed = seed
+        self.rates = dict(DEFAULT_RATES if rates is None else rates)
+        unknown = set(self.rates) - set(FAULTS)
+        assert not unknown and sum(self.rates.values()) <= 1, self.rates
+        self.max_faults = max_faults
+        self.delay_ms = delay_ms
+        self.base_url = ""
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._attempts: Counter[str] = Counter()
+        self._faulted: Counter[str] = Counter()
+        self._fates: Counter[str] = Counter()
+        self._kinds: Counter[str] = Counter()
+        self._by_kind: Counter[tuple[str, str]] = Counter()
+        self._late = 0
+        self.journal: list[tuple[int, str, str, int, str]] = []  # (number, kind, identity, attempt, fate)
+        self._holds: dict[int, Hold] = {}  # not arrived yet
+        self._unreleased: set[int] = set()  # hold numbers, arrived or not
+        self._all_holds: dict[int, Hold] = {}
+        self._waiting: dict[int, asyncio.Event] = {}  # hold number -> its event, in the loop
+        self._watchers: dict[int, list[Callable[[], None]]] = {}
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True, name="hostile-proxy")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._session: ClientSession | None = None
+        self._error: BaseException | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> HostileProxy:
+        self._thread.start()
+        if not self._ready.wait(15) or self._error is not None:
+            raise RuntimeError(f"hostile proxy did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release_all()
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._session = ClientSession(connector=TCPConnector(limit=0, force_close=False),
+                                          timeout=ClientTimeout(total=120), auto_decompress=True)
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+            await site.start()
+            self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}{self._prefix}"
+            self._ready.set()
+            try:
+                await self._stop.wait()
+                for event in self._waiting.values():
+                    event.set()
+                if self._inflight:  # let what was sent land, bounded
+                    await asyncio.wait(set(self._inflight), timeout=10)
+            finally:
+                await runner.cleanup()
+                await self._session.close()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # surfaced by __enter__
+            self._error = exc
+            self._ready.set()
+
+    # --- hooks (any thread) ----------------------------------------------------------------------
+
+    @property
+    def seen(self) -> int:
+        """Requests seen so far (``/_sandbox/*`` excepted)."""
+        with self._lock:
+            return self._seen
+
+    def hold_after(self, k: int) -> Hold:
+        """Hold the k-th request from now (k >= 1)."""
+        assert k >= 1
+        with self._lock:
+            hold = Hold(self._seen + k, _proxy=self)
+            self._holds[hold.number] = hold
+            self._unreleased.add(hold.number)
+            self._all_holds[hold.number] = hold
+        return hold
+
+    def release_after(self, hold: Hold, k: int) -> None:
+        """Release ``hold`` when the k-th request from now arrives (k >= 1), before it goes on."""
+        assert k >= 1
+        with self._lock:
+            self._watchers.setdefault(self._seen + k, []).append(hold.release)
+
+    def release_all(self) -> None:
+        """Release every hold not released yet, whether its request arrived or not."""
+        with self._lock:
+            holds = [self._all_holds[n] for n in self._unreleased]
+        for hold in holds:
+            hold.release()
+
+    def _release(self, hold: Hold) -> None:
+        with self._lock:
+            if hold._released:
+                return
+            hold._released = True
+            self._unreleased.discard(hold.number)
+            self._holds.pop(hold.number, None)  # not arrived yet: it will not wait
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake, hold.number)
+
+    def _wake(self, number: int) -> None:
+        event = self._waiting.pop(number, None)
+        if event is not None:
+            event.set()
+
+    def drain(self, timeout: float = 30) -> None:
+        """Wait until every forward the proxy started has completed (held requests must be released)."""
+        assert self._loop is not None
+
+        async def idle() -> None:
+            while self._inflight or self._waiting:
+                await asyncio.sleep(0.01)
+
+        asyncio.run_coroutine_threadsafe(idle(), self._loop).result(timeout)
+
+    def set_rates(self, **rates: float) -> None:
+        with self._lock:
+            self.rates = {k: v for k, v in {**self.rates, **rates}.items() if v}
+
+    def stats(self) -> dict[str, Any]:
+        """A copy of the counters: ``fates``, ``kinds``, ``by_kind`` ({kind: {fate: n}}), ``seen``, ``late``."""
+        with self._lock:
+            by_kind: dict[str, dict[str, int]] = {}
+            for (kind, fate), n in self._by_kind.items():
+                by_kind.setdefault(kind, {})[fate] = n
+            return {"seen": self._seen, "late": self._late, "fates": dict(self._fates),
+                    "kinds": dict(self._kinds), "by_kind": by_kind}
+
+    # --- the fate of one request ------------------------------------------------------------------
+
+    def _draw(self, identity: str, attempt: int) -> tuple[str, float]:
+        rng = random.Random(f"{self.seed}|{identity}|{attempt}")
+        roll, extra = rng.random(), rng.random()
+        if self._faulted[identity] >= self.max_faults:
+            return "forward", extra
+        edge = 0.0
+        for fault in FAULTS:
+            edge += self.rates.get(fault, 0.0)
+            if roll < edge:
+                return fault, extra
+        return "forward", extra
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.path.startswith("/_sandbox/"):
+            return await self._answer(request, await self._forward(request, body))
+        identity = f"{request.method} {request.path_qs} {hashlib.sha256(body).hexdigest()}"
+        kind = request_kind(request.method, request.path, list(request.query.keys()))
+        with self._lock:
+            self._seen += 1
+            number = self._seen
+            hold = self._holds.pop(number, None)
+            watchers = self._watchers.pop(number, [])
+            attempt = self._attempts[identity]
+            self._attempts[identity] += 1
+            if hold is not None:
+                fate, extra = "held", 0.0
+            else:
+                fate, extra = self._draw(identity, attempt)
+                if fate != "forward":
+                    self._faulted[identity] += 1
+            self._fates[fate] += 1
+            self._kinds[kind] += 1
+            self._by_kind[(kind, fate)] += 1
+            self.journal.append((number, kind, identity, attempt, fate))
+        for watcher in watchers:
+            watcher()
+        if hold is not None:
+            hold.kind = kind
+            event = asyncio.Event()
+            self._waiting[number] = event
+            if hold._released:  # released between the pop and here
+                self._waiting.pop(number, None)
+                event.set()
+            hold.reached.set()
+            await event.wait()
+            return await self._answer(request, await self._detached(request, body, 0))
+        if fate == "throttle":
+            return web.json_response({"message": "Too Many Attempts."}, status=429,
+                                     headers={"Retry-After": "0" if extra < 0.75 else "1"})
+        if fate == "unavailable":
+            return web.json_response({"message": "Service Unavailable"}, status=503)
+        if fate == "reset":
+            return self._abort(request)
+        if fate == "drop_answer":
+            await self._detached(request, body, 0)
+            return self._abort(request)
+        delay = 0.0
+        if fate == "delay":
+            lo, hi = self.delay_ms
+            delay = (lo + extra * (hi - lo)) / 1000
+        return await self._answer(request, await self._detached(request, body, delay))
+
+    async def _detached(self, request: web.Request, body: bytes, delay: float) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """Forward in a task of its own: the client going away cannot cancel it."""
+        task = asyncio.create_task(self._late_forward(request, body, delay))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    async def _late_forward(self, request: web.Request, body: bytes, delay: float) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        if delay:
+            await asyncio.sleep(delay)
+        answer = await self._forward(request, body)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            with self._lock:
+                self._late += 1
+        return answer
+
+    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        assert self._session is not None
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        try:
+            async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
+                                             data=body or None, allow_redirects=False) as resp:
+                data = await resp.read()
+                return resp.status, [(k, v) for k, v in resp.headers.items() if k.lower() not in _HOP], data
+        except Exception:  # the server itself dropped it (its own faults): so does the proxy
+            return None
+
+    async def _answer(self, request: web.Request,
+                      answer: tuple[int, list[tuple[str, str]], bytes] | None) -> web.StreamResponse:
+        if answer is None:
+            return self._abort(request)
+        status, headers, data = answer
+        response = web.Response(status=status, body=data)
+        for k, v in headers:
+            response.headers.add(k, v)
+        return response
+
+    @staticmethod
+    def _abort(request: web.Request) -> web.StreamResponse:
+        """Kill the client's connection: it sees a reset, no answer."""
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=499)  # never reaches anyone
