@@ -273,7 +273,7 @@ class AnnyTarget(Target):
     path_prefix = API
     optional_env = ("ANNY_ORGANIZATION",)
     option_keys = ("organization", "writes_per_minute", "reads_per_minute", "identical_per_second",
-                   "paid_notification")
+                   "paid_notification", "settle")
     auth_hint = ("check ANNY_API_TOKEN (an Admin API token with customer and invoice abilities) and that "
                  "it belongs to the organization given by --option organization or ANNY_ORGANIZATION")
 
