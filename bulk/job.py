@@ -155,6 +155,12 @@ class RecordJob:
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
 
+    def remember(self, ns: str, key: str, value: str) -> None:
+        self._session.state.put(ns, key, value)  # an upload process reports it to the parent
+
+    def remembered(self, ns: str) -> dict[str, str]:
+        return self._session.state.items(ns)
+
 
 def failure(exc: RecordError | RetryableError, redact: Callable[[str], str]) -> tuple[str, str, str, int | str, str]:
     """How a record that ended with ``exc`` is reported: (kind, stage, field, status, message),

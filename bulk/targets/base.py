@@ -13,6 +13,12 @@ Exactly-once is the target's responsibility *using the engine's help*:
   reset, 5xx). If it finds the object, its Reply is returned instead of creating again.
 - ``job.maybe_sent_before`` is True when an earlier run may have sent this record (it was
   at or after that run's watermark): look before creating when the API has no idempotency key.
+- ``job.remember(ns, key, value)`` keeps a fact in the resume file (as ``resolve`` does, but
+  overwriting), and ``job.remembered(ns)`` (in :meth:`Target.finish` only) reads them all back:
+  e.g. the records whose earlier attempts may still reach the API late.
+- :meth:`Target.finish` runs once at the end of every run that read its input to the end
+  (a re-run of a finished job too), after every record finished: the place to reconcile what
+  late requests may have left at the API.
 - ``job.progress`` is a dict persisted at every checkpoint while the record is in flight, so
   a multi-step workflow resumes at the step it reached (it must still verify, because the
   last steps may have happened after the last checkpoint).
@@ -62,6 +68,13 @@ class Job(Protocol):
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         """Resolve ``key`` once per job (single flight, cached, kept in the resume file)."""
+
+    def remember(self, ns: str, key: str, value: str) -> None:
+        """Keep ``key -> value`` in the resume file (replacing an earlier value), durable with
+        the checkpoint that first covers this record's outcome, never after it."""
+
+    def remembered(self, ns: str) -> dict[str, str]:
+        """Everything remembered in ``ns`` by this job's runs. Only in :meth:`Target.finish`."""
 
 
 class Target(abc.ABC):
@@ -128,6 +141,15 @@ class Target(abc.ABC):
     @abc.abstractmethod
     async def upload(self, record: Record, job: Job) -> Created:
         """Create ``record`` at the API exactly once and say what was created."""
+
+    async def finish(self, job: Job) -> dict[str, Any] | None:
+        """Called once at the end of a run whose input was read to the end (also when the job
+        was already finished), in the parent process, after every record finished (``job.record``
+        is None). What it returns goes into ``summary.json`` as ``reconciled``. A failure must
+        not lose the job: a RetryableError here is the target's to absorb (the next run of the
+        same command calls ``finish`` again); an AbortRun stops the run resumably. Default:
+        nothing."""
+        return None
 
     def error_message(self, reply: Reply) -> str:
         """The API's own message from an error answer (override for its error shape)."""

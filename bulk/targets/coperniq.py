@@ -5,16 +5,45 @@ Mapping
     See ``bulk.targets.coperniq_mapping`` (recordId from ``extra.recordId``, ``--option
     record_map=FILE.csv`` or the account titled with the customer id; catalog items by SKU,
     merged when one repeats; whole quantities; no tax at Coperniq).
-Exactly once (no idempotency at Coperniq)
-    Before creating a record an earlier run may have sent (``job.maybe_sent_before``), and
-    before every resend after a lost answer, the record's invoices are listed (``GET
-    /projects/{id}/invoices`` or ``/accounts/{id}/invoices``; the kind is probed once when the
-    map does not say it) and the one whose description starts with the external id is taken.
-    The earlier-run check lists each record (customer) once per run. An attempt given up on
-    (timeout, reset, 5xx) may still commit later, so it is looked for during ``--option
-    settle=SECONDS`` (default 10, polls backing off from 0.5 s) before it is sent again: a
-    create the API commits more than ``settle`` s after ``bulk`` gave up on it is the one case
-    left that can duplicate (raise ``settle`` or ``--timeout`` for an API that slow).
+Exactly once (no idempotency at Coperniq): look before creating, then sweep late copies
+    Coperniq has no idempotency key and no unique field on invoices, and a create that ``bulk``
+    gave up on -- or that a killed run sent -- can reach the API at any later time: a proxy, a
+    load balancer or the API's own queue may hold it, and nothing the client does bounds how
+    long. So no wait ("settle") can be made safe, and the design does not rest on one:
+
+    1. *Look before creating.* Before creating a record an earlier run may have sent
+       (``job.maybe_sent_before``, from the resume file's write-ahead window), the record's
+       invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
+       the kind is probed once when the map does not say it), once per record (customer) per
+       run, and the one whose description starts with the external id is taken. After a lost
+       answer (timeout, reset, 5xx) the listing is polled for ``--option settle=SECONDS``
+       (default 10) before the create is sent again. Both only make a duplicate *rarer*.
+    2. *Watch what may have a copy in flight.* A record whose create was sent by an earlier
+       run (maybe), or whose answer was lost in this run, is written to the resume file
+       (``coperniq.watch``: external id -> record, kind, the invoice id in ``id_map.csv``),
+       in the same SQLite transaction as the checkpoint that first records its outcome.
+    3. *Sweep at the end of every run* (:meth:`CoperniqTarget.finish`, after every record
+       finished, in the parent process): each watched record's invoices are listed afresh,
+       and every other invoice carrying a watched external id that is an exact copy of the
+       kept one (same record, description, status, due date and line items as a multiset of
+       catalog item, quantity, unit price, unit cost and text) is deleted (``DELETE
+       /invoices/{id}``, documented in Coperniq's OpenAPI ``delete-invoice``). The kept
+       invoice is always the one ``id_map.csv`` names, so the map, the summary and the API
+       agree. A copy that differs (edited in Coperniq since) is never deleted: it is counted
+       as ``kept_differs`` and named in the note. A kept invoice that is gone is counted, not
+       replaced. Lost answers: listings are retried (reads); a ``DELETE`` whose answer was
+       lost is retried and its 404 means the first one did it; a sweep that cannot list a
+       record (API down) leaves it for the next run (``unswept``).
+
+    A late create that lands after the last sweep, i.e. after the job ended, stays a
+    duplicate until the same command is run again: a finished job read again does nothing but
+    this sweep (watched records are kept for good, so every later run sweeps them again; it
+    costs a listing per watched record, of which there are few: the records in flight at a
+    kill and those whose answer was lost). The user sees it in ``summary.json``
+    (``reconciled``: ``watched``, ``duplicates_removed``, ``unswept``, ``kept_differs``,
+    ``kept_missing``) and in the CLI's line "N invoices are watched for late copies ... run
+    the same command again later to sweep again". A record that ended ``uncertain`` has no
+    kept invoice and is not watched: re-feeding it looks it up first.
 Limits
     100 requests/s per key (``default_limits``) and 5,000 per rolling 24 h. Every answer's
     ``X-RateLimit-Remaining`` is read: when it cannot cover the requests in flight, or a 429
@@ -31,13 +60,14 @@ import datetime as dt
 import functools
 import json
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import anyio
 
-from ..errors import ConfigError, InvalidRecord, QuotaExhausted, RecordRefused, RetryableError
+from ..errors import ConfigError, InvalidRecord, QuotaExhausted, RecordError, RecordRefused, RetryableError
 from ..records import Record
 from ..transport import Reply, Request
 from .base import Created, Job, Target
@@ -50,6 +80,9 @@ _DAY = dt.timedelta(hours=24)
 # lags (C-auth: usage is cached up to 60 s per key), so "almost nothing left" + 429 means "spent".
 _QUOTA_429_MARGIN = 100
 _RECOVERING = contextvars.ContextVar("coperniq_recovering", default=False)
+_WATCH = "coperniq.watch"  # external id -> "record_id kind invoice_id": may have a late copy in flight
+_REMOVED = "coperniq.removed"  # invoice id of a removed late copy -> its external id
+_SWEEPS = 8  # records swept at once
 
 
 def _exact(reply: Reply) -> Any:
@@ -200,16 +233,24 @@ class CoperniqTarget(Target):
     async def upload(self, record: Record, job: Job) -> Created:
         record_id, kind = await self._record(record, job)
         items = await self._items(record, job)
-        if job.maybe_sent_before:
+        return await self._create(record, record_id, kind, items, job)
+
+    async def _create(self, record: Record, record_id: int, kind: str | None,
+                      items: list[tuple[int, Decimal, list[int]]], job: Job) -> Created:
+        at_risk = job.maybe_sent_before  # an earlier run may have sent it: its copy may land late
+        if at_risk:
             found = (await self._listing(record_id, kind, job)).get(record.external_id)
             if found is not None:
-                return self._created(record, record_id, found, existed=True)
+                return self._watch(record, record_id, kind, found, job, existed=True)
         found_now: list[dict[str, Any]] = []
 
         async def recover() -> Reply | None:
             # The attempt we gave up on may still commit at the server: keep looking for `settle`
-            # seconds before the engine sends it again (then no earlier attempt is alive). A
-            # lookup that failed proves nothing: look again (the engine's give-up time bounds it).
+            # seconds before the engine sends it again. That only makes a copy rarer; the sweep
+            # in finish() removes one that lands later. A lookup that failed proves nothing:
+            # look again (the engine's give-up time bounds it).
+            nonlocal at_risk
+            at_risk = True
             token = _RECOVERING.set(True)
             try:
                 start, pause = time.monotonic(), 0.5
@@ -233,9 +274,16 @@ class CoperniqTarget(Target):
 
         reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
                                  stage="invoice", recover=recover)
-        if found_now:
-            return self._created(record, record_id, found_now[0], existed=True)
-        return self._created(record, record_id, _exact(reply), existed=False)
+        invoice, existed = (found_now[0], True) if found_now else (_exact(reply), False)
+        if not at_risk:
+            return self._created(record, record_id, invoice, existed=existed)
+        return self._watch(record, record_id, kind, invoice, job, existed=existed)
+
+    def _watch(self, record: Record, record_id: int, kind: str | None, invoice: dict[str, Any], job: Job,
+               *, existed: bool) -> Created:
+        """The record's outcome, kept in the resume file for the sweeps of this and later runs."""
+        job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} {invoice['id']}")
+        return self._created(record, record_id, invoice, existed=existed)
 
     @staticmethod
     def _created(record: Record, record_id: int, invoice: dict[str, Any], *, existed: bool) -> Created:
@@ -363,3 +411,84 @@ class CoperniqTarget(Target):
                 del self._listing_flights[record_id]
                 flight.set()
         return self._listings[record_id]
+
+    # --- the sweep: late copies of watched records ----------------------------------------
+    async def finish(self, job: Job) -> dict[str, Any]:
+        """Delete every exact copy of a watched record's kept invoice (see the module docstring)."""
+        watched = job.remembered(_WATCH)
+        by_record: dict[tuple[int, str | None], dict[str, str]] = defaultdict(dict)
+        for external_id, value in watched.items():
+            record_id, kind, invoice_id = value.split(" ")
+            by_record[(int(record_id), None if kind == "-" else kind)][external_id] = invoice_id
+        tally = {"unswept": 0, "kept_differs": 0, "kept_missing": 0}
+        differs: list[str] = []
+        limiter = anyio.CapacityLimiter(_SWEEPS)
+
+        async def sweep(record_id: int, kind: str | None, keep: dict[str, str]) -> None:
+            async with limiter:
+                try:
+                    invoices = [dict(inv) async for page in self._pages(record_id, kind, job) for inv in page]
+                except (RetryableError, RecordError):
+                    tally["unswept"] += len(keep)  # the next run sweeps it again
+                    return
+                copies: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+                for invoice in invoices:
+                    copies[external_id_of(invoice.get("description"))].append(invoice)
+                for external_id, invoice_id in keep.items():
+                    kept = next((c for c in copies[external_id] if str(c["id"]) == invoice_id), None)
+                    if kept is None:
+                        tally["kept_missing"] += 1
+                        continue
+                    for other in copies[external_id]:
+                        if other is kept:
+                            continue
+                        if _content(other) != _content(kept):
+                            tally["kept_differs"] += 1
+                            differs.append(external_id)
+                            continue
+                        try:
+                            await self._delete(int(other["id"]), job)
+                        except (RetryableError, RecordError):
+                            tally["unswept"] += 1
+                            continue
+                        job.remember(_REMOVED, str(other["id"]), external_id)
+
+        async with anyio.create_task_group() as tg:
+            for (record_id, kind), keep in by_record.items():
+                tg.start_soon(sweep, record_id, kind, keep)
+        removed = len(job.remembered(_REMOVED))
+        report: dict[str, Any] = {"watched": len(watched), "duplicates_removed": removed, **tally}
+        if watched:
+            note = (f"{len(watched)} invoices are watched for late copies of an earlier attempt "
+                    f"(the API has no idempotency): {removed} such copies deleted so far")
+            if tally["unswept"]:
+                note += f"; {tally['unswept']} could not be checked now"
+            if differs:
+                note += f"; {len(differs)} other invoices carry a watched id but differ (e.g. {differs[0]!r}): check them"
+            report["note"] = note + "; run the same command again later to sweep again"
+        return report
+
+    async def _delete(self, invoice_id: int, job: Job) -> None:
+        try:
+            await self._send(job, Request("DELETE", f"/invoices/{invoice_id}"), stage="reconcile")
+        except RecordRefused as exc:
+            if exc.status != 404:  # 404: gone already (our earlier DELETE, whose answer was lost)
+                raise
+
+
+def _content(invoice: dict[str, Any]) -> tuple[Any, ...]:
+    """What ``bulk`` sent for an invoice, as the API keeps it: two copies of one create are equal."""
+    lines = sorted(
+        ((li.get("catalogItemId"), li.get("quantity"), _number(li.get("unitPrice")), _number(li.get("unitCost")),
+          li.get("description")) for li in invoice.get("lineItems") or []),
+        key=repr)
+    return (invoice.get("description"), invoice.get("status"), (invoice.get("record") or {}).get("id"),
+            invoice.get("dueDate"), lines)
+
+
+def _number(value: Any) -> Decimal | None:
+    """A JSON number as an exact Decimal (1.50 == 1.5), None when absent or not a number."""
+    try:
+        return None if value is None or isinstance(value, bool) else Decimal(str(value))
+    except ArithmeticError:
+        return None
