@@ -37,9 +37,12 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
 
     A late create that lands after the last sweep, i.e. after the job ended, stays a
     duplicate until the same command is run again: a finished job read again does nothing but
-    this sweep (watched records are kept for good, so every later run sweeps them again; it
-    costs a listing per watched record, of which there are few: the records in flight at a
-    kill and those whose answer was lost). The user sees it in ``summary.json``
+    this sweep (watched records are kept for good, so every later run sweeps them again). The
+    cost: per run, one listing (per 100 invoices) per project or account holding a watched
+    record. Watched are the records whose answer was lost and, after a kill, every record the
+    resumed run was told an interrupted run may have sent (``job.maybe_sent_before``: the
+    write-ahead window, up to ``--window`` records beyond the watermark, so with a small job
+    it can be all of the rest). The user sees it in ``summary.json``
     (``reconciled``: ``watched``, ``duplicates_removed``, ``unswept``, ``kept_differs``,
     ``kept_missing``) and in the CLI's line "N invoices are watched for late copies ... run
     the same command again later to sweep again". A record that ended ``uncertain`` has no
