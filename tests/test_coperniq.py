@@ -11,11 +11,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
-import threading
 import time
 from collections import Counter
 import urllib.error
@@ -42,6 +40,7 @@ from harness import (
     support,
     write_input,
 )
+from late_proxy import LateProxy
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.schemas import oas31_schema_validators_factory
@@ -382,81 +381,6 @@ def test_a_create_committed_after_the_client_gave_up_is_found_not_sent_again(tmp
 
 
 # --- late delivery: a create of a killed run that reaches the API after the resumed run looked ---
-class LateProxy:
-    """Between ``bulk`` and the sandbox (a :class:`ScriptedServer` responder; independent of the
-    sandbox's code). Every request is forwarded faithfully, except:
-
-    - the first ``POST /invoices`` of external id ``held`` is *held*: not forwarded, never
-      answered (``holding`` is set), until :meth:`release` (``release="manual"``) or, with
-      ``release="resend"``, until the next create of the same id arrives (the resumed run's,
-      after its lookup): that one is forwarded, then the held one (its commit awaited), and
-      only then is the resend answered. The copy lands after the lookup, on progress alone.
-    - the first request of each kind in ``drop`` is forwarded and its answer dropped (the
-      connection is cut after the server committed).
-    """
-
-    def __init__(self, upstream: str, held: str, *, release: str, drop: set[str]) -> None:
-        self.upstream, self.held, self.release_mode, self.drop = upstream, held, release, set(drop)
-        self.holding = threading.Event()
-        self.dropped: Counter[str] = Counter()
-        self.seen: Counter[str] = Counter()
-        self._held: tuple[str, str, bytes, dict[str, str]] | None = None
-        self._session: Any = None
-        self.loop: Any = None
-
-    @staticmethod
-    def kind(method: str, path: str) -> str:
-        return f"{method} {re.sub(r'/[0-9]+', '/{id}', path)}"
-
-    async def _forward(self, method: str, path_qs: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False)
-        async with self._session.request(method, self.upstream + path_qs, data=body or None,
-                                         headers=headers, allow_redirects=False) as resp:
-            keep = {k: v for k, v in resp.headers.items()
-                    if k.lower() in ("content-type", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after")}
-            return resp.status, await resp.read(), keep
-
-    async def respond(self, request: Any) -> Any:
-        from aiohttp import web
-
-        self.loop = asyncio.get_running_loop()
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("x-api-key", "content-type", "accept")}
-        kind = self.kind(request.method, request.path)
-        self.seen[kind] += 1
-        ours = kind == "POST /invoices" and json.loads(body).get("description", "").split("\n")[0] == self.held
-        if ours and self._held is None:
-            self._held = (request.method, request.path_qs, body, headers)
-            self.holding.set()
-            await asyncio.Event().wait()  # never answered: the client is killed meanwhile
-        status, content, answer = await self._forward(request.method, request.path_qs, body, headers)
-        if ours and self.release_mode == "resend" and self._held is not None:
-            await self._release()
-        if kind in self.drop:
-            self.drop.discard(kind)
-            self.dropped[kind] += 1
-            assert request.transport is not None
-            request.transport.abort()  # committed upstream; the client sees a dead connection
-        return web.Response(status=status, body=content, headers=answer)
-
-    async def _release(self) -> None:
-        assert self._held is not None
-        held, self._held = self._held, None
-        status, _, _ = await self._forward(*held)
-        assert status == 201, status
-
-    def release(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._release(), self.loop).result(30)
-
-    def close(self) -> None:
-        """Close the upstream session (from the test's thread, before the server stops)."""
-        if self._session is not None:
-            asyncio.run_coroutine_threadsafe(self._session.close(), self.loop).result(30)
-
-
 def _expected_lines(record: Record) -> Counter[tuple[str, str, int, Decimal]]:
     """The record's lines as Coperniq must hold them: lines of one catalog item merged, in order."""
     groups: dict[str, list[Any]] = {}
@@ -492,7 +416,10 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
     drop = {"GET /catalog-items", "GET /projects/{id}/invoices", "GET /accounts/{id}/invoices",
             "POST /invoices", "DELETE /invoices/{id}"}
     with SandboxServer("coperniq", options={"record_exchanges": True}) as sb:
-        proxy = LateProxy(sb.base_url, held, release=release, drop=drop)
+        def hold(method: str, path: str, body: bytes) -> bool:
+            return method == "POST" and path == "/invoices" and json.loads(body)["description"].split("\n")[0] == held
+
+        proxy = LateProxy(sb.base_url, hold=hold, release=release, drop=drop)
         with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
             args = ["upload", str(src), "--target", "coperniq", "--base-url", front.base_url, "--out", str(out),
                     "--quiet", "--concurrency", "1", "--retries", "8", *MAP]
@@ -509,6 +436,7 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
             if release == "manual":
                 assert len(copies) == 1  # the killed run's create is still in the network
                 proxy.release()  # ... and lands after the job ended
+                assert proxy.held_answer is not None and proxy.held_answer[0] == 201
                 assert sum(inv["description"].split("\n")[0] == held for inv in sb.state()["invoices"]) == 2
                 assert summary(out)["reconciled"]["duplicates_removed"] == 0
                 third = cli(args, sb.env)  # the same command again: the finished job sweeps again
@@ -518,6 +446,7 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
         state = sb.state()
         recorded = exchanges(sb)
     assert state["deleted"] == 1
+    assert proxy.held_answer is not None and proxy.held_answer[0] == 201  # the late create did land
     report = summary(out)["reconciled"]
     assert report["duplicates_removed"] == 1 and report["watched"] >= 1
     assert (report["unswept"], report["kept_differs"], report["kept_missing"]) == (0, 0, 0)

@@ -1,0 +1,108 @@
+"""A small proxy for late-delivery tests: between ``bulk`` and a sandbox, independent of the
+sandbox's code, run as a :class:`harness.ScriptedServer` responder (aiohttp, 127.0.0.1 port 0).
+
+Every request is forwarded faithfully, except:
+
+- **held**: the first request for which ``hold(method, path, body)`` is true is not forwarded
+  and never answered (``holding`` is set, so the test can SIGKILL the client now). It is
+  delivered later, on progress only, never on a timer: with ``release="resend"`` when the next
+  request matching ``hold`` arrives (the resumed run's, which comes after its lookup): that one
+  is forwarded, then the held one (its commit awaited), and only then is the newer one
+  answered; with ``release="manual"`` when the test calls :meth:`release`, e.g. after the
+  job ended. ``held_answer`` keeps what the server said to the late request.
+- **dropped**: the first request of each kind in ``drop`` (``kind(method, path, body)``) is
+  forwarded, then the connection is cut: the server committed, the client sees no answer.
+- **mangled**: the first answer of each kind in ``mangle`` has its body rewritten by
+  ``mangle[kind](body)`` (e.g. a ``_bulk`` answer with results missing).
+
+``seen``, ``dropped`` and ``mangled`` count what happened, so a test can assert each fault did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import ClientSession, web
+
+__all__ = ["LateProxy", "path_kind"]
+
+_FORWARDED = ("x-api-key", "authorization", "content-type", "accept")
+_ANSWERED = ("content-type", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "location")
+
+
+def path_kind(method: str, path: str, body: bytes) -> str:
+    """``POST /invoices``, ``GET /projects/{id}/invoices``...: numbers in the path are ids."""
+    return f"{method} {re.sub(r'/[0-9]+', '/{id}', path)}"
+
+
+class LateProxy:
+    def __init__(self, upstream: str, *, hold: Callable[[str, str, bytes], bool], release: str,
+                 drop: set[str] = frozenset(), mangle: dict[str, Callable[[bytes], bytes]] | None = None,  # type: ignore[assignment]
+                 kind: Callable[[str, str, bytes], str] = path_kind) -> None:
+        assert release in ("resend", "manual")
+        self.upstream, self.hold, self.release_mode, self.kind = upstream, hold, release, kind
+        self.drop, self.mangle = set(drop), dict(mangle or {})
+        self.holding = threading.Event()
+        self.seen: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.mangled: Counter[str] = Counter()
+        self.held_answer: tuple[int, bytes] | None = None
+        self._held: tuple[str, str, bytes, dict[str, str]] | None = None
+        self._was_held = False
+        self._session: ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _forward(self, method: str, path_qs: str, body: bytes,
+                       headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        if self._session is None:
+            self._session = ClientSession(auto_decompress=False)
+        async with self._session.request(method, self.upstream + path_qs, data=body or None, headers=headers,
+                                         allow_redirects=False) as resp:
+            answer = {k: v for k, v in resp.headers.items() if k.lower() in _ANSWERED}
+            return resp.status, await resp.read(), answer
+
+    async def respond(self, request: web.Request) -> web.StreamResponse:
+        self._loop = asyncio.get_running_loop()
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
+        kind = self.kind(request.method, request.path, body)
+        self.seen[kind] += 1
+        ours = self.hold(request.method, request.path, body)
+        if ours and not self._was_held:
+            self._was_held = True
+            self._held = (request.method, request.path_qs, body, headers)
+            self.holding.set()
+            await asyncio.Event().wait()  # never answered: the client is killed meanwhile
+        status, content, answer = await self._forward(request.method, request.path_qs, body, headers)
+        if ours and self.release_mode == "resend" and self._held is not None:
+            await self._release()
+        if kind in self.mangle:
+            content = self.mangle.pop(kind)(content)
+            self.mangled[kind] += 1
+        if kind in self.drop:
+            self.drop.discard(kind)
+            self.dropped[kind] += 1
+            assert request.transport is not None
+            request.transport.abort()  # committed upstream; the client sees a dead connection
+        return web.Response(status=status, body=content, headers=answer)
+
+    async def _release(self) -> None:
+        assert self._held is not None
+        held, self._held = self._held, None
+        status, content, _ = await self._forward(*held)
+        self.held_answer = (status, content)
+
+    def release(self) -> None:
+        """Deliver the held request now (from the test's thread); returns once it was answered."""
+        assert self._loop is not None and self._held is not None
+        asyncio.run_coroutine_threadsafe(self._release(), self._loop).result(30)
+
+    def close(self) -> None:
+        """Close the upstream session (from the test's thread, before the server stops)."""
+        if self._session is not None and self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(30)
