@@ -9,7 +9,8 @@ Every request is forwarded faithfully, except:
   request matching ``hold`` arrives (the resumed run's, which comes after its lookup): that one
   is forwarded, then the held one (its commit awaited), and only then is the newer one
   answered; with ``release="manual"`` when the test calls :meth:`release`, e.g. after the
-  job ended. ``held_answer`` keeps what the server said to the late request.
+  job ended. ``held_body`` and ``held_answer`` keep what the late request carried and what
+  the server said to it.
 - **dropped**: the first request of each kind in ``drop`` (``kind(method, path, body)``) is
   forwarded, then the connection is cut: the server committed, the client sees no answer.
 - **mangled**: the first answer of each kind in ``mangle`` has its body rewritten by
@@ -51,6 +52,7 @@ class LateProxy:
         self.seen: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.mangled: Counter[str] = Counter()
+        self.held_body: bytes | None = None  # what the held request carried
         self.held_answer: tuple[int, bytes] | None = None
         self._held: tuple[str, str, bytes, dict[str, str]] | None = None
         self._was_held = False
@@ -76,6 +78,7 @@ class LateProxy:
         if ours and not self._was_held:
             self._was_held = True
             self._held = (request.method, request.path_qs, body, headers)
+            self.held_body = body
             self.holding.set()
             await asyncio.Event().wait()  # never answered: the client is killed meanwhile
         status, content, answer = await self._forward(request.method, request.path_qs, body, headers)

@@ -15,9 +15,9 @@ import contextlib
 import json
 import re
 import time
-from collections import Counter
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path

@@ -256,12 +256,13 @@ class ChargeOverTarget(Target):
             sub = await self._direct(job, "POST", f"{API}/{kind}", body, lookup, stage=kind)
         if sub.recovered:
             return str(sub.response[f"{kind}_id"]), True, sub.response
-        if 200 <= sub.code < 300 and isinstance(sub.response, dict):
+        made = 200 <= sub.code < 300
+        if made and isinstance(sub.response, dict) and sub.response.get("id") is not None:
             return str(sub.response["id"]), False, None
-        if sub.code == 400:  # the external key may be taken: by our earlier attempt, or not
+        if made or sub.code == 400:  # made without saying its id; or the key is taken: by us, or not
             found = await self._get(job, lookup, stage=kind)
             if isinstance(found, dict):
-                return str(found[f"{kind}_id"]), True, found
+                return str(found[f"{kind}_id"]), not made, found
         raise self._refused(sub, kind)
 
     async def _get(self, job: Job, uri: str, *, stage: str, direct: bool = False) -> Any:
