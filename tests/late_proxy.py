@@ -33,7 +33,7 @@ from aiohttp import ClientSession, web
 __all__ = ["LateProxy", "path_kind"]
 
 _FORWARDED = ("x-api-key", "authorization", "content-type", "accept")
-_ANSWERED = ("content-type", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "location")
+_ANSWERED = ("content-type", "date", "x-ratelimit-limit", "x-ratelimit-remaining", "retry-after", "location")
 
 
 def path_kind(method: str, path: str, body: bytes) -> str:

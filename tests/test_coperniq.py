@@ -404,17 +404,20 @@ def audit(sb: SandboxServer, out: Path, records: list[Record]) -> None:
         assert got == _expected_lines(record), record.external_id
 
 
-@pytest.mark.parametrize("release", ["resend", "manual"])
-def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI, tmp_path: Path, release: str) -> None:
+@pytest.mark.parametrize(("release", "sweep"), [("resend", "records"), ("manual", "recent"), ("manual", "auto")])
+def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI, tmp_path: Path, release: str,
+                                                                   sweep: str) -> None:
     """The killed run's create of one record is held by the network until the resumed run has
     looked (found nothing) and created its own: ``resend``, it lands during the resumed run and
     that run's sweep deletes it; ``manual``, it lands after the job ended and the same command,
-    run again, deletes it. Meanwhile the first answer of every request kind is lost."""
+    run again, deletes it. Meanwhile the first answer of every request kind is lost. The sweep
+    lists each watched record's invoices (``records``, what ``auto`` picks for a few), or the
+    invoices changed since the watching run began (``recent``)."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 8, seed=31)
     held = records[3].external_id
     drop = {"GET /catalog-items", "GET /projects/{id}/invoices", "GET /accounts/{id}/invoices",
-            "POST /invoices", "DELETE /invoices/{id}"}
+            "POST /invoices", "DELETE /invoices/{id}", "GET /invoices"}
     with SandboxServer("coperniq", options={"record_exchanges": True}) as sb:
         def hold(method: str, path: str, body: bytes) -> bool:
             return method == "POST" and path == "/invoices" and json.loads(body)["description"].split("\n")[0] == held
@@ -422,7 +425,7 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
         proxy = LateProxy(sb.base_url, hold=hold, release=release, drop=drop)
         with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
             args = ["upload", str(src), "--target", "coperniq", "--base-url", front.base_url, "--out", str(out),
-                    "--quiet", "--concurrency", "1", "--retries", "8", *MAP]
+                    "--quiet", "--concurrency", "1", "--retries", "8", *MAP, "--option", f"sweep={sweep}"]
             proc = start_cli(args, sb.env)
             try:
                 assert proxy.holding.wait(60), proc.poll()
@@ -450,6 +453,7 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
     report = summary(out)["reconciled"]
     assert report["duplicates_removed"] == 1 and report["watched"] >= 1
     assert (report["unswept"], report["kept_differs"], report["kept_missing"]) == (0, 0, 0)
+    assert report["sweep"] == ("records" if sweep == "auto" else sweep)
     assert {k for k in drop if proxy.seen[k]} <= set(proxy.dropped)  # every kind that occurred lost an answer
     assert proxy.dropped["DELETE /invoices/{id}"] == 1 and proxy.dropped["POST /invoices"] == 1
     assert proxy.dropped["GET /catalog-items"] == 1

@@ -23,8 +23,12 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
        (``coperniq.watch``: external id -> record, kind, the invoice id in ``id_map.csv``),
        in the same SQLite transaction as the checkpoint that first records its outcome.
     3. *Sweep at the end of every run* (:meth:`CoperniqTarget.finish`, after every record
-       finished, in the parent process): each watched record's invoices are listed afresh,
-       and every other invoice carrying a watched external id that is an exact copy of the
+       finished, in the parent process): the invoices that may hold a late copy are listed
+       afresh -- ``--option sweep=records``: each watched record's invoices; ``recent``: ``GET
+       /invoices?updated_after=T``, T the API's clock (``Date``) at the first answer of the
+       earliest run that watched a record, less a minute (a copy that landed late did so after
+       that run's lookup, so after T); ``auto`` (default): ``records`` for up to 100 watched
+       projects/accounts, else ``recent`` -- and every other invoice carrying a watched external id that is an exact copy of the
        kept one (same record, description, status, due date and line items as a multiset of
        catalog item, quantity, unit price, unit cost and text) is deleted (``DELETE
        /invoices/{id}``, documented in Coperniq's OpenAPI ``delete-invoice``). The kept
@@ -38,13 +42,14 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
     A late create that lands after the last sweep, i.e. after the job ended, stays a
     duplicate until the same command is run again: a finished job read again does nothing but
     this sweep (watched records are kept for good, so every later run sweeps them again). The
-    cost: per run, one listing (per 100 invoices) per project or account holding a watched
-    record. Watched are the records whose answer was lost and, after a kill, every record the
+    cost per run: ``records``, one listing (per 100 invoices) per project or account holding
+    a watched record; ``recent``, one request per 100 invoices the company created or changed
+    since T. Watched are the records whose answer was lost and, after a kill, every record the
     resumed run was told an interrupted run may have sent (``job.maybe_sent_before``: the
     write-ahead window, up to ``--window`` records beyond the watermark, so with a small job
     it can be all of the rest). The user sees it in ``summary.json``
     (``reconciled``: ``watched``, ``duplicates_removed``, ``unswept``, ``kept_differs``,
-    ``kept_missing``) and in the CLI's line "N invoices are watched for late copies ... run
+    ``kept_missing``, ``sweep``) and in the CLI's line "N invoices are watched for late copies ... run
     the same command again later to sweep again". A record that ended ``uncertain`` has no
     kept invoice and is not watched: re-feeding it looks it up first.
 Limits
@@ -61,6 +66,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import functools
+import email.utils
 import json
 import time
 from collections import defaultdict
@@ -86,11 +92,22 @@ _RECOVERING = contextvars.ContextVar("coperniq_recovering", default=False)
 _WATCH = "coperniq.watch"  # external id -> "record_id kind invoice_id": may have a late copy in flight
 _REMOVED = "coperniq.removed"  # invoice id of a removed late copy -> its external id
 _SWEEPS = 8  # records swept at once
+_RECORDS_SWEEP_MAX = 100  # sweep=auto lists each record's invoices up to this many records, else the recent ones
+_DATE_MARGIN = 60  # s: the API's Date and its updatedAt may come from different hosts' clocks
+_NO_DATE_MARGIN = 3600  # s: without a Date header, the client's clock stands in, with this margin
 
 
 def _exact(reply: Reply) -> Any:
     """The body with every JSON number that has a fraction as a Decimal (money stays exact)."""
     return json.loads(reply.content, parse_float=Decimal)
+
+
+def _server_time(reply: Reply) -> int | None:
+    """The API's clock (the ``Date`` header, RFC 9110) as POSIX seconds, None without one."""
+    try:
+        return int(email.utils.parsedate_to_datetime(reply.headers["Date"]).timestamp())
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _remaining(reply: Reply) -> int | None:
@@ -114,10 +131,13 @@ class CoperniqTarget(Target):
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         super().__init__(base_url=base_url, credentials=credentials, options=options)
-        unknown = set(self.options) - {"record_map", "record_lookup", "default_catalog_item", "settle"}
+        unknown = set(self.options) - {"record_map", "record_lookup", "default_catalog_item", "settle", "sweep"}
         if unknown:
             raise ConfigError(f"unknown coperniq option(s) {', '.join(sorted(unknown))}; known: "
-                              "record_map, record_lookup, default_catalog_item, settle")
+                              "record_map, record_lookup, default_catalog_item, settle, sweep")
+        self.sweep = self.options.get("sweep", "auto")
+        if self.sweep not in ("auto", "records", "recent"):
+            raise ConfigError("--option sweep must be auto, records or recent")
         try:
             self.settle = float(self.options.get("settle", 10))
         except ValueError:
@@ -140,6 +160,9 @@ class CoperniqTarget(Target):
         self._remaining: int | None = None
         self._limit = "5000"
         self._first_answer: dt.datetime | None = None
+        self._server_start: int | None = None  # the API's clock (Date) at this run's first answer
+        self._tally: dict[str, int] = {}  # the sweep's counts (finish)
+        self._differs: list[str] = []
 
     @classmethod
     def sandbox_options(cls) -> dict[str, Any]:
@@ -191,6 +214,8 @@ class CoperniqTarget(Target):
         remaining = _remaining(reply)
         if self._first_answer is None:
             self._first_answer = dt.datetime.now(dt.UTC)
+        if self._server_start is None:
+            self._server_start = _server_time(reply)
         if remaining is not None:
             self._remaining = remaining
             self._limit = reply.headers.get("X-RateLimit-Limit") or self._limit
@@ -285,7 +310,8 @@ class CoperniqTarget(Target):
     def _watch(self, record: Record, record_id: int, kind: str | None, invoice: dict[str, Any], job: Job,
                *, existed: bool) -> Created:
         """The record's outcome, kept in the resume file for the sweeps of this and later runs."""
-        job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} {invoice['id']}")
+        since = self._server_start or int(time.time()) - _NO_DATE_MARGIN
+        job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} {invoice['id']} {since}")
         return self._created(record, record_id, invoice, existed=existed)
 
     @staticmethod
@@ -420,49 +446,100 @@ class CoperniqTarget(Target):
         """Delete every exact copy of a watched record's kept invoice (see the module docstring)."""
         watched = job.remembered(_WATCH)
         by_record: dict[tuple[int, str | None], dict[str, str]] = defaultdict(dict)
+        since = None
         for external_id, value in watched.items():
-            record_id, kind, invoice_id = value.split(" ")
+            record_id, kind, invoice_id, started = value.split(" ")
             by_record[(int(record_id), None if kind == "-" else kind)][external_id] = invoice_id
-        tally = {"unswept": 0, "kept_differs": 0, "kept_missing": 0}
-        differs: list[str] = []
-        limiter = anyio.CapacityLimiter(_SWEEPS)
+            since = int(started) if since is None else min(since, int(started))
+        self._tally = {"unswept": 0, "kept_differs": 0, "kept_missing": 0}
+        self._differs = []
+        mode = self.sweep if self.sweep != "auto" else (
+            "records" if len(by_record) <= _RECORDS_SWEEP_MAX else "recent")
+        if mode == "records" or since is None:
+            limiter = anyio.CapacityLimiter(_SWEEPS)
 
-        async def sweep(record_id: int, kind: str | None, keep: dict[str, str]) -> None:
-            async with limiter:
+            async def sweep(record_id: int, kind: str | None, keep: dict[str, str]) -> None:
+                async with limiter:
+                    try:
+                        found = [dict(inv) async for page in self._pages(record_id, kind, job) for inv in page]
+                    except (RetryableError, RecordError):
+                        self._tally["unswept"] += len(keep)  # the next run sweeps it again
+                        return
+                    await self._remove_copies(keep, found, job, listed_all=True)
+
+            async with anyio.create_task_group() as tg:
+                for (record_id, kind), keep in by_record.items():
+                    tg.start_soon(sweep, record_id, kind, keep)
+        else:
+            keep = {ext: inv for group in by_record.values() for ext, inv in group.items()}
+            try:
+                found = await self._recent(since - _DATE_MARGIN, job)
+            except (RetryableError, RecordError):
+                self._tally["unswept"] += len(keep)
+            else:
+                await self._remove_copies(keep, found, job, listed_all=False)
+        return self._report(len(watched), len(job.remembered(_REMOVED)), mode)
+
+    async def _recent(self, since: int, job: Job) -> list[dict[str, Any]]:
+        """Every invoice updated after ``since`` (the API's clock), oldest first: any copy that
+        can have landed late was created after the first answer of the run that watched it."""
+        after = dt.datetime.fromtimestamp(since, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        found, page = [], 1
+        while True:
+            reply = await self._send(job, Request("GET", "/invoices", params={
+                "updated_after": after, "page": str(page), "page_size": "100", "order_by": "asc"},
+                kind="read"), stage="reconcile")
+            data = _exact(reply)
+            found.extend(dict(inv) for inv in data["items"])
+            if not data.get("has_more"):
+                return found
+            page += 1
+
+    async def _remove_copies(self, keep: dict[str, str], found: list[dict[str, Any]], job: Job, *,
+                             listed_all: bool) -> None:
+        """Delete the exact copies among ``found`` of each kept invoice (external id -> invoice id).
+        ``listed_all``: ``found`` holds all of the record's invoices (else only recent ones, and
+        a kept invoice not among them is read by id)."""
+        copies: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+        for invoice in found:
+            ext = external_id_of(invoice.get("description"))
+            if ext in keep:
+                copies[ext].append(invoice)
+        for external_id, invoice_id in keep.items():
+            mine = copies.get(external_id, [])
+            kept = next((c for c in mine if str(c["id"]) == invoice_id), None)
+            others = [c for c in mine if c is not kept]
+            if kept is None and not listed_all and others:
                 try:
-                    invoices = [dict(inv) async for page in self._pages(record_id, kind, job) for inv in page]
+                    kept = _exact(await self._send(job, Request("GET", f"/invoices/{invoice_id}", kind="read"),
+                                                   stage="reconcile"))
+                except RecordRefused as exc:
+                    if exc.status != 404:
+                        raise
+                except RetryableError:
+                    self._tally["unswept"] += 1
+                    continue
+            if kept is None:
+                if listed_all or others:
+                    self._tally["kept_missing"] += 1
+                continue
+            for other in others:
+                if _content(other) != _content(kept):
+                    self._tally["kept_differs"] += 1
+                    self._differs.append(external_id)
+                    continue
+                try:
+                    await self._delete(int(other["id"]), job)
                 except (RetryableError, RecordError):
-                    tally["unswept"] += len(keep)  # the next run sweeps it again
-                    return
-                copies: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
-                for invoice in invoices:
-                    copies[external_id_of(invoice.get("description"))].append(invoice)
-                for external_id, invoice_id in keep.items():
-                    kept = next((c for c in copies[external_id] if str(c["id"]) == invoice_id), None)
-                    if kept is None:
-                        tally["kept_missing"] += 1
-                        continue
-                    for other in copies[external_id]:
-                        if other is kept:
-                            continue
-                        if _content(other) != _content(kept):
-                            tally["kept_differs"] += 1
-                            differs.append(external_id)
-                            continue
-                        try:
-                            await self._delete(int(other["id"]), job)
-                        except (RetryableError, RecordError):
-                            tally["unswept"] += 1
-                            continue
-                        job.remember(_REMOVED, str(other["id"]), external_id)
+                    self._tally["unswept"] += 1
+                    continue
+                job.remember(_REMOVED, str(other["id"]), external_id)
 
-        async with anyio.create_task_group() as tg:
-            for (record_id, kind), keep in by_record.items():
-                tg.start_soon(sweep, record_id, kind, keep)
-        removed = len(job.remembered(_REMOVED))
-        report: dict[str, Any] = {"watched": len(watched), "duplicates_removed": removed, **tally}
+    def _report(self, watched: int, removed: int, mode: str) -> dict[str, Any]:
+        tally, differs = self._tally, self._differs
+        report: dict[str, Any] = {"watched": watched, "duplicates_removed": removed, **tally, "sweep": mode}
         if watched:
-            note = (f"{len(watched)} invoices are watched for late copies of an earlier attempt "
+            note = (f"{watched} invoices are watched for late copies of an earlier attempt "
                     f"(the API has no idempotency): {removed} such copies deleted so far")
             if tally["unswept"]:
                 note += f"; {tally['unswept']} could not be checked now"
