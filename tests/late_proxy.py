@@ -9,7 +9,9 @@ Every request is forwarded faithfully, except:
   request matching ``hold`` arrives (the resumed run's, which comes after its lookup): that one
   is forwarded, then the held one (its commit awaited), and only then is the newer one
   answered; with ``release="manual"`` when the test calls :meth:`release`, e.g. after the
-  job ended. ``held_body`` and ``held_answer`` keep what the late request carried and what
+  job ended; with ``release="stall"`` like manual, and the next matching request is forwarded
+  but never answered (``stalled`` is set: the server made a second copy, and the client can
+  be killed before it knows). ``held_body`` and ``held_answer`` keep what the late request carried and what
   the server said to it.
 - **dropped**: the first request of each kind in ``drop`` (``kind(method, path, body)``) is
   forwarded, then the connection is cut: the server committed, the client sees no answer.
@@ -45,10 +47,11 @@ class LateProxy:
     def __init__(self, upstream: str, *, hold: Callable[[str, str, bytes], bool], release: str,
                  drop: set[str] = frozenset(), mangle: dict[str, Callable[[bytes], bytes]] | None = None,  # type: ignore[assignment]
                  kind: Callable[[str, str, bytes], str] = path_kind) -> None:
-        assert release in ("resend", "manual")
+        assert release in ("resend", "manual", "stall")
         self.upstream, self.hold, self.release_mode, self.kind = upstream, hold, release, kind
         self.drop, self.mangle = set(drop), dict(mangle or {})
         self.holding = threading.Event()
+        self.stalled = threading.Event()
         self.seen: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.mangled: Counter[str] = Counter()
@@ -84,6 +87,9 @@ class LateProxy:
         status, content, answer = await self._forward(request.method, request.path_qs, body, headers)
         if ours and self.release_mode == "resend" and self._held is not None:
             await self._release()
+        if ours and self.release_mode == "stall" and not self.stalled.is_set():
+            self.stalled.set()
+            await asyncio.Event().wait()  # committed, never answered
         if kind in self.mangle:
             content = self.mangle.pop(kind)(content)
             self.mangled[kind] += 1

@@ -458,3 +458,37 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
     assert proxy.dropped["DELETE /invoices/{id}"] == 1 and proxy.dropped["POST /invoices"] == 1
     assert proxy.dropped["GET /catalog-items"] == 1
     assert conformance_errors(api, recorded) == []
+
+
+def test_copies_already_there_when_the_resumed_run_looks_are_deleted_then(tmp_path: Path) -> None:
+    """Two copies before the lookup: the first run's create is held; the second run's create
+    commits but its answer never comes, and that run is killed too; then the first run's
+    create lands. The third run's lookup finds both: it keeps one, deletes the other (exact)
+    copy, and the ID map names the kept one."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 6, seed=32)
+    held = records[2].external_id
+
+    def hold(method: str, path: str, body: bytes) -> bool:
+        return method == "POST" and path == "/invoices" and json.loads(body)["description"].split("\n")[0] == held
+
+    with SandboxServer("coperniq") as sb:
+        proxy = LateProxy(sb.base_url, hold=hold, release="stall")
+        with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
+            args = ["upload", str(src), "--target", "coperniq", "--base-url", front.base_url, "--out", str(out),
+                    "--quiet", "--concurrency", "1", *MAP, "--option", "sweep=recent"]
+            for event in (proxy.holding, proxy.stalled):
+                proc = start_cli(args, sb.env)
+                try:
+                    assert event.wait(60), proc.poll()
+                    proc.kill()
+                    proc.communicate(timeout=30)
+                finally:
+                    stop(proc)
+            proxy.release()  # the first run's create lands: two copies now
+            assert sum(inv["description"].split("\n")[0] == held for inv in sb.state()["invoices"]) == 2
+            third = cli(args, sb.env)
+            assert third.returncode == 0, third.stderr
+        audit(sb, out, records)
+        assert sb.state()["deleted"] == 1
+    assert summary(out)["reconciled"]["duplicates_removed"] == 1

@@ -153,7 +153,7 @@ class CoperniqTarget(Target):
         # per-run state, bound to the running loop lazily (the target lives for one run)
         self._catalogue: dict[str, str] | None = None
         self._lock: anyio.Lock | None = None
-        self._listings: dict[int, dict[str | None, Any]] = {}
+        self._listings: dict[int, dict[str | None, list[dict[str, Any]]]] = {}
         self._listing_flights: dict[int, anyio.Event] = {}
         self._inflight = 0
         self._settled: anyio.Event | None = None
@@ -161,7 +161,7 @@ class CoperniqTarget(Target):
         self._limit = "5000"
         self._first_answer: dt.datetime | None = None
         self._server_start: int | None = None  # the API's clock (Date) at this run's first answer
-        self._tally: dict[str, int] = {}  # the sweep's counts (finish)
+        self._tally = {"unswept": 0, "kept_differs": 0, "kept_missing": 0}  # this run's reconciliation
         self._differs: list[str] = []
 
     @classmethod
@@ -267,9 +267,14 @@ class CoperniqTarget(Target):
                       items: list[tuple[int, Decimal, list[int]]], job: Job) -> Created:
         at_risk = job.maybe_sent_before  # an earlier run may have sent it: its copy may land late
         if at_risk:
-            found = (await self._listing(record_id, kind, job)).get(record.external_id)
-            if found is not None:
-                return self._watch(record, record_id, kind, found, job, existed=True)
+            copies = (await self._listing(record_id, kind, job)).get(record.external_id)
+            if copies:
+                # Copies already there are removed now: the sweep's `recent` listing starts
+                # at this run's first answer, after they were made.
+                kept = min(copies, key=lambda c: int(c["id"]))
+                await self._remove_copies({record.external_id: str(kept["id"])}, copies, job, listed_all=True,
+                                          strict=True)
+                return self._watch(record, record_id, kind, kept, job, existed=True)
         found_now: list[dict[str, Any]] = []
 
         async def recover() -> Reply | None:
@@ -421,9 +426,9 @@ class CoperniqTarget(Target):
                     return dict(invoice)
         return None
 
-    async def _listing(self, record_id: int, kind: str | None, job: Job) -> dict[str | None, Any]:
-        """All of a record's invoices by external id, listed once per run (single flight): what
-        earlier runs made. (A lost answer in this run is looked up afresh by :meth:`_find`.)"""
+    async def _listing(self, record_id: int, kind: str | None, job: Job) -> dict[str | None, list[dict[str, Any]]]:
+        """All of a record's invoices (lists) by external id, listed once per run (single flight):
+        what earlier runs made. (A lost answer in this run is looked up afresh by :meth:`_find`.)"""
         while record_id not in self._listings:
             flight = self._listing_flights.get(record_id)
             if flight is not None:
@@ -431,10 +436,10 @@ class CoperniqTarget(Target):
                 continue
             flight = self._listing_flights[record_id] = anyio.Event()
             try:
-                found: dict[str | None, Any] = {}
+                found: dict[str | None, list[dict[str, Any]]] = {}
                 async for items in self._pages(record_id, kind, job):
                     for invoice in items:
-                        found.setdefault(external_id_of(invoice.get("description")), invoice)
+                        found.setdefault(external_id_of(invoice.get("description")), []).append(invoice)
                 self._listings[record_id] = found
             finally:
                 del self._listing_flights[record_id]
@@ -451,8 +456,6 @@ class CoperniqTarget(Target):
             record_id, kind, invoice_id, started = value.split(" ")
             by_record[(int(record_id), None if kind == "-" else kind)][external_id] = invoice_id
             since = int(started) if since is None else min(since, int(started))
-        self._tally = {"unswept": 0, "kept_differs": 0, "kept_missing": 0}
-        self._differs = []
         mode = self.sweep if self.sweep != "auto" else (
             "records" if len(by_record) <= _RECORDS_SWEEP_MAX else "recent")
         if mode == "records" or since is None:
@@ -496,10 +499,11 @@ class CoperniqTarget(Target):
             page += 1
 
     async def _remove_copies(self, keep: dict[str, str], found: list[dict[str, Any]], job: Job, *,
-                             listed_all: bool) -> None:
+                             listed_all: bool, strict: bool = False) -> None:
         """Delete the exact copies among ``found`` of each kept invoice (external id -> invoice id).
         ``listed_all``: ``found`` holds all of the record's invoices (else only recent ones, and
-        a kept invoice not among them is read by id)."""
+        a kept invoice not among them is read by id). ``strict``: a DELETE that keeps failing
+        raises (the record fails and is reported) instead of being left to the next sweep."""
         copies: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
         for invoice in found:
             ext = external_id_of(invoice.get("description"))
@@ -531,6 +535,8 @@ class CoperniqTarget(Target):
                 try:
                     await self._delete(int(other["id"]), job)
                 except (RetryableError, RecordError):
+                    if strict:
+                        raise
                     self._tally["unswept"] += 1
                     continue
                 job.remember(_REMOVED, str(other["id"]), external_id)
