@@ -15,7 +15,10 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
        (``job.maybe_sent_before``, from the resume file's write-ahead window), the record's
        invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
        the kind is probed once when the map does not say it), once per record (customer) per
-       run, and the one whose description starts with the external id is taken. After a lost
+       run, and the one whose description starts with the external id is taken (when several
+       do -- copies that landed before the lookup -- the oldest is kept and its exact copies
+       are deleted there and then, as in 3.; a DELETE that keeps failing fails the record,
+       reported, instead of leaving a copy a ``recent`` sweep would not see). After a lost
        answer (timeout, reset, 5xx) the listing is polled for ``--option settle=SECONDS``
        (default 10) before the create is sent again. Both only make a duplicate *rarer*.
     2. *Watch what may have a copy in flight.* A record whose create was sent by an earlier
