@@ -46,6 +46,7 @@ from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.schemas import oas31_schema_validators_factory
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from bulk.checkpoint import id_hash
 from bulk.errors import ConfigError, InvalidRecord, QuotaExhausted, Throttled
 from bulk.generate import generate
 from bulk.records import Record, parse_record
@@ -404,18 +405,23 @@ def audit(sb: SandboxServer, out: Path, records: list[Record]) -> None:
         assert got == _expected_lines(record), record.external_id
 
 
-@pytest.mark.parametrize(("release", "sweep"), [("resend", "records"), ("manual", "recent"), ("manual", "auto")])
+@pytest.mark.parametrize(("release", "sweep", "processes"),
+                         [("resend", "records", 1), ("manual", "recent", 1), ("manual", "auto", 1),
+                          ("resend", "auto", 2)])
 def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI, tmp_path: Path, release: str,
-                                                                   sweep: str) -> None:
+                                                                   sweep: str, processes: int) -> None:
     """The killed run's create of one record is held by the network until the resumed run has
     looked (found nothing) and created its own: ``resend``, it lands during the resumed run and
     that run's sweep deletes it; ``manual``, it lands after the job ended and the same command,
     run again, deletes it. Meanwhile the first answer of every request kind is lost. The sweep
     lists each watched record's invoices (``records``, what ``auto`` picks for a few), or the
-    invoices changed since the watching run began (``recent``)."""
+    invoices changed since the watching run began (``recent``). With 2 processes, what a
+    child watched reaches the parent's resume file and sweep."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
-    records = write_input(src, 8, seed=31)
-    held = records[3].external_id
+    records = write_input(src, 20, seed=31)  # customers of both processes
+    # with 2 processes, a record of a customer routed to the child (the parent takes 1 slot in 3)
+    held = next(r.external_id for r in records[3:]
+                if processes == 1 or id_hash("fanout:" + r.customer.external_id) % 3 != 0)
     drop = {"GET /catalog-items", "GET /projects/{id}/invoices", "GET /accounts/{id}/invoices",
             "POST /invoices", "DELETE /invoices/{id}", "GET /invoices"}
     with SandboxServer("coperniq", options={"record_exchanges": True}) as sb:
@@ -425,7 +431,8 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
         proxy = LateProxy(sb.base_url, hold=hold, release=release, drop=drop)
         with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
             args = ["upload", str(src), "--target", "coperniq", "--base-url", front.base_url, "--out", str(out),
-                    "--quiet", "--concurrency", "1", "--retries", "8", *MAP, "--option", f"sweep={sweep}"]
+                    "--quiet", "--concurrency", str(processes), "--retries", "8", *MAP, "--option", f"sweep={sweep}",
+                    "--processes", str(processes)]
             proc = start_cli(args, sb.env)
             try:
                 assert proxy.holding.wait(60), proc.poll()
@@ -454,6 +461,7 @@ def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI,
     assert report["duplicates_removed"] == 1 and report["watched"] >= 1
     assert (report["unswept"], report["kept_differs"], report["kept_missing"]) == (0, 0, 0)
     assert report["sweep"] == ("records" if sweep == "auto" else sweep)
+    assert summary(out)["processes"] == processes
     assert {k for k in drop if proxy.seen[k]} <= set(proxy.dropped)  # every kind that occurred lost an answer
     assert proxy.dropped["DELETE /invoices/{id}"] == 1 and proxy.dropped["POST /invoices"] == 1
     assert proxy.dropped["GET /catalog-items"] == 1
