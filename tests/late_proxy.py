@@ -28,7 +28,6 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import ClientSession, web
 

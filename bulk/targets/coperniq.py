@@ -456,8 +456,8 @@ class CoperniqTarget(Target):
         by_record: dict[tuple[int, str | None], dict[str, str]] = defaultdict(dict)
         since = None
         for external_id, value in watched.items():
-            record_id, kind, invoice_id, started = value.split(" ")
-            by_record[(int(record_id), None if kind == "-" else kind)][external_id] = invoice_id
+            rid, rkind, invoice_id, started = value.split(" ")
+            by_record[(int(rid), None if rkind == "-" else rkind)][external_id] = invoice_id
             since = int(started) if since is None else min(since, int(started))
         mode = self.sweep if self.sweep != "auto" else (
             "records" if len(by_record) <= _RECORDS_SWEEP_MAX else "recent")
@@ -490,7 +490,8 @@ class CoperniqTarget(Target):
         """Every invoice updated after ``since`` (the API's clock), oldest first: any copy that
         can have landed late was created after the first answer of the run that watched it."""
         after = dt.datetime.fromtimestamp(since, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        found, page = [], 1
+        found: list[dict[str, Any]] = []
+        page = 1
         while True:
             reply = await self._send(job, Request("GET", "/invoices", params={
                 "updated_after": after, "page": str(page), "page_size": "100", "order_by": "asc"},
