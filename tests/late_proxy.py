@@ -15,8 +15,9 @@ Every request is forwarded faithfully, except:
   the server said to it.
 - **dropped**: the first request of each kind in ``drop`` (``kind(method, path, body)``) is
   forwarded, then the connection is cut: the server committed, the client sees no answer.
-- **mangled**: the first answer of each kind in ``mangle`` has its body rewritten by
-  ``mangle[kind](body)`` (e.g. a ``_bulk`` answer with results missing).
+- **mangled**: the next answers of a kind in ``mangle`` (not dropped) have their bodies
+  rewritten by ``mangle[kind][0](body)``, ``[1]``... in turn (e.g. a ``_bulk`` answer with a
+  result missing, or one sub-result turned into a 500).
 
 ``seen``, ``dropped`` and ``mangled`` count what happened, so a test can assert each fault did.
 """
@@ -44,11 +45,11 @@ def path_kind(method: str, path: str, body: bytes) -> str:
 
 class LateProxy:
     def __init__(self, upstream: str, *, hold: Callable[[str, str, bytes], bool], release: str,
-                 drop: set[str] = frozenset(), mangle: dict[str, Callable[[bytes], bytes]] | None = None,  # type: ignore[assignment]
+                 drop: set[str] = frozenset(), mangle: dict[str, list[Callable[[bytes], bytes]]] | None = None,  # type: ignore[assignment]
                  kind: Callable[[str, str, bytes], str] = path_kind) -> None:
         assert release in ("resend", "manual", "stall")
         self.upstream, self.hold, self.release_mode, self.kind = upstream, hold, release, kind
-        self.drop, self.mangle = set(drop), dict(mangle or {})
+        self.drop, self.mangle = set(drop), {k: list(v) for k, v in (mangle or {}).items()}
         self.holding = threading.Event()
         self.stalled = threading.Event()
         self.seen: Counter[str] = Counter()
@@ -89,8 +90,8 @@ class LateProxy:
         if ours and self.release_mode == "stall" and not self.stalled.is_set():
             self.stalled.set()
             await asyncio.Event().wait()  # committed, never answered
-        if kind in self.mangle:
-            content = self.mangle.pop(kind)(content)
+        if kind in self.mangle and self.mangle[kind] and kind not in self.drop:
+            content = self.mangle[kind].pop(0)(content)
             self.mangled[kind] += 1
         if kind in self.drop:
             self.drop.discard(kind)

@@ -431,6 +431,18 @@ def _one_result_less(content: bytes) -> bytes:
     return json.dumps(data).encode()
 
 
+def _a_failed_create(failed: list[int]) -> Callable[[bytes], bytes]:
+    def mangle(content: bytes) -> bytes:
+        data = json.loads(content)
+        for sub in data["response"]["_bulk"]:
+            if sub["code"] == 201:  # committed, but answered as a failure of that sub-request alone
+                failed.append(sub["response"]["id"])
+                sub.update(code=500, status="Error", message="Internal error", response=None)
+                break
+        return json.dumps(data).encode()
+    return mangle
+
+
 def audit_lines(sb: SandboxServer, out: Path, records: list[Any]) -> None:
     """Exactly once (ID map = server, totals), and each invoice's lines equal the record's as a
     multiset of (title, quantity, unit price, item)."""
@@ -447,13 +459,17 @@ def test_a_killed_runs_bulk_create_that_lands_late_is_refused_by_its_key(tmp_pat
     """The killed run's ``_bulk`` holding one invoice create is delivered after the resumed run
     created that invoice (``resend``: during the resumed run; ``manual``: after the job ended).
     The unique external key refuses the late copy. Meanwhile a create batch and a read batch
-    lose their answers and another read batch answers with one result missing."""
+    lose their answers, a read and a create batch answer with one result missing, and a create
+    batch reports a committed create as failed (500) alone."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 30, seed=42)
     held = records[12].external_id
+    failed: list[int] = []
     with SandboxServer("chargeover") as sb:
         proxy = LateProxy(sb.base_url, hold=_creates_invoice(held), release=release, kind=_bulk_kind,
-                          drop={"_bulk write", "_bulk read"}, mangle={"_bulk read": _one_result_less})
+                          drop={"_bulk write", "_bulk read"},
+                          mangle={"_bulk read": [_one_result_less],
+                                  "_bulk write": [_one_result_less, _a_failed_create(failed)]})
         with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
             args = ["upload", str(src), "--target", "chargeover", "--base-url", front.base_url, "--out", str(out),
                     "--quiet", "--concurrency", "4", "--retries", "8", "--rate", "100000",
@@ -477,4 +493,4 @@ def test_a_killed_runs_bulk_create_that_lands_late_is_refused_by_its_key(tmp_pat
             if req["uri"] == f"{API}/invoice" and req["payload"]["external_key"] == held]
     assert [s["code"] for s in late] == [400] and "already in use" in late[0]["message"]
     assert proxy.dropped == Counter({"_bulk write": 1, "_bulk read": 1})
-    assert proxy.mangled == Counter({"_bulk read": 1})
+    assert proxy.mangled == Counter({"_bulk read": 1, "_bulk write": 2}) and len(failed) == 1

@@ -30,7 +30,9 @@ Exactly once. External keys are unique and never reusable (O-ext), and there is 
 idempotency header. A create whose answer may be lost is looked up by external key before it
 is resent (``job.send(recover=...)``); a create refused with 400 is looked up too and, when the
 key exists, resolves to that object (``Created.existed``); an invoice of another customer
-holding the key fails the record instead.
+holding the key fails the record instead. A create of a killed run, or one given up on, that
+reaches ChargeOver late (after a resumed run looked and created) is refused by the key, so no
+wait and no sweep is needed here, unlike Coperniq: whichever copy comes second is a 400.
 
 Bulk. By default every call (creates, lookups, the total read-back) goes through ``POST
 /api/v3/_bulk``, up to 25 per request (``bulk.targets.chargeover_bulk``); ``--option
