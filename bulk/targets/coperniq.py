@@ -53,8 +53,9 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
     it can be all of the rest). The user sees it in ``summary.json``
     (``reconciled``: ``watched``, ``duplicates_removed``, ``unswept``, ``kept_differs``,
     ``kept_missing``, ``sweep``) and in the CLI's line "N invoices are watched for late copies ... run
-    the same command again later to sweep again". A record that ended ``uncertain`` has no
-    kept invoice and is not watched: re-feeding it looks it up first.
+    the same command again later to sweep again". A record that ended ``uncertain`` (its
+    create's outcome unknown after every retry) is watched with no kept invoice: the
+    sweep keeps the oldest of its copies and deletes the exact others.
 Limits
     100 requests/s per key (``default_limits``) and 5,000 per rolling 24 h. Every answer's
     ``X-RateLimit-Remaining`` is read: when it cannot cover the requests in flight, or a 429
@@ -308,8 +309,13 @@ class CoperniqTarget(Target):
             found_now.append(invoice)
             return Reply(200, {}, b"")
 
-        reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
-                                 stage="invoice", recover=recover)
+        try:
+            reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
+                                     stage="invoice", recover=recover)
+        except RetryableError as exc:
+            if exc.maybe_committed:  # ends uncertain: its attempts may all land; keep one of them
+                job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} - {self._since()}")
+            raise
         invoice, existed = (found_now[0], True) if found_now else (_exact(reply), False)
         if not at_risk:
             return self._created(record, record_id, invoice, existed=existed)
@@ -318,9 +324,12 @@ class CoperniqTarget(Target):
     def _watch(self, record: Record, record_id: int, kind: str | None, invoice: dict[str, Any], job: Job,
                *, existed: bool) -> Created:
         """The record's outcome, kept in the resume file for the sweeps of this and later runs."""
-        since = self._server_start or int(time.time()) - _NO_DATE_MARGIN
-        job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} {invoice['id']} {since}")
+        job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} {invoice['id']} {self._since()}")
         return self._created(record, record_id, invoice, existed=existed)
+
+    def _since(self) -> int:
+        """A time (the API's clock) before any copy this run can still see land late was made."""
+        return self._server_start or int(time.time()) - _NO_DATE_MARGIN
 
     @staticmethod
     def _created(record: Record, record_id: int, invoice: dict[str, Any], *, existed: bool) -> Created:
@@ -515,6 +524,12 @@ class CoperniqTarget(Target):
                 copies[ext].append(invoice)
         for external_id, invoice_id in keep.items():
             mine = copies.get(external_id, [])
+            if invoice_id == "-":
+                # The record ended uncertain: no id in id_map.csv; keep the oldest copy. Every
+                # copy was made after its run's first answer, so a recent listing holds them all.
+                if not mine:
+                    continue
+                invoice_id = str(min(int(c["id"]) for c in mine))
             kept = next((c for c in mine if str(c["id"]) == invoice_id), None)
             others = [c for c in mine if c is not kept]
             if kept is None and not listed_all and others:
