@@ -134,6 +134,11 @@ class StateStore:
         self._db.execute("DELETE FROM resolved WHERE ns=? AND k=?", (ns, key))
         self._cache.pop((ns, key), None)
 
+    def items(self, ns: str) -> dict[str, str]:
+        """Every key -> value of ``ns`` (committed or pending), e.g. what a target keeps watching."""
+        rows = self._db.execute("SELECT k, v FROM resolved WHERE ns=?", (ns,)).fetchall()
+        return {str(k): str(v) for k, v in rows}
+
     def _remember(self, ns: str, key: str, value: str) -> None:
         self._cache[(ns, key)] = value
         if len(self._cache) > self._cache_size:

@@ -392,6 +392,9 @@ def _report(config: UploadConfig, s: dict[str, Any]) -> None:
     if s["mismatches"]["count"]:
         _say(f"  {s['mismatches']['count']} invoice totals reported by the API differ from the money rule "
              "(see summary.json)")
+    note = (s.get("reconciled") or {}).get("note")
+    if note:
+        _say(f"  {note}")
     _say(f"  {s['requests']} requests, {s['retries']} retries, {s['throttled']} throttled; "
          f"this run {s['this_run']['elapsed_seconds']:.1f} s, {s['this_run']['invoices_per_second']:.1f} invoices/s")
     bad = r["rejected"] + r["failed"] + r["uncertain"]

@@ -175,6 +175,12 @@ class RecordJob:
     def stale(self, ns: str, key: str) -> str | None:
         return self._session.stale.get((ns, key))
 
+    def remember(self, ns: str, key: str, value: str) -> None:
+        self._session.state.put(ns, key, value)  # an upload process reports it to the parent
+
+    def remembered(self, ns: str) -> dict[str, str]:
+        return self._session.state.items(ns)
+
 
 async def upload(target: Target, job: RecordJob) -> Created:
     """``target.upload`` of the job's record, resolving stale cached ids again once.

@@ -107,6 +107,7 @@ class Run:
         self._started_at = _utc_now()  # the job's start: a resumed run keeps the first run's
         self._ended_at: str | None = None
         self._session: Session | None = None
+        self._reconciled: dict[str, Any] | None = None  # what target.finish reported
         self._work_scope: CancelScope | None = None
 
     # --- setup -------------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class Run:
             },
             "totals": t.totals.to_json(),
             "mismatches": {"count": t.mismatch_count, "first": t.mismatches},
+            **({"reconciled": self._reconciled} if self._reconciled is not None else {}),
             **self._traffic(),
             "elapsed_seconds": round(elapsed, 3),
             "invoices_per_second": round(t.created / elapsed, 2) if elapsed > 0 else 0.0,
@@ -526,6 +528,14 @@ class Run:
                             tg.start_soon(self._produce, feed)
                             for _ in range(c.concurrency):
                                 tg.start_soon(self._work, feed)
+                    if not self.stopping:
+                        # Every record has finished: the target may reconcile what late requests
+                        # of this run or an earlier one left (e.g. a duplicate to remove).
+                        try:
+                            self._reconciled = await self.target.finish(RecordJob(
+                                self._session, None, progress=None, maybe_sent_before=False))  # type: ignore[arg-type]
+                        except RetryableError:
+                            pass  # nothing lost: the next run of the same command calls it again
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             return _first_bulk_error(group)

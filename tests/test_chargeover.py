@@ -5,10 +5,12 @@ conformance suite."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from harness import (
     SECRET,
     SandboxServer,
+    ScriptedServer,
     assert_exactly_once,
     cli,
     read_id_map,
@@ -26,9 +29,11 @@ from harness import (
     start_cli,
     stop,
     summary,
+    support,
     upload_args,
     write_input,
 )
+from late_proxy import LateProxy, path_kind
 
 from bulk.errors import ConfigError, InvalidRecord
 from bulk.generate import generate
@@ -401,3 +406,91 @@ def test_standalone_sandbox_takes_both_keys_from_the_environment(tmp_path: Path)
         finally:
             stop(server)  # reaped even if it failed to stop: no leak into the next test
     assert server.returncode == 130, "the sandbox did not stop on SIGINT"
+
+
+# --- late delivery and partial _bulk answers, through an in-test proxy -------------------------
+def _bulk_kind(method: str, path: str, body: bytes) -> str:
+    if path != f"{API}/_bulk":
+        return path_kind(method, path, body)
+    subs = json.loads(body)
+    return "_bulk write" if any(s["request_method"] != "GET" for s in subs) else "_bulk read"
+
+
+def _creates_invoice(external_id: str) -> Callable[[str, str, bytes], bool]:
+    def hold(method: str, path: str, body: bytes) -> bool:
+        if path == f"{API}/_bulk":
+            return any(s["request_method"] == "POST" and s["uri"] == f"{API}/invoice"
+                       and s["payload"]["external_key"] == external_id for s in json.loads(body))
+        return method == "POST" and path == f"{API}/invoice" and json.loads(body)["external_key"] == external_id
+    return hold
+
+
+def _one_result_less(content: bytes) -> bytes:
+    data = json.loads(content)
+    data["response"]["_bulk"].pop()  # a partial answer: the last sub-request's result is missing
+    return json.dumps(data).encode()
+
+
+def _a_failed_create(failed: list[int]) -> Callable[[bytes], bytes]:
+    def mangle(content: bytes) -> bytes:
+        data = json.loads(content)
+        for sub in data["response"]["_bulk"]:
+            if sub["code"] == 201:  # committed, but answered as a failure of that sub-request alone
+                failed.append(sub["response"]["id"])
+                sub.update(code=500, status="Error", message="Internal error", response=None)
+                break
+        return json.dumps(data).encode()
+    return mangle
+
+
+def audit_lines(sb: SandboxServer, out: Path, records: list[Any]) -> None:
+    """Exactly once (ID map = server, totals), and each invoice's lines equal the record's as a
+    multiset of (title, quantity, unit price, item)."""
+    assert_exactly_once(sb, out, records)
+    stored = {inv["external_key"]: inv for inv in sb.state()["invoices"]}
+    for r in records:
+        got = Counter((li["descrip"].split("\n", 1)[0], Decimal(li["line_quantity"]), Decimal(li["line_rate"]),
+                       li["item_external_key"]) for li in stored[r.external_id]["line_items"])
+        assert got == Counter((ln.title, ln.quantity, ln.unit_price, ln.item_ref or "ADJUSTMENT") for ln in r.lines)
+
+
+@pytest.mark.parametrize("release", ["resend", "manual"])
+def test_a_killed_runs_bulk_create_that_lands_late_is_refused_by_its_key(tmp_path: Path, release: str) -> None:
+    """The killed run's ``_bulk`` holding one invoice create is delivered after the resumed run
+    created that invoice (``resend``: during the resumed run; ``manual``: after the job ended).
+    The unique external key refuses the late copy. Meanwhile a create batch and a read batch
+    lose their answers, a read and a create batch answer with one result missing, and a create
+    batch reports a committed create as failed (500) alone."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 30, seed=42)
+    held = records[12].external_id
+    failed: list[int] = []
+    with SandboxServer("chargeover") as sb:
+        proxy = LateProxy(sb.base_url, hold=_creates_invoice(held), release=release, kind=_bulk_kind,
+                          drop={"_bulk write", "_bulk read"},
+                          mangle={"_bulk read": [_one_result_less],
+                                  "_bulk write": [_one_result_less, _a_failed_create(failed)]})
+        with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
+            args = ["upload", str(src), "--target", "chargeover", "--base-url", front.base_url, "--out", str(out),
+                    "--quiet", "--concurrency", "4", "--retries", "8", "--rate", "100000",
+                    *support("chargeover").EXTRA_ARGS]
+            proc = start_cli(args, sb.env)
+            try:
+                assert proxy.holding.wait(60), proc.poll()
+                proc.kill()  # SIGKILL while its _bulk with the create of `held` is in the network
+                proc.communicate(timeout=30)
+            finally:
+                stop(proc)
+            second = cli(args, sb.env)
+            assert second.returncode == 0, second.stderr
+            if release == "manual":
+                assert proxy.held_answer is None
+                proxy.release()  # lands after the job ended
+        audit_lines(sb, out, records)
+    assert proxy.held_answer is not None and proxy.held_answer[0] == 200
+    late = [s for s, req in zip(json.loads(proxy.held_answer[1])["response"]["_bulk"],
+                                     json.loads(proxy.held_body or b"[]"))
+            if req["uri"] == f"{API}/invoice" and req["payload"]["external_key"] == held]
+    assert [s["code"] for s in late] == [400] and "already in use" in late[0]["message"]
+    assert proxy.dropped == Counter({"_bulk write": 1, "_bulk read": 1})
+    assert proxy.mangled == Counter({"_bulk read": 1, "_bulk write": 2}) and len(failed) == 1

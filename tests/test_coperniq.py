@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -26,23 +28,28 @@ import pytest
 from harness import (
     REPO,
     SandboxServer,
+    ScriptedServer,
     assert_exactly_once,
     cli,
     read_id_map,
     read_reasons,
     resume_to_the_end,
+    start_cli,
+    stop,
     summary,
     support,
     write_input,
 )
+from late_proxy import LateProxy
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_core.validation.schemas import oas31_schema_validators_factory
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from bulk.checkpoint import id_hash
 from bulk.errors import ConfigError, InvalidRecord, QuotaExhausted, Throttled
 from bulk.generate import generate
-from bulk.records import parse_record
+from bulk.records import Record, parse_record
 from bulk.targets.coperniq import CoperniqTarget
 from bulk.targets.coperniq_mapping import comparable
 from bulk.transport import Reply
@@ -372,3 +379,124 @@ def test_a_create_committed_after_the_client_gave_up_is_found_not_sent_again(tmp
         assert done.returncode == 0, done.stderr
         assert_exactly_once(sb, out, records)
     assert summary(out)["records"]["existing"] > 0
+
+
+# --- late delivery: a create of a killed run that reaches the API after the resumed run looked ---
+def _expected_lines(record: Record) -> Counter[tuple[str, str, int, Decimal]]:
+    """The record's lines as Coperniq must hold them: lines of one catalog item merged, in order."""
+    groups: dict[str, list[Any]] = {}
+    for line in record.lines:
+        groups.setdefault(line.item_ref or "DISCOUNT", []).append(line)
+    return Counter((sku, "\n".join(ln.title if ln.description is None else f"{ln.title}\n{ln.description}"
+                                   for ln in lines),
+                    sum(int(ln.quantity) for ln in lines), lines[0].unit_price) for sku, lines in groups.items())
+
+
+def audit(sb: SandboxServer, out: Path, records: list[Record]) -> None:
+    """Exactly one invoice per external id, its line items equal to the record's (a multiset),
+    its status the one asked for; the ID map equals the server."""
+    assert_exactly_once(sb, out, records)
+    stored = {inv["description"].split("\n")[0]: inv for inv in sb.state()["invoices"]}
+    for record in records:
+        inv = stored[record.external_id]
+        assert inv["status"] == record.status.upper(), (record.external_id, inv["status"])
+        got = Counter((li["catalogItem"]["sku"], li["description"], li["quantity"], Decimal(str(li["unitPrice"])))
+                      for li in inv["lineItems"])
+        assert got == _expected_lines(record), record.external_id
+
+
+@pytest.mark.parametrize(("release", "sweep", "processes"),
+                         [("resend", "records", 1), ("manual", "recent", 1), ("manual", "auto", 1),
+                          ("resend", "auto", 2)])
+def test_a_killed_runs_create_that_lands_late_is_found_and_deleted(api: OpenAPI, tmp_path: Path, release: str,
+                                                                   sweep: str, processes: int) -> None:
+    """The killed run's create of one record is held by the network until the resumed run has
+    looked (found nothing) and created its own: ``resend``, it lands during the resumed run and
+    that run's sweep deletes it; ``manual``, it lands after the job ended and the same command,
+    run again, deletes it. Meanwhile the first answer of every request kind is lost. The sweep
+    lists each watched record's invoices (``records``, what ``auto`` picks for a few), or the
+    invoices changed since the watching run began (``recent``). With 2 processes, what a
+    child watched reaches the parent's resume file and sweep."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 20, seed=31)  # customers of both processes
+    # with 2 processes, a record of a customer routed to the child (the parent takes 1 slot in 3)
+    held = next(r.external_id for r in records[3:]
+                if processes == 1 or id_hash("fanout:" + r.customer.external_id) % 3 != 0)
+    drop = {"GET /catalog-items", "GET /projects/{id}/invoices", "GET /accounts/{id}/invoices",
+            "POST /invoices", "DELETE /invoices/{id}", "GET /invoices"}
+    with SandboxServer("coperniq", options={"record_exchanges": True}) as sb:
+        def hold(method: str, path: str, body: bytes) -> bool:
+            return method == "POST" and path == "/invoices" and json.loads(body)["description"].split("\n")[0] == held
+
+        proxy = LateProxy(sb.base_url, hold=hold, release=release, drop=drop)
+        with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
+            args = ["upload", str(src), "--target", "coperniq", "--base-url", front.base_url, "--out", str(out),
+                    "--quiet", "--concurrency", str(processes), "--retries", "8", *MAP, "--option", f"sweep={sweep}",
+                    "--processes", str(processes)]
+            proc = start_cli(args, sb.env)
+            try:
+                assert proxy.holding.wait(60), proc.poll()
+                proc.kill()  # SIGKILL while its create of `held` is in the network
+                proc.communicate(timeout=30)
+            finally:
+                stop(proc)
+            second = cli(args, sb.env)
+            assert second.returncode == 0, second.stderr
+            copies = [inv for inv in sb.state()["invoices"] if inv["description"].split("\n")[0] == held]
+            if release == "manual":
+                assert len(copies) == 1  # the killed run's create is still in the network
+                proxy.release()  # ... and lands after the job ended
+                assert proxy.held_answer is not None and proxy.held_answer[0] == 201
+                assert sum(inv["description"].split("\n")[0] == held for inv in sb.state()["invoices"]) == 2
+                assert summary(out)["reconciled"]["duplicates_removed"] == 0
+                third = cli(args, sb.env)  # the same command again: the finished job sweeps again
+                assert third.returncode == 0, third.stderr
+                assert "run the same command again later" in third.stderr
+        audit(sb, out, records)
+        state = sb.state()
+        recorded = exchanges(sb)
+    assert state["deleted"] == 1
+    assert proxy.held_answer is not None and proxy.held_answer[0] == 201  # the late create did land
+    report = summary(out)["reconciled"]
+    assert report["duplicates_removed"] == 1 and report["watched"] >= 1
+    assert (report["unswept"], report["kept_differs"], report["kept_missing"]) == (0, 0, 0)
+    assert report["sweep"] == ("records" if sweep == "auto" else sweep)
+    assert summary(out)["processes"] == processes
+    assert {k for k in drop if proxy.seen[k]} <= set(proxy.dropped)  # every kind that occurred lost an answer
+    assert proxy.dropped["DELETE /invoices/{id}"] == 1 and proxy.dropped["POST /invoices"] == 1
+    assert proxy.dropped["GET /catalog-items"] == 1
+    assert conformance_errors(api, recorded) == []
+
+
+def test_copies_already_there_when_the_resumed_run_looks_are_deleted_then(tmp_path: Path) -> None:
+    """Two copies before the lookup: the first run's create is held; the second run's create
+    commits but its answer never comes, and that run is killed too; then the first run's
+    create lands. The third run's lookup finds both: it keeps one, deletes the other (exact)
+    copy, and the ID map names the kept one."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 6, seed=32)
+    held = records[2].external_id
+
+    def hold(method: str, path: str, body: bytes) -> bool:
+        return method == "POST" and path == "/invoices" and json.loads(body)["description"].split("\n")[0] == held
+
+    with SandboxServer("coperniq") as sb:
+        proxy = LateProxy(sb.base_url, hold=hold, release="stall")
+        with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
+            args = ["upload", str(src), "--target", "coperniq", "--base-url", front.base_url, "--out", str(out),
+                    "--quiet", "--concurrency", "1", *MAP, "--option", "sweep=recent"]
+            for event in (proxy.holding, proxy.stalled):
+                proc = start_cli(args, sb.env)
+                try:
+                    assert event.wait(60), proc.poll()
+                    proc.kill()
+                    proc.communicate(timeout=30)
+                finally:
+                    stop(proc)
+            proxy.release()  # the first run's create lands: two copies now
+            assert sum(inv["description"].split("\n")[0] == held for inv in sb.state()["invoices"]) == 2
+            third = cli(args, sb.env)
+            assert third.returncode == 0, third.stderr
+        audit(sb, out, records)
+        assert sb.state()["deleted"] == 1
+    assert summary(out)["reconciled"]["duplicates_removed"] == 1

@@ -28,13 +28,15 @@ Routes
     ``q`` match case-insensitive substrings of the title; ``page_size`` 1..100 (default 20).
     ``POST /invoices`` ``InvoiceCreate`` -> 201 Invoice | 400 (rules in ``coperniq_rules``).
     ``GET /invoices/{id}`` -> 200 Invoice | 404.
+    ``DELETE /invoices/{id}`` -> 200 with no body | 404 (``delete-invoice``: the document states
+    no condition, so an invoice of any status can be deleted; its id is never reused).
     ``GET /invoices``, ``GET /projects/{id}/invoices``, ``GET /accounts/{id}/invoices`` (the
     account's own invoices and its projects') with ``page``, ``page_size`` (max 100),
     ``order_by`` asc|desc (by id), ``updated_after``/``updated_before`` -> 200 ``{items, page,
     page_size, has_more}`` | 400 (bad parameter) | 404 (no such project/account).
 Sandbox only
     ``GET /_sandbox/state``: ``invoices`` (as answered, plus the ``issueDate`` Coperniq keeps
-    but does not return), ``quota``, the framework's counters. With option
+    but does not return), ``quota``, ``deleted`` (how many invoices were deleted), the framework's counters. With option
     ``record_exchanges`` true, ``GET /_sandbox/exchanges`` lists every API request and answer
     (``status`` null when the connection was closed without one), for contract tests.
 """
@@ -139,6 +141,7 @@ class CoperniqSandbox(Dialect):
         self.invoices: dict[int, dict[str, Any]] = {}
         self.issue_dates: dict[int, str | None] = {}
         self.line_ids = 0
+        self.deleted = 0  # ids are never reused: a new id counts the deleted ones too
         self.usage: dict[str, deque[float]] = {}
         self.exchanges: list[dict[str, Any]] = []
 
@@ -160,6 +163,7 @@ class CoperniqSandbox(Dialect):
             "invoices": [{**inv, "issueDate": self.issue_dates[i]} for i, inv in self.invoices.items()],
             "quota": {"limit": self.quota, "window_seconds": self.quota_window,
                       "used": sum(len(q) for q in self.usage.values())},
+            "deleted": self.deleted,
             "seed": {"accounts": self.seed.accounts, "catalog_items": self.seed.catalog_items},
         }
 
@@ -171,6 +175,7 @@ class CoperniqSandbox(Dialect):
         router.add_get("/invoices", self.list_invoices)
         router.add_post("/invoices", self.create_invoice)
         router.add_get("/invoices/{id}", self.get_invoice)
+        router.add_delete("/invoices/{id}", self.delete_invoice)
 
         async def exchanges(request: web.Request) -> web.StreamResponse:
             return web.Response(body=orjson.dumps(self.exchanges), content_type="application/json")
@@ -207,6 +212,13 @@ class CoperniqSandbox(Dialect):
     async def get_invoice(self, request: web.Request) -> web.Response:
         return _json(self.invoices[self._id(request, self.invoices)])
 
+    async def delete_invoice(self, request: web.Request) -> web.Response:
+        invoice_id = self._id(request, self.invoices)
+        del self.invoices[invoice_id]
+        del self.issue_dates[invoice_id]
+        self.deleted += 1
+        return web.Response(status=200)  # the document's 200 has no content
+
     async def create_invoice(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
         try:
@@ -234,7 +246,7 @@ class CoperniqSandbox(Dialect):
             lines.append({"id": self.line_ids, "catalogItemId": item_id, "quantity": quantity, "unitCost": cost,
                           "unitPrice": price, "description": description,
                           "catalogItem": {k: item[k] for k in ("id", "name", "manufacturer", "sku", "type")}})
-        invoice_id = 900_000 + len(self.invoices) + 1
+        invoice_id = 900_000 + len(self.invoices) + self.deleted + 1
         invoice: dict[str, Any] = {
             "id": invoice_id, "uid": invoice_id - 899_000, "description": new.description, "type": "INVOICE",
             "status": new.status, "basedOnId": None, "basedOnUid": None,

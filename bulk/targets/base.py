@@ -20,6 +20,12 @@ Exactly-once is the target's responsibility *using the engine's help*:
   engine drops those from the cache and the resume file and runs ``upload`` once more, whose
   ``job.resolve`` calls then run their factories again. ``upload`` must be safe to run again
   from the start (it already is: a resumed run does just that).
+- ``job.remember(ns, key, value)`` keeps a fact in the resume file (as ``resolve`` does, but
+  overwriting), and ``job.remembered(ns)`` (in :meth:`Target.finish` only) reads them all back:
+  e.g. the records whose earlier attempts may still reach the API late.
+- :meth:`Target.finish` runs once at the end of every run that read its input to the end
+  (a re-run of a finished job too), after every record finished: the place to reconcile what
+  late requests may have left at the API.
 - ``job.progress`` is a dict persisted at every checkpoint while the record is in flight, so
   a multi-step workflow resumes at the step it reached (it must still verify, because the
   last steps may have happened after the last checkpoint).
@@ -82,6 +88,13 @@ class Job(Protocol):
         """The id cached for ``ns``/``key`` that the API refused as unknown in this run (so it is
         being resolved again), or None. A factory whose create carries an idempotency key derives
         a new key from it: the old key would replay the deleted object's answer."""
+
+    def remember(self, ns: str, key: str, value: str) -> None:
+        """Keep ``key -> value`` in the resume file (replacing an earlier value), durable with
+        the checkpoint that first covers this record's outcome, never after it."""
+
+    def remembered(self, ns: str) -> dict[str, str]:
+        """Everything remembered in ``ns`` by this job's runs. Only in :meth:`Target.finish`."""
 
 
 class Target(abc.ABC):
@@ -185,6 +198,15 @@ class Target(abc.ABC):
             if isinstance(data.get("field"), str) and data["field"]:
                 return str(data["field"]), message
         return "", message
+
+    async def finish(self, job: Job) -> dict[str, Any] | None:
+        """Called once at the end of a run whose input was read to the end (also when the job
+        was already finished), in the parent process, after every record finished (``job.record``
+        is None). What it returns goes into ``summary.json`` as ``reconciled``. A failure must
+        not lose the job: a RetryableError here is the target's to absorb (the next run of the
+        same command calls ``finish`` again); an AbortRun stops the run resumably. Default:
+        nothing."""
+        return None
 
     def error_message(self, reply: Reply) -> str:
         """The API's own message from an error answer (override for its error shape)."""

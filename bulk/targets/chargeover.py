@@ -30,7 +30,9 @@ Exactly once. External keys are unique and never reusable (O-ext), and there is 
 idempotency header. A create whose answer may be lost is looked up by external key before it
 is resent (``job.send(recover=...)``); a create refused with 400 is looked up too and, when the
 key exists, resolves to that object (``Created.existed``); an invoice of another customer
-holding the key fails the record instead.
+holding the key fails the record instead. A create of a killed run, or one given up on, that
+reaches ChargeOver late (after a resumed run looked and created) is refused by the key, so no
+wait and no sweep is needed here, unlike Coperniq: whichever copy comes second is a 400.
 
 Bulk. By default every call (creates, lookups, the total read-back) goes through ``POST
 /api/v3/_bulk``, up to 25 per request (``bulk.targets.chargeover_bulk``); ``--option
@@ -296,12 +298,13 @@ class ChargeOverTarget(Target):
             sub = await self._direct(job, "POST", f"{API}/{kind}", body, lookup, stage=kind)
         if sub.recovered:
             return str(sub.response[f"{kind}_id"]), True, sub.response
-        if 200 <= sub.code < 300 and isinstance(sub.response, dict):
+        made = 200 <= sub.code < 300
+        if made and isinstance(sub.response, dict) and sub.response.get("id") is not None:
             return str(sub.response["id"]), False, None
-        if sub.code == 400:  # the external key may be taken: by our earlier attempt, or not
+        if made or sub.code == 400:  # made without saying its id; or the key is taken: by us, or not
             found = await self._get(job, lookup, stage=kind)
             if isinstance(found, dict):
-                return str(found[f"{kind}_id"]), True, found
+                return str(found[f"{kind}_id"]), not made, found
         raise self._refused(sub, kind)
 
     async def _get(self, job: Job, uri: str, *, stage: str, direct: bool = False) -> Any:

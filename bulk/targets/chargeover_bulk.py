@@ -16,8 +16,14 @@ caller of the batch gets the same ``bulk`` error.
 Lost answers: a ``_bulk`` call that may have been committed (timeout, reset, 5xx) is recovered
 before it is sent again. Each create carries the URI that finds its object by external key;
 one ``_bulk`` of those GETs looks them all up. If every create is found, their objects are the
-answers (``Sub.recovered``) and nothing is resent; otherwise the batch is resent whole, and a
-create found before comes back "external key in use" (400) and is answered with what was found.
+answers (``Sub.recovered``) and nothing is resent; otherwise (or when the look-up itself gets
+no answer) the batch is resent whole, and a create found before comes back "external key in
+use" (400) and is answered with what was found. A create of an earlier attempt or a killed
+run that reaches ChargeOver late, after the look-up, cannot duplicate either: external keys
+are unique, so whichever of the two copies comes second is refused, and a refused create is
+looked up by its key (``ChargeOverTarget._create``). An answer that holds fewer results than
+sub-requests is a lost answer (retried as above); a sub-request that failed alone (5xx, 429)
+is sent again on its own, with the same recovery.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import BulkError, ServerError, TransportError
+from ..errors import BulkError, RetryableError, ServerError, TransportError
 from ..transport import Reply, Request
 from .base import Job
 
@@ -151,7 +157,10 @@ class Batcher:
 
         async def recover() -> Reply | None:
             nonlocal recovered
-            await self._look_up(entries, job)
+            try:
+                await self._look_up(entries, job)
+            except RetryableError:
+                return None  # nothing known: resending is safe, a create found twice is a refused key
             if all(e.found is not None for e in entries):
                 recovered = True
                 return Reply(200, {}, b"")
