@@ -123,12 +123,15 @@ class AgiledSandbox(Dialect):
 
     # --- framework hooks ---------------------------------------------------------------
 
+    durable_values = ("item_ids",)
+
     def clear(self) -> None:
-        self.contacts: dict[int, dict[str, Any]] = {}
-        self.invoices: dict[int, dict[str, Any]] = {}
-        self.extra: dict[tuple[str, int], dict[str, Any]] = {}  # ("contact"|"invoice", id)
-        self.emails: dict[str, list[int]] = {}  # lower-cased email -> contact ids
-        self.numbers: dict[str, int] = {}  # invoice_number -> invoice id
+        table = self.durable.table
+        self.contacts: dict[int, dict[str, Any]] = table("contacts")
+        self.invoices: dict[int, dict[str, Any]] = table("invoices")
+        self.extra: dict[tuple[str, int], dict[str, Any]] = table("extra")  # ("contact"|"invoice", id)
+        self.emails: dict[str, list[int]] = table("emails")  # lower-cased email -> contact ids
+        self.numbers: dict[str, int] = table("numbers")  # invoice_number -> invoice id
         self.item_ids = 0
 
     def snapshot(self) -> dict[str, Any]:
