@@ -83,13 +83,14 @@ class Table(dict):  # type: ignore[type-arg]
         super().__init__()
         self._store = store
         self.name = name
-        self._changed: set[Hashable] = set()
+        # A dict as an ordered set: new keys reach the file in insertion order.
+        self._changed: dict[Hashable, None] = {}
         self._deleted: set[Hashable] = set()
 
     def _mark(self, key: Hashable) -> None:
         if not self._changed:
             self._store._pending[id(self)] = self
-        self._changed.add(key)
+        self._changed[key] = None
 
     def touch(self, key: Hashable) -> None:
         """Save ``key``'s value at the next flush (it was changed in place)."""
@@ -149,7 +150,7 @@ class Table(dict):  # type: ignore[type-arg]
         dict.clear(self)
 
     def _forget(self, key: Hashable) -> None:
-        self._changed.discard(key)
+        self._changed.pop(key, None)
         self._deleted.add(key)
         self._store._pending[id(self)] = self
 
