@@ -203,3 +203,12 @@ def test_store_refuses_a_file_that_names_code(tmp_path: Path) -> None:
     store = DurableStore(path, "x")
     with pytest.raises(SandboxConfigError, match="unreadable"):
         store.table("t")
+
+
+def test_bulk_sandbox_refuses_a_state_file_that_is_not_one(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a database, and it stays as it is\n" * 200)
+    done = cli(["sandbox", "--target", "all", "--port", str(free_port()), "--state", str(bad)], {}, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"sandbox state {bad}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert bad.read_text() == "not a database, and it stays as it is\n" * 200
