@@ -154,9 +154,6 @@ class Table(dict):  # type: ignore[type-arg]
         self._deleted.add(key)
         self._store._pending[id(self)] = self
 
-    def __reduce__(self) -> Any:  # never pickled as a Table (a copy is a plain dict)
-        return dict, (dict(self),)
-
 
 class DurableStore:
     """The tables and values of one dialect (namespace ``namespace``) in the SQLite file
@@ -181,6 +178,8 @@ class DurableStore:
 
     def _open(self) -> None:
         try:
+            # isolation_level=None: flush() runs its own BEGIN/COMMIT. Any thread: a test
+            # harness builds the app in one thread and serves it in another.
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
