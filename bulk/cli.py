@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from .config import Shard, UploadConfig, loop_options
-from .errors import AuthError, BulkError, ConfigError, QuotaExhausted
+from .errors import AuthError, BulkError, ConfigError, OutputError, QuotaExhausted
 from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
 from .targets.base import Target
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--lose-rate", type=float, default=0,
                     help="probability of losing the answer after a create (default 0)")
     sb.add_argument("--seed", type=int, help="seed of the fault injection (default: random)")
+    sb.add_argument("--state", metavar="FILE",
+                    help="keep the stored data in this SQLite file across restarts (default: in memory)")
     sb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="dialect setting (see bulk/sandbox/config.py; default: none)")
 
@@ -331,10 +333,17 @@ async def _upload(args: argparse.Namespace) -> int:
             from .sandbox.config import SandboxConfig
 
             creds, token = cls.sandbox_credentials(secrets.token_urlsafe(24))
-            sandbox_config = SandboxConfig(token=token, options=cls.sandbox_options())
+            # The sandbox keeps its data in the run directory: a resumed run meets the API the
+            # killed one left, as it would a real one.
+            try:
+                config.out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
+            state = config.out / "sandbox.db"
+            sandbox_config = SandboxConfig(token=token, options=cls.sandbox_options(), state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
-                             "(nothing leaves this machine)")
+                             f"(nothing leaves this machine; its data in {state})")
                 options = {**cls.sandbox_client_options(), **config.options}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
@@ -448,21 +457,27 @@ async def _sandbox(args: argparse.Namespace) -> int:
     config = SandboxConfig(
         token=token, rate_limit=args.rate_limit, read_rate_limit=args.read_rate_limit, latency_ms=args.latency,
         fail_rate=args.fail_rate, drop_rate=args.drop_rate, lose_rate=args.lose_rate, seed=args.seed,
-        options=_options(args.option),
+        options=_options(args.option), state=args.state,
     )
 
     def ready(url: str) -> None:
         _say(f"{args.target} sandbox listening on {url} (token: {'from the environment' if token else 'any'}); "
-             f"state at {url}/_sandbox/state; Ctrl-C stops it")
+             f"state at {url}/_sandbox/state{f', kept in {args.state}' if args.state else ''}; Ctrl-C stops it")
 
     # Ctrl-C / SIGTERM through the event loop's own signal handling: relying on asyncio.Runner's
     # KeyboardInterrupt left the server running now and then under uvloop (MagicStack/uvloop#295).
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_forever, args.target, config, args.host, args.port, ready)
-            async for _ in signals:
-                tg.cancel_scope.cancel()
-                break
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_forever, args.target, config, args.host, args.port, ready)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+    except BaseExceptionGroup as group:  # the server could not start: a bad --state or --option
+        refused = [exc for exc in group.exceptions if isinstance(exc, ConfigError)]
+        if refused:
+            raise refused[0] from None
+        raise
     _say("interrupted")
     return EXIT_INTERRUPTED
 

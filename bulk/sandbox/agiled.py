@@ -123,13 +123,16 @@ class AgiledSandbox(Dialect):
 
     # --- framework hooks ---------------------------------------------------------------
 
+    durable_values = ("item_ids", "deleted_contacts")
+
     def clear(self) -> None:
-        self.contacts: dict[int, dict[str, Any]] = {}
-        self.invoices: dict[int, dict[str, Any]] = {}
-        self.extra: dict[tuple[str, int], dict[str, Any]] = {}  # ("contact"|"invoice", id)
-        self.emails: dict[str, list[int]] = {}  # lower-cased email -> contact ids
+        table = self.durable.table
+        self.contacts: dict[int, dict[str, Any]] = table("contacts")
+        self.invoices: dict[int, dict[str, Any]] = table("invoices")
+        self.extra: dict[tuple[str, int], dict[str, Any]] = table("extra")  # ("contact"|"invoice", id)
+        self.emails: dict[str, list[int]] = table("emails")  # lower-cased email -> contact ids
         self.deleted_contacts = 0  # by POST /_sandbox/delete
-        self.numbers: dict[str, int] = {}  # invoice_number -> invoice id
+        self.numbers: dict[str, int] = table("numbers")  # invoice_number -> invoice id
         self.item_ids = 0
 
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:

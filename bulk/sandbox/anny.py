@@ -96,6 +96,7 @@ from bulk.sandbox.anny_rules import (
 from bulk.sandbox.config import SandboxConfig, SandboxConfigError
 from bulk.sandbox.control import control_route
 from bulk.sandbox.core import WRITE_METHODS, Dialect, Problem, SandboxProblem
+from bulk.sandbox.durable import DurableStore
 from bulk.sandbox.idempotency import fingerprint
 from bulk.sandbox.wire import MalformedJSON, json_response, loads_exact
 
@@ -138,14 +139,18 @@ def _drop(request: web.Request) -> web.Response:
 
 
 class Org:
-    """One organization's data. Invoices keep their item ids in creation order."""
+    """One organization's data (durable tables named after it). Invoices keep their item ids
+    in creation order."""
 
-    def __init__(self) -> None:
-        self.customers: dict[str, dict[str, Any]] = {}
-        self.addresses: dict[str, dict[str, Any]] = {}
-        self.invoices: dict[str, dict[str, Any]] = {}
-        self.items: dict[str, dict[str, Any]] = {}
-        self.numbers: dict[str, str] = {}  # invoice number -> id
+    def __init__(self, durable: DurableStore, org_id: str) -> None:
+        def table(kind: str) -> Any:
+            return durable.table(f"{org_id}:{kind}")
+
+        self.customers: dict[str, dict[str, Any]] = table("customers")
+        self.addresses: dict[str, dict[str, Any]] = table("addresses")
+        self.invoices: dict[str, dict[str, Any]] = table("invoices")
+        self.items: dict[str, dict[str, Any]] = table("items")
+        self.numbers: dict[str, str] = table("numbers")  # invoice number -> id
 
 
 class AnnySandbox(Dialect):
@@ -184,15 +189,18 @@ class AnnySandbox(Dialect):
         self.organization = None if org is None else str(org)
         self.rounding = ROUNDINGS[opts.get("rounding", "half_up")]
         self.guard = IdenticalGuard(int(identical))
-        self._ids = itertools.count(1)
+        self.last_id = 0  # of the ids _new_id made
         self._stopped: asyncio.Event | None = None
         self.clear()
         self.set_hold(opts.get("hold") or {})
 
     # --- framework hooks ---------------------------------------------------------------
 
+    durable_values = ("last_id",)
+
     def clear(self) -> None:
-        self.orgs: dict[str, Org] = {}
+        self.known_orgs = self.durable.table("orgs")  # id -> True, in order of first request
+        self.orgs: dict[str, Org] = {org_id: Org(self.durable, org_id) for org_id in self.known_orgs}
         self.guard.clear()
         if hasattr(self, "_hold"):
             self.set_hold(self._hold)
@@ -302,7 +310,7 @@ class AnnySandbox(Dialect):
                     raise ApiError.one(415, f"Send writes as {self.content_type}.")
                 if bad_json:
                     raise SandboxProblem(Problem.MALFORMED_JSON)
-                response = handler(request, self.orgs.setdefault(org_id, Org()), body)
+                response = handler(request, self._org(org_id), body)
             except ApiError as exc:
                 return self.respond(error_body(exc.status, exc.errors), exc.status)
             if request.get(_HOLD_ME) and self._stopped is not None:
@@ -312,8 +320,16 @@ class AnnySandbox(Dialect):
 
         return wrapped
 
+    def _org(self, org_id: str) -> Org:
+        org = self.orgs.get(org_id)
+        if org is None:
+            org = self.orgs[org_id] = Org(self.durable, org_id)
+            self.known_orgs[org_id] = True
+        return org
+
     def _new_id(self, kind: str) -> str:
-        return f"{_KIND_NO[kind]:08x}-0000-4000-8000-{next(self._ids):012x}"
+        self.last_id += 1
+        return f"{_KIND_NO[kind]:08x}-0000-4000-8000-{self.last_id:012x}"
 
     # --- customers and addresses -------------------------------------------------------
 

@@ -144,12 +144,17 @@ class ChargeOverSandbox(Dialect):
 
     # --- framework hooks ---------------------------------------------------------------
 
+    durable_values = ("next_id", "line_ids")
+
     def clear(self) -> None:
+        table = self.durable.table
         self.store: dict[str, dict[int, dict[str, Any]]] = {
-            "customer": {}, "item": {}, "currency": {}, "invoice": {}}
-        self.keys: dict[str, dict[str, int]] = {name: {} for name in self.store}
+            name: table(name) for name in ("customer", "item", "currency", "invoice")}
+        self.keys: dict[str, dict[str, int]] = {name: table(f"keys:{name}") for name in self.store}
         self.next_id = {"customer": 1, "item": 101, "currency": 1, "invoice": 10_001}
         self.line_ids = 0
+        if self.durable.restored:
+            return
         for key in self.item_keys:
             self._add("item", {"name": f"Item {key}", "external_key": key, "type": "service"})
         for code in self.currency_codes:

@@ -111,6 +111,9 @@ class SandboxConfig:
             for a ``throttle_rate`` hit).
         seed: seeds the fault RNG, so a run with the same requests sees the same faults.
         options: dialect-specific settings; each dialect documents the keys it reads.
+        state: the SQLite file that keeps the stored data across restarts (created when
+            absent; see ``bulk.sandbox.durable``); ``None`` = in memory only. Fault settings,
+            rate-limit buckets and counters are never kept.
     """
 
     token: str | None = None
@@ -128,6 +131,7 @@ class SandboxConfig:
     retry_after_override: float | str | None = None
     seed: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    state: str | None = None
 
     def __post_init__(self) -> None:
         problems = check_fault_settings({name: getattr(self, name) for name in FAULT_FIELDS})
@@ -140,6 +144,8 @@ class SandboxConfig:
         seed = self.seed
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             problems.append(f"seed must be an integer or None, got {self.seed!r}")
+        if self.state is not None and not (isinstance(self.state, str) and self.state):
+            problems.append(f"state must be a file path or None, got {self.state!r}")
         if not isinstance(self.options, Mapping):
             problems.append("options must be a mapping")
         if problems:

@@ -131,6 +131,8 @@ class CoperniqSandbox(Dialect):
         self.clear()
 
     # --- framework hooks ---------------------------------------------------------------
+    durable_values = ("line_ids", "deleted")
+
     def credential(self, request: web.Request) -> str | None:
         return request.headers.get("x-api-key", "").strip() or None
 
@@ -138,8 +140,8 @@ class CoperniqSandbox(Dialect):
         now = _now()
         self.catalog = {item["id"]: item for item in self.seed.catalog(now)}
         self.accounts, self.projects = self.seed.records(now)
-        self.invoices: dict[int, dict[str, Any]] = {}
-        self.issue_dates: dict[int, str | None] = {}
+        self.invoices: dict[int, dict[str, Any]] = self.durable.table("invoices")
+        self.issue_dates: dict[int, str | None] = self.durable.table("issue_dates")
         self.line_ids = 0
         self.deleted = 0  # ids are never reused: a new id counts the deleted ones too
         self.usage: dict[str, deque[float]] = {}

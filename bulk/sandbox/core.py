@@ -1,7 +1,10 @@
 """The dialect framework: what every simulated API shares, and the few hooks a dialect fills.
 
 A dialect subclasses :class:`Dialect`, sets ``name`` and ``problems`` (its error bodies), and
-implements ``add_routes``, ``snapshot`` and ``clear``; its module exposes
+implements ``add_routes``, ``snapshot`` and ``clear``; it keeps its data in tables of
+``self.durable`` (``self.durable.table(name)``, dicts) and names its counters in
+``durable_values``, so the framework can keep them in ``config.state`` (see ``durable``); its
+module exposes
 ``create_app(config)`` returning ``MyDialect(config).create_app()``. Everything else is
 engine-owned (marked ``@final``): one aiohttp middleware runs this pipeline for every API
 request, so a handler only ever sees authenticated, admitted, un-faulted requests::
@@ -20,6 +23,7 @@ request, so a handler only ever sees authenticated, admitted, un-faulted request
                                         (see idempotent()), so a client that times out and
                                         retries meets the 409 "in progress"
     handler (raise SandboxProblem(kind) for a framework-shaped error)
+    (every stored change saved, group commit: durable.committed(), before anything is answered)
     lose_rate hit on a 2xx POST      -> committed, then connection closed, no answer
 
 Writes are POST/PUT/PATCH/DELETE; reads and writes have separate buckets per credential.
@@ -40,6 +44,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bulk.sandbox import control
 from bulk.sandbox.config import SandboxConfig
+from bulk.sandbox.durable import DurableStore
 from bulk.sandbox.faults import Faults, RequestCounters
 from bulk.sandbox.idempotency import IdempotencyStore, Verdict, fingerprint, parse_key
 from bulk.sandbox.wire import MalformedJSON, dumps, loads_exact
@@ -82,12 +87,15 @@ class Dialect:
             construction, serialised once. Override :meth:`problem` for per-request bodies.
         content_type: of every JSON answer (``"application/json"``).
         idempotency_header: the request header carrying the key.
+        durable_values: names of small attributes (id counters) kept with the tables; set
+            by ``clear``, restored from ``config.state`` when the app is created.
     """
 
     name: ClassVar[str]
     problems: ClassVar[Mapping[Problem, tuple[int, Any]]]
     content_type: ClassVar[str] = "application/json"
     idempotency_header: ClassVar[str] = "Idempotency-Key"
+    durable_values: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: SandboxConfig) -> None:
         missing = [kind.name for kind in Problem if kind not in self.problems]
@@ -96,7 +104,8 @@ class Dialect:
         self.config = config
         self.faults = Faults(config)
         self.counters = RequestCounters()
-        self.idempotency = IdempotencyStore()
+        self.durable = DurableStore(config.state, self.name)
+        self.idempotency = IdempotencyStore(self.durable.table("idempotency"))
         self._problem_bodies = {kind: (status, dumps(body))
                                 for kind, (status, body) in self.problems.items()}
 
@@ -111,7 +120,9 @@ class Dialect:
         raise NotImplementedError
 
     def clear(self) -> None:
-        """Forget everything stored (``POST /_sandbox/reset``)."""
+        """Set up the empty state (at construction, and at ``POST /_sandbox/reset``). Data goes
+        into ``self.durable`` tables; ``self.durable.restored`` is true when they already hold
+        a previous run's data: then seed nothing."""
         raise NotImplementedError
 
     def credential(self, request: web.Request) -> str | None:
@@ -134,13 +145,35 @@ class Dialect:
         app = web.Application(middlewares=[self._middleware()])
         control.add_routes(app, self)
         self.add_routes(app.router)
+        self.durable.restore_values(self, self.durable_values)
+        self.commit()
+
+        async def close(app: web.Application) -> None:
+            self.durable.close()
+
+        app.on_cleanup.append(close)
         return app
 
     @final
+    def commit(self) -> None:
+        """Save every stored change now (one transaction)."""
+        self.durable.save_values(self, self.durable_values)
+        self.durable.flush()
+
+    @final
+    async def committed(self) -> None:
+        """Return once every stored change so far is saved (a group commit, see ``durable``);
+        the pipeline awaits it after each request, before the answer goes out."""
+        self.durable.save_values(self, self.durable_values)
+        await self.durable.committed()
+
+    @final
     def state(self) -> dict[str, Any]:
+        with self.durable.reading():
+            data = self.snapshot()
         return {
             "target": self.name,
-            **self.snapshot(),
+            **data,
             "requests": self.counters.snapshot(),
             "idempotency_keys": len(self.idempotency),
             "faults": self.faults.settings.as_dict(),
@@ -150,9 +183,11 @@ class Dialect:
     def reset(self) -> None:
         """Forget data, counters and keys; refill the rate buckets; re-seed the fault RNG.
         Fault settings stay as they are."""
+        self.durable.wipe()
         self.clear()
         self.counters.clear()
         self.idempotency.clear()
+        self.commit()
         self.faults.limiter.refill()
         self.faults.rng.seed(self.config.seed)
 
@@ -229,6 +264,7 @@ class Dialect:
         token, readonly = config.token, config.readonly_token
         problem = self.problem
         key_header = self.idempotency_header
+        committed = self.committed
 
         def answer(response: web.StreamResponse) -> web.StreamResponse:
             counters.by_status[response.status] = counters.by_status.get(response.status, 0) + 1
@@ -278,6 +314,8 @@ class Dialect:
                 response = await handler(request)
             except SandboxProblem as exc:
                 response = problem(exc.kind, request)
+            finally:
+                await committed()  # durable before anything is answered (a failure answers 500)
             pending = request.get(_DELAY)
             if pending:  # the handler answered before reaching idempotent()
                 await asyncio.sleep(pending)

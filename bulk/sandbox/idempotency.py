@@ -16,6 +16,9 @@ draft-ietf-httpapi-idempotency-key-header where they do not):
 * **In flight.** Same slot while the first request is still being handled: a conflict
   (409 in the draft), whatever the body.
 * **Expiry.** A stored answer lives ``ttl`` seconds (30 days); after that the key is new again.
+* **Durability.** The stored answers live in the mapping given as ``done`` (the dialect's
+  durable table, see ``bulk.sandbox.durable``), as plain tuples; the in-flight slots only in
+  memory (a restarted server has nothing in flight).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import enum
 import hashlib
 import re
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,14 +91,17 @@ class Claim:
 
 
 class IdempotencyStore:
-    """Stored answers by slot, plus the slots being handled now. ``clock`` is wall time."""
+    """Stored answers by slot (in ``done``: a plain dict unless given), plus the slots being
+    handled now. ``clock`` is wall time (expiry survives a restart)."""
 
     __slots__ = ("_clock", "_done", "_in_flight", "ttl")
 
-    def __init__(self, *, ttl: float = TTL_SECONDS, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, done: MutableMapping[Hashable, tuple[Any, ...]] | None = None, *,
+                 ttl: float = TTL_SECONDS, clock: Callable[[], float] = time.time) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._done: dict[Hashable, StoredResponse] = {}
+        # StoredResponse fields as a tuple: plain data, so a durable table can keep it.
+        self._done: MutableMapping[Hashable, tuple[Any, ...]] = {} if done is None else done
         self._in_flight: set[Hashable] = set()
 
     def begin(self, slot: Hashable, body_fingerprint: bytes) -> Claim:
@@ -103,8 +109,9 @@ class IdempotencyStore:
         flight: the caller must end it with :meth:`finish` or :meth:`release`."""
         if slot in self._in_flight:
             return Claim(Verdict.IN_FLIGHT, slot, body_fingerprint)
-        stored = self._done.get(slot)
-        if stored is not None:
+        row = self._done.get(slot)
+        if row is not None:
+            stored = StoredResponse(*row)
             if stored.expires_at > self._clock():
                 same = stored.fingerprint == body_fingerprint
                 return Claim(Verdict.REPLAY if same else Verdict.MISMATCH, slot,
@@ -117,9 +124,8 @@ class IdempotencyStore:
         """End a PROCEED claim with the answer given: stored if it is a 2xx, else released."""
         self._in_flight.discard(claim.slot)
         if 200 <= status < 300:
-            self._done[claim.slot] = StoredResponse(
-                status, body, content_type, claim.fingerprint, self._clock() + self.ttl
-            )
+            self._done[claim.slot] = (status, body, content_type, claim.fingerprint,
+                                      self._clock() + self.ttl)
 
     def release(self, claim: Claim) -> None:
         """End a PROCEED claim without storing anything (the request failed)."""
@@ -132,4 +138,4 @@ class IdempotencyStore:
     def __len__(self) -> int:
         """The number of stored, unexpired keys."""
         now = self._clock()
-        return sum(1 for stored in self._done.values() if stored.expires_at > now)
+        return sum(1 for row in self._done.values() if row[4] > now)
