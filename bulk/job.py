@@ -78,6 +78,7 @@ class Session:
                 async with self.pacer.slot(req.kind):
                     self.counters.requests += 1
                     reply = await self.transport.send(req)
+                self.pacer.observe(req.kind, reply.headers)
                 result = self.target.classify(reply, stage)
                 self.pacer.ok()
                 return result
@@ -85,7 +86,7 @@ class Session:
                 # 429 does not use up the attempt budget: the pause is shared, the health
                 # check bounds how long we keep being throttled.
                 self.counters.throttled += 1
-                self.pacer.throttled(exc.retry_after)
+                self.pacer.throttled(exc.retry_after, req.kind)
             except RetryableError as exc:
                 self.pacer.failed(str(exc))
                 tries += 1
