@@ -7,14 +7,20 @@
   exactly R requests per second and holds at most ``k`` (:func:`burst_for`), so at most ``k``
   requests ever go back to back: a server with a small bucket (nginx ``limit_req burst=5``)
   never sees more than it accepts, and a late request can still catch up ``k - 1`` slots.
-- A 429 adapts instead of restarting everyone at once (AIMD): every worker waits for
-  ``Retry-After`` on one :class:`anyio.Event` (set by a loop timer, no polling); the lane's
-  rate is cut multiplicatively (once per throttling episode: the answers to requests already
-  on their way do not cut again) and climbs back additively, a step each ``CLIMB_EVERY`` s
-  without a 429. A request at a cut rate takes ``R / rate`` of the bucket's capacity, so the
-  burst shrinks with the rate: after a pause at most ``k * rate / R`` requests go at once. A
-  request that passed the limiter while a pause began goes through it again after the pause,
-  so the workers held by the pause never leave together.
+- A 429 adapts the pace instead of restarting everyone at once (AIMD). The request that got
+  it waits its ``Retry-After`` and goes through the limiter again; the lanes' rate is cut
+  multiplicatively (``CUT``, once per throttling episode: the answers to requests that were
+  already on their way do not cut again) and climbs back additively (``CLIMB`` x R every
+  ``CLIMB_EVERY`` s). A request at a cut rate takes ``R / rate`` of the bucket's capacity, so
+  the burst shrinks with the rate. When a request sent *after* the cut is throttled within
+  the episode (slowing down was not enough: a fixed window is spent, a quota), every worker
+  pauses until ``Retry-After`` on one :class:`anyio.Event` set by a loop timer (no polling);
+  a request that passed the limiter while a pause began passes it again after the pause, so
+  the paused workers never leave together: at most the (shrunk) burst goes at once.
+- The requests in flight are AIMD-bounded too: a 429 (a new episode) caps them at half of
+  those in flight then (an :class:`anyio.CapacityLimiter` window, +1 every ``CLIMB_EVERY``
+  s, gone once back at the concurrency). A server that stalls and then takes a whole batch at
+  one instant (nginx stamps a batch with one clock reading) sees at most that many at once.
 - ``X-RateLimit-Remaining`` / ``-Reset`` (where an API sends them; ``-Limit`` is informative):
   with nothing remaining the run pauses until the reset; with little remaining, the lane's
   rate is lowered to spread what is left over the time to the reset.
@@ -51,9 +57,11 @@ MAX_BURST = 4
 #: 2 requests/s, where a server's bucket may hold only one.
 BURST_SECONDS = 0.004
 #: AIMD: a 429 multiplies the lane's rate by CUT; it climbs back by CLIMB x R every CLIMB_EVERY s.
-CUT = 0.7
-CLIMB = 0.05
-CLIMB_EVERY = 0.5
+#: Gentle and quick, because at a small server bucket a sporadic 429 is the network's jitter
+#: (a 5-request bucket at 1,000/s tolerates 5 ms), and anything worse pauses everyone anyway.
+CUT = 0.9
+CLIMB = 0.02
+CLIMB_EVERY = 0.1
 #: The lowest rate a cut goes to, as a share of R (the Retry-After pauses do the rest).
 FLOOR = 0.05
 
@@ -114,7 +122,7 @@ class Lane:
     AIMD state that slows it after a 429. ``weight`` = R / current rate: the bucket capacity
     one request takes (1.0 at full rate)."""
 
-    __slots__ = ("rate", "burst", "limiter", "weight", "_climb_at", "_episode_end")
+    __slots__ = ("rate", "burst", "limiter", "weight", "_climb_at")
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
@@ -122,7 +130,6 @@ class Lane:
         self.limiter = AsyncLimiter(self.burst, self.burst / rate)
         self.weight = 1.0
         self._climb_at = 0.0
-        self._episode_end = -1.0  # loop time before which a 429 belongs to the episode already cut for
 
     @property
     def current_rate(self) -> float:
@@ -143,17 +150,13 @@ class Lane:
             await self.limiter.acquire(part)
             weight -= part
 
-    def cut(self, now: float, resume_at: float) -> None:
-        """A 429: lower the rate (once per episode: until ``resume_at``, answers to requests sent
-        before the cut are expected to be 429 too)."""
-        if now < self._episode_end:
-            return
-        self.slow_to(self.current_rate * CUT, resume_at)
-        self._episode_end = resume_at
+    def cut(self, resume_at: float) -> None:
+        """A 429: lower the rate; it starts climbing back ``CLIMB_EVERY`` after ``resume_at``."""
+        self.slow_to(max(self.current_rate * CUT, self.rate * FLOOR), resume_at)
 
     def slow_to(self, rate: float, resume_at: float) -> None:
-        rate = max(rate, self.rate * FLOOR)
-        if rate < self.current_rate:
+        """Pace at ``rate`` (if lower than now), climbing back from ``resume_at`` on."""
+        if 0 < rate < self.current_rate:
             self.weight = self.rate / rate
             self._climb_at = resume_at + CLIMB_EVERY
 
@@ -181,6 +184,12 @@ class Pacer:
         self._resume: anyio.Event | None = None  # set while paused: every worker waits on it
         self._resume_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self.concurrency = concurrency
+        self._window: anyio.CapacityLimiter | None = None  # after a 429: fewer in flight
+        self._window_climb_at = 0.0
+        self._inflight = 0
+        self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
+        self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
         self._last_ok = time.monotonic()
         self.last_error = ""
 
@@ -190,18 +199,21 @@ class Pacer:
     def slot(self, kind: str) -> _Slot:
         """Hold one of the run's request slots, after any pause and the rate limit.
 
-        ``async with pacer.slot("write"): ...``. A plain class, not ``@asynccontextmanager``:
+        ``async with pacer.slot("write") as sent_at: ...``: ``sent_at`` is the loop time the
+        request was let go at (pass it to :meth:`throttled`). A plain class, not ``@asynccontextmanager``:
         this runs once per request, and the generator machinery cost more than the rest.
         """
         return _Slot(self, kind)
 
-    async def _acquire(self, kind: str) -> None:
+    async def _acquire(self, kind: str, slot: _Slot) -> None:
         cap = self._cap
         try:
             cap.acquire_nowait()  # the common case: a free slot, taken without any await
         except anyio.WouldBlock:
             await cap.acquire()
         try:
+            if self._window is not None:
+                await self._enter_window(slot)
             lane = self._lanes.get(kind, self._shared)
             shared = self._shared if lane is not self._shared else None
             while True:
@@ -216,15 +228,40 @@ class Pacer:
                 # A pause began while we waited for the limiter: take the limiter again after
                 # it, or every worker held here would send at once when it ends.
         except BaseException:
+            if slot.window is not None:
+                slot.window.release_on_behalf_of(slot)
+                slot.window = None
             cap.release()
             raise
+
+    async def _enter_window(self, slot: _Slot) -> None:
+        window = self._window
+        assert window is not None
+        now = self._loop.time()
+        if now >= self._window_climb_at:  # additive increase
+            self._window_climb_at = now + CLIMB_EVERY
+            if window.total_tokens + 1 >= self.concurrency:
+                window.total_tokens = self.concurrency
+                self._window = None  # back to the concurrency cap alone
+            else:
+                window.total_tokens += 1
+        await window.acquire_on_behalf_of(slot)
+        slot.window = window
+
+    def _narrow(self) -> None:
+        """A new throttling episode: at most half of those in flight now may be in flight."""
+        size = max(1, min(self._inflight, self.concurrency) // 2)
+        if self._window is None:
+            self._window = anyio.CapacityLimiter(size)
+        elif size < self._window.total_tokens:
+            self._window.total_tokens = size
+        self._window_climb_at = self._episode_end + CLIMB_EVERY
 
     @property
     def paused(self) -> bool:
         return self._resume is not None
 
-    def _pause(self, wait: float) -> float:
-        """Hold every new request for ``wait`` seconds (a longer pause already set wins)."""
+    def _check_wait(self, wait: float) -> None:
         if wait > self.max_wait:
             resume = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
             at = resume.isoformat(timespec="seconds")
@@ -233,6 +270,10 @@ class Pacer:
                 f"{self.max_wait:.0f} s: run the same command again after {at}",
                 resume_at=at,
             )
+
+    def _pause(self, wait: float) -> float:
+        """Hold every new request for ``wait`` seconds (a longer pause already set wins)."""
+        self._check_wait(wait)
         until = self._loop.time() + wait
         if self._resume is None:
             self._resume = anyio.Event()
@@ -249,16 +290,37 @@ class Pacer:
         if event is not None:
             event.set()
 
-    def throttled(self, retry_after: float | None, kind: str | None = None) -> None:
-        """A 429 to a request of ``kind``: pause every worker for ``retry_after`` seconds (1 s
-        when the API gave no hint), then resume at a lower rate (see the module docstring)."""
+    def throttled(self, retry_after: float | None, kind: str | None = None, sent_at: float | None = None) -> float:
+        """A 429 to a request of ``kind`` that left at ``sent_at`` (what its slot returned).
+
+        Returns the seconds that request must wait before it is sent again (0.0 when every
+        worker pauses, so it waits with them). ``retry_after`` None (no hint) counts as 1 s; a
+        wait longer than ``max_wait`` raises :class:`QuotaExhausted`. Without ``sent_at`` (not
+        known which pace it was sent at) every worker pauses.
+        """
         wait = 1.0 if retry_after is None else max(retry_after, 0.01)
-        resume_at = self._pause(wait)
-        now = self._loop.time()
-        lane = self.lane(kind) if kind is not None else None
-        for each in {id(x): x for x in (lane, self._shared) if x is not None}.values():
-            each.cut(now, resume_at)
         self._check_health("throttled (429) without a success")
+        now = self._loop.time()
+        if sent_at is not None and sent_at < self._cut_at:
+            self._check_wait(wait)
+            return wait  # on its way before we slowed down: expected, it alone waits
+        if sent_at is None or now < self._episode_end:
+            # Sent at the lowered pace and still throttled (or not known): everyone waits.
+            resume_at = self._pause(wait)
+            self._cut(kind, resume_at)
+            return 0.0
+        self._check_wait(wait)
+        self._cut(kind, now + wait)
+        return wait
+
+    def _cut(self, kind: str | None, resume_at: float) -> None:
+        """Slow the lanes that paced the throttled request (every lane when not known which)."""
+        self._cut_at = self._loop.time()
+        self._episode_end = max(self._episode_end, resume_at)
+        self._narrow()
+        lanes = self._lanes.values() if kind is None else (self.lane(kind), self._shared)
+        for lane in {id(x): x for x in lanes if x is not None}.values():
+            lane.cut(resume_at)
 
     def observe(self, kind: str, headers: Mapping[str, str]) -> None:
         """Read an answer's ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``, where sent."""
@@ -303,13 +365,22 @@ class Pacer:
 class _Slot:
     """The async context manager :meth:`Pacer.slot` returns."""
 
-    __slots__ = ("_pacer", "_kind")
+    __slots__ = ("_pacer", "_kind", "window")
 
     def __init__(self, pacer: Pacer, kind: str) -> None:
         self._pacer, self._kind = pacer, kind
+        self.window: anyio.CapacityLimiter | None = None
 
-    async def __aenter__(self) -> None:
-        await self._pacer._acquire(self._kind)
+    async def __aenter__(self) -> float:
+        """The loop time the request was let go at (for :meth:`Pacer.throttled`)."""
+        pacer = self._pacer
+        await pacer._acquire(self._kind, self)
+        pacer._inflight += 1
+        return pacer._loop.time()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._pacer._cap.release()
+        pacer = self._pacer
+        pacer._inflight -= 1
+        if self.window is not None:
+            self.window.release_on_behalf_of(self)
+        pacer._cap.release()
