@@ -34,7 +34,7 @@ from benchmarks import servers
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-3f9a6c2d8e1b4f7a9c0d5e2b8a1f4c7d"  # realistic length: a 1-letter token would be "found" in headers
-SCENARIOS = ("none", "latency", "rate")
+SCENARIOS = ("none", "latency", "rate", "limit")
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -55,6 +55,7 @@ CLIENTS = {
     "requests": Client("requests", "requests.Session loop", "seq_requests", needs="requests"),
 }
 REFERENCE = "aiohttp"
+LIMIT_BURST = 5  # nginx limit_req burst=5 nodelay: up to 6 requests at once from idle
 
 
 def _importable(module: str) -> bool:
@@ -163,6 +164,7 @@ class Plan:
     concurrency: int
     bulk_args: tuple[str, ...]
     rate: float | None = None
+    counted_by_nginx: bool = False  # the "limit" scenario: 429s and rate from nginx's access log
 
 
 def plans(args: argparse.Namespace) -> list[Plan]:
@@ -192,6 +194,16 @@ def plans(args: argparse.Namespace) -> list[Plan]:
                             lambda: servers.start_sandbox(r, TOKEN),
                             {c: m for c in CLIENTS}, args.concurrency,
                             ("--limit", f"write={r:g}", "--limit", f"read={r:g}"), rate=r))
+        elif name == "limit":
+            nginx = use_nginx and servers.nginx_available(True)
+            for r in args.limit_rates:
+                m = max(1, int(r * args.limit_seconds))
+                make = (lambda r=r: servers.start_nginx_limited(r, LIMIT_BURST)) if nginx else \
+                    (lambda r=r: servers.start_sandbox(r, TOKEN, burst=LIMIT_BURST + 1))
+                out.append(Plan("limit", f"server limit R = {r:g} requests/s, burst {LIMIT_BURST} "
+                                "(nginx limit_req, 429 + Retry-After: 1)", make,
+                                {c: m for c in CLIENTS}, args.concurrency, ("--rate", f"{r:g}"), rate=r,
+                                counted_by_nginx=nginx))
     return out
 
 
@@ -203,18 +215,31 @@ def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Ca
         log(f"[{plan.scenario}] server: {server.label} at {server.base_url}")
         for r in range(rounds):
             for c in clients:  # alternate: A B C D, A B C D, ...
-                if plan.rate is not None:
+                if plan.counted_by_nginx:
+                    time.sleep(1.0)  # the bucket drains: every client starts from idle
+                    offset = server.log_offset()
+                elif plan.rate is not None:
                     servers.sandbox_call(server, "POST", "/_sandbox/reset")  # fresh data, full buckets
                 m = run_client(c, inputs[c.name], server, concurrency=1 if c.name == "requests" else plan.concurrency,
                                work=work, bulk_args=plan.bulk_args)
-                if plan.rate is not None:
+                if plan.counted_by_nginx:
+                    total, n429, span = server.answers(offset)
+                    accepted = total - n429
+                    m.extra.update({
+                        "server_requests": total, "server_429": n429, "accepted": accepted,
+                        # accepted requests per second at the server, first to last accepted one
+                        "writes_per_s": (accepted - 1) / span if span > 0 else 0.0,
+                    })
+                elif plan.rate is not None:
                     state = orjson.loads(servers.sandbox_call(server, "GET", "/_sandbox/state"))
                     by = state["requests"]["by_status"]
                     total = state["requests"]["total"]
                     writes = int(by.get("201", 0))
+                    accepted = sum(int(n) for status, n in by.items() if status != "429")
                     m.extra.update({
                         "server_requests": total, "server_429": int(by.get("429", 0)),
-                        "writes_per_s": writes / m.extra["work_seconds"] if m.extra["work_seconds"] else 0.0,
+                        "writes_per_s": (accepted if plan.scenario == "limit" else writes) / m.extra["work_seconds"]
+                        if m.extra["work_seconds"] else 0.0,
                         "invoices_per_s_server": _server_invoice_rate(state),
                     })
                 results[c.name].append(m)
@@ -248,8 +273,9 @@ def table(outcome: dict[str, Any], clients: list[Client]) -> list[str]:
     head = "| client | records | invoices/s | CPU s / 1k inv | peak RSS MB | × bare loop | server CPU % |"
     sep = "|---|---:|---:|---:|---:|---:|---:|"
     if plan.rate is not None:
-        head = ("| client | records | invoices/s | writes/s (R = {:g}) | × R | 429 answers | CPU s / 1k inv | "
-                "peak RSS MB |").format(plan.rate)
+        what = "accepted requests/s" if plan.scenario == "limit" else "writes/s"
+        head = ("| client | records | invoices/s | {} (R = {:g}) | × R | 429 answers | CPU s / 1k inv | "
+                "peak RSS MB |").format(what, plan.rate)
         sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     lines = [f"**{plan.title}** — server: {outcome['server']}", "", head, sep]
     for c in clients:
@@ -386,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", default="none,latency,rate",
-                   help="comma-separated: none, latency, rate, memory, resume (default: the first three)")
+                   help="comma-separated: none, latency, rate, limit, memory, resume (default: the first three)")
     p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, from {', '.join(CLIENTS)}")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario; medians are shown")
     p.add_argument("--records", type=int, default=100_000, help="records for bulk and the bare loops, no latency")
@@ -396,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-records", type=int, default=50_000)
     p.add_argument("--rate", type=float, default=1000, help="R: the server's limit per kind, requests/s")
     p.add_argument("--rate-records", type=int, default=0, help="records per client under the limit (default 15 R)")
+    p.add_argument("--limit-rates", default="20,200,1000",
+                   help="R values of the 'limit' scenario (nginx limit_req, burst 5), comma-separated")
+    p.add_argument("--limit-seconds", type=float, default=15, help="records per client in 'limit': R x this")
     p.add_argument("--memory-records", type=int, default=1_000_000)
     p.add_argument("--no-nginx", action="store_true", help="use the Python canned server even if nginx is there")
     p.add_argument("--tiny", action="store_true", help="a few seconds: tiny inputs, 1 round (harness check)")
@@ -403,9 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", help="directory for the results (default benchmarks/results)")
     args = p.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.limit_rates = [float(r) for r in args.limit_rates.split(",") if r]
     if args.tiny:
         args.rounds, args.records, args.latency_records, args.latency_ms = 1, 100, 100, 5
         args.rate, args.rate_records, args.memory_records = 1000, 50, 2_000
+        args.limit_rates, args.limit_seconds = [200.0], 0.25
     unknown = set(args.scenarios) - {*SCENARIOS, "memory", "resume"}
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")

@@ -8,6 +8,9 @@
   is missing. Labelled as such in the table: it may be the bottleneck.
 - ``sandbox``: ``bulk sandbox --target agiled --rate-limit R --read-rate-limit R``, the Agiled
   simulator enforcing R requests per second per kind with 429 + Retry-After (token bucket).
+- ``nginx_limited``: the canned answers behind nginx ``limit_req`` (rate R, ``burst=5
+  nodelay``, 429 with ``Retry-After: 1``): a real server's small bucket. Its access log
+  (status and time of every request) is what the harness counts.
 
 Every server exposes ``base_url``, ``label`` and ``cpu_seconds()`` (user + system time of
 its processes so far, from /proc; None where /proc is not available).
@@ -28,7 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["Server", "nginx_available", "start_canned", "start_nginx", "start_sandbox"]
+__all__ = ["Server", "nginx_available", "start_canned", "start_nginx", "start_nginx_limited", "start_sandbox"]
 
 ME = '{"data":{"id":1,"name":"bench"}}'
 CONTACTS = '{"data":[{"id":1}]}'
@@ -91,6 +94,31 @@ class Server:
                     first_post = float(stamp)
                     break
         return first, first_post
+
+    def log_offset(self) -> int:
+        """The access log's size now: :meth:`answers` counts what comes after it."""
+        assert self._tmp is not None
+        path = self._tmp / "access.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def answers(self, offset: int) -> tuple[int, int, float]:
+        """From the access log of ``start_nginx_limited`` after ``offset``: (requests, answered
+        429, seconds from the first to the last accepted request)."""
+        assert self._tmp is not None
+        total = throttled = 0
+        first = last = float("nan")
+        with open(self._tmp / "access.log", "rb") as log:
+            log.seek(offset)
+            for line in log:
+                stamp, status = line.split(None, 2)[:2]
+                total += 1
+                if status == b"429":
+                    throttled += 1
+                    continue
+                last = float(stamp)
+                if first != first:
+                    first = last
+        return total, throttled, last - first
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -182,6 +210,60 @@ def start_nginx(latency_ms: float = 0, *, access_log: bool = False) -> Server:
     return server
 
 
+def _limited_conf(tmp: Path, port: int, rate: float, burst: int, module: str) -> str:
+    # One zone keyed by the server (one bucket for every client request, reads and writes
+    # alike); a 429 carries Retry-After: 1 (error_page to a named location; "always" adds the
+    # header to a non-2xx answer). $msec and $status of every request go to the access log.
+    # The answers come from the echo module's content handler: `return` would answer in the
+    # rewrite phase, before limit_req (preaccess) ever runs.
+    limited = "limit_req zone=api burst={} nodelay;".format(burst)
+    return f"""load_module {module};
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  log_format stamp '$msec $status $request_method $uri'; access_log {tmp}/access.log stamp;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_buffer_size 64k;
+  default_type application/json;
+  limit_req_zone $server_port zone=api:1m rate={rate:g}r/s;
+  limit_req_status 429;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    error_page 429 @throttled;
+    location @throttled {{ add_header Retry-After 1 always; return 429 '{{"message":"Too Many Requests"}}'; }}
+    location = /public/v1/me {{ {limited} echo '{ME}'; }}
+    location = /public/v1/contacts {{ {limited} echo '{CONTACTS}'; }}
+    location = /public/v1/invoices {{ {limited} echo_read_request_body; echo_status 201; echo '{INVOICE}'; }}
+  }}
+}}
+"""
+
+
+def start_nginx_limited(rate: float, burst: int = 5) -> Server:
+    """Canned answers behind nginx ``limit_req`` at ``rate`` requests/s, ``burst`` nodelay."""
+    binary, module = nginx_binary(), echo_module()
+    if binary is None or module is None:
+        raise RuntimeError("nginx and its echo module are not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="bulk-bench-nginx-"))
+    os.chmod(tmp, 0o755)
+    port = free_port()
+    (tmp / "nginx.conf").write_text(_limited_conf(tmp, port, rate, burst, module))
+    proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_listening(port, proc, "nginx")
+    server = Server(proc, f"http://127.0.0.1:{port}",
+                    f"nginx limit_req rate={rate:g}r/s burst={burst} nodelay, 429 + Retry-After: 1", tmp)
+    time.sleep(0.1)
+    server.track_children()
+    return server
+
+
 def start_canned(latency_ms: float = 0) -> Server:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.canned", "--port", str(port),
@@ -191,15 +273,16 @@ def start_canned(latency_ms: float = 0) -> Server:
     return Server(proc, f"http://127.0.0.1:{port}", "python canned server (nginx not found: may be the bottleneck)")
 
 
-def start_sandbox(rate: float, token: str) -> Server:
+def start_sandbox(rate: float, token: str, burst: float | None = None) -> Server:
     port = free_port()
     env = {**os.environ, "AGILED_API_TOKEN": token}
+    extra = ["--burst", str(burst)] if burst is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "bulk", "sandbox", "--target", "agiled", "--port", str(port),
-                             "--rate-limit", str(rate), "--read-rate-limit", str(rate)],
+                             "--rate-limit", str(rate), "--read-rate-limit", str(rate), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _wait_listening(port, proc, "bulk sandbox")
     return Server(proc, f"http://127.0.0.1:{port}", f"bulk sandbox --target agiled --rate-limit {rate:g} "
-                  f"--read-rate-limit {rate:g}")
+                  f"--read-rate-limit {rate:g}" + (f" --burst {burst:g} (nginx not found)" if extra else ""))
 
 
 def sandbox_call(server: Server, method: str, path: str) -> bytes:

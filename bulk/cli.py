@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--rate-limit", type=float, help="writes per second per token, 429 beyond (default: no limit)")
     sb.add_argument("--read-rate-limit", type=float,
                     help="reads per second per token, 429 beyond (default: no limit)")
+    sb.add_argument("--burst", type=float,
+                    help="requests a rate-limit bucket holds (default: one second's worth)")
     sb.add_argument("--latency", type=float, default=0, help="milliseconds added to every request (default 0)")
     sb.add_argument("--fail-rate", type=float, default=0, help="probability of a 500 (default 0)")
     sb.add_argument("--drop-rate", type=float, default=0,
@@ -455,7 +457,8 @@ async def _sandbox(args: argparse.Namespace) -> int:
             if len(values) > 1:
                 token = ":".join(v or "" for v in values)
     config = SandboxConfig(
-        token=token, rate_limit=args.rate_limit, read_rate_limit=args.read_rate_limit, latency_ms=args.latency,
+        token=token, rate_limit=args.rate_limit, read_rate_limit=args.read_rate_limit, burst=args.burst,
+        latency_ms=args.latency,
         fail_rate=args.fail_rate, drop_rate=args.drop_rate, lose_rate=args.lose_rate, seed=args.seed,
         options=_options(args.option), state=args.state,
     )

@@ -84,17 +84,19 @@ class Session:
         last_failure: float | None = None
         while True:
             try:
-                async with self.pacer.slot(req.kind):
+                async with self.pacer.slot(req.kind) as sent_at:
                     self.counters.requests += 1
                     reply = await self.transport.send(req)
+                self.pacer.observe(req.kind, reply.headers)
                 result = self.target.classify(reply, stage)
                 self.pacer.ok()
                 return result
             except Throttled as exc:
-                # 429 does not use up the attempt budget: the pause is shared, the health
-                # check bounds how long we keep being throttled.
+                # 429 does not use up the attempt budget: the pacer adapts the pace (or pauses
+                # everyone), the health check bounds how long we keep being throttled.
                 self.counters.throttled += 1
-                self.pacer.throttled(exc.retry_after)
+                if wait := self.pacer.throttled(exc.retry_after, req.kind, sent_at):
+                    await anyio.sleep(wait)  # this request's own Retry-After (one sleep, no polling)
             except RetryableError as exc:
                 self.pacer.failed(str(exc))
                 tries += 1

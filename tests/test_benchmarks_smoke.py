@@ -37,3 +37,23 @@ def test_the_harness_runs_every_client_on_every_scenario(tmp_path: Path) -> None
     assert len(runs) == 3 * len(CLIENT_LABELS)
     assert all(run["exit_code"] == 0 and run["created"] == run["records"] for run in runs), runs
     assert (tmp_path / "results").glob("*.md")
+
+
+def test_the_limit_scenario_runs_and_counts_the_429s(tmp_path: Path) -> None:
+    """The 'limit' scenario (nginx limit_req burst 5; without nginx, the sandbox with a bucket
+    of 6) on a tiny input: bulk and the bare loop finish and the table has R's columns."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--scenarios", "limit", "--clients", "bulk,aiohttp",
+         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        env=client_env({}), capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "server limit R = 200 requests/s, burst 5" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| client")]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["bulk (CLI)", "bare aiohttp loop"]
+    assert all(" of " in row and "%" in row for row in rows)  # the 429 share column
+    raw = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    runs = raw["scenarios"][0]["runs"]
+    assert len(runs) == 2 and all(r["exit_code"] == 0 and r["created"] == r["records"] == 50 for r in runs), runs
+    assert all(r["extra"]["server_requests"] >= 51 for r in runs)  # counted at the server
+

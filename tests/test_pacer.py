@@ -1,0 +1,278 @@
+"""The aiolimiter-based pacer (bulk/pacing.py) on a virtual clock, and against a sandbox with a
+small bucket.
+
+The unit tests run on an event loop whose clock is virtual (like aiolimiter's own tests, which
+drive ``loop.time()``): the selector never blocks, it advances the clock to the next timer, so
+every time below is exact and nothing depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from harness import SandboxServer, assert_exactly_once, cli, summary, upload_args, write_input
+
+from bulk.errors import QuotaExhausted
+from bulk.pacing import CLIMB, CLIMB_EVERY, CUT, Pacer, burst_for
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """select() does not wait: it moves the loop's virtual clock to the next timer."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)
+        if not ready and timeout is not None:
+            # At least a nanosecond: a timer due within the clock's rounding (aiolimiter's
+            # float arithmetic leaves such remainders) must still come due.
+            self._clock[0] += max(timeout, 1e-9)
+        return ready
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self.clock = [1000.0]
+        super().__init__(_VirtualSelector(self.clock))
+
+    def time(self) -> float:
+        return self.clock[0]
+
+
+def run_virtual(main: Callable[[], Awaitable[Any]]) -> Any:
+    return anyio.run(main, backend_options={"loop_factory": VirtualLoop})
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def send_all(pacer: Pacer, n: int, workers: int, *, kind: str = "write",
+                   on_send: Callable[[int, float], float | None] | None = None) -> list[float]:
+    """n requests by ``workers`` workers; ``on_send(i, sent_at)`` may answer 429 (returns its
+    Retry-After) and then the request is sent again, as Session.send does. Returns send times."""
+    times: list[float] = []
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for i in todo:
+            while True:
+                async with pacer.slot(kind) as sent_at:
+                    times.append(sent_at)
+                    await anyio.sleep(0.001)  # the answer's round trip
+                retry_after = on_send(i, sent_at) if on_send else None
+                if retry_after is None:
+                    pacer.ok()
+                    break
+                if wait := pacer.throttled(retry_after, kind, sent_at):
+                    await anyio.sleep(wait)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker)
+    return times
+
+
+def pacer(rate: float, **kw: Any) -> Pacer:
+    return Pacer(limits={"write": rate}, concurrency=kw.pop("concurrency", 16), give_up_after=600, max_wait=30, **kw)
+
+
+def at_once(times: list[float]) -> int:
+    """The most requests sent at one instant."""
+    return max(Counter(round(t, 9) for t in times).values())
+
+
+def test_requests_are_spaced_evenly_after_at_most_the_burst() -> None:
+    async def go() -> list[float]:
+        return await send_all(pacer(100.0, burst=3), 40, 16)
+
+    times = run_virtual(go)
+    t0 = times[0]
+    assert times[:3] == [t0] * 3  # the bucket holds 3
+    gaps = [b - a for a, b in zip(times[2:], times[3:])]
+    assert gaps == pytest.approx([0.01] * len(gaps), abs=1e-6)  # then exactly 1/R apart
+    assert at_once(times) == 3
+
+
+def test_the_burst_is_small_and_one_at_low_rates() -> None:
+    assert burst_for(0.5) == burst_for(1.9) == 1  # a server's bucket may hold one request
+    assert burst_for(20) == burst_for(200) == 2
+    assert 2 <= burst_for(1000) <= 5 and burst_for(1e9) <= 5  # under nginx burst=5
+
+
+def test_kind_and_shared_limits_compose() -> None:
+    async def go() -> tuple[list[float], list[float]]:
+        p = Pacer(limits={"write": 10.0, "*": 20.0}, concurrency=16, give_up_after=600, max_wait=30, burst=1)
+        reads: list[float] = []
+        async with anyio.create_task_group() as tg:
+            async def read_side() -> None:
+                reads.extend(await send_all(p, 20, 4, kind="read"))
+            tg.start_soon(read_side)
+            writes = await send_all(p, 10, 4, kind="write")
+        return writes, reads
+
+    writes, reads = run_virtual(go)
+    # writes at most 10/s, everything together at most 20/s (one request at a time)
+    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(writes, writes[1:]))
+    both = sorted(writes + reads)
+    assert all(b - a >= 0.05 - 1e-9 for a, b in zip(both, both[1:]))
+
+
+def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
+    seen: list[float] = []
+
+    async def go() -> tuple[list[float], float]:
+        p = pacer(100.0, burst=1, concurrency=4)
+
+        def answer(i: int, sent_at: float) -> float | None:
+            return 1.0 if i == 50 and not seen and not seen.append(sent_at) else None
+
+        times = await send_all(p, 400, 4, on_send=answer)
+        return times, p.lane("write").current_rate  # type: ignore[union-attr]
+
+    times, final_rate = run_virtual(go)
+    cut = seen[0] + 0.001  # when its answer came
+    # slower after the 429 (while the throttled request waits its Retry-After of 1 s)...
+    after = [t for t in times if cut + 0.05 < t < cut + 1.0]
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert gaps and all(g == pytest.approx(1 / (100.0 * CUT), abs=1e-6) for g in gaps)
+    assert final_rate == 100.0  # ...and back at R
+    # climbing from CUT x R in steps of CLIMB x R, from CLIMB_EVERY after the Retry-After of 1 s
+    back = cut + 1.0 + CLIMB_EVERY + (1 - CUT) / CLIMB * CLIMB_EVERY
+    late = [t for t in times if t > back + 0.05]
+    assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in zip(late, late[1:]))
+    assert len(times) == 401  # every request sent, the throttled one twice
+
+
+def test_a_429_to_a_request_sent_at_the_cut_pace_pauses_everyone_then_resumes_gradually() -> None:
+    answered: list[tuple[int, float]] = []
+
+    async def go() -> tuple[list[float], float]:
+        p = pacer(200.0, burst=2, concurrency=32)
+        first_cut: list[float] = []
+
+        def answer(i: int, sent_at: float) -> float | None:
+            # the server is over its limit for 0.5 s after the first 429, then fine again
+            if i == 20 and not first_cut:
+                first_cut.append(now())
+                return 0.5
+            if first_cut and now() < first_cut[0] + 0.5 and len(answered) < 40:
+                answered.append((i, sent_at))
+                return 0.5
+            return None
+
+        times = await send_all(p, 300, 32, on_send=answer)
+        return times, first_cut[0]
+
+    times, cut = run_virtual(go)
+    # The first 429 sent after the cut paused every worker until its Retry-After...
+    sent_late = [s for _, s in answered if s >= cut]
+    assert sent_late, "a request sent after the cut was throttled"
+    pause_end = min(s for _, s in answered if s >= cut) + 0.001 + 0.5
+    assert not [t for t in times if pause_end - 0.499 < t < pause_end - 1e-9]
+    # ...and they did not all leave together: never more than the burst at one instant.
+    assert at_once([t for t in times if t >= pause_end - 1e-9]) <= 2
+    assert len(times) == 300 + len(answered) + 1
+
+
+def test_requests_already_on_their_way_do_not_cut_again() -> None:
+    async def go() -> tuple[float, float]:
+        p = pacer(100.0, burst=1)
+        async with p.slot("write") as first:
+            pass
+        async with p.slot("write") as second:
+            pass
+        assert p.throttled(1.0, "write", second) == 1.0  # a new episode: cut, this request waits
+        rate = p.lane("write").current_rate  # type: ignore[union-attr]
+        assert p.throttled(1.0, "write", first) == 1.0  # sent before the cut: no second cut
+        assert not p.paused
+        return rate, p.lane("write").current_rate  # type: ignore[union-attr]
+
+    rate, after = run_virtual(go)
+    assert rate == after == pytest.approx(100.0 * CUT)
+
+
+def test_in_flight_requests_are_halved_after_a_429() -> None:
+    async def go() -> tuple[int, int]:
+        p = pacer(1e6, concurrency=16)
+        peak = [0, 0]
+        inflight = [0]
+        throttled: list[float] = []
+
+        async def worker(k: int) -> None:
+            for j in range(30):
+                async with p.slot("write") as sent_at:
+                    inflight[0] += 1
+                    if not throttled:
+                        peak[0] = max(peak[0], inflight[0])
+                    elif throttled[0] + 0.011 < now() < throttled[0] + 0.1:  # once those in flight then are done
+                        peak[1] = max(peak[1], inflight[0])
+                    await anyio.sleep(0.01)
+                    inflight[0] -= 1
+                if k == 0 and j == 5 and not throttled:
+                    throttled.append(now())
+                    p.throttled(0.05, "write", sent_at)
+
+        async with anyio.create_task_group() as tg:
+            for k in range(16):
+                tg.start_soon(worker, k)
+        return peak[0], peak[1]
+
+    before, after = run_virtual(go)
+    assert before == 16
+    assert after == 7  # half of the 15 still in flight when the 429 came (then +1 per CLIMB_EVERY)
+
+
+def test_x_ratelimit_remaining_zero_pauses_until_the_reset() -> None:
+    async def go() -> tuple[float, float]:
+        p = pacer(1000.0)
+        async with p.slot("write"):
+            pass
+        t = now()
+        p.observe("write", {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2"})
+        async with p.slot("write") as sent_at:
+            pass
+        p.observe("write", {"X-RateLimit-Remaining": "10", "X-RateLimit-Reset": "5"})  # 10 in 5 s: 2/s
+        return sent_at - t, p.lane("write").current_rate  # type: ignore[union-attr]
+
+    waited, rate = run_virtual(go)
+    assert waited == pytest.approx(2.0, abs=1e-6)
+    assert rate == pytest.approx(2.0)
+
+
+def test_a_wait_beyond_max_wait_stops_even_for_one_request() -> None:
+    async def go() -> None:
+        p = pacer(100.0)
+        async with p.slot("write") as sent_at:
+            pass
+        with pytest.raises(QuotaExhausted):
+            p.throttled(3600, "write", sent_at)
+
+    run_virtual(go)
+
+
+# --- against the sandbox: a bucket of 2 at the pacer's own rate ---------------------------------
+
+def test_a_small_server_bucket_gets_almost_no_429_and_the_run_completes(tmp_path: Path) -> None:
+    rate, n = 40.0, 120
+    records = write_input(tmp_path / "in.ndjson", n)
+    with SandboxServer("agiled", rate_limit=rate, read_rate_limit=rate, burst=2) as sb:
+        out = tmp_path / "out"
+        args = upload_args(sb, tmp_path / "in.ndjson", out)
+        args[args.index("--rate") + 1] = f"{rate:g}"
+        done = cli([*args, "--concurrency", "16"], sb.env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        state = sb.state()["requests"]
+        assert_exactly_once(sb, out, records)
+    assert summary(out)["records"]["created"] == n
+    assert state["total"] > n  # contacts and invoices went through the bucket
+    assert state["throttled"] <= 0.01 * state["total"], state
