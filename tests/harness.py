@@ -365,6 +365,12 @@ def created_count(sb: SandboxServer) -> int:
     return len(support(sb.target).invoices(sb.state()))
 
 
+def in_flight(sb: SandboxServer) -> int:
+    """API requests the sandbox holds right now (received, handler not yet done), whether or
+    not their sender is still alive: 0 means nothing more can commit at the server."""
+    return int(sb.state()["requests"]["in_flight"])
+
+
 def assert_outputs_whole(out: Path) -> None:
     """Nothing half-written: every output file of ``out`` parses completely.
 
