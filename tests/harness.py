@@ -174,20 +174,6 @@ def assert_exactly_once(sb: SandboxServer, out: Path, records: list[Record]) -> 
     assert summary(out)["totals"] == expected_totals(records)
 
 
-def kill_and_resume(args: list[str], env: dict[str, str], *, kills: int, seed: int, lo: float = 0.2,
-                    hi: float = 1.2, final_timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """SIGKILL the CLI at seeded random moments ``kills`` times, then let it finish."""
-
-    rng = random.Random(seed)
-    for _ in range(kills):
-        proc = start_cli(args, env)
-        time.sleep(rng.uniform(lo, hi))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-    return cli(args, env, timeout=final_timeout)
-
-
 def no_duplicates(sb: SandboxServer) -> None:
     counts = Counter(inv["external_id"] for inv in support(sb.target).invoices(sb.state()))
     dupes = {k: v for k, v in counts.items() if v > 1}
@@ -377,6 +363,12 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05, what: 
 
 def created_count(sb: SandboxServer) -> int:
     return len(support(sb.target).invoices(sb.state()))
+
+
+def in_flight(sb: SandboxServer) -> int:
+    """API requests the sandbox holds right now (received, handler not yet done), whether or
+    not their sender is still alive: 0 means nothing more can commit at the server."""
+    return int(sb.state()["requests"]["in_flight"])
 
 
 def assert_outputs_whole(out: Path) -> None:

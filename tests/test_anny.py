@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import threading
 import time
 import urllib.request
@@ -34,6 +33,7 @@ from harness import (
     upload_args,
     write_input,
 )
+from hostile_proxy import HostileProxy
 
 from bulk.errors import ConfigError, InvalidRecord
 from bulk.records import Record, parse_record
@@ -801,43 +801,21 @@ def invoice_of(item_call: Call) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_soak_hostile_proxy_and_sigkills(seed: int, tmp_path: Path) -> None:
-    """150 invoices, 10 SIGKILLs (each after 1-6 more invoices exist), through a proxy that,
-    drawn per request from the seed, the request's identity and its attempt number, answers 429
-    or 503, resets, delays 50-600 ms before forwarding (so a killed run's request lands late), or
-    forwards and drops the answer. Every invoice, item and status is audited at the sandbox."""
+    """150 invoices, 10 SIGKILLs (each while the run waits for its k-th request, held at the
+    proxy: progress, not time), through a proxy (tests/hostile_proxy.py) that, drawn per request
+    from the seed, the request's identity and its attempt number, answers 429 or 503, resets,
+    delays 50-600 ms before forwarding (so a killed run's request lands late), or forwards and
+    drops the answer. Every invoice, item and status is audited at the sandbox."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 150, seed=seed)
-    attempts: Counter[tuple[Any, ...]] = Counter()
-    did: Counter[str] = Counter()
-    error = b'{"errors": [{"status": "%d", "detail": "proxy"}]}'
-
-    async def script(call: Call) -> Any:
-        identity = (call.method, call.path, tuple(sorted(call.query.items())), call.body)
-        attempts[identity] += 1
-        draw = random.Random(f"{seed}{identity}{attempts[identity]}")
-        x = draw.random()
-        for kind, below in (("429", 0.04), ("503", 0.08), ("reset", 0.12), ("lost", 0.16), ("delay", 0.30)):
-            if x < below:
-                did[kind] += 1
-                break
-        else:
-            return await call.forward()
-        if kind in ("429", "503"):
-            return int(kind), error % int(kind), JSONAPI
-        if kind == "reset":
-            return DROP
-        if kind == "lost":
-            await call.forward()
-            return DROP
-        await asyncio.sleep(draw.uniform(0.05, 0.6))
-        return await call.forward()
-
-    with SandboxServer("anny", latency_ms=5) as sb, Proxy(sb.base_url, script) as proxy:
-        args = proxy_args(proxy, src, out, "--retries", "12", "--concurrency", "4")
-        delivered, done = kill_until_done(sb, lambda rng: args, kills=10, seed=seed, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert delivered >= 8, f"only {delivered} kills landed"
-        assert all(did[k] for k in ("429", "503", "reset", "lost", "delay")), did
+    rates = {"throttle": 0.04, "unavailable": 0.04, "reset": 0.04, "drop_answer": 0.04, "delay": 0.14}
+    with SandboxServer("anny", latency_ms=5) as sb, HostileProxy(sb.base_url, seed=seed, rates=rates) as proxy:
+        args = upload_args(sb, src, out, "--retries", "12", "--concurrency", "4", via=proxy)
+        kills = kill_until_done(sb, proxy, lambda rng: args, kills=10, seed=seed, records=len(records), timeout=300)
+        assert kills.done.returncode == 0, kills.done.stderr
+        assert kills.delivered == 10, f"only {kills.delivered} of 10 kills landed (exits {kills.exits})"
+        fates = proxy.stats()["fates"]
+        assert all(fates.get(fault) for fault in rates), fates
         assert_workflow_state(sb.state(), records)
         assert_exactly_once(sb, out, records)
     assert read_reasons(out) == []

@@ -24,6 +24,7 @@ from harness import (
     ScriptedServer,
     assert_exactly_once,
     cli,
+    in_flight,
     read_id_map,
     read_reasons,
     start_cli,
@@ -31,6 +32,7 @@ from harness import (
     summary,
     support,
     upload_args,
+    wait_until,
     write_input,
 )
 from late_proxy import LateProxy, path_kind
@@ -305,7 +307,8 @@ def test_creates_committed_after_the_client_gave_up_are_found_not_duplicated(tmp
     records = write_input(src, 30, seed=41)
     with SandboxServer("chargeover", slow_rate=0.2, slow_ms=500, seed=4) as sb:
         done = cli(upload_args(sb, src, out, "--retries", "12", "--timeout", "0.25"), sb.env)
-        time.sleep(0.7)  # let the abandoned slow requests commit (or be refused) before looking
+        # the abandoned slow requests committed (or were refused) before looking
+        wait_until(lambda: in_flight(sb) == 0, timeout=30, what="abandoned requests to finish at the server")
         assert done.returncode == 0, done.stderr
         assert_exactly_once(sb, out, records)
     assert summary(out)["retries"] > 0

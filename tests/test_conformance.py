@@ -1,20 +1,24 @@
 """The conformance suite every target passes, end to end through the CLI against its sandbox.
 
 happy path, 429 then success, 5xx exhausted (stop, then resume), 4xx rejected, answers lost
-after commit, resume skips finished work, unicode payloads, kill and resume.
+after commit, resume skips finished work, unicode payloads, kill and resume (kills triggered
+by progress: a proxy holds the run's k-th request and the run is killed while it waits).
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 from harness import (
     SandboxServer,
+    assert_counts,
     assert_exactly_once,
+    assert_outputs_whole,
     cli,
-    kill_and_resume,
+    kill_until_done,
     read_reasons,
     resume_to_the_end,
     summary,
@@ -22,6 +26,7 @@ from harness import (
     upload_args,
     write_input,
 )
+from hostile_proxy import HostileProxy
 
 from bulk.generate import generate
 
@@ -123,10 +128,19 @@ def test_resume_skips_finished_work(target: str, tmp_path: Path) -> None:
 
 
 def test_kill_and_resume(target: str, tmp_path: Path) -> None:
+    # 4 SIGKILLs, each while the run waits for its k-th request (held at a faithful proxy), so
+    # every kill lands mid-run on a fast machine or a slow one; the same command then finishes.
+    seed = 170 + TARGETS.index(target)  # stable across processes, unlike hash(target)
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 60, seed=17)
-    with SandboxServer(target, latency_ms=15, seed=5) as sb:
-        args = upload_args(sb, src, out, "--concurrency", "6")
-        done = kill_and_resume(args, sb.env, kills=4, seed=hash(target) % 1000)
-        assert done.returncode == 0, done.stderr
+    with SandboxServer(target, latency_ms=15, seed=5) as sb, \
+            HostileProxy(sb.base_url, seed=seed, rates={}) as proxy:
+        def args_for(rng: random.Random) -> list[str]:
+            return upload_args(sb, src, out, "--concurrency", "6", via=proxy)
+
+        kills = kill_until_done(sb, proxy, args_for, kills=4, seed=seed, records=len(records))
+        assert kills.delivered == 4, f"only {kills.delivered} of 4 kills landed mid-run (exits {kills.exits})"
+        assert kills.done.returncode == 0, kills.done.stderr
         assert_exactly_once(sb, out, records)
+    assert_counts(out, records)
+    assert_outputs_whole(out)

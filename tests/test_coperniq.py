@@ -31,6 +31,7 @@ from harness import (
     ScriptedServer,
     assert_exactly_once,
     cli,
+    in_flight,
     read_id_map,
     read_reasons,
     resume_to_the_end,
@@ -38,6 +39,7 @@ from harness import (
     stop,
     summary,
     support,
+    wait_until,
     write_input,
 )
 from late_proxy import LateProxy
@@ -375,7 +377,8 @@ def test_a_create_committed_after_the_client_gave_up_is_found_not_sent_again(tmp
     with SandboxServer("coperniq", slow_rate=0.4, slow_ms=1000, seed=2) as sb:
         done = cli(["upload", str(src), "--target", "coperniq", "--base-url", sb.base_url, "--out", str(out),
                     "--quiet", "--timeout", "0.3", "--retries", "12", "--concurrency", "1", *MAP], sb.env)
-        time.sleep(1.1)  # let every abandoned request finish before reading the state
+        # every abandoned request finished (committed or not) before reading the state
+        wait_until(lambda: in_flight(sb) == 0, timeout=30, what="abandoned requests to finish at the server")
         assert done.returncode == 0, done.stderr
         assert_exactly_once(sb, out, records)
     assert summary(out)["records"]["existing"] > 0

@@ -24,6 +24,7 @@ from harness import (
     assert_outputs_whole,
     cli,
     created_count,
+    in_flight,
     kill_until_done,
     read_id_map,
     resume_to_the_end,
@@ -115,7 +116,8 @@ def test_children_die_with_a_killed_run(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
             wait_until(lambda: not any(_alive(k) for k in kids), timeout=5, what="the children to die")
-            time.sleep(0.2)  # what was already sent lands (50 ms latency)
+            # what was already sent lands: the server holds nothing more that could commit
+            wait_until(lambda: in_flight(sb) == 0, timeout=30, what="the server to finish what was sent")
             made = created_count(sb)
             time.sleep(0.5)
             assert created_count(sb) == made, "a child of the killed run kept creating invoices"

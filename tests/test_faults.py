@@ -28,6 +28,7 @@ from harness import (
     cli,
     created_count,
     free_port,
+    in_flight,
     resume_to_the_end,
     start_cli,
     stop,
@@ -78,10 +79,10 @@ def _seed(settings: dict[str, Any], start: int) -> int:
         seed += 1
 
 
-def _settle(settings: dict[str, Any]) -> None:
-    """Let slow requests the client abandoned finish (commit or not) before reading the state."""
-    if settings.get("slow_rate"):
-        time.sleep(settings["slow_ms"] / 1000 + 0.3)
+def _settle(sb: SandboxServer) -> None:
+    """Wait until slow requests the client abandoned have finished (committed or not) before
+    reading the state: the sandbox holds nothing in flight."""
+    wait_until(lambda: in_flight(sb) == 0, timeout=30, what="abandoned requests to finish at the server")
 
 
 @pytest.mark.parametrize("fault", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_ONLY else f for f in MATRIX])
@@ -91,7 +92,7 @@ def test_fault_matrix_finishes_exactly_once(target: str, fault: str, tmp_path: P
     records = write_input(src, 16, seed=101)
     with SandboxServer(target, seed=_seed(settings, sum(map(ord, fault + target))), **settings) as sb:
         done = cli(upload_args(sb, src, out, "--concurrency", "8", "--retries", "12", *extra), sb.env, timeout=120)
-        _settle(settings)
+        _settle(sb)
         assert done.returncode == 0, done.stderr
         assert_exactly_once(sb, out, records)
         state = sb.state()
@@ -139,7 +140,8 @@ def test_sandbox_restarted_mid_run(target: str, tmp_path: Path) -> None:
             _, stderr = proc.communicate(timeout=90)
         finally:
             stop(proc)
-        time.sleep(0.1)  # handlers cut off by the restart finish their commits
+        # handlers cut off by the restart finished their commits
+        wait_until(lambda: in_flight(sb) == 0, timeout=30, what="abandoned requests to finish at the server")
         assert proc.returncode == 0, stderr
         assert_exactly_once(sb, out, records)
     assert_counts(out, records)

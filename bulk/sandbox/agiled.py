@@ -67,8 +67,8 @@ Lists (``GET`` with ``page`` >= 1 default 1, ``per_page`` 1..100 default 25; out
     lost answer) and ``GET /public/v1/invoices/{id}`` -> 200 ``{"data": invoice}`` | 404.
 
 Sandbox state (``GET /_sandbox/state``): ``{"target": "agiled", "contacts", "invoices",
-"requests": {"total", "by_status", "throttled", "dropped", "lost"}, "idempotency_keys",
-"faults"}``; contacts and invoices as answered, plus ``extra``.
+"requests": {"total", "by_status", "throttled", "dropped", "lost", "slowed", "in_flight"},
+"idempotency_keys", "faults"}``; contacts and invoices as answered, plus ``extra``.
 """
 
 from __future__ import annotations

@@ -272,11 +272,18 @@ class Dialect:
 
         @web.middleware
         async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
-            response: web.StreamResponse
-            match = request.match_info
-            if getattr(match.handler, "sandbox_control", False):
+            if getattr(request.match_info.handler, "sandbox_control", False):
                 return await handler(request)
             counters.total += 1
+            counters.in_flight += 1
+            try:
+                return await api_request(request, handler)
+            finally:  # answered, dropped, or failed (the client went away mid-request)
+                counters.in_flight -= 1
+
+        async def api_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+            response: web.StreamResponse
+            match = request.match_info
             http_exception = getattr(match, "http_exception", None)
             if http_exception is not None:
                 if http_exception.status == 405:

@@ -160,9 +160,13 @@ class Faults:
 class RequestCounters:
     """Counts of API requests (control routes excluded), for ``/_sandbox/state``."""
 
-    __slots__ = ("by_status", "dropped", "lost", "slowed", "total")
+    __slots__ = ("by_status", "dropped", "in_flight", "lost", "slowed", "total")
 
     def __init__(self) -> None:
+        # A gauge, not a count: how many API requests are in the server's hands right now
+        # (received, handler not yet returned or failed), whatever became of their senders.
+        # ``clear()`` leaves it alone, or requests in flight at a reset would take it below 0.
+        self.in_flight = 0
         self.clear()
 
     def clear(self) -> None:
@@ -180,4 +184,5 @@ class RequestCounters:
             "dropped": self.dropped,
             "lost": self.lost,
             "slowed": self.slowed,
+            "in_flight": self.in_flight,
         }
