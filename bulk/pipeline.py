@@ -423,7 +423,8 @@ class Run:
                       total_bytes=self._input.estimated_size(), share=1 / shard.count if shard else 1.0,
                       failing_since=pacer.failing_since if pacer else None,
                       give_up_at=pacer.last_ok + self.config.give_up_after if pacer else None,
-                      last_error=pacer.last_error if pacer else "")
+                      # the API's words may quote a credential: redacted here, on their way out
+                      last_error=self._session.transport.redact(pacer.last_error) if self._session else "")
 
     async def _watch_signals(self, outer: CancelScope) -> None:
         try:
