@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["Server", "nginx_available", "start_canned", "start_nginx", "start_nginx_limited", "start_sandbox"]
@@ -191,23 +191,30 @@ http {{
 """
 
 
-def start_nginx(latency_ms: float = 0, *, access_log: bool = False) -> Server:
-    """nginx with canned answers; ``access_log`` stamps each request (see first_request_times)."""
+def _launch_nginx(conf: Callable[[Path, int], str], description: str) -> Server:
+    """Start nginx on a free loopback port with the configuration ``conf(tmp, port)`` makes."""
     binary = nginx_binary()
-    module = echo_module()
-    if binary is None or (latency_ms and module is None):
-        raise RuntimeError("nginx (and, for latency, its echo module) is not installed")
+    assert binary is not None
     tmp = Path(tempfile.mkdtemp(prefix="bulk-bench-nginx-"))
     os.chmod(tmp, 0o755)
     port = free_port()
-    (tmp / "nginx.conf").write_text(_nginx_conf(tmp, port, latency_ms, module, access_log))
+    (tmp / "nginx.conf").write_text(conf(tmp, port))
     proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_listening(port, proc, "nginx")
-    server = Server(proc, f"http://127.0.0.1:{port}", f"nginx (1 worker{', echo_sleep' if latency_ms else ''})", tmp)
+    server = Server(proc, f"http://127.0.0.1:{port}", description, tmp)
     time.sleep(0.1)
     server.track_children()
     return server
+
+
+def start_nginx(latency_ms: float = 0, *, access_log: bool = False) -> Server:
+    """nginx with canned answers; ``access_log`` stamps each request (see first_request_times)."""
+    module = echo_module()
+    if nginx_binary() is None or (latency_ms and module is None):
+        raise RuntimeError("nginx (and, for latency, its echo module) is not installed")
+    return _launch_nginx(lambda tmp, port: _nginx_conf(tmp, port, latency_ms, module, access_log),
+                         f"nginx (1 worker{', echo_sleep' if latency_ms else ''})")
 
 
 def _limited_conf(tmp: Path, port: int, rate: float, burst: int, module: str) -> str:
@@ -247,21 +254,11 @@ http {{
 
 def start_nginx_limited(rate: float, burst: int = 5) -> Server:
     """Canned answers behind nginx ``limit_req`` at ``rate`` requests/s, ``burst`` nodelay."""
-    binary, module = nginx_binary(), echo_module()
-    if binary is None or module is None:
+    module = echo_module()
+    if nginx_binary() is None or module is None:
         raise RuntimeError("nginx and its echo module are not installed")
-    tmp = Path(tempfile.mkdtemp(prefix="bulk-bench-nginx-"))
-    os.chmod(tmp, 0o755)
-    port = free_port()
-    (tmp / "nginx.conf").write_text(_limited_conf(tmp, port, rate, burst, module))
-    proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_listening(port, proc, "nginx")
-    server = Server(proc, f"http://127.0.0.1:{port}",
-                    f"nginx limit_req rate={rate:g}r/s burst={burst} nodelay, 429 + Retry-After: 1", tmp)
-    time.sleep(0.1)
-    server.track_children()
-    return server
+    return _launch_nginx(lambda tmp, port: _limited_conf(tmp, port, rate, burst, module),
+                         f"nginx limit_req rate={rate:g}r/s burst={burst} nodelay, 429 + Retry-After: 1")
 
 
 def start_canned(latency_ms: float = 0) -> Server:

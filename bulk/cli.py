@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from .config import Shard, UploadConfig, loop_options
-from .errors import AuthError, BulkError, ConfigError, OutputError, QuotaExhausted
+from .errors import AuthError, BulkError, ConfigError, OutputError
 from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
 from .targets.base import Target
@@ -367,9 +367,7 @@ def _stopped(cls: type[Target], config: UploadConfig, error: BulkError, exit_cod
     _say(f"stopped: {message}")
     if (hint := _base_url_hint(cls, config.base_url, error)) is not None:
         _say(hint)
-    if isinstance(error, QuotaExhausted):  # the one line scripts parse for the moment
-        _say(f"resume after {error.resume_at} with the same command")
-    elif "the same command" in message:
+    if "the same command" in message:  # e.g. a quota: "resume after <when> with the same command"
         return  # the message already says what to do
     elif isinstance(error, AuthError):
         _say("nothing is lost: fix the credentials, then run the same command again to resume")

@@ -269,7 +269,7 @@ class Pacer:
             at = resume.isoformat(timespec="seconds")
             raise QuotaExhausted(
                 f"the API asked to wait {wait:.0f} s (until {at}), longer than --max-wait "
-                f"{self.max_wait:.0f} s: run the same command again after {at}",
+                f"{self.max_wait:.0f} s: resume after {at} with the same command",
                 resume_at=at,
             )
 

@@ -169,6 +169,7 @@ def test_long_retry_after_stops_resumably_and_says_when(target: str, tmp_path: P
                 stop(proc)
             assert proc.returncode == 3, stderr
             assert "--max-wait" in stderr and "resume after" in stderr, stderr
+            assert stderr.count("the same command") == 1, stderr  # what to do, said once
             when = re.search(r"resume after (\S+)", stderr)
             assert when is not None
             resume_at = dt.datetime.fromisoformat(when.group(1)).timestamp()

@@ -237,8 +237,8 @@ class CoperniqTarget(Target):
         at, full = (start + _DAY).isoformat(timespec="seconds"), (now + _DAY).isoformat(timespec="seconds")
         return QuotaExhausted(
             f"Coperniq's daily request quota for this API key ({self._limit} per rolling 24 h) is used up "
-            f"(X-RateLimit-Remaining {self._remaining}); stopped instead of spending the day on 429s. Run the "
-            f"same command again after {at}, when this run's first requests leave the window (the whole "
+            f"(X-RateLimit-Remaining {self._remaining}); stopped instead of spending the day on 429s; resume "
+            f"after {at} with the same command, when this run's first requests leave the window (the whole "
             f"quota is back by {full})", resume_at=at)
 
     async def _send(self, job: Job, req: Request, *, stage: str,
