@@ -150,11 +150,13 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                           f"{tally.created} created invoices: a shard directory was changed after its run")
 
     elapsed = max(float(s.checkpoint["elapsed"]) for s in shards)
-    try:
-        input_path = orjson.loads((shards[0].dir / "summary.json").read_bytes()).get("input")
-    except (OSError, orjson.JSONDecodeError):
-        input_path = None
+    summaries = [_summary_of(s.dir) for s in shards]
+    input_path = summaries[0].get("input")
+    from . import __version__  # bulk/__init__ imports the engine, which imports this module
     summary = {
+        "version": __version__,
+        "started_at": min((x["started_at"] for x in summaries if x.get("started_at")), default=None),
+        "ended_at": max((x["ended_at"] for x in summaries if x.get("ended_at")), default=None),
         "target": shards[0].checkpoint["target"],
         "input": input_path,
         "input_fingerprint": shards[0].checkpoint["input"],
@@ -170,5 +172,37 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         "elapsed_seconds": round(elapsed, 3),
         "invoices_per_second": round(tally.created / elapsed, 2) if elapsed > 0 else 0.0,
     }
+    if reconciled := _merged_reconciled(summaries):
+        summary["reconciled"] = reconciled
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
+
+
+def _summary_of(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads((run_dir / "summary.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _merged_reconciled(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The shards' ``reconciled`` sections (what a target's end-of-run check found): counts
+    summed, notes kept one per line, so a warning of one shard is not lost in the merge."""
+    parts = [x["reconciled"] for x in summaries if isinstance(x.get("reconciled"), dict)]
+    if not parts:
+        return None
+    merged: dict[str, Any] = {}
+    notes: list[str] = []
+    for part in parts:
+        for key, value in part.items():
+            if key == "note":
+                if value:
+                    notes.append(str(value))
+            elif isinstance(value, int) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged.setdefault(key, value)
+    if notes:
+        merged["note"] = "\n".join(notes)
+    return merged

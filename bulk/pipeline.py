@@ -537,6 +537,10 @@ class Run:
                                 self._session, None, progress=None, maybe_sent_before=False))  # type: ignore[arg-type]
                         except RetryableError:
                             pass  # nothing lost: the next run of the same command calls it again
+                        except RecordError as exc:  # the records are done; only the reconciling is not
+                            self._reconciled = {"note": self._session.transport.redact(
+                                f"the check for late copies at the end of the run was refused ({exc}): "
+                                "run the same command again to check again")}
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             return _first_bulk_error(group)

@@ -212,3 +212,26 @@ def test_bulk_sandbox_refuses_a_state_file_that_is_not_one(tmp_path: Path) -> No
     assert done.returncode == 2, done.stderr
     assert f"sandbox state {bad}" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert bad.read_text() == "not a database, and it stays as it is\n" * 200
+
+
+def _api(sb: SandboxServer, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "x-api-key": sb.config.token}
+    req = urllib.request.Request(sb.base_url + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_an_object_deleted_through_the_control_endpoint_stays_deleted_after_a_restart(tmp_path: Path) -> None:
+    # POST /_sandbox/delete is answered only once the change is saved, like any API write,
+    # and Coperniq's accounts (seeded, then changed) are kept like its invoices.
+    state = str(tmp_path / "sandbox.db")
+    with SandboxServer("coperniq", state=state) as sb:
+        before = {a["id"]: a["title"] for a in _api(sb, "GET", "/accounts?title=CUST-000000")}
+        old = min(before)
+        answer = sb._call("POST", "/_sandbox/delete", {"collection": "accounts", "id": old, "recreate": True})
+        new = answer["new_id"]
+        assert new not in before
+    with SandboxServer("coperniq", state=state) as sb:  # a restart on the same file
+        after = {a["id"]: a["title"] for a in _api(sb, "GET", "/accounts?title=CUST-000000")}
+    assert after == {new: before[old]}, (old, new, after)

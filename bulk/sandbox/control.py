@@ -46,6 +46,8 @@ class Controls(Protocol):
 
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any: ...
 
+    def commit(self) -> None: ...
+
 
 CONTROLS = web.AppKey("sandbox.controls", Controls)
 
@@ -62,6 +64,10 @@ class AllTargets:
     def reset(self) -> None:
         for member in self.members.values():
             member.reset()
+
+    def commit(self) -> None:
+        for member in self.members.values():
+            member.commit()
 
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
         raise ValueError("delete through the dialect's prefix, e.g. POST /agiled/_sandbox/delete")
@@ -119,13 +125,14 @@ async def _post_delete(request: web.Request) -> web.StreamResponse:
         body = None
     if not (isinstance(body, dict) and isinstance(body.get("collection"), str) and "id" in body):
         return _error('body must be {"collection": NAME, "id": ID, "recreate": false}')
+    controls = request.app[CONTROLS]
     try:
-        new_id = request.app[CONTROLS].delete_object(body["collection"], body["id"],
-                                                     recreate=bool(body.get("recreate")))
+        new_id = controls.delete_object(body["collection"], body["id"], recreate=bool(body.get("recreate")))
     except KeyError:
         return json_response({"error": f"no {body['collection']} {body['id']!r}"}, status=404)
     except ValueError as exc:
         return _error(str(exc))
+    controls.commit()  # durable before it is answered, like every change the API makes
     return json_response({"deleted": body["id"], "new_id": new_id})
 
 

@@ -139,7 +139,13 @@ class CoperniqSandbox(Dialect):
     def clear(self) -> None:
         now = _now()
         self.catalog = {item["id"]: item for item in self.seed.catalog(now)}
-        self.accounts, self.projects = self.seed.records(now)
+        # Durable like the invoices: a deleted or re-made account stays so across a restart.
+        self.accounts: dict[int, dict[str, Any]] = self.durable.table("accounts")
+        self.projects: dict[int, dict[str, Any]] = self.durable.table("projects")
+        if not self.durable.restored:
+            accounts, projects = self.seed.records(now)
+            self.accounts.update(accounts)
+            self.projects.update(projects)
         self.invoices: dict[int, dict[str, Any]] = self.durable.table("invoices")
         self.issue_dates: dict[int, str | None] = self.durable.table("issue_dates")
         self.line_ids = 0
@@ -155,9 +161,10 @@ class CoperniqSandbox(Dialect):
             return None
         new_id = max(self.accounts, default=int(ident)) + 1
         self.accounts[new_id] = {**account, "id": new_id}
-        for project in self.projects.values():
+        for project_id, project in self.projects.items():
             if project["accountId"] == int(ident):
                 project["accountId"] = new_id
+                self.projects.touch(project_id)  # changed in place, reached by iterating
         return new_id
 
     def snapshot(self) -> dict[str, Any]:

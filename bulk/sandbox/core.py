@@ -191,7 +191,6 @@ class Dialect:
         self.faults.limiter.refill()
         self.faults.rng.seed(self.config.seed)
 
-    @final
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
         """``POST /_sandbox/delete``: remove one stored object (``KeyError`` when there is none),
         or with ``recreate`` give it a new id; returns the new id or None. ``ValueError`` for a

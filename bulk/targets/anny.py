@@ -298,7 +298,8 @@ class AnnyTarget(Target):
         if not 0 <= self.settle <= 3600:
             raise ConfigError("--option settle: give the seconds a request of a killed run may still take "
                               "to reach anny, between 0 and 3600 (default 2)")
-        self._started = time.monotonic()  # moved to the first answer by prepare()
+        self._started = time.monotonic()  # moved to this process's first answer from anny
+        self._answered = False
         self._resumed = False  # a record an earlier run may have sent was seen
 
     def writes_per_invoice(self) -> float:
@@ -377,13 +378,15 @@ class AnnyTarget(Target):
         if not self.organization:
             raise ConfigError("the anny target needs the organization id: --option organization=ID")
         # A read as smoke test: a bad token or organization stops the run before any write.
-        await job.send(self._req("GET", "/invoices", [("page[size]", "1")]), stage="auth")
-        # Every request of an earlier (killed) run left before this answer came back.
-        self._started = time.monotonic()
+        await self._send(job, self._req("GET", "/invoices", [("page[size]", "1")]), stage="auth")
 
-    async def _settled(self) -> None:
-        """Wait until requests an earlier run had on their way have reached anny (step 1)."""
+    async def _settled(self, job: Job) -> None:
+        """Wait until requests an earlier run had on their way have reached anny (step 1):
+        ``settle`` seconds after this process's first answer (an upload process of
+        ``--processes`` never runs ``prepare``: it asks first)."""
         self._resumed = True
+        if not self._answered:
+            await self._send(job, self._req("GET", "/invoices", [("page[size]", "1")]), stage="settle")
         left = self._started + self.settle - time.monotonic()
         if left > 0:
             await anyio.sleep(left)
@@ -397,7 +400,11 @@ class AnnyTarget(Target):
     async def _send(self, job: Job, req: Request, stage: str,
                     recover: Callable[[], Awaitable[Reply | None]] | None = None) -> Reply:
         async with self.spacer.slot(req):
-            return await job.send(req, stage=stage, recover=recover)
+            reply = await job.send(req, stage=stage, recover=recover)
+        if not self._answered:
+            # Every request of an earlier (killed) run left before this answer came back.
+            self._answered, self._started = True, time.monotonic()
+        return reply
 
     async def _create(self, job: Job, req: Request, stage: str,
                       find: Callable[[], Awaitable[T | None]]) -> tuple[Reply | None, T | None]:
@@ -417,7 +424,7 @@ class AnnyTarget(Target):
 
     async def upload(self, record: Record, job: Job) -> Created:
         if job.maybe_sent_before or job.progress:
-            await self._settled()
+            await self._settled(job)
         email = record.customer.email
         ns = f"anny.customer:{self.organization}"
         customer_id = await job.resolve(ns, email.lower(), lambda: self._customer(record, job))
@@ -617,7 +624,7 @@ class AnnyTarget(Target):
     async def _customer(self, record: Record, job: Job) -> str:
         """Find the customer by e-mail, else create it; then its address if it has none."""
         if self._resumed:  # a killed run's create for this e-mail may still be on its way
-            await self._settled()
+            await self._settled(job)
         email = record.customer.email
         found = await self._find_customer(job, email)
         if found is None:

@@ -555,8 +555,9 @@ class CoperniqTarget(Target):
                     kept = _exact(await self._send(job, Request("GET", f"/invoices/{invoice_id}", kind="read"),
                                                    stage="reconcile"))
                 except RecordRefused as exc:
-                    if exc.status != 404:
-                        raise
+                    if exc.status != 404:  # not "gone": unknown, so checked again by the next run
+                        self._tally["unswept"] += 1
+                        continue
                 except RetryableError:
                     self._tally["unswept"] += 1
                     continue
