@@ -35,6 +35,11 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
 - ``release_after(hold, k)``: release the hold when the k-th request from now arrives (the
   next run's k-th request, say), before that request goes on.
 - ``drain()``: wait until no forward is in flight (nothing more can land at the server).
+- ``gate(match)``: every request for which ``match(method, path, body)`` is true is stopped
+  at the proxy (fate ``held``; ``gate.reached`` is set when the first arrives) and never
+  forwarded: ``gate.drop()`` aborts their connections and removes the gate (later requests
+  go on). Kill the client while its request waits at the gate, then drop it: that request
+  never reaches the server, however slow or fast anything is.
 
 ``stats()`` returns what it did: per fate, per request kind (method + path pattern, ids
 replaced by ``{id}``) and per (kind, fate), plus ``late`` (forwards that completed after the
@@ -57,7 +62,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-__all__ = ["FATES", "FAULTS", "Hold", "HostileProxy", "request_kind"]
+__all__ = ["FATES", "FAULTS", "Gate", "Hold", "HostileProxy", "request_kind"]
 
 FAULTS = ("throttle", "unavailable", "reset", "drop_answer", "delay")
 FATES = (*FAULTS, "forward", "held")
@@ -97,6 +102,23 @@ class Hold:
         self._proxy._release(self)
 
 
+@dataclass
+class Gate:
+    """Requests matching ``match`` stop here, never forwarded, until :meth:`drop` (see the module docstring)."""
+
+    match: Callable[[str, str, bytes], bool]
+    reached: threading.Event = field(default_factory=threading.Event)
+    stopped: int = 0  # requests stopped at the gate so far
+    _proxy: HostileProxy | None = None
+    _numbers: list[int] = field(default_factory=list)
+    _event: asyncio.Event | None = None  # in the proxy's loop, made by the first arrival
+
+    def drop(self) -> None:
+        """Abort every request stopped at the gate (none is forwarded) and remove the gate."""
+        assert self._proxy is not None
+        self._proxy._drop_gate(self)
+
+
 class HostileProxy:
     """See the module docstring. ``rates`` maps each fault of :data:`FAULTS` to its
     probability per attempt (the rest is ``forward``); ``{}`` forwards everything (hooks only)."""
@@ -128,6 +150,7 @@ class HostileProxy:
         self._waiting: dict[int, asyncio.Event] = {}  # hold number -> its event, in the loop
         self._watchers: dict[int, list[Callable[[], None]]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._gates: list[Gate] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True, name="hostile-proxy")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +259,27 @@ class HostileProxy:
 
         asyncio.run_coroutine_threadsafe(idle(), self._loop).result(timeout)
 
+    def gate(self, match: Callable[[str, str, bytes], bool]) -> Gate:
+        """Stop every request for which ``match(method, path, body)`` is true (``/_sandbox/*`` excepted)."""
+        gate = Gate(match, _proxy=self)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
+
+    def _drop_gate(self, gate: Gate) -> None:
+        with self._lock:
+            if gate in self._gates:
+                self._gates.remove(gate)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._open_gate, gate)
+
+    def _open_gate(self, gate: Gate) -> None:
+        for number in gate._numbers:
+            self._waiting.pop(number, None)
+        if gate._event is not None:
+            gate._event.set()
+
     def set_rates(self, **rates: float) -> None:
         with self._lock:
             self.rates = {k: v for k, v in {**self.rates, **rates}.items() if v}
@@ -274,9 +318,12 @@ class HostileProxy:
             number = self._seen
             hold = self._holds.pop(number, None)
             watchers = self._watchers.pop(number, [])
+            gate = None
+            if hold is None:
+                gate = next((g for g in self._gates if g.match(request.method, request.path, body)), None)
             attempt = self._attempts[identity]
             self._attempts[identity] += 1
-            if hold is not None:
+            if hold is not None or gate is not None:
                 fate, extra = "held", 0.0
             else:
                 fate, extra = self._draw(identity, attempt)
@@ -288,6 +335,19 @@ class HostileProxy:
             self.journal.append((number, kind, identity, attempt, fate))
         for watcher in watchers:
             watcher()
+        if gate is not None:
+            if gate._event is None:
+                gate._event = asyncio.Event()
+            event = gate._event
+            with self._lock:
+                dropped = gate not in self._gates  # dropped between the match and here
+            if not dropped:
+                gate._numbers.append(number)
+                self._waiting[number] = event
+                gate.stopped += 1
+                gate.reached.set()
+                await event.wait()
+            return self._abort(request)
         if hold is not None:
             hold.kind = kind
             event = asyncio.Event()

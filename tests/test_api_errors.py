@@ -7,6 +7,9 @@ And a cached id the API no longer knows is resolved again once: a customer resol
 run that was then killed is deleted at the sandbox (``POST /_sandbox/delete``) before the
 resume; the resumed run's create is refused as naming an unknown id, the engine forgets the
 cached id (memory and resume file), resolves the customer afresh and creates the invoice.
+The kill is triggered by progress, not time: a proxy (tests/hostile_proxy.py) stops the first
+run's invoice creates at a gate; once one waits there and the customer is checkpointed, the
+run is killed and the gate dropped, so none of that run's invoices reaches the server.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 from harness import (
     SandboxServer,
     cli,
+    in_flight,
     read_id_map,
     read_reasons,
     start_cli,
@@ -32,6 +36,7 @@ from harness import (
     upload_args,
     wait_until,
 )
+from hostile_proxy import HostileProxy
 
 from bulk.generate import generate
 
@@ -85,6 +90,20 @@ STALE = {
 }
 
 
+def _creates_an_invoice(method: str, path: str, body: bytes) -> bool:
+    """Whether a request creates an invoice: ``POST .../invoices``, or a ChargeOver ``_bulk``
+    carrying a ``POST /api/v3/invoice``."""
+    if method != "POST":
+        return False
+    if path.endswith("/_bulk"):
+        try:
+            subs = json.loads(body)
+        except ValueError:
+            return False
+        return any(sub.get("request_method") == "POST" and sub.get("uri") == "/api/v3/invoice" for sub in subs)
+    return path.rstrip("/").endswith("/invoices")
+
+
 def _post(sb: SandboxServer, path: str, body: Any) -> Any:
     req = urllib.request.Request(sb.base_url + path, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -114,26 +133,31 @@ def test_a_cached_customer_the_api_no_longer_knows_is_resolved_again(target: str
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     src.write_bytes(b"".join(json.dumps(d).encode() + b"\n" for d in docs))
     invoices = support(target).invoices
-    # Slow answers: the customer is resolved (and checkpointed) long before any invoice commits.
-    with SandboxServer(target, latency_ms=400) as sb:
-        args = upload_args(sb, src, out, "--checkpoint-every", "0.02", "--concurrency", "1")
+    with SandboxServer(target) as sb, HostileProxy(sb.base_url, seed=802, rates={}) as proxy:
+        args = upload_args(sb, src, out, "--checkpoint-every", "0.02", "--concurrency", "1", via=proxy)
         if target == "coperniq":  # find the account by title, not through the record map
             args = [a for a in args if not a.startswith("record_map=")]
             args = [a for i, a in enumerate(args) if not (a == "--option" and args[i + 1].startswith("--"))]
+        # The first run's invoice creates stop at the gate: it cannot end (it waits for that
+        # answer), and none of them reaches the server, before or after the kill.
+        gate = proxy.gate(_creates_an_invoice)
         proc = start_cli(args, sb.env)
         try:
-            wait_until(lambda: proc.poll() is not None or _resolved(out, ns), timeout=60, interval=0.005,
-                       what="the customer resolved and checkpointed")
-            assert proc.poll() is None, "the run ended before the kill"
+            wait_until(lambda: proc.poll() is not None or (gate.reached.is_set() and _resolved(out, ns)),
+                       timeout=60, interval=0.005, what="an invoice create at the gate, the customer checkpointed")
+            assert proc.poll() is None, f"the run ended before the kill: {proc.communicate(timeout=30)}"
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
         finally:
             stop(proc)
+        gate.drop()
+        proxy.drain()  # everything the killed run sent has landed (or was dropped)
+        wait_until(lambda: in_flight(sb) == 0, timeout=30, what="no request in flight at the sandbox")
+        assert gate.stopped >= 1
         assert not invoices(sb.state()), "an invoice was made before the kill: the test proves nothing"
         (stale,) = _resolved(out, ns).values()
         moved = _post(sb, "/_sandbox/delete", {"collection": collection, "id": int(stale) if stale.isdigit() else stale,
                                                    "recreate": recreate})
-        sb.faults(latency_ms=0)
         done = cli(args, sb.env)
         assert done.returncode == 0, done.stderr
         state = sb.state()

@@ -261,11 +261,18 @@ def test_a_wait_beyond_max_wait_stops_even_for_one_request() -> None:
 
 
 # --- against the sandbox: a bucket of 2 at the pacer's own rate ---------------------------------
+#
+# How many 429s a real run gets here depends on the machine: the server's bucket judges by its
+# own clock, so any stall of the client or of the in-process server bunches arrivals (up to
+# the --concurrency in flight) and a bucket of 2 refuses the excess, however well the client
+# paces. That the pacer never lets more than its burst go at once, even after a pause, is
+# asserted exactly above, on the virtual clock. Here: what holds on any machine's speed.
 
-def test_a_small_server_bucket_gets_almost_no_429_and_the_run_completes(tmp_path: Path) -> None:
+def test_a_small_server_bucket_at_the_pacers_rate_completes_exactly_once_every_429_retried(tmp_path: Path) -> None:
     rate, n = 40.0, 120
     records = write_input(tmp_path / "in.ndjson", n)
-    with SandboxServer("agiled", rate_limit=rate, read_rate_limit=rate, burst=2) as sb:
+    # A few seeded 429s beyond the bucket's, so the accounting below is tested on every run.
+    with SandboxServer("agiled", rate_limit=rate, read_rate_limit=rate, burst=2, throttle_rate=0.02, seed=265) as sb:
         out = tmp_path / "out"
         args = upload_args(sb, tmp_path / "in.ndjson", out)
         args[args.index("--rate") + 1] = f"{rate:g}"
@@ -273,6 +280,18 @@ def test_a_small_server_bucket_gets_almost_no_429_and_the_run_completes(tmp_path
         assert done.returncode == 0, done.stderr[-2000:]
         state = sb.state()["requests"]
         assert_exactly_once(sb, out, records)
-    assert summary(out)["records"]["created"] == n
+    s = summary(out)
+    assert (s["records"]["created"], s["records"]["failed"], s["records"]["uncertain"]) == (n, 0, 0), s["records"]
     assert state["total"] > n  # contacts and invoices went through the bucket
-    assert state["throttled"] <= 0.01 * state["total"], state
+    assert state["throttled"] >= 1, state  # seed 265: 6 of the first 145 rolls hit, and every run rolls 145+
+    # Every request the server saw was counted by the client, and every 429 it gave was taken
+    # as one (and retried: nothing failed): no request outside the pacer's accounting.
+    assert s["requests"] == state["total"], (s["requests"], state)
+    assert s["throttled"] == state["throttled"] == state["by_status"].get("429", 0), (s["throttled"], state)
+    # A 429 costs one resend and nothing else: the successful requests are exactly the job's
+    # own (the auth check, a look-up and a create per customer, a create per invoice), so no
+    # throttled request was done twice nor given up.
+    customers = len({r.customer.external_id for r in records})
+    assert state["by_status"].get("200", 0) == 1 + customers, state
+    assert state["by_status"].get("201", 0) == customers + n, state
+    assert state["total"] == 1 + 2 * customers + n + state["throttled"], state
