@@ -124,7 +124,7 @@ class HostileProxy:
     probability per attempt (the rest is ``forward``); ``{}`` forwards everything (hooks only)."""
 
     def __init__(self, upstream: str, *, seed: int, rates: dict[str, float] | None = None,
-                 max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600)) -> None:
+                 max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600), cover: bool = False) -> None:
         split = urlsplit(upstream)
         self.upstream = f"{split.scheme}://{split.netloc}"
         self._prefix = split.path.rstrip("/")
@@ -133,6 +133,10 @@ class HostileProxy:
         unknown = set(self.rates) - set(FAULTS)
         assert not unknown and sum(self.rates.values()) <= 1, self.rates
         self.max_faults = max_faults
+        # cover: a request drawn "forward" takes instead a fault of ``rates`` not injected yet,
+        # so every kind happens however few requests the run sends (a _bulk target sends few,
+        # and its batch bodies, hence their draws, depend on timing).
+        self.cover = cover
         self.delay_ms = delay_ms
         self.base_url = ""
         self._lock = threading.Lock()
@@ -305,6 +309,10 @@ class HostileProxy:
             edge += self.rates.get(fault, 0.0)
             if roll < edge:
                 return fault, extra
+        if self.cover:
+            missing = [f for f in FAULTS if self.rates.get(f) and not self._fates.get(f)]
+            if missing:
+                return missing[0], extra
         return "forward", extra
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:

@@ -245,7 +245,8 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
               rates: dict[str, float] | None = None) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     job = Job(src, n, seed)
-    with SandboxServer(target, latency_ms=5, seed=seed) as sb, HostileProxy(sb.base_url, seed=seed, rates=rates) as px:
+    with SandboxServer(target, latency_ms=5, seed=seed) as sb, \
+            HostileProxy(sb.base_url, seed=seed, rates=rates, cover=True) as px:
         def args_for(rng: random.Random) -> list[str]:
             # The concurrency and the checkpoint interval may change between runs (a user may
             # well change them on resume); frequent checkpoints put kills between checkpoints.
