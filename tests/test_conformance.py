@@ -59,7 +59,9 @@ def test_happy_path_with_unicode(target: str, tmp_path: Path) -> None:
 def test_throttled_then_success(target: str, tmp_path: Path) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 50, seed=12)
-    with SandboxServer(target, rate_limit=40, read_rate_limit=80, burst=4) as sb:
+    # The small bucket throttles a fast client; the seeded throttle_rate throttles a slow one
+    # too (a machine too loaded to exceed 40/s would otherwise prove nothing).
+    with SandboxServer(target, rate_limit=40, read_rate_limit=80, burst=4, throttle_rate=0.15, seed=12) as sb:
         done = cli(upload_args(sb, src, out, "--concurrency", "16"), sb.env)
         assert done.returncode == 0, done.stderr
         assert_exactly_once(sb, out, records)

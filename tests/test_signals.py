@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile_proxy import HostileProxy
 from harness import (
     SandboxServer,
     assert_counts,
@@ -93,41 +94,41 @@ def test_signal_stops_gracefully_then_resumes(target: str, signum: signal.Signal
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_second_signal_abandons_requests_in_flight_safely(target: str, tmp_path: Path) -> None:
-    """Answers take 3 s; the second SIGINT does not wait for them: the run has exited while the
-    server still holds them. The server then commits what was in flight; the resumed run
-    reconciles it, never duplicates it. Every step waits for progress (a request at the slow
-    server, the CLI's note on the first signal), not for a guessed time."""
+    """A request is held on its way to the server (by a proxy that forwards everything else
+    faithfully); the second SIGINT does not wait for it: the run exits while the proxy still
+    holds it, however slow the machine. The request then reaches the server late and commits;
+    the resumed run reconciles it, never duplicates it. Every step waits for progress (the
+    held request, the CLI's note on the first signal), not for a guessed time."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 20, seed=202)
-    with SandboxServer(target, latency_ms=100) as sb:
-        args = upload_args(sb, src, out, "--concurrency", "4")
+    with SandboxServer(target, latency_ms=20) as sb, HostileProxy(sb.base_url, seed=202, rates={}) as px:
+        args = upload_args(sb, src, out, "--concurrency", "4", via=px)
         proc = start_cli(args, sb.env)
         lines, reader = read_stderr(proc)
         try:
-            wait_until(lambda: created_count(sb) >= 2, timeout=30, what="the first invoices")
-            before = sb.state()["requests"]["total"]
-            sb.faults(latency_ms=3000)
-            wait_until(lambda: proc.poll() is not None or sb.state()["requests"]["total"] > before, timeout=30,
-                       interval=0.005, what="a request stuck in the slow server")
+            wait_until(lambda: proc.poll() is not None or created_count(sb) >= 2, timeout=60, what="the first invoices")
+            hold = px.hold_after(1)
+            wait_until(lambda: proc.poll() is not None or hold.reached.is_set(), timeout=60,
+                       interval=0.005, what="a request held on its way to the server")
             proc.send_signal(signal.SIGINT)
             wait_until(lambda: proc.poll() is not None or any(FIRST_SIGNAL_NOTE in line for line in lines),
-                       timeout=30, interval=0.005, what="the CLI to take in the first signal")
+                       timeout=60, interval=0.005, what="the CLI to take in the first signal")
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
-            still_held = in_flight(sb)
+            proc.wait(timeout=60)  # it waits forever for the held request unless it abandons it
             reader.join(30)
         finally:
             stop(proc)
+            px.release_all()
         stderr = "".join(lines)
         assert proc.returncode == 130, stderr
         assert FIRST_SIGNAL_NOTE in stderr, stderr
-        assert still_held > 0, "the second signal waited for the requests in flight instead of abandoning them"
+        assert hold.reached.is_set(), "no request was in flight when the signals came"
         s = summary(out)
         assert s["complete"] is False
         assert (s["records"]["failed"], s["records"]["uncertain"]) == (0, 0), s["records"]
         assert_outputs_whole(out)
 
+        px.drain()  # the abandoned request has reached the server and been answered
         wait_until(lambda: in_flight(sb) == 0, timeout=30, what="the abandoned requests to finish at the server")
-        sb.faults(latency_ms=0)
         resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
