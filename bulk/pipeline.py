@@ -419,7 +419,9 @@ class Run:
     def _status(self) -> Status:
         pacer = self._session.pacer if self._session else None
         shard = self.config.shard
+        read_bytes, read_line = self._tracker.read
         return Status(done_bytes=self._tracker.offset, done_lines=self._tracker.line - 1,
+                      read_bytes=read_bytes, read_lines=read_line - 1,
                       total_bytes=self._input.estimated_size(), share=1 / shard.count if shard else 1.0,
                       failing_since=pacer.failing_since if pacer else None,
                       give_up_at=pacer.last_ok + self.config.give_up_after if pacer else None,

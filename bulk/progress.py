@@ -8,7 +8,7 @@ byte offsets and already redacted error messages only):
 - the bar, only when stderr is a terminal and ``--quiet`` was not given: a percentage and an
   ETA by bytes of the input finished (the watermark's offset over the input's size, which is
   exact for a file and estimated for ``.gz``; a pipe has no total, so no percentage): the
-  invoice total is the lines before the watermark scaled to the whole input, and the rate of *this* run (the records earlier runs of
+  invoice total is the lines read so far scaled by their bytes to the whole input, and the rate of *this* run (the records earlier runs of
   the job finished are the bar's starting point, not part of its speed);
 - notes (``bulk: ...``) on their own lines above the bar, also without one (``--quiet``, a
   log file), e.g. ``requests are failing since ...`` once requests have failed for a second
@@ -39,6 +39,8 @@ class Status:
     done_bytes: int  # input bytes before the watermark: every record in them is finished
     done_lines: int  # the lines in them
     total_bytes: int | None  # the input's size (estimated for .gz); None when unknown (a pipe)
+    read_bytes: int = 0  # input bytes read so far (a contiguous prefix, finished or not)
+    read_lines: int = 0  # the lines in them
     failing_since: float | None = None  # the first retryable failure since the last success
     give_up_at: float | None = None  # when the run stops (resumably) if nothing succeeds
     last_error: str = ""
@@ -88,10 +90,11 @@ class Console:
             bar.initial = tally.read  # earlier runs' records: where the bar starts, not speed
             bar.start_t = bar.last_print_t = bar._time()  # close() redraws only after start_t
         total = None
-        if status.total_bytes and status.done_bytes:
-            # The lines before the watermark per byte, over the whole input: the records
-            # finished beyond the watermark would inflate a count-based estimate.
-            lines = status.done_lines * status.total_bytes / status.done_bytes
+        if status.total_bytes and status.read_bytes:
+            # The lines read per byte read, over the whole input: the largest contiguous
+            # sample (the watermark can lag far behind one slow record, leaving a handful of
+            # lines to judge by), and the count of records finished is not a share of bytes.
+            lines = status.read_lines * status.total_bytes / status.read_bytes
             total = max(tally.read, round(lines * status.share))
         self._show(tally.read, total, tally.created, tally.rejected + tally.failed + tally.uncertain,
                    traffic["throttled"])

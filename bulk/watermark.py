@@ -45,6 +45,14 @@ class Tracker:
         self._pending.append(entry)
         return entry
 
+    @property
+    def read(self) -> tuple[int, int]:
+        """(offset, line) just past the last line added: everything before it has been read."""
+        if self._pending:
+            last = self._pending[-1]
+            return last.end, last.line + 1
+        return self.offset, self.line
+
     def finish(self, entry: Entry) -> None:
         entry.done = True
         pending = self._pending
