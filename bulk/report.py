@@ -1,19 +1,14 @@
 """``bulk report RUN_DIR``: one self-contained HTML page about a run, for someone who did not run it.
 
-It reads only the run directory's own files, each optional but ``summary.json``:
+From the run directory's own files (read by :mod:`bulk.rundata`): what was run (target, input,
+shard, start and end, counts), the thresholds met or not, the rate and the latency over time
+(``timeline.csv``), the percentiles and status codes per kind (``summary.json`` ``latency_ms``,
+``status_codes``), the totals per currency (exact decimal strings, shown as written) and the
+failures grouped by reason (``failed_reasons.csv``). A section whose data is absent (a run
+directory from before these files) says so instead of failing.
 
-- ``summary.json``: what was run (target, input, shard, start and end), the counts, the
-  totals per currency (exact decimal strings, shown as written), and, from runs that record
-  them, ``latency_ms`` (percentiles per kind), ``status_codes`` (per kind), ``thresholds``,
-  ``arrival_rate`` and ``late_starts`` (formats in the README's "Benchmark runs");
-- ``timeline.csv``: one row per second; drawn as the rate and the latency over run time
-  (a resumed run's seconds follow the earlier runs', with a mark where it starts);
-- ``failed_reasons.csv``: the failures grouped by reason (kind, stage, field, HTTP status and
-  the message with its quoted values folded, so "'a@x'" and "'b@y'" count as one reason).
-
-A section whose data is absent (a run directory from before these files) says so instead of
-failing. Every text taken from the run directory is HTML-escaped (messages are the API's and
-the input's, hostile by assumption); the page has no script and a Content-Security-Policy that
+Every text taken from the run directory is HTML-escaped (messages are the API's and the
+input's, hostile by assumption); the page has no script and a Content-Security-Policy that
 forbids loading anything, so it opens offline and cannot reach the network. It is written
 atomically (:func:`bulk.outputs.write_atomic`). The run directory holds no credential, and
 neither does the report: nothing else is read.
@@ -21,166 +16,17 @@ neither does the report: nothing else is read.
 
 from __future__ import annotations
 
-import csv
-import math
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from .errors import ConfigError
 from .outputs import write_atomic
+from .rundata import MAX_REASONS, RunFiles, Timeline, load_run
 from .svgchart import Series, duration_label, line_chart
 
-__all__ = ["write_report", "render_report", "load_run", "RunFiles"]
+__all__ = ["write_report", "render_report"]
 
-MAX_POINTS = 600  # a chart's points at most: longer timelines are averaged into buckets of seconds
-MAX_REASONS = 10_000  # distinct failure reasons kept while reading; the rest count as "other"
 SHOWN_REASONS = 200  # rows of the failures table
-EXAMPLES = 5  # lines listed per failure reason
-
-TIMELINE_FIELDS = ("requests_started", "requests_finished", "invoices_created", "throttled", "errors")
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
-
-
-@dataclass(slots=True)
-class Reason:
-    key: tuple[str, str, str, str, str]  # kind, stage, field, http_status, folded message
-    count: int = 0
-    examples: list[tuple[str, str, str]] = field(default_factory=list)  # line, external id, message
-
-
-@dataclass(slots=True)
-class Timeline:
-    xs: list[float]  # run-time seconds (resumed runs continue the earlier runs' time)
-    columns: dict[str, list[float]]  # TIMELINE_FIELDS, per point (per second, averaged in buckets)
-    p50: list[float | None]
-    p99: list[float | None]
-    seconds: int  # rows read
-    bucket: int  # seconds per point
-    resumes: list[tuple[float, str]]  # (x, wall-clock time) where a resumed run starts
-    skipped: int  # malformed rows
-
-
-@dataclass(slots=True)
-class RunFiles:
-    summary: dict[str, Any]
-    timeline: Timeline | None
-    reasons: list[Reason] | None  # None: no failed_reasons.csv
-    reason_rows: int = 0
-    other_reasons: int = 0  # rows whose reason did not fit in MAX_REASONS
-
-
-# --- reading -------------------------------------------------------------------------------------
-def load_run(run_dir: Path) -> RunFiles:
-    """Read the run directory; :class:`ConfigError` if it is missing or is not a run directory."""
-    if not run_dir.exists():
-        raise ConfigError(f"{run_dir} does not exist: give the --out directory of a bulk run")
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is not a directory: give the --out directory of a bulk run")
-    path = run_dir / "summary.json"
-    try:
-        summary = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir} is not a bulk run directory (no summary.json): give the --out "
-                          "directory of a bulk upload or bulk merge") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}): not a bulk summary") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("records"), dict):
-        raise ConfigError(f"{path} is not a bulk summary (no records counts)")
-    files = RunFiles(summary, _read_timeline(run_dir / "timeline.csv"), None)
-    _read_reasons(run_dir / "failed_reasons.csv", files)
-    return files
-
-
-def _rows(path: Path) -> Iterator[dict[str, str]] | None:
-    try:
-        f = open(path, newline="", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by the generator
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-    def rows() -> Iterator[dict[str, str]]:
-        with f:
-            yield from csv.DictReader(f)
-
-    return rows()
-
-
-def _read_timeline(path: Path) -> Timeline | None:
-    rows = _rows(path)
-    if rows is None:
-        return None
-    seconds: list[tuple[float, dict[str, float], float | None, float | None]] = []
-    resumes: list[tuple[float, str]] = []
-    skipped, offset, last_x = 0, 0.0, -1.0
-    for row in rows:
-        try:
-            elapsed = float(row["elapsed_s"])
-            counts = {name: float(row[name] or 0) for name in TIMELINE_FIELDS}
-            p50 = float(row["p50_ms"]) if row.get("p50_ms") else None
-            p99 = float(row["p99_ms"]) if row.get("p99_ms") else None
-        except (KeyError, TypeError, ValueError):
-            skipped += 1
-            continue
-        if not all(map(math.isfinite, [elapsed, *counts.values()])):
-            skipped += 1
-            continue
-        x = offset + elapsed
-        if seconds and x <= last_x:  # elapsed_s restarted: a resumed run appends its own seconds
-            offset = last_x + 1 - elapsed
-            x = last_x + 1
-            resumes.append((x, row.get("time") or ""))
-        last_x = x
-        seconds.append((x, counts, p50, p99))
-    bucket = max(1, math.ceil(len(seconds) / MAX_POINTS))
-    t = Timeline([], {name: [] for name in TIMELINE_FIELDS}, [], [], len(seconds), bucket, resumes, skipped)
-    for start in range(0, len(seconds), bucket):
-        part = seconds[start:start + bucket]
-        t.xs.append(part[0][0])
-        for name in TIMELINE_FIELDS:
-            t.columns[name].append(sum(p[1][name] for p in part) / len(part))
-        # Percentiles cannot be combined exactly from per-second ones: a bucket shows the
-        # median second's p50 and the worst second's p99, so no spike is smoothed away.
-        p50s = sorted(p[2] for p in part if p[2] is not None)
-        p99s = [p[3] for p in part if p[3] is not None]
-        t.p50.append(p50s[len(p50s) // 2] if p50s else None)
-        t.p99.append(max(p99s) if p99s else None)
-    return t
-
-
-def _fold(message: str) -> str:
-    return _QUOTED.sub("'…'", message)
-
-
-def _read_reasons(path: Path, files: RunFiles) -> None:
-    rows = _rows(path)
-    if rows is None:
-        return
-    groups: dict[tuple[str, str, str, str, str], Reason] = {}
-    for row in rows:
-        files.reason_rows += 1
-        message = row.get("message") or ""
-        key = (row.get("kind") or "", row.get("stage") or "", row.get("field") or "",
-               row.get("http_status") or "", _fold(message))
-        reason = groups.get(key)
-        if reason is None:
-            if len(groups) >= MAX_REASONS:
-                files.other_reasons += 1
-                continue
-            reason = groups[key] = Reason(key)
-        reason.count += 1
-        if len(reason.examples) < EXAMPLES:
-            reason.examples.append((row.get("line") or "", row.get("external_id") or "", message))
-    files.reasons = sorted(groups.values(), key=lambda r: (-r.count, r.key))
-
 
 # --- rendering -----------------------------------------------------------------------------------
 def _e(value: Any) -> str:
@@ -212,14 +58,15 @@ def _header(s: dict[str, Any]) -> str:
         ("target", f"{_e(s.get('target'))}{shard}"),
         ("input", _e(s.get("input"))),
         ("started", _e(s.get("started_at"))),
-        ("ended", _e(s.get("ended_at"))),
+        ("ended", _e(s.get("ended_at")) if s.get("ended_at") else "not yet (running, or stopped before its end)"),
         ("state", escape(state)),
         ("mode", loop + (f", {_e(s['late_starts'])} late starts" if s.get("late_starts") else "")),
         ("elapsed", f"{_e(s.get('elapsed_seconds'))} s over all runs"
                     + (f", {_e(s['invoices_per_second'])} invoices/s" if "invoices_per_second" in s else "")),
         ("requests", f"{_e(s.get('requests'))} requests, {_e(s.get('retries'))} retries, "
                      f"{_e(s.get('throttled'))} throttled (429)"),
-        ("bulk", f"version {_e(s.get('version'))}, {_e(s.get('processes', 1))} process(es)"),
+        ("bulk", f"version {_e(s.get('version'))}"
+                 + (f", {_e(s['processes'])} upload process(es)" if s.get("processes") else "")),
     ]
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in facts)
     names = ("read", "created", "existing", "already_done", "rejected", "failed", "uncertain")

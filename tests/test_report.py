@@ -8,7 +8,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import zlib
@@ -20,7 +19,8 @@ from typing import Any
 import pytest
 from harness import SECRET, SandboxServer, cli, expected_totals, read_reasons, summary, upload_args, write_input
 
-from bulk.report import MAX_POINTS, load_run, render_report
+from bulk.report import render_report
+from bulk.rundata import MAX_POINTS, load_run
 
 HOSTILE_ID = '<img src="http://evil.example/x.png" onerror="alert(1)">'
 BAD_LINES = [
@@ -193,13 +193,15 @@ def _benchmark_dir(tmp_path: Path, seconds: tuple[int, ...] = (40, 20), gap_at: 
     for r, n in enumerate(seconds):
         for i in range(n):
             lat = ("", "") if i == gap_at else (f"{30 + i % 5}.5", f"{100 + i}.25")
-            lines.append(f"2026-12-01T13:{40 + 5 * r}:{i:02d}Z,{i},10,{10 if i != gap_at else 0},9,1,0,{lat[0]},{lat[1]}")
+            finished = 10 if i != gap_at else 0
+            lines.append(f"2026-12-01T13:{40 + 5 * r}:{i:02d}Z,{i},10,{finished},9,1,0,{lat[0]},{lat[1]}")
     (run / "timeline.csv").write_text("\n".join(lines) + "\n")
     with open(run / "failed_reasons.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["line", "external_id", "kind", "stage", "field", "http_status", "message"])
         for line in range(3):
-            w.writerow([line + 1, f"INV-{line}", "failed", "invoice", "email", 422, "The email has already been taken."])
+            w.writerow([line + 1, f"INV-{line}", "failed", "invoice", "email", 422,
+                        "The email has already been taken."])
         w.writerow([9, "INV-9", "uncertain", "invoice", "", "timeout", '</td></table><script>alert(3)</script>'])
     return run
 
