@@ -63,6 +63,9 @@ def _header(s: dict[str, Any]) -> str:
         ("mode", loop + (f", {_e(s['late_starts'])} late starts" if s.get("late_starts") else "")),
         ("elapsed", f"{_e(s.get('elapsed_seconds'))} s over all runs"
                     + (f", {_e(s['invoices_per_second'])} invoices/s" if "invoices_per_second" in s else "")),
+        *([("this run", f"{_e(s['this_run'].get('created'))} created in {_e(s['this_run'].get('elapsed_seconds'))} s, "
+                         f"{_e(s['this_run'].get('invoices_per_second'))} invoices/s")]
+          if isinstance(s.get("this_run"), dict) else []),
         ("requests", f"{_e(s.get('requests'))} requests, {_e(s.get('retries'))} retries, "
                      f"{_e(s.get('throttled'))} throttled (429)"),
         ("bulk", f"version {_e(s.get('version'))}"
@@ -86,7 +89,10 @@ def _header(s: dict[str, Any]) -> str:
                 for x in s["shards"] if isinstance(x, dict)]
         extra += "<h3>Merged shards</h3>" + _table(
             ["shard", "run directory", "read", "created", "rejected", "failed", "uncertain"], rows)
-    return (f'<header><h1>bulk run: {_e(s.get("target"))} ← {_e(s.get("input"))}</h1>'
+    bad = sum(r.get(n, 0) for n in ("rejected", "failed", "uncertain") if isinstance(r.get(n, 0), int))
+    verdict = (f'<p class="verdict">{_e(r.get("created"))} of {_e(r.get("read"))} records created'
+               + (f'; <span class="unmet">{bad} not</span> (see Failures by reason)' if bad else "") + ".</p>")
+    return (f'<header><h1>bulk run: {_e(s.get("target"))} ← {_e(s.get("input"))}</h1>{verdict}'
             f'<dl class="facts">{dl}</dl><div class="counts">{counts}</div>{extra}</header>')
 
 
@@ -163,7 +169,7 @@ def _status_codes(s: dict[str, Any]) -> str:
 
 def _timeline(t: Timeline | None) -> str:
     if t is None:
-        return '<p class="none">no timeline recorded (the run directory has no timeline.csv)</p>'
+        return '<p class="none">no timeline recorded (the run directory has no timeline.csv: the run predates it)</p>'
     if not t.xs:
         return '<p class="none">timeline.csv has no rows yet</p>'
     per = "per second" if t.bucket == 1 else f"per second, averaged over {t.bucket} s per point"
@@ -218,14 +224,14 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#
  margin:0 auto;max-width:1100px;padding:24px}
 h1{font-size:22px;margin:0 0 12px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #e2e8f0}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0 0 12px}
-dt{color:#4a5568}dd{margin:0;word-break:break-all}
+dt{color:#4a5568}dd{margin:0;overflow-wrap:anywhere}p.verdict{font-size:16px}
 .counts{display:flex;flex-wrap:wrap;gap:8px}.count{background:#edf2f7;border-radius:6px;padding:6px 12px;
  min-width:80px;text-align:center;color:#4a5568}.count b{display:block;font-size:20px;color:#1a202c}
 .count.created b{color:#2f855a}.count.rejected b,.count.failed b,.count.uncertain b{color:#c53030}
 table{border-collapse:collapse;margin:6px 0;width:100%}th,td{border:1px solid #e2e8f0;padding:4px 8px;
  text-align:left;vertical-align:top}thead th{background:#f7fafc}table.num td{font-variant-numeric:tabular-nums}
 th.ok{color:#2f855a}th.slow{color:#b7791f}th.bad{color:#c53030}small{color:#718096}
-.examples{font-size:12px;color:#4a5568;word-break:break-all}
+.examples{font-size:12px;color:#4a5568;overflow-wrap:anywhere}
 .met{color:#2f855a;font-weight:600}.unmet,.warn{color:#c53030;font-weight:600}.none{color:#718096}
 figure{margin:8px 0}svg.chart{width:100%;height:auto;background:#fcfcfd}
 svg .grid{stroke:#e2e8f0}svg .mark{stroke:#718096;stroke-dasharray:4 4}

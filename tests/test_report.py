@@ -122,6 +122,7 @@ def test_report_of_a_real_run_has_counts_exact_totals_and_failures_by_reason(tmp
     assert s["records"]["created"] == 30 and s["records"]["rejected"] == len(BAD_LINES)
     text = "".join(page.text)
     assert s["started_at"] in text and s["ended_at"] in text and str(src) in text
+    assert f"30 of {30 + len(BAD_LINES)} records created; {len(BAD_LINES)} not" in text
 
     totals = {row[0]: {"invoices": int(row[1]), "net": row[2], "tax": row[3], "gross": row[4]}
               for row in page.body("totals")}
