@@ -41,11 +41,11 @@ def duration_label(seconds: float) -> str:
 
 
 def _nice_max(value: float) -> float:
-    """The smallest 1/2/5 x 10^k at or above ``value`` (the y axis top)."""
+    """The smallest 1/2/3/4/5/6/8 x 10^k at or above ``value`` (the y axis top, in 4 steps)."""
     if value <= 0:
         return 1.0
     exp = math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
+    for step in (1, 2, 3, 4, 5, 6, 8, 10):
         top = step * 10**exp
         if top >= value:
             return float(top)
