@@ -295,8 +295,10 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
     not_json = tmp_path / "broken"
     not_json.mkdir()
     (not_json / "summary.json").write_text("{cut")
+    a_file = tmp_path / "summary.json.txt"
+    a_file.write_text("{}")
     for target, said in ((tmp_path / "missing", "does not exist"), (tmp_path, "not a bulk run directory"),
-                         (not_json, "not valid JSON")):
+                         (not_json, "not valid JSON"), (a_file, "not a directory")):
         done = cli(["report", str(target)], {})
         assert done.returncode == 2, (target, done.stderr)
         assert said in done.stderr and "Traceback" not in done.stderr
