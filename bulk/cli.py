@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the --out directory of every shard")
     me.add_argument("--out", required=True, help="a new directory for the merged outputs")
 
+    rp = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page about a run")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a bulk upload (or bulk merge)")
+
     ge = sub.add_parser("generate", help="write N synthetic valid invoices as NDJSON")
     ge.add_argument("n", type=int, help="how many invoices")
     ge.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
@@ -518,6 +521,13 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if r["rejected"] or r["failed"] or r["uncertain"] else EXIT_OK
 
 
+def _report_html(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    _say(f"report written to {write_report(Path(args.run_dir))} (one file: open it in any browser, offline)")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -525,6 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "merge":
             return _merge(args)
+        if args.command == "report":
+            return _report_html(args)
         runner = {"upload": _upload, "validate": _validate, "sandbox": _sandbox}[args.command]
         return anyio.run(runner, args, backend_options=loop_options())
     except ConfigError as exc:
