@@ -6,6 +6,8 @@
     MemoryState()                 the resolved-ids store of the resume file, in memory
     upload_one(target, record, transport)   one record through the engine's send path (async)
     VirtualLoop, run_virtual(main)          a fake clock for the pacer (the loop's time is virtual)
+    conformance(target, support, workdir)   the conformance suite every target passes (CHECKS)
+    Support(invoices, refusable)            what the suite must know of a target's sandbox
 
 Everything else in ``bulk.testing._*`` is private.
 """
@@ -13,6 +15,9 @@ Everything else in ``bulk.testing._*`` is private.
 from __future__ import annotations
 
 from ._clock import VirtualLoop, run_virtual
+from ._conformance import CHECKS, Support, conformance
 from ._mock import MemoryState, MockTransport, upload_one
 
-__all__ = ["MemoryState", "MockTransport", "VirtualLoop", "run_virtual", "upload_one"]
+__all__ = [
+    "CHECKS", "MemoryState", "MockTransport", "Support", "VirtualLoop", "conformance", "run_virtual", "upload_one",
+]
