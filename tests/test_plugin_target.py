@@ -83,7 +83,7 @@ def test_the_suite_fails_a_target_that_breaks_exactly_once(ledger_installed: Non
         bulk.testing.conformance("ledger", LEDGER, tmp_path, checks=["lost_answers"])
 
 
-@pytest.mark.parametrize("target", ["agiled"])
+@pytest.mark.parametrize("target", bulk.targets.names())
 def test_a_builtin_target_passes_the_same_suite(target: str, tmp_path: Path) -> None:
     support = importlib.import_module(f"support.{target}")
     options = dict(arg.split("=", 1) for arg in support.EXTRA_ARGS[1::2])

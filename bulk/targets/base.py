@@ -4,7 +4,17 @@ A target is a small class: it says how to authenticate, what it checks beyond th
 rules, and how one record becomes invoices at its API (:meth:`Target.upload`). It never paces,
 retries, checkpoints or writes output: the engine does, through the :class:`Job` handed to
 ``upload``. Register a new target in ``bulk.targets.TARGETS`` or through the ``bulk.targets``
-entry-point group.
+entry-point group (its sandbox dialect through ``bulk.sandbox``), and prove it with
+``bulk.testing.conformance`` (README: "Writing a target").
+
+What a target implements: the class attributes of :class:`Target` (``name``, ``credential_env``,
+``base_url_env``, ...), :meth:`Target.headers` and :meth:`Target.upload`; where the API needs
+it, :meth:`~Target.check`, :meth:`~Target.classify` / :meth:`~Target.error_detail` (its error
+shape), :meth:`~Target.start_run` (run state), :meth:`~Target.prepare` (a smoke test),
+:meth:`~Target.finish` (reconcile late copies) and :meth:`~Target.affinity`. The lifecycle, in
+every run: ``__init__`` (before the run: check the options, raise ConfigError), then inside the
+run ``start_run`` (in every process), ``prepare`` (parent only), ``upload`` for every record
+(concurrently), ``finish`` (parent only, when the input was read to the end).
 
 Exactly-once is the target's responsibility *using the engine's help*:
 
