@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .records import Record
     from .targets.base import Created, Target
 
-__all__ = ["Counters", "Session", "SessionJob", "RecordJob", "failure", "upload"]
+__all__ = ["Counters", "RecordJob", "Session", "SessionJob", "failure", "upload"]
 
 
 @dataclass(slots=True)
@@ -157,7 +157,7 @@ class Session:
 class SessionJob:
     """The :class:`bulk.targets.base.RunJob` of ``prepare`` and ``finish``: the run, no record."""
 
-    __slots__ = ("item_concurrency", "_session")
+    __slots__ = ("_session", "item_concurrency")
 
     def __init__(self, session: Session) -> None:
         self._session = session

@@ -27,7 +27,7 @@ import orjson
 
 from .errors import ConfigError, TransportError
 
-__all__ = ["BaseTransport", "Request", "Reply", "Transport", "dumps", "redactor"]
+__all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor"]
 
 
 def _default(obj: Any) -> Any:

@@ -81,3 +81,12 @@ def test_the_virtual_clock_drives_the_pacer_exactly_and_at_once() -> None:
     # 21 requests at 10/s: the first burst at once, then one every 0.1 s of the loop's clock
     assert end - start == pytest.approx((21 - burst_for(10.0)) / 10, abs=0.011)
     assert time.monotonic() - wall < 1.5  # and none of it waited for
+
+
+def test_the_testing_module_is_a_pinned_public_surface() -> None:
+    import bulk.testing
+
+    assert set(bulk.testing.__all__) == {"CHECKS", "MemoryState", "MockTransport", "Support", "VirtualLoop",
+                                         "conformance", "run_virtual", "upload_one"}
+    assert set(bulk.testing.CHECKS) == {"happy_path", "throttled", "refused_record", "lost_answers",
+                                        "resume_skips_done", "server_down_resumes"}

@@ -56,7 +56,7 @@ from ..transport import Reply, Request
 if TYPE_CHECKING:
     from ..records import Record
 
-__all__ = ["Created", "Job", "RunJob", "Target", "MIN_SECRET_LENGTH"]
+__all__ = ["MIN_SECRET_LENGTH", "Created", "Job", "RunJob", "Target"]
 
 #: the shortest credential accepted from the environment (see ``credentials_from_env``)
 MIN_SECRET_LENGTH = 8

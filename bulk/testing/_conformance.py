@@ -89,8 +89,7 @@ class _Bench:
         want = {r.external_id for r in records}
         assert set(counts) == want, (f"{self.target}: missing {sorted(want - set(counts))[:5]}, "
                                      f"extra {sorted(set(counts) - want)[:5]}")
-        with open(self.out / "id_map.csv", newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = _rows(self.out / "id_map.csv")
         assert Counter(r["external_id"] for r in rows) == Counter(want), f"{self.target}: ID map rows differ"
         server = {str(inv["external_id"]): str(inv["id"]) for inv in invoices}
         assert {r["external_id"]: r["invoice_id"] for r in rows} == server, f"{self.target}: ID map != server"
@@ -107,6 +106,12 @@ class _Bench:
 
     def summary(self) -> dict[str, Any]:
         return orjson.loads((self.out / "summary.json").read_bytes())  # type: ignore[no-any-return]  # JSON object
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a small CSV output file (read at once: the run that wrote it has ended)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 async def _happy_path(bench: _Bench) -> None:
@@ -132,8 +137,7 @@ async def _refused_record(bench: _Bench) -> None:
     bench.ended(result, 1)
     good = [r for r in bench.records if r.external_id != "INV-REFUSED-1"]
     await bench.assert_exactly_once(good)
-    with open(bench.out / "failed_reasons.csv", newline="", encoding="utf-8") as f:
-        reasons = list(csv.DictReader(f))
+    reasons = _rows(bench.out / "failed_reasons.csv")
     assert len(reasons) == 1 and reasons[0]["external_id"] == "INV-REFUSED-1", reasons
     assert reasons[0]["line"] == "4" and reasons[0]["kind"] == "failed", reasons
     assert reasons[0]["http_status"].startswith("4") and reasons[0]["message"], reasons

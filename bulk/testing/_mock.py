@@ -29,7 +29,8 @@ Handler = Callable[[Request], "Reply | Awaitable[Reply]"]
 class MockTransport:
     """Answers every request with ``handler(request)``; ``requests`` lists what was sent, in order."""
 
-    def __init__(self, handler: Handler, *, base_url: str = "http://mock.invalid", secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, handler: Handler, *, base_url: str = "http://mock.invalid",
+                 secrets: tuple[str, ...] = ()) -> None:
         self.base_url = base_url
         self.handler = handler
         self.requests: list[Request] = []
