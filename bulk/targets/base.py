@@ -230,8 +230,9 @@ class Target(abc.ABC):
         by :meth:`affinity`). What is shared between concurrent calls: ``self`` (so state made
         in :meth:`start_run` needs a lock or single flight where two calls could race: prefer
         ``job.resolve``, which is already single flight, cached and resumable), the run's pacer
-        and transport behind ``job.send``. Within one call, at most ``job.item_concurrency``
-        requests may run at once. Never sleep to pace or retry: ``job.send`` does both.
+        and transport behind ``job.send``. Within one call, keep at most ``job.item_concurrency``
+        requests in flight (the engine does not enforce it). Never sleep to pace or retry:
+        ``job.send`` does both.
 
         Errors. Return :class:`Created` on success. Let the errors ``job.send`` raises pass
         through (the engine decides); raise these yourself, each meaning one thing to the engine:
