@@ -334,10 +334,12 @@ async def _upload(args: argparse.Namespace) -> int:
                 console.note(pace)
             result = await Run(config, target, progress=console).execute()
         else:
+            from .embedded import pairing
             from .sandbox import serve  # aiohttp.web and the dialects: imported only when used
             from .sandbox.config import SandboxConfig
 
-            creds, token = cls.sandbox_credentials(secrets.token_urlsafe(24))
+            pair = pairing(cls)  # how this client meets its sandbox dialect
+            creds, token = pair.credentials(secrets.token_urlsafe(24))
             # The sandbox keeps its data in the run directory: a resumed run meets the API the
             # killed one left, as it would a real one.
             try:
@@ -345,11 +347,11 @@ async def _upload(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
             state = config.out / "sandbox.db"
-            sandbox_config = SandboxConfig(token=token, options=cls.sandbox_options(), state=str(state))
+            sandbox_config = SandboxConfig(token=token, options=pair.dialect_options(), state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                              f"(nothing leaves this machine; its data in {state})")
-                options = {**cls.sandbox_client_options(), **config.options}
+                options = {**pair.client_options(), **config.options}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
                 result = await Run(config, target, progress=console).execute()
@@ -446,6 +448,7 @@ async def _validate(args: argparse.Namespace) -> int:
 
 # --- sandbox, generate -------------------------------------------------------------------------
 async def _sandbox(args: argparse.Namespace) -> int:
+    from .embedded import pairing
     from .sandbox import run_forever
     from .sandbox.config import SandboxConfig
 
@@ -454,7 +457,7 @@ async def _sandbox(args: argparse.Namespace) -> int:
         cls = get_target(args.target)
         values = [os.environ.get(name) for name in cls.credential_env]
         if all(values):
-            _, token = cls.sandbox_credentials(values[-1] or "")
+            _, token = pairing(cls).credentials(values[-1] or "")
             if len(values) > 1:
                 token = ":".join(v or "" for v in values)
     config = SandboxConfig(

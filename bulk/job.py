@@ -1,7 +1,8 @@
 """The engine's side of the target contract: sending with retries, single-flight resolution.
 
 :class:`Session` holds what every record of a run shares (transport, pacer, target, counters,
-resolver); :class:`RecordJob` is the per-record handle a target's ``upload`` receives.
+resolver); :class:`RecordJob` is the per-record handle a target's ``upload`` receives, and
+:class:`SessionJob` the record-less one of ``prepare`` and ``finish``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import anyio
 
 from .errors import RecordError, RetryableError, Throttled, TransportError, UnknownReference
 from .pacing import Backoff, Pacer
-from .transport import Reply, Request, Transport
+from .transport import BaseTransport, Reply, Request
 
 if TYPE_CHECKING:
     from .checkpoint import StateStore
     from .records import Record
     from .targets.base import Created, Target
 
-__all__ = ["Counters", "Session", "RecordJob", "failure", "upload"]
+__all__ = ["Counters", "RecordJob", "Session", "SessionJob", "failure", "upload"]
 
 
 @dataclass(slots=True)
@@ -49,7 +50,7 @@ class Session:
     def __init__(
         self,
         *,
-        transport: Transport,
+        transport: BaseTransport,
         pacer: Pacer,
         target: Target,
         state: StateStore,
@@ -67,6 +68,8 @@ class Session:
         self.counters = Counters()
         self._flights: dict[tuple[str, str], _Flight] = {}
         self.stale: dict[tuple[str, str], str] = {}  # ids forgotten as unknown to the API, this run
+        # The session is the run, in whichever process it runs: the target's run state starts here.
+        target.start_run()
 
     async def send(
         self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
@@ -149,6 +152,34 @@ class Session:
         finally:
             del self._flights[(ns, key)]
             flight.done.set()
+
+
+class SessionJob:
+    """The :class:`bulk.targets.base.RunJob` of ``prepare`` and ``finish``: the run, no record."""
+
+    __slots__ = ("_session", "item_concurrency")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self.item_concurrency = session.item_concurrency
+
+    async def send(
+        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
+        refs: tuple[tuple[str, str], ...] = (),
+    ) -> Reply:
+        return await self._session.send(req, stage=stage, recover=recover, refs=refs)
+
+    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
+        return await self._session.resolve(ns, key, factory)
+
+    def stale(self, ns: str, key: str) -> str | None:
+        return self._session.stale.get((ns, key))
+
+    def remember(self, ns: str, key: str, value: str) -> None:
+        self._session.state.put(ns, key, value)
+
+    def remembered(self, ns: str) -> dict[str, str]:
+        return self._session.state.items(ns)
 
 
 class RecordJob:

@@ -49,7 +49,7 @@ from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRec
 from .errors import find_bulk_error, redact_error
 from .fanout import Child, ChildOutcome, Router, shares
 from .feed import Feed
-from .job import RecordJob, Session, failure, upload
+from .job import RecordJob, Session, SessionJob, failure, upload
 from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink, Status
@@ -508,8 +508,7 @@ class Run:
                     self._work_scope = work_scope
                     assert self._session is not None
                     try:
-                        await self.target.prepare(RecordJob(self._session, None,  # type: ignore[arg-type]
-                                                            progress=None, maybe_sent_before=False))
+                        await self.target.prepare(SessionJob(self._session))
                     except RetryableError as exc:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
@@ -535,8 +534,7 @@ class Run:
                         # Every record has finished: the target may reconcile what late requests
                         # of this run or an earlier one left (e.g. a duplicate to remove).
                         try:
-                            self._reconciled = await self.target.finish(RecordJob(
-                                self._session, None, progress=None, maybe_sent_before=False))  # type: ignore[arg-type]
+                            self._reconciled = await self.target.finish(SessionJob(self._session))
                         except RetryableError:
                             pass  # nothing lost: the next run of the same command calls it again
                         except RecordError as exc:  # the records are done; only the reconciling is not

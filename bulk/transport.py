@@ -20,14 +20,14 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from .errors import ConfigError, TransportError
 
-__all__ = ["Request", "Reply", "Transport", "dumps", "redactor"]
+__all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor"]
 
 
 def _default(obj: Any) -> Any:
@@ -96,8 +96,25 @@ def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
     return redact
 
 
+class BaseTransport(Protocol):
+    """What the engine needs of a transport (:class:`bulk.job.Session` uses nothing else).
+
+    :class:`Transport` is the real one (aiohttp, real sockets); :class:`bulk.testing.MockTransport`
+    answers in-process, so the engine and a target's ``upload`` can be tested without a server.
+    ``send`` sends one request once: any HTTP status is a :class:`Reply`; a request that got no
+    answer raises :class:`~bulk.errors.TransportError` (``maybe_committed`` says whether it may
+    have arrived); nothing else escapes. ``redact`` replaces the run's secrets in a text.
+    """
+
+    base_url: str
+
+    def redact(self, text: str) -> str: ...
+
+    async def send(self, req: Request) -> Reply: ...
+
+
 class Transport:
-    """Owns the aiohttp session. Create it inside the run (it is bound to the event loop)."""
+    """Owns the aiohttp session (a :class:`BaseTransport`). Create it inside the run (it is bound to the event loop)."""
 
     def __init__(
         self,

@@ -60,8 +60,9 @@ from harness import (
 from hostile_proxy import FAULTS, HostileProxy, request_kind
 
 from bulk.generate import generate
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 CORPUS = (REPO / "fixtures" / "hostile.ndjson").read_bytes().split(b"\n")
 # Lines of fixtures/hostile.ndjson that every target rejects before sending, with the field named.
 BAD_LINES = {2: "(line)", 13: "external_id", 21: "customer.email", 26: "currency", 44: "lines[0].quantity",

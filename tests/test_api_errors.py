@@ -39,6 +39,7 @@ from harness import (
 from hostile_proxy import HostileProxy
 
 from bulk.generate import generate
+import bulk.targets
 
 
 def _refused_by_the_api(target: str, doc: dict[str, Any]) -> tuple[dict[str, Any], int, str, str]:
@@ -58,7 +59,7 @@ def _refused_by_the_api(target: str, doc: dict[str, Any]) -> tuple[dict[str, Any
     return bad, 400, "recordId", "Record 999999 not found"
 
 
-@pytest.mark.parametrize("target", ["agiled", "anny", "chargeover", "coperniq"])
+@pytest.mark.parametrize("target", bulk.targets.names())
 def test_failed_reasons_keep_the_apis_status_field_and_message(target: str, tmp_path: Path) -> None:
     docs = [json.loads(line) for line in generate(4, seed=801)]
     docs[2], status, field, message = _refused_by_the_api(target, docs[2])

@@ -29,8 +29,9 @@ from harness import (
 from hostile_proxy import HostileProxy
 
 from bulk.generate import generate
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 
 
 @pytest.fixture(params=TARGETS)

@@ -42,8 +42,9 @@ from bulk.config import UploadConfig
 from bulk.errors import ApiUnavailable, AuthError, ConfigError, InvalidRecord, QuotaExhausted
 from bulk.fanout import Router, error_from_wire, error_to_wire, shares
 from bulk.feed import Feed
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 CUSTOMERS = {"agiled": "contacts", "anny": "customers", "chargeover": "customers"}  # coperniq's are seeded
 
 

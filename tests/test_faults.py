@@ -38,8 +38,9 @@ from harness import (
     wait_until,
     write_input,
 )
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 
 # Each fault on its own, then all of them at 10-20 % of requests. ``args`` are extra CLI
 # arguments: generous retries (so an unlucky record is not left "uncertain" by a run that is

@@ -40,8 +40,9 @@ from harness import (
 from bulk.errors import InvalidRecord
 from bulk.records import Record, parse_record
 from bulk.targets import get_target
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 FIXTURES = REPO / "fixtures"
 CORPUS = (FIXTURES / "hostile.ndjson").read_bytes()
 EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "hostile_expected.json").read_text("utf-8"))

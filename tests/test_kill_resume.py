@@ -26,8 +26,9 @@ from harness import (
     write_input,
 )
 from hostile_proxy import HostileProxy
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 
 
 def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, faults: dict[str, float],

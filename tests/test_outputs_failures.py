@@ -36,8 +36,9 @@ from harness import (
 )
 
 from bulk.generate import generate
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 
 
 def _assert_nothing_sent(sb: SandboxServer) -> None:

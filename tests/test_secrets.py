@@ -40,8 +40,9 @@ from bulk.config import UploadConfig
 from bulk.generate import generate
 from bulk.pipeline import Run
 from bulk.targets import get_target
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 TOKEN = "tok-LEAKCANARY-7f3a9c1e5b2d8f4a6c0e"
 WRONG = "tok-WRONGCANARY-0d9e8f7a6b5c4d3e2f1a"
 _SAFE_HEADERS = {"host", "accept", "accept-encoding", "content-type", "content-length", "user-agent",

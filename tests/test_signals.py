@@ -28,8 +28,9 @@ from harness import (
     wait_until,
     write_input,
 )
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 FIRST_SIGNAL_NOTE = "again to stop now"  # the CLI's note once it has taken in a first signal
 
 

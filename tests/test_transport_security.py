@@ -20,8 +20,9 @@ from bulk.cli import main
 from bulk.config import UploadConfig
 from bulk.errors import ConfigError
 from bulk.targets import get_target
+import bulk.targets
 
-TARGETS = ["agiled", "anny", "chargeover", "coperniq"]
+TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 TOKEN = "tok-REDIRECTCANARY-5e6f7a8b9c0d"
 
 

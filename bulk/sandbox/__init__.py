@@ -15,7 +15,8 @@ Public API::
 
 Adding a dialect: write ``bulk/sandbox/<name>.py`` with a :class:`bulk.sandbox.core.Dialect`
 subclass and ``def create_app(config: SandboxConfig) -> web.Application: return
-MyDialect(config).create_app()``, and list it in ``DIALECTS``. See ``core`` for the request
+MyDialect(config).create_app()``, and list it in ``DIALECTS``, or (a plug-in target's
+dialect) name the module in the ``bulk.sandbox`` entry-point group under the target's name. See ``core`` for the request
 pipeline (auth, limits, faults), ``idempotency`` for the key store, ``control`` for
 ``/_sandbox/*`` and ``agiled`` for a complete example.
 """
@@ -27,6 +28,7 @@ import importlib
 import importlib.util
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import entry_points
 from typing import Any
 
 import orjson
@@ -60,8 +62,15 @@ _SHUTDOWN_TIMEOUT = 0.25
 
 
 def available() -> list[str]:
-    """The names in :data:`DIALECTS` whose module exists (found without importing it)."""
-    return [name for name, module in DIALECTS.items() if importlib.util.find_spec(module)]
+    """The names in :data:`DIALECTS` whose module exists (found without importing it), then
+    those of the ``bulk.sandbox`` entry points (plug-in dialects)."""
+    names = [name for name, module in DIALECTS.items() if importlib.util.find_spec(module)]
+    return names + sorted(set(_plugins()) - set(names))
+
+
+def _plugins() -> dict[str, str]:
+    """Plug-in dialects: entry point name -> module path (``value`` of the entry point)."""
+    return {ep.name: ep.value for ep in entry_points(group="bulk.sandbox")}
 
 
 def build_app(target: str, config: SandboxConfig | None = None) -> web.Application:
@@ -90,7 +99,8 @@ def build_app(target: str, config: SandboxConfig | None = None) -> web.Applicati
 
 
 def _create(name: str, config: SandboxConfig) -> web.Application:
-    app: web.Application = importlib.import_module(DIALECTS[name]).create_app(config)
+    module = DIALECTS.get(name) or _plugins()[name]
+    app: web.Application = importlib.import_module(module).create_app(config)
     return app
 
 

@@ -89,7 +89,8 @@ __all__ = ["ChargeOverSandbox", "create_app"]
 
 PREFIX = "/api/v3"
 MAX_BULK = 25
-DEFAULT_ITEMS = (*(f"SKU-{k:03d}" for k in range(1, 51)), "ADJUSTMENT")
+ADJUSTMENT_ITEM = "ADJUSTMENT"  # seeded for lines without an item of their own (discounts)
+DEFAULT_ITEMS = (*(f"SKU-{k:03d}" for k in range(1, 51)), ADJUSTMENT_ITEM)
 DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "CHF", "JPY", "KWD", "CAD", "AUD")
 _MISSING_AUTH = "Invalid or incorrect authorization [Missing (basic) authorization header.]"
 _BAD_AUTH = "Invalid or incorrect authorization [The supplied credentials are not valid.]"

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 from ..errors import ConfigError
 from .base import Created, Job, Target
 
-__all__ = ["TARGETS", "Created", "Job", "Target", "get_target", "available_targets"]
+__all__ = ["TARGETS", "Created", "Job", "Target", "get_target", "available_targets", "names"]
 
 TARGETS: dict[str, str] = {
     "agiled": "bulk.targets.agiled:AgiledTarget",
@@ -19,9 +19,16 @@ TARGETS: dict[str, str] = {
 
 
 def available_targets() -> list[str]:
-    names = set(TARGETS)
-    names.update(ep.name for ep in entry_points(group="bulk.targets"))
-    return sorted(names)
+    """Every registered target name, sorted: the built-in ones and the ``bulk.targets`` entry points."""
+    found = set(TARGETS)
+    found.update(ep.name for ep in entry_points(group="bulk.targets"))
+    return sorted(found)
+
+
+def names() -> list[str]:
+    """The registered targets (as :func:`available_targets`): what a suite parametrizes over,
+    so a target registered through an entry point is tested like the built-in ones."""
+    return available_targets()
 
 
 def get_target(name: str) -> type[Target]:

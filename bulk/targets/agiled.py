@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
-from .base import Created, Job, Target
+from .base import Created, Job, RunJob, Target
 
 __all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
 
@@ -108,7 +108,7 @@ class AgiledTarget(Target):
                 raise UnknownReference(422, message, stage=stage, field=field)
         return super().classify(reply, stage)
 
-    async def prepare(self, job: Job) -> None:
+    async def prepare(self, job: RunJob) -> None:
         # G-auth: the smoke test, so a bad token stops the run before any write.
         await job.send(Request("GET", "/public/v1/me", kind="read"), stage="auth")
 

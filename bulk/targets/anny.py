@@ -84,13 +84,12 @@ import anyio
 from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused, UnknownReference
 from ..records import Line, Record
 from ..transport import Reply, Request
-from .base import Created, Job, Target
+from .base import Created, Job, RunJob, Target
 
 __all__ = ["AnnyTarget", "IdenticalSpacer", "item_key", "line_key", "match_items"]
 
 API = "/api/v1"
 JSONAPI = "application/vnd.api+json"
-SANDBOX_ORGANIZATION = "sandbox-org"
 ItemKey = tuple[str, str | None, int, Decimal, Decimal]
 T = TypeVar("T")
 _FOUND = Reply(200, {}, b"")  # what a recover() returns when the lookup found the object
@@ -287,7 +286,7 @@ class AnnyTarget(Target):
         self.default_limits = {"write": _per_minute(options, "writes_per_minute", 100),  # type: ignore[misc]
                                "read": _per_minute(options, "reads_per_minute", 400)}
         try:
-            self.spacer = IdenticalSpacer(int(options.get("identical_per_second", 4)))
+            self.identical_per_second = int(options.get("identical_per_second", 4))
         except ValueError:
             raise ConfigError("--option identical_per_second: give a whole number (0 = no spacing)") from None
         self.paid_notification = str(options.get("paid_notification", "false")).lower() in ("true", "1", "yes")
@@ -298,6 +297,11 @@ class AnnyTarget(Target):
         if not 0 <= self.settle <= 3600:
             raise ConfigError("--option settle: give the seconds a request of a killed run may still take "
                               "to reach anny, between 0 and 3600 (default 2)")
+        self.start_run()  # usable outside a run too (e.g. classify in a unit test); the engine calls it again
+
+    def start_run(self) -> None:
+        super().start_run()
+        self.spacer = IdenticalSpacer(self.identical_per_second)
         self._started = time.monotonic()  # moved to this process's first answer from anny
         self._answered = False
         self._resumed = False  # a record an earlier run may have sent was seen
@@ -311,14 +315,6 @@ class AnnyTarget(Target):
         if env.get("ANNY_ORGANIZATION"):
             creds["ANNY_ORGANIZATION"] = env["ANNY_ORGANIZATION"]
         return creds
-
-    @classmethod
-    def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
-        return {"ANNY_API_TOKEN": secret, "ANNY_ORGANIZATION": SANDBOX_ORGANIZATION}, secret
-
-    @classmethod
-    def sandbox_options(cls) -> dict[str, Any]:
-        return {"organization": SANDBOX_ORGANIZATION}
 
     def secrets(self) -> list[str]:
         return [self.credentials.get("ANNY_API_TOKEN", "")]
@@ -374,7 +370,7 @@ class AnnyTarget(Target):
     def affinity(self, record: Record) -> str:
         return record.customer.email.lower()  # customers are found (and resolved) by e-mail
 
-    async def prepare(self, job: Job) -> None:
+    async def prepare(self, job: RunJob) -> None:
         if not self.organization:
             raise ConfigError("the anny target needs the organization id: --option organization=ID")
         # A read as smoke test: a bad token or organization stops the run before any write.
@@ -397,7 +393,7 @@ class AnnyTarget(Target):
         return Request(method, API + path, params=[("o", self.organization), *params], json=body,
                        kind="read" if method == "GET" else "write", content_type=JSONAPI)
 
-    async def _send(self, job: Job, req: Request, stage: str,
+    async def _send(self, job: RunJob, req: Request, stage: str,
                     recover: Callable[[], Awaitable[Reply | None]] | None = None) -> Reply:
         async with self.spacer.slot(req):
             reply = await job.send(req, stage=stage, recover=recover)

@@ -4,7 +4,17 @@ A target is a small class: it says how to authenticate, what it checks beyond th
 rules, and how one record becomes invoices at its API (:meth:`Target.upload`). It never paces,
 retries, checkpoints or writes output: the engine does, through the :class:`Job` handed to
 ``upload``. Register a new target in ``bulk.targets.TARGETS`` or through the ``bulk.targets``
-entry-point group.
+entry-point group (its sandbox dialect through ``bulk.sandbox``), and prove it with
+``bulk.testing.conformance`` (README: "Writing a target").
+
+What a target implements: the class attributes of :class:`Target` (``name``, ``credential_env``,
+``base_url_env``, ...), :meth:`Target.headers` and :meth:`Target.upload`; where the API needs
+it, :meth:`~Target.check`, :meth:`~Target.classify` / :meth:`~Target.error_detail` (its error
+shape), :meth:`~Target.start_run` (run state), :meth:`~Target.prepare` (a smoke test),
+:meth:`~Target.finish` (reconcile late copies) and :meth:`~Target.affinity`. The lifecycle, in
+every run: ``__init__`` (before the run: check the options, raise ConfigError), then inside the
+run ``start_run`` (in every process), ``prepare`` (parent only), ``upload`` for every record
+(concurrently), ``finish`` (parent only, when the input was read to the end).
 
 Exactly-once is the target's responsibility *using the engine's help*:
 
@@ -46,7 +56,7 @@ from ..transport import Reply, Request
 if TYPE_CHECKING:
     from ..records import Record
 
-__all__ = ["Created", "Job", "Target", "MIN_SECRET_LENGTH"]
+__all__ = ["MIN_SECRET_LENGTH", "Created", "Job", "RunJob", "Target"]
 
 #: the shortest credential accepted from the environment (see ``credentials_from_env``)
 MIN_SECRET_LENGTH = 8
@@ -63,12 +73,13 @@ class Created:
     existed: bool = False  # found at the API already (lost answer, earlier job), not made now
 
 
-class Job(Protocol):
-    """What the engine offers a target for one record (implemented in ``bulk.job``)."""
+class RunJob(Protocol):
+    """What the engine offers a target for the whole run, outside any record: the handle that
+    :meth:`Target.prepare` and :meth:`Target.finish` receive (implemented in ``bulk.job``).
+    :class:`Job` (one record's handle) has all of it too. Every call is shared by the run's
+    workers: ``resolve`` is single flight across them, ``send`` passes the run's one pacer."""
 
-    record: Record
-    progress: dict[str, Any]
-    maybe_sent_before: bool
+    #: how many requests of one record ``upload`` may have in flight at once (``--item-concurrency``)
     item_concurrency: int
 
     async def send(
@@ -95,6 +106,17 @@ class Job(Protocol):
 
     def remembered(self, ns: str) -> dict[str, str]:
         """Everything remembered in ``ns`` by this job's runs. Only in :meth:`Target.finish`."""
+
+
+class Job(RunJob, Protocol):
+    """What the engine offers a target for one record (implemented in ``bulk.job``)."""
+
+    #: the record being uploaded (the same object ``upload`` gets)
+    record: Record
+    #: persisted with every checkpoint while the record is in flight (see the module docstring)
+    progress: dict[str, Any]
+    #: an earlier run may have sent this record: look before creating when the API has no key
+    maybe_sent_before: bool
 
 
 class Target(abc.ABC):
@@ -138,20 +160,30 @@ class Target(abc.ABC):
                               "keep out of messages and output files safely; give the real credential")
         return {name: env[name] for name in cls.credential_env}
 
+    # --- not part of the adapter's contract: the embedded sandbox --------------------------
+    # How a target's client meets its sandbox dialect (credentials, seeds) is owned by
+    # ``bulk.embedded``, not by the adapter; these delegate there for existing callers.
+    # Do not override them: a plug-in target gets ``bulk.embedded``'s default pairing.
     @classmethod
     def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
         """Credentials for the embedded sandbox, and the token string its dialect accepts."""
-        return {name: secret for name in cls.credential_env}, secret
+        from .. import embedded
+
+        return embedded.pairing(cls).credentials(secret)
 
     @classmethod
     def sandbox_options(cls) -> dict[str, Any]:
         """Dialect options for the embedded sandbox (e.g. seeded catalogue)."""
-        return {}
+        from .. import embedded
+
+        return embedded.pairing(cls).dialect_options()
 
     @classmethod
     def sandbox_client_options(cls) -> dict[str, Any]:
         """Client ``--option`` defaults that fit the embedded sandbox's seeded data."""
-        return {}
+        from .. import embedded
+
+        return embedded.pairing(cls).client_options()
 
     # --- the adapter's contract ----------------------------------------------------------
     @abc.abstractmethod
@@ -174,12 +206,53 @@ class Target(abc.ABC):
         records sharing it go to the same process, so the customer is resolved once."""
         return record.customer.external_id
 
-    async def prepare(self, job: Job) -> None:
-        """Called once per run before any record (e.g. an auth smoke test). Default: nothing."""
+    def start_run(self) -> None:
+        """Create this run's state (caches, locks, events, batchers, per-run counters); called
+        by the engine inside the run, in every process that uploads, before :meth:`prepare` and
+        before any :meth:`upload`. A target object is built before the run (options are checked
+        in ``__init__``, so a usage error exits 2 before anything starts) and must not hold run
+        state from there: an ``anyio`` primitive is bound to the loop that first uses it, and a
+        library user may run one target object twice. Extend with ``super().start_run()``.
+        Default: nothing."""
+
+    async def prepare(self, job: RunJob) -> None:
+        """Called once per run, in the parent process only, after :meth:`start_run` and before
+        any record (e.g. an auth smoke test). ``job`` has no record. A RetryableError stops the
+        run resumably ("the API is not answering"); an AuthError stops it at once. Default:
+        nothing."""
 
     @abc.abstractmethod
     async def upload(self, record: Record, job: Job) -> Created:
-        """Create ``record`` at the API exactly once and say what was created."""
+        """Create ``record`` at the API exactly once and say what was created.
+
+        Concurrency: the engine calls ``upload`` from ``--concurrency`` workers at once (and,
+        with ``--processes N``, in N processes, each with its own target object, records routed
+        by :meth:`affinity`). What is shared between concurrent calls: ``self`` (so state made
+        in :meth:`start_run` needs a lock or single flight where two calls could race: prefer
+        ``job.resolve``, which is already single flight, cached and resumable), the run's pacer
+        and transport behind ``job.send``. Within one call, keep at most ``job.item_concurrency``
+        requests in flight (the engine does not enforce it). Never sleep to pace or retry:
+        ``job.send`` does both.
+
+        Errors. Return :class:`Created` on success. Let the errors ``job.send`` raises pass
+        through (the engine decides); raise these yourself, each meaning one thing to the engine:
+
+        - :class:`~bulk.errors.RecordRefused` (via ``classify``) or
+          :class:`~bulk.errors.InvalidRecord`: this record fails (``failed_reasons.csv`` keeps
+          the status, field and message); the run goes on. Use it for what the API will never
+          take. Prefer :meth:`check` for what can be seen before sending.
+        - :class:`~bulk.errors.UnknownReference`: an id the request was built from is unknown
+          to the API; the engine forgets the ``refs`` and runs ``upload`` once more.
+        - a :class:`~bulk.errors.RetryableError` (``ServerError``, ``TransportError``,
+          ``Throttled``) escaping ``upload`` after ``job.send`` gave up: the record is failed,
+          or ``uncertain`` when ``maybe_committed``; do not catch them to retry yourself.
+        - :class:`~bulk.errors.AbortRun` (``AuthError``, ``QuotaExhausted``, ``ApiUnavailable``):
+          the whole run stops, resumably. :class:`~bulk.errors.ConfigError`: a usage error
+          (exit 2); raise it in ``__init__`` rather than here.
+
+        Any other exception is a bug in the target and stops the run. ``upload`` must be safe
+        to run again from the start for the same record (a resumed run, a stale reference):
+        make every create idempotent or look before creating (see the module docstring)."""
 
     def error_detail(self, reply: Reply) -> tuple[str, str]:
         """``(field, message)`` of an error answer, in the API's own words: the field(s) it
@@ -199,10 +272,10 @@ class Target(abc.ABC):
                 return str(data["field"]), message
         return "", message
 
-    async def finish(self, job: Job) -> dict[str, Any] | None:
+    async def finish(self, job: RunJob) -> dict[str, Any] | None:
         """Called once at the end of a run whose input was read to the end (also when the job
-        was already finished), in the parent process, after every record finished (``job.record``
-        is None). What it returns goes into ``summary.json`` as ``reconciled``. A failure must
+        was already finished), in the parent process, after every record finished (``job`` has
+        no record). What it returns goes into ``summary.json`` as ``reconciled``. A failure must
         not lose the job: a RetryableError here is the target's to absorb (the next run of the
         same command calls ``finish`` again); an AbortRun stops the run resumably. Default:
         nothing."""

@@ -14,7 +14,7 @@ Items. ChargeOver needs an existing item on every line. ``item_ref`` is resolved
 record naming the line. Lines without ``item_ref`` (discounts) use ``--option
 default_item=<item external key>``; without it such records are rejected before anything is
 sent. The embedded sandbox defaults to its seeded ``ADJUSTMENT`` item
-(:meth:`sandbox_client_options`), so ``bulk upload file --target chargeover`` needs no setup.
+(``bulk.embedded``), so ``bulk upload file --target chargeover`` needs no setup.
 
 Tax and totals (the decision). ChargeOver applies the account's tax configuration and does not
 publish its tax-override fields, so no tax is sent: ``line_rate`` is the record's unit price
@@ -60,18 +60,13 @@ from urllib.parse import quote
 from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
-from .base import Created, Job, Target
+from .base import Created, Job, RunJob, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
 from .chargeover_mapping import API, by_key, comparable, customer_body, invoice_body
 
 __all__ = ["ChargeOverTarget"]
 
 PUBLIC, PRIVATE = "CHARGEOVER_PUBLIC_KEY", "CHARGEOVER_PRIVATE_KEY"
-SANDBOX_PUBLIC_KEY = "bulk-embedded-sandbox"
-SANDBOX_DEFAULT_ITEM = "ADJUSTMENT"
-SANDBOX_ITEMS = (*(f"SKU-{k:03d}" for k in range(1, 51)), SANDBOX_DEFAULT_ITEM)
-SANDBOX_CURRENCIES = ("USD", "EUR", "GBP", "CHF", "JPY", "KWD", "CAD", "AUD", "NZD", "SEK", "NOK",
-                      "DKK", "PLN", "CZK", "HUF", "BRL", "MXN", "INR", "CNY", "SGD", "HKD", "ZAR")
 OPTIONS = ("default_item", "bulk", "bulk_size", "bulk_linger_ms", "verify_totals", "currency_map")
 
 
@@ -147,23 +142,15 @@ class ChargeOverTarget(Target):
         self.linger = _option_int(self.options, "bulk_linger_ms", 10, 0, 1000) / 1000
         self.verify = _option_flag(self.options, "verify_totals")
         self.currency_map = _currency_map(str(self.options.get("currency_map", "")))
+        self.start_run()  # usable outside a run too (e.g. classify in a unit test); the engine calls it again
+
+    def start_run(self) -> None:
+        super().start_run()
         self.batcher: Batcher | None = None
         self._missing: set[tuple[str, str]] = set()  # (kind, key) not found this run
 
     def writes_per_invoice(self) -> float:
         return 1 / self.bulk_size if self.use_bulk else 1.0  # _bulk carries up to bulk_size creates
-
-    @classmethod
-    def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
-        return {PUBLIC: SANDBOX_PUBLIC_KEY, PRIVATE: secret}, f"{SANDBOX_PUBLIC_KEY}:{secret}"
-
-    @classmethod
-    def sandbox_options(cls) -> dict[str, Any]:
-        return {"items": list(SANDBOX_ITEMS), "currencies": list(SANDBOX_CURRENCIES)}
-
-    @classmethod
-    def sandbox_client_options(cls) -> dict[str, Any]:
-        return {"default_item": SANDBOX_DEFAULT_ITEM}
 
     def _token(self) -> str:
         pair = f"{self.credentials.get(PUBLIC, '')}:{self.credentials.get(PRIVATE, '')}"
@@ -191,7 +178,7 @@ class ChargeOverTarget(Target):
                 if line.item_ref is None:
                     raise _no_item(record, i)
 
-    async def prepare(self, job: Job) -> None:
+    async def prepare(self, job: RunJob) -> None:
         self.batcher = Batcher(size=self.bulk_size, linger=self.linger) if self.use_bulk else None
         # The smoke test: bad keys stop the run before any write.
         await job.send(Request("GET", f"{API}/customer?limit=1", kind="read"), stage="auth")
@@ -275,7 +262,7 @@ class ChargeOverTarget(Target):
 
         return await job.resolve("chargeover.currency", code, find)
 
-    async def _item_id(self, job: Job, ref: str, *, direct: bool = False) -> str:
+    async def _item_id(self, job: RunJob, ref: str, *, direct: bool = False) -> str:
         async def find() -> str:
             found = None if ("item", ref) in self._missing else await self._get(
                 job, by_key("item", ref), stage="item", direct=direct)
@@ -307,7 +294,7 @@ class ChargeOverTarget(Target):
                 return str(found[f"{kind}_id"]), not made, found
         raise self._refused(sub, kind)
 
-    async def _get(self, job: Job, uri: str, *, stage: str, direct: bool = False) -> Any:
+    async def _get(self, job: RunJob, uri: str, *, stage: str, direct: bool = False) -> Any:
         """The ``response`` of a GET, or None for a 404."""
         sub = None if direct else await self._batched(job, "GET", uri, None, None)
         if sub is not None:
@@ -322,7 +309,7 @@ class ChargeOverTarget(Target):
             raise self._refused(sub, stage)
         return sub.response
 
-    async def _batched(self, job: Job, method: str, uri: str, payload: Any, lookup: str | None) -> Sub | None:
+    async def _batched(self, job: RunJob, method: str, uri: str, payload: Any, lookup: str | None) -> Sub | None:
         """The call's answer through ``_bulk``; None when batching is off or the account has no
         ``_bulk`` endpoint (404/405: nothing was run, batching stops for this run)."""
         if self.batcher is None:
@@ -335,7 +322,7 @@ class ChargeOverTarget(Target):
             self.batcher = None
             return None
 
-    async def _direct(self, job: Job, method: str, uri: str, payload: Any, lookup: str | None,
+    async def _direct(self, job: RunJob, method: str, uri: str, payload: Any, lookup: str | None,
                       *, stage: str) -> Sub:
         """One request outside ``_bulk``; a lost create is looked up by key before a resend."""
         found: Any = None

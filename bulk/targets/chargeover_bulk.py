@@ -38,7 +38,7 @@ import anyio
 
 from ..errors import BulkError, RetryableError, ServerError, TransportError
 from ..transport import Reply, Request
-from .base import Job
+from .base import RunJob
 
 __all__ = ["BULK_URI", "MAX_BULK", "Batcher", "Sub", "parse"]
 
@@ -110,7 +110,7 @@ class Batcher:
         self.linger = linger
         self._open: _Batch | None = None
 
-    async def call(self, job: Job, method: str, uri: str, payload: Any = None, *,
+    async def call(self, job: RunJob, method: str, uri: str, payload: Any = None, *,
                    lookup: str | None = None) -> Sub:
         """Send one sub-request in the next batch; ``lookup`` finds a POST's object by key."""
         entry = _Entry({"request_method": method, "uri": uri, "payload": payload}, lookup)
@@ -147,7 +147,7 @@ class Batcher:
             self._open = None
         batch.full.set()
 
-    async def _flush(self, batch: _Batch, job: Job) -> None:
+    async def _flush(self, batch: _Batch, job: RunJob) -> None:
         entries = batch.entries
         recovered = False
 
@@ -178,7 +178,7 @@ class Batcher:
             entry.result = sub
             entry.done.set()
 
-    async def _look_up(self, entries: list[_Entry], job: Job) -> None:
+    async def _look_up(self, entries: list[_Entry], job: RunJob) -> None:
         """Find the objects of the creates of a batch whose answer was lost (one _bulk of GETs)."""
         wanted = [e for e in entries if e.lookup and e.found is None]
         if not wanted:

@@ -85,7 +85,7 @@ from ..errors import (
 )
 from ..records import Record
 from ..transport import Reply, Request
-from .base import Created, Job, Target
+from .base import Created, Job, RunJob, Target
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
 
 __all__ = ["CoperniqTarget"]
@@ -158,7 +158,11 @@ class CoperniqTarget(Target):
         if self.lookup not in ("title", "off"):
             raise ConfigError("--option record_lookup must be title or off")
         self.default_item = self.options.get("default_catalog_item", "DISCOUNT")
-        # per-run state, bound to the running loop lazily (the target lives for one run)
+        self.start_run()  # usable outside a run too (e.g. classify in a unit test); the engine calls it again
+
+    def start_run(self) -> None:
+        super().start_run()
+        # this run's state, bound to the running loop lazily (made afresh by every run)
         self._catalogue: dict[str, str] | None = None
         self._lock: anyio.Lock | None = None
         self._listings: dict[int, dict[str | None, list[dict[str, Any]]]] = {}
@@ -171,12 +175,6 @@ class CoperniqTarget(Target):
         self._server_start: int | None = None  # the API's clock (Date) at this run's first answer
         self._tally = {"unswept": 0, "kept_differs": 0, "kept_missing": 0}  # this run's reconciliation
         self._differs: list[str] = []
-
-    @classmethod
-    def sandbox_options(cls) -> dict[str, Any]:
-        # The sandbox's documented seed (accounts CUST-000000.., SKU-001..SKU-050, DISCOUNT) fits
-        # `bulk generate`; a quota no demo file reaches, with the real headers.
-        return {"accounts": 1000, "catalog_items": 50, "daily_quota": 10_000_000}
 
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self.credentials["COPERNIQ_API_KEY"], "Accept": "application/json"}
@@ -241,7 +239,7 @@ class CoperniqTarget(Target):
             f"after {at} with the same command, when this run's first requests leave the window (the whole "
             f"quota is back by {full})", resume_at=at)
 
-    async def _send(self, job: Job, req: Request, *, stage: str,
+    async def _send(self, job: RunJob, req: Request, *, stage: str,
                     recover: Callable[[], Awaitable[Reply | None]] | None = None) -> Reply:
         """job.send, but only while the last X-RateLimit-Remaining covers the requests in flight.
 
@@ -420,12 +418,12 @@ class CoperniqTarget(Target):
         return found
 
     # --- finding an invoice that may exist already -----------------------------------------
-    async def _kind(self, record_id: int, kind: str | None, job: Job) -> str:
+    async def _kind(self, record_id: int, kind: str | None, job: RunJob) -> str:
         if kind is not None:
             return kind
         return await job.resolve("coperniq.kind", str(record_id), lambda: self._probe(record_id, job))
 
-    async def _probe(self, record_id: int, job: Job) -> str:
+    async def _probe(self, record_id: int, job: RunJob) -> str:
         for kind in ("projects", "accounts"):
             try:
                 await self._send(job, Request("GET", f"/{kind}/{record_id}/invoices", params={"page_size": "1"},
@@ -436,7 +434,7 @@ class CoperniqTarget(Target):
                     raise
         return "none"  # no such record: nothing to find; the create will say so
 
-    async def _pages(self, record_id: int, kind: str | None, job: Job) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _pages(self, record_id: int, kind: str | None, job: RunJob) -> AsyncIterator[list[dict[str, Any]]]:
         kind = await self._kind(record_id, kind, job)
         page = 1
         while kind != "none":
@@ -477,7 +475,7 @@ class CoperniqTarget(Target):
         return self._listings[record_id]
 
     # --- the sweep: late copies of watched records ----------------------------------------
-    async def finish(self, job: Job) -> dict[str, Any]:
+    async def finish(self, job: RunJob) -> dict[str, Any]:
         """Delete every exact copy of a watched record's kept invoice (see the module docstring)."""
         watched = job.remembered(_WATCH)
         by_record: dict[tuple[int, str | None], dict[str, str]] = defaultdict(dict)
@@ -513,7 +511,7 @@ class CoperniqTarget(Target):
                 await self._remove_copies(keep, found, job, listed_all=False)
         return self._report(len(watched), len(job.remembered(_REMOVED)), mode)
 
-    async def _recent(self, since: int, job: Job) -> list[dict[str, Any]]:
+    async def _recent(self, since: int, job: RunJob) -> list[dict[str, Any]]:
         """Every invoice updated after ``since`` (the API's clock), oldest first: any copy that
         can have landed late was created after the first answer of the run that watched it."""
         after = dt.datetime.fromtimestamp(since, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -529,7 +527,7 @@ class CoperniqTarget(Target):
                 return found
             page += 1
 
-    async def _remove_copies(self, keep: dict[str, str], found: list[dict[str, Any]], job: Job, *,
+    async def _remove_copies(self, keep: dict[str, str], found: list[dict[str, Any]], job: RunJob, *,
                              listed_all: bool, strict: bool = False) -> None:
         """Delete the exact copies among ``found`` of each kept invoice (external id -> invoice id).
         ``listed_all``: ``found`` holds all of the record's invoices (else only recent ones, and
@@ -592,7 +590,7 @@ class CoperniqTarget(Target):
             report["note"] = note + "; run the same command again later to sweep again"
         return report
 
-    async def _delete(self, invoice_id: int, job: Job) -> None:
+    async def _delete(self, invoice_id: int, job: RunJob) -> None:
         try:
             await self._send(job, Request("DELETE", f"/invoices/{invoice_id}"), stage="reconcile")
         except RecordRefused as exc:
