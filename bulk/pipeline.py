@@ -186,8 +186,10 @@ class Run:
         sizes = self._outputs.flush()
         doc = self._snapshot(sizes)  # no await between flush and snapshot: they agree
         self._outputs.sync()
-        self.measure.persist(self.out, doc)
         self._state.commit(doc)
+        # after the commit: a kill between the two leaves latency.hdr.json behind the checkpoint
+        # (the resumed run's histograms, from the checkpoint, include all it holds), never ahead
+        self.measure.persist(self.out, doc)
         self._outputs.write_summary(self.summary())
 
     def _traffic(self) -> dict[str, int]:
