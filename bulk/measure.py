@@ -81,7 +81,7 @@ class Measure:
 
     def row(self, counters: list[int]) -> None:
         if self.timeline is not None:
-            self.timeline.row(counters, self.latency.interval)
+            self.timeline.row(counters, self.latency.take_interval())
 
     # --- the summary ---------------------------------------------------------------------------
     def add_to(self, summary: dict[str, Any]) -> None:

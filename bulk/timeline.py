@@ -26,14 +26,11 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from .errors import OutputError
+from .latency import stats_ms
 
 __all__ = ["Timeline", "HEADER"]
 
 HEADER = b"time,elapsed_s,requests_started,requests_finished,invoices_created,throttled,errors,p50_ms,p99_ms\n"
-
-
-def _ms(us: int) -> str:
-    return f"{us / 1000:.3f}"
 
 
 class Timeline:
@@ -59,13 +56,13 @@ class Timeline:
     def row(self, counters: list[int], interval: HdrHistogram) -> None:
         """Write the row of the second now ending: ``counters`` are the job's cumulative
         [requests_started, requests_finished, invoices_created, throttled, errors];
-        ``interval`` the histogram of the requests finished since the last row (reset here)."""
+        ``interval`` the histogram of the requests finished since the last row."""
         delta = [now - before for now, before in zip(counters, self._last)]
         if interval.get_total_count():
-            p50, p99 = _ms(interval.get_value_at_percentile(50)), _ms(interval.get_value_at_percentile(99))
+            st = stats_ms(interval)
+            p50, p99 = f"{st['p50']:.3f}", f"{st['p99']:.3f}"
         else:
             p50 = p99 = ""
-        interval.reset()
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{stamp},{int(time.monotonic() - self._t0)},{','.join(map(str, delta))},{p50},{p99}\n"
         try:
