@@ -13,6 +13,7 @@ its checkpoint kept (histograms, status counts, late starts, the timeline's posi
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,15 +74,17 @@ class Measure:
 
     async def tick(self, counters: Callable[[], list[int]], metrics: Callable[[], list[Any]]) -> None:
         """Once a wall-clock second: a timeline row, and fresh /metrics."""
+        boundary = math.floor(time.time()) + 1
         while True:
-            await anyio.sleep(1.0 - time.time() % 1.0)
-            self.row(counters())
+            await anyio.sleep(max(0.0, boundary - time.time()) + 0.001)
+            self.row(counters(), boundary - 1)  # the second that just ended
+            boundary = max(boundary + 1, math.floor(time.time()) + 1)
             if self.metrics is not None:
                 self.metrics.publish(metrics())
 
-    def row(self, counters: list[int]) -> None:
+    def row(self, counters: list[int], second: int | None = None) -> None:
         if self.timeline is not None:
-            self.timeline.row(counters, self.latency.take_interval())
+            self.timeline.row(counters, self.latency.take_interval(), second)
 
     # --- the summary ---------------------------------------------------------------------------
     def add_to(self, summary: dict[str, Any]) -> None:

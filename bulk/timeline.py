@@ -53,17 +53,19 @@ class Timeline:
         # the job's counters at the last row: an earlier run's checkpoint, or where this run starts
         self._last = [int(v) for v in state["last"]] if state else list(counters)
 
-    def row(self, counters: list[int], interval: HdrHistogram) -> None:
+    def row(self, counters: list[int], interval: HdrHistogram, second: int | None = None) -> None:
         """Write the row of the second now ending: ``counters`` are the job's cumulative
         [requests_started, requests_finished, invoices_created, throttled, errors];
-        ``interval`` the histogram of the requests finished since the last row."""
+        ``interval`` the histogram of the requests finished since the last row; ``second``
+        the row's time (Unix seconds; default: now)."""
         delta = [now - before for now, before in zip(counters, self._last)]
         if interval.get_total_count():
             st = stats_ms(interval)
             p50, p99 = f"{st['p50']:.3f}", f"{st['p99']:.3f}"
         else:
             p50 = p99 = ""
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = dt.datetime.fromtimestamp(time.time() if second is None else second, dt.timezone.utc)
+        stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{stamp},{int(time.monotonic() - self._t0)},{','.join(map(str, delta))},{p50},{p99}\n"
         try:
             os.write(self._fd, line.encode())  # one write of a whole line: a kill never tears it
