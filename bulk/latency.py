@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import array
 import contextvars
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +54,6 @@ _T = histogram()
 _MASK, _UNIT, _HALF_MAG, _HALF = _T.sub_bucket_mask, _T.unit_magnitude, _T.sub_bucket_half_count_magnitude, \
     _T.sub_bucket_half_count
 _WORD = _T.word_size
-_NONZERO = re.compile(rb"[^\x00]+")
 del _T
 
 
@@ -74,22 +72,21 @@ def _bump(h: HdrHistogram, index: int, value: int) -> None:
 
 
 def _nonzero(h: HdrHistogram) -> list[tuple[int, int]]:
-    """(index, count) of every non-empty bucket, found by a C regex scan of the counts' bytes
-    instead of a Python loop over ~23,000 buckets."""
+    """(index, count) of every non-empty bucket. Blocks of 128 empty buckets are skipped by a
+    C-speed ``bytes.count`` instead of a Python loop over all ~23,000 buckets."""
     data = bytes(h.counts)
     counts = array.array("Q" if _WORD == 8 else "L")
     counts.frombytes(data)
     out = []
-    for m in _NONZERO.finditer(data):
-        for index in range(m.start() // _WORD, (m.end() - 1) // _WORD + 1):
+    block = 128 * _WORD
+    for start in range(0, len(data), block):
+        end = min(start + block, len(data))
+        if data.count(0, start, end) == end - start:
+            continue
+        for index in range(start // _WORD, end // _WORD):
             if counts[index]:
                 out.append((index, counts[index]))
     return out
-
-
-def reason_of(exc: BaseException) -> str:
-    """The status name of a transport error: ``timeout``, ``refused`` or ``reset``."""
-    return getattr(exc, "reason", None) or "reset"
 
 
 def stats_ms(h: HdrHistogram) -> dict[str, Any]:
