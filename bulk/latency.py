@@ -74,12 +74,17 @@ def _bump(h: HdrHistogram, index: int, value: int) -> None:
 def _nonzero(h: HdrHistogram) -> list[tuple[int, int]]:
     """(index, count) of every non-empty bucket. Blocks of 128 empty buckets are skipped by a
     C-speed ``bytes.count`` instead of a Python loop over all ~23,000 buckets."""
+    if h.get_total_count() == 0:
+        return []
     data = bytes(h.counts)
     counts = array.array("Q" if _WORD == 8 else "L")
     counts.frombytes(data)
     out = []
     block = 128 * _WORD
-    for start in range(0, len(data), block):
+    # only between the recorded minimum's and maximum's buckets
+    first = _index(max(LOWEST_US, min(h.min_value, HIGHEST_US))) * _WORD if h.min_value <= HIGHEST_US else 0
+    last = min(len(data), (_index(min(h.max_value, HIGHEST_US)) + 1) * _WORD) if h.max_value else len(data)
+    for start in range(first - first % block, last, block):
         end = min(start + block, len(data))
         if data.count(0, start, end) == end - start:
             continue
@@ -133,6 +138,7 @@ class Latency:
         #: every request of this second (any kind), for the timeline's p50/p99; reset by it
         self.interval = histogram()
         self.finished = 0  # requests recorded, every kind
+        self._stats: dict[str, tuple[int, dict[str, Any]]] = {}  # latency_ms per key, by count
         self.errors = 0  # of which 5xx answers or transport errors
 
     def _new(self, key: str) -> HdrHistogram:
@@ -168,7 +174,13 @@ class Latency:
 
     # --- totals --------------------------------------------------------------------------------
     def latency_ms(self) -> dict[str, Any]:
-        return {key: stats_ms(h) for key, h in sorted(self.hist.items())}
+        out = {}
+        for key, h in sorted(self.hist.items()):
+            cached = self._stats.get(key)
+            if cached is None or cached[0] != h.get_total_count():  # unchanged histograms: not again
+                cached = self._stats[key] = (h.get_total_count(), stats_ms(h))
+            out[key] = cached[1]
+        return out
 
     def status_codes(self) -> dict[str, dict[str, int]]:
         return {key: {str(code): n for code, n in sorted(counts.items(), key=lambda kv: str(kv[0]))}
@@ -222,6 +234,7 @@ class Latency:
         if not self.finished:
             return None
         doc = self.to_json()
+        self._stats.clear()
         self.hist.clear()
         self.status.clear()
         self.kinds.clear()
