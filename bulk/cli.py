@@ -1,7 +1,8 @@
 """Command line: argparse -> config -> run. The only module that prints.
 
 Exit codes: 0 everything created; 1 finished, but some records were rejected or failed;
-2 usage or configuration error; 3 aborted but resumable; 130 interrupted, resumable.
+2 usage or configuration error; 3 aborted but resumable; 4 finished, but a --threshold was not
+met; 130 interrupted, resumable.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from .errors import AuthError, BulkError, ConfigError, OutputError
 from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
 from .targets.base import Target
+from .thresholds import parse_threshold
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_THRESHOLD = 4
 
 
 def _say(message: str) -> None:
@@ -90,6 +93,8 @@ EXIT_CODES = """exit codes:
   2    usage or configuration error: nothing was started
   3    stopped, resumable: run the same command again (credentials refused, API down,
        quota exhausted, disk full)
+  4    finished, but at least one --threshold was not met (see summary.json "thresholds");
+       it wins over 1; 2, 3 and 130 win over it (thresholds judge only a finished run)
   130  interrupted, resumable: run the same command again"""
 
 
@@ -167,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="target setting, e.g. organization=42 (anny), record_map=map.csv (coperniq); "
                     "each target's keys are listed below (default: none)")
+    up.add_argument("--arrival-rate", type=float, metavar="R",
+                    help="open loop: start R records per second whatever the server does (within --concurrency); "
+                    "latency counts from each record's due time (default: closed loop)")
+    up.add_argument("--threshold", action="append", default=[], metavar="EXPR",
+                    help="pass/fail condition, e.g. write.p99<800ms, errors<0.5%%, rate>=50/s (repeatable); "
+                    "exit 4 when one is not met (default: none)")
+    up.add_argument("--metrics-port", type=int, metavar="P",
+                    help="serve Prometheus /metrics on this port while the run lasts; 0 picks a free one "
+                    "(default: none)")
+    up.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)")
 
     va = sub.add_parser("validate", help="check an input file offline; nothing is sent")
     va.add_argument("input", help="NDJSON file or .gz file")
@@ -245,6 +260,8 @@ def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConf
         shard=shard,
         processes=args.processes,
         options=_options(args.option),
+        arrival_rate=args.arrival_rate,
+        thresholds=tuple(parse_threshold(t) for t in args.threshold),
     )
 
 
@@ -327,12 +344,19 @@ async def _upload(args: argparse.Namespace) -> int:
     if config.base_url is not None:  # a missing credential is said before any bar is drawn
         target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
                      options=config.options)
+    metrics = None
+    if args.metrics_port is not None:  # a port in use is a usage error, said before anything starts
+        from .prom import MetricsServer
+
+        metrics = MetricsServer(args.metrics_host, args.metrics_port)
     console = make_progress(quiet=args.quiet, desc=f"bulk {config.target}")
     try:
+        if metrics is not None:
+            console.note(f"metrics at {metrics.url}")
         if target is not None:
             if (pace := _pace_note(config, target)) is not None:
                 console.note(pace)
-            result = await Run(config, target, progress=console).execute()
+            result = await Run(config, target, progress=console, metrics=metrics).execute()
         else:
             from .embedded import pairing
             from .sandbox import serve  # aiohttp.web and the dialects: imported only when used
@@ -354,15 +378,20 @@ async def _upload(args: argparse.Namespace) -> int:
                 options = {**pair.client_options(), **config.options}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
-                result = await Run(config, target, progress=console).execute()
+                result = await Run(config, target, progress=console, metrics=metrics).execute()
         console.finish(result.summary)
     finally:
         console.close()
+        if metrics is not None:
+            metrics.close()
     _report(config, result.summary)
     if result.error is not None:
         _stopped(cls, config, result.error, result.exit_code)
     elif result.interrupted:
         _say("interrupted: run the same command again to resume")
+    missed = [t for t in result.summary.get("thresholds") or () if not t["met"]]
+    if missed and result.exit_code in (EXIT_OK, EXIT_PARTIAL):
+        return EXIT_THRESHOLD  # a finished run that missed a threshold: 4 wins over 1 (see EXIT_CODES)
     return result.exit_code
 
 
@@ -411,6 +440,10 @@ def _report(config: UploadConfig, s: dict[str, Any]) -> None:
         _say(f"  {note}")
     _say(f"  {s['requests']} requests, {s['retries']} retries, {s['throttled']} throttled; "
          f"this run {s['this_run']['elapsed_seconds']:.1f} s, {s['this_run']['invoices_per_second']:.1f} invoices/s")
+    from .measure import measured_lines
+
+    for line in measured_lines(s):
+        _say(f"  {line}")
     bad = r["rejected"] + r["failed"] + r["uncertain"]
     extra = f"; fix and re-feed {config.out / 'failed.ndjson'}" if bad else ""
     _say(f"  outputs in {config.out}: id_map.csv, summary.json, failed.ndjson, failed_reasons.csv{extra}")

@@ -89,6 +89,8 @@ class UploadConfig:
     shard: Shard | None = None
     processes: int = 1  # upload processes (bulk.fanout); 0 = auto (see processes_for)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    arrival_rate: float | None = None  # open loop: records started per second (bulk.arrivals); None = closed loop
+    thresholds: tuple[Any, ...] = ()  # bulk.thresholds.Threshold, parsed by the CLI
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.concurrency > 4096:
@@ -106,6 +108,12 @@ class UploadConfig:
             raise ConfigError("--retries must be at least 0")
         if not 0 <= self.processes <= 64:
             raise ConfigError("--processes must be between 1 and 64, or auto")
+        if self.arrival_rate is not None:
+            if not self.arrival_rate > 0:
+                raise ConfigError("--arrival-rate must be a positive number of records per second")
+            if self.processes > 1:
+                # The schedule lives in one process: upload processes would each need a share of it.
+                raise ConfigError("--arrival-rate runs in one process: drop --processes (or give --processes 1)")
         if self.max_line_bytes < 1024:
             raise ConfigError("--max-line-bytes must be at least 1024")
         if self.base_url is not None:
@@ -131,6 +139,8 @@ class UploadConfig:
         (below that one process keeps up with the limit, and one pacer paces it exactly)."""
         if self.processes:
             return min(self.processes, self.concurrency)
+        if self.arrival_rate:
+            return 1  # the open-loop schedule lives in one process
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         try:
             big = self.input != "-" and os.path.getsize(self.input) >= 8 << 20

@@ -156,9 +156,10 @@ class TransportError(RetryableError):
     must be reconciled before it is sent again), False when it surely did not (refused).
     """
 
-    def __init__(self, message: str, *, maybe_committed: bool) -> None:
+    def __init__(self, message: str, *, maybe_committed: bool, reason: str = "reset") -> None:
         super().__init__(message)
         self.maybe_committed = maybe_committed
+        self.reason = reason  # reset, timeout or refused: how the benchmark counts it (bulk.latency)
 
 
 # --- abort the run (resumable) ----------------------------------------------------------

@@ -34,7 +34,8 @@ here, never in argv or the environment), then batches ``[[line, maybe_sent_befor
 progress | null, size], ...]`` whose payload is the lines' bytes. Child -> parent: ``{"e":
 events, "t": [requests, retries, throttled]}`` with events ``["ok", line, invoice_id,
 customer_id, status, gross | null, existed]``, ``["fail", line, kind, stage, field, status,
-message]``, ``["progress", line, {...}]``, ``["resolved", ns, key, value]``,
+message]``, (at most once a second, and in the last frame, ``"m"``: the requests' latency and
+status counts since the last report, a :meth:`bulk.latency.Latency.to_json` delta), ``["progress", line, {...}]``, ``["resolved", ns, key, value]``,
 ``["abort", error]``, ``["bye"]``. A child has at most 4x its concurrency outstanding (sent,
 not yet reported): the rest waits in the parent's bounded feed, not in socket buffers. As
 that limit is above what a child can hold queued, the records it finishes on a stop always
@@ -51,6 +52,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from decimal import Decimal
@@ -120,6 +122,7 @@ class ChildOutcome:
     def failed(self, line: int, kind: str, stage: str, field: str, status: int | str, message: str) -> None: ...
     def progress(self, line: int, progress: dict[str, Any]) -> None: ...
     def resolved(self, ns: str, key: str, value: str) -> None: ...
+    def latency(self, delta: dict[str, Any]) -> None: ...
 
 
 def shares(processes: int) -> tuple[float, float]:
@@ -216,6 +219,8 @@ class Child:
         while (frame := await receive(self._reader)) is not None:
             header, _ = frame
             self.traffic = tuple(header["t"])  # type: ignore[assignment]
+            if (delta := header.get("m")) is not None:
+                outcome.latency(delta)
             for event in header["e"]:
                 tag = event[0]
                 if tag in ("ok", "fail"):
@@ -308,9 +313,12 @@ class _ChildState:
 class _Outbox:
     """The child's events, sent in batches (one frame per few milliseconds, not per event)."""
 
-    def __init__(self, stream: SocketStream, counters: Any, inflight: dict[int, RecordJob]) -> None:
+    def __init__(self, stream: SocketStream, counters: Any, inflight: dict[int, RecordJob],
+                 latency: Any = None) -> None:
         self._stream = stream
         self._counters = counters
+        self._latency = latency
+        self._latency_sent = time.monotonic()
         self._inflight = inflight
         self._events: list[Any] = []
         self._wake = anyio.Event()
@@ -340,7 +348,14 @@ class _Outbox:
                     self._events.append(["progress", line, job.progress])
         events, self._events = self._events, []
         c = self._counters
-        await self._stream.send(encode({"e": events, "t": [c.requests, c.retries, c.throttled]}))
+        frame: dict[str, Any] = {"e": events, "t": [c.requests, c.retries, c.throttled]}
+        now = time.monotonic()
+        last = bool(events) and events[-1][0] in ("bye", "abort")
+        if self._latency is not None and (last or now - self._latency_sent >= 1.0):
+            self._latency_sent = now
+            if (delta := self._latency.take_delta()) is not None:
+                frame["m"] = delta
+        await self._stream.send(encode(frame))
 
 
 def _die_with_parent() -> None:
@@ -391,7 +406,7 @@ async def _child_main(fd: int) -> None:
         state = _ChildState(Path(s["state_db"]), lambda event: outbox.put(event))
         session = Session(transport=transport, pacer=pacer, target=target, state=state,  # type: ignore[arg-type]
                           attempts=s["attempts"], item_concurrency=s["item_concurrency"])
-        outbox = _Outbox(stream, session.counters, inflight)
+        outbox = _Outbox(stream, session.counters, inflight, session.latency)
 
         async def read() -> None:
             try:

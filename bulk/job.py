@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .errors import RecordError, RetryableError, Throttled, TransportError, UnknownReference
+from .latency import INTENDED, Latency
 from .pacing import Backoff, Pacer
 from .transport import BaseTransport, Reply, Request
 
@@ -66,6 +67,7 @@ class Session:
         self.item_concurrency = item_concurrency
         self.backoff = backoff or Backoff()
         self.counters = Counters()
+        self.latency = Latency()  # every request's latency and status, by kind and stage (issue 15)
         self._flights: dict[tuple[str, str], _Flight] = {}
         self.stale: dict[tuple[str, str], str] = {}  # ids forgotten as unknown to the API, this run
         # The session is the run, in whichever process it runs: the target's run state starts here.
@@ -89,7 +91,16 @@ class Session:
             try:
                 async with self.pacer.slot(req.kind) as sent_at:
                     self.counters.requests += 1
-                    reply = await self.transport.send(req)
+                    start = time.monotonic()
+                    # Open loop: a record's first request counts from the record's intended start.
+                    if (intended := INTENDED.get()) is not None and intended[0] is not None:
+                        start, intended[0] = min(start, intended[0]), None
+                    try:
+                        reply = await self.transport.send(req)
+                    except TransportError as exc:
+                        self.latency.record(req.kind, stage, int((time.monotonic() - start) * 1e6), exc.reason)
+                        raise
+                    self.latency.record(req.kind, stage, int((time.monotonic() - start) * 1e6), reply.status)
                 self.pacer.observe(req.kind, reply.headers)
                 result = self.target.classify(reply, stage)
                 self.pacer.ok()

@@ -9,7 +9,11 @@ outputs are disjoint. Merging therefore concatenates and adds up:
 - ``failed.ndjson``: every shard's lines, verbatim, ready to fix and re-feed;
 - ``summary.json``: the counts, request counters and money totals summed (totals exactly, as
   :class:`~bulk.tally.Tally` merges them), elapsed time the longest shard's (they ran side by
-  side), and one entry per shard.
+  side), and one entry per shard;
+- ``latency.hdr.json`` and the summary's ``latency_ms`` / ``status_codes`` / ``late_starts``:
+  the shards' histograms added (HDR histograms add exactly: the percentiles are those of every
+  shard's requests together) and their status counts summed. A shard's ``timeline.csv`` stays
+  in its own directory (the shards' seconds are not merged).
 
 It refuses, with a :class:`~bulk.errors.ConfigError` saying what to do, a set that is not one
 complete job: directories that are not finished shard runs, shards of different inputs,
@@ -31,6 +35,7 @@ import orjson
 
 from .checkpoint import read_checkpoint
 from .errors import ConfigError
+from .latency import Latency
 from .outputs import ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
 from .tally import Tally
 
@@ -132,9 +137,14 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     tally = Tally()
     traffic = {"requests": 0, "retries": 0, "throttled": 0}
     per_shard = []
+    latency = Latency()
+    late_starts = 0
     for s in shards:
         t = Tally.from_json(s.checkpoint["tally"])
         tally.merge(t)
+        if isinstance(s.checkpoint.get("latency"), dict):
+            latency.add_json(s.checkpoint["latency"])
+        late_starts += int(s.checkpoint.get("late_starts") or 0)
         for key in traffic:
             traffic[key] += int(s.checkpoint["traffic"].get(key, 0))
         per_shard.append({"shard": f"{s.index}/{s.count}", "dir": str(s.dir), "read": t.read, "created": t.created,
@@ -171,7 +181,13 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         **traffic,
         "elapsed_seconds": round(elapsed, 3),
         "invoices_per_second": round(tally.created / elapsed, 2) if elapsed > 0 else 0.0,
+        "latency_ms": latency.latency_ms(),
+        "status_codes": latency.status_codes(),
+        "late_starts": late_starts,
+        "arrival_rate": summaries[0].get("arrival_rate"),
     }
+    hdr = {k: v for k, v in latency.to_json().items() if not k.startswith("_")}
+    write_atomic(out / "latency.hdr.json", orjson.dumps(hdr) + b"\n")
     if reconciled := _merged_reconciled(summaries):
         summary["reconciled"] = reconciled
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")

@@ -50,6 +50,8 @@ from .errors import find_bulk_error, redact_error
 from .fanout import Child, ChildOutcome, Router, shares
 from .feed import Feed
 from .job import RecordJob, Session, SessionJob, failure, upload
+from .latency import INTENDED
+from .measure import Measure
 from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink, Status
@@ -86,8 +88,11 @@ class _Remote:
 class Run:
     """One ``bulk upload`` run over a run directory. Use :meth:`execute` once."""
 
-    def __init__(self, config: UploadConfig, target: Target, *, progress: ProgressSink | None = None) -> None:
+    def __init__(self, config: UploadConfig, target: Target, *, progress: ProgressSink | None = None,
+                 metrics: Any = None) -> None:
         self.config = config
+        # latency, status codes, timeline, open loop, thresholds, /metrics (issue 15)
+        self.measure = Measure(arrival_rate=config.arrival_rate, thresholds=config.thresholds, metrics=metrics)
         self.target = target
         self.progress = progress
         self.out = Path(config.out)
@@ -104,6 +109,7 @@ class Run:
         self._already_done = 0
         self._complete = False
         self._t0 = time.monotonic()
+        self._t_end: float | None = None  # when this run ended: the summary written then and the one returned agree
         self._started_at = _utc_now()  # the job's start: a resumed run keeps the first run's
         self._ended_at: str | None = None
         self._session: Session | None = None
@@ -148,6 +154,7 @@ class Run:
         self._traffic0 = dict(cp["traffic"])
         self._elapsed0 = float(cp["elapsed"])
         self._started_at = cp.get("started_at") or self._started_at
+        self.measure.restore(cp)
         offset, line = cp["watermark"]
         return int(offset), int(line)
 
@@ -171,6 +178,7 @@ class Run:
             "outputs": sizes,
             "complete": self._complete,
             "started_at": self._started_at,
+            **self.measure.snapshot(),
         }
 
     def checkpoint(self) -> None:
@@ -179,6 +187,9 @@ class Run:
         doc = self._snapshot(sizes)  # no await between flush and snapshot: they agree
         self._outputs.sync()
         self._state.commit(doc)
+        # after the commit: a kill between the two leaves latency.hdr.json behind the checkpoint
+        # (the resumed run's histograms, from the checkpoint, include all it holds), never ahead
+        self.measure.persist(self.out, doc)
         self._outputs.write_summary(self.summary())
 
     def _traffic(self) -> dict[str, int]:
@@ -193,16 +204,16 @@ class Run:
         }
 
     def _elapsed(self) -> float:
-        return self._elapsed0 + (time.monotonic() - self._t0)
+        return self._elapsed0 + ((self._t_end or time.monotonic()) - self._t0)
 
     def summary(self) -> dict[str, Any]:
         t = self.tally
         elapsed = self._elapsed()
-        run_elapsed = time.monotonic() - self._t0
+        run_elapsed = (self._t_end or time.monotonic()) - self._t0
         made_now = t.created - self._created0
         from . import __version__  # bulk/__init__ imports this module
 
-        return {
+        summary = {
             "version": __version__,
             "started_at": self._started_at,  # when the job's first run started (UTC)
             "ended_at": self._ended_at,  # when this run ended (UTC); null while it runs
@@ -228,6 +239,21 @@ class Run:
                 "invoices_per_second": round(made_now / run_elapsed, 2) if run_elapsed > 0 else 0.0,
             },
         }
+        self.measure.add_to(summary)
+        return summary
+
+    def _counters(self) -> list[int]:
+        """The job's counters a timeline row is the difference of (see bulk.timeline)."""
+        traffic, latency = self._traffic(), self.measure.latency
+        return [traffic["requests"], latency.finished, self.tally.created, traffic["throttled"], latency.errors]
+
+    def _metrics(self) -> list[Any]:
+        from .prom import families
+
+        t = self.tally
+        return families(self.measure.latency, self._traffic(), {
+            "created": t.created, "existing": t.existing, "rejected": t.rejected, "failed": t.failed,
+            "uncertain": t.uncertain}, self.measure.late_starts)
 
     # --- outcomes --------------------------------------------------------------------------
     def _created(self, record: Record, created: Created) -> None:
@@ -337,6 +363,10 @@ class Run:
                 break
             if self.stopping:
                 continue  # not started: stays unfinished, the next run does it
+            if (arrivals := self.measure.arrivals) is not None:
+                INTENDED.set([await arrivals.start()])  # open loop: wait for the record's due time
+                if self.stopping:
+                    continue
             line = record.line_no
             job = RecordJob(session, record, progress=self._resume_progress.pop(line, None),
                             maybe_sent_before=line <= self._prev_reserved)
@@ -469,11 +499,18 @@ class Run:
                                  connections=c.concurrency, secrets=self.target.secrets()) as transport:
                 self._session = Session(transport=transport, pacer=pacer, target=self.target, state=self._state,
                                         attempts=c.attempts, item_concurrency=c.item_concurrency)
+                self._session.latency = self.measure.latency
+                self.measure.open_timeline(self.out, self._counters())
                 error = await self._run_tasks(handle_signals)
         finally:
             self._ended_at = _utc_now()
             for child in self._children:
                 await child.close()
+            try:
+                self.measure.row(self._counters())  # the last (partial) second
+            except OutputError as exc:
+                error = error or exc
+            self._t_end = time.monotonic()
             self._input.close()
             if not isinstance(error, OutputError):
                 if error is None and not self.stopping:
@@ -484,6 +521,7 @@ class Run:
                     error = error or exc
             self._outputs.close()
             self._state.close()
+            self.measure.close()
         summary = self.summary()
         if error is not None:
             # The output boundary: the error may quote an API's answer, which may quote a credential.
@@ -500,6 +538,7 @@ class Run:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._checkpointer)
+                outer.start_soon(self.measure.tick, self._counters, self._metrics)
                 if self.progress is not None:
                     outer.start_soon(self._ticker)
                 if handle_signals:
@@ -585,6 +624,9 @@ class _RemoteOutcome(ChildOutcome):
 
     def resolved(self, ns: str, key: str, value: str) -> None:
         self._run._state.put(ns, key, value)
+
+    def latency(self, delta: dict[str, Any]) -> None:
+        self._run.measure.latency.add_delta(delta)
 
 
 def _first_bulk_error(group: BaseExceptionGroup) -> BulkError:

@@ -172,9 +172,11 @@ class Transport:
             ) + ": fix the server's certificate, or add its CA to the trusted ones (SSL_CERT_FILE)") from None
         except aiohttp.ClientConnectorError as exc:
             # The connection was never established: the request surely did not arrive.
-            raise TransportError(self._describe("cannot connect", exc), maybe_committed=False) from None
+            raise TransportError(self._describe("cannot connect", exc), maybe_committed=False,
+                                 reason="timeout" if isinstance(exc, asyncio.TimeoutError) else "refused") from None
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise TransportError(self._describe("no answer", exc), maybe_committed=True) from None
+            raise TransportError(self._describe("no answer", exc), maybe_committed=True,
+                                 reason="timeout" if isinstance(exc, asyncio.TimeoutError) else "reset") from None
 
     def _describe(self, what: str, exc: BaseException) -> str:
         detail = str(exc) or type(exc).__name__
