@@ -89,6 +89,7 @@ class UploadConfig:
     shard: Shard | None = None
     processes: int = 1  # upload processes (bulk.fanout); 0 = auto (see processes_for)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    on_existing: str = "skip"  # --on-existing: see bulk.existing
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.concurrency > 4096:

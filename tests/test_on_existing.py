@@ -1,0 +1,214 @@
+"""``--on-existing fail|skip|update``, through the CLI against each target's sandbox.
+
+An export is uploaded; 6 of its invoices are corrected (a unit price, a line added, a due
+date); the corrected export goes again, in a NEW run directory, against the same sandbox.
+``update`` changes exactly the corrected invoices (checked at the server, line by line),
+creates none and counts them; ``skip`` leaves them; ``fail`` reports every one with the API
+id and the flag. A run killed while its updates wait at the proxy finishes them when the same
+command runs again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    SandboxServer,
+    cli,
+    expected_totals,
+    in_flight,
+    read_id_map,
+    read_reasons,
+    start_cli,
+    stop,
+    summary,
+    support,
+    upload_args,
+    wait_until,
+)
+from hostile_proxy import HostileProxy
+
+from bulk.generate import generate
+from bulk.records import parse_record
+
+#: targets whose update endpoint bulk drives (the others: see README, "correct and re-run")
+UPDATING = ["agiled", "chargeover"]
+#: the PUT/PATCH that carries an invoice update, per target (for the kill test's gate)
+UPDATE_REQUEST = {"agiled": ("PUT", "/public/v1/invoices/"), "chargeover": ("PUT", "/api/v3/invoice/")}
+N, CORRECTED = 14, (1, 3, 4, 7, 10, 12)
+
+
+def _docs(seed: int) -> list[dict[str, Any]]:
+    docs = [json.loads(line) for line in generate(N, seed=seed)]
+    for d in docs:
+        d["status"] = "draft"  # an invoice the APIs let us change
+    return docs
+
+
+def _corrected(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = copy.deepcopy(docs)
+    for n, i in enumerate(CORRECTED):
+        d = out[i]
+        first = d["lines"][0]
+        first["unit_price"] = str(Decimal(str(first["unit_price"])) + Decimal("1.25"))  # an amount
+        if n % 2:
+            d["lines"].append({**copy.deepcopy(first), "title": f"Correction {i}", "quantity": 2})  # a line
+        if d.get("due_date"):
+            d["due_date"] = d["due_date"][:8] + "28"  # a due date
+    return out
+
+
+def _write(path: Path, docs: list[dict[str, Any]]) -> None:
+    path.write_bytes(b"".join(json.dumps(d).encode() + b"\n" for d in docs))
+
+
+def _records(docs: list[dict[str, Any]]) -> list[Any]:
+    return [parse_record(json.dumps(d).encode(), i) for i, d in enumerate(docs, 1)]
+
+
+def _at_server(target: str, sb: SandboxServer) -> dict[str, dict[str, Any]]:
+    """Each invoice at the server by external id: the audit's view, plus its due date where the
+    target maps one (Agiled)."""
+    state = sb.state()
+    found = {inv["external_id"]: inv for inv in support(target).audited(state)}
+    if target == "agiled":
+        for raw in state["invoices"]:
+            found[raw["invoice_number"]]["due_date"] = raw["due_date"]
+    return found
+
+
+def _assert_matches(target: str, server: dict[str, dict[str, Any]], docs: list[dict[str, Any]]) -> None:
+    s = support(target)
+    for d in docs:
+        inv = server[d["external_id"]]
+        assert inv["items"] == s.record_items(d), (d["external_id"], inv["items"], s.record_items(d))
+        if "due_date" in inv:
+            assert inv["due_date"] == d.get("due_date"), d["external_id"]
+
+
+def _actions(out: Path) -> dict[str, str]:
+    return {row["external_id"]: row["action"] for row in read_id_map(out)}
+
+
+@pytest.fixture(params=UPDATING)
+def target(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
+    docs = _docs(seed=1301)
+    fixed = _corrected(docs)
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    corrected = {docs[i]["external_id"] for i in CORRECTED}
+    with SandboxServer(target) as sb:
+        done = cli(upload_args(sb, first, tmp_path / "run1"), sb.env)
+        assert done.returncode == 0, done.stderr
+        before = _at_server(target, sb)
+        assert len(before) == N
+
+        # fail: every invoice that exists is reported, nothing is written
+        failing = cli(upload_args(sb, second, tmp_path / "run-fail", "--on-existing", "fail"), sb.env)
+        assert failing.returncode == 1, failing.stderr
+        reasons = read_reasons(tmp_path / "run-fail")
+        assert {r["external_id"] for r in reasons} == {d["external_id"] for d in docs}
+        for r in reasons:
+            assert r["kind"] == "failed" and r["stage"] == "existing", r
+            assert before[r["external_id"]]["id"] in r["message"] and "--on-existing update" in r["message"], r
+        assert _at_server(target, sb) == before
+
+        # skip: left as they are, named in the ID map as existing
+        skipping = cli(upload_args(sb, second, tmp_path / "run-skip", "--on-existing", "skip"), sb.env)
+        assert skipping.returncode == 0, skipping.stderr
+        assert set(_actions(tmp_path / "run-skip").values()) == {"existing"}
+        assert _at_server(target, sb) == before
+        assert summary(tmp_path / "run-skip")["records"]["existing"] == N
+
+        # update: exactly the corrected invoices change, none is created
+        updating = cli(upload_args(sb, second, tmp_path / "run2", "--on-existing", "update"), sb.env)
+        assert updating.returncode == 0, updating.stderr
+        after = _at_server(target, sb)
+    assert set(after) == set(before) and {k: v["id"] for k, v in after.items()} == {k: v["id"] for k, v in
+                                                                                   before.items()}
+    for ext, inv in after.items():
+        if ext not in corrected:
+            assert inv == before[ext], ext  # untouched, field by field
+    _assert_matches(target, after, fixed)
+    actions = _actions(tmp_path / "run2")
+    assert actions == {d["external_id"]: "updated" if d["external_id"] in corrected else "unchanged" for d in docs}
+    s = summary(tmp_path / "run2")
+    r = s["records"]
+    assert (r["created"], r["updated"], r["unchanged"], r["failed"]) == (0, len(CORRECTED), N - len(CORRECTED), 0), r
+    assert s["totals"] == expected_totals(_records(fixed))  # every ID map row, at the corrected amounts
+    assert "6 updated, 8 unchanged" in updating.stderr
+
+
+def test_killed_during_updates_then_the_same_command_finishes_them(target: str, tmp_path: Path) -> None:
+    docs = _docs(seed=1302)
+    fixed = _corrected(docs)
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    corrected = {docs[i]["external_id"] for i in CORRECTED}
+    method, prefix = UPDATE_REQUEST[target]
+    passed: list[str] = []
+
+    def third_update_on(m: str, path: str, body: bytes) -> bool:
+        if m != method or not path.startswith(prefix):
+            return False
+        if len(passed) < 2:
+            passed.append(path)  # the first two updates reach the server
+            return False
+        return True
+
+    with SandboxServer(target) as sb:
+        assert cli(upload_args(sb, first, tmp_path / "run1"), sb.env).returncode == 0
+        with HostileProxy(sb.base_url, seed=1302, rates={}) as proxy:
+            args = upload_args(sb, second, tmp_path / "run2", "--on-existing", "update", "--concurrency", "2",
+                               "--checkpoint-every", "0.02", via=proxy)
+            gate = proxy.gate(third_update_on)
+            proc = start_cli(args, sb.env)
+            try:
+                wait_until(lambda: proc.poll() is not None or gate.reached.is_set(), timeout=60, interval=0.005,
+                           what="an update stopped at the gate")
+                assert proc.poll() is None, f"the run ended before the kill: {proc.communicate(timeout=30)}"
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate(timeout=30)
+            finally:
+                stop(proc)
+            gate.drop()  # the stopped updates never reach the server
+            proxy.drain()
+            wait_until(lambda: in_flight(sb) == 0, timeout=30, what="no request in flight at the sandbox")
+            assert gate.stopped >= 1
+            halfway = _at_server(target, sb)
+            not_yet = {ext for ext in corrected
+                       if halfway[ext]["items"] != support(target).record_items(fixed[_index(fixed, ext)])}
+            assert not_yet, "every update landed before the kill: the test proves nothing"
+            done = cli(args, sb.env)
+            assert done.returncode == 0, done.stderr
+            after = _at_server(target, sb)
+    assert len(after) == N
+    _assert_matches(target, after, fixed)
+    actions = _actions(tmp_path / "run2")
+    assert Counter(row["external_id"] for row in read_id_map(tmp_path / "run2")) == Counter(
+        d["external_id"] for d in docs)
+    for ext in not_yet:
+        assert actions[ext] == "updated", (ext, actions[ext])
+    for ext, action in actions.items():
+        # An update that landed before the kill, its outcome not checkpointed, is found equal:
+        # `existing` (what an earlier run did is not known), never a failure or a create.
+        assert action in (("updated", "existing") if ext in corrected else ("unchanged", "existing")), (ext, action)
+    r = summary(tmp_path / "run2")["records"]
+    assert r["failed"] == r["uncertain"] == r["rejected"] == 0 and r["read"] == N, r
+
+
+def _index(docs: list[dict[str, Any]], ext: str) -> int:
+    return next(i for i, d in enumerate(docs) if d["external_id"] == ext)
