@@ -114,7 +114,8 @@ def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
     _write(first, docs)
     _write(second, fixed)
     corrected = {docs[i]["external_id"] for i in CORRECTED}
-    with SandboxServer(target) as sb:
+    options = {"record_exchanges": True} if target == "coperniq" else {}
+    with SandboxServer(target, options=options) as sb:
         done = cli(upload_args(sb, first, tmp_path / "run1"), sb.env)
         assert done.returncode == 0, done.stderr
         before = _at_server(target, sb)
@@ -146,6 +147,13 @@ def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
         updating = cli(upload_args(sb, second, tmp_path / "run2", "--on-existing", "update"), sb.env)
         assert updating.returncode == 0, updating.stderr
         after = _at_server(target, sb)
+        if target == "coperniq":  # every request and answer, the PATCHes too, to the OpenAPI document
+            from test_coperniq import SPEC, conformance_errors, exchanges
+            from openapi_core import OpenAPI
+
+            recorded = exchanges(sb)
+            assert any(ex["method"] == "PATCH" and ex["status"] == 200 for ex in recorded)
+            assert conformance_errors(OpenAPI.from_file_path(str(SPEC)), recorded) == []
     assert set(after) == set(before) and {k: v["id"] for k, v in after.items()} == {k: v["id"] for k, v in
                                                                                    before.items()}
     for ext, inv in after.items():
