@@ -39,10 +39,11 @@ from bulk.generate import generate
 from bulk.records import parse_record
 
 #: targets whose update endpoint bulk drives (the others: see README, "correct and re-run")
-UPDATING = ["agiled", "chargeover", "coperniq"]
+UPDATING = ["agiled", "anny", "chargeover", "coperniq"]
 #: the PUT/PATCH that carries an invoice update, per target (for the kill test's gate)
 UPDATE_REQUEST = {"agiled": ("PUT", "/public/v1/invoices/"), "chargeover": ("PUT", "/api/v3/invoice/"),
-                  "coperniq": ("PATCH", "/invoices/")}
+                  "coperniq": ("PATCH", "/invoices/"),
+                  "anny": ("POST", "/api/v1/items")}  # anny: the items added after the PATCH and DELETEs
 N, CORRECTED = 14, (1, 3, 4, 7, 10, 12)
 
 
