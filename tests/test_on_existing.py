@@ -56,7 +56,7 @@ def _docs(seed: int) -> list[dict[str, Any]]:
 
 def _corrected(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = copy.deepcopy(docs)
-    for n, i in enumerate(CORRECTED):
+    for n, i in enumerate(i for i in CORRECTED if i < len(out)):
         d = out[i]
         first = d["lines"][0]
         first["unit_price"] = str(Decimal(str(first["unit_price"])) + Decimal("1.25"))  # an amount
@@ -83,6 +83,9 @@ def _at_server(target: str, sb: SandboxServer) -> dict[str, dict[str, Any]]:
     if target == "agiled":
         for raw in state["invoices"]:
             found[raw["invoice_number"]]["due_date"] = raw["due_date"]
+    if target == "anny":
+        for raw in state["invoices"]:
+            found[raw["number"]]["due_date"] = raw["due_date"]
     if target == "coperniq":
         for raw in state["invoices"]:
             due = raw.get("dueDate")
@@ -232,3 +235,40 @@ def test_killed_during_updates_then_the_same_command_finishes_them(target: str, 
 
 def _index(docs: list[dict[str, Any]], ext: str) -> int:
     return next(i for i, d in enumerate(docs) if d["external_id"] == ext)
+
+
+#: a status whose invoice the target's API will not change, and what its refusal says
+LOCKED = {"agiled": ("paid", "A paid invoice cannot be changed"),
+          "anny": ("sent", "Only a draft invoice"),
+          "coperniq": ("paid", "cannot be changed")}
+
+
+@pytest.mark.parametrize("locked_target", sorted(LOCKED))
+def test_an_invoice_the_api_will_not_change_fails_with_its_answer(locked_target: str, tmp_path: Path) -> None:
+    target = locked_target
+    status, words = LOCKED[target]
+    docs = _docs(seed=1303)[:4]
+    for d in docs:
+        d["status"] = status
+        d["issue_date"] = d.get("issue_date") or "2026-03-01"
+        d["due_date"] = None
+    fixed = _corrected(docs)
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    corrected = {d["external_id"] for i, d in enumerate(docs) if i in CORRECTED}
+    assert corrected
+    with SandboxServer(target) as sb:
+        done = cli(upload_args(sb, first, tmp_path / "run1"), sb.env)
+        assert done.returncode == 0, done.stderr
+        before = _at_server(target, sb)
+        refused = cli(upload_args(sb, second, tmp_path / "run2", "--on-existing", "update"), sb.env)
+        assert refused.returncode == 1, refused.stderr
+        assert _at_server(target, sb) == before  # nothing changed
+    reasons = {r["external_id"]: r for r in read_reasons(tmp_path / "run2")}
+    assert set(reasons) == corrected
+    for r in reasons.values():
+        assert r["kind"] == "failed" and r["stage"] == "update" and r["http_status"] in ("400", "422"), r
+        assert words in r["message"], r
+        assert r["field"] or target == "anny", r  # anny's answer names no field here
+    assert set(_actions(tmp_path / "run2").values()) == {"unchanged"}
