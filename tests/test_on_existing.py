@@ -272,3 +272,51 @@ def test_an_invoice_the_api_will_not_change_fails_with_its_answer(locked_target:
         assert words in r["message"], r
         assert r["field"] or target == "anny", r  # anny's answer names no field here
     assert set(_actions(tmp_path / "run2").values()) == {"unchanged"}
+
+
+# --- run directories written before the `action` column ------------------------------------------
+
+LEGACY_HEADER = "external_id,invoice_id,line,customer_id,status,currency,net,tax,gross\n"
+
+
+def test_a_run_directory_of_the_previous_version_is_resumed_in_its_own_format(tmp_path: Path) -> None:
+    from bulk.outputs import ID_MAP_HEADER, Outputs
+
+    old = LEGACY_HEADER + "INV-1,11,1,C-1,draft,EUR,1.00,0.19,1.19\n"
+    (tmp_path / "id_map.csv").write_text(old, encoding="utf-8")
+    outputs = Outputs(tmp_path, {"id_map.csv": len(old.encode())})
+    outputs.created(["INV-2", "12", 2, "C-1", "draft", "EUR", "2.00", "0.38", "2.38", "updated"])
+    outputs.flush()  # a checkpoint
+    outputs.close()
+    rows = (tmp_path / "id_map.csv").read_text(encoding="utf-8").splitlines()
+    assert rows == [LEGACY_HEADER.strip(), "INV-1,11,1,C-1,draft,EUR,1.00,0.19,1.19",
+                    "INV-2,12,2,C-1,draft,EUR,2.00,0.38,2.38"]  # one table: no column appears mid-file
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    outputs = Outputs(fresh, None)
+    outputs.created(["INV-3", "13", 1, "C-1", "draft", "EUR", "1.00", "0.19", "1.19", "unchanged"])
+    outputs.flush()
+    outputs.close()
+    rows = (fresh / "id_map.csv").read_text(encoding="utf-8").splitlines()
+    assert rows == [",".join(ID_MAP_HEADER), "INV-3,13,1,C-1,draft,EUR,1.00,0.19,1.19,unchanged"]
+
+
+def test_merge_takes_shards_of_both_formats(tmp_path: Path) -> None:
+    import csv
+
+    from bulk.merge import _copy_id_maps, _Shard
+    from bulk.outputs import ID_MAP_HEADER
+
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "out"
+    for d in (old, new, out):
+        d.mkdir()
+    (old / "id_map.csv").write_text(LEGACY_HEADER + "INV-1,11,1,C-1,draft,EUR,1.00,0.19,1.19\n", encoding="utf-8")
+    (new / "id_map.csv").write_text(",".join(ID_MAP_HEADER) + "\nINV-2,12,2,C-1,draft,EUR,1.00,0.19,1.19,updated\n",
+                                    encoding="utf-8")
+    _copy_id_maps([_Shard(old, 0, 2, {}), _Shard(new, 1, 2, {})], out)
+    with open(out / "id_map.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["external_id"], r["action"]) for r in rows] == [("INV-1", ""), ("INV-2", "updated")]
+    _copy_id_maps([_Shard(old, 0, 2, {}), _Shard(old, 1, 2, {})], out)  # all old: copied as they are
+    assert (out / "id_map.csv").read_text(encoding="utf-8").splitlines()[0] == LEGACY_HEADER.strip()
