@@ -320,3 +320,95 @@ def test_merge_takes_shards_of_both_formats(tmp_path: Path) -> None:
     assert [(r["external_id"], r["action"]) for r in rows] == [("INV-1", ""), ("INV-2", "updated")]
     _copy_id_maps([_Shard(old, 0, 2, {}), _Shard(old, 1, 2, {})], out)  # all old: copied as they are
     assert (out / "id_map.csv").read_text(encoding="utf-8").splitlines()[0] == LEGACY_HEADER.strip()
+
+
+# --- the sandboxes' update endpoints validate as their creates do -----------------------------------
+
+def _raw(sb: SandboxServer, method: str, path: str, body: Any = None, *,
+         content_type: str = "application/json") -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    from bulk.targets import get_target
+
+    cls = get_target(sb.target)
+    headers = {**cls(base_url=sb.base_url, credentials=sb.env, options={}).headers(), "Content-Type": content_type}
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(sb.base_url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+@pytest.fixture(params=UPDATING)
+def made(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A sandbox holding two uploaded draft invoices: (sandbox, its state)."""
+    target = str(request.param)
+    src = tmp_path / "in.ndjson"
+    _write(src, _docs(seed=1304)[:2])
+    with SandboxServer(target) as sb:
+        assert cli(upload_args(sb, src, tmp_path / "run"), sb.env).returncode == 0
+        yield sb, sb.state()
+
+
+def test_update_endpoints_refuse_what_the_creates_refuse(made: Any) -> None:
+    sb, state = made
+    inv = state["invoices"]
+    if sb.target == "agiled":
+        a, b = inv[0], inv[1]
+        body = {k: a[k] for k in ("invoice_number", "contact_id", "currency", "issue_date", "status",
+                                  "tax_inclusive", "notes")}
+        body["items"] = [{k: it[k] for k in ("name", "description", "quantity", "unit_price", "tax_rate", "sku")}
+                         for it in a["items"]]
+        status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}", {**body, "due_date": "2000-01-01",
+                                                                              "issue_date": "2026-01-01"})
+        assert status == 422 and "due_date" in answer["errors"], answer
+        status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}", {**body, "invoice_number": b["invoice_number"]})
+        assert status == 422 and "invoice_number" in answer["errors"], answer
+        assert _raw(sb, "PUT", "/public/v1/invoices/999999", body)[0] == 404
+        status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}", {**body, "notes": "changed"})
+        assert status == 200 and answer["data"]["notes"] == "changed" and answer["data"]["id"] == a["id"]
+    elif sb.target == "chargeover":
+        a, b = inv[0], inv[1]
+        uri = f"/api/v3/invoice/{a['invoice_id']}"
+        status, answer = _raw(sb, "PUT", uri, {"line_items": []})
+        assert status == 400 and "line_items" in answer["message"], answer
+        status, answer = _raw(sb, "PUT", uri, {"external_key": b["external_key"]})
+        assert status == 400 and "already in use" in answer["message"], answer
+        assert _raw(sb, "PUT", "/api/v3/invoice/1", {"memo": "x"})[0] == 404
+        status, answer = _raw(sb, "PUT", uri, {"memo": "changed"})
+        assert status == 202 and answer["response"]["id"] == a["invoice_id"], answer
+        after = {i["invoice_id"]: i for i in sb.state()["invoices"]}[a["invoice_id"]]
+        assert after["memo"] == "changed" and after["line_items"] == a["line_items"]  # what is not sent stays
+    elif sb.target == "coperniq":
+        a = inv[0]
+        uri = f"/invoices/{a['id']}"
+        status, answer = _raw(sb, "PATCH", uri, {"calculationMethod": "LINE_ITEMS"})
+        assert status == 400 and answer["field"] == "calculationMethod", answer
+        status, answer = _raw(sb, "PATCH", uri, {"recordId": 1})
+        assert status == 400 and answer["field"] == "recordId", answer
+        line = {k: a["lineItems"][0][k] for k in ("catalogItemId", "quantity", "unitCost", "unitPrice", "description")}
+        status, answer = _raw(sb, "PATCH", uri, {"lineItems": [{**line, "catalogItemId": 99_999_999}]})
+        assert status == 400 and "catalogItemId" in answer["field"], answer
+        assert _raw(sb, "PATCH", "/invoices/1", {"description": "x"})[0] == 404
+        status, answer = _raw(sb, "PATCH", uri, {"description": "changed"})
+        assert status == 200 and answer["description"] == "changed" and len(answer["lineItems"]) == len(a["lineItems"])
+    else:  # anny
+        a = inv[0]
+        o = "?o=sandbox-org"
+        jsonapi = "application/vnd.api+json"
+        uri = f"/api/v1/invoices/{a['id']}{o}"
+        doc = {"data": {"type": "invoices", "id": a["id"], "attributes": {"notes": "changed"}}}
+        assert _raw(sb, "PATCH", uri, {"data": {**doc["data"], "type": "items"}}, content_type=jsonapi)[0] == 409
+        assert _raw(sb, "PATCH", uri, {"data": {**doc["data"], "id": "other"}}, content_type=jsonapi)[0] == 409
+        status, answer = _raw(sb, "PATCH", uri, {"data": {**doc["data"], "attributes": {"currency": "USD"}}},
+                              content_type=jsonapi)
+        assert status == 422, answer
+        assert _raw(sb, "PATCH", uri, doc)[0] == 415  # writes are JSON:API documents
+        assert _raw(sb, "DELETE", f"/api/v1/items/nope{o}")[0] == 404
+        status, answer = _raw(sb, "PATCH", uri, doc, content_type=jsonapi)
+        assert status == 200 and answer["data"]["attributes"]["notes"] == "changed", answer
