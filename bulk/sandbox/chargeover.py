@@ -42,6 +42,11 @@ Objects (``GET /api/v3/{customer|item|currency|invoice}/{ref}`` -> 200 | 404, ``
     up to the currency's minor unit; subtotal = sum; taxes = round(subtotal x tax_percent / 100)
     from the account's tax setting (option ``tax_percent``, default 0: no tax configured);
     total = subtotal + taxes.
+``PUT /api/v3/invoice/{id}`` (O-http: 202 + ``Location``; also inside ``_bulk``): the create's
+    fields and rules; the fields sent replace the stored ones, ``line_items`` replaces every
+    line, what is not sent stays; the external key stays unique; a closed invoice (paid or
+    void, ``invoice_status_state`` ``c``) -> 400 ``... a closed invoice cannot be changed.``;
+    unknown id -> 404.
 ``POST /api/v3/_bulk`` (O-bulk) a list of at most 25 ``{request_method: GET|POST|PUT, uri:
     "/api/v3/...", payload}``, handled in order -> 200 ``response: {"_bulk": [{code, status,
     message, response}, ...]}`` (the ``_bulk`` key as the SDK's example reads it), one per

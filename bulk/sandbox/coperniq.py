@@ -28,6 +28,11 @@ Routes
     ``q`` match case-insensitive substrings of the title; ``page_size`` 1..100 (default 20).
     ``POST /invoices`` ``InvoiceCreate`` -> 201 Invoice | 400 (rules in ``coperniq_rules``).
     ``GET /invoices/{id}`` -> 200 Invoice | 404.
+    ``PATCH /invoices/{id}`` ``InvoiceUpdate`` (``update-invoice``) -> 200 Invoice | 400 | 404:
+    only the fields given change; ``lineItems`` / ``sections`` replace every line (the amount
+    follows); ``calculationMethod`` and any other field -> 400; the lines of a PAID or
+    PARTIALLY_PAID invoice -> 400 ``field: lineItems`` (our assumption: the document does not
+    say what Coperniq refuses).
     ``DELETE /invoices/{id}`` -> 200 with no body | 404 (``delete-invoice``: the document states
     no condition, so an invoice of any status can be deleted; its id is never reused).
     ``GET /invoices``, ``GET /projects/{id}/invoices``, ``GET /accounts/{id}/invoices`` (the
