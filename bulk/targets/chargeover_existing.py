@@ -17,7 +17,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..existing import settle
-from ..transport import Request
 from .base import Job
 from .chargeover_mapping import API
 
