@@ -507,3 +507,30 @@ def test_copies_already_there_when_the_resumed_run_looks_are_deleted_then(tmp_pa
         audit(sb, out, records)
         assert sb.state()["deleted"] == 1
     assert summary(out)["reconciled"]["duplicates_removed"] == 1
+
+
+def test_update_traffic_conforms_to_the_openapi_document(api: OpenAPI, tmp_path: Path) -> None:
+    """``--on-existing update`` (tests/test_on_existing.py): the listing, the PATCHes and their
+    answers, a refused PATCH (a paid invoice's lines) included, all to the document."""
+    from test_on_existing import _corrected, _docs, _write
+
+    docs = _docs(seed=1320)[:6]
+    docs[0]["status"], docs[0]["issue_date"] = "paid", docs[0].get("issue_date") or "2026-03-01"
+    docs[1]["status"] = "draft"
+    fixed = _corrected(docs)
+    fixed[0] = _corrected([docs[1], docs[0]])[1]  # the paid one corrected too: refused
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    with SandboxServer("coperniq", options={"record_exchanges": True}) as sb:
+        assert cli(["upload", str(first), "--target", "coperniq", "--base-url", sb.base_url, "--out",
+                    str(tmp_path / "run1"), "--quiet", *MAP], sb.env).returncode == 0
+        seen = len(exchanges(sb))
+        done = cli(["upload", str(second), "--target", "coperniq", "--base-url", sb.base_url, "--out",
+                    str(tmp_path / "run2"), "--quiet", "--on-existing", "update", *MAP], sb.env)
+        assert done.returncode == 1, done.stderr  # the paid invoice's update is refused
+        recorded = exchanges(sb)[seen:]
+    ops = Counter(operation(ex) for ex in recorded)
+    assert ops["PATCH /invoices/{id} 200"] >= 1 and ops["PATCH /invoices/{id} 400"] == 1, ops
+    assert not any(ex["method"] == "POST" and ex["path"] == "/invoices" for ex in recorded)  # none created
+    assert conformance_errors(api, recorded) == []

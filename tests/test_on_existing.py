@@ -1,11 +1,12 @@
 """``--on-existing fail|skip|update``, through the CLI against each target's sandbox.
 
-An export is uploaded; 6 of its invoices are corrected (a unit price, a line added, a due
+An export is uploaded; 5 of its 10 invoices are corrected (a unit price, a line added, a due
 date); the corrected export goes again, in a NEW run directory, against the same sandbox.
 ``update`` changes exactly the corrected invoices (checked at the server, line by line),
 creates none and counts them; ``skip`` leaves them; ``fail`` reports every one with the API
 id and the flag. A run killed while its updates wait at the proxy finishes them when the same
-command runs again.
+command runs again. (Coperniq's update traffic is validated against its OpenAPI document in
+tests/test_coperniq.py, which loads the document once.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ UPDATING = ["agiled", "anny", "chargeover", "coperniq"]
 UPDATE_REQUEST = {"agiled": ("PUT", "/public/v1/invoices/"), "chargeover": ("PUT", "/api/v3/invoice/"),
                   "coperniq": ("PATCH", "/invoices/"),
                   "anny": ("POST", "/api/v1/items")}  # anny: the items added after the PATCH and DELETEs
-N, CORRECTED = 14, (1, 3, 4, 7, 10, 12)
+N, CORRECTED = 10, (1, 3, 4, 7, 9)
 
 
 def _docs(seed: int) -> list[dict[str, Any]]:
@@ -118,8 +119,7 @@ def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
     _write(first, docs)
     _write(second, fixed)
     corrected = {docs[i]["external_id"] for i in CORRECTED}
-    options = {"record_exchanges": True} if target == "coperniq" else {}
-    with SandboxServer(target, options=options) as sb:
+    with SandboxServer(target) as sb:
         done = cli(upload_args(sb, first, tmp_path / "run1"), sb.env)
         assert done.returncode == 0, done.stderr
         before = _at_server(target, sb)
@@ -151,13 +151,6 @@ def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
         updating = cli(upload_args(sb, second, tmp_path / "run2", "--on-existing", "update"), sb.env)
         assert updating.returncode == 0, updating.stderr
         after = _at_server(target, sb)
-        if target == "coperniq":  # every request and answer, the PATCHes too, to the OpenAPI document
-            from test_coperniq import SPEC, conformance_errors, exchanges
-            from openapi_core import OpenAPI
-
-            recorded = exchanges(sb)
-            assert any(ex["method"] == "PATCH" and ex["status"] == 200 for ex in recorded)
-            assert conformance_errors(OpenAPI.from_file_path(str(SPEC)), recorded) == []
     assert set(after) == set(before) and {k: v["id"] for k, v in after.items()} == {k: v["id"] for k, v in
                                                                                    before.items()}
     for ext, inv in after.items():
@@ -170,7 +163,7 @@ def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
     r = s["records"]
     assert (r["created"], r["updated"], r["unchanged"], r["failed"]) == (0, len(CORRECTED), N - len(CORRECTED), 0), r
     assert s["totals"] == expected_totals(_records(fixed))  # every ID map row, at the corrected amounts
-    assert "6 updated, 8 unchanged" in updating.stderr
+    assert f"{len(CORRECTED)} updated, {N - len(CORRECTED)} unchanged" in updating.stderr
 
 
 def test_killed_during_updates_then_the_same_command_finishes_them(target: str, tmp_path: Path) -> None:
