@@ -11,9 +11,10 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
     load balancer or the API's own queue may hold it, and nothing the client does bounds how
     long. So no wait ("settle") can be made safe, and the design does not rest on one:
 
-    1. *Look before creating.* Before creating a record an earlier run may have sent
-       (``job.maybe_sent_before``, from the resume file's write-ahead window), the record's
-       invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
+    1. *Look before creating.* Before creating any record (one an earlier run may have sent,
+       ``job.maybe_sent_before``, from the resume file's write-ahead window, and, since
+       ``--on-existing``, every other one too: an earlier job may hold it, see
+       ``bulk.targets.coperniq_existing``), the record's invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
        the kind is probed once when the map does not say it), once per record (customer) per
        run, and the one whose description starts with the external id is taken (when several
        do -- copies that landed before the lookup -- the oldest is kept and its exact copies
