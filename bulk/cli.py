@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from .config import Shard, UploadConfig, loop_options
+from .existing import DEFAULT, ON_EXISTING_KEY, POLICIES
 from .errors import AuthError, BulkError, ConfigError, OutputError
 from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="requests per second for one kind of request (read, write), in place of the target's "
                     "documented limit, e.g. --limit write=2 for a plan with higher limits; with --shard K/N "
                     "every rate is split N ways (default: the documented limits)")
+    up.add_argument("--on-existing", choices=POLICIES, default=DEFAULT,
+                    help="an invoice the API already holds under the record's external id: skip leaves it (ID map "
+                    "action 'existing'), fail reports it in failed_reasons.csv, update changes it to match the "
+                    f"record where the API allows it ('updated', or 'unchanged' when it matches) (default: {DEFAULT})")
     up.add_argument("--concurrency", type=int, default=64, help="records in flight (default 64)")
     up.add_argument("--item-concurrency", type=int, default=4, help="line items of one invoice created at once "
                     "where the API needs one call per item (anny); 1 keeps the source order (default 4)")
@@ -262,6 +267,7 @@ def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConf
         options=_options(args.option),
         arrival_rate=args.arrival_rate,
         thresholds=tuple(parse_threshold(t) for t in args.threshold),
+        on_existing=args.on_existing,
     )
 
 
@@ -343,7 +349,7 @@ async def _upload(args: argparse.Namespace) -> int:
     target: Target | None = None
     if config.base_url is not None:  # a missing credential is said before any bar is drawn
         target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
-                     options=config.options)
+                     options={**config.options, ON_EXISTING_KEY: config.on_existing})
     metrics = None
     if args.metrics_port is not None:  # a port in use is a usage error, said before anything starts
         from .prom import MetricsServer
@@ -375,7 +381,7 @@ async def _upload(args: argparse.Namespace) -> int:
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                              f"(nothing leaves this machine; its data in {state})")
-                options = {**pair.client_options(), **config.options}
+                options = {**pair.client_options(), **config.options, ON_EXISTING_KEY: config.on_existing}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
                 result = await Run(config, target, progress=console, metrics=metrics).execute()
@@ -427,6 +433,7 @@ def _report(config: UploadConfig, s: dict[str, Any]) -> None:
     r = s["records"]
     _say(
         f"{s['target']}: {r['read']} records: {r['created']} created ({r['existing']} already existed, "
+        f"{r.get('updated', 0)} updated, {r.get('unchanged', 0)} unchanged, "
         f"{r['already_done']} done by earlier runs), {r['rejected']} rejected, {r['failed']} failed, "
         f"{r['uncertain']} uncertain"
     )

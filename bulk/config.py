@@ -91,6 +91,7 @@ class UploadConfig:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     arrival_rate: float | None = None  # open loop: records started per second (bulk.arrivals); None = closed loop
     thresholds: tuple[Any, ...] = ()  # bulk.thresholds.Threshold, parsed by the CLI
+    on_existing: str = "skip"  # --on-existing: see bulk.existing
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.concurrency > 4096:

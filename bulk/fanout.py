@@ -229,9 +229,10 @@ class Child:
                         self._room.set()
                         self._room = None
                 if tag == "ok":
-                    _, line, invoice_id, customer_id, status, gross, existed = event
+                    _, line, invoice_id, customer_id, status, gross, existed, *action = event
                     outcome.created(line, Created(invoice_id, customer_id, status,
-                                                  None if gross is None else Decimal(gross), existed))
+                                                  None if gross is None else Decimal(gross), existed,
+                                                  action[0] if action else None))
                 elif tag == "fail":
                     outcome.failed(*event[1:])
                 elif tag == "progress":
@@ -437,7 +438,7 @@ async def _child_main(fd: int) -> None:
                 else:
                     gross = created.reported_gross
                     outbox.put(["ok", line, created.invoice_id, created.customer_id, created.status,
-                                None if gross is None else format(gross, "f"), created.existed])
+                                None if gross is None else format(gross, "f"), created.existed, created.action])
                 finally:
                     del inflight[line]
                     outbox.forget(line)

@@ -36,7 +36,7 @@ import orjson
 from .checkpoint import read_checkpoint
 from .errors import ConfigError
 from .latency import Latency
-from .outputs import ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
+from .outputs import ID_MAP_HEADER, LEGACY_ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
 from .tally import Tally
 
 __all__ = ["merge_runs"]
@@ -107,6 +107,34 @@ def _copy_rows(shards: list[_Shard], name: str, header: list[str], out: Path) ->
                     dst.write(chunk)
 
 
+def _copy_id_maps(shards: list[_Shard], out: Path) -> None:
+    """The ID maps: copied as bytes when every shard has the same header (a shard written
+    before the ``action`` column keeps its format); a mix gets the current header, the older
+    shards' rows an empty action (what they did is not known from their rows)."""
+    heads = set()
+    for s in shards:
+        with open(s.dir / "id_map.csv", encoding="utf-8", newline="") as f:
+            heads.add(tuple(next(csv.reader(f), [])))
+    if len(heads) == 1 and list(next(iter(heads))) in (ID_MAP_HEADER, LEGACY_ID_MAP_HEADER):
+        _copy_rows(shards, "id_map.csv", list(next(iter(heads))), out)
+        return
+    with atomic_writer(out / "id_map.csv") as dst:
+        text = io.TextIOWrapper(dst, encoding="utf-8", newline="", write_through=True)
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(ID_MAP_HEADER)
+        for s in shards:
+            with open(s.dir / "id_map.csv", encoding="utf-8", newline="") as src:
+                rows = csv.reader(src)
+                head = next(rows, [])
+                if head not in (ID_MAP_HEADER, LEGACY_ID_MAP_HEADER):
+                    raise ConfigError(f"{s.dir / 'id_map.csv'} does not start with the expected header: "
+                                      "not a bulk output")
+                for row in rows:
+                    writer.writerow(row + [""] * (len(ID_MAP_HEADER) - len(row)))
+        text.flush()
+        text.detach()
+
+
 def _count_rows(path: Path) -> int:
     with open(path, newline="", encoding="utf-8") as f:
         return sum(1 for _ in csv.reader(f)) - 1  # CSV rows (a quoted field may hold a newline), less the header
@@ -151,13 +179,14 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
                           "rejected": t.rejected, "failed": t.failed, "uncertain": t.uncertain,
                           "elapsed_seconds": round(float(s.checkpoint["elapsed"]), 3)})
 
-    _copy_rows(shards, "id_map.csv", ID_MAP_HEADER, out)
+    _copy_id_maps(shards, out)
     _copy_rows(shards, "failed_reasons.csv", REASONS_HEADER, out)
     _copy_bytes(shards, "failed.ndjson", out)
     created_rows = _count_rows(out / "id_map.csv")
-    if created_rows != tally.created:
+    if created_rows != tally.mapped:
         raise ConfigError(f"the shards' id_map.csv files hold {created_rows} rows but their checkpoints count "
-                          f"{tally.created} created invoices: a shard directory was changed after its run")
+                          f"{tally.mapped} invoices (created, updated, unchanged): a shard directory was changed "
+                          "after its run")
 
     elapsed = max(float(s.checkpoint["elapsed"]) for s in shards)
     summaries = [_summary_of(s.dir) for s in shards]
@@ -174,6 +203,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         "complete": True,
         "records": {
             "read": tally.read, "created": tally.created, "existing": tally.existing,
+            "updated": tally.updated, "unchanged": tally.unchanged,
             "rejected": tally.rejected, "failed": tally.failed, "uncertain": tally.uncertain,
         },
         "totals": tally.totals.to_json(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -31,9 +32,12 @@ import orjson
 
 from .errors import OutputError
 
-__all__ = ["Outputs", "atomic_writer", "escape_cell", "write_atomic", "ID_MAP_HEADER", "REASONS_HEADER"]
+__all__ = ["Outputs", "atomic_writer", "escape_cell", "write_atomic", "ID_MAP_HEADER", "LEGACY_ID_MAP_HEADER", "REASONS_HEADER"]
 
-ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross"]
+ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross",
+                 "action"]
+#: the ID map of bulk before ``action`` (a run directory it wrote is resumed in its own format)
+LEGACY_ID_MAP_HEADER = ID_MAP_HEADER[:-1]
 REASONS_HEADER = ["line", "external_id", "kind", "stage", "field", "http_status", "message"]
 
 
@@ -98,6 +102,20 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def _csv_line(row: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(row)
+    return out.getvalue()
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.readline()
+    except OSError:
+        return ""
+
+
 class Outputs:
     """Appenders for the three growing files. Only the engine calls these (never a target)."""
 
@@ -113,6 +131,9 @@ class Outputs:
         except OSError as exc:
             raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}") from None
         self._id_csv = csv.writer(self._id_map, lineterminator="\n")
+        # A run directory written before the `action` column keeps its format when resumed:
+        # its rows go on without the column, so the file stays one table.
+        self._legacy_id_map = _first_line(run_dir / "id_map.csv") == _csv_line(LEGACY_ID_MAP_HEADER)
         self._reasons_csv = csv.writer(self._reasons, lineterminator="\n")
 
     def _open(self, name: str, sizes: dict[str, int] | None, *, binary: bool) -> TextIO | BinaryIO:
@@ -132,7 +153,7 @@ class Outputs:
 
     def created(self, row: list[Any]) -> None:
         try:
-            self._id_csv.writerow([escape_cell(cell) for cell in row])
+            self._id_csv.writerow([escape_cell(cell) for cell in (row[:-1] if self._legacy_id_map else row)])
         except OSError as exc:
             raise OutputError(f"cannot append to id_map.csv: {exc.strerror or exc}") from None
 

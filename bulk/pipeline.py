@@ -49,6 +49,7 @@ from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRec
 from .errors import find_bulk_error, redact_error
 from .fanout import Child, ChildOutcome, Router, shares
 from .feed import Feed
+from .existing import ON_EXISTING_KEY
 from .job import RecordJob, Session, SessionJob, failure, upload
 from .latency import INTENDED
 from .measure import Measure
@@ -224,6 +225,7 @@ class Run:
             "processes": len(self._children) + 1,
             "records": {
                 "read": t.read, "created": t.created, "existing": t.existing,
+                "updated": t.updated, "unchanged": t.unchanged,
                 "already_done": self._already_done, "rejected": t.rejected,
                 "failed": t.failed, "uncertain": t.uncertain,
             },
@@ -258,14 +260,23 @@ class Run:
     # --- outcomes --------------------------------------------------------------------------
     def _created(self, record: Record, created: Created) -> None:
         totals = record.totals()
+        action = created.outcome
         self._outputs.created([
             record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
-            created.status or record.status, record.currency, totals.net, totals.tax, totals.gross,
+            created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,
         ])
         t = self.tally
         t.read += 1
-        t.created += 1
-        t.existing += created.existed
+        # `created` keeps its meaning (made now, or found already made: `existing`); an invoice
+        # changed or confirmed by --on-existing update is counted apart. Every ID map row is in
+        # the totals: they reconcile against the source.
+        if action == "updated":
+            t.updated += 1
+        elif action == "unchanged":
+            t.unchanged += 1
+        else:
+            t.created += 1
+            t.existing += action == "existing"
         t.totals.add(record.currency, totals)
         if created.reported_gross is not None and created.reported_gross != totals.gross:
             t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
@@ -416,7 +427,7 @@ class Run:
         limits = {kind: rate * share for kind, rate in c.pacing_limits(self.target.default_limits).items()}
         settings = {
             "target": c.target, "base_url": self.target.base_url, "credentials": self.target.credentials,
-            "options": dict(self.target.options), "limits": limits, "concurrency": _part(c.concurrency, share),
+            "options": {**self.target.options, ON_EXISTING_KEY: self.target.on_existing}, "limits": limits, "concurrency": _part(c.concurrency, share),
             "give_up_after": c.give_up_after, "max_wait": c.max_wait, "timeout": c.timeout,
             "attempts": c.attempts, "item_concurrency": c.item_concurrency, "state_db": str(self.out / "state.db"),
         }

@@ -22,12 +22,19 @@ class Tally:
     read: int = 0  # records finished, whatever the outcome
     created: int = 0  # invoices in the ID map (made now, or found already made)
     existing: int = 0  # of those, found at the API already (a lost answer, an earlier job)
+    updated: int = 0  # in the ID map, not in `created`: an existing invoice changed to match (--on-existing update)
+    unchanged: int = 0  # in the ID map, not in `created`: an existing invoice that already matched
     rejected: int = 0  # invalid input (incl. duplicate external ids)
     failed: int = 0  # refused by the API
     uncertain: int = 0  # retries exhausted with the outcome unknown: safe to feed back
     totals: CurrencyTotals = field(default_factory=CurrencyTotals)
     mismatch_count: int = 0
     mismatches: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def mapped(self) -> int:
+        """Rows of the ID map: created (incl. existing), updated and unchanged invoices."""
+        return self.created + self.updated + self.unchanged
 
     def mismatch(self, external_id: str, currency: str, expected: Decimal, reported: Decimal) -> None:
         self.mismatch_count += 1
@@ -40,6 +47,7 @@ class Tally:
     def to_json(self) -> dict[str, Any]:
         return {
             "read": self.read, "created": self.created, "existing": self.existing,
+            "updated": self.updated, "unchanged": self.unchanged,
             "rejected": self.rejected, "failed": self.failed, "uncertain": self.uncertain,
             "totals": self.totals.to_json(),
             "mismatch_count": self.mismatch_count, "mismatches": list(self.mismatches),
@@ -47,14 +55,16 @@ class Tally:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
-        t = cls(**{k: int(data.get(k, 0)) for k in ("read", "created", "existing", "rejected", "failed", "uncertain")})
+        t = cls(**{k: int(data.get(k, 0)) for k in ("read", "created", "existing", "updated", "unchanged", "rejected", "failed",
+                                                     "uncertain")})
         t.totals = CurrencyTotals.from_json(data.get("totals", {}))
         t.mismatch_count = int(data.get("mismatch_count", 0))
         t.mismatches = list(data.get("mismatches", []))
         return t
 
     def merge(self, other: Tally) -> None:
-        for k in ("read", "created", "existing", "rejected", "failed", "uncertain", "mismatch_count"):
+        for k in ("read", "created", "existing", "updated", "unchanged", "rejected", "failed", "uncertain",
+                  "mismatch_count"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.totals.merge(other.totals)
         self.mismatches = (self.mismatches + other.mismatches)[:_MAX_MISMATCHES]

@@ -147,3 +147,28 @@ def test_kill_and_resume(target: str, tmp_path: Path) -> None:
         assert_exactly_once(sb, out, records)
     assert_counts(out, records)
     assert_outputs_whole(out)
+
+
+def test_a_corrected_rerun_updates_exactly_the_corrected_invoices(target: str, tmp_path: Path) -> None:
+    """``--on-existing update`` in a new run directory (tests/test_on_existing.py has the rest:
+    skip, fail, kills, refusals): the corrected invoices change to match, none is created."""
+    from test_on_existing import _at_server, _assert_matches, _corrected, _docs, _write
+
+    docs = _docs(seed=1310)[:6]
+    fixed = _corrected(docs)
+    changed = {d["external_id"] for d, f in zip(docs, fixed) if d != f}
+    assert changed
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    with SandboxServer(target) as sb:
+        assert cli(upload_args(sb, first, tmp_path / "run1"), sb.env).returncode == 0
+        before = _at_server(target, sb)
+        done = cli(upload_args(sb, second, tmp_path / "run2", "--on-existing", "update"), sb.env)
+        assert done.returncode == 0, done.stderr
+        after = _at_server(target, sb)
+    assert {k: v["id"] for k, v in after.items()} == {k: v["id"] for k, v in before.items()}  # none created
+    assert all(after[k] == before[k] for k in after if k not in changed)
+    _assert_matches(target, after, fixed)
+    r = summary(tmp_path / "run2")["records"]
+    assert (r["created"], r["updated"], r["unchanged"]) == (0, len(changed), len(docs) - len(changed)), r

@@ -229,7 +229,7 @@ def test_sandbox_error_answers_have_the_documented_shapes(api: OpenAPI) -> None:
 def test_daily_quota_stops_before_any_429_then_resumes(tmp_path: Path) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 40, seed=23)
-    with SandboxServer("coperniq", options={"daily_quota": 30, "quota_window": 2.5}) as sb:
+    with SandboxServer("coperniq", options={"daily_quota": 30, "quota_window": 2.5, "record_exchanges": True}) as sb:
         args = ["upload", str(src), "--target", "coperniq", "--base-url", sb.base_url, "--out", str(out),
                 "--quiet", *MAP]
         stopped = cli(args, sb.env)
@@ -237,7 +237,11 @@ def test_daily_quota_stops_before_any_429_then_resumes(tmp_path: Path) -> None:
         assert "daily request quota" in stopped.stderr and "resume after" in stopped.stderr
         state = sb.state()
         assert state["requests"]["throttled"] == 0
-        assert len(state["invoices"]) == 29 == summary(out)["records"]["created"]  # 30 - the catalog list
+        # 30 - the catalog list - one listing of each record's invoices (--on-existing: every run looks)
+        listings = sum(1 for ex in exchanges(sb) if ex["method"] == "GET" and ex["status"] == 200
+                       and re.fullmatch(r"/(projects|accounts)/[0-9]+/invoices", ex["path"]))
+        assert listings >= 1
+        assert len(state["invoices"]) == 29 - listings == summary(out)["records"]["created"]
         time.sleep(2.6)  # the sandbox's rolling window
         resume_to_the_end(sb, args, out, records)
         assert sb.state()["requests"]["throttled"] == 0
@@ -503,3 +507,30 @@ def test_copies_already_there_when_the_resumed_run_looks_are_deleted_then(tmp_pa
         audit(sb, out, records)
         assert sb.state()["deleted"] == 1
     assert summary(out)["reconciled"]["duplicates_removed"] == 1
+
+
+def test_update_traffic_conforms_to_the_openapi_document(api: OpenAPI, tmp_path: Path) -> None:
+    """``--on-existing update`` (tests/test_on_existing.py): the listing, the PATCHes and their
+    answers, a refused PATCH (a paid invoice's lines) included, all to the document."""
+    from test_on_existing import _corrected, _docs, _write
+
+    docs = _docs(seed=1320)[:6]
+    docs[0]["status"], docs[0]["issue_date"] = "paid", docs[0].get("issue_date") or "2026-03-01"
+    docs[1]["status"] = "draft"
+    fixed = _corrected(docs)
+    fixed[0] = _corrected([docs[1], docs[0]])[1]  # the paid one corrected too: refused
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    with SandboxServer("coperniq", options={"record_exchanges": True}) as sb:
+        assert cli(["upload", str(first), "--target", "coperniq", "--base-url", sb.base_url, "--out",
+                    str(tmp_path / "run1"), "--quiet", *MAP], sb.env).returncode == 0
+        seen = len(exchanges(sb))
+        done = cli(["upload", str(second), "--target", "coperniq", "--base-url", sb.base_url, "--out",
+                    str(tmp_path / "run2"), "--quiet", "--on-existing", "update", *MAP], sb.env)
+        assert done.returncode == 1, done.stderr  # the paid invoice's update is refused
+        recorded = exchanges(sb)[seen:]
+    ops = Counter(operation(ex) for ex in recorded)
+    assert ops["PATCH /invoices/{id} 200"] >= 1 and ops["PATCH /invoices/{id} 400"] == 1, ops
+    assert not any(ex["method"] == "POST" and ex["path"] == "/invoices" for ex in recorded)  # none created
+    assert conformance_errors(api, recorded) == []

@@ -63,6 +63,11 @@ Lists (``GET`` with ``page`` >= 1 default 1, ``per_page`` 1..100 default 25; out
     of gross), ``created_at`` (``2025-01-31T12:00:00.000000Z``). Amounts are strings with
     exactly the minor-unit digits; quantity, unit_price and tax_rate are the sent values
     normalised (``"2.50"`` -> ``"2.5"``).
+``PUT /public/v1/invoices/{id}`` (our assumption: Agiled documents updates and their
+    ``Idempotency-Key``, not the shape): the create's body and rules; replaces the invoice,
+    its items too (new item ids), keeps ``id`` and ``created_at``, adds ``updated_at``; the
+    number stays unique (another invoice's -> 422); a ``paid`` invoice -> 422 ``status``
+    ``A paid invoice cannot be changed.`` -> 200 ``{"data": invoice}``; 404 for an unknown id.
 ``GET /public/v1/invoices?invoice_number=<n>&status=<s>`` (list; for reconciliation after a
     lost answer) and ``GET /public/v1/invoices/{id}`` -> 200 ``{"data": invoice}`` | 404.
 
@@ -158,6 +163,7 @@ class AgiledSandbox(Dialect):
         router.add_get(f"{PREFIX}/invoices", self.list_invoices)
         router.add_post(f"{PREFIX}/invoices", self.create_invoice)
         router.add_get(f"{PREFIX}/invoices/{{id}}", self.get_invoice)
+        router.add_put(f"{PREFIX}/invoices/{{id}}", self.update_invoice)
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -191,6 +197,15 @@ class AgiledSandbox(Dialect):
             raise SandboxProblem(Problem.NOT_FOUND)
         return self.respond({"data": invoice})
 
+    async def update_invoice(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        valid = raw.isascii() and raw.isdigit() and len(raw) < 19
+        invoice_id = int(raw) if valid else 0
+        if invoice_id not in self.invoices:
+            raise SandboxProblem(Problem.NOT_FOUND)
+        body = await self.read_json(request)
+        return await self.idempotent(request, _SCOPE, body, lambda: self._update_invoice(invoice_id, body))
+
     async def create_contact(self, request: web.Request) -> web.Response:
         body = await self.read_json(request, exact=False)
         return await self.idempotent(request, _SCOPE, body, lambda: self._create_contact(body))
@@ -214,6 +229,27 @@ class AgiledSandbox(Dialect):
             self.extra[("contact", contact_id)] = extra
         return self.respond({"data": contact}, 201)
 
+    def _update_invoice(self, invoice_id: int, body: Any) -> web.Response:
+        """``PUT /invoices/{id}``: the create's body and rules, replacing the invoice (items too);
+        the number stays unique; a paid invoice cannot be changed."""
+        old = self.invoices[invoice_id]
+        errors = Errors()
+        fields, extra = validate_invoice(body, errors, self.contacts.__contains__)
+        if not errors and self.numbers.get(fields["invoice_number"], invoice_id) != invoice_id:
+            errors.add("invoice_number", "The invoice number has already been taken.")
+        if old["status"] == "paid":
+            errors.add("status", "A paid invoice cannot be changed.")
+        if errors:
+            return self._invalid(errors)
+        invoice = self._invoice(invoice_id, fields, created_at=old["created_at"])
+        invoice["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if old["invoice_number"] != invoice["invoice_number"]:
+            del self.numbers[old["invoice_number"]]
+        self.invoices[invoice_id] = invoice
+        self.numbers[invoice["invoice_number"]] = invoice_id
+        self.extra[("invoice", invoice_id)] = extra
+        return self.respond({"data": invoice}, 200)
+
     def _create_invoice(self, body: Any) -> web.Response:
         errors = Errors()
         fields, extra = validate_invoice(body, errors, self.contacts.__contains__)
@@ -221,6 +257,15 @@ class AgiledSandbox(Dialect):
             errors.add("invoice_number", "The invoice number has already been taken.")
         if errors:
             return self._invalid(errors)
+        invoice_id = len(self.invoices) + 1
+        invoice = self._invoice(invoice_id, fields, created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        self.invoices[invoice_id] = invoice
+        self.numbers[invoice["invoice_number"]] = invoice_id
+        if extra:
+            self.extra[("invoice", invoice_id)] = extra
+        return self.respond({"data": invoice}, 201)
+
+    def _invoice(self, invoice_id: int, fields: dict[str, Any], *, created_at: str) -> dict[str, Any]:
         currency, inclusive = fields["currency"], fields["tax_inclusive"]
         items, net_sum, tax_sum, gross_sum = [], ZERO, ZERO, ZERO
         for line in fields.pop("items"):
@@ -236,19 +281,13 @@ class AgiledSandbox(Dialect):
                 "net": format_money(net, currency), "tax": format_money(tax, currency),
                 "gross": format_money(gross, currency),
             })
-        invoice_id = len(self.invoices) + 1
-        invoice = {
+        return {
             "id": invoice_id, **fields, "items": items,
             "sub_total": format_money(net_sum, currency),
             "tax_total": format_money(tax_sum, currency),
             "total": format_money(gross_sum, currency),
-            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "created_at": created_at,
         }
-        self.invoices[invoice_id] = invoice
-        self.numbers[invoice["invoice_number"]] = invoice_id
-        if extra:
-            self.extra[("invoice", invoice_id)] = extra
-        return self.respond({"data": invoice}, 201)
 
     # --- answers -----------------------------------------------------------------------
 

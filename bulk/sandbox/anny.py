@@ -47,7 +47,13 @@ Lists: ``page[number]`` >= 1, ``page[size]`` 1..30 (default 30; clamped) -> ``{"
     ``relationships.document`` -> a *draft* ``invoices`` (required) -> 201 item: those + the
     derived single amount, ``net_amount``, ``tax_amount``, ``gross_amount``, ``currency``. No
     position: an invoice lists its items in creation order. Totals recalculate after each item.
-    No item delete or update (anny documents none; a non-draft invoice is ``locked``).
+    No item update (anny documents none; a non-draft invoice is ``locked``).
+``PATCH /invoices/{id}`` ``{"data": {"type": "invoices", "id", "attributes"}}`` (our
+    assumption: anny mentions linking "later via PATCH" and ``invoices.updated`` events, not the
+    fields): ``recipient``, ``invoicing_party``, ``notes``, ``vat_number``, ``issued_at``,
+    ``due_date`` (only those given change; others -> 422) -> 200 invoice; only a draft (else
+    422 ``Only a draft invoice can be changed``). ``DELETE /items/{id}`` (our assumption, the
+    JSON:API convention) -> 204; only on a draft (else 422); unknown -> 404.
 Money rule (anny documents none; the sandbox's own, see ``anny_rules.item_totals``): per item,
     half up to the currency's ISO 4217 minor unit; the invoice sums its items. Option
     ``rounding: "half_even"`` makes the sandbox disagree with the client on purpose.
@@ -89,6 +95,7 @@ from bulk.sandbox.anny_rules import (
     error_body,
     exact,
     invoice_fields,
+    invoice_update_fields,
     item_fields,
     item_totals,
     money,
@@ -237,6 +244,8 @@ class AnnySandbox(Dialect):
         router.add_put(f"{API}/invoices/{{id}}/set-paid", api(self.set_paid))
         router.add_post(f"{API}/invoices/{{id}}/set-paid", api(self.set_paid))
         router.add_post(f"{API}/items", api(self.create_item))
+        router.add_patch(f"{API}/invoices/{{id}}", api(self.update_invoice))
+        router.add_delete(f"{API}/items/{{id}}", api(self.delete_item))
 
         @control_route
         async def hold(request: web.Request) -> web.StreamResponse:
@@ -422,6 +431,30 @@ class AnnySandbox(Dialect):
         _recalculate(org, invoice)
         self._committed(request, "item")
         return self.respond({"data": self._item_res(item)}, 201)
+
+    def update_invoice(self, request: web.Request, org: Org, body: Any) -> web.Response:
+        invoice = _invoice(org, request)
+        fields = invoice_update_fields(body, invoice["id"])
+        if invoice["status"] != "draft":
+            raise ApiError.one(422, f"Only a draft invoice can be changed (this one is {invoice['status']}).")
+        invoice.update(fields)
+        org.invoices[invoice["id"]] = invoice
+        self._committed(request, "update")
+        return self.respond({"data": self._invoice_res(invoice)})
+
+    def delete_item(self, request: web.Request, org: Org, body: Any) -> web.Response:
+        item = org.items.get(request.match_info["id"])
+        if item is None:
+            raise SandboxProblem(Problem.NOT_FOUND)
+        invoice = org.invoices[item["invoice_id"]]
+        if invoice["status"] != "draft":
+            raise ApiError.one(422, f"Only a draft invoice's items can be deleted (this one is {invoice['status']}).")
+        invoice["item_ids"] = [i for i in invoice["item_ids"] if i != item["id"]]
+        del org.items[item["id"]]
+        _recalculate(org, invoice)
+        org.invoices[invoice["id"]] = invoice
+        self._committed(request, "delete-item")
+        return web.Response(status=204)
 
     def send(self, request: web.Request, org: Org, body: Any) -> web.Response:
         invoice = _invoice(org, request)

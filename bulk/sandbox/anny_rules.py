@@ -361,6 +361,34 @@ def invoice_fields(body: Any, customer_exists: Callable[[str], bool],
     return fields
 
 
+#: what ``PATCH /invoices/{id}`` may change (our assumption: anny documents the PATCH, not its
+#: fields); the currency, price mode and number are fixed at creation
+INVOICE_UPDATE_KEYS = frozenset({"recipient", "invoicing_party", "issued_at", "due_date", "notes", "vat_number"})
+
+
+def invoice_update_fields(body: Any, invoice_id: str) -> dict[str, Any]:
+    """The attributes a JSON:API update document ``{"data": {"type": "invoices", "id",
+    "attributes"}}`` sets (only those given)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise ApiError.one(400, "The request body must be a JSON:API document with a data object.",
+                           pointer="/data")
+    if data.get("type") != "invoices":
+        raise ApiError.one(409, "The resource type must be invoices.", pointer="/data/type")
+    if data.get("id") != invoice_id:
+        raise ApiError.one(409, "The resource id must be the invoice's id.", pointer="/data/id")
+    attrs, rels = data.get("attributes", {}), data.get("relationships", {})
+    if not isinstance(attrs, dict) or not isinstance(rels, dict):
+        raise ApiError.one(400, "attributes and relationships must be objects.", pointer="/data")
+    e = Errors()
+    e.check_known(attrs, INVOICE_UPDATE_KEYS)
+    e.check_known(rels, frozenset(), "relationships")
+    fields = {k: (e.day(attrs, k) if k in ("issued_at", "due_date") else e.text(attrs, k, max_len=65_535))
+              for k in sorted(attrs.keys() & INVOICE_UPDATE_KEYS)}
+    e.raise_any()
+    return fields
+
+
 def item_fields(body: Any, from_net: bool, invoice_of: Callable[[str], dict[str, Any] | None]
                 ) -> dict[str, Any]:
     """The item's fields plus ``invoice`` (the stored draft it goes on)."""

@@ -42,6 +42,11 @@ Objects (``GET /api/v3/{customer|item|currency|invoice}/{ref}`` -> 200 | 404, ``
     up to the currency's minor unit; subtotal = sum; taxes = round(subtotal x tax_percent / 100)
     from the account's tax setting (option ``tax_percent``, default 0: no tax configured);
     total = subtotal + taxes.
+``PUT /api/v3/invoice/{id}`` (O-http: 202 + ``Location``; also inside ``_bulk``): the create's
+    fields and rules; the fields sent replace the stored ones, ``line_items`` replaces every
+    line, what is not sent stays; the external key stays unique; a closed invoice (paid or
+    void, ``invoice_status_state`` ``c``) -> 400 ``... a closed invoice cannot be changed.``;
+    unknown id -> 404.
 ``POST /api/v3/_bulk`` (O-bulk) a list of at most 25 ``{request_method: GET|POST|PUT, uri:
     "/api/v3/...", payload}``, handled in order -> 200 ``response: {"_bulk": [{code, status,
     message, response}, ...]}`` (the ``_bulk`` key as the SDK's example reads it), one per
@@ -70,6 +75,7 @@ from aiohttp import web
 
 from bulk.sandbox.chargeover_rules import (
     FILTERS,
+    LINE_KEYS,
     Answer,
     Invalid,
     envelope,
@@ -260,6 +266,11 @@ class ChargeOverSandbox(Dialect):
                 return self._create_customer(body) if resource == "customer" else self._create_invoice(body)
             except Invalid as exc:
                 return error(400, exc.message)
+        if method == "PUT" and len(segments) == 2 and resource == "invoice":
+            try:
+                return self._update_invoice(segments[1], body)
+            except Invalid as exc:
+                return error(400, exc.message)
         return error(405, "Method not allowed.")
 
     def _find(self, resource: str, ref: str) -> dict[str, Any] | None:
@@ -311,6 +322,60 @@ class ChargeOverSandbox(Dialect):
         if field == "customer_token" and isinstance(value, str):
             return next((i for i, c in self.store["customer"].items() if c.get("token") == value), None)
         return None
+
+    def _update_invoice(self, ref: str, body: Any) -> Answer:
+        """``PUT /invoice/{id}`` (O-http: 202 + Location): the fields sent replace the stored
+        ones, ``line_items`` replaces every line; what is not sent stays. A closed (paid or
+        void) invoice cannot be changed; the external key stays unique."""
+        obj = self._find("invoice", ref)
+        if obj is None:
+            return error(404, "No such invoice.")
+        if not isinstance(body, dict):
+            raise Invalid("invoice: must be a JSON object")
+        if obj.get("invoice_status_state") == "c":
+            raise Invalid(f"Invoice {obj['invoice_id']} is {obj['invoice_status_str']}: a closed invoice cannot "
+                          "be changed.")
+        full = dict(body)
+        if not any(k in body for k in ("customer_id", "customer_token", "customer_external_key")):
+            full["customer_id"] = obj["customer_id"]
+        if "line_items" not in body:
+            full["line_items"] = [{k: v for k, v in line.items() if k in LINE_KEYS} for line in obj["line_items"]]
+        fields = validate_invoice(
+            full, customer=self._customer_ref, currency_exists=self.store["currency"].__contains__,
+            item=self.store["item"].get)
+        key = body.get("external_key")
+        if key is not None and key != obj.get("external_key"):
+            self._taken("invoice", key)
+        sent = {k: v for k, v in fields.items() if k in body or k == "customer_id"}
+        new = {**obj, **{k: v for k, v in sent.items() if k != "line_items"}, "mod_datetime": _now()}
+        if new.get("date") is None:
+            new["date"] = obj["date"]
+        if new.get("currency_id") is None:
+            new["currency_id"] = obj["currency_id"]
+        code = self.store["currency"][new["currency_id"]]["currency_iso4217"]
+        new["currency_iso4217"] = code
+        if "line_items" in body:
+            new["line_items"] = self._lines(fields["line_items"], code)
+        subtotal = round_money(sum((line["line_subtotal"] for line in new["line_items"]), Decimal(0)), code)
+        taxes = round_money(_CTX.divide(_CTX.multiply(subtotal, self.tax_percent), Decimal(100)), code)
+        paid = obj["total"] - obj["balance"]
+        new.update(subtotal=subtotal, taxes=taxes, total=subtotal + taxes, balance=subtotal + taxes - paid)
+        if key is not None and key != obj.get("external_key"):
+            if obj.get("external_key") is not None:
+                del self.keys["invoice"][obj["external_key"]]
+            self.keys["invoice"][key] = obj["invoice_id"]
+        self.store["invoice"][obj["invoice_id"]] = new  # a new value: the durable table saves it
+        return 202, envelope(202, {"id": obj["invoice_id"]}), f"{PREFIX}/invoice/{obj['invoice_id']}"
+
+    def _lines(self, raw: list[dict[str, Any]], code: str) -> list[dict[str, Any]]:
+        lines = []
+        for line in raw:
+            amount = line_totals(line["line_quantity"], line["line_rate"], Decimal(0),
+                                 tax_inclusive=False, currency=code)[0]
+            self.line_ids += 1
+            lines.append({"line_item_id": self.line_ids, **line, "line_rate": line["line_rate"].normalize(),
+                          "line_quantity": line["line_quantity"].normalize(), "line_subtotal": amount})
+        return lines
 
     def _create_invoice(self, body: Any) -> Answer:
         fields = validate_invoice(

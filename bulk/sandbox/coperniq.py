@@ -28,6 +28,11 @@ Routes
     ``q`` match case-insensitive substrings of the title; ``page_size`` 1..100 (default 20).
     ``POST /invoices`` ``InvoiceCreate`` -> 201 Invoice | 400 (rules in ``coperniq_rules``).
     ``GET /invoices/{id}`` -> 200 Invoice | 404.
+    ``PATCH /invoices/{id}`` ``InvoiceUpdate`` (``update-invoice``) -> 200 Invoice | 400 | 404:
+    only the fields given change; ``lineItems`` / ``sections`` replace every line (the amount
+    follows); ``calculationMethod`` and any other field -> 400; the lines of a PAID or
+    PARTIALLY_PAID invoice -> 400 ``field: lineItems`` (our assumption: the document does not
+    say what Coperniq refuses).
     ``DELETE /invoices/{id}`` -> 200 with no body | 404 (``delete-invoice``: the document states
     no condition, so an invoice of any status can be deleted; its id is never reused).
     ``GET /invoices``, ``GET /projects/{id}/invoices``, ``GET /accounts/{id}/invoices`` (the
@@ -59,6 +64,7 @@ from bulk.sandbox.control import control_route
 from bulk.sandbox.coperniq_rules import (
     Invalid,
     NewInvoice,
+    validate_update,
     parse_seed,
     validate_invoice,
 )
@@ -185,6 +191,7 @@ class CoperniqSandbox(Dialect):
         router.add_post("/invoices", self.create_invoice)
         router.add_get("/invoices/{id}", self.get_invoice)
         router.add_delete("/invoices/{id}", self.delete_invoice)
+        router.add_patch("/invoices/{id}", self.update_invoice)
 
         async def exchanges(request: web.Request) -> web.StreamResponse:
             return web.Response(body=orjson.dumps(self.exchanges), content_type="application/json")
@@ -237,7 +244,45 @@ class CoperniqSandbox(Dialect):
             return _json({"message": exc.message, "field": exc.field}, 400)
         return _json(self._commit(new), 201)
 
+    async def update_invoice(self, request: web.Request) -> web.Response:
+        """``PATCH /invoices/{id}`` (``update-invoice``): a partial update; ``lineItems`` /
+        ``sections`` replace every line (the amount follows); 200 with the invoice."""
+        invoice_id = self._id(request, self.invoices)
+        body = await self.read_json(request)
+        old = self.invoices[invoice_id]
+        try:
+            change = validate_update(body, old["status"],
+                                     lambda i: i in self.catalog and not self.catalog[i]["isArchived"])
+        except Invalid as exc:
+            return _json({"message": exc.message, "field": exc.field}, 400)
+        invoice = dict(old)
+        if change.lines is not None:
+            invoice["amount"], invoice["lineItems"] = self._lines(change.lines)
+        if change.status is not None:
+            invoice["status"] = change.status
+        if change.status is not None or change.lines is not None:
+            invoice["amountPaid"] = invoice["amount"] if invoice["status"] == "PAID" else old["amountPaid"]
+        if change.due_date is not None:
+            invoice["dueDate"] = change.due_date
+        if change.has_description:
+            invoice["description"] = change.description
+        invoice["updatedAt"] = _now()
+        self.invoices[invoice_id] = invoice  # a new value: the durable table saves it
+        return _json(invoice)
+
     # --- helpers -------------------------------------------------------------------------
+    def _lines(self, new_lines: list[tuple[int, int, Decimal, Decimal, str | None]]
+               ) -> tuple[Decimal, list[dict[str, Any]]]:
+        amount, lines = Decimal(0), []
+        for item_id, quantity, cost, price, description in new_lines:
+            amount = _CTX.add(amount, _CTX.multiply(price, quantity))
+            self.line_ids += 1
+            item = self.catalog[item_id]
+            lines.append({"id": self.line_ids, "catalogItemId": item_id, "quantity": quantity, "unitCost": cost,
+                          "unitPrice": price, "description": description,
+                          "catalogItem": {k: item[k] for k in ("id", "name", "manufacturer", "sku", "type")}})
+        return amount, lines
+
     def _commit(self, new: NewInvoice) -> dict[str, Any]:
         now = _now()
         if new.record_id in self.projects:
@@ -247,14 +292,7 @@ class CoperniqSandbox(Dialect):
         else:
             account = self.accounts[new.record_id]
             record = {"id": account["id"], "uid": account["number"], "title": account["title"]}
-        amount, lines = Decimal(0), []
-        for item_id, quantity, cost, price, description in new.lines:
-            amount = _CTX.add(amount, _CTX.multiply(price, quantity))
-            self.line_ids += 1
-            item = self.catalog[item_id]
-            lines.append({"id": self.line_ids, "catalogItemId": item_id, "quantity": quantity, "unitCost": cost,
-                          "unitPrice": price, "description": description,
-                          "catalogItem": {k: item[k] for k in ("id", "name", "manufacturer", "sku", "type")}})
+        amount, lines = self._lines(new.lines)
         invoice_id = 900_000 + len(self.invoices) + self.deleted + 1
         invoice: dict[str, Any] = {
             "id": invoice_id, "uid": invoice_id - 899_000, "description": new.description, "type": "INVOICE",

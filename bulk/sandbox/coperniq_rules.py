@@ -16,7 +16,7 @@ from typing import Any
 
 from bulk.sandbox.config import SandboxConfigError
 
-__all__ = ["Invalid", "NewInvoice", "Seed", "parse_seed", "validate_invoice"]
+__all__ = ["Invalid", "NewInvoice", "InvoiceChange", "Seed", "parse_seed", "validate_invoice", "validate_update"]
 
 CREATE_STATUSES = frozenset({"DRAFT", "SENT", "PARTIALLY_PAID", "PAID"})
 LIFECYCLE_STATUSES = frozenset({"DECLINED", "OVERDUE"})
@@ -205,6 +205,47 @@ def validate_invoice(body: Any, record_exists: Callable[[int], bool],
         raise Invalid("description", "description must be a string or null")
     lines = _all_lines(body, catalog_exists)
     return NewInvoice(record_id, status, issue if status != "DRAFT" else None, due, description, lines)
+
+
+UPDATE_KEYS = frozenset({"status", "lineItems", "sections", "dueDate", "description"})
+UPDATE_STATUSES = CREATE_STATUSES | LIFECYCLE_STATUSES
+#: statuses after which an invoice's lines are money owed or received: not changed (our
+#: assumption; the document does not say which changes Coperniq refuses)
+SETTLED_STATUSES = frozenset({"PAID", "PARTIALLY_PAID"})
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceChange:
+    """A valid ``InvoiceUpdate``: only the fields given (``lines`` None: not given)."""
+
+    status: str | None
+    due_date: str | None
+    description: str | None
+    has_description: bool
+    lines: list[tuple[int, int, Decimal, Decimal, str | None]] | None
+
+
+def validate_update(body: Any, current_status: str, catalog_exists: Callable[[int], bool]) -> InvoiceChange:
+    """The change a ``PATCH /invoices/{id}`` body asks for (OpenAPI ``InvoiceUpdate``); raises :class:`Invalid`."""
+    if not isinstance(body, dict):
+        raise Invalid("body", "The request body must be a JSON object")
+    if "calculationMethod" in body:
+        raise Invalid("calculationMethod", "calculationMethod cannot be changed after creation")
+    for key in sorted(body.keys() - UPDATE_KEYS):
+        raise Invalid(key, f"{key} is not an invoice update field")
+    status = body.get("status")
+    if status is not None and status not in UPDATE_STATUSES:
+        raise Invalid("status", "status must be one of " + ", ".join(sorted(UPDATE_STATUSES)))
+    due = _date_time(body, "dueDate")
+    description = body.get("description")
+    if description is not None and not isinstance(description, str):
+        raise Invalid("description", "description must be a string or null")
+    lines = None
+    if body.get("lineItems") is not None or body.get("sections") is not None:
+        if current_status in SETTLED_STATUSES:
+            raise Invalid("lineItems", f"the line items of a {current_status} invoice cannot be changed")
+        lines = _all_lines(body, catalog_exists)
+    return InvoiceChange(status, due, description, "description" in body, lines)
 
 
 def _all_lines(body: Mapping[str, Any], catalog_exists: Callable[[int], bool]

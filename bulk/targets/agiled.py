@@ -18,9 +18,10 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from ..errors import ServerError, UnknownReference
+from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
+from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
 __all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
@@ -115,13 +116,28 @@ class AgiledTarget(Target):
     async def upload(self, record: Record, job: Job) -> Created:
         customer = record.customer
         contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
-        reply = await job.send(
-            Request(
-                "POST", "/public/v1/invoices", json=invoice_body(record, contact_id),
-                headers={"Idempotency-Key": idempotency_key("invoice", record.external_id)},
-            ),
-            stage="invoice", refs=(("agiled.contact", customer.external_id),),
-        )
+        body = invoice_body(record, contact_id)
+        if self.on_existing != "skip":  # bulk.targets.agiled_existing: look first, so an identical one is found
+            stored = await find_invoice(job, record.external_id)
+            if stored is not None:
+                return await self._existing(job, stored, body, contact_id)
+        try:
+            reply = await job.send(
+                Request(
+                    "POST", "/public/v1/invoices", json=body,
+                    headers={"Idempotency-Key": idempotency_key("invoice", record.external_id)},
+                ),
+                stage="invoice", refs=(("agiled.contact", customer.external_id),),
+            )
+        except RecordRefused as exc:
+            # 409: the key was used with another body; 422: the number is taken (a key expired):
+            # the invoice exists, made from other data.
+            if not (exc.status == 409 or (exc.status == 422 and "invoice_number" in exc.field)):
+                raise
+            stored = await find_invoice(job, record.external_id)
+            if stored is None:
+                raise
+            return await self._existing(job, stored, body, contact_id)
         data = reply.json()["data"]
         total = data.get("total")
         return Created(
@@ -130,6 +146,13 @@ class AgiledTarget(Target):
             status=data.get("status"),
             reported_gross=Decimal(str(total)) if total is not None else None,
         )
+
+    async def _existing(self, job: Job, stored: dict[str, Any], body: dict[str, Any], contact_id: str) -> Created:
+        action, now = await settle_invoice(self, job, stored, body, ours=job.maybe_sent_before)
+        total = now.get("total")
+        return Created(invoice_id=str(now["id"]), customer_id=contact_id, status=now.get("status"),
+                       reported_gross=Decimal(str(total)) if total is not None else None, existed=True,
+                       action=action)
 
     @staticmethod
     def _contact_key(record: Record, job: Job) -> str:

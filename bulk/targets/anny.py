@@ -76,6 +76,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from dataclasses import field as _field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -84,6 +85,7 @@ import anyio
 from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused, UnknownReference
 from ..records import Line, Record
 from ..transport import Reply, Request
+from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
 
 __all__ = ["AnnyTarget", "IdenticalSpacer", "item_key", "line_key", "match_items"]
@@ -139,6 +141,7 @@ class _Invoice:
     total: Decimal | None
     items: list[tuple[str, ItemKey]]  # the items the answer included, with their keys
     item_ids: frozenset[str] | None  # every item the invoice has (its relationship); None: not said
+    attributes: Mapping[str, Any] = _field(default_factory=dict)  # as answered (bulk.targets.anny_existing)
 
     def known_ids(self) -> frozenset[str]:
         """The invoice's item ids: its relationship, else the items the answer included."""
@@ -157,7 +160,7 @@ class _Invoice:
                    str(a.get("currency")), from_net, customer.get("id"),
                    None if total is None else _decimal(total),
                    [(i, item_key(by_id[i].get("attributes") or {}, from_net)) for i in ids if i in by_id],
-                   None if refs is None else frozenset(str(i) for i in ids))
+                   None if refs is None else frozenset(str(i) for i in ids), a)
 
 
 class IdenticalSpacer:
@@ -448,6 +451,20 @@ class AnnyTarget(Target):
         assert invoice is not None
         if not fresh:
             self._check_ours(record, customer_id, invoice)
+            # --on-existing (bulk.targets.anny_existing). An invoice without items is never an
+            # earlier job's finished one: it is this job's create, unfinished.
+            ours = bool(job.maybe_sent_before or p.get("invoice")) or not invoice.known_ids()
+            if update_begun(job, invoice.id) or not ours or self.on_existing == "update":
+                found = invoice
+                done, strangers = match_items([line_key(line) for line in record.lines], found.items)
+                action, invoice = await settle_invoice(
+                    self, job, record, found, _invoice_attributes(record), ours=ours, strangers=strangers,
+                    missing=len(record.lines) - len(done), reread=lambda: self._get_invoice(job, found.id))
+                if action != "updated" and not ours:  # left as it is
+                    return Created(invoice_id=invoice.id, customer_id=customer_id, status=invoice.status,
+                                   reported_gross=invoice.total, existed=True, action=action)
+                if action == "updated":
+                    p["action"] = "updated"
         p["invoice"] = invoice.id
         await self._items(record, job, invoice)
         if invoice.status == "draft":  # step 2: what is sent (or reported) is exactly the record
@@ -463,7 +480,7 @@ class AnnyTarget(Target):
                                             await self._act(job, invoice, "set-paid", ("paid",)))
             p["paid"] = True
         return Created(invoice_id=invoice.id, customer_id=customer_id, status=invoice.status,
-                       reported_gross=invoice.total, existed=existed)
+                       reported_gross=invoice.total, existed=existed, action=p.get("action"))
 
     def _check_ours(self, record: Record, customer_id: str, invoice: _Invoice) -> None:
         """An invoice found by number must be this record's, never someone else's to change."""

@@ -71,6 +71,13 @@ class Created:
     status: str | None = None
     reported_gross: Decimal | None = None  # the API's invoice total, checked against the money rule
     existed: bool = False  # found at the API already (lost answer, earlier job), not made now
+    #: what the job did: "created", "existing", "updated", "unchanged" (see bulk.existing);
+    #: None means "existing" when ``existed`` else "created"
+    action: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        return self.action or ("existing" if self.existed else "created")
 
 
 class RunJob(Protocol):
@@ -140,9 +147,14 @@ class Target(abc.ABC):
     option_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
+        from ..existing import ON_EXISTING_KEY, on_existing_policy
+
         self.base_url = base_url
         self.credentials = dict(credentials)
-        self.options = dict(options)
+        #: what to do with an invoice the API already holds under the record's external id
+        #: (``--on-existing``; the CLI passes it as this reserved option key)
+        self.on_existing = on_existing_policy(options.get(ON_EXISTING_KEY))
+        self.options = {k: v for k, v in options.items() if k != ON_EXISTING_KEY}
 
     # --- construction --------------------------------------------------------------------
     @classmethod

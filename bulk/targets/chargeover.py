@@ -62,6 +62,7 @@ from ..records import Record
 from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
+from .chargeover_existing import settle_invoice
 from .chargeover_mapping import API, by_key, comparable, customer_body, invoice_body
 
 __all__ = ["ChargeOverTarget"]
@@ -148,6 +149,7 @@ class ChargeOverTarget(Target):
         super().start_run()
         self.batcher: Batcher | None = None
         self._missing: set[tuple[str, str]] = set()  # (kind, key) not found this run
+        self._recovered: set[tuple[str, str]] = set()  # (kind, key) made by this run, answer lost
 
     def writes_per_invoice(self) -> float:
         return 1 / self.bulk_size if self.use_bulk else 1.0  # _bulk carries up to bulk_size creates
@@ -207,14 +209,20 @@ class ChargeOverTarget(Target):
                 raise RecordRefused(404, f'{where}: no ChargeOver item has the external key "{ref}"',
                                     stage="item") from None
         key = record.external_id
+        body = invoice_body(record, currency_id, item_ids)
         try:
-            invoice_id, existed, obj = await self._create(job, "invoice", invoice_body(record, currency_id, item_ids),
-                                                          key)
+            invoice_id, existed, obj = await self._create(job, "invoice", body, key)
         except RecordRefused as exc:
             raise self._stale(record, exc) from None
         if existed and obj is not None and str(obj.get("customer_id")) != customer_id:
             raise RecordRefused(400, f'the external key "{key}" is already used by ChargeOver invoice '
                                 f"{invoice_id} of another customer ({obj.get('customer_id')})")
+        action = None
+        if existed:  # --on-existing (bulk.targets.chargeover_existing)
+            ours = job.maybe_sent_before or ("invoice", key) in self._recovered
+            action = await settle_invoice(self, job, invoice_id, obj, body, ours=ours)
+            if action == "updated":
+                obj = None  # re-read for the total below
         reported = status = None
         if self.verify and comparable(record):
             if obj is None:
@@ -223,7 +231,7 @@ class ChargeOverTarget(Target):
                 reported = Decimal(obj["total"]) if isinstance(obj["total"], (int, Decimal)) else None
                 status = obj.get("invoice_status_str")
         return Created(invoice_id=invoice_id, customer_id=customer_id, status=status,
-                       reported_gross=reported, existed=existed)
+                       reported_gross=reported, existed=existed, action=action)
 
     def _stale(self, record: Record, exc: RecordRefused) -> RecordRefused:
         """``exc`` as an :class:`UnknownReference` when it says an object we resolved is gone
@@ -284,6 +292,7 @@ class ChargeOverTarget(Target):
         if sub is None:
             sub = await self._direct(job, "POST", f"{API}/{kind}", body, lookup, stage=kind)
         if sub.recovered:
+            self._recovered.add((kind, key))  # our own create, its answer lost
             return str(sub.response[f"{kind}_id"]), True, sub.response
         made = 200 <= sub.code < 300
         if made and isinstance(sub.response, dict) and sub.response.get("id") is not None:

@@ -11,9 +11,10 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
     load balancer or the API's own queue may hold it, and nothing the client does bounds how
     long. So no wait ("settle") can be made safe, and the design does not rest on one:
 
-    1. *Look before creating.* Before creating a record an earlier run may have sent
-       (``job.maybe_sent_before``, from the resume file's write-ahead window), the record's
-       invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
+    1. *Look before creating.* Before creating any record (one an earlier run may have sent,
+       ``job.maybe_sent_before``, from the resume file's write-ahead window, and, since
+       ``--on-existing``, every other one too: an earlier job may hold it, see
+       ``bulk.targets.coperniq_existing``), the record's invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
        the kind is probed once when the map does not say it), once per record (customer) per
        run, and the one whose description starts with the external id is taken (when several
        do -- copies that landed before the lookup -- the oldest is kept and its exact copies
@@ -86,6 +87,7 @@ from ..errors import (
 from ..records import Record
 from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
+from .coperniq_existing import settle_invoice
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
 
 __all__ = ["CoperniqTarget"]
@@ -272,19 +274,25 @@ class CoperniqTarget(Target):
     async def _create(self, record: Record, record_id: int, kind: str | None,
                       items: list[tuple[int, Decimal, list[int]]], job: Job) -> Created:
         at_risk = job.maybe_sent_before  # an earlier run may have sent it: its copy may land late
-        if at_risk:
-            try:
-                listing = await self._listing(record_id, kind, job)
-            except RecordRefused as exc:
-                raise self._stale(record, exc, exc.status == 404) from None
-            copies = listing.get(record.external_id)
-            if copies:
+        # Every run looks (not only a resumed one): an earlier JOB may hold the invoice
+        # (--on-existing, bulk.targets.coperniq_existing).
+        try:
+            listing = await self._listing(record_id, kind, job)
+        except RecordRefused as exc:
+            raise self._stale(record, exc, exc.status == 404) from None
+        copies = listing.get(record.external_id)
+        if copies:
+            kept = min(copies, key=lambda c: int(c["id"]))
+            if at_risk:
                 # Copies already there are removed now: the sweep's `recent` listing starts
                 # at this run's first answer, after they were made.
-                kept = min(copies, key=lambda c: int(c["id"]))
                 await self._remove_copies({record.external_id: str(kept["id"])}, copies, job, listed_all=True,
                                           strict=True)
-                return self._watch(record, record_id, kind, kept, job, existed=True)
+            action, kept = await settle_invoice(self, job, kept, invoice_body(record, record_id, items),
+                                                ours=at_risk, parse=_exact)
+            if at_risk:
+                return self._watch(record, record_id, kind, kept, job, existed=True, action=action)
+            return self._created(record, record_id, kept, existed=True, action=action)
         found_now: list[dict[str, Any]] = []
 
         async def recover() -> Reply | None:
@@ -330,10 +338,10 @@ class CoperniqTarget(Target):
         return self._watch(record, record_id, kind, invoice, job, existed=existed)
 
     def _watch(self, record: Record, record_id: int, kind: str | None, invoice: dict[str, Any], job: Job,
-               *, existed: bool) -> Created:
+               *, existed: bool, action: str | None = None) -> Created:
         """The record's outcome, kept in the resume file for the sweeps of this and later runs."""
         job.remember(_WATCH, record.external_id, f"{record_id} {kind or '-'} {invoice['id']} {self._since()}")
-        return self._created(record, record_id, invoice, existed=existed)
+        return self._created(record, record_id, invoice, existed=existed, action=action)
 
     def _since(self) -> int:
         """A time (the API's clock) before any copy this run can still see land late was made."""
@@ -348,13 +356,14 @@ class CoperniqTarget(Target):
                                 refs=(("coperniq.record", record.customer.external_id),))
 
     @staticmethod
-    def _created(record: Record, record_id: int, invoice: dict[str, Any], *, existed: bool) -> Created:
+    def _created(record: Record, record_id: int, invoice: dict[str, Any], *, existed: bool,
+                 action: str | None = None) -> Created:
         amount = invoice.get("amount")
         return Created(
             invoice_id=str(invoice["id"]), customer_id=str(record_id),
             status=str(invoice.get("status") or record.status).lower(),
             reported_gross=Decimal(amount) if amount is not None and comparable(record) else None,
-            existed=existed)
+            existed=existed, action=action)
 
     async def _record(self, record: Record, job: Job) -> tuple[int, str | None]:
         known = self._record_ref(record)
