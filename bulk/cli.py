@@ -372,7 +372,7 @@ async def _run(config: UploadConfig, target: Target, console: Any) -> Any:
     n = job_processes(config)
     if n == 1:
         return await Run(config, target, progress=console).execute()
-    code, summary, error = await run_processes(config, target, n, note=console.note)
+    code, summary, error = await run_processes(config, target, n, progress=console)
     return RunResult(code, summary, error, interrupted=code == EXIT_INTERRUPTED)
 
 

@@ -45,6 +45,9 @@ from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
 from .merge import merge_runs
 from .outputs import write_atomic
+from .progress import ProgressSink, Status
+from .tally import Tally
+from .targets.base import Target
 
 __all__ = ["WorkerTask", "die_with_parent", "read_task", "run_processes", "run_worker"]
 
@@ -100,11 +103,12 @@ def job_processes(config: UploadConfig) -> int:
     return n
 
 
-async def run_processes(config: UploadConfig, target: Any, n: int, *, note: Any = None) -> tuple[int, dict[str, Any],
-                                                                                                BulkError | None]:
+async def run_processes(config: UploadConfig, target: Target, n: int, *, progress: ProgressSink | None = None,
+                        ) -> tuple[int, dict[str, Any], BulkError | None]:
     """Run the job in ``config.out`` as ``n`` shard workers; merge; return (exit code,
     merged summary, error). ``target`` is the parent's target object (its base URL,
-    credentials, options and limits are handed to the workers); ``note`` prints a line."""
+    credentials, options and limits are handed to the workers); ``progress`` gets a note and
+    the shards' counts summed from their checkpointed summaries."""
     out = config.out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +122,8 @@ async def run_processes(config: UploadConfig, target: Any, n: int, *, note: Any 
         target=config.target, base_url=target.base_url, credentials=target.credentials,
         options=target.options, default_limits=target.default_limits, parent_pid=os.getpid(),
     ) for k, d in enumerate(dirs)]
-    if note is not None:
-        note(f"{n} upload processes, one per shard of the job (in {out / 'shards'}), merged into {out}")
+    if progress is not None:
+        progress.note(f"{n} upload processes, one per shard of the job (in {out / 'shards'}), merged into {out}")
     t0 = time.monotonic()
     codes: list[int | None] = [None] * n
     first_bad: list[int] = []
@@ -160,6 +164,8 @@ async def run_processes(config: UploadConfig, target: Any, n: int, *, note: Any 
                 signal_all(signal.SIGTERM)  # the others finish what is in flight, then stop
 
         tg.start_soon(watch_signals)
+        if progress is not None:
+            tg.start_soon(_tick, progress, dirs)
         async with anyio.create_task_group() as workers:
             for k, (proc, task) in enumerate(zip(procs, tasks)):
                 workers.start_soon(supervise, k, proc, task)
@@ -177,6 +183,25 @@ async def run_processes(config: UploadConfig, target: Any, n: int, *, note: Any 
             raise
         summary = {}  # no worker got as far as a checkpoint (e.g. refused its configuration)
     return _outcome(codes, first_bad, stopping, summary)
+
+
+async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:
+    """The shards' counts, summed, for the bar (counts and rate only: the shards' watermarks
+    are not one position in the input)."""
+    while True:
+        tally, traffic = Tally(), {"requests": 0, "retries": 0, "throttled": 0}
+        for d in dirs:
+            try:
+                s = orjson.loads((d / "summary.json").read_bytes())
+            except (OSError, ValueError):
+                continue  # not started yet, or being replaced: next tick
+            r = s.get("records", {})
+            for key in ("read", "created", "existing", "rejected", "failed", "uncertain"):
+                setattr(tally, key, getattr(tally, key) + int(r.get(key, 0)))
+            for key in traffic:
+                traffic[key] += int(s.get(key, 0))
+        progress.update(tally, traffic, Status(done_bytes=0, done_lines=0, total_bytes=None))
+        await anyio.sleep(0.5)
 
 
 def read_ok(run_dir: Path) -> bool:
