@@ -97,6 +97,8 @@ def job_processes(config: UploadConfig) -> int:
         raise ConfigError(f"{config.out} was started with --processes {known}: resume it with --processes {known} "
                           "(or auto), or use a new --out")
     n = known or asked
+    if n > 1 and config.input == "-":
+        raise ConfigError("--processes N reads the input once per shard: give a file, not stdin (-)")
     if n > 1 and config.shard is not None:
         raise ConfigError("--processes N runs the shards of a job itself: use it without --shard, or run each "
                           "--shard K/N with one process")

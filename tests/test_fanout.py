@@ -252,4 +252,8 @@ def test_a_job_keeps_its_number_of_processes(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         assert summary(out)["processes"] == 2
         assert_exactly_once(sb, out, records)
+        piped = cli(upload_args(sb, Path("-"), tmp_path / "piped", "--processes", "2"), sb.env)
+        assert piped.returncode == 2 and "not stdin" in piped.stderr, piped.stderr
+        sharded = cli(upload_args(sb, src, tmp_path / "sharded", "--processes", "2", "--shard", "0/2"), sb.env)
+        assert sharded.returncode == 2 and "without --shard" in sharded.stderr, sharded.stderr
 
