@@ -416,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", default="none,latency,rate",
                    help="comma-separated: none, latency, rate, limit, memory, resume (default: the first three)")
-    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, from {', '.join(CLIENTS)}")
+    p.add_argument("--clients", default=",".join(c for c in CLIENTS if not c.startswith("bulk-p")),
+                   help=f"comma-separated, from {', '.join(CLIENTS)} (default: all but bulk-p1, bulk-p2)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario; medians are shown")
     p.add_argument("--records", type=int, default=100_000, help="records for bulk and the bare loops, no latency")
     p.add_argument("--concurrency", type=int, default=64, help="in flight per client (no latency, rate)")
