@@ -1,5 +1,8 @@
-"""Per-key spacing: at most ``limit`` requests of one key per ``window`` seconds, counted from
-their completion. An engine-offered hook for targets (see :mod:`bulk.targets.base`).
+"""Engine-offered hooks for targets with limits beyond a rate per kind (see :mod:`bulk.targets.base`):
+:class:`KeySpacer` and :class:`QuotaGate`.
+
+Per-key spacing: at most ``limit`` requests of one key per ``window`` seconds, counted from
+their completion.
 
 Some APIs limit *identical* requests (anny: 4 identical requests per second): twins of one
 key must not reach the server ``limit + 1`` times within the window. A request's send time
@@ -19,12 +22,12 @@ Create it inside the run (the semaphores and the delayed release belong to the r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 
 import anyio
 
-__all__ = ["KeySpacer"]
+__all__ = ["KeySpacer", "QuotaGate"]
 
 
 class _Key:
@@ -75,3 +78,38 @@ class KeySpacer:
     def __len__(self) -> int:
         """Keys currently tracked (for tests: idle keys are dropped)."""
         return len(self._keys)
+
+
+class QuotaGate:
+    """Requests in flight never more than the quota the API last said is left.
+
+    For an API that sends ``X-RateLimit-Remaining`` for a long window (Coperniq: 5,000 per
+    rolling 24 h): set :attr:`remaining` from every answer; ``async with gate.slot(exhausted):``
+    around ``job.send`` waits (on an anyio Event, no polling) while the requests in flight could
+    use up what is left, since their answers update it, and raises ``exhausted()`` only when
+    nothing is in flight and nothing is left, so no sent request is abandoned. ``remaining``
+    None (no header seen yet) never waits. The pacer still paces every request; this only
+    keeps a run from spending a quota it does not have.
+    """
+
+    def __init__(self) -> None:
+        self.remaining: int | None = None
+        self.inflight = 0
+        self._settled: anyio.Event | None = None
+
+    @asynccontextmanager
+    async def slot(self, exhausted: Callable[[], BaseException]) -> AsyncIterator[None]:
+        while self.remaining is not None and self.remaining <= self.inflight:
+            if self.inflight == 0:
+                raise exhausted()
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            if self._settled is not None:
+                self._settled.set()
+                self._settled = None

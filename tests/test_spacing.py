@@ -58,3 +58,45 @@ def test_idle_keys_are_dropped_and_a_zero_limit_never_waits() -> None:
 
     busy, after = anyio.run(main)
     assert busy == 50 and after == 0
+
+
+def test_the_quota_gate_waits_for_answers_in_flight_and_stops_only_when_nothing_is_left() -> None:
+    class Spent(Exception):
+        pass
+
+    async def main() -> list[str]:
+        from bulk.spacing import QuotaGate
+
+        gate, log = QuotaGate(), []
+        async with gate.slot(Spent), gate.slot(Spent):  # nothing known yet: never waits
+            log.append("two at once, no header yet")
+        gate.remaining = 1
+        answer = anyio.Event()
+
+        async def first() -> None:
+            async with gate.slot(Spent):
+                log.append("first sent")
+                await answer.wait()
+                gate.remaining = 0  # its answer: the quota is used up
+            log.append("first answered")
+
+        async def second() -> None:
+            try:
+                async with gate.slot(Spent):
+                    log.append("second sent")
+            except Spent:
+                log.append("second stopped: quota spent")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            while "first sent" not in log:
+                await anyio.sleep(0)
+            tg.start_soon(second)
+            for _ in range(20):
+                await anyio.sleep(0)
+            log.append("second still waiting" if "second sent" not in log else "second went early")
+            answer.set()
+        return log
+
+    assert anyio.run(main) == ["two at once, no header yet", "first sent", "second still waiting", "first answered",
+                               "second stopped: quota spent"]

@@ -38,6 +38,11 @@ Pacing hooks the engine offers (use them rather than building your own):
   ``async with spacer.slot(key):`` around ``job.send`` with a :class:`bulk.spacing.KeySpacer`,
   which counts each key's requests from their completion, so twins never arrive ``limit + 1``
   times within the window;
+- a quota over a long window (``X-RateLimit-Remaining`` of a daily quota): a
+  :class:`bulk.spacing.QuotaGate` whose ``remaining`` the target sets from every answer;
+  ``async with gate.slot(exhausted):`` around ``job.send`` keeps the requests in flight within
+  what is left and raises ``exhausted()`` (e.g. :class:`~bulk.errors.QuotaExhausted`) only
+  when nothing is in flight and nothing is left (Coperniq);
 - with ``--processes N`` / ``--shard K/N`` each process gets 1/N of every limit, and the
   records of one :meth:`Target.affinity` key stay in one process.
 """
