@@ -304,7 +304,6 @@ def _pace_note(config: UploadConfig, target: Target) -> str | None:
 
 
 async def _upload(args: argparse.Namespace) -> int:
-    from .pipeline import Run
     from .progress import make_progress
 
     # A run allocates a few objects per record and reference counting frees nearly all of them

@@ -26,6 +26,7 @@ the others gracefully and the run resumably (exit 3).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -49,7 +50,7 @@ from .progress import ProgressSink, Status
 from .tally import Tally
 from .targets.base import Target
 
-__all__ = ["WorkerTask", "die_with_parent", "read_task", "run_processes", "run_worker"]
+__all__ = ["WorkerTask", "die_with_parent", "job_processes", "read_task", "run_processes", "run_worker", "shard_dirs"]
 
 _EXITS_OF_A_RUN = {0, 1, 2, 3, 130}  # what a worker's Run can end with (bulk.cli's exit codes)
 
@@ -135,13 +136,11 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
         procs = [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
                                           start_new_session=True) for _ in tasks]
 
-        def signal_all(sig: int) -> None:
+        def signal_all(sig: signal.Signals) -> None:
             for p in procs:
                 if p.returncode is None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                         p.send_signal(sig)
-                    except ProcessLookupError:
-                        pass
 
         async def watch_signals() -> None:
             nonlocal stopping
@@ -169,7 +168,7 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
         if progress is not None:
             tg.start_soon(_tick, progress, dirs)
         async with anyio.create_task_group() as workers:
-            for k, (proc, task) in enumerate(zip(procs, tasks)):
+            for k, (proc, task) in enumerate(zip(procs, tasks, strict=True)):
                 workers.start_soon(supervise, k, proc, task)
         tg.cancel_scope.cancel()
 
@@ -181,7 +180,7 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
     try:
         summary = merge_runs(dirs, out, partial=True, extra=extra)
     except ConfigError:
-        if any(read_ok(d) for d in dirs):
+        if any(_has_state(d) for d in dirs):
             raise
         summary = {}  # no worker got as far as a checkpoint (e.g. refused its configuration)
     return _outcome(codes, first_bad, stopping, summary)
@@ -206,7 +205,7 @@ async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:
         await anyio.sleep(0.5)
 
 
-def read_ok(run_dir: Path) -> bool:
+def _has_state(run_dir: Path) -> bool:
     return (run_dir / "state.db").is_file()
 
 
@@ -272,5 +271,5 @@ async def run_worker(task: WorkerTask) -> Any:
 
     cls = get_target(task.target)
     target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
-    target.default_limits = dict(task.default_limits)
+    target.default_limits = dict(task.default_limits)  # type: ignore[misc]  # the parent's, as the CLI set it
     return await Run(task.config, target, progress=None).execute()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 
 from bulk.spacing import KeySpacer
 
@@ -13,12 +14,16 @@ def test_a_key_over_its_limit_waits_a_window_after_a_completion_and_other_keys_d
     window = 0.3
     events: list[tuple[str, str, float]] = []
 
+    b_done = anyio.Event()
+
     async def request(spacer: KeySpacer, key: str, name: str, hold: anyio.Event | None = None) -> None:
         async with spacer.slot(key):
             events.append((name, "enter", time.monotonic()))
             if hold is not None:
                 await hold.wait()
         events.append((name, "exit", time.monotonic()))
+        if name == "b1":
+            b_done.set()
 
     async def main() -> int:
         spacer = KeySpacer(2, window=window)
@@ -26,11 +31,10 @@ def test_a_key_over_its_limit_waits_a_window_after_a_completion_and_other_keys_d
         async with anyio.create_task_group() as tg:
             tg.start_soon(request, spacer, "A", "a1")
             tg.start_soon(request, spacer, "A", "a2", release)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             tg.start_soon(request, spacer, "A", "a3")
             tg.start_soon(request, spacer, "B", "b1")
-            while not any(e[:2] == ("b1", "exit") for e in events):
-                await anyio.sleep(0.01)
+            await b_done.wait()
             assert not any(e[0] == "a3" for e in events), events  # B passed while A's third waits
             release.set()
         return len(spacer)
@@ -73,9 +77,12 @@ def test_the_quota_gate_waits_for_answers_in_flight_and_stops_only_when_nothing_
         gate.remaining = 1
         answer = anyio.Event()
 
+        sent = anyio.Event()
+
         async def first() -> None:
             async with gate.slot(Spent):
                 log.append("first sent")
+                sent.set()
                 await answer.wait()
                 gate.remaining = 0  # its answer: the quota is used up
             log.append("first answered")
@@ -89,11 +96,10 @@ def test_the_quota_gate_waits_for_answers_in_flight_and_stops_only_when_nothing_
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(first)
-            while "first sent" not in log:
-                await anyio.sleep(0)
+            await sent.wait()
             tg.start_soon(second)
-            for _ in range(20):
-                await anyio.sleep(0)
+            for _ in range(20):  # let the second one run as far as it can
+                await anyio.lowlevel.checkpoint()
             log.append("second still waiting" if "second sent" not in log else "second went early")
             answer.set()
         return log
