@@ -107,7 +107,16 @@ def _copy_rows(shards: list[_Shard], name: str, header: list[str], out: Path) ->
                 first = src.readline()
                 if first and first != header_line:
                     raise ConfigError(f"{s.dir / name} does not start with the expected header: not a bulk output")
-                _copy_to(src, dst, s.checkpoint["outputs"][name] - len(first))
+                _copy_to(src, dst, _size(s, name) - len(first))
+
+
+def _size(s: _Shard, name: str) -> int:
+    """The bytes of ``name`` the shard's checkpoint counts; a finished shard has no others."""
+    size = int(s.checkpoint["outputs"][name])
+    if s.checkpoint.get("complete") and (s.dir / name).stat().st_size != size:
+        raise ConfigError(f"{s.dir / name} is not the size its finished run left ({size} bytes): a shard directory "
+                          "was changed after its run")
+    return size
 
 
 def _copy_to(src: Any, dst: Any, size: int) -> None:
@@ -130,7 +139,7 @@ def _copy_bytes(shards: list[_Shard], name: str, out: Path) -> None:
     with atomic_writer(out / name) as dst:
         for s in shards:
             with open(s.dir / name, "rb") as src:
-                _copy_to(src, dst, s.checkpoint["outputs"][name])
+                _copy_to(src, dst, _size(s, name))
 
 
 def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
