@@ -49,6 +49,9 @@ class Client:
 
 CLIENTS = {
     "bulk": Client("bulk", "bulk (CLI)", None),
+    # the multi-process decision (issue 11): one job as 1 or 2 shard workers, side by side
+    "bulk-p1": Client("bulk-p1", "bulk --processes 1", None, ("--processes", "1")),
+    "bulk-p2": Client("bulk-p2", "bulk --processes 2", None, ("--processes", "2")),
     "aiohttp": Client("aiohttp", "bare aiohttp loop", "aiohttp_pool"),
     "aiohttp-uvloop": Client("aiohttp-uvloop", "bare aiohttp loop + uvloop", "aiohttp_pool", ("--uvloop",), "uvloop"),
     "httpx": Client("httpx", "httpx.AsyncClient + gather", "httpx_gather", needs="httpx"),
@@ -101,7 +104,7 @@ def run_client(client: Client, input_path: Path, server: servers.Server, *, conc
     env = {**os.environ, "AGILED_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     if client.module is None:
         cmd = [sys.executable, "-m", "bulk", "upload", str(input_path), "--base-url", server.base_url, "--quiet",
-               "--out", str(out), "--concurrency", str(concurrency), *bulk_args]
+               "--out", str(out), "--concurrency", str(concurrency), *bulk_args, *client.extra]
     else:
         cmd = [sys.executable, "-m", f"benchmarks.clients.{client.module}", str(input_path), "--base-url",
                server.base_url, "--out", str(out), "--token", TOKEN, "--concurrency", str(concurrency), *client.extra]
@@ -208,7 +211,7 @@ def plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    inputs = {c.name: make_input(work, plan.sizes[c.name]) for c in clients}
+    inputs = {c.name: make_input(work, plan.sizes.get(c.name) or plan.sizes["bulk"]) for c in clients}
     results: dict[str, list[Measurement]] = {c.name: [] for c in clients}
     server = plan.server()
     try:
@@ -413,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", default="none,latency,rate",
                    help="comma-separated: none, latency, rate, limit, memory, resume (default: the first three)")
-    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, from {', '.join(CLIENTS)}")
+    p.add_argument("--clients", default=",".join(c for c in CLIENTS if not c.startswith("bulk-p")),
+                   help=f"comma-separated, from {', '.join(CLIENTS)} (default: all but bulk-p1, bulk-p2)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario; medians are shown")
     p.add_argument("--records", type=int, default=100_000, help="records for bulk and the bare loops, no latency")
     p.add_argument("--concurrency", type=int, default=64, help="in flight per client (no latency, rate)")

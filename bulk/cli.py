@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-line-bytes", type=int, default=1 << 20, help="longest accepted input line (default 1 MiB)")
     up.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to a non-loopback host")
     up.add_argument("--processes", type=_processes, default=0, metavar="N|auto",
-                    help="upload processes (default auto: one per CPU, up to 4, for an input of 8 MiB or more "
-                    "when no rate limit is under 2000/s; otherwise 1)")
-    up.add_argument("--shard", help="K/N: only the records whose id hashes to shard K of N (default: all records)")
+                    help="upload processes: N shard workers of the job, merged into --out (default auto: 1, "
+                    "as measured on 2 vCPUs; see the README)")
+    up.add_argument("--shard", help="K/N: only the records whose customer hashes to shard K of N (default: all "
+                    "records)")
     up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="target setting, e.g. organization=42 (anny), record_map=map.csv (coperniq); "
                     "each target's keys are listed below (default: none)")
@@ -329,7 +330,6 @@ def _pace_note(config: UploadConfig, target: Target) -> str | None:
 
 
 async def _upload(args: argparse.Namespace) -> int:
-    from .pipeline import Run
     from .progress import make_progress
 
     # A run allocates a few objects per record and reference counting frees nearly all of them
@@ -351,6 +351,8 @@ async def _upload(args: argparse.Namespace) -> int:
         target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
                      options={**config.options, ON_EXISTING_KEY: config.on_existing})
     metrics = None
+    if args.metrics_port is not None and config.processes > 1:
+        raise ConfigError("--metrics-port serves one process's figures: drop --processes (or give --processes 1)")
     if args.metrics_port is not None:  # a port in use is a usage error, said before anything starts
         from .prom import MetricsServer
 
@@ -362,7 +364,7 @@ async def _upload(args: argparse.Namespace) -> int:
         if target is not None:
             if (pace := _pace_note(config, target)) is not None:
                 console.note(pace)
-            result = await Run(config, target, progress=console, metrics=metrics).execute()
+            result = await _run(config, target, console, metrics)
         else:
             from .embedded import pairing
             from .sandbox import serve  # aiohttp.web and the dialects: imported only when used
@@ -384,13 +386,15 @@ async def _upload(args: argparse.Namespace) -> int:
                 options = {**pair.client_options(), **config.options, ON_EXISTING_KEY: config.on_existing}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
-                result = await Run(config, target, progress=console, metrics=metrics).execute()
-        console.finish(result.summary)
+                result = await _run(config, target, console, metrics)
+        if result.summary:
+            console.finish(result.summary)
     finally:
         console.close()
         if metrics is not None:
             metrics.close()
-    _report(config, result.summary)
+    if result.summary:  # none when no upload process got as far as a checkpoint
+        _report(config, result.summary)
     if result.error is not None:
         _stopped(cls, config, result.error, result.exit_code)
     elif result.interrupted:
@@ -399,6 +403,41 @@ async def _upload(args: argparse.Namespace) -> int:
     if missed and result.exit_code in (EXIT_OK, EXIT_PARTIAL):
         return EXIT_THRESHOLD  # a finished run that missed a threshold: 4 wins over 1 (see EXIT_CODES)
     return result.exit_code
+
+
+async def _run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> Any:
+    """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
+    from .pipeline import Run, RunResult
+    from .procs import job_processes, run_processes
+
+    n = job_processes(config)
+    if n == 1:
+        return await Run(config, target, progress=console, metrics=metrics).execute()
+    code, summary, error = await run_processes(config, target, n, progress=console)
+    return RunResult(code, summary, error, interrupted=code == EXIT_INTERRUPTED)
+
+
+def worker_main() -> int:
+    """Entry point of one shard worker of ``--processes N`` (started by bulk.procs): it reads
+    its task from stdin, runs its shard, and prints only why it stopped (if it did)."""
+    from .procs import die_with_parent, read_task, run_worker
+
+    die_with_parent()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    task = read_task()
+    try:
+        result = anyio.run(run_worker, task, backend_options=loop_options())
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    except BulkError as exc:
+        _say(f"stopped: {exc}")
+        return EXIT_ABORTED
+    if result.error is not None:
+        cls = get_target(task.target)
+        _stopped(cls, task.config, result.error, result.exit_code)
+    return int(result.exit_code)
 
 
 def _stopped(cls: type[Target], config: UploadConfig, error: BulkError, exit_code: int) -> None:

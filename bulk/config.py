@@ -87,7 +87,7 @@ class UploadConfig:
     dry_run: bool = False
     allow_insecure_http: bool = False
     shard: Shard | None = None
-    processes: int = 1  # upload processes (bulk.fanout); 0 = auto (see processes_for)
+    processes: int = 1  # upload processes (bulk.procs); 0 = auto (see processes_for)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     arrival_rate: float | None = None  # open loop: records started per second (bulk.arrivals); None = closed loop
     thresholds: tuple[Any, ...] = ()  # bulk.thresholds.Threshold, parsed by the CLI
@@ -115,6 +115,8 @@ class UploadConfig:
             if self.processes > 1:
                 # The schedule lives in one process: upload processes would each need a share of it.
                 raise ConfigError("--arrival-rate runs in one process: drop --processes (or give --processes 1)")
+        if self.thresholds and self.processes > 1:
+            raise ConfigError("--threshold is judged in one process: drop --processes (or give --processes 1)")
         if self.max_line_bytes < 1024:
             raise ConfigError("--max-line-bytes must be at least 1024")
         if self.base_url is not None:
@@ -133,24 +135,18 @@ class UploadConfig:
         share = self.shard.count if self.shard else 1
         return {kind: rate / share for kind, rate in limits.items()}
 
-    def processes_for(self, documented: Mapping[str, float]) -> int:
-        """How many upload processes this run uses. ``auto`` (0) uses one per CPU (at most 4)
-        only when that can pay: at least 2 CPUs, an input file of 8 MiB or more (~10,000
-        invoices; starting a process costs ~0.3 s), and no rate limit under 2,000 requests/s
-        (below that one process keeps up with the limit, and one pacer paces it exactly)."""
+    def processes_for(self) -> int:
+        """How many upload processes this run uses (``bulk.procs``: one shard worker each).
+
+        ``--processes N`` gives N (at most ``--concurrency``, so each has a worker). ``auto``
+        (0) gives 1 on every machine: a second process only pays where a measurement on the
+        machine shows it, and the one made (2 vCPUs, README "Processes") shows it does not;
+        each shard worker parses and dedupes the whole input, so N processes cost more CPU
+        per invoice than one. Pass ``--processes N`` where ``benchmarks/run.py`` shows a gain.
+        """
         if self.processes:
             return min(self.processes, self.concurrency)
-        if self.arrival_rate:
-            return 1  # the open-loop schedule lives in one process
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        try:
-            big = self.input != "-" and os.path.getsize(self.input) >= 8 << 20
-        except OSError:
-            big = False
-        limits = self.pacing_limits(documented).values()
-        if cpus < 2 or not big or self.concurrency < 8 or any(rate < 2000 for rate in limits):
-            return 1
-        return min(cpus, 4)
+        return 1
 
     @property
     def effective_window(self) -> int:

@@ -220,7 +220,7 @@ class RecordJob:
         return self._session.stale.get((ns, key))
 
     def remember(self, ns: str, key: str, value: str) -> None:
-        self._session.state.put(ns, key, value)  # an upload process reports it to the parent
+        self._session.state.put(ns, key, value)
 
     def remembered(self, ns: str) -> dict[str, str]:
         return self._session.state.items(ns)

@@ -20,6 +20,13 @@ complete job: directories that are not finished shard runs, shards of different 
 targets or shard counts, a shard given twice, or a missing one. Each output is written
 atomically; the shards' own directories are only read. The merged directory is a report,
 not a job: it has no ``state.db`` and cannot be resumed.
+
+``bulk upload --processes N`` (``bulk.procs``) merges its own shards with ``partial=True``
+after every run, finished or not: a shard not finished (or not started) is merged as far as
+its last checkpoint, and the merged summary says ``complete: false`` until all are done.
+Every shard's files are copied up to the sizes its checkpoint recorded, never beyond: rows a
+killed shard wrote after its last checkpoint are not part of the job yet (its resume redoes
+them).
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ class _Shard:
     checkpoint: dict[str, Any]
 
 
-def _load(run_dir: Path) -> _Shard:
+def _load(run_dir: Path, partial: bool = False) -> _Shard | None:
+    if partial and (not run_dir.is_dir() or read_checkpoint(run_dir) is None):
+        return None  # a shard of a --processes run that has no checkpoint yet: nothing to merge
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a directory: give the --out directories of the shard runs")
     cp = read_checkpoint(run_dir)
@@ -62,13 +71,13 @@ def _load(run_dir: Path) -> _Shard:
     if not shard:
         raise ConfigError(f"{run_dir} was not run with --shard K/N: only shard runs can be merged")
     index, count = (int(part) for part in str(shard).split("/"))
-    if not cp.get("complete"):
+    if not cp.get("complete") and not partial:
         raise ConfigError(f"shard {shard} in {run_dir} has not finished: run its upload command again "
                           "(it resumes), then merge")
     return _Shard(run_dir, index, count, cp)
 
 
-def _check_one_job(shards: list[_Shard]) -> None:
+def _check_one_job(shards: list[_Shard], partial: bool = False) -> None:
     first = shards[0]
     for s in shards[1:]:
         for key, what in (("input", "input file"), ("target", "target")):
@@ -85,7 +94,7 @@ def _check_one_job(shards: list[_Shard]) -> None:
             raise ConfigError(f"shard {s.index}/{s.count} is given twice ({seen[s.index]} and {s.dir})")
         seen[s.index] = s.dir
     missing = [k for k in range(first.count) if k not in seen]
-    if missing:
+    if missing and not partial:
         listed = ", ".join(f"{k}/{first.count}" for k in missing)
         raise ConfigError(f"incomplete set: shard{'s' if len(missing) > 1 else ''} {listed} missing; "
                           f"give all {first.count} shard directories")
@@ -103,8 +112,27 @@ def _copy_rows(shards: list[_Shard], name: str, header: list[str], out: Path) ->
                 first = src.readline()
                 if first and first != header_line:
                     raise ConfigError(f"{s.dir / name} does not start with the expected header: not a bulk output")
-                for chunk in iter(lambda: src.read(_CHUNK), b""):  # noqa: B023 - src is the loop's file
-                    dst.write(chunk)
+                _copy_to(src, dst, _size(s, name) - len(first))
+
+
+def _size(s: _Shard, name: str) -> int:
+    """The bytes of ``name`` the shard's checkpoint counts; a finished shard has no others."""
+    size = int(s.checkpoint["outputs"][name])
+    if s.checkpoint.get("complete") and (s.dir / name).stat().st_size != size:
+        raise ConfigError(f"{s.dir / name} is not the size its finished run left ({size} bytes): a shard directory "
+                          "was changed after its run")
+    return size
+
+
+def _copy_to(src: Any, dst: Any, size: int) -> None:
+    """Copy ``size`` bytes (what the shard's checkpoint counts as written) from ``src``."""
+    while size > 0:
+        chunk = src.read(min(_CHUNK, size))
+        if not chunk:
+            raise ConfigError(f"{src.name} is shorter than its checkpoint says: a shard directory was changed "
+                              "after its run")
+        dst.write(chunk)
+        size -= len(chunk)
 
 
 def _copy_id_maps(shards: list[_Shard], out: Path) -> None:
@@ -144,16 +172,22 @@ def _copy_bytes(shards: list[_Shard], name: str, out: Path) -> None:
     with atomic_writer(out / name) as dst:
         for s in shards:
             with open(s.dir / name, "rb") as src:
-                for chunk in iter(lambda: src.read(_CHUNK), b""):  # noqa: B023
-                    dst.write(chunk)
+                _copy_to(src, dst, _size(s, name))
 
 
-def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
-    """Merge the shard run directories ``run_dirs`` into ``out``; return the merged summary."""
+def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the shard run directories ``run_dirs`` into ``out``; return the merged summary.
+
+    ``partial``: merge what the shards have checkpointed so far (see the module docstring);
+    ``extra``: keys added to the merged summary (``bulk.procs`` adds ``processes``, ``this_run``).
+    """
     if not run_dirs:
         raise ConfigError("give the run directories of the shards to merge")
-    shards = sorted((_load(Path(d)) for d in run_dirs), key=lambda s: s.index)
-    _check_one_job(shards)
+    shards = sorted((s for d in run_dirs if (s := _load(Path(d), partial)) is not None), key=lambda s: s.index)
+    if not shards:
+        raise ConfigError("none of the shards has a checkpoint yet: nothing to merge")
+    _check_one_job(shards, partial)
     resolved_out = out.resolve()
     if any(s.dir.resolve() == resolved_out for s in shards):
         raise ConfigError(f"--out {out} is one of the shard directories: merge into a new directory")
@@ -200,10 +234,11 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
         "input": input_path,
         "input_fingerprint": shards[0].checkpoint["input"],
         "shards": per_shard,
-        "complete": True,
+        "complete": len(shards) == shards[0].count and all(s.checkpoint.get("complete") for s in shards),
         "records": {
             "read": tally.read, "created": tally.created, "existing": tally.existing,
             "updated": tally.updated, "unchanged": tally.unchanged,
+            "already_done": sum(int(x.get("records", {}).get("already_done", 0)) for x in summaries),
             "rejected": tally.rejected, "failed": tally.failed, "uncertain": tally.uncertain,
         },
         "totals": tally.totals.to_json(),
@@ -220,6 +255,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
     write_atomic(out / "latency.hdr.json", orjson.dumps(hdr) + b"\n")
     if reconciled := _merged_reconciled(summaries):
         summary["reconciled"] = reconciled
+    summary.update(extra or {})
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
 

@@ -47,7 +47,6 @@ from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
 from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
 from .errors import find_bulk_error, redact_error
-from .fanout import Child, ChildOutcome, Router, shares
 from .feed import Feed
 from .existing import ON_EXISTING_KEY
 from .job import RecordJob, Session, SessionJob, failure, upload
@@ -76,16 +75,6 @@ class RunResult:
     interrupted: bool = False
 
 
-class _Remote:
-    """A record handed to an upload process: what finishing it needs, and the progress the
-    process last reported (checkpointed like a local job's)."""
-
-    __slots__ = ("entry", "record", "data", "progress")
-
-    def __init__(self, entry: Entry, record: Record, data: bytes, progress: dict[str, Any]) -> None:
-        self.entry, self.record, self.data, self.progress = entry, record, data, progress
-
-
 class Run:
     """One ``bulk upload`` run over a run directory. Use :meth:`execute` once."""
 
@@ -99,8 +88,7 @@ class Run:
         self.out = Path(config.out)
         self.tally = Tally()
         self.stopping = False
-        self._inflight: dict[int, RecordJob | _Remote] = {}
-        self._children: list[Child] = []
+        self._inflight: dict[int, RecordJob] = {}
         self._resume_progress: dict[int, dict[str, Any]] = {}
         self._done_beyond: set[int] = set()
         self._prev_reserved = 0
@@ -196,8 +184,6 @@ class Run:
     def _traffic(self) -> dict[str, int]:
         c = self._session.counters if self._session else None
         now = [c.requests, c.retries, c.throttled] if c else [0, 0, 0]
-        for child in self._children:
-            now = [a + b for a, b in zip(now, child.traffic)]
         return {
             "requests": self._traffic0["requests"] + now[0],
             "retries": self._traffic0["retries"] + now[1],
@@ -222,7 +208,7 @@ class Run:
             "input": self.config.input,
             "shard": str(self.config.shard) if self.config.shard else None,
             "complete": self._complete,
-            "processes": len(self._children) + 1,
+            "processes": 1,  # --processes N runs N of these, one per shard (bulk.procs)
             "records": {
                 "read": t.read, "created": t.created, "existing": t.existing,
                 "updated": t.updated, "unchanged": t.unchanged,
@@ -305,7 +291,7 @@ class Run:
                      exc.field, "", exc.message)
 
     # --- the tasks --------------------------------------------------------------------------
-    async def _produce(self, feed: Feed[tuple[Entry, Record, bytes]] | Router[tuple[Entry, Record, bytes]]) -> None:
+    async def _produce(self, feed: Feed[tuple[Entry, Record, bytes]]) -> None:
         c = self.config
         max_line = c.max_line_bytes
         shard = c.shard
@@ -342,10 +328,13 @@ class Run:
                         ext_id = peek_external_id(raw.data)
                         raise
                     ext_id = record.external_id
-                    if shard and id_hash(ext_id) % shard.count != shard.index:
+                    # Every shard dedupes every record (the first line of an external id stands,
+                    # whichever shard owns it), then keeps those whose customer key hashes to it:
+                    # a customer is resolved by one shard only (single flight across processes).
+                    first = self._state.first_line(ext_id, raw.line_no)
+                    if shard and id_hash(self.target.affinity(record)) % shard.count != shard.index:
                         tracker.finish(entry)
                         continue
-                    first = self._state.first_line(ext_id, raw.line_no)
                     if first != raw.line_no:
                         raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first} "
                                             f"({ext_id[:80]!r})", "give each invoice its own external_id; "
@@ -391,61 +380,6 @@ class Run:
             del self._inflight[line]
             self._tracker.finish(entry)
 
-    async def _send_to(self, child: Child, feed: Feed[tuple[Entry, Record, bytes]], limit: int) -> None:
-        """Hand this upload process its records, in batches of what is ready, at most ``limit``
-        of them outstanding."""
-        try:
-            while True:
-                await child.wait_for_room(limit)
-                try:
-                    batch = [await feed.get(), *feed.take(min(255, limit - child.outstanding - 1))]
-                except EndOfStream:
-                    break
-                if self.stopping:
-                    continue  # not started: stays unfinished, the next run does it
-                header: list[Any] = []
-                for item in batch:
-                    line = item[1].line_no
-                    progress = self._resume_progress.pop(line, None)
-                    self._inflight[line] = _Remote(*item, progress or {})
-                    header.append([line, line <= self._prev_reserved, progress, len(item[2])])
-                child.outstanding += len(batch)
-                await child.send(header, b"".join(item[2] for item in batch))
-        finally:
-            with CancelScope(shield=True):
-                await child.finish()
-
-    def _stop_children(self) -> None:
-        for child in self._children:
-            child.stop()
-
-    async def _start_children(self, processes: int) -> None:
-        """Start the upload processes (``bulk.fanout``) first thing: their start-up (imports)
-        overlaps the parent's own (opening the job, the auth smoke test)."""
-        c = self.config
-        _, share = shares(processes)
-        limits = {kind: rate * share for kind, rate in c.pacing_limits(self.target.default_limits).items()}
-        settings = {
-            "target": c.target, "base_url": self.target.base_url, "credentials": self.target.credentials,
-            "options": {**self.target.options, ON_EXISTING_KEY: self.target.on_existing}, "limits": limits, "concurrency": _part(c.concurrency, share),
-            "give_up_after": c.give_up_after, "max_wait": c.max_wait, "timeout": c.timeout,
-            "attempts": c.attempts, "item_concurrency": c.item_concurrency, "state_db": str(self.out / "state.db"),
-        }
-        redact = redactor(self.target.secrets())
-        self._children = [Child(k, redact=redact) for k in range(1, processes)]
-        for child in self._children:
-            await child.start(settings)
-
-    async def _fan_out(self, feed: Router[tuple[Entry, Record, bytes]]) -> None:
-        """Feed each upload process its share and apply what it reports."""
-        c = self.config
-        _, share = shares(len(self._children) + 1)
-        outcome = _RemoteOutcome(self)
-        async with anyio.create_task_group() as tg:
-            for child, child_feed in zip(self._children, feed.feeds[1:]):
-                tg.start_soon(self._send_to, child, child_feed, 4 * _part(c.concurrency, share))
-                tg.start_soon(child.collect, outcome)
-
     async def _checkpointer(self) -> None:
         while True:
             await anyio.sleep(self.config.checkpoint_every)
@@ -476,7 +410,6 @@ class Run:
                     if self.stopping:
                         break  # second signal: stop now
                     self.stopping = True
-                    self._stop_children()
                     if self.progress:
                         self.progress.note("interrupted: finishing requests in flight (again to stop now)")
                     with anyio.move_on_after(10):
@@ -499,13 +432,8 @@ class Run:
         self._input = InputFile(c.input)
         error: BulkError | None = None
         try:
-            processes = c.processes_for(self.target.default_limits)
-            if processes > 1:
-                await self._start_children(processes)
-            own, _ = shares(processes)  # this process's part of the budget
-            limits = {kind: rate * own for kind, rate in c.pacing_limits(self.target.default_limits).items()}
-            pacer = Pacer(limits=limits, concurrency=_part(c.concurrency, own), give_up_after=c.give_up_after,
-                          max_wait=c.max_wait)
+            pacer = Pacer(limits=c.pacing_limits(self.target.default_limits), concurrency=c.concurrency,
+                          give_up_after=c.give_up_after, max_wait=c.max_wait)
             async with Transport(self.target.base_url, headers=self.target.headers(), timeout=c.timeout,
                                  connections=c.concurrency, secrets=self.target.secrets()) as transport:
                 self._session = Session(transport=transport, pacer=pacer, target=self.target, state=self._state,
@@ -515,8 +443,6 @@ class Run:
                 error = await self._run_tasks(handle_signals)
         finally:
             self._ended_at = _utc_now()
-            for child in self._children:
-                await child.close()
             try:
                 self.measure.row(self._counters())  # the last (partial) second
             except OutputError as exc:
@@ -563,23 +489,10 @@ class Run:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
                     async with anyio.create_task_group() as tg:
-                        if self._children:
-                            own, share = shares(len(self._children) + 1)
-                            mine, per = _part(c.concurrency, own), _part(c.concurrency, share)
-                            # Feed 0 is this process's own workers; one slot of the hash space
-                            # for it, two for each child (their shares).
-                            router = Router([Feed(mine), *(Feed(2 * per) for _ in self._children)],
-                                            lambda item: id_hash("fanout:" + self.target.affinity(item[1])),
-                                            [1, *(2 for _ in self._children)])
-                            tg.start_soon(self._produce, router)
-                            tg.start_soon(self._fan_out, router)
-                            for _ in range(mine):
-                                tg.start_soon(self._work, router.feeds[0])
-                        else:
-                            feed: Feed[tuple[Entry, Record, bytes]] = Feed(c.concurrency)
-                            tg.start_soon(self._produce, feed)
-                            for _ in range(c.concurrency):
-                                tg.start_soon(self._work, feed)
+                        feed: Feed[tuple[Entry, Record, bytes]] = Feed(c.concurrency)
+                        tg.start_soon(self._produce, feed)
+                        for _ in range(c.concurrency):
+                            tg.start_soon(self._work, feed)
                     if not self.stopping:
                         # Every record has finished: the target may reconcile what late requests
                         # of this run or an earlier one left (e.g. a duplicate to remove).
@@ -602,42 +515,6 @@ class Run:
 
 def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _part(concurrency: int, share: float) -> int:
-    return max(1, round(concurrency * share))
-
-
-class _RemoteOutcome(ChildOutcome):
-    """Applies an upload process's events to the run, as its own workers would."""
-
-    def __init__(self, run: Run) -> None:
-        self._run = run
-
-    def created(self, line: int, created: Created) -> None:
-        run = self._run
-        remote = run._inflight.pop(line)
-        assert isinstance(remote, _Remote)
-        run._created(remote.record, created)
-        run._tracker.finish(remote.entry)
-
-    def failed(self, line: int, kind: str, stage: str, field: str, status: int | str, message: str) -> None:
-        run = self._run
-        remote = run._inflight.pop(line)
-        assert isinstance(remote, _Remote)
-        run._failed(line, remote.data, remote.record.external_id, kind, stage, field, status, message)
-        run._tracker.finish(remote.entry)
-
-    def progress(self, line: int, progress: dict[str, Any]) -> None:
-        remote = self._run._inflight.get(line)
-        if remote is not None:
-            remote.progress = progress
-
-    def resolved(self, ns: str, key: str, value: str) -> None:
-        self._run._state.put(ns, key, value)
-
-    def latency(self, delta: dict[str, Any]) -> None:
-        self._run.measure.latency.add_delta(delta)
 
 
 def _first_bulk_error(group: BaseExceptionGroup) -> BulkError:

@@ -1,9 +1,9 @@
-"""``--processes N``: the upload spread over child processes (``bulk.fanout``), for every target.
+"""``--processes N``: the job run as N shard workers and merged (``bulk.procs``), for every target.
 
 The same guarantees as one process, checked through the CLI against the sandboxes: every
-record once, every customer once (records of one customer go to one process), the ID map and
-totals equal to the server's, a SIGKILL of the run at any moment (its children die with it)
-and a SIGINT both resume exactly once; a child that dies or aborts stops the run resumably.
+record once, every customer once (records of one customer go to one shard), the ID map and
+totals equal to the server's, a SIGKILL of the run at any moment (its workers die with it)
+and a SIGINT both resume exactly once; a worker that dies or aborts stops the run resumably.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import anyio
 import pytest
 from harness import (
     SandboxServer,
@@ -38,10 +37,8 @@ from harness import (
 )
 from hostile_proxy import HostileProxy
 
-from bulk.config import UploadConfig
-from bulk.errors import ApiUnavailable, AuthError, ConfigError, InvalidRecord, QuotaExhausted
-from bulk.fanout import Router, error_from_wire, error_to_wire, shares
-from bulk.feed import Feed
+from bulk.config import Shard, UploadConfig
+from bulk.procs import WorkerTask
 import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
@@ -83,6 +80,10 @@ def test_two_processes_create_every_record_and_customer_once(target: str, tmp_pa
             assert len(state[CUSTOMERS[target]]) == len({r.customer.external_id for r in records})
         s = summary(out)
         assert s["processes"] == 2
+        if target in CUSTOMERS:
+            # Each shard holds whole customers: no customer's invoices are in two shards' ID maps.
+            by_shard = [{row["customer_id"] for row in read_id_map(d)} for d in sorted((out / "shards").iterdir())]
+            assert len(by_shard) == 2 and all(by_shard) and not by_shard[0] & by_shard[1], by_shard
         # The children's traffic is counted: every request the server saw, and no more.
         assert s["requests"] == state["requests"]["total"]
     assert_counts(out, records)
@@ -113,7 +114,7 @@ def test_children_die_with_a_killed_run(tmp_path: Path) -> None:
         try:
             wait_until(lambda: created_count(sb) >= 3, timeout=30, what="the first invoices")
             kids = _children(proc.pid)
-            assert len(kids) == 2, kids  # the parent is one of the three
+            assert len(kids) == 3, kids  # one worker per shard; the parent supervises and merges
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
             wait_until(lambda: not any(_alive(k) for k in kids), timeout=5, what="the children to die")
@@ -147,9 +148,9 @@ def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tm
 
 
 def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_path: Path) -> None:
-    """Customers resolved before an interruption are in state.db; on resume the children read
-    them there (read-only) instead of looking them up again. Counted at the server: the resumed
-    run sends the auth check, the remaining invoices, and lookups only for customers that were
+    """Customers resolved before an interruption are in the shards' state.db; on resume the workers read
+    them there instead of looking them up again. Counted at the server: the resumed
+    run sends each worker's auth check, the remaining invoices, and lookups only for customers that were
     never resolved (one GET when the contact exists, GET + POST when it does not)."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 150, seed=880)
@@ -157,8 +158,10 @@ def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_p
         args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "6")
         code, stderr = run_until(sb, args, created=40, then=lambda proc: proc.send_signal(signal.SIGINT))
         assert code == 130, stderr
-        with sqlite3.connect(out / "state.db") as db:
-            resolved = {k for (k,) in db.execute("SELECT k FROM resolved WHERE ns='agiled.contact'")}
+        resolved = set()
+        for db_path in (out / "shards").glob("*/state.db"):  # each shard's resume file
+            with sqlite3.connect(db_path) as db:
+                resolved |= {k for (k,) in db.execute("SELECT k FROM resolved WHERE ns='agiled.contact'")}
         done_ids = {row["external_id"] for row in read_id_map(out)}
         remaining = [r for r in records if r.external_id not in done_ids]
         state = sb.state()
@@ -170,7 +173,8 @@ def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_p
         before = state["requests"]["total"]
 
         resume_to_the_end(sb, args, out, records)
-        assert sb.state()["requests"]["total"] - before == 1 + len(remaining) + lookups
+        # one auth check per shard worker (2), the remaining invoices, the lookups never made
+        assert sb.state()["requests"]["total"] - before == 2 + len(remaining) + lookups
     assert_counts(out, records)
 
 
@@ -210,25 +214,15 @@ def test_an_abort_in_a_child_stops_the_run_with_its_message(tmp_path: Path) -> N
 # --- the seams ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc", [
-    AuthError(401, "token expired", "check AGILED_API_TOKEN"),
-    QuotaExhausted("wait until 2026-11-22T00:00:00+00:00", resume_at="2026-11-22T00:00:00+00:00"),
-    ApiUnavailable("no successful answer for 120 s"),
-    ConfigError("the TLS certificate could not be verified"),
-    InvalidRecord(7, "lines[0].quantity", "must be greater than 0", "use a positive quantity"),
-])
-def test_errors_cross_the_process_boundary_whole(exc: Exception) -> None:
-    back = error_from_wire(error_to_wire(exc))  # type: ignore[arg-type]
-    assert type(back) is type(exc)
-    assert str(back) == str(exc)
-    assert vars(back) == vars(exc)
-
-
-def test_an_unknown_error_class_from_a_child_still_stops_the_run() -> None:
-    from bulk.errors import AbortRun
-
-    back = error_from_wire(["NoSuchError", "boom", {}])
-    assert isinstance(back, AbortRun) and str(back) == "boom"
+def test_a_worker_task_crosses_the_process_boundary_whole(tmp_path: Path) -> None:
+    config = UploadConfig(input=str(tmp_path / "in.ndjson"), out=tmp_path / "run" / "shards" / "1of2",
+                          shard=Shard(1, 2), limits={"write": 3.0}, options={"bulk": "false"}, rate=7.5)
+    task = WorkerTask(config=config, target="chargeover", base_url="http://127.0.0.1:9/",
+                      credentials={"public": "pk-12345678", "private": "sk-12345678"}, options={"bulk": "false"},
+                      default_limits={"write": 1.0}, parent_pid=os.getpid())
+    back = WorkerTask.from_bytes(task.to_bytes())
+    assert back == task
+    assert back.config.pacing_limits({}) == {"*": 7.5 / 2, "write": 1.5}  # its shard's part of the budget
 
 
 def _config(tmp_path: Path, size: int, **kw: object) -> UploadConfig:
@@ -237,40 +231,30 @@ def _config(tmp_path: Path, size: int, **kw: object) -> UploadConfig:
     return UploadConfig(input=str(src), out=tmp_path / "run", **kw)  # type: ignore[arg-type]
 
 
-def test_auto_uses_processes_only_where_they_pay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_one_process_as_measured_and_n_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: one process on any machine (a second one did not pay where measured: README);
+    an explicit N is given, at most one per unit of --concurrency."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    big, small = 8 << 20, 1 << 20
-    assert _config(tmp_path, big, processes=0).processes_for({}) == 4  # one per CPU, at most 4
-    assert _config(tmp_path, small, processes=0).processes_for({}) == 1  # small input: not worth starting
-    assert _config(tmp_path, big, processes=0).processes_for({"write": 0.5}) == 1  # rate-limited API
-    assert _config(tmp_path, big, processes=0, rate=1e6).processes_for({"write": 0.5}) == 4  # --rate lifts it
-    assert _config(tmp_path, big, processes=0, rate=1e6, shard=None, concurrency=4).processes_for({}) == 1
-    assert _config(tmp_path, small, processes=3).processes_for({"write": 0.5}) == 3  # asked for: given
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert _config(tmp_path, big, processes=0).processes_for({}) == 1  # one CPU
+    big = 8 << 20
+    assert _config(tmp_path, big, processes=0).processes_for() == 1
+    assert _config(tmp_path, big, processes=0, rate=1e6).processes_for() == 1
+    assert _config(tmp_path, 10, processes=3).processes_for() == 3  # asked for: given
+    assert _config(tmp_path, 10, processes=3, concurrency=2).processes_for() == 2
 
 
-def test_the_router_sends_a_key_always_to_the_same_feed_by_weight() -> None:
-    async def main() -> list[list[int]]:
-        feeds: list[Feed[int]] = [Feed(1000) for _ in range(3)]
-        router = Router(feeds, key=lambda item: item // 10, weights=[1, 2, 2])
-        for item in range(500):
-            await router.put(item)
-        router.close()
-        return [[await f.get(), *f.take(1000)] for f in feeds]
+def test_a_job_keeps_its_number_of_processes(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 12, seed=890)
+    with SandboxServer("agiled") as sb:
+        assert cli(upload_args(sb, src, out, "--processes", "2"), sb.env).returncode == 0
+        other = cli(upload_args(sb, src, out, "--processes", "3"), sb.env)
+        assert other.returncode == 2 and "--processes 2" in other.stderr, other.stderr
+        again = cli(upload_args(sb, src, out), sb.env)  # auto: the job's own 2
+        assert again.returncode == 0, again.stderr
+        assert summary(out)["processes"] == 2
+        assert_exactly_once(sb, out, records)
+        piped = cli(upload_args(sb, Path("-"), tmp_path / "piped", "--processes", "2"), sb.env)
+        assert piped.returncode == 2 and "not stdin" in piped.stderr, piped.stderr
+        sharded = cli(upload_args(sb, src, tmp_path / "sharded", "--processes", "2", "--shard", "0/2"), sb.env)
+        assert sharded.returncode == 2 and "without --shard" in sharded.stderr, sharded.stderr
 
-    got = anyio.run(main)
-    assert sorted(x for feed in got for x in feed) == list(range(500))
-    slot_to_feed = [0, 1, 1, 2, 2]
-    for k, feed in enumerate(got):
-        assert {slot_to_feed[x // 10 % 5] for x in feed} == {k}  # every key in one feed
-        assert feed == sorted(feed)  # in order within a feed
-    assert [len(f) for f in got] == [100, 200, 200]  # by weight
-
-
-def test_the_parent_takes_half_a_childs_share() -> None:
-    assert shares(1) == (1.0, 0.0)
-    own, each = shares(2)
-    assert (own, each) == pytest.approx((1 / 3, 2 / 3))
-    own, each = shares(4)
-    assert own + 3 * each == pytest.approx(1.0) and each == pytest.approx(2 * own)

@@ -101,6 +101,10 @@ def test_merge_refuses_what_is_not_one_complete_job(tmp_path: Path) -> None:
     code, err = merge("s1", "s0")
     assert code == 0, err
     assert summary(tmp_path / "m")["records"]["created"] == 30
+    with open(tmp_path / "s1" / "id_map.csv", "ab") as f:  # a finished shard changed afterwards
+        f.write(b"INV-X,1,99,,draft,EUR,1.00,0.00,1.00\n")
+    code, err = merge("s1", "s0")
+    assert code == 2 and "changed after its run" in err, err
 
 
 @pytest.mark.parametrize(("rate", "limits", "documented", "want"), [

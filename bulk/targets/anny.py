@@ -73,8 +73,8 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from dataclasses import field as _field
 from decimal import Decimal
@@ -84,6 +84,7 @@ import anyio
 
 from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused, UnknownReference
 from ..records import Line, Record
+from ..spacing import KeySpacer
 from ..transport import Reply, Request
 from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
@@ -163,44 +164,18 @@ class _Invoice:
                    None if refs is None else frozenset(str(i) for i in ids), a)
 
 
-class IdenticalSpacer:
+class IdenticalSpacer(KeySpacer):
     """Keeps identical requests (same method, path, query and body) under ``limit`` per second,
-    counted from their *completion*: a request completed before the next one leaves surely
-    arrived before it, so the server never sees ``limit + 1`` within a second."""
+    counted from their *completion* (:class:`~bulk.spacing.KeySpacer`, the engine's per-key
+    spacing): a request completed before the next one leaves surely arrived before it, so the
+    server never sees ``limit + 1`` within a second."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._done: dict[Hashable, deque[float]] = defaultdict(deque)
-        self._busy: dict[Hashable, int] = defaultdict(int)
+        super().__init__(limit, window=1.0)
 
-    @asynccontextmanager
-    async def slot(self, req: Request) -> AsyncIterator[None]:
-        if self.limit <= 0:
-            yield
-            return
+    def request_slot(self, req: Request) -> AbstractAsyncContextManager[None]:
         params = req.params.items() if isinstance(req.params, Mapping) else req.params or ()
-        key = (req.method, req.path, tuple(sorted(params)), req.body())
-        done = self._done[key]
-        while True:
-            now = time.monotonic()
-            while done and done[0] <= now - 1.0:
-                done.popleft()
-            if len(done) + self._busy[key] < self.limit:
-                break
-            await anyio.sleep(done[0] + 1.0 - now + 0.01 if done else 0.02)
-        self._busy[key] += 1
-        try:
-            yield
-        finally:
-            self._busy[key] -= 1
-            done.append(time.monotonic())
-            if not self._busy[key] and len(self._done) > 1000:
-                self._prune()
-
-    def _prune(self) -> None:
-        cut = time.monotonic() - 1.0
-        for key in [k for k, q in self._done.items() if not self._busy[k] and (not q or q[-1] <= cut)]:
-            del self._done[key], self._busy[key]
+        return self.slot((req.method, req.path, tuple(sorted(params)), req.body()))
 
 
 def _customer_attributes(record: Record) -> dict[str, Any]:
@@ -398,7 +373,7 @@ class AnnyTarget(Target):
 
     async def _send(self, job: RunJob, req: Request, stage: str,
                     recover: Callable[[], Awaitable[Reply | None]] | None = None) -> Reply:
-        async with self.spacer.slot(req):
+        async with self.spacer.request_slot(req):
             reply = await job.send(req, stage=stage, recover=recover)
         if not self._answered:
             # Every request of an earlier (killed) run left before this answer came back.

@@ -39,6 +39,22 @@ Exactly-once is the target's responsibility *using the engine's help*:
 - ``job.progress`` is a dict persisted at every checkpoint while the record is in flight, so
   a multi-step workflow resumes at the step it reached (it must still verify, because the
   last steps may have happened after the last checkpoint).
+
+Pacing hooks the engine offers (use them rather than building your own):
+
+- every request is paced by its ``Request.kind`` against :attr:`Target.default_limits` (or
+  ``--rate`` / ``--limit``), on aiolimiter lanes in :mod:`bulk.pacing`, and a 429 slows them;
+- per-key spacing, for an API that limits *identical* requests (anny: 4 per second):
+  ``async with spacer.slot(key):`` around ``job.send`` with a :class:`bulk.spacing.KeySpacer`,
+  which counts each key's requests from their completion, so twins never arrive ``limit + 1``
+  times within the window;
+- a quota over a long window (``X-RateLimit-Remaining`` of a daily quota): a
+  :class:`bulk.spacing.QuotaGate` whose ``remaining`` the target sets from every answer;
+  ``async with gate.slot(exhausted):`` around ``job.send`` keeps the requests in flight within
+  what is left and raises ``exhausted()`` (e.g. :class:`~bulk.errors.QuotaExhausted`) only
+  when nothing is in flight and nothing is left (Coperniq);
+- with ``--processes N`` / ``--shard K/N`` each process gets 1/N of every limit, and the
+  records of one :meth:`Target.affinity` key stay in one process.
 """
 
 from __future__ import annotations
@@ -214,8 +230,8 @@ class Target(abc.ABC):
         return 1.0
 
     def affinity(self, record: Record) -> str:
-        """The key ``upload`` resolves the record's customer by. With ``--processes N`` the
-        records sharing it go to the same process, so the customer is resolved once."""
+        """The key ``upload`` resolves the record's customer by. With ``--processes N`` (or
+        ``--shard K/N``) the records sharing it go to the same shard, so the customer is resolved once."""
         return record.customer.external_id
 
     def start_run(self) -> None:

@@ -85,6 +85,7 @@ from ..errors import (
     ConfigError, InvalidRecord, QuotaExhausted, RecordError, RecordRefused, RetryableError, UnknownReference,
 )
 from ..records import Record
+from ..spacing import QuotaGate
 from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
 from .coperniq_existing import settle_invoice
@@ -169,9 +170,7 @@ class CoperniqTarget(Target):
         self._lock: anyio.Lock | None = None
         self._listings: dict[int, dict[str | None, list[dict[str, Any]]]] = {}
         self._listing_flights: dict[int, anyio.Event] = {}
-        self._inflight = 0
-        self._settled: anyio.Event | None = None
-        self._remaining: int | None = None
+        self._gate = QuotaGate()  # X-RateLimit-Remaining covers the requests in flight
         self._limit = "5000"
         self._first_answer: dt.datetime | None = None
         self._server_start: int | None = None  # the API's clock (Date) at this run's first answer
@@ -225,9 +224,10 @@ class CoperniqTarget(Target):
         if self._server_start is None:
             self._server_start = _server_time(reply)
         if remaining is not None:
-            self._remaining = remaining
+            self._gate.remaining = remaining
             self._limit = reply.headers.get("X-RateLimit-Limit") or self._limit
-        if reply.status == 429 and self._remaining is not None and self._remaining <= _QUOTA_429_MARGIN:
+        left = self._gate.remaining
+        if reply.status == 429 and left is not None and left <= _QUOTA_429_MARGIN:
             raise self._exhausted()
         return super().classify(reply, stage)
 
@@ -237,7 +237,7 @@ class CoperniqTarget(Target):
         at, full = (start + _DAY).isoformat(timespec="seconds"), (now + _DAY).isoformat(timespec="seconds")
         return QuotaExhausted(
             f"Coperniq's daily request quota for this API key ({self._limit} per rolling 24 h) is used up "
-            f"(X-RateLimit-Remaining {self._remaining}); stopped instead of spending the day on 429s; resume "
+            f"(X-RateLimit-Remaining {self._gate.remaining}); stopped instead of spending the day on 429s; resume "
             f"after {at} with the same command, when this run's first requests leave the window (the whole "
             f"quota is back by {full})", resume_at=at)
 
@@ -250,20 +250,8 @@ class CoperniqTarget(Target):
         """
         if _RECOVERING.get():  # a lookup inside the retry of a create that is itself in flight
             return await job.send(req, stage=stage, recover=recover)
-        while self._remaining is not None and self._remaining <= self._inflight:
-            if self._inflight == 0:
-                raise self._exhausted()
-            if self._settled is None:
-                self._settled = anyio.Event()
-            await self._settled.wait()
-        self._inflight += 1
-        try:
+        async with self._gate.slot(self._exhausted):  # the engine's quota hook (bulk.spacing)
             return await job.send(req, stage=stage, recover=recover)
-        finally:
-            self._inflight -= 1
-            if self._settled is not None:
-                self._settled.set()
-                self._settled = None
 
     # --- upload ----------------------------------------------------------------------------
     async def upload(self, record: Record, job: Job) -> Created:

@@ -1,0 +1,275 @@
+"""``bulk upload --processes N``: one job uploaded by N shard workers, merged automatically.
+
+This is the one multi-process mechanism: the N processes are the N ``--shard K/N`` runs of
+the job, run side by side on this machine, and their outputs are merged into the job's
+directory by :func:`bulk.merge.merge_runs` after every run::
+
+    <out>/processes.json          {"processes": N}: a resumed run keeps the job's N
+    <out>/shards/KofN/            shard K's own run directory (state.db, outputs): a whole job
+    <out>/id_map.csv, failed.ndjson, failed_reasons.csv, summary.json
+                                  the shards merged, as far as their last checkpoints
+
+Each worker is an ordinary :class:`~bulk.pipeline.Run` (the same worker loop, checkpoints and
+resume as one process), so exactly-once and resume are the shards': a killed job resumed with
+the same command resumes every shard. A shard owns the records whose customer key
+(``target.affinity``) hashes to it, so a customer is resolved by one process, and takes 1/N
+of every rate limit (:meth:`~bulk.config.UploadConfig.pacing_limits`) and of ``--concurrency``:
+together the processes stay within the API's limits.
+
+A worker is started with ``python -c`` and reads its :class:`WorkerTask` (typed settings,
+credentials included) from its stdin, never from argv or the environment. It dies with its
+parent (Linux ``PR_SET_PDEATHSIG``), runs in its own session (a terminal's Ctrl-C reaches it
+once, through the parent), finishes its requests in flight on SIGINT/SIGTERM, and prints only
+why it stopped (its stderr is the parent's). A worker that dies, or stops on an error, stops
+the others gracefully and the run resumably (exit 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from .config import Shard, UploadConfig
+from .errors import AbortRun, BulkError, ConfigError
+from .merge import merge_runs
+from .outputs import write_atomic
+from .progress import ProgressSink, Status
+from .tally import Tally
+from .targets.base import Target
+
+__all__ = ["WorkerTask", "die_with_parent", "job_processes", "read_task", "run_processes", "run_worker", "shard_dirs"]
+
+_EXITS_OF_A_RUN = {0, 1, 2, 3, 130}  # what a worker's Run can end with (bulk.cli's exit codes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerTask:
+    """Everything a shard worker needs: its run's config and how to build its target."""
+
+    config: UploadConfig  # shard=K/N, out=<job>/shards/KofN, processes=1
+    target: str
+    base_url: str
+    credentials: Mapping[str, str]
+    options: Mapping[str, Any]
+    default_limits: Mapping[str, float]
+    parent_pid: int
+
+    def to_bytes(self) -> bytes:
+        fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(UploadConfig)}
+        config = {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}  # mappingproxy: no pickle
+        return pickle.dumps({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                             "config": config, "credentials": dict(self.credentials), "options": dict(self.options),
+                             "default_limits": dict(self.default_limits)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WorkerTask:
+        doc = pickle.loads(data)  # from our own parent, over a pipe only it holds
+        return cls(**{**doc, "config": UploadConfig(**doc["config"])})
+
+
+def shard_dirs(out: Path, n: int) -> list[Path]:
+    return [out / "shards" / f"{k}of{n}" for k in range(n)]
+
+
+def job_processes(config: UploadConfig) -> int:
+    """The job's number of processes: what its first run used (``processes.json``), else what
+    ``--processes`` asks for. Refuses a different explicit N (the shards are the job)."""
+    asked = config.processes_for()
+    try:
+        known = int(orjson.loads((config.out / "processes.json").read_bytes())["processes"])
+    except FileNotFoundError:
+        known = 1 if (config.out / "state.db").exists() else 0
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{config.out / 'processes.json'} is damaged: restore it, or use a new --out") from None
+    if known and config.processes and known != asked:
+        raise ConfigError(f"{config.out} was started with --processes {known}: resume it with --processes {known} "
+                          "(or auto), or use a new --out")
+    n = known or asked
+    if n > 1 and config.input == "-":
+        raise ConfigError("--processes N reads the input once per shard: give a file, not stdin (-)")
+    if n > 1 and config.shard is not None:
+        raise ConfigError("--processes N runs the shards of a job itself: use it without --shard, or run each "
+                          "--shard K/N with one process")
+    return n
+
+
+async def run_processes(config: UploadConfig, target: Target, n: int, *, progress: ProgressSink | None = None,
+                        ) -> tuple[int, dict[str, Any], BulkError | None]:
+    """Run the job in ``config.out`` as ``n`` shard workers; merge; return (exit code,
+    merged summary, error). ``target`` is the parent's target object (its base URL,
+    credentials, options and limits are handed to the workers); ``progress`` gets a note and
+    the shards' counts summed from their checkpointed summaries."""
+    out = config.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "processes.json", orjson.dumps({"processes": n}) + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {out}: {exc.strerror or exc}") from None
+    dirs = shard_dirs(out, n)
+    tasks = [WorkerTask(
+        config=dataclasses.replace(config, out=d, shard=Shard(k, n), processes=1,
+                                   concurrency=max(1, round(config.concurrency / n))),
+        target=config.target, base_url=target.base_url, credentials=target.credentials,
+        options=target.options, default_limits=target.default_limits, parent_pid=os.getpid(),
+    ) for k, d in enumerate(dirs)]
+    if progress is not None:
+        progress.note(f"{n} upload processes, one per shard of the job (in {out / 'shards'}), merged into {out}")
+    t0 = time.monotonic()
+    codes: list[int | None] = [None] * n
+    first_bad: list[int] = []
+    stopping = False
+    cmd = [sys.executable, "-c", "import sys; from bulk.cli import worker_main; sys.exit(worker_main())"]
+    async with anyio.create_task_group() as tg:
+        procs = [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
+                                          start_new_session=True) for _ in tasks]
+
+        def signal_all(sig: signal.Signals) -> None:
+            for p in procs:
+                if p.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                        p.send_signal(sig)
+
+        async def watch_signals() -> None:
+            nonlocal stopping
+            try:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for sig in signals:
+                        stopping = True
+                        signal_all(sig)  # a second one stops them at once, as it stops one process
+            except (ValueError, NotImplementedError):
+                await anyio.sleep_forever()  # not the main thread: the caller handles signals
+
+        async def supervise(k: int, proc: Any, task: WorkerTask) -> None:
+            assert proc.stdin is not None
+            try:
+                await proc.stdin.send(task.to_bytes())
+                await proc.stdin.aclose()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass  # it died at once: its exit code says so
+            codes[k] = code = await proc.wait()
+            if code not in (0, 1, 130) and not first_bad:
+                first_bad.append(k)
+                signal_all(signal.SIGTERM)  # the others finish what is in flight, then stop
+
+        tg.start_soon(watch_signals)
+        if progress is not None:
+            tg.start_soon(_tick, progress, dirs)
+        async with anyio.create_task_group() as workers:
+            for k, (proc, task) in enumerate(zip(procs, tasks, strict=True)):
+                workers.start_soon(supervise, k, proc, task)
+        tg.cancel_scope.cancel()
+
+    elapsed = time.monotonic() - t0
+    made_now = sum(_this_run_created(d) for d in dirs)
+    extra = {"processes": n, "this_run": {
+        "created": made_now, "elapsed_seconds": round(elapsed, 3),
+        "invoices_per_second": round(made_now / elapsed, 2) if elapsed > 0 else 0.0}}
+    try:
+        summary = merge_runs(dirs, out, partial=True, extra=extra)
+    except ConfigError:
+        if any(_has_state(d) for d in dirs):
+            raise
+        summary = {}  # no worker got as far as a checkpoint (e.g. refused its configuration)
+    return _outcome(codes, first_bad, stopping, summary)
+
+
+async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:
+    """The shards' counts, summed, for the bar (counts and rate only: the shards' watermarks
+    are not one position in the input)."""
+    while True:
+        tally, traffic = Tally(), {"requests": 0, "retries": 0, "throttled": 0}
+        for d in dirs:
+            try:
+                s = orjson.loads((d / "summary.json").read_bytes())
+            except (OSError, ValueError):
+                continue  # not started yet, or being replaced: next tick
+            r = s.get("records", {})
+            for key in ("read", "created", "existing", "rejected", "failed", "uncertain"):
+                setattr(tally, key, getattr(tally, key) + int(r.get(key, 0)))
+            for key in traffic:
+                traffic[key] += int(s.get(key, 0))
+        progress.update(tally, traffic, Status(done_bytes=0, done_lines=0, total_bytes=None))
+        await anyio.sleep(0.5)
+
+
+def _has_state(run_dir: Path) -> bool:
+    return (run_dir / "state.db").is_file()
+
+
+def _this_run_created(run_dir: Path) -> int:
+    try:
+        return int(orjson.loads((run_dir / "summary.json").read_bytes())["this_run"]["created"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _outcome(codes: list[int | None], first_bad: list[int], stopping: bool,
+             summary: dict[str, Any]) -> tuple[int, dict[str, Any], BulkError | None]:
+    n = len(codes)
+    if first_bad:
+        k = first_bad[0]
+        code = codes[k]
+        assert code is not None
+        if code not in _EXITS_OF_A_RUN:
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            return 3, summary, AbortRun(f"upload process {k + 1} of {n} ended unexpectedly ({how}): nothing is "
+                                        "lost; run the same command again to resume")
+        if code == 2:
+            return 2, summary, ConfigError(f"upload process {k + 1} of {n} refused the configuration (its message "
+                                           "is above)")
+        return 3, summary, AbortRun(f"upload process {k + 1} of {n} stopped (its message is above): run the same "
+                                    "command again to resume")
+    if stopping or 130 in codes:
+        return 130, summary, None
+    records = summary.get("records", {})
+    bad = records.get("rejected", 0) or records.get("failed", 0) or records.get("uncertain", 0)
+    return (1 if bad else 0), summary, None
+
+
+# --- the worker side -------------------------------------------------------------------------------------------
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when the parent dies (a killed run leaves no worker sending)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def read_task() -> WorkerTask:
+    """The worker's task from stdin; exits at once if the parent died before the death signal was set."""
+    data = sys.stdin.buffer.read()
+    if not data:
+        os._exit(1)  # the parent died before handing over the task
+    task = WorkerTask.from_bytes(data)
+    if os.getppid() != task.parent_pid:
+        os._exit(1)
+    return task
+
+
+async def run_worker(task: WorkerTask) -> Any:
+    """One shard of the job: an ordinary run of the pipeline (the CLI reports its result)."""
+    from .pipeline import Run
+    from .targets import get_target
+
+    cls = get_target(task.target)
+    target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
+    target.default_limits = dict(task.default_limits)  # type: ignore[misc]  # the parent's, as the CLI set it
+    return await Run(task.config, target, progress=None).execute()

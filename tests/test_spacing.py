@@ -1,0 +1,108 @@
+"""bulk.spacing.KeySpacer: at most ``limit`` requests of a key per window, counted from completion."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import anyio.lowlevel
+
+from bulk.spacing import KeySpacer
+
+
+def test_a_key_over_its_limit_waits_a_window_after_a_completion_and_other_keys_do_not() -> None:
+    window = 0.3
+    events: list[tuple[str, str, float]] = []
+
+    b_done = anyio.Event()
+
+    async def request(spacer: KeySpacer, key: str, name: str, hold: anyio.Event | None = None) -> None:
+        async with spacer.slot(key):
+            events.append((name, "enter", time.monotonic()))
+            if hold is not None:
+                await hold.wait()
+        events.append((name, "exit", time.monotonic()))
+        if name == "b1":
+            b_done.set()
+
+    async def main() -> int:
+        spacer = KeySpacer(2, window=window)
+        release = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, spacer, "A", "a1")
+            tg.start_soon(request, spacer, "A", "a2", release)
+            await anyio.lowlevel.checkpoint()
+            tg.start_soon(request, spacer, "A", "a3")
+            tg.start_soon(request, spacer, "B", "b1")
+            await b_done.wait()
+            assert not any(e[0] == "a3" for e in events), events  # B passed while A's third waits
+            release.set()
+        return len(spacer)
+
+    left = anyio.run(main)
+    at = {(name, what): t for name, what, t in events}
+    first_exit = min(at[("a1", "exit")], at[("a2", "exit")])
+    assert at[("a3", "enter")] >= first_exit + window - 0.005  # counted from a completion
+    assert at[("b1", "enter")] < at[("a3", "enter")]
+    assert left > 0  # keys in their window are still tracked...
+
+
+def test_idle_keys_are_dropped_and_a_zero_limit_never_waits() -> None:
+    async def main() -> tuple[int, int]:
+        spacer = KeySpacer(1, window=0.05)
+        for k in range(50):
+            async with spacer.slot(k):
+                pass
+        busy = len(spacer)
+        await anyio.sleep(0.2)
+        off = KeySpacer(0)
+        async with off.slot("x"), off.slot("x"):  # the same key twice at once: no wait, no deadlock
+            pass
+        return busy, len(spacer)
+
+    busy, after = anyio.run(main)
+    assert busy == 50 and after == 0
+
+
+def test_the_quota_gate_waits_for_answers_in_flight_and_stops_only_when_nothing_is_left() -> None:
+    class Spent(Exception):
+        pass
+
+    async def main() -> list[str]:
+        from bulk.spacing import QuotaGate
+
+        gate, log = QuotaGate(), []
+        async with gate.slot(Spent), gate.slot(Spent):  # nothing known yet: never waits
+            log.append("two at once, no header yet")
+        gate.remaining = 1
+        answer = anyio.Event()
+
+        sent = anyio.Event()
+
+        async def first() -> None:
+            async with gate.slot(Spent):
+                log.append("first sent")
+                sent.set()
+                await answer.wait()
+                gate.remaining = 0  # its answer: the quota is used up
+            log.append("first answered")
+
+        async def second() -> None:
+            try:
+                async with gate.slot(Spent):
+                    log.append("second sent")
+            except Spent:
+                log.append("second stopped: quota spent")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await sent.wait()
+            tg.start_soon(second)
+            for _ in range(20):  # let the second one run as far as it can
+                await anyio.lowlevel.checkpoint()
+            log.append("second still waiting" if "second sent" not in log else "second went early")
+            answer.set()
+        return log
+
+    assert anyio.run(main) == ["two at once, no header yet", "first sent", "second still waiting", "first answered",
+                               "second stopped: quota spent"]
