@@ -43,6 +43,7 @@ import orjson
 from .checkpoint import read_checkpoint
 from .errors import ConfigError
 from .latency import Latency
+from .timeline import HEADER
 from .outputs import ID_MAP_HEADER, LEGACY_ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
 from .tally import Tally
 
@@ -253,11 +254,43 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
     }
     hdr = {k: v for k, v in latency.to_json().items() if not k.startswith("_")}
     write_atomic(out / "latency.hdr.json", orjson.dumps(hdr) + b"\n")
+    _merge_timelines(shards, out)
     if reconciled := _merged_reconciled(summaries):
         summary["reconciled"] = reconciled
     summary.update(extra or {})
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
+
+
+def _merge_timelines(shards: list[Any], out: Path) -> None:
+    """One timeline.csv of the shards' seconds: the rows of one wall-clock second added up
+    (counts exact, so the sums still equal the merged summary); its p50/p99 are the largest
+    of the shards' for that second (an upper bound: the shards' requests are not re-ranked).
+    Each shard's file is read only up to the size its checkpoint covers."""
+    seconds: dict[str, list[Any]] = {}
+    for s in shards:
+        path = s.dir / "timeline.csv"
+        keep = (s.checkpoint.get("timeline") or {}).get("size")
+        try:
+            with open(path, "rb") as f:
+                data = f.read() if keep is None else f.read(int(keep))
+        except OSError:
+            continue
+        for line in data.decode("utf-8", "replace").splitlines()[1:]:
+            cells = line.split(",")
+            if len(cells) != 9:
+                continue
+            row = seconds.setdefault(cells[0], [cells[0], int(cells[1]), 0, 0, 0, 0, 0, "", ""])
+            row[1] = min(row[1], int(cells[1]))
+            for i in range(2, 7):
+                row[i] += int(cells[i])
+            for i in (7, 8):
+                if cells[i] and (not row[i] or float(cells[i]) > float(row[i])):
+                    row[i] = cells[i]
+    if not seconds:
+        return
+    body = "".join(",".join(map(str, seconds[t])) + "\n" for t in sorted(seconds))
+    write_atomic(out / "timeline.csv", HEADER + body.encode())
 
 
 def _summary_of(run_dir: Path) -> dict[str, Any]:
