@@ -118,7 +118,10 @@ def _copy_rows(shards: list[_Shard], name: str, header: list[str], out: Path) ->
 
 def _size(s: _Shard, name: str) -> int:
     """The bytes of ``name`` the shard's checkpoint counts; a finished shard has no others."""
-    size = int(s.checkpoint["outputs"][name])
+    sizes = s.checkpoint.get("outputs") or {}
+    if name not in sizes:  # a checkpoint of an earlier version, which kept no sizes: the whole file
+        return (s.dir / name).stat().st_size
+    size = int(sizes[name])
     if s.checkpoint.get("complete") and (s.dir / name).stat().st_size != size:
         raise ConfigError(f"{s.dir / name} is not the size its finished run left ({size} bytes): a shard directory "
                           "was changed after its run")
