@@ -217,7 +217,13 @@ def test_killed_during_updates_then_the_same_command_finishes_them(target: str, 
     assert Counter(row["external_id"] for row in read_id_map(tmp_path / "run2")) == Counter(
         d["external_id"] for d in docs)
     for ext in not_yet:
-        assert actions[ext] == "updated", (ext, actions[ext])
+        # anny's update is several requests (PATCH, item DELETEs, item POSTs): one whose PATCH
+        # landed before the kill but after the last checkpoint is finished by the resumed run
+        # as the job's own unfinished steps and labelled `existing` (README, "Correct and
+        # re-run": the label, not the content, is inexact in that window). Single-request
+        # updates that had not landed are always `updated`.
+        allowed = ("updated", "existing") if target == "anny" else ("updated",)
+        assert actions[ext] in allowed, (ext, actions[ext])
     for ext, action in actions.items():
         # An update that landed before the kill, its outcome not checkpointed, is found equal:
         # `existing` (what an earlier run did is not known), never a failure or a create.
