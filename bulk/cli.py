@@ -23,6 +23,8 @@ from .config import Shard, UploadConfig, loop_options
 from .errors import AuthError, BulkError, ConfigError, OutputError
 from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
+from .refs import OPTION as CREATE_MISSING
+from .refs import check_kinds, parse_kinds
 from .targets.base import Target
 
 __all__ = ["main"]
@@ -167,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="target setting, e.g. organization=42 (anny), record_map=map.csv (coperniq); "
                     "each target's keys are listed below (default: none)")
+    up.add_argument("--create-missing", metavar="KINDS",
+                    help="create what invoices reference and the API lacks, once each: a comma list of "
+                    "customers, items (chargeover: items; coperniq: customers as accounts, items as catalog "
+                    "items); listed in created_refs.csv (default: customers are created on agiled, anny "
+                    "and chargeover, nothing else)")
 
     va = sub.add_parser("validate", help="check an input file offline; nothing is sent")
     va.add_argument("input", help="NDJSON file or .gz file")
@@ -198,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the stored data in this SQLite file across restarts (default: in memory)")
     sb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="dialect setting (see bulk/sandbox/config.py; default: none)")
+    sb.add_argument("--seed-from", metavar="INPUT",
+                    help="start holding the customers' records, catalog items and currencies this NDJSON "
+                    "(or .gz) file references, so it rehearses end to end (default: the built-in seed only)")
 
     me = sub.add_parser("merge", help="combine the run directories of --shard K/N runs into one")
     me.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the --out directory of every shard")
@@ -241,8 +251,25 @@ def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConf
         allow_insecure_http=args.allow_insecure_http,
         shard=shard,
         processes=args.processes,
-        options=_options(args.option),
+        options={**_options(args.option),
+                 **({CREATE_MISSING: args.create_missing} if args.create_missing is not None else {})},
     )
+
+
+def _embedded_seed(cls: type[Target], config: UploadConfig, create: frozenset[str] | None) -> dict[str, Any]:
+    """The embedded sandbox's options: the target's own seed, plus what the input references
+    (``--seed-from`` of that input), less the kinds ``--create-missing`` is to create: that
+    run rehearses the creating. stdin cannot be read twice: no seeding from it."""
+    options = cls.sandbox_options()
+    if config.input == "-":
+        return options
+    from .sandbox.seed_from import read_references, seed_options
+
+    try:
+        refs = read_references(config.input)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config.input}: {exc.strerror or exc}") from None
+    return {**options, **seed_options(cls.name, refs, leave_out=create or frozenset())}
 
 
 def _check_options(cls: type[Target], options: dict[str, str]) -> None:
@@ -316,7 +343,10 @@ async def _upload(args: argparse.Namespace) -> int:
     cls = get_target(args.target)
     base_url = args.base_url or os.environ.get(cls.base_url_env) or None
     config = _upload_config(args, base_url)
-    _check_options(cls, dict(config.options))
+    _check_options(cls, _options(args.option))
+    create = None if args.create_missing is None else parse_kinds(args.create_missing)
+    if create is not None:
+        check_kinds(cls, create)
     _check_paths(config)
     if config.dry_run:
         return await _dry_run(config, cls)
@@ -342,7 +372,7 @@ async def _upload(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
             state = config.out / "sandbox.db"
-            sandbox_config = SandboxConfig(token=token, options=cls.sandbox_options(), state=str(state))
+            sandbox_config = SandboxConfig(token=token, options=_embedded_seed(cls, config, create), state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                              f"(nothing leaves this machine; its data in {state})")
@@ -458,7 +488,7 @@ async def _sandbox(args: argparse.Namespace) -> int:
         token=token, rate_limit=args.rate_limit, read_rate_limit=args.read_rate_limit, burst=args.burst,
         latency_ms=args.latency,
         fail_rate=args.fail_rate, drop_rate=args.drop_rate, lose_rate=args.lose_rate, seed=args.seed,
-        options=_options(args.option), state=args.state,
+        options={**_options(args.option), **_seed_from(args)}, state=args.state,
     )
 
     def ready(url: str) -> None:
@@ -481,6 +511,24 @@ async def _sandbox(args: argparse.Namespace) -> int:
         raise
     _say("interrupted")
     return EXIT_INTERRUPTED
+
+
+def _seed_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The dialect options ``bulk sandbox --seed-from INPUT`` adds (exit 2 when unreadable)."""
+    if not args.seed_from:
+        return {}
+    if args.target == "all":
+        raise ConfigError("--seed-from seeds one dialect: give --target agiled, anny, chargeover or coperniq")
+    from .sandbox.seed_from import read_references, seed_options
+
+    if os.path.isdir(args.seed_from) or not os.path.exists(args.seed_from):
+        raise ConfigError(f"--seed-from {args.seed_from!r}: no such file (give the NDJSON export to seed from)")
+    try:
+        refs = read_references(args.seed_from)
+    except OSError as exc:
+        raise ConfigError(f"--seed-from {args.seed_from!r}: {exc.strerror or exc}") from None
+    get_target(args.target)  # an unknown target is refused by argparse already
+    return seed_options(args.target, refs)
 
 
 def _generate(args: argparse.Namespace) -> int:

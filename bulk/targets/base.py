@@ -116,6 +116,12 @@ class Target(abc.ABC):
     path_prefix: ClassVar[str] = ""
     #: the ``--option`` keys the adapter reads; the CLI refuses any other key (exit 2)
     option_keys: ClassVar[tuple[str, ...]] = ()
+    #: what ``--create-missing`` may name for this API (``customers``, ``items``; see ``bulk.refs``)
+    creatable: ClassVar[frozenset[str]] = frozenset()
+    #: what the target creates without the flag (today's behaviour)
+    default_create: ClassVar[frozenset[str]] = frozenset()
+    #: why a kind is not creatable, said with the exit-2 refusal
+    cannot_create_why: ClassVar[str] = ""
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         self.base_url = base_url
