@@ -259,11 +259,14 @@ def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConf
 def _embedded_seed(cls: type[Target], config: UploadConfig, create: frozenset[str] | None) -> dict[str, Any]:
     """The embedded sandbox's options: the target's own seed, plus what the input references
     (``--seed-from`` of that input), less the kinds ``--create-missing`` is to create: that
-    run rehearses the creating. stdin cannot be read twice: no seeding from it."""
+    run rehearses the creating."""
+    from .sandbox.seed_from import SEEDED, read_references, seed_options
+
     options = cls.sandbox_options()
-    if config.input == "-":
+    # stdin cannot be read twice; a sandbox.db already there is restored as it is (a resumed
+    # run meets the API the killed one left), so its seed would be ignored: not read for nothing.
+    if config.input == "-" or cls.name not in SEEDED or (config.out / "sandbox.db").exists():
         return options
-    from .sandbox.seed_from import read_references, seed_options
 
     try:
         refs = read_references(config.input)

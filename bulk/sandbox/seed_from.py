@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["References", "read_references", "seed_options"]
+__all__ = ["SEEDED", "References", "read_references", "seed_options"]
+
+SEEDED = ("chargeover", "coperniq")  # the dialects that take a seed from the input
 
 _MAX_KEY = 200  # longer values are not plausible keys: left to the client's validation
 
