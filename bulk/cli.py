@@ -439,6 +439,10 @@ def _report(config: UploadConfig, s: dict[str, Any]) -> None:
         _say(f"  {note}")
     _say(f"  {s['requests']} requests, {s['retries']} retries, {s['throttled']} throttled; "
          f"this run {s['this_run']['elapsed_seconds']:.1f} s, {s['this_run']['invoices_per_second']:.1f} invoices/s")
+    made = {kind: n for kind, n in (s.get("created_refs") or {}).items() if n}
+    if made:  # --create-missing, or customers created as always
+        listed = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in made.items())
+        _say(f"  created what the invoices referenced: {listed} (created_refs.csv)")
     bad = r["rejected"] + r["failed"] + r["uncertain"]
     extra = f"; fix and re-feed {config.out / 'failed.ndjson'}" if bad else ""
     _say(f"  outputs in {config.out}: id_map.csv, summary.json, failed.ndjson, failed_reasons.csv{extra}")

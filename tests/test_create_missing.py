@@ -141,6 +141,7 @@ def test_fresh_sandbox_fails_without_the_flag_and_creates_each_reference_once_wi
             listed += [_customer_key(target, r) for r in created_refs(tmp_path / "plain")]
         assert sorted(listed) == sorted(expected(target))
         assert sum(summary(out)["created_refs"].values()) == len(rows)
+        assert "created what the invoices referenced:" in done.stderr and "created_refs.csv" in done.stderr
         # The same command again: nothing new is created, nothing listed twice.
         again = cli(args(target, sb.base_url, path, out, *creating(target)), sb.env)
         assert again.returncode == 0, again.stderr
