@@ -4,7 +4,9 @@ API-NOTES §4 and the vendor's OpenAPI document (``fixtures/coperniq/coperniq-op
 Mapping
     See ``bulk.targets.coperniq_mapping`` (recordId from ``extra.recordId``, ``--option
     record_map=FILE.csv`` or the account titled with the customer id; catalog items by SKU,
-    merged when one repeats; whole quantities; no tax at Coperniq).
+    merged when one repeats; whole quantities; no tax at Coperniq). ``--create-missing``
+    (``bulk.refs``): ``customers`` makes the account titled with the customer id when none is
+    (``_account``), ``items`` the catalog item of a SKU none holds (``_make_catalog_item``).
 Exactly once (no idempotency at Coperniq): look before creating, then sweep late copies
     Coperniq has no idempotency key and no unique field on invoices, and a create that ``bulk``
     gave up on -- or that a killed run sent -- can reach the API at any later time: a proxy, a
