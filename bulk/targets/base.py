@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import AbortRun, AuthError, ConfigError, RecordRefused, ServerError, Throttled
 from ..pacing import parse_retry_after
+from ..refs import kinds_of
 from ..transport import Reply, Request
 
 if TYPE_CHECKING:
@@ -127,6 +128,9 @@ class Target(abc.ABC):
         self.base_url = base_url
         self.credentials = dict(credentials)
         self.options = dict(options)
+        #: the kinds of reference this instance creates when missing (``--create-missing``;
+        #: ConfigError for a kind the API cannot create, see ``bulk.refs``)
+        self.create_missing = kinds_of(type(self), self.options)
 
     # --- construction --------------------------------------------------------------------
     @classmethod

@@ -65,7 +65,7 @@ from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, Serve
 from ..records import Record
 from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
-from ..refs import kinds_of, record_created
+from ..refs import record_created
 from .base import Created, Job, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
 from .chargeover_mapping import API, by_key, comparable, customer_body, invoice_body
@@ -157,7 +157,7 @@ class ChargeOverTarget(Target):
         self.currency_map = _currency_map(str(self.options.get("currency_map", "")))
         self.batcher: Batcher | None = None
         self._missing: set[tuple[str, str]] = set()  # (kind, key) not found this run
-        self.create_items = "items" in kinds_of(type(self), self.options)
+        self.create_items = "items" in self.create_missing
 
     def writes_per_invoice(self) -> float:
         return 1 / self.bulk_size if self.use_bulk else 1.0  # _bulk carries up to bulk_size creates

@@ -88,7 +88,7 @@ from ..errors import (
 from ..records import Record
 from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
-from ..refs import kinds_of, record_created
+from ..refs import record_created
 from .base import Created, Job, Target
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
 
@@ -169,8 +169,8 @@ class CoperniqTarget(Target):
         if self.lookup not in ("title", "off"):
             raise ConfigError("--option record_lookup must be title or off")
         self.default_item = self.options.get("default_catalog_item", "DISCOUNT")
-        kinds = kinds_of(type(self), self.options)
-        self.create_accounts, self.create_items = "customers" in kinds, "items" in kinds
+        self.create_accounts = "customers" in self.create_missing
+        self.create_items = "items" in self.create_missing
         self._create_lock: anyio.Lock | None = None
         # per-run state, bound to the running loop lazily (the target lives for one run)
         self._catalogue: dict[str, str] | None = None
