@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ class StateStore:
             raise OutputError(f"cannot open the resume file {self.path}: {exc}") from None
         self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._cache_size = cache_size
+        #: ns -> called with (key, value) when a key of that ns is put for the first time (the
+        #: run's created_refs.csv appender: it is written in the same checkpoint as the row)
+        self.on_new: dict[str, Callable[[str, str], None]] = {}
 
     def close(self) -> None:
         try:
@@ -126,6 +130,9 @@ class StateStore:
         return str(row[0])
 
     def put(self, ns: str, key: str, value: str) -> None:
+        hook = self.on_new.get(ns)
+        if hook is not None and self.get(ns, key) is None:
+            hook(key, value)
         self._db.execute("INSERT OR REPLACE INTO resolved VALUES (?, ?, ?)", (ns, key, value))
         self._remember(ns, key, value)
 

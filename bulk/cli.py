@@ -25,6 +25,8 @@ from .existing import DEFAULT, ON_EXISTING_KEY, POLICIES
 from .errors import AuthError, BulkError, ConfigError, OutputError
 from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
+from .refs import OPTION as CREATE_MISSING
+from .refs import check_kinds, parse_kinds
 from .targets.base import Target
 from .thresholds import parse_threshold
 
@@ -188,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve Prometheus /metrics on this port while the run lasts; 0 picks a free one "
                     "(default: none)")
     up.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)")
+    up.add_argument("--create-missing", metavar="KINDS",
+                    help="create what invoices reference and the API lacks, once each: a comma list of "
+                    "customers, items (chargeover: items; coperniq: customers as accounts, items as catalog "
+                    "items); listed in created_refs.csv (default: customers are created on agiled, anny "
+                    "and chargeover, nothing else)")
 
     va = sub.add_parser("validate", help="check an input file offline; nothing is sent")
     va.add_argument("input", help="NDJSON file or .gz file")
@@ -219,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the stored data in this SQLite file across restarts (default: in memory)")
     sb.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="dialect setting (see bulk/sandbox/config.py; default: none)")
+    sb.add_argument("--seed-from", metavar="INPUT",
+                    help="start holding the customers' records, catalog items and currencies this NDJSON "
+                    "(or .gz) file references, so it rehearses end to end (default: the built-in seed only)")
 
     me = sub.add_parser("merge", help="combine the run directories of --shard K/N runs into one")
     me.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the --out directory of every shard")
@@ -265,11 +275,31 @@ def _upload_config(args: argparse.Namespace, base_url: str | None) -> UploadConf
         allow_insecure_http=args.allow_insecure_http,
         shard=shard,
         processes=args.processes,
-        options=_options(args.option),
+        options={**_options(args.option),
+                 **({CREATE_MISSING: args.create_missing} if args.create_missing is not None else {})},
         arrival_rate=args.arrival_rate,
         thresholds=tuple(parse_threshold(t) for t in args.threshold),
         on_existing=args.on_existing,
     )
+
+
+def _embedded_seed(cls: type[Target], config: UploadConfig, create: frozenset[str] | None,
+                   options: dict[str, Any]) -> dict[str, Any]:
+    """The embedded sandbox's options: the target's own seed, plus what the input references
+    (``--seed-from`` of that input), less the kinds ``--create-missing`` is to create: that
+    run rehearses the creating."""
+    from .sandbox.seed_from import SEEDED, read_references, seed_options
+
+    # stdin cannot be read twice; a sandbox.db already there is restored as it is (a resumed
+    # run meets the API the killed one left), so its seed would be ignored: not read for nothing.
+    if config.input == "-" or cls.name not in SEEDED or (config.out / "sandbox.db").exists():
+        return options
+
+    try:
+        refs = read_references(config.input)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config.input}: {exc.strerror or exc}") from None
+    return {**options, **seed_options(cls.name, refs, leave_out=create or frozenset())}
 
 
 def _check_options(cls: type[Target], options: dict[str, str]) -> None:
@@ -342,7 +372,10 @@ async def _upload(args: argparse.Namespace) -> int:
     cls = get_target(args.target)
     base_url = args.base_url or os.environ.get(cls.base_url_env) or None
     config = _upload_config(args, base_url)
-    _check_options(cls, dict(config.options))
+    _check_options(cls, _options(args.option))
+    create = None if args.create_missing is None else parse_kinds(args.create_missing)
+    if create is not None:
+        check_kinds(cls, create)
     _check_paths(config)
     if config.dry_run:
         return await _dry_run(config, cls)
@@ -379,7 +412,8 @@ async def _upload(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
             state = config.out / "sandbox.db"
-            sandbox_config = SandboxConfig(token=token, options=pair.dialect_options(), state=str(state))
+            sandbox_config = SandboxConfig(token=token, options=_embedded_seed(cls, config, create, pair.dialect_options()),
+                                           state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                              f"(nothing leaves this machine; its data in {state})")
@@ -490,6 +524,10 @@ def _report(config: UploadConfig, s: dict[str, Any]) -> None:
 
     for line in measured_lines(s):
         _say(f"  {line}")
+    made = {kind: n for kind, n in (s.get("created_refs") or {}).items() if n}
+    if made:  # --create-missing, or customers created as always
+        listed = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in made.items())
+        _say(f"  created what the invoices referenced: {listed} (created_refs.csv)")
     bad = r["rejected"] + r["failed"] + r["uncertain"]
     extra = f"; fix and re-feed {config.out / 'failed.ndjson'}" if bad else ""
     _say(f"  outputs in {config.out}: id_map.csv, summary.json, failed.ndjson, failed_reasons.csv{extra}")
@@ -543,7 +581,7 @@ async def _sandbox(args: argparse.Namespace) -> int:
         token=token, rate_limit=args.rate_limit, read_rate_limit=args.read_rate_limit, burst=args.burst,
         latency_ms=args.latency,
         fail_rate=args.fail_rate, drop_rate=args.drop_rate, lose_rate=args.lose_rate, seed=args.seed,
-        options=_options(args.option), state=args.state,
+        options={**_options(args.option), **_seed_from(args)}, state=args.state,
     )
 
     def ready(url: str) -> None:
@@ -566,6 +604,24 @@ async def _sandbox(args: argparse.Namespace) -> int:
         raise
     _say("interrupted")
     return EXIT_INTERRUPTED
+
+
+def _seed_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The dialect options ``bulk sandbox --seed-from INPUT`` adds (exit 2 when unreadable)."""
+    if not args.seed_from:
+        return {}
+    if args.target == "all":
+        raise ConfigError("--seed-from seeds one dialect: give --target agiled, anny, chargeover or coperniq")
+    from .sandbox.seed_from import read_references, seed_options
+
+    if os.path.isdir(args.seed_from) or not os.path.exists(args.seed_from):
+        raise ConfigError(f"--seed-from {args.seed_from!r}: no such file (give the NDJSON export to seed from)")
+    try:
+        refs = read_references(args.seed_from)
+    except OSError as exc:
+        raise ConfigError(f"--seed-from {args.seed_from!r}: {exc.strerror or exc}") from None
+    get_target(args.target)  # an unknown target is refused by argparse already
+    return seed_options(args.target, refs)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -53,6 +53,8 @@ from .job import RecordJob, Session, SessionJob, failure, upload
 from .latency import INTENDED
 from .measure import Measure
 from .outputs import Outputs
+from .refs import CREATED_NS, RefsFile
+from .refs import FILE as REFS_FILE
 from .pacing import Pacer
 from .progress import ProgressSink, Status
 from .records import Record, parse_record, peek_external_id
@@ -104,6 +106,7 @@ class Run:
         self._session: Session | None = None
         self._reconciled: dict[str, Any] | None = None  # what target.finish reported
         self._work_scope: CancelScope | None = None
+        self._refs: RefsFile | None = None  # created_refs.csv, opened with the job
 
     # --- setup -------------------------------------------------------------------------------
     def _open_job(self) -> tuple[StateStore, Outputs, dict[str, Any] | None]:
@@ -120,6 +123,9 @@ class Run:
         if cp is not None:
             self._check_same_job(cp)
         outputs = Outputs(self.out, cp["outputs"] if cp else None)
+        # created_refs.csv (--create-missing): a row per reference first remembered as created
+        self._refs = RefsFile(self.out, cp["outputs"] if cp else None, state.items(CREATED_NS))
+        state.on_new[CREATED_NS] = self._refs.add
         return state, outputs, cp
 
     def _check_same_job(self, cp: dict[str, Any]) -> None:
@@ -173,8 +179,11 @@ class Run:
     def checkpoint(self) -> None:
         """Make everything finished so far durable, in this order: outputs, then state."""
         sizes = self._outputs.flush()
+        assert self._refs is not None
+        sizes[REFS_FILE] = self._refs.flush()
         doc = self._snapshot(sizes)  # no await between flush and snapshot: they agree
         self._outputs.sync()
+        self._refs.sync()
         self._state.commit(doc)
         # after the commit: a kill between the two leaves latency.hdr.json behind the checkpoint
         # (the resumed run's histograms, from the checkpoint, include all it holds), never ahead
@@ -216,6 +225,7 @@ class Run:
                 "failed": t.failed, "uncertain": t.uncertain,
             },
             "totals": t.totals.to_json(),
+            "created_refs": self._refs.summary() if self._refs else {"customer": 0, "item": 0, "account": 0},
             "mismatches": {"count": t.mismatch_count, "first": t.mismatches},
             **({"reconciled": self._reconciled} if self._reconciled is not None else {}),
             **self._traffic(),
@@ -457,6 +467,8 @@ class Run:
                 except OutputError as exc:
                     error = error or exc
             self._outputs.close()
+            if self._refs is not None:
+                self._refs.close()
             self._state.close()
             self.measure.close()
         summary = self.summary()

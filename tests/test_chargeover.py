@@ -102,7 +102,9 @@ async def test_auth_envelope_and_errors() -> None:
         status, body, _ = await call(s, "GET", "/customer")
         assert (status, body["status"], body["response"]) == (200, "OK", [])
         assert (await call(s, "GET", "/nothing"))[1]["code"] == 404
-        assert (await call(s, "POST", "/item", {}))[0] == 405
+        assert (await call(s, "DELETE", "/item"))[0] == 405
+        status, body, _ = await call(s, "POST", "/item", {})  # issue 13: items can be created
+        assert status == 400 and body["message"] == "name: is required"
         status, body, _ = await call(s, "GET", "/currency?where=currency_iso4217:GT:A")
         assert status == 400 and "operator" in body["message"]
 

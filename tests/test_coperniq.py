@@ -165,6 +165,26 @@ def test_every_request_and_answer_of_a_run_conforms_to_the_openapi_document(api:
     assert conformance_errors(api, recorded) == []
 
 
+def test_creates_of_create_missing_conform_to_the_openapi_document(api: OpenAPI, tmp_path: Path) -> None:
+    """Issue 13: ``--create-missing customers,items`` (POST /accounts, POST /catalog-items),
+    lost answers included: each reference made once, every exchange of those operations valid."""
+    from test_create_missing import args, expected, export, made
+
+    path = tmp_path / "export.ndjson"
+    export(path)
+    with SandboxServer("coperniq", lose_rate=0.3, seed=5, options={"record_exchanges": True}) as sb:
+        done = cli(args("coperniq", sb.base_url, path, tmp_path / "run", "--concurrency", "2", "--retries", "8",
+                        "--create-missing", "customers,items"), sb.env)
+        assert done.returncode == 0, done.stderr
+        counts = made("coperniq", sb.state())
+        assert set(counts) == expected("coperniq") and set(counts.values()) == {1}, counts
+        recorded = exchanges(sb)
+    seen = {operation(ex) for ex in recorded}
+    assert {"POST /catalog-items 201", "POST /accounts 200"} <= seen, sorted(seen)
+    mine = [ex for ex in recorded if ex["path"] in ("/catalog-items", "/accounts")]
+    assert conformance_errors(api, mine) == []
+
+
 def test_the_contract_check_catches_a_wrong_request_and_a_wrong_answer(api: OpenAPI, tmp_path: Path) -> None:
     src = tmp_path / "in.ndjson"
     write_input(src, 3, seed=22)

@@ -31,6 +31,9 @@ Objects (``GET /api/v3/{customer|item|currency|invoice}/{ref}`` -> 200 | 404, ``
     invoice_status_str: "open-unpaid", write_datetime``.
 ``POST /api/v3/customer`` ``company`` (required) and the documented customer fields;
     ``external_key`` unique -> 201 ``{"id": N}`` + ``Location``.
+``POST /api/v3/item`` ``name`` (required), ``external_key`` unique, ``type`` service|product
+    (default service), ``description, accounting_sku, units`` -> 201 ``{"id": N}`` +
+    ``Location`` (``chargeover_rules.validate_item``; pricing is not modelled).
 ``POST /api/v3/invoice`` exactly one of ``customer_id | customer_token |
     customer_external_key`` (an existing customer); ``external_key`` unique, never reusable;
     ``date`` YYYY-MM-DD (default today); ``currency_id`` (default: the account's first
@@ -54,7 +57,8 @@ Objects (``GET /api/v3/{customer|item|currency|invoice}/{ref}`` -> 200 | 404, ``
 
 Sandbox options: ``items`` (comma-separated external keys; default SKU-001..SKU-050 and
 ADJUSTMENT), ``currencies`` (ISO codes, the first is the account default; default USD EUR GBP
-CHF JPY KWD CAD AUD), ``tax_percent`` (default 0), ``retry_after`` (default false),
+CHF JPY KWD CAD AUD), ``seed_items`` / ``seed_currencies`` (more of each, on top of those:
+what ``--seed-from`` adds), ``tax_percent`` (default 0), ``retry_after`` (default false),
 ``bulk_item_fail_rate`` (probability that a ``_bulk`` sub-request answers 500 unhandled),
 ``bulk`` (false: ``/_bulk`` answers 404, like an account without it).
 State (``GET /_sandbox/state``): ``customers, items, currencies, invoices`` (amounts as strings).
@@ -84,6 +88,7 @@ from bulk.sandbox.chargeover_rules import (
     parse_where,
     validate_customer,
     validate_invoice,
+    validate_item,
     words,
 )
 from bulk.sandbox.config import SandboxConfig, SandboxConfigError
@@ -135,8 +140,9 @@ class ChargeOverSandbox(Dialect):
     def __init__(self, config: SandboxConfig) -> None:
         super().__init__(config)
         options = config.options
-        self.item_keys = words(options.get("items"), DEFAULT_ITEMS)
-        self.currency_codes = words(options.get("currencies"), DEFAULT_CURRENCIES)
+        self.item_keys = _union(words(options.get("items"), DEFAULT_ITEMS), words(options.get("seed_items"), ()))
+        self.currency_codes = _union(words(options.get("currencies"), DEFAULT_CURRENCIES),
+                                     [c.upper() for c in words(options.get("seed_currencies"), ())])
         try:
             self.tax_percent = Decimal(str(options.get("tax_percent", "0")))
             self.bulk_item_fail_rate = float(options.get("bulk_item_fail_rate", 0))
@@ -261,9 +267,11 @@ class ChargeOverSandbox(Dialect):
                 obj = self._find(resource, segments[1])
                 return (200, envelope(200, obj), None) if obj else error(404, f"No such {resource}.")
             return self._list(resource, query)
-        if method == "POST" and len(segments) == 1 and resource in ("customer", "invoice"):
+        if method == "POST" and len(segments) == 1 and resource in ("customer", "item", "invoice"):
+            create = {"customer": self._create_customer, "item": self._create_item,
+                      "invoice": self._create_invoice}[resource]
             try:
-                return self._create_customer(body) if resource == "customer" else self._create_invoice(body)
+                return create(body)
             except Invalid as exc:
                 return error(400, exc.message)
         if method == "PUT" and len(segments) == 2 and resource == "invoice":
@@ -313,6 +321,12 @@ class ChargeOverSandbox(Dialect):
         self._taken("customer", fields["external_key"])
         obj = self._add("customer", {**fields, "write_datetime": _now()})
         return 201, envelope(201, {"id": obj["customer_id"]}), f"{PREFIX}/customer/{obj['customer_id']}"
+
+    def _create_item(self, body: Any) -> Answer:
+        fields = validate_item(body)
+        self._taken("item", fields["external_key"])
+        obj = self._add("item", {**fields, "write_datetime": _now()})
+        return 201, envelope(201, {"id": obj["item_id"]}), f"{PREFIX}/item/{obj['item_id']}"
 
     def _customer_ref(self, field: str, value: Any) -> int | None:
         if field == "customer_id":
@@ -404,6 +418,11 @@ class ChargeOverSandbox(Dialect):
             "write_datetime": _now(),
         })
         return 201, envelope(201, {"id": obj["invoice_id"]}), f"{PREFIX}/invoice/{obj['invoice_id']}"
+
+
+def _union(first: list[str], more: list[str]) -> list[str]:
+    """``first`` then what ``more`` adds, each once, in order (the first is the default currency)."""
+    return list(dict.fromkeys([*first, *more]))
 
 
 def _now() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from bulk.sandbox.wire import parse_decimal
 
 __all__ = ["CUSTOMER_KEYS", "FILTERS", "INVOICE_KEYS", "LINE_KEYS", "Answer", "Invalid", "envelope", "error",
-           "matches", "parse_where", "validate_customer", "validate_invoice", "words"]
+           "matches", "parse_where", "validate_customer", "validate_invoice", "validate_item", "words"]
 
 _ADDRESS = ("addr1", "addr2", "addr3", "city", "state", "postcode", "country")
 _CUSTOM = tuple(f"custom_{n}" for n in range(1, 21))
@@ -192,6 +192,30 @@ def validate_customer(body: Any) -> dict[str, Any]:
     email = fields["superuser_email"]
     if email is not None and not _EMAIL.fullmatch(email):
         raise Invalid("superuser_email: is not a valid e-mail address")
+    return fields
+
+
+#: ChargeOver item types (the item list's ``type`` values; assumed complete for a simulator)
+ITEM_TYPES = ("service", "product")
+ITEM_KEYS = frozenset({"name", "external_key", "type", "description", "accounting_sku", "units"})
+
+
+def validate_item(body: Any) -> dict[str, Any]:
+    """The stored fields of an item create (``POST /api/v3/item``): ``name`` required,
+    ``external_key`` (unique: the caller's check), ``type`` service | product (default
+    service), ``description``, ``accounting_sku``, ``units``; any other field is refused.
+    ChargeOver's item pricing (``pricemodel``) is not modelled: an invoice line's
+    ``line_rate`` always gives the price."""
+    body = _object(body, "item")
+    _unknown(body, ITEM_KEYS)
+    fields: dict[str, Any] = {"name": _string(body, "name", required=True)}
+    fields["external_key"] = _string(body, "external_key")
+    kind = _string(body, "type") or "service"
+    if kind not in ITEM_TYPES:
+        raise Invalid(f"type: must be one of {', '.join(ITEM_TYPES)}")
+    fields["type"] = kind
+    for key in ("description", "accounting_sku", "units"):
+        fields[key] = _string(body, key, max_len=MAX_TEXT if key == "description" else MAX_STRING)
     return fields
 
 

@@ -22,11 +22,17 @@ Limits (options; every limit is per key)
 Seed data (options ``accounts``, ``catalog_items``; see ``coperniq_rules.Seed``)
     accounts ``CUST-000000``.. (id 10000 + k), each with one project (id 20000 + k, title
     ``CUST-000000 project``); catalog items ``SKU-001``.. (id 7000 + k) and ``DISCOUNT`` (7000).
+    ``seed_skus`` (a list) adds a catalog item per SKU, ``seed_accounts`` (a list of ``[title,
+    id or null]``) an account per entry (with that id, or a new one, titled so): what
+    ``--seed-from`` adds (``bulk.sandbox.seed_from``).
 Routes
     ``GET /catalog-items`` -> 200 [CatalogItem] (active ones).
     ``GET /accounts?title=&q=&page=&page_size=&order_by=`` -> 200 [Account]; ``title`` and
     ``q`` match case-insensitive substrings of the title; ``page_size`` 1..100 (default 20).
     ``POST /invoices`` ``InvoiceCreate`` -> 201 Invoice | 400 (rules in ``coperniq_rules``).
+    ``POST /catalog-items`` ``CatalogItemCreate`` -> 201 CatalogItem | 400; ``POST /accounts``
+    ``AccountUpsert`` (``match_by``, ``match_found_strategy``) -> 200 Account | 400 (rules in
+    ``coperniq_refs``). Made catalog items and accounts are durable like the invoices.
     ``GET /invoices/{id}`` -> 200 Invoice | 404.
     ``PATCH /invoices/{id}`` ``InvoiceUpdate`` (``update-invoice``) -> 200 Invoice | 400 | 404:
     only the fields given change; ``lineItems`` / ``sections`` replace every line (the amount
@@ -40,7 +46,7 @@ Routes
     ``order_by`` asc|desc (by id), ``updated_after``/``updated_before`` -> 200 ``{items, page,
     page_size, has_more}`` | 400 (bad parameter) | 404 (no such project/account).
 Sandbox only
-    ``GET /_sandbox/state``: ``invoices`` (as answered, plus the ``issueDate`` Coperniq keeps
+    ``GET /_sandbox/state``: ``accounts``, ``catalog_items``, ``invoices`` (as answered, plus the ``issueDate`` Coperniq keeps
     but does not return), ``quota``, ``deleted`` (how many invoices were deleted), the framework's counters. With option
     ``record_exchanges`` true, ``GET /_sandbox/exchanges`` lists every API request and answer
     (``status`` null when the connection was closed without one), for contract tests.
@@ -68,6 +74,7 @@ from bulk.sandbox.coperniq_rules import (
     parse_seed,
     validate_invoice,
 )
+from bulk.sandbox.coperniq_refs import match_query, validate_account, validate_catalog_item
 from bulk.sandbox.core import Dialect, Problem, SandboxProblem
 from bulk.sandbox.wire import plain
 
@@ -75,6 +82,7 @@ __all__ = ["CoperniqSandbox", "create_app"]
 
 _CTX = Context(prec=60)
 _MAX_EXCHANGES = 50_000
+_MADE_ACCOUNTS = 30_000_000  # accounts made through the API or --seed-from get ids above this
 
 
 def create_app(config: SandboxConfig) -> web.Application:
@@ -132,6 +140,8 @@ class CoperniqSandbox(Dialect):
         super().__init__(config)
         options = config.options
         self.seed = parse_seed(options)
+        self.seed_skus = [str(sku) for sku in options.get("seed_skus") or ()]
+        self.seed_accounts = [(str(t), None if i is None else int(i)) for t, i in options.get("seed_accounts") or ()]
         self.quota, self.quota_window = _quota_options(options)
         self.recording = str(options.get("record_exchanges", "")).lower() in ("1", "true", "yes")
         self.clear()
@@ -144,20 +154,57 @@ class CoperniqSandbox(Dialect):
 
     def clear(self) -> None:
         now = _now()
-        self.catalog = {item["id"]: item for item in self.seed.catalog(now)}
-        # Durable like the invoices: a deleted or re-made account stays so across a restart.
+        # Durable like the invoices: a catalog item or account made through the API (or a
+        # deleted or re-made account) stays so across a restart.
+        self.catalog: dict[int, dict[str, Any]] = self.durable.table("catalog")
         self.accounts: dict[int, dict[str, Any]] = self.durable.table("accounts")
         self.projects: dict[int, dict[str, Any]] = self.durable.table("projects")
         if not self.durable.restored:
+            self.catalog.update({item["id"]: item for item in self.seed.catalog(now)})
             accounts, projects = self.seed.records(now)
             self.accounts.update(accounts)
             self.projects.update(projects)
+            self._seed_more(now)
         self.invoices: dict[int, dict[str, Any]] = self.durable.table("invoices")
         self.issue_dates: dict[int, str | None] = self.durable.table("issue_dates")
         self.line_ids = 0
         self.deleted = 0  # ids are never reused: a new id counts the deleted ones too
         self.usage: dict[str, deque[float]] = {}
         self.exchanges: list[dict[str, Any]] = []
+
+    def _seed_more(self, now: str) -> None:
+        """``seed_skus`` and ``seed_accounts`` (``--seed-from``), over the built-in seed."""
+        skus = {item["sku"] for item in self.catalog.values()}
+        for sku in self.seed_skus:
+            if sku not in skus:
+                skus.add(sku)
+                self._add_item({"name": f"Catalog item {sku}", "type": "SERVICE", "category": "INSTALLATION",
+                                "catalog": "OTHER", "cost": Decimal(0), "price": Decimal(0), "manufacturer": None,
+                                "sku": sku, "code": None, "description": None}, now)
+        titles = {a["title"] for a in self.accounts.values()}
+        for title, ident in self.seed_accounts:
+            if ident is not None and (ident in self.accounts or ident in self.projects):
+                continue
+            if ident is None and title in titles:
+                continue
+            titles.add(title)
+            self._add_account({"title": title, "description": None, "address": [""], "accountType": "COMMERCIAL",
+                               "primaryEmail": None, "primaryPhone": None, "custom": {}}, now, ident)
+
+    def _add_item(self, fields: dict[str, Any], now: str) -> dict[str, Any]:
+        item_id = max(self.catalog, default=self.seed.CATALOG_BASE) + 1
+        item = {"id": item_id, **fields, "image": None, "isArchived": False, "createdById": 1,
+                "createdAt": now, "updatedAt": now, "preferredVendorId": None}
+        self.catalog[item_id] = item
+        return item
+
+    def _add_account(self, fields: dict[str, Any], now: str, ident: int | None = None) -> dict[str, Any]:
+        # New ids above every seeded account and project id, so an id never names both.
+        new_id = ident if ident is not None else max(max(self.accounts, default=0), _MADE_ACCOUNTS) + 1
+        account = {"id": new_id, "createdAt": now, "updatedAt": now, **fields, "isActive": True,
+                   "number": len(self.accounts) + 1, "createdBy": None, "updatedBy": None}
+        self.accounts[new_id] = account
+        return account
 
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
         if collection != "accounts":
@@ -176,6 +223,8 @@ class CoperniqSandbox(Dialect):
     def snapshot(self) -> dict[str, Any]:
         return {
             "invoices": [{**inv, "issueDate": self.issue_dates[i]} for i, inv in self.invoices.items()],
+            "accounts": list(self.accounts.values()),
+            "catalog_items": list(self.catalog.values()),
             "quota": {"limit": self.quota, "window_seconds": self.quota_window,
                       "used": sum(len(q) for q in self.usage.values())},
             "deleted": self.deleted,
@@ -185,6 +234,8 @@ class CoperniqSandbox(Dialect):
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/catalog-items", self.list_catalog)
         router.add_get("/accounts", self.list_accounts)
+        router.add_post("/accounts", self.create_account)
+        router.add_post("/catalog-items", self.create_catalog_item)
         router.add_get("/accounts/{id}/invoices", self.account_invoices)
         router.add_get("/projects/{id}/invoices", self.project_invoices)
         router.add_get("/invoices", self.list_invoices)
@@ -269,6 +320,34 @@ class CoperniqSandbox(Dialect):
         invoice["updatedAt"] = _now()
         self.invoices[invoice_id] = invoice  # a new value: the durable table saves it
         return _json(invoice)
+
+    async def create_catalog_item(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        try:
+            fields = validate_catalog_item(body)
+            sku = fields["sku"]
+            if sku is not None and any(i["sku"] == sku and not i["isArchived"] for i in self.catalog.values()):
+                raise Invalid("sku", f"an active catalog item already has the SKU {sku!r}")
+        except Invalid as exc:
+            return _json({"message": exc.message, "field": exc.field}, 400)
+        return _json(self._add_item(fields, _now()), 201)
+
+    async def create_account(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        try:
+            match_by, strategy = match_query(request.query)
+            fields = validate_account(body)
+        except Invalid as exc:
+            return _json({"message": exc.message, "field": exc.field}, 400)
+        found = next((a for a in self.accounts.values() if fields[match_by] is not None
+                      and a.get(match_by) == fields[match_by]), None)
+        if found is None:
+            return _json(self._add_account(fields, _now()))
+        if strategy != "skip":
+            changes = {k: v for k, v in fields.items() if strategy == "replace" or found.get(k) in (None, "", [], {})}
+            found = {**found, **changes, "updatedAt": _now()}
+            self.accounts[found["id"]] = found
+        return _json(found)
 
     # --- helpers -------------------------------------------------------------------------
     def _lines(self, new_lines: list[tuple[int, int, Decimal, Decimal, str | None]]

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
+from ..refs import record_created
 from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
@@ -82,6 +83,8 @@ def invoice_body(record: Record, contact_id: str) -> dict[str, Any]:
 
 
 class AgiledTarget(Target):
+    # Contacts are created (POST /contacts) as before; invoice lines are free text (no catalogue
+    # to reference), so --create-missing items is refused (exit 2) rather than ignored.
     name = "agiled"
     credential_env = ("AGILED_API_TOKEN",)
     base_url_env = "AGILED_API_BASE_URL"
@@ -89,6 +92,8 @@ class AgiledTarget(Target):
     default_limits = {"write": 30 / 60, "read": 60 / 60}
     path_prefix = "/public/v1"
     auth_hint = "check AGILED_API_TOKEN: it must be valid and have contact and invoice write ability"
+    creatable = default_create = frozenset({"customers"})
+    cannot_create_why = "its invoice lines are free text: there is no item catalogue to reference"
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.credentials['AGILED_API_TOKEN']}", "Accept": "application/json"}
@@ -177,4 +182,7 @@ class AgiledTarget(Target):
             ),
             stage="customer",
         )
-        return str(made.json()["data"]["id"])
+        contact_id = str(made.json()["data"]["id"])
+        # A replayed answer (the key's first create, by an earlier run) is this job's creation too.
+        record_created(job, "customer", record.customer.external_id, contact_id)
+        return contact_id

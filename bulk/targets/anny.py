@@ -86,6 +86,7 @@ from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordErro
 from ..records import Line, Record
 from ..spacing import KeySpacer
 from ..transport import Reply, Request
+from ..refs import record_created
 from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
 
@@ -251,6 +252,10 @@ class AnnyTarget(Target):
     optional_env = ("ANNY_ORGANIZATION",)
     option_keys = ("organization", "writes_per_minute", "reads_per_minute", "identical_per_second",
                    "paid_notification", "settle")
+    # Customers are found by e-mail or created, as before. An anny "item" is an invoice's line
+    # (POST /items per line, made with the invoice), not a catalogue entry a line references.
+    creatable = default_create = frozenset({"customers"})
+    cannot_create_why = "an anny item is the invoice's own line, made with it; lines reference no catalogue"
     auth_hint = ("check ANNY_API_TOKEN (an Admin API token with customer and invoice abilities) and that "
                  "it belongs to the organization given by --option organization or ANNY_ORGANIZATION")
 
@@ -621,6 +626,8 @@ class AnnyTarget(Target):
                                               lambda: self._find_customer(job, email))
             if reply is not None:
                 found = (str(reply.json()["data"]["id"]), False)
+            if found is not None:  # made now, or found after a lost answer: ours either way
+                record_created(job, "customer", email.lower(), found[0])
         assert found is not None
         customer_id, has_address = found
         if record.customer.address is not None and not has_address:

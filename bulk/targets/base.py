@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import AbortRun, AuthError, ConfigError, RecordRefused, ServerError, Throttled
 from ..pacing import parse_retry_after
+from ..refs import kinds_of
 from ..transport import Reply, Request
 
 if TYPE_CHECKING:
@@ -161,6 +162,12 @@ class Target(abc.ABC):
     path_prefix: ClassVar[str] = ""
     #: the ``--option`` keys the adapter reads; the CLI refuses any other key (exit 2)
     option_keys: ClassVar[tuple[str, ...]] = ()
+    #: what ``--create-missing`` may name for this API (``customers``, ``items``; see ``bulk.refs``)
+    creatable: ClassVar[frozenset[str]] = frozenset()
+    #: what the target creates without the flag (today's behaviour)
+    default_create: ClassVar[frozenset[str]] = frozenset()
+    #: why a kind is not creatable, said with the exit-2 refusal
+    cannot_create_why: ClassVar[str] = ""
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         from ..existing import ON_EXISTING_KEY, on_existing_policy
@@ -171,6 +178,9 @@ class Target(abc.ABC):
         #: (``--on-existing``; the CLI passes it as this reserved option key)
         self.on_existing = on_existing_policy(options.get(ON_EXISTING_KEY))
         self.options = {k: v for k, v in options.items() if k != ON_EXISTING_KEY}
+        #: the kinds of reference this instance creates when missing (``--create-missing``;
+        #: ConfigError for a kind the API cannot create, see ``bulk.refs``)
+        self.create_missing = kinds_of(type(self), self.options)
 
     # --- construction --------------------------------------------------------------------
     @classmethod

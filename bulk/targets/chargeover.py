@@ -11,7 +11,11 @@ currency_map=EUR:2,USD:1``.
 
 Items. ChargeOver needs an existing item on every line. ``item_ref`` is resolved to an
 ``item_id`` by ``GET /item/external_key:<ref>``, cached for the run; an unknown ref fails the
-record naming the line. Lines without ``item_ref`` (discounts) use ``--option
+record naming the line, unless ``--create-missing items``: then an item the lookup does not
+find is created (``POST /item``: ``name`` the first line's title that uses it, ``external_key``
+the ref, ``type`` service), once (single flight, looked up again before any resend; a create
+refused because the key is taken resolves to that item), and listed in ``created_refs.csv``.
+Lines without ``item_ref`` (discounts) use ``--option
 default_item=<item external key>``; without it such records are rejected before anything is
 sent. The embedded sandbox defaults to its seeded ``ADJUSTMENT`` item
 (``bulk.embedded``), so ``bulk upload file --target chargeover`` needs no setup.
@@ -60,6 +64,8 @@ from urllib.parse import quote
 from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
+from ..refs import OPTION as CREATE_MISSING
+from ..refs import record_created
 from .base import Created, Job, RunJob, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
 from .chargeover_existing import settle_invoice
@@ -131,10 +137,12 @@ class ChargeOverTarget(Target):
     path_prefix = API
     option_keys = OPTIONS
     auth_hint = "check CHARGEOVER_PUBLIC_KEY and CHARGEOVER_PRIVATE_KEY (Settings > Developer > REST API)"
+    creatable = frozenset({"customers", "items"})  # POST /customer, POST /item
+    default_create = frozenset({"customers"})
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         super().__init__(base_url=base_url, credentials=credentials, options=options)
-        unknown = sorted(set(self.options) - set(OPTIONS))
+        unknown = sorted(set(self.options) - {*OPTIONS, CREATE_MISSING})
         if unknown:
             raise ConfigError(f"unknown chargeover option {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
         self.default_item: str | None = self.options.get("default_item") or None
@@ -150,6 +158,7 @@ class ChargeOverTarget(Target):
         self.batcher: Batcher | None = None
         self._missing: set[tuple[str, str]] = set()  # (kind, key) not found this run
         self._recovered: set[tuple[str, str]] = set()  # (kind, key) made by this run, answer lost
+        self.create_items = "items" in self.create_missing
 
     def writes_per_invoice(self) -> float:
         return 1 / self.bulk_size if self.use_bulk else 1.0  # _bulk carries up to bulk_size creates
@@ -203,7 +212,7 @@ class ChargeOverTarget(Target):
             if ref is None:
                 raise _no_item(record, i)
             try:
-                item_ids.append(await self._item_id(job, ref))
+                item_ids.append(await self._item_id(job, ref, title=line.title if self.create_items else None))
             except _NotFound:
                 where = f"lines[{i}].item_ref" if line.item_ref else f"lines[{i}] (--option default_item)"
                 raise RecordRefused(404, f'{where}: no ChargeOver item has the external key "{ref}"',
@@ -251,7 +260,9 @@ class ChargeOverTarget(Target):
         found = await self._get(job, by_key("customer", key), stage="customer")
         if isinstance(found, dict):
             return str(found["customer_id"])
-        customer_id, _, _ = await self._create(job, "customer", customer_body(record), key)
+        customer_id, existed, _ = await self._create(job, "customer", customer_body(record), key)
+        if not existed:
+            record_created(job, "customer", key, customer_id)
         return customer_id
 
     async def _currency_id(self, job: Job, code: str) -> str:
@@ -270,14 +281,24 @@ class ChargeOverTarget(Target):
 
         return await job.resolve("chargeover.currency", code, find)
 
-    async def _item_id(self, job: RunJob, ref: str, *, direct: bool = False) -> str:
+    async def _item_id(self, job: RunJob, ref: str, *, direct: bool = False, title: str | None = None) -> str:
+        """The item's id by external key; with ``title`` (``--create-missing items``) an item
+        the lookup does not find is created, named ``title``."""
         async def find() -> str:
-            found = None if ("item", ref) in self._missing else await self._get(
+            found = None if ("item", ref) in self._missing and title is None else await self._get(
                 job, by_key("item", ref), stage="item", direct=direct)
-            if not isinstance(found, dict):
+            if isinstance(found, dict):
+                return str(found["item_id"])
+            if title is None:
                 self._missing.add(("item", ref))
                 raise _NotFound(ref)
-            return str(found["item_id"])
+            # _create looks the key up before any resend, and a 400 "key in use" is looked up
+            # too: a copy of a killed run that lands first is used, never doubled (keys are unique).
+            item_id, existed, _ = await self._create(
+                job, "item", {"name": title[:255], "external_key": ref, "type": "service"}, ref)
+            if not existed:
+                record_created(job, "item", ref, item_id)
+            return item_id
 
         return await job.resolve("chargeover.item", ref, find)
 

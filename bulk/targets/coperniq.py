@@ -4,7 +4,9 @@ API-NOTES §4 and the vendor's OpenAPI document (``fixtures/coperniq/coperniq-op
 Mapping
     See ``bulk.targets.coperniq_mapping`` (recordId from ``extra.recordId``, ``--option
     record_map=FILE.csv`` or the account titled with the customer id; catalog items by SKU,
-    merged when one repeats; whole quantities; no tax at Coperniq).
+    merged when one repeats; whole quantities; no tax at Coperniq). ``--create-missing``
+    (``bulk.refs``): ``customers`` makes the account titled with the customer id when none is
+    (``_account``), ``items`` the catalog item of a SKU none holds (``_make_catalog_item``).
 Exactly once (no idempotency at Coperniq): look before creating, then sweep late copies
     Coperniq has no idempotency key and no unique field on invoices, and a create that ``bulk``
     gave up on -- or that a killed run sent -- can reach the API at any later time: a proxy, a
@@ -87,6 +89,8 @@ from ..errors import (
 from ..records import Record
 from ..spacing import QuotaGate
 from ..transport import Reply, Request
+from ..refs import OPTION as CREATE_MISSING
+from ..refs import record_created
 from .base import Created, Job, RunJob, Target
 from .coperniq_existing import settle_invoice
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
@@ -130,6 +134,10 @@ def _remaining(reply: Reply) -> int | None:
 class _Missing(LookupError):
     """A lookup found nothing; turned into a per-record InvalidRecord by the caller."""
 
+    def __init__(self, message: str, *, none: bool = False) -> None:
+        super().__init__(message)
+        self.none = none  # nothing at all (not several): a create may fill the gap
+
 
 class CoperniqTarget(Target):
     name = "coperniq"
@@ -139,10 +147,13 @@ class CoperniqTarget(Target):
     path_prefix = ""  # the documented base URL carries the version: https://api.coperniq.io/v1
     option_keys = ("record_map", "record_lookup", "default_catalog_item", "settle", "sweep")
     auth_hint = "check COPERNIQ_API_KEY: an API key of a user allowed to read records and create invoices"
+    # --create-missing: customers as accounts (POST /accounts), items as catalog items (POST
+    # /catalog-items). Without it nothing is created (an account is a CRM record: found by title).
+    creatable = frozenset({"customers", "items"})
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         super().__init__(base_url=base_url, credentials=credentials, options=options)
-        unknown = set(self.options) - set(self.option_keys)
+        unknown = set(self.options) - {*self.option_keys, CREATE_MISSING}
         if unknown:
             raise ConfigError(f"unknown coperniq option(s) {', '.join(sorted(unknown))}; known: "
                               "record_map, record_lookup, default_catalog_item, settle, sweep")
@@ -161,11 +172,14 @@ class CoperniqTarget(Target):
         if self.lookup not in ("title", "off"):
             raise ConfigError("--option record_lookup must be title or off")
         self.default_item = self.options.get("default_catalog_item", "DISCOUNT")
+        self.create_accounts = "customers" in self.create_missing
+        self.create_items = "items" in self.create_missing
         self.start_run()  # usable outside a run too (e.g. classify in a unit test); the engine calls it again
 
     def start_run(self) -> None:
         super().start_run()
         # this run's state, bound to the running loop lazily (made afresh by every run)
+        self._create_lock: anyio.Lock | None = None
         self._catalogue: dict[str, str] | None = None
         self._lock: anyio.Lock | None = None
         self._listings: dict[int, dict[str | None, list[dict[str, Any]]]] = {}
@@ -208,7 +222,7 @@ class CoperniqTarget(Target):
         found = self.record_map.get(record.customer.external_id)
         if found is not None:
             return found
-        if self.lookup == "title":
+        if self.lookup == "title" or self.create_accounts:  # found by title, or made (--create-missing)
             return None
         where = "is not in the record_map file" if self.record_map else "has no record map"
         raise InvalidRecord(record.line_no, "extra.recordId",
@@ -358,8 +372,10 @@ class CoperniqTarget(Target):
         if known is not None:
             return known
         customer = record.customer.external_id
+        factory = (functools.partial(self._account, record, job) if self.create_accounts
+                   else lambda: self._by_title(customer, job))
         try:
-            found = await job.resolve("coperniq.record", customer, lambda: self._by_title(customer, job))
+            found = await job.resolve("coperniq.record", customer, factory)
         except _Missing as exc:
             raise InvalidRecord(record.line_no, "customer.external_id", str(exc),
                                 "add extra.recordId or map the customer in --option record_map=FILE.csv") from None
@@ -377,14 +393,49 @@ class CoperniqTarget(Target):
                 return str(hits[0])
             if len(rows) < 100:
                 break
-        raise _Missing(f"no Coperniq account is titled {title!r}")
+        raise _Missing(f"no Coperniq account is titled {title!r}", none=True)
+
+    async def _account(self, record: Record, job: Job) -> str:
+        """The account titled with the customer's external id; created when there is none
+        (``--create-missing customers``). The create is ``POST /accounts?match_by=title&
+        match_found_strategy=skip``: Coperniq itself answers an account already titled so (a
+        copy of a killed run's create) instead of making a second one, and after a lost answer
+        the title is looked up again before the create is resent."""
+        title = record.customer.external_id
+        try:
+            return await self._by_title(title, job)
+        except _Missing as exc:
+            if not exc.none:
+                raise
+        c = record.customer
+        address = c.address
+        line = ", ".join(p for p in (address.line1, address.line2, address.postal_code, address.city, address.region,
+                                     address.country) if p) if address is not None else ""
+        body: dict[str, Any] = {"title": title, "address": [line], "accountType": "COMMERCIAL" if c.company else
+                                "RESIDENTIAL", "primaryEmail": c.email}
+        found: list[str] = []
+
+        async def recover() -> Reply | None:
+            try:
+                found.append(await self._by_title(title, job))
+                return Reply(200, {}, b"")
+            except _Missing:
+                return None
+
+        reply = await self._send(job, Request("POST", "/accounts", params={
+            "match_by": "title", "match_found_strategy": "skip"}, json=body), stage="customer", recover=recover)
+        account_id = found[0] if found else str(_exact(reply)["id"])
+        record_created(job, "account", title, account_id)
+        return account_id
 
     async def _items(self, record: Record, job: Job) -> list[tuple[int, Decimal, list[int]]]:
         resolved = []
         for i, line in enumerate(record.lines):
             sku = line.item_ref or self.default_item
+            factory = (functools.partial(self._make_catalog_item, sku, line.title, line.unit_price, job)
+                       if self.create_items and line.item_ref else functools.partial(self._catalog_item, sku, job))
             try:
-                value = await job.resolve("coperniq.catalog", sku, functools.partial(self._catalog_item, sku, job))
+                value = await job.resolve("coperniq.catalog", sku, factory)
             except _Missing as exc:
                 raise InvalidRecord(record.line_no, f"lines[{i}].item_ref", str(exc),
                                     "create the item in Coperniq's catalog, fix item_ref, or set "
@@ -412,6 +463,68 @@ class CoperniqTarget(Target):
         if not found:
             what = "several active catalog items have" if found == "" else "no active catalog item has"
             raise _Missing(f"{what} the SKU {sku!r}")
+        return found
+
+    async def _make_catalog_item(self, sku: str, title: str, price: Decimal, job: Job) -> str:
+        """``_catalog_item``, creating the item when no active one has the SKU
+        (``--create-missing items``): ``POST /catalog-items`` with the first line's title as its
+        name, type SERVICE, category INSTALLATION (``OTHER`` is in both category enums, which the
+        document's ``oneOf`` refuses), cost 0 and the line's unit price. Coperniq has no key to
+        make the create idempotent, so the catalogue is listed afresh before every create and
+        after a lost answer (creates one at a time, each listing seeing the ones before), and a
+        create refused for its SKU (taken meanwhile) takes the item that holds it."""
+        try:
+            return await self._catalog_item(sku, job)
+        except _Missing as exc:
+            if "several" in str(exc):
+                raise
+        if self._create_lock is None:
+            self._create_lock = anyio.Lock()
+        async with self._create_lock:
+            fresh = await self._fresh_item(sku, job)
+            if fresh is not None:
+                return fresh
+            body = {"name": title[:255] or sku, "type": "SERVICE", "category": "INSTALLATION", "cost": 0,
+                    "price": price, "sku": sku, "description": None}
+            found: list[str] = []
+
+            async def recover() -> Reply | None:
+                hit = await self._fresh_item(sku, job)
+                if hit is None:
+                    return None
+                found.append(hit)
+                return Reply(200, {}, b"")
+
+            try:
+                reply = await self._send(job, Request("POST", "/catalog-items", json=body), stage="item",
+                                         recover=recover)
+            except RecordRefused as exc:
+                if exc.status != 400 or exc.field != "sku" or (hit := await self._fresh_item(sku, job)) is None:
+                    raise
+                return hit  # another's create holds the SKU: use it, not ours
+            if found:
+                value = found[0]
+            else:
+                item = _exact(reply)
+                value = f"{item['id']} {item.get('cost') or 0}"
+            record_created(job, "item", sku, value.partition(" ")[0])
+            assert self._catalogue is not None
+            self._catalogue[sku] = value
+            return value
+
+    async def _fresh_item(self, sku: str, job: Job) -> str | None:
+        """``"<id> <cost>"`` of the active catalog item with ``sku`` in a fresh listing, else None
+        (the run's cached catalogue is replaced by it)."""
+        reply = await self._send(job, Request("GET", "/catalog-items", kind="read"), stage="item")
+        catalogue: dict[str, str] = {}
+        for item in _exact(reply):
+            key = item.get("sku")
+            if key and not item.get("isArchived"):
+                catalogue[key] = "" if key in catalogue else f"{item['id']} {item.get('cost') or 0}"
+        self._catalogue = catalogue
+        found = catalogue.get(sku)
+        if found == "":
+            raise _Missing(f"several active catalog items have the SKU {sku!r}")
         return found
 
     # --- finding an invoice that may exist already -----------------------------------------
