@@ -9,6 +9,11 @@ sizes is the *marginal* cost of one invoice, start-up (imports, the job's setup)
     .venv/bin/python -m benchmarks.instructions                 # 500 and 2,500 invoices, ~3 min
     .venv/bin/python -m benchmarks.instructions --small 200 --large 1000 --clients bulk
 
+``--wall N`` adds a short side-by-side wall-clock check (the same two clients, alternating,
+``--rounds`` each on N invoices, through :func:`benchmarks.run.run_client`: invoices/s and CPU
+per invoice, medians), for the record: on a shared machine only the instruction counts are
+reproducible.
+
 ``bulk`` runs as ``bulk upload FILE --processes 1 --rate 1e9 --concurrency 64 --checkpoint-every 50``
 (see :func:`command`); the bare loop
 is ``benchmarks/clients/aiohttp_pool.py --uvloop``. Needs valgrind and nginx.
@@ -26,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import servers
-from benchmarks.run import make_input
+from benchmarks.run import CLIENTS, make_input, run_client
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -58,13 +63,46 @@ def instructions(cmd: list[str], work: Path) -> int:
     return int(match[1])
 
 
+def wall(args: argparse.Namespace) -> None:
+    """Alternating wall-clock runs: bulk --processes 1 and the bare loop on uvloop."""
+    import statistics
+
+    data = ROOT / "benchmarks" / "data"
+    data.mkdir(exist_ok=True)
+    path = make_input(data, args.wall)
+    server = servers.start_nginx()
+    runs: dict[str, list[tuple[float, float]]] = {"bulk": [], "aiohttp-uvloop": []}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bulk-wall-") as tmp:
+            for _ in range(args.rounds):
+                for name in runs:
+                    m = run_client(CLIENTS[name], path, server, concurrency=args.concurrency, work=Path(tmp),
+                                   bulk_args=("--rate", "1e9", "--processes", "1"))
+                    runs[name].append((m.rate, m.cpu / m.created * 1000))
+                    print(f"[wall] {name}: {m.rate:,.0f} invoices/s, {m.cpu / m.created * 1000:.3f} CPU s / 1k",
+                          flush=True)
+    finally:
+        server.stop()
+    rate = {k: statistics.median(r for r, _ in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+    print(f"[wall] bulk --processes 1 / bare loop + uvloop: {rate['bulk'] / rate['aiohttp-uvloop']:.2f}x the "
+          f"invoices/s at {cpu['bulk'] / cpu['aiohttp-uvloop']:.2f}x the CPU per invoice (medians of {args.rounds})")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", type=int, default=500)
     p.add_argument("--large", type=int, default=2500)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--clients", default="bare,bulk", help="comma-separated: bare, bulk")
+    p.add_argument("--wall", type=int, default=0, help="also a wall-clock side-by-side on this many invoices")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of --wall")
+    p.add_argument("--no-callgrind", action="store_true", help="only the --wall check")
     args = p.parse_args()
+    if args.wall:
+        wall(args)
+    if args.no_callgrind:
+        return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed", file=sys.stderr)
         return 2
