@@ -196,11 +196,12 @@ def invoice_totals(lines: Iterable[tuple[Decimal, Decimal, Decimal]], prices: st
 # two rounded amounts are computed once. Keyed by the quantum, the price mode and the three
 # amounts: Decimals that compare equal (1.0 and 1.00) give the very same rounded results, since
 # every result is quantized to the key's quantum. Bounded: emptied when full.
-_LINE_MEMO: dict[tuple[Decimal, bool, Decimal, Decimal, Decimal], tuple[Decimal, Decimal]] = {}
+_LineKey = tuple[Decimal, bool, Decimal, Decimal, Decimal]
+_LINE_MEMO: dict[_LineKey, tuple[Decimal, Decimal]] = {}
 _MEMO_SIZE = 4096
 
 
-def _memo(key: tuple[Decimal, bool, Decimal, Decimal, Decimal], pair: tuple[Decimal, Decimal]) -> tuple[Decimal, Decimal]:
+def _memo(key: _LineKey, pair: tuple[Decimal, Decimal]) -> tuple[Decimal, Decimal]:
     if len(_LINE_MEMO) >= _MEMO_SIZE:
         _LINE_MEMO.clear()
     _LINE_MEMO[key] = pair
