@@ -214,7 +214,12 @@ class RecordJob:
         return await self._session.send(req, stage=stage, recover=recover, refs=refs)
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
-        return await self._session.resolve(ns, key, factory)
+        # Once per record: a value already resolved is returned without a second coroutine.
+        session = self._session
+        cached = session.state.get(ns, key)
+        if cached is not None:
+            return cached
+        return await session.resolve(ns, key, factory)
 
     def stale(self, ns: str, key: str) -> str | None:
         return self._session.stale.get((ns, key))

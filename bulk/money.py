@@ -167,19 +167,45 @@ def invoice_totals(lines: Iterable[tuple[Decimal, Decimal, Decimal]], prices: st
     ctx = _CTX
     mul, div, add = ctx.multiply, ctx.divide, ctx.add
     first = second = q * 0
+    memo = _LINE_MEMO
     if prices == "net":  # first: net, second: tax
         for quantity, unit_price, tax_rate in lines:
-            net = mul(quantity, unit_price).quantize(q, None, ctx) or zero
-            first = add(first, net)
-            second = add(second, mul(net, tax_rate).scaleb(-2, ctx).quantize(q, None, ctx) or zero)
+            key = (q, True, quantity, unit_price, tax_rate)
+            pair = memo.get(key)
+            if pair is None:
+                net = mul(quantity, unit_price).quantize(q, None, ctx) or zero
+                pair = _memo(key, (net, mul(net, tax_rate).scaleb(-2, ctx).quantize(q, None, ctx) or zero))
+            first = add(first, pair[0])
+            second = add(second, pair[1])
         return _new_totals(first, second, add(first, second))
     if prices == "gross":  # first: gross, second: net
         for quantity, unit_price, tax_rate in lines:
-            gross = mul(quantity, unit_price).quantize(q, None, ctx) or zero
-            first = add(first, gross)
-            second = add(second, div(gross.scaleb(2, ctx), add(_HUNDRED, tax_rate)).quantize(q, None, ctx) or zero)
+            key = (q, False, quantity, unit_price, tax_rate)
+            pair = memo.get(key)
+            if pair is None:
+                gross = mul(quantity, unit_price).quantize(q, None, ctx) or zero
+                pair = _memo(key, (gross, div(gross.scaleb(2, ctx), add(_HUNDRED, tax_rate)).quantize(q, None, ctx)
+                                   or zero))
+            first = add(first, pair[0])
+            second = add(second, pair[1])
         return _new_totals(second, ctx.subtract(first, second), first)
     raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
+
+
+# Invoice lines repeat (a product at its list price, a quantity, a tax rate): each distinct line's
+# two rounded amounts are computed once. Keyed by the quantum, the price mode and the three
+# amounts: Decimals that compare equal (1.0 and 1.00) give the very same rounded results, since
+# every result is quantized to the key's quantum. Bounded: emptied when full.
+_LineKey = tuple[Decimal, bool, Decimal, Decimal, Decimal]
+_LINE_MEMO: dict[_LineKey, tuple[Decimal, Decimal]] = {}
+_MEMO_SIZE = 4096
+
+
+def _memo(key: _LineKey, pair: tuple[Decimal, Decimal]) -> tuple[Decimal, Decimal]:
+    if len(_LINE_MEMO) >= _MEMO_SIZE:
+        _LINE_MEMO.clear()
+    _LINE_MEMO[key] = pair
+    return pair
 
 
 class CurrencyTotals:

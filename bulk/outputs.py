@@ -152,8 +152,12 @@ class Outputs:
         return f
 
     def created(self, row: list[Any]) -> None:
+        # One search over the row's text cells instead of one call per cell: a control
+        # character in any of them (rare) escapes the row cell by cell, as before.
+        if _CONTROL.search("".join([cell for cell in row if isinstance(cell, str)])):
+            row = [escape_cell(cell) for cell in row]
         try:
-            self._id_csv.writerow([escape_cell(cell) for cell in (row[:-1] if self._legacy_id_map else row)])
+            self._id_csv.writerow(row[:-1] if self._legacy_id_map else row)
         except OSError as exc:
             raise OutputError(f"cannot append to id_map.csv: {exc.strerror or exc}") from None
 

@@ -64,6 +64,10 @@ CLIMB = 0.02
 CLIMB_EVERY = 0.1
 #: The lowest rate a cut goes to, as a share of R (the Retry-After pauses do the rest).
 FLOOR = 0.05
+#: A limit at or above this many requests per second (``--rate 1e9``: "no limit") gets no
+#: lane: no client sends that fast, so it could never make a request wait, and skipping it
+#: takes the limiter's bookkeeping off every request. A 429 still pauses and narrows.
+UNBOUNDED = 1e6
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -173,8 +177,9 @@ class Pacer:
         max_wait: float,
         burst: int | None = None,
     ) -> None:
-        self._lanes = {kind: Lane(rate, burst) for kind, rate in limits.items()}
+        self._lanes = {kind: Lane(rate, burst) for kind, rate in limits.items() if rate < UNBOUNDED}
         self._shared = self._lanes.get("*")
+        self._unpaced = not self._lanes  # no rate to keep: a free slot is all a request needs
         # fast_acquire: a free slot is taken without yielding to the event loop (the default
         # costs one extra loop turn per request; the request's own I/O yields anyway).
         self._cap = anyio.Semaphore(concurrency, fast_acquire=True)
@@ -385,7 +390,14 @@ class _Slot:
     async def __aenter__(self) -> float:
         """The loop time the request was let go at (for :meth:`Pacer.throttled`)."""
         pacer = self._pacer
-        await pacer._acquire(self._kind, self)
+        if pacer._unpaced and pacer._window is None and pacer._resume is None:
+            # Nothing to wait for but a slot: what _acquire would do, without its coroutine.
+            try:
+                pacer._cap.acquire_nowait()
+            except anyio.WouldBlock:
+                await pacer._acquire(self._kind, self)
+        else:
+            await pacer._acquire(self._kind, self)
         pacer._inflight += 1
         return pacer._loop.time()
 

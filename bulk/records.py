@@ -54,6 +54,7 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 # The common shapes, within every limit of _amount(): they skip its slower general checks.
 _PLAIN_AMOUNT = re.compile(r"-?[0-9]{1,12}(?:\.[0-9]{1,12})?")
 _AMOUNT_FIX = 'write it as a decimal string such as "12.50"'
+_ZERO, _THOUSAND = Decimal(0), Decimal(1000)  # compared with Decimals: no int conversion each time
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ def parse_record(raw: bytes, line_no: int) -> Record:
     data = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
     if data.endswith(b"\r"):
         data = data[:-1]
-    if not data.strip():
+    if not data or data.isspace():  # as ``not data.strip()``, without copying the line
         raise InvalidRecord(line_no, "(line)", "the line is empty", "remove it")
     try:
         obj = orjson.loads(data)
@@ -353,7 +354,9 @@ def _address(ln: int, value: Any) -> Address | None:
     parts = []
     for key, path in _ADDRESS_FIELDS:
         part = value.get(key)
-        if part is not None and not _plain(part, _SHORT):
+        # _plain(part, _SHORT) written out: six calls a record saved
+        if part is not None and not (type(part) is str and 0 < len(part) <= _SHORT and part.strip()
+                                     and part.isprintable()):
             part = _string(ln, path, value.get(key, _MISSING))
         parts.append(part)
     country = parts[-1]
@@ -387,36 +390,54 @@ def _customer(ln: int, value: Any) -> Customer:
     company = value.get("company")
     if company is not None and not _plain(company, _SHORT):
         company = _string(ln, "customer.company", company)
-    locale = _string(ln, "customer.locale", value.get("locale", _MISSING), max_len=35) or "en"
+    locale = value.get("locale")
+    if not _plain(locale, 35):
+        locale = _string(ln, "customer.locale", value.get("locale", _MISSING), max_len=35) or "en"
     if not _LOCALE.fullmatch(locale):
         raise InvalidRecord(ln, "customer.locale", f"is not a language tag: {_show(locale)}",
                             'use a code such as "en", "de" or "pt-BR"')
     return _new_customer(ext, email, name, company, locale, _address(ln, value.get("address", _MISSING)))
 
 
+def _cached_amount(value: Any) -> Decimal | None:
+    """The Decimal of an amount text (or int) already validated by `_amount`, else None."""
+    if type(value) is str:
+        return _AMOUNT_CACHE.get(value)
+    return _INT_AMOUNT_CACHE.get(value) if type(value) is int else None
+
+
 def _line(ln: int, i: int, value: Any) -> Line:
-    p = f"lines[{i}]"
+    # The field paths (f"lines[{i}]...") are built only on the way to a message: on a valid
+    # line, which is nearly every line, no string is formatted.
     if type(value) is not dict:
-        raise InvalidRecord(ln, p, f"must be an object, got {_got(value)}",
+        raise InvalidRecord(ln, f"lines[{i}]", f"must be an object, got {_got(value)}",
                             'write it as {"title": ..., "quantity": ..., "unit_price": ..., "tax_rate": ...}')
     title = value.get("title")
-    if not _plain(title, 185):
-        title = _string(ln, f"{p}.title", value.get("title", _MISSING), max_len=185, required=True)
+    # _plain(title, 185) written out: once per invoice line
+    if not (type(title) is str and 0 < len(title) <= 185 and title.strip() and title.isprintable()):
+        title = _string(ln, f"lines[{i}].title", value.get("title", _MISSING), max_len=185, required=True)
     description = value.get("description")
     if description is not None and not _plain(description, _LONG):
-        description = _string(ln, f"{p}.description", description, max_len=_LONG, multiline=True)
-    quantity = _amount(ln, f"{p}.quantity", value.get("quantity", _MISSING))
-    if quantity <= 0:
-        raise InvalidRecord(ln, f"{p}.quantity", f"must be greater than 0, got {quantity}",
+        description = _string(ln, f"lines[{i}].description", description, max_len=_LONG, multiline=True)
+    raw = value.get("quantity", _MISSING)
+    quantity = _cached_amount(raw) or _amount(ln, f"lines[{i}].quantity", raw)  # a cached one is never 0
+    if quantity <= _ZERO:
+        raise InvalidRecord(ln, f"lines[{i}].quantity", f"must be greater than 0, got {quantity}",
                             "use a positive quantity; for a discount make unit_price negative")
-    unit_price = _amount(ln, f"{p}.unit_price", value.get("unit_price", _MISSING))
-    tax_rate = _amount(ln, f"{p}.tax_rate", value.get("tax_rate", _MISSING))
-    if not 0 <= tax_rate <= 1000:
-        raise InvalidRecord(ln, f"{p}.tax_rate", f"must be between 0 and 1000 percent, got {tax_rate}",
+    raw = value.get("unit_price", _MISSING)
+    unit_price = _cached_amount(raw)
+    if unit_price is None:
+        unit_price = _amount(ln, f"lines[{i}].unit_price", raw)
+    raw = value.get("tax_rate", _MISSING)
+    tax_rate = _cached_amount(raw)
+    if tax_rate is None:
+        tax_rate = _amount(ln, f"lines[{i}].tax_rate", raw)
+    if not _ZERO <= tax_rate <= _THOUSAND:
+        raise InvalidRecord(ln, f"lines[{i}].tax_rate", f"must be between 0 and 1000 percent, got {tax_rate}",
                             'write the rate in percent, e.g. "19" for 19 %')
     item_ref = value.get("item_ref")
     if item_ref is not None and not _plain_exact(item_ref, 100):
-        item_ref = _string(ln, f"{p}.item_ref", item_ref, max_len=100, exact=True)
+        item_ref = _string(ln, f"lines[{i}].item_ref", item_ref, max_len=100, exact=True)
     return _new_line(title, description, quantity, unit_price, tax_rate, item_ref)
 
 
@@ -444,14 +465,16 @@ def _build(obj: Any, ln: int) -> Record:
         raise InvalidRecord(ln, "issue_date", f"is required when status is {status}",
                             "add issue_date as YYYY-MM-DD, or set status to draft")
     due_date = _date(ln, "due_date", obj.get("due_date", _MISSING))
-    notes = _string(ln, "notes", obj.get("notes", _MISSING), max_len=_LONG, multiline=True)
+    notes = obj.get("notes")
+    if notes is not None and not _plain(notes, _LONG):
+        notes = _string(ln, "notes", obj.get("notes", _MISSING), max_len=_LONG, multiline=True)
     lines = obj.get("lines", _MISSING)
     if type(lines) is not list or not lines:
         if lines is _MISSING or lines is None:
             raise _absent(ln, "lines", lines, "add a non-empty array of line objects")
         what = "is empty" if lines == [] else f"must be an array, got {_got(lines)}"
         raise InvalidRecord(ln, "lines", what, "give a non-empty array of line objects")
-    parsed = tuple(_line(ln, i, item) for i, item in enumerate(lines))
+    parsed = tuple([_line(ln, i, item) for i, item in enumerate(lines)])
     extra = obj.get("extra", _MISSING)
     if extra is _MISSING or extra is None:
         extra = {}

@@ -181,3 +181,28 @@ def test_recently_withdrawn_currencies_are_valid_history_for_backfills() -> None
         assert is_currency(code) and minor_units(code) == 2
     assert is_currency("BYR") and minor_units("BYR") == 0
     assert not is_currency("XAU") and not is_currency("XYZ")
+
+
+def test_invoice_totals_memo_gives_the_computed_digits() -> None:
+    """invoice_totals remembers each distinct line's rounded amounts; a line met again, or met
+    in another spelling of the same values (1.0 and 1.00, -0 and 0), must give exactly the
+    digits line_totals computes for it, in every currency exponent and both price modes."""
+    from bulk.money import invoice_totals
+
+    rng = random.Random(11)
+    spellings = [["1", "1.0", "1.00"], ["0", "-0", "0.000"], ["19", "19.0"], ["7", "7.000"], ["2.5", "2.50"],
+                 ["0.333", "0.3330"], ["-12.345", "-12.3450"], ["99.995", "99.9950"], ["1000", "1E+3"]]
+    for _ in range(400):
+        currency = rng.choice(["EUR", "JPY", "KWD", "CLF"])
+        prices = rng.choice(["net", "gross"])
+        lines = []
+        for _ in range(rng.randint(1, 4)):
+            qty, price, rate = (Decimal(rng.choice(rng.choice(spellings))) for _ in range(3))
+            lines.append((abs(qty) or Decimal(1), price, abs(rate)))
+        expected = Totals.zero(currency)
+        for qty, price, rate in lines:
+            expected = expected + line_totals(qty, price, rate, prices, currency)
+        for _ in range(2):  # the second time every line comes from the memo
+            got = invoice_totals(lines, prices, currency)
+            assert (str(got.net), str(got.tax), str(got.gross)) == (str(expected.net), str(expected.tax),
+                                                                     str(expected.gross)), (lines, prices, currency)

@@ -18,6 +18,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from .._frozen import constructor
 from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
@@ -28,6 +29,7 @@ from .base import Created, Job, RunJob, Target
 __all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+_new_created = constructor(Created)  # once per invoice: without the frozen __init__'s cost (bulk._frozen)
 
 
 def idempotency_key(kind: str, external_id: str) -> str:
@@ -145,12 +147,8 @@ class AgiledTarget(Target):
             return await self._existing(job, stored, body, contact_id)
         data = reply.json()["data"]
         total = data.get("total")
-        return Created(
-            invoice_id=str(data["id"]),
-            customer_id=contact_id,
-            status=data.get("status"),
-            reported_gross=Decimal(str(total)) if total is not None else None,
-        )
+        return _new_created(str(data["id"]), contact_id, data.get("status"),
+                            Decimal(str(total)) if total is not None else None, False, None)
 
     async def _existing(self, job: Job, stored: dict[str, Any], body: dict[str, Any], contact_id: str) -> Created:
         action, now = await settle_invoice(self, job, stored, body, ours=job.maybe_sent_before)
