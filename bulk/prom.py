@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import ConfigError
-from .latency import Latency
+from .latency import Latency, buckets
 
 __all__ = ["MetricsServer", "families"]
 
@@ -30,24 +30,26 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 
 
 def _buckets(h: HdrHistogram) -> tuple[list[tuple[str, float]], float]:
-    """Cumulative (le, count) pairs and the sum in seconds."""
+    """Cumulative (le, count) pairs and the sum in seconds (each bucket's values counted at its
+    middle, as the summary's mean). One pass over the non-empty buckets (bulk.latency.buckets):
+    this runs once a second on the run's event loop, so it must not walk every sub-bucket."""
     bounds = [int(b * 1e6) for b in BUCKETS]
     below = [0] * len(bounds)  # values in (bound[i-1], bound[i]]
     i = 0
-    for item in h.get_recorded_iterator():  # in increasing value order
-        value = item.value_iterated_to
-        while i < len(bounds) and value > bounds[i]:
+    weighted = 0
+    for low, top, n in buckets(h):  # in increasing value order
+        weighted += n * ((low + top + 1) // 2)
+        while i < len(bounds) and top > bounds[i]:
             i += 1
-        if i == len(bounds):
-            break
-        below[i] += item.count_added_in_this_iter_step
+        if i < len(bounds):
+            below[i] += n
     total = h.get_total_count()
     pairs, running = [], 0
-    for bound, n in zip(BUCKETS, below):
+    for bound, n in zip(BUCKETS, below, strict=True):
         running += n
         pairs.append((f"{bound:g}", float(running)))
     pairs.append(("+Inf", float(total)))
-    return pairs, h.get_mean_value() * total / 1e6
+    return pairs, weighted / 1e6
 
 
 def families(latency: Latency, traffic: dict[str, int], records: dict[str, int], late_starts: int) -> list[Metric]:
