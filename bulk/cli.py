@@ -379,13 +379,17 @@ async def _upload(args: argparse.Namespace) -> int:
     _check_paths(config)
     if config.dry_run:
         return await _dry_run(config, cls)
+    from .procs import job_processes
+
+    processes = job_processes(config)  # usage errors of N processes, a resumed job's N included
     target: Target | None = None
     if config.base_url is not None:  # a missing credential is said before any bar is drawn
         target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
                      options={**config.options, ON_EXISTING_KEY: config.on_existing})
     metrics = None
-    if args.metrics_port is not None and config.processes > 1:
-        raise ConfigError("--metrics-port serves one process's figures: drop --processes (or give --processes 1)")
+    if args.metrics_port is not None and processes > 1:
+        raise ConfigError(f"--metrics-port serves one process's figures, and {config.out} is a job of {processes} "
+                          "processes: use a new --out without --processes")
     if args.metrics_port is not None:  # a port in use is a usage error, said before anything starts
         from .prom import MetricsServer
 
@@ -462,11 +466,14 @@ def worker_main() -> int:
     task = read_task()
     try:
         result = anyio.run(run_worker, task, backend_options=loop_options())
-    except ConfigError as exc:
-        _say(f"error: {exc}")
-        return EXIT_USAGE
     except BulkError as exc:
-        _say(f"stopped: {exc}")
+        from .errors import redact_error
+        from .transport import redactor
+
+        redact_error(exc, redactor(task.credentials.values()))  # at the output boundary, as the engine's own
+        _say(f"{'error' if isinstance(exc, ConfigError) else 'stopped'}: {exc}")
+        if isinstance(exc, ConfigError):
+            return EXIT_USAGE
         return EXIT_ABORTED
     if result.error is not None:
         cls = get_target(task.target)

@@ -81,7 +81,9 @@ def _load(run_dir: Path, partial: bool = False) -> _Shard | None:
 def _check_one_job(shards: list[_Shard], partial: bool = False) -> None:
     first = shards[0]
     for s in shards[1:]:
-        for key, what in (("input", "input file"), ("target", "target")):
+        # shard_by: shards split by different rules (an earlier version split by external id)
+        # would hold some records twice and miss others
+        for key, what in (("input", "input file"), ("target", "target"), ("shard_by", "split rule")):
             if s.checkpoint.get(key) != first.checkpoint.get(key):
                 raise ConfigError(f"{s.dir} and {first.dir} are shards of different {what}s "
                                   f"({s.checkpoint.get(key)} vs {first.checkpoint.get(key)}): merge the shards of "

@@ -69,6 +69,11 @@ __all__ = ["Run", "RunResult"]
 VERSION = 1
 
 
+#: how records are assigned to shards (recorded in each shard's checkpoint; bulk merge checks it):
+#: by the target's affinity key (the customer), so one process resolves each customer
+SHARD_BY = "affinity"
+
+
 @dataclass(slots=True)
 class RunResult:
     exit_code: int
@@ -139,6 +144,11 @@ class Run:
             raise ConfigError(f"{self.out} is a {cp.get('target')} job: use --target {cp.get('target')} or a new --out")
         if cp.get("shard") != (str(c.shard) if c.shard else None):
             raise ConfigError(f"{self.out} was started with --shard {cp.get('shard')}: use the same shard")
+        if c.shard and cp.get("shard_by") != SHARD_BY:
+            # Earlier versions split records by external id: resuming such a shard with today's
+            # split would skip some records and repeat others.
+            raise ConfigError(f"{self.out} is a shard of a job an earlier version of bulk split by external id: "
+                              "finish it with that version, or start the whole job again in new directories")
 
     def _restore(self, cp: dict[str, Any]) -> tuple[int, int]:
         self.tally = Tally.from_json(cp["tally"])
@@ -160,6 +170,7 @@ class Run:
             "target": self.config.target,
             "input": self._fingerprint,
             "shard": str(self.config.shard) if self.config.shard else None,
+            "shard_by": SHARD_BY if self.config.shard else None,
             "watermark": [self._tracker.offset, self._tracker.line],
             # The earlier runs' finished lines this run's producer has not re-read yet are
             # still finished: forgetting them would have the next run redo, and record

@@ -44,9 +44,11 @@ import orjson
 
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
+from .existing import ON_EXISTING_KEY
 from .merge import merge_runs
 from .outputs import write_atomic
 from .progress import ProgressSink, Status
+from .refs import OPTION as CREATE_MISSING
 from .tally import Tally
 from .targets.base import Target
 
@@ -103,6 +105,16 @@ def job_processes(config: UploadConfig) -> int:
     if n > 1 and config.shard is not None:
         raise ConfigError("--processes N runs the shards of a job itself: use it without --shard, or run each "
                           "--shard K/N with one process")
+    if n > 1:  # also for a resumed N-process job run without --processes (auto resumes its N)
+        one = "--threshold" if config.thresholds else "--arrival-rate" if config.arrival_rate else None
+        if one:
+            raise ConfigError(f"{one} is judged in one process, and {config.out} is a job of {n} processes: "
+                              "use a new --out without --processes")
+        if "items" in str(config.options.get(CREATE_MISSING, "")).split(","):
+            # Items are shared by every customer, hence by every shard: two processes could
+            # each find an item missing and create it (single flight holds within one process).
+            raise ConfigError(f"--create-missing items needs one process ({config.out} is a job of {n} "
+                              "processes): use a new --out without --processes")
     return n
 
 
@@ -123,7 +135,8 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
         config=dataclasses.replace(config, out=d, shard=Shard(k, n), processes=1,
                                    concurrency=max(1, round(config.concurrency / n))),
         target=config.target, base_url=target.base_url, credentials=target.credentials,
-        options=target.options, default_limits=target.default_limits, parent_pid=os.getpid(),
+        options={**target.options, ON_EXISTING_KEY: target.on_existing},  # Target took it out of options
+        default_limits=target.default_limits, parent_pid=os.getpid(),
     ) for k, d in enumerate(dirs)]
     if progress is not None:
         progress.note(f"{n} upload processes, one per shard of the job (in {out / 'shards'}), merged into {out}")
@@ -197,7 +210,7 @@ async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:
             except (OSError, ValueError):
                 continue  # not started yet, or being replaced: next tick
             r = s.get("records", {})
-            for key in ("read", "created", "existing", "rejected", "failed", "uncertain"):
+            for key in ("read", "created", "existing", "updated", "unchanged", "rejected", "failed", "uncertain"):
                 setattr(tally, key, getattr(tally, key) + int(r.get(key, 0)))
             for key in traffic:
                 traffic[key] += int(s.get(key, 0))

@@ -72,7 +72,9 @@ def _header(s: dict[str, Any]) -> str:
                  + (f", {_e(s['processes'])} upload process(es)" if s.get("processes") else "")),
     ]
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in facts)
-    names = ("read", "created", "existing", "already_done", "rejected", "failed", "uncertain")
+    names: tuple[str, ...] = ("read", "created", "existing", "already_done", "rejected", "failed", "uncertain")
+    if r.get("updated") or r.get("unchanged"):  # --on-existing update: counted apart from created
+        names = (*names[:3], "updated", "unchanged", *names[3:])
     counts = "".join(f'<div class="count {n}"><b>{_e(r.get(n, 0))}</b>{escape(n.replace("_", " "))}</div>'
                      for n in names)
     extra = ""
@@ -90,7 +92,9 @@ def _header(s: dict[str, Any]) -> str:
         extra += "<h3>Merged shards</h3>" + _table(
             ["shard", "run directory", "read", "created", "rejected", "failed", "uncertain"], rows)
     bad = sum(r.get(n, 0) for n in ("rejected", "failed", "uncertain") if isinstance(r.get(n, 0), int))
-    verdict = (f'<p class="verdict">{_e(r.get("created"))} of {_e(r.get("read"))} records created'
+    changed = (f', {_e(r.get("updated"))} updated, {_e(r.get("unchanged"))} unchanged'
+               if r.get("updated") or r.get("unchanged") else "")
+    verdict = (f'<p class="verdict">{_e(r.get("created"))} of {_e(r.get("read"))} records created{changed}'
                + (f'; <span class="unmet">{bad} not</span> (see Failures by reason)' if bad else "") + ".</p>")
     return (f'<header><h1>bulk run: {_e(s.get("target"))} ← {_e(s.get("input"))}</h1>{verdict}'
             f'<dl class="facts">{dl}</dl><div class="counts">{counts}</div>{extra}</header>')

@@ -13,7 +13,10 @@ import random
 import signal
 import sqlite3
 import time
+from decimal import Decimal
 from pathlib import Path
+
+import orjson
 
 import pytest
 from harness import (
@@ -38,6 +41,7 @@ from harness import (
 from hostile_proxy import HostileProxy
 
 from bulk.config import Shard, UploadConfig
+from bulk.generate import generate
 from bulk.procs import WorkerTask
 import bulk.targets
 
@@ -258,3 +262,59 @@ def test_a_job_keeps_its_number_of_processes(tmp_path: Path) -> None:
         sharded = cli(upload_args(sb, src, tmp_path / "sharded", "--processes", "2", "--shard", "0/2"), sb.env)
         assert sharded.returncode == 2 and "without --shard" in sharded.stderr, sharded.stderr
 
+
+
+def test_a_resumed_n_process_job_refuses_what_needs_one_process(tmp_path: Path) -> None:
+    """A job of N processes resumed without --processes (auto resumes its N) still refuses the
+    options judged in one process, before anything starts (exit 2), as an explicit
+    --processes N does."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    write_input(src, 20, seed=901)
+    with SandboxServer("agiled") as sb:
+        assert cli(upload_args(sb, src, out, "--processes", "2"), sb.env).returncode == 0
+        before = sb.state()["requests"]["total"]
+        for extra in (["--threshold", "write.p99<1ms"], ["--arrival-rate", "10"], ["--metrics-port", "0"]):
+            done = cli(upload_args(sb, src, out, *extra), sb.env)
+            assert done.returncode == 2, (extra, done.stderr)
+            assert "a job of 2 processes" in done.stderr, done.stderr
+        assert sb.state()["requests"]["total"] == before  # nothing was sent
+
+
+def test_on_existing_reaches_every_upload_process(tmp_path: Path) -> None:
+    """--on-existing update with --processes 2: the workers update what the API holds, as one
+    process does (the option is taken out of the target's options, so it must be handed on)."""
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    lines = [orjson.loads(line) for line in generate(20, seed=902)]
+    first.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in lines))
+    for d in [d for d in lines if d.get("status") != "paid"][:5]:  # Agiled refuses to change a paid one
+        d["lines"][0]["unit_price"] = str(Decimal(str(d["lines"][0]["unit_price"])) + 1)
+    second.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in lines))
+    with SandboxServer("agiled") as sb:
+        assert cli(upload_args(sb, first, tmp_path / "run1"), sb.env).returncode == 0
+        done = cli(upload_args(sb, second, tmp_path / "run2", "--processes", "2", "--on-existing", "update"), sb.env)
+        assert done.returncode == 0, done.stderr
+        r = summary(tmp_path / "run2")["records"]
+        assert (r["updated"], r["unchanged"]) == (5, 15), r
+        actions = {row["external_id"]: row["action"] for row in read_id_map(tmp_path / "run2")}
+        assert sorted(a for a in actions.values()) == ["unchanged"] * 15 + ["updated"] * 5
+
+
+def test_a_shard_split_by_an_earlier_rule_is_refused_on_resume_and_in_merge(tmp_path: Path) -> None:
+    """Earlier versions split records among shards by external id; today by the customer. A
+    shard checkpoint without today's rule is refused on resume and by bulk merge (resuming it
+    would repeat some records and skip others)."""
+    src = tmp_path / "in.ndjson"
+    write_input(src, 20, seed=903)
+    shards = [tmp_path / f"s{k}" for k in range(2)]
+    with SandboxServer("agiled") as sb:
+        for k, out in enumerate(shards):
+            assert cli(upload_args(sb, src, out, "--shard", f"{k}/2"), sb.env).returncode == 0
+        with sqlite3.connect(shards[1] / "state.db") as db:  # as an earlier version wrote it
+            (doc,) = db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
+            cp = orjson.loads(doc)
+            del cp["shard_by"]
+            db.execute("UPDATE meta SET v=? WHERE k='checkpoint'", (orjson.dumps(cp),))
+        done = cli(upload_args(sb, src, shards[1], "--shard", "1/2"), sb.env)
+        assert done.returncode == 2 and "earlier version" in done.stderr, done.stderr
+        merged = cli(["merge", *map(str, shards), "--out", str(tmp_path / "m")], sb.env)
+        assert merged.returncode == 2 and "split rule" in merged.stderr, merged.stderr
