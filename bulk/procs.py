@@ -44,6 +44,7 @@ import orjson
 
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
+from .existing import ON_EXISTING_KEY
 from .merge import merge_runs
 from .outputs import write_atomic
 from .progress import ProgressSink, Status
@@ -123,7 +124,9 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
         config=dataclasses.replace(config, out=d, shard=Shard(k, n), processes=1,
                                    concurrency=max(1, round(config.concurrency / n))),
         target=config.target, base_url=target.base_url, credentials=target.credentials,
-        options=target.options, default_limits=target.default_limits, parent_pid=os.getpid(),
+        # Target keeps --on-existing out of its options (as Target.on_existing): hand it over too
+        options={**target.options, ON_EXISTING_KEY: target.on_existing},
+        default_limits=target.default_limits, parent_pid=os.getpid(),
     ) for k, d in enumerate(dirs)]
     if progress is not None:
         progress.note(f"{n} upload processes, one per shard of the job (in {out / 'shards'}), merged into {out}")

@@ -343,3 +343,60 @@ def test_a_create_answered_just_before_a_kill_is_listed_once(target: str, tmp_pa
     listed = [_customer_key(target, r) for r in created_refs(out)]
     assert sorted(listed) == sorted(expected(target)), listed  # every one the job created, once
     assert sum(summary(out)["created_refs"].values()) == len(listed)
+
+
+def _listed_once(target: str, out: Path) -> None:
+    """created_refs.csv of ``out`` lists every reference of the export once, and the summary counts those rows."""
+    rows = created_refs(out)
+    listed = [_customer_key(target, r) for r in rows]
+    assert sorted(listed) == sorted(expected(target)), listed
+    kinds = Counter(r["kind"] for r in rows)
+    assert summary(out)["created_refs"] == {k: kinds.get(k, 0) for k in ("customer", "item", "account")}
+
+
+@pytest.mark.parametrize("target", ["chargeover", "coperniq"])
+def test_two_processes_list_each_created_reference_once(target: str, tmp_path: Path) -> None:
+    """``--processes 2``: the shards share the SKUs (and may both list an account one created and
+    the other found by its title); the merged created_refs.csv lists each reference once."""
+    path = tmp_path / "export.ndjson"
+    export(path, n=16)
+    out = tmp_path / "run"
+    with SandboxServer(target) as sb:
+        done = cli(args(target, sb.base_url, path, out, "--processes", "2", "--concurrency", "4",
+                        *creating(target)), sb.env)
+        assert done.returncode == 0, done.stderr
+        counts = made(target, sb.state())
+    assert set(counts) == expected(target) and set(counts.values()) == {1}, counts
+    assert summary(out)["processes"] == 2
+    _listed_once(target, out)
+    assert "created what the invoices referenced:" in done.stderr
+    # the shards' own lists together hold every reference (the merge lost none)
+    shards = sorted((out / "shards").iterdir())
+    assert len(shards) == 2
+    assert {_customer_key(target, r) for d in shards for r in created_refs(d)} == expected(target)
+
+
+def test_shards_merged_list_each_created_reference_once(tmp_path: Path) -> None:
+    """``--shard K/2`` side by side, then ``bulk merge``: one created_refs.csv, counts from its
+    rows; a shard's list changed after its run is refused as the other outputs are."""
+    target = "coperniq"
+    path = tmp_path / "export.ndjson"
+    export(path, n=16)
+    with SandboxServer(target) as sb:
+        procs = [start_cli(args(target, sb.base_url, path, tmp_path / f"s{k}", "--shard", f"{k}/2",
+                                *creating(target)), sb.env) for k in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        counts = made(target, sb.state())
+    assert set(counts) == expected(target) and set(counts.values()) == {1}, counts
+    merged = tmp_path / "merged"
+    done = cli(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(merged)], {})
+    assert done.returncode == 0, done.stderr
+    _listed_once(target, merged)
+    parts = [summary(tmp_path / f"s{k}")["created_refs"] for k in range(2)]
+    assert sum(sum(p.values()) for p in parts) >= len(created_refs(merged))
+    with open(tmp_path / "s1" / "created_refs.csv", "a", encoding="utf-8") as f:
+        f.write("item,SKU-9999,77\n")
+    again = cli(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m2")], {})
+    assert again.returncode == 2 and "changed after its run" in again.stderr, again.stderr
