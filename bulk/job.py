@@ -21,6 +21,7 @@ from .transport import BaseTransport, Reply, Request
 
 if TYPE_CHECKING:
     from .checkpoint import StateStore
+    from .marks import MarkLog
     from .records import Record
     from .targets.base import Created, Target
 
@@ -58,8 +59,10 @@ class Session:
         attempts: int,
         item_concurrency: int,
         backoff: Backoff | None = None,
+        marks: MarkLog | None = None,
     ) -> None:
         self.transport = transport
+        self.marks = marks  # write-ahead marks (bulk.marks); None: nothing survives the run
         self.pacer = pacer
         self.target = target
         self.state = state
@@ -192,6 +195,14 @@ class SessionJob:
     def remembered(self, ns: str) -> dict[str, str]:
         return self._session.state.items(ns)
 
+    async def mark(self, ns: str, key: str) -> None:
+        if self._session.marks is not None:
+            await self._session.marks.mark(ns, key)
+
+    def marked_before(self, ns: str, key: str) -> bool:
+        marks = self._session.marks
+        return marks is not None and marks.marked_before(ns, key)
+
 
 class RecordJob:
     """The :class:`bulk.targets.Job` for one record."""
@@ -229,6 +240,14 @@ class RecordJob:
 
     def remembered(self, ns: str) -> dict[str, str]:
         return self._session.state.items(ns)
+
+    async def mark(self, ns: str, key: str) -> None:
+        if self._session.marks is not None:
+            await self._session.marks.mark(ns, key)
+
+    def marked_before(self, ns: str, key: str) -> bool:
+        marks = self._session.marks
+        return marks is not None and marks.marked_before(ns, key)
 
 
 async def upload(target: Target, job: RecordJob) -> Created:

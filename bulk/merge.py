@@ -7,6 +7,8 @@ outputs are disjoint. Merging therefore concatenates and adds up:
 - ``id_map.csv`` and ``failed_reasons.csv``: the header once, then every shard's rows in
   shard order (line numbers are the input's, the same for every shard);
 - ``failed.ndjson``: every shard's lines, verbatim, ready to fix and re-feed;
+- ``created_refs.csv`` and the summary's ``created_refs``: the shards' rows, once per kind and
+  key (shards share references), counted from those rows;
 - ``summary.json``: the counts, request counters and money totals summed (totals exactly, as
   :class:`~bulk.tally.Tally` merges them), elapsed time the longest shard's (they ran side by
   side), and one entry per shard;
@@ -45,6 +47,9 @@ from .errors import ConfigError
 from .latency import Latency
 from .timeline import HEADER
 from .outputs import ID_MAP_HEADER, LEGACY_ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
+from .refs import FILE as REFS_FILE
+from .refs import HEADER as REFS_HEADER
+from .refs import LISTED_KINDS as REFS_KINDS
 from .tally import Tally
 
 __all__ = ["merge_runs"]
@@ -228,6 +233,8 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
                           f"{tally.mapped} invoices (created, updated, unchanged): a shard directory was changed "
                           "after its run")
 
+    created_refs = _merge_created_refs(shards, out)
+
     elapsed = max(float(s.checkpoint["elapsed"]) for s in shards)
     summaries = [_summary_of(s.dir) for s in shards]
     input_path = summaries[0].get("input")
@@ -248,6 +255,7 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
             "rejected": tally.rejected, "failed": tally.failed, "uncertain": tally.uncertain,
         },
         "totals": tally.totals.to_json(),
+        "created_refs": created_refs,
         "mismatches": {"count": tally.mismatch_count, "first": tally.mismatches},
         **traffic,
         "elapsed_seconds": round(elapsed, 3),
@@ -265,6 +273,34 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
     summary.update(extra or {})
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
+
+
+def _merge_created_refs(shards: list[_Shard], out: Path) -> dict[str, int]:
+    """One ``created_refs.csv``: every shard's rows (each read up to its checkpoint's size),
+    one per kind and key: shards share references (an item many invoices name), and a shard
+    whose create found another shard's object may list it too. The counts are those rows'."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for s in shards:
+        if not (s.dir / REFS_FILE).is_file():
+            continue  # a shard of a version before --create-missing: it created none it listed
+        with open(s.dir / REFS_FILE, "rb") as f:
+            data = f.read(_size(s, REFS_FILE))
+        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+        head = next(reader, None)
+        if head is not None and head != REFS_HEADER:
+            raise ConfigError(f"{s.dir / REFS_FILE} does not start with the expected header: not a bulk output")
+        for row in reader:
+            if len(row) == len(REFS_HEADER):
+                rows.setdefault((row[0], row[1]), row)
+    body = io.StringIO()
+    writer = csv.writer(body, lineterminator="\n")
+    writer.writerow(REFS_HEADER)
+    writer.writerows(rows.values())
+    write_atomic(out / REFS_FILE, body.getvalue().encode("utf-8"))
+    counts = dict.fromkeys(REFS_KINDS, 0)
+    for kind, _ in rows:
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _merge_timelines(shards: list[Any], out: Path) -> None:

@@ -53,6 +53,7 @@ from .job import RecordJob, Session, SessionJob, failure, upload
 from .latency import INTENDED
 from .measure import Measure
 from .outputs import Outputs
+from .marks import MarkLog
 from .refs import CREATED_NS, RefsFile
 from .refs import FILE as REFS_FILE
 from .pacing import Pacer
@@ -112,6 +113,7 @@ class Run:
         self._reconciled: dict[str, Any] | None = None  # what target.finish reported
         self._work_scope: CancelScope | None = None
         self._refs: RefsFile | None = None  # created_refs.csv, opened with the job
+        self._marks: MarkLog | None = None  # marks.log: write-ahead notes of reference creates
 
     # --- setup -------------------------------------------------------------------------------
     def _open_job(self) -> tuple[StateStore, Outputs, dict[str, Any] | None]:
@@ -131,6 +133,7 @@ class Run:
         # created_refs.csv (--create-missing): a row per reference first remembered as created
         self._refs = RefsFile(self.out, cp["outputs"] if cp else None, state.items(CREATED_NS))
         state.on_new[CREATED_NS] = self._refs.add
+        self._marks = MarkLog(self.out)
         return state, outputs, cp
 
     def _check_same_job(self, cp: dict[str, Any]) -> None:
@@ -458,7 +461,8 @@ class Run:
             async with Transport(self.target.base_url, headers=self.target.headers(), timeout=c.timeout,
                                  connections=c.concurrency, secrets=self.target.secrets()) as transport:
                 self._session = Session(transport=transport, pacer=pacer, target=self.target, state=self._state,
-                                        attempts=c.attempts, item_concurrency=c.item_concurrency)
+                                        attempts=c.attempts, item_concurrency=c.item_concurrency,
+                                        marks=self._marks)
                 self._session.latency = self.measure.latency
                 self.measure.open_timeline(self.out, self._counters())
                 error = await self._run_tasks(handle_signals)
@@ -480,6 +484,8 @@ class Run:
             self._outputs.close()
             if self._refs is not None:
                 self._refs.close()
+            if self._marks is not None:
+                self._marks.close()
             self._state.close()
             self.measure.close()
         summary = self.summary()

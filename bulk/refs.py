@@ -16,9 +16,11 @@ like any resolved id. What this job created is remembered under :data:`CREATED_N
 in the same checkpoint, so the two agree after any crash, and a resumed run that finds the
 object again (it was created before the kill) does not list it twice.
 
-Known gap: an object created in the last second before a SIGKILL (after its answer, before
-the checkpoint) is found by the resumed run's lookup and used, but not listed as created by
-this job (the API holds it once; only the listing misses it).
+A create whose answer came in the last second before a SIGKILL (after the answer, before the
+checkpoint) is listed too: the target marks every create durably before sending it
+(:func:`begin_create`, a fsynced line of ``marks.log``, see :mod:`bulk.marks`), and when a later
+run finds the object (its lookup, or a create refused because the key is taken) it asks
+:func:`found` whether an earlier run of this job began that create: then it is listed, once.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ from .errors import ConfigError, OutputError
 from .outputs import escape_cell
 
 if TYPE_CHECKING:
-    from .targets.base import Job, Target
+    from .targets.base import RunJob, Target
 
 __all__ = ["KINDS", "OPTION", "CREATED_NS", "FILE", "HEADER", "parse_kinds", "check_kinds", "kinds_of",
-           "record_created", "RefsFile"]
+           "record_created", "begin_create", "found", "RefsFile"]
 
 KINDS = ("customers", "items")
 OPTION = "create_missing"  # the target option the CLI flag travels in (to upload processes too)
 CREATED_NS = "created"
+BEGUN_NS = "create"  # the marks (bulk.marks) of the creates this job began
 FILE = "created_refs.csv"
 HEADER = ["kind", "key", "api_id"]
+LISTED_KINDS = ("customer", "item", "account")  # the kind column's values (the summary's keys)
 
 
 def parse_kinds(text: str) -> frozenset[str]:
@@ -76,9 +80,24 @@ def kinds_of(cls: type[Target], options: dict[str, Any]) -> frozenset[str]:
     return kinds | cls.default_create
 
 
-def record_created(job: Job, kind: str, key: str, api_id: str) -> None:
+def record_created(job: RunJob, kind: str, key: str, api_id: str) -> None:
     """Say that this job created ``kind`` ``key`` (``customer``, ``item``, ``account``)."""
     job.remember(CREATED_NS, f"{kind}:{key}", api_id)
+
+
+async def begin_create(job: RunJob, kind: str, key: str) -> None:
+    """Call before every create of ``kind`` ``key`` is sent: marks it durably, so a run killed
+    after the create's answer (before its checkpoint) lists it when resumed (:func:`found`)."""
+    await job.mark(BEGUN_NS, f"{kind}:{key}")
+
+
+def found(job: RunJob, kind: str, key: str, api_id: str) -> None:
+    """Call when the API already holds ``kind`` ``key`` (a lookup found it, or a create was
+    refused because the key is taken): if an earlier run of this job began creating it, the
+    object is this job's creation (its answer came after that run's last checkpoint) and is
+    listed, once (``record_created`` adds a row only for a ref not yet remembered)."""
+    if job.marked_before(BEGUN_NS, f"{kind}:{key}"):
+        record_created(job, kind, key, api_id)
 
 
 class RefsFile:
@@ -129,7 +148,7 @@ class RefsFile:
             raise OutputError(f"cannot sync {FILE}: {exc.strerror or exc}") from None
 
     def summary(self) -> dict[str, int]:
-        return {kind: self.counts.get(kind, 0) for kind in ("customer", "item", "account")}
+        return {kind: self.counts.get(kind, 0) for kind in LISTED_KINDS}
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

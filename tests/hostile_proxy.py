@@ -34,6 +34,10 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   its run meanwhile, because it waits for that answer.
 - ``release_after(hold, k)``: release the hold when the k-th request from now arrives (the
   next run's k-th request, say), before that request goes on.
+- ``hold_next_after(match)``: once a request for which ``match(method, path, body)`` is true
+  has been answered (forwarded, its answer passed on), the next request to arrive is held as
+  by ``hold_after`` (a client that sends one request at a time sends it after reading that
+  answer: kill it then, and it died between an answer and its next step).
 - ``drain()``: wait until no forward is in flight (nothing more can land at the server).
 - ``gate(match)``: every request for which ``match(method, path, body)`` is true is stopped
   at the proxy (fate ``held``; ``gate.reached`` is set when the first arrives) and never
@@ -155,6 +159,8 @@ class HostileProxy:
         self._watchers: dict[int, list[Callable[[], None]]] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._gates: list[Gate] = []
+        self._after: list[tuple[Callable[[str, str, bytes], bool], Hold]] = []  # hold_next_after, not armed
+        self._armed: list[Hold] = []  # held by the next request to arrive
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True, name="hostile-proxy")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -222,6 +228,13 @@ class HostileProxy:
             self._holds[hold.number] = hold
             self._unreleased.add(hold.number)
             self._all_holds[hold.number] = hold
+        return hold
+
+    def hold_next_after(self, match: Callable[[str, str, bytes], bool]) -> Hold:
+        """Hold the first request to arrive after the answer to one matching ``match`` was passed on."""
+        hold = Hold(0, _proxy=self)
+        with self._lock:
+            self._after.append((match, hold))
         return hold
 
     def release_after(self, hold: Hold, k: int) -> None:
@@ -325,6 +338,11 @@ class HostileProxy:
             self._seen += 1
             number = self._seen
             hold = self._holds.pop(number, None)
+            if hold is None and self._armed:
+                hold = self._armed.pop(0)
+                hold.number = number
+                self._unreleased.add(number)
+                self._all_holds[number] = hold
             watchers = self._watchers.pop(number, [])
             gate = None
             if hold is None:
@@ -337,6 +355,9 @@ class HostileProxy:
                 fate, extra = self._draw(identity, attempt)
                 if fate != "forward":
                     self._faulted[identity] += 1
+            forwarded = fate in ("forward", "delay")
+            arms = [(m, h) for m, h in self._after if forwarded and m(request.method, request.path, body)]
+            self._after = [pair for pair in self._after if pair not in arms]
             self._fates[fate] += 1
             self._kinds[kind] += 1
             self._by_kind[(kind, fate)] += 1
@@ -380,7 +401,14 @@ class HostileProxy:
         if fate == "delay":
             lo, hi = self.delay_ms
             delay = (lo + extra * (hi - lo)) / 1000
-        return await self._answer(request, await self._detached(request, body, delay))
+        answer = await self._detached(request, body, delay)
+        if arms:
+            with self._lock:
+                if answer is None:  # not answered: wait for another such request
+                    self._after.extend(arms)
+                else:
+                    self._armed.extend(h for _, h in arms)
+        return await self._answer(request, answer)
 
     async def _detached(self, request: web.Request, body: bytes, delay: float) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """Forward in a task of its own: the client going away cannot cancel it."""

@@ -411,3 +411,40 @@ def test_update_endpoints_refuse_what_the_creates_refuse(made: Any) -> None:
         assert _raw(sb, "DELETE", f"/api/v1/items/nope{o}")[0] == 404
         status, answer = _raw(sb, "PATCH", uri, doc, content_type=jsonapi)
         assert status == 200 and answer["data"]["attributes"]["notes"] == "changed", answer
+
+
+def test_correct_and_rerun_with_two_processes(target: str, tmp_path: Path) -> None:
+    """``--processes 2``: the merged ID map keeps each row's action and the merged summary the
+    shards' ``updated`` / ``unchanged`` counts and the corrected totals."""
+    docs = _docs(seed=1303)
+    spread = target != "coperniq"  # whose customers must stay those its sandbox maps to records
+    for i, d in enumerate(docs if spread else []):  # four customers, so that both shards get invoices
+        d["customer"]["external_id"] += f"-{i % 4}"
+        d["customer"]["email"] = f"p{i % 4}-{d['customer']['email']}"
+    fixed = _corrected(docs)
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    corrected = {docs[i]["external_id"] for i in CORRECTED}
+    with SandboxServer(target) as sb:
+        done = cli(upload_args(sb, first, tmp_path / "run1", "--processes", "2"), sb.env)
+        assert done.returncode == 0, done.stderr
+        assert set(_actions(tmp_path / "run1").values()) == {"created"}
+        updating = cli(upload_args(sb, second, tmp_path / "run2", "--processes", "2", "--on-existing", "update"),
+                       sb.env)
+        assert updating.returncode == 0, updating.stderr
+        after = _at_server(target, sb)
+    assert len(after) == N
+    _assert_matches(target, after, fixed)
+    assert _actions(tmp_path / "run2") == {d["external_id"]: "updated" if d["external_id"] in corrected
+                                           else "unchanged" for d in docs}
+    s = summary(tmp_path / "run2")
+    assert s["processes"] == 2
+    shards = [summary(d) for d in sorted((tmp_path / "run2" / "shards").iterdir())]
+    assert len(shards) == 2
+    if spread:  # both shards' rows survive the merge
+        assert all(p["records"]["updated"] + p["records"]["unchanged"] > 0 for p in shards), shards
+    r = s["records"]
+    assert (r["created"], r["updated"], r["unchanged"], r["failed"]) == (0, len(CORRECTED), N - len(CORRECTED), 0), r
+    assert s["totals"] == expected_totals(_records(fixed))
+    assert f"{len(CORRECTED)} updated, {N - len(CORRECTED)} unchanged" in updating.stderr

@@ -22,7 +22,8 @@ from .._frozen import constructor
 from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..transport import Reply, Request
-from ..refs import record_created
+from ..refs import begin_create, record_created
+from ..refs import found as refs_found
 from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
@@ -172,7 +173,9 @@ class AgiledTarget(Target):
         )
         rows = found.json().get("data") or []
         if rows:
+            refs_found(job, "customer", record.customer.external_id, str(rows[0]["id"]))  # a killed run's?
             return str(rows[0]["id"])
+        await begin_create(job, "customer", record.customer.external_id)
         made = await job.send(
             Request(
                 "POST", "/public/v1/contacts", json=contact_body(record),

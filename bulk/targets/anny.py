@@ -86,7 +86,8 @@ from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordErro
 from ..records import Line, Record
 from ..spacing import KeySpacer
 from ..transport import Reply, Request
-from ..refs import record_created
+from ..refs import begin_create, record_created
+from ..refs import found as refs_found
 from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
 
@@ -620,7 +621,10 @@ class AnnyTarget(Target):
             await self._settled(job)
         email = record.customer.email
         found = await self._find_customer(job, email)
-        if found is None:
+        if found is not None:
+            refs_found(job, "customer", email.lower(), found[0])  # made by a killed run of this job?
+        else:
+            await begin_create(job, "customer", email.lower())
             body = _resource("customers", _customer_attributes(record))
             reply, found = await self._create(job, self._req("POST", "/customers", body=body), "customer",
                                               lambda: self._find_customer(job, email))

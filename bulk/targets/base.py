@@ -131,6 +131,14 @@ class RunJob(Protocol):
     def remembered(self, ns: str) -> dict[str, str]:
         """Everything remembered in ``ns`` by this job's runs. Only in :meth:`Target.finish`."""
 
+    async def mark(self, ns: str, key: str) -> None:
+        """Note durably, before an act a kill could leave unrecorded (a reference's create), that
+        this job began it: fsynced before it returns (``bulk.marks``; one fsync each, for rare acts)."""
+
+    def marked_before(self, ns: str, key: str) -> bool:
+        """True when an earlier run of this job marked ``ns``/``key`` (it may have been killed
+        after the act, before its checkpoint): what the resumed run finds is its job's doing."""
+
 
 class Job(RunJob, Protocol):
     """What the engine offers a target for one record (implemented in ``bulk.job``)."""

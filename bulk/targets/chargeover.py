@@ -65,7 +65,8 @@ from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, Serve
 from ..records import Record
 from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
-from ..refs import record_created
+from ..refs import begin_create, record_created
+from ..refs import found as refs_found
 from .base import Created, Job, RunJob, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
 from .chargeover_existing import settle_invoice
@@ -257,13 +258,22 @@ class ChargeOverTarget(Target):
 
     async def _customer(self, record: Record, job: Job) -> str:
         key = record.customer.external_id
-        found = await self._get(job, by_key("customer", key), stage="customer")
-        if isinstance(found, dict):
-            return str(found["customer_id"])
+        hit = await self._get(job, by_key("customer", key), stage="customer")
+        if isinstance(hit, dict):
+            refs_found(job, "customer", key, str(hit["customer_id"]))  # made by a killed run of this job?
+            return str(hit["customer_id"])
+        await begin_create(job, "customer", key)
         customer_id, existed, _ = await self._create(job, "customer", customer_body(record), key)
-        if not existed:
-            record_created(job, "customer", key, customer_id)
+        self._created(job, "customer", key, customer_id, existed)
         return customer_id
+
+    def _created(self, job: RunJob, kind: str, key: str, api_id: str, existed: bool) -> None:
+        """List what ``_create`` gave: made now, or found after its answer was lost (ours), or
+        refused as taken (ours if an earlier run of this job began that create)."""
+        if not existed or (kind, key) in self._recovered:
+            record_created(job, kind, key, api_id)
+        else:
+            refs_found(job, kind, key, api_id)
 
     async def _currency_id(self, job: Job, code: str) -> str:
         if code in self.currency_map:
@@ -288,16 +298,18 @@ class ChargeOverTarget(Target):
             found = None if ("item", ref) in self._missing and title is None else await self._get(
                 job, by_key("item", ref), stage="item", direct=direct)
             if isinstance(found, dict):
+                if title is not None:
+                    refs_found(job, "item", ref, str(found["item_id"]))  # made by a killed run of this job?
                 return str(found["item_id"])
             if title is None:
                 self._missing.add(("item", ref))
                 raise _NotFound(ref)
             # _create looks the key up before any resend, and a 400 "key in use" is looked up
             # too: a copy of a killed run that lands first is used, never doubled (keys are unique).
+            await begin_create(job, "item", ref)
             item_id, existed, _ = await self._create(
                 job, "item", {"name": title[:255], "external_key": ref, "type": "service"}, ref)
-            if not existed:
-                record_created(job, "item", ref, item_id)
+            self._created(job, "item", ref, item_id, existed)
             return item_id
 
         return await job.resolve("chargeover.item", ref, find)

@@ -90,7 +90,8 @@ from ..records import Record
 from ..spacing import QuotaGate
 from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
-from ..refs import record_created
+from ..refs import begin_create, record_created
+from ..refs import found as refs_found
 from .base import Created, Job, RunJob, Target
 from .coperniq_existing import settle_invoice
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
@@ -403,10 +404,13 @@ class CoperniqTarget(Target):
         the title is looked up again before the create is resent."""
         title = record.customer.external_id
         try:
-            return await self._by_title(title, job)
+            hit = await self._by_title(title, job)
         except _Missing as exc:
             if not exc.none:
                 raise
+        else:
+            refs_found(job, "account", title, hit)  # made by a killed run of this job?
+            return hit
         c = record.customer
         address = c.address
         line = ", ".join(p for p in (address.line1, address.line2, address.postal_code, address.city, address.region,
@@ -422,6 +426,7 @@ class CoperniqTarget(Target):
             except _Missing:
                 return None
 
+        await begin_create(job, "account", title)
         reply = await self._send(job, Request("POST", "/accounts", params={
             "match_by": "title", "match_found_strategy": "skip"}, json=body), stage="customer", recover=recover)
         account_id = found[0] if found else str(_exact(reply)["id"])
@@ -474,16 +479,21 @@ class CoperniqTarget(Target):
         after a lost answer (creates one at a time, each listing seeing the ones before), and a
         create refused for its SKU (taken meanwhile) takes the item that holds it."""
         try:
-            return await self._catalog_item(sku, job)
+            listed = await self._catalog_item(sku, job)
         except _Missing as exc:
             if "several" in str(exc):
                 raise
+        else:
+            refs_found(job, "item", sku, listed.partition(" ")[0])  # made by a killed run of this job?
+            return listed
         if self._create_lock is None:
             self._create_lock = anyio.Lock()
         async with self._create_lock:
             fresh = await self._fresh_item(sku, job)
             if fresh is not None:
+                refs_found(job, "item", sku, fresh.partition(" ")[0])
                 return fresh
+            await begin_create(job, "item", sku)
             body = {"name": title[:255] or sku, "type": "SERVICE", "category": "INSTALLATION", "cost": 0,
                     "price": price, "sku": sku, "description": None}
             found: list[str] = []
@@ -501,7 +511,8 @@ class CoperniqTarget(Target):
             except RecordRefused as exc:
                 if exc.status != 400 or exc.field != "sku" or (hit := await self._fresh_item(sku, job)) is None:
                     raise
-                return hit  # another's create holds the SKU: use it, not ours
+                refs_found(job, "item", sku, hit.partition(" ")[0])  # ours only if a killed run began it
+                return hit  # another's create holds the SKU: use it
             if found:
                 value = found[0]
             else:
