@@ -110,11 +110,15 @@ def job_processes(config: UploadConfig) -> int:
         if one:
             raise ConfigError(f"{one} is judged in one process, and {config.out} is a job of {n} processes: "
                               "use a new --out without --processes")
-        if "items" in str(config.options.get(CREATE_MISSING, "")).split(","):
+        from .targets import get_target
+
+        unique = get_target(config.target).unique_creates
+        if "items" in str(config.options.get(CREATE_MISSING, "")).split(",") and "items" not in unique:
             # Items are shared by every customer, hence by every shard: two processes could
-            # each find an item missing and create it (single flight holds within one process).
-            raise ConfigError(f"--create-missing items needs one process ({config.out} is a job of {n} "
-                              "processes): use a new --out without --processes")
+            # each find an item missing and create it (single flight holds within one process),
+            # and this API has no unique key that would refuse the second.
+            raise ConfigError(f"--create-missing items on {config.target} needs one process ({config.out} is a job "
+                              f"of {n} processes): use a new --out without --processes")
     return n
 
 

@@ -354,26 +354,47 @@ def _listed_once(target: str, out: Path) -> None:
     assert summary(out)["created_refs"] == {k: kinds.get(k, 0) for k in ("customer", "item", "account")}
 
 
+def test_two_processes_refuse_to_create_items_an_api_could_duplicate(tmp_path: Path) -> None:
+    """Coperniq's catalog items have no unique key: two processes could each find a SKU missing
+    and create it, so --create-missing items with --processes 2 is refused before anything starts."""
+    path = tmp_path / "export.ndjson"
+    export(path, n=4)
+    with SandboxServer("coperniq") as sb:
+        done = cli(args("coperniq", sb.base_url, path, tmp_path / "run", "--processes", "2",
+                        *creating("coperniq")), sb.env)
+        assert done.returncode == 2 and "needs one process" in done.stderr, done.stderr
+        assert sb.state()["requests"]["total"] == 0
+
+
 @pytest.mark.parametrize("target", ["chargeover", "coperniq"])
 def test_two_processes_list_each_created_reference_once(target: str, tmp_path: Path) -> None:
-    """``--processes 2``: the shards share the SKUs (and may both list an account one created and
+    """``--processes 2``: the shards share the SKUs (ChargeOver's unique external_key refuses a
+    second create; Coperniq creates only accounts here, which both shards may list: one created,
     the other found by its title); the merged created_refs.csv lists each reference once."""
     path = tmp_path / "export.ndjson"
     export(path, n=16)
     out = tmp_path / "run"
-    with SandboxServer(target) as sb:
-        done = cli(args(target, sb.base_url, path, out, "--processes", "2", "--concurrency", "4",
-                        *creating(target)), sb.env)
+    if target == "chargeover":
+        kinds, options = creating(target), {}
+    else:  # the catalog holds the SKUs (seeded from the export); the accounts are created
+        kinds = ["--create-missing", "customers"]
+        options = {"options": seed_options(target, read_references(str(path)), leave_out=frozenset({"customers"}))}
+    listed = {k for k in expected(target) if target == "chargeover" or k[0] == "account"}
+    with SandboxServer(target, **options) as sb:
+        done = cli(args(target, sb.base_url, path, out, "--processes", "2", "--concurrency", "4", *kinds), sb.env)
         assert done.returncode == 0, done.stderr
         counts = made(target, sb.state())
     assert set(counts) == expected(target) and set(counts.values()) == {1}, counts
     assert summary(out)["processes"] == 2
-    _listed_once(target, out)
+    rows = created_refs(out)
+    assert sorted(_customer_key(target, r) for r in rows) == sorted(listed), rows
+    kinds_listed = Counter(r["kind"] for r in rows)
+    assert summary(out)["created_refs"] == {k: kinds_listed.get(k, 0) for k in ("customer", "item", "account")}
     assert "created what the invoices referenced:" in done.stderr
     # the shards' own lists together hold every reference (the merge lost none)
     shards = sorted((out / "shards").iterdir())
     assert len(shards) == 2
-    assert {_customer_key(target, r) for d in shards for r in created_refs(d)} == expected(target)
+    assert {_customer_key(target, r) for d in shards for r in created_refs(d)} == listed
 
 
 def test_shards_merged_list_each_created_reference_once(tmp_path: Path) -> None:

@@ -174,6 +174,10 @@ class Target(abc.ABC):
     creatable: ClassVar[frozenset[str]] = frozenset()
     #: what the target creates without the flag (today's behaviour)
     default_create: ClassVar[frozenset[str]] = frozenset()
+    #: the creatable kinds whose create the API refuses to repeat (a unique key): only these may
+    #: be created by several upload processes at once (``--processes N``), which do not share
+    #: their single flight
+    unique_creates: ClassVar[frozenset[str]] = frozenset()
     #: why a kind is not creatable, said with the exit-2 refusal
     cannot_create_why: ClassVar[str] = ""
 

@@ -140,6 +140,7 @@ class ChargeOverTarget(Target):
     auth_hint = "check CHARGEOVER_PUBLIC_KEY and CHARGEOVER_PRIVATE_KEY (Settings > Developer > REST API)"
     creatable = frozenset({"customers", "items"})  # POST /customer, POST /item
     default_create = frozenset({"customers"})
+    unique_creates = frozenset({"customers", "items"})  # external_key is unique at ChargeOver
 
     def __init__(self, *, base_url: str, credentials: Mapping[str, str], options: Mapping[str, Any]) -> None:
         super().__init__(base_url=base_url, credentials=credentials, options=options)
