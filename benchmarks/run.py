@@ -280,8 +280,8 @@ def table(outcome: dict[str, Any], clients: list[Client]) -> list[str]:
     sep = "|---|---:|---:|---:|---:|---:|---:|"
     if plan.rate is not None:
         what = "accepted requests/s" if plan.scenario == "limit" else "writes/s"
-        head = ("| client | records | invoices/s | {} (R = {:g}) | × R | 429 answers | CPU s / 1k inv | "
-                "peak RSS MB |").format(what, plan.rate)
+        head = (f"| client | records | invoices/s | {what} (R = {plan.rate:g}) | × R | 429 answers | CPU s / 1k inv | "
+                "peak RSS MB |")
         sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     lines = [f"**{plan.title}** — server: {outcome['server']}", "", head, sep]
     for c in clients:
@@ -469,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results_dir = Path(args.results) if args.results else ROOT / "benchmarks" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

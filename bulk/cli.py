@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import anyio
 
 from .config import Shard, UploadConfig, loop_options
-from .existing import DEFAULT, ON_EXISTING_KEY, POLICIES
 from .errors import AuthError, BulkError, ConfigError, OutputError
-from .source import directory_message, estimate_records
-from .targets import available_targets, get_target
+from .existing import DEFAULT, ON_EXISTING_KEY, POLICIES
 from .refs import OPTION as CREATE_MISSING
 from .refs import check_kinds, parse_kinds
+from .source import directory_message, estimate_records
+from .targets import available_targets, get_target
 from .targets.base import Target
 from .thresholds import parse_threshold
 

@@ -43,9 +43,9 @@ import orjson
 from .checkpoint import read_checkpoint
 from .errors import ConfigError
 from .latency import Latency
-from .timeline import HEADER
 from .outputs import ID_MAP_HEADER, LEGACY_ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
 from .tally import Tally
+from .timeline import HEADER
 
 __all__ = ["merge_runs"]
 

@@ -32,7 +32,7 @@ import orjson
 
 from .errors import OutputError
 
-__all__ = ["Outputs", "atomic_writer", "escape_cell", "write_atomic", "ID_MAP_HEADER", "LEGACY_ID_MAP_HEADER", "REASONS_HEADER"]
+__all__ = ["ID_MAP_HEADER", "LEGACY_ID_MAP_HEADER", "REASONS_HEADER", "Outputs", "atomic_writer", "escape_cell", "write_atomic"]
 
 ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross",
                  "action"]

@@ -45,19 +45,28 @@ from anyio import CancelScope, EndOfStream
 
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
-from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
-from .errors import find_bulk_error, redact_error
+from .errors import (
+    AbortRun,
+    ApiUnavailable,
+    BulkError,
+    ConfigError,
+    InvalidRecord,
+    OutputError,
+    RecordError,
+    RetryableError,
+    find_bulk_error,
+    redact_error,
+)
 from .feed import Feed
-from .existing import ON_EXISTING_KEY
 from .job import RecordJob, Session, SessionJob, failure, upload
 from .latency import INTENDED
 from .measure import Measure
 from .outputs import Outputs
-from .refs import CREATED_NS, RefsFile
-from .refs import FILE as REFS_FILE
 from .pacing import Pacer
 from .progress import ProgressSink, Status
 from .records import Record, parse_record, peek_external_id
+from .refs import CREATED_NS, RefsFile
+from .refs import FILE as REFS_FILE
 from .source import InputFile, RawLine, fingerprint
 from .tally import Tally
 from .targets.base import Created, Target
@@ -526,7 +535,7 @@ class Run:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _first_bulk_error(group: BaseExceptionGroup) -> BulkError:

@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from .errors import ConfigError
 
-__all__ = ["RawLine", "InputFile", "directory_message", "estimate_records", "fingerprint"]
+__all__ = ["InputFile", "RawLine", "directory_message", "estimate_records", "fingerprint"]
 
 _CHUNK = 1 << 20
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["Series", "line_chart", "duration_label"]
+__all__ = ["Series", "duration_label", "line_chart"]
 
 _W, _H = 1000, 260  # the viewBox; the SVG scales to the page width
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 14, 48

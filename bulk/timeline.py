@@ -28,7 +28,7 @@ from hdrh.histogram import HdrHistogram
 from .errors import OutputError
 from .latency import stats_ms
 
-__all__ = ["Timeline", "HEADER"]
+__all__ = ["HEADER", "Timeline"]
 
 HEADER = b"time,elapsed_s,requests_started,requests_finished,invoices_created,throttled,errors,p50_ms,p99_ms\n"
 
@@ -64,7 +64,7 @@ class Timeline:
             p50, p99 = f"{st['p50']:.3f}", f"{st['p99']:.3f}"
         else:
             p50 = p99 = ""
-        when = dt.datetime.fromtimestamp(time.time() if second is None else second, dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(time.time() if second is None else second, dt.UTC)
         stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{stamp},{int(time.monotonic() - self._t0)},{','.join(map(str, delta))},{p50},{p99}\n"
         try:

@@ -59,8 +59,8 @@ from harness import (
 )
 from hostile_proxy import FAULTS, HostileProxy, request_kind
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 CORPUS = (REPO / "fixtures" / "hostile.ndjson").read_bytes().split(b"\n")

@@ -27,13 +27,26 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from harness import (
+    REPO,
+    SandboxServer,
+    ScriptedServer,
+    cli,
+    client_env,
+    created_count,
+    free_port,
+    read_reasons,
+    run_until,
+    stop,
+    summary,
+    upload_args,
+    write_input,
+)
 
 import bulk
 from bulk.cli import build_parser
 from bulk.generate import generate
 from bulk.targets import available_targets, get_target
-from harness import (REPO, SandboxServer, ScriptedServer, cli, client_env, created_count, free_port, read_reasons,
-                     run_until, stop, summary, upload_args, write_input)
 
 COLS, ROWS = 120, 40
 

@@ -28,8 +28,8 @@ from harness import (
 )
 from hostile_proxy import HostileProxy
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 
@@ -152,7 +152,7 @@ def test_kill_and_resume(target: str, tmp_path: Path) -> None:
 def test_a_corrected_rerun_updates_exactly_the_corrected_invoices(target: str, tmp_path: Path) -> None:
     """``--on-existing update`` in a new run directory (tests/test_on_existing.py has the rest:
     skip, fail, kills, refusals): the corrected invoices change to match, none is created."""
-    from test_on_existing import _at_server, _assert_matches, _corrected, _docs, _write
+    from test_on_existing import _assert_matches, _at_server, _corrected, _docs, _write
 
     docs = _docs(seed=1310)[:6]
     fixed = _corrected(docs)

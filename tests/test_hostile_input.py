@@ -37,10 +37,10 @@ from harness import (
     write_input,
 )
 
+import bulk.targets
 from bulk.errors import InvalidRecord
 from bulk.records import Record, parse_record
 from bulk.targets import get_target
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 FIXTURES = REPO / "fixtures"

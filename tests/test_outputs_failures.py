@@ -35,8 +35,8 @@ from harness import (
     write_input,
 )
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 

@@ -41,10 +41,10 @@ from harness import (
     write_input,
 )
 
+import bulk.targets
 from bulk.sandbox.config import SandboxConfigError
 from bulk.sandbox.durable import DurableStore
 from bulk.targets import get_target
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 # Requests per second for the whole run: at least ~3 s of work for 240 invoices at each

@@ -6,8 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import SandboxServer, assert_exactly_once, cli, read_id_map, read_reasons, start_cli, summary, upload_args
-from harness import write_input
+from harness import (
+    SandboxServer,
+    assert_exactly_once,
+    cli,
+    read_id_map,
+    read_reasons,
+    start_cli,
+    summary,
+    upload_args,
+    write_input,
+)
 
 from bulk.config import Shard, UploadConfig
 

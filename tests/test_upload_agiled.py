@@ -9,7 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import REPO, SandboxServer, assert_exactly_once, cli, client_env, read_reasons, summary, upload_args, write_input
+from harness import (
+    REPO,
+    SandboxServer,
+    assert_exactly_once,
+    cli,
+    client_env,
+    read_reasons,
+    summary,
+    upload_args,
+    write_input,
+)
 
 from bulk.generate import generate
 

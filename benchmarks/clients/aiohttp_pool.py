@@ -13,8 +13,17 @@ import sys
 import aiohttp
 import orjson
 
-from benchmarks.clients.common import CONTACTS, INVOICES, Result, contact_request, headers, lines, parse_args
-from benchmarks.clients.common import request_parts, retry_after
+from benchmarks.clients.common import (
+    CONTACTS,
+    INVOICES,
+    Result,
+    contact_request,
+    headers,
+    lines,
+    parse_args,
+    request_parts,
+    retry_after,
+)
 
 
 async def run() -> None:

@@ -9,8 +9,17 @@ import itertools
 import httpx
 import orjson
 
-from benchmarks.clients.common import CONTACTS, INVOICES, Result, contact_request, headers, lines, parse_args
-from benchmarks.clients.common import request_parts, retry_after
+from benchmarks.clients.common import (
+    CONTACTS,
+    INVOICES,
+    Result,
+    contact_request,
+    headers,
+    lines,
+    parse_args,
+    request_parts,
+    retry_after,
+)
 
 CHUNK = 10_000
 

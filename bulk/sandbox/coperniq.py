@@ -67,14 +67,14 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bulk.sandbox.config import SandboxConfig, SandboxConfigError
 from bulk.sandbox.control import control_route
+from bulk.sandbox.coperniq_refs import match_query, validate_account, validate_catalog_item
 from bulk.sandbox.coperniq_rules import (
     Invalid,
     NewInvoice,
-    validate_update,
     parse_seed,
     validate_invoice,
+    validate_update,
 )
-from bulk.sandbox.coperniq_refs import match_query, validate_account, validate_catalog_item
 from bulk.sandbox.core import Dialect, Problem, SandboxProblem
 from bulk.sandbox.wire import plain
 

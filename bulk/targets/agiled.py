@@ -21,12 +21,12 @@ from typing import Any
 from .._frozen import constructor
 from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
-from ..transport import Reply, Request
 from ..refs import record_created
+from ..transport import Reply, Request
 from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
-__all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
+__all__ = ["AgiledTarget", "contact_body", "idempotency_key", "invoice_body"]
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _new_created = constructor(Created)  # once per invoice: without the frozen __init__'s cost (bulk._frozen)

@@ -84,9 +84,9 @@ import anyio
 
 from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused, UnknownReference
 from ..records import Line, Record
+from ..refs import record_created
 from ..spacing import KeySpacer
 from ..transport import Reply, Request
-from ..refs import record_created
 from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
 

@@ -63,9 +63,9 @@ from urllib.parse import quote
 
 from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, ServerError, UnknownReference
 from ..records import Record
-from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
 from ..refs import record_created
+from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
 from .chargeover_existing import settle_invoice

@@ -72,8 +72,8 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-import functools
 import email.utils
+import functools
 import json
 import time
 from collections import defaultdict
@@ -84,13 +84,19 @@ from typing import Any
 import anyio
 
 from ..errors import (
-    ConfigError, InvalidRecord, QuotaExhausted, RecordError, RecordRefused, RetryableError, UnknownReference,
+    ConfigError,
+    InvalidRecord,
+    QuotaExhausted,
+    RecordError,
+    RecordRefused,
+    RetryableError,
+    UnknownReference,
 )
 from ..records import Record
-from ..spacing import QuotaGate
-from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
 from ..refs import record_created
+from ..spacing import QuotaGate
+from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
 from .coperniq_existing import settle_invoice
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
