@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--target", default="agiled", choices=targets, help="the API to upload to (default: agiled)")
     up.add_argument("--base-url", help="the API's base URL (default: the target's *_BASE_URL env var, "
                     "else the embedded sandbox)")
-    up.add_argument("--rate", type=float, help="requests per second for the whole run (default: the API's documented limits)")
+    up.add_argument("--rate", type=float,
+                    help="requests per second for the whole run (default: the API's documented limits)")
     up.add_argument("--limit", action="append", default=[], metavar="KIND=RATE",
                     help="requests per second for one kind of request (read, write), in place of the target's "
                     "documented limit, e.g. --limit write=2 for a plan with higher limits; with --shard K/N "
@@ -412,8 +413,8 @@ async def _upload(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
             state = config.out / "sandbox.db"
-            sandbox_config = SandboxConfig(token=token, options=_embedded_seed(cls, config, create, pair.dialect_options()),
-                                           state=str(state))
+            seed = _embedded_seed(cls, config, create, pair.dialect_options())
+            sandbox_config = SandboxConfig(token=token, options=seed, state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                              f"(nothing leaves this machine; its data in {state})")

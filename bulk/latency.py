@@ -26,7 +26,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["ERROR_STATUSES", "INTENDED", "Latency", "histogram", "reason_of", "stats_ms"]
+__all__ = ["ERROR_STATUSES", "INTENDED", "Latency", "histogram", "stats_ms"]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour

@@ -44,7 +44,7 @@ def _buckets(h: HdrHistogram) -> tuple[list[tuple[str, float]], float]:
         below[i] += item.count_added_in_this_iter_step
     total = h.get_total_count()
     pairs, running = [], 0
-    for bound, n in zip(BUCKETS, below):
+    for bound, n in zip(BUCKETS, below, strict=True):
         running += n
         pairs.append((f"{bound:g}", float(running)))
     pairs.append(("+Inf", float(total)))

@@ -36,8 +36,8 @@ from .outputs import escape_cell
 if TYPE_CHECKING:
     from .targets.base import Job, Target
 
-__all__ = ["KINDS", "OPTION", "CREATED_NS", "FILE", "HEADER", "parse_kinds", "check_kinds", "kinds_of",
-           "record_created", "RefsFile"]
+__all__ = ["CREATED_NS", "FILE", "HEADER", "KINDS", "OPTION", "RefsFile", "check_kinds", "kinds_of", "parse_kinds",
+           "record_created"]
 
 KINDS = ("customers", "items")
 OPTION = "create_missing"  # the target option the CLI flag travels in (to upload processes too)
@@ -90,7 +90,7 @@ class RefsFile:
         self.path = run_dir / FILE
         keep = (sizes or {}).get(FILE, 0)
         try:
-            self._f: TextIO = open(self.path, "a", encoding="utf-8", newline="")
+            self._f: TextIO = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open until close()
             if self._f.tell() != keep:
                 self._f.truncate(keep)
                 self._f.seek(keep)

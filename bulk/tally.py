@@ -55,8 +55,8 @@ class Tally:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
-        t = cls(**{k: int(data.get(k, 0)) for k in ("read", "created", "existing", "updated", "unchanged", "rejected", "failed",
-                                                     "uncertain")})
+        t = cls(**{k: int(data.get(k, 0)) for k in ("read", "created", "existing", "updated", "unchanged", "rejected",
+                                                     "failed", "uncertain")})
         t.totals = CurrencyTotals.from_json(data.get("totals", {}))
         t.mismatch_count = int(data.get("mismatch_count", 0))
         t.mismatches = list(data.get("mismatches", []))

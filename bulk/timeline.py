@@ -17,6 +17,7 @@ its first row also holds what the killed run did between its last row and the ch
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -58,7 +59,8 @@ class Timeline:
         [requests_started, requests_finished, invoices_created, throttled, errors];
         ``interval`` the histogram of the requests finished since the last row; ``second``
         the row's time (Unix seconds; default: now)."""
-        delta = [now - before for now, before in zip(counters, self._last)]
+        # strict=False: _last comes from a checkpoint, which an older run may have written
+        delta = [now - before for now, before in zip(counters, self._last, strict=False)]
         if interval.get_total_count():
             st = stats_ms(interval)
             p50, p99 = f"{st['p50']:.3f}", f"{st['p99']:.3f}"
@@ -78,13 +80,9 @@ class Timeline:
         return {"size": os.lseek(self._fd, 0, os.SEEK_CUR), "last": list(self._last)}
 
     def sync(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.fsync(self._fd)
-        except OSError:
-            pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._fd)
-        except OSError:
-            pass

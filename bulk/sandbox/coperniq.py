@@ -46,10 +46,11 @@ Routes
     ``order_by`` asc|desc (by id), ``updated_after``/``updated_before`` -> 200 ``{items, page,
     page_size, has_more}`` | 400 (bad parameter) | 404 (no such project/account).
 Sandbox only
-    ``GET /_sandbox/state``: ``accounts``, ``catalog_items``, ``invoices`` (as answered, plus the ``issueDate`` Coperniq keeps
-    but does not return), ``quota``, ``deleted`` (how many invoices were deleted), the framework's counters. With option
-    ``record_exchanges`` true, ``GET /_sandbox/exchanges`` lists every API request and answer
-    (``status`` null when the connection was closed without one), for contract tests.
+    ``GET /_sandbox/state``: ``accounts``, ``catalog_items``, ``invoices`` (as answered, plus the
+    ``issueDate`` Coperniq keeps but does not return), ``quota``, ``deleted`` (how many invoices
+    were deleted), the framework's counters. With option ``record_exchanges`` true, ``GET
+    /_sandbox/exchanges`` lists every API request and answer (``status`` null when the connection
+    was closed without one), for contract tests.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -91,7 +92,7 @@ class AgiledTarget(Target):
     credential_env = ("AGILED_API_TOKEN",)
     base_url_env = "AGILED_API_BASE_URL"
     # G-err: per token and action, writes 30/min, reads 60/min.
-    default_limits = {"write": 30 / 60, "read": 60 / 60}
+    default_limits: Mapping[str, float] = {"write": 30 / 60, "read": 60 / 60}
     path_prefix = "/public/v1"
     auth_hint = "check AGILED_API_TOKEN: it must be valid and have contact and invoice write ability"
     creatable = default_create = frozenset({"customers"})

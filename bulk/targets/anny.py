@@ -247,7 +247,7 @@ class AnnyTarget(Target):
     credential_env = ("ANNY_API_TOKEN",)
     base_url_env = "ANNY_BASE_URL"
     # A-rate: Admin API, per organization, 400 reads and 100 writes per 60 s (adjustable).
-    default_limits = {"write": 100 / 60, "read": 400 / 60}
+    default_limits: Mapping[str, float] = {"write": 100 / 60, "read": 400 / 60}
     path_prefix = API
     optional_env = ("ANNY_ORGANIZATION",)
     option_keys = ("organization", "writes_per_minute", "reads_per_minute", "identical_per_second",
@@ -266,7 +266,7 @@ class AnnyTarget(Target):
             raise ConfigError("the anny target needs the organization id: --option organization=ID "
                               "or ANNY_ORGANIZATION in the environment")
         # Per instance: an organization's limits may have been raised (A-rate: "adjustable").
-        self.default_limits = {"write": _per_minute(options, "writes_per_minute", 100),  # type: ignore[misc]
+        self.default_limits = {"write": _per_minute(options, "writes_per_minute", 100),
                                "read": _per_minute(options, "reads_per_minute", 400)}
         try:
             self.identical_per_second = int(options.get("identical_per_second", 4))

@@ -133,7 +133,7 @@ class ChargeOverTarget(Target):
     credential_env = (PUBLIC, PRIVATE)
     base_url_env = "CHARGEOVER_BASE_URL"
     # No published numbers (API-NOTES §3): conservative guesses, override with --rate.
-    default_limits = {"write": 2.0, "read": 4.0}
+    default_limits: Mapping[str, float] = {"write": 2.0, "read": 4.0}
     path_prefix = API
     option_keys = OPTIONS
     auth_hint = "check CHARGEOVER_PUBLIC_KEY and CHARGEOVER_PRIVATE_KEY (Settings > Developer > REST API)"

@@ -51,7 +51,7 @@ def same_invoice(obj: Any, body: dict[str, Any]) -> bool:
             have = obj.get("line_items")
             if not isinstance(have, list) or len(have) != len(want):
                 return False
-            for w, h in zip(want, have):
+            for w, h in zip(want, have, strict=True):  # lengths compared above
                 if not isinstance(h, dict) or not all(_same(k, v, h.get(k)) for k, v in w.items()):
                     return False
         elif not _same(key, want, obj.get(key)):
