@@ -27,7 +27,8 @@ T = TypeVar("T")
 def constructor(cls: type[T]) -> Callable[..., T]:
     """A fast ``cls(field1, field2, ...)`` for a ``@dataclass(frozen=True, slots=True)`` class."""
     params = dataclasses.fields(cls)  # type: ignore[arg-type]
-    if not cls.__dataclass_params__.frozen or "__slots__" not in cls.__dict__:
+    dataclass_params = getattr(cls, "__dataclass_params__")  # noqa: B009 - type[T] does not declare it (mypy)
+    if not dataclass_params.frozen or "__slots__" not in cls.__dict__:
         raise TypeError(f"{cls.__name__} is not a frozen, slotted dataclass")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__, which this constructor would skip")

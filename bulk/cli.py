@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
@@ -29,6 +29,9 @@ from .source import directory_message, estimate_records
 from .targets import available_targets, get_target
 from .targets.base import Target
 from .thresholds import parse_threshold
+
+if TYPE_CHECKING:
+    from .pipeline import RunResult  # imported when a run starts (see _run)
 
 __all__ = ["main"]
 
@@ -440,7 +443,7 @@ async def _upload(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-async def _run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> Any:
+async def _run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> RunResult:
     """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
     from .pipeline import Run, RunResult
     from .procs import job_processes, run_processes

@@ -51,9 +51,11 @@ def histogram() -> HdrHistogram:
 # Every histogram here has the same layout, so a value's counts index is computed once per
 # request (as HdrHistogram.record_value does, without its method calls) and bumped in each.
 _T = histogram()
-_MASK, _UNIT, _HALF_MAG, _HALF = _T.sub_bucket_mask, _T.unit_magnitude, _T.sub_bucket_half_count_magnitude, \
-    _T.sub_bucket_half_count
-_WORD = _T.word_size
+_MASK: int = _T.sub_bucket_mask
+_UNIT: int = _T.unit_magnitude
+_HALF_MAG: int = _T.sub_bucket_half_count_magnitude
+_HALF: int = _T.sub_bucket_half_count
+_WORD: int = _T.word_size
 del _T
 
 

@@ -420,7 +420,7 @@ class Run:
                       failing_since=pacer.failing_since if pacer else None,
                       give_up_at=pacer.last_ok + self.config.give_up_after if pacer else None,
                       # the API's words may quote a credential: redacted here, on their way out
-                      last_error=self._session.transport.redact(pacer.last_error) if self._session else "")
+                      last_error=self._session.transport.redact(pacer.last_error) if self._session and pacer else "")
 
     async def _watch_signals(self, outer: CancelScope) -> None:
         try:

@@ -34,7 +34,7 @@ from .errors import ConfigError, OutputError
 from .outputs import escape_cell
 
 if TYPE_CHECKING:
-    from .targets.base import Job, Target
+    from .targets.base import RunJob, Target
 
 __all__ = ["CREATED_NS", "FILE", "HEADER", "KINDS", "OPTION", "RefsFile", "check_kinds", "kinds_of", "parse_kinds",
            "record_created"]
@@ -76,7 +76,7 @@ def kinds_of(cls: type[Target], options: dict[str, Any]) -> frozenset[str]:
     return kinds | cls.default_create
 
 
-def record_created(job: Job, kind: str, key: str, api_id: str) -> None:
+def record_created(job: RunJob, kind: str, key: str, api_id: str) -> None:
     """Say that this job created ``kind`` ``key`` (``customer``, ``item``, ``account``)."""
     job.remember(CREATED_NS, f"{kind}:{key}", api_id)
 

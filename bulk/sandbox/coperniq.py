@@ -77,6 +77,7 @@ from bulk.sandbox.coperniq_rules import (
     validate_update,
 )
 from bulk.sandbox.core import Dialect, Problem, SandboxProblem
+from bulk.sandbox.durable import Table
 from bulk.sandbox.wire import plain
 
 __all__ = ["CoperniqSandbox", "create_app"]
@@ -159,7 +160,7 @@ class CoperniqSandbox(Dialect):
         # deleted or re-made account) stays so across a restart.
         self.catalog: dict[int, dict[str, Any]] = self.durable.table("catalog")
         self.accounts: dict[int, dict[str, Any]] = self.durable.table("accounts")
-        self.projects: dict[int, dict[str, Any]] = self.durable.table("projects")
+        self.projects: Table[int, dict[str, Any]] = self.durable.table("projects")  # touch(): changed in place
         if not self.durable.restored:
             self.catalog.update({item["id"]: item for item in self.seed.catalog(now)})
             accounts, projects = self.seed.records(now)

@@ -304,7 +304,7 @@ class ChargeOverTarget(Target):
 
     # --- calls -------------------------------------------------------------------------
 
-    async def _create(self, job: Job, kind: str, body: dict[str, Any], key: str) -> tuple[str, bool, Any]:
+    async def _create(self, job: RunJob, kind: str, body: dict[str, Any], key: str) -> tuple[str, bool, Any]:
         """POST ``body`` as a new ``kind``: ``(id, existed, object if it was looked up)``."""
         lookup = by_key(kind, key)
         sub = await self._batched(job, "POST", f"{API}/{kind}", body, lookup)
