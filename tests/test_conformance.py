@@ -88,7 +88,7 @@ def test_refused_record_fails_with_api_status_and_run_goes_on(target: str, tmp_p
     good = [json.loads(line) for line in generate(12, seed=14)]
     bad = support(target).refusable(good[5])
     bad["external_id"] = "INV-REFUSED-1"
-    lines = [json.dumps(r, ensure_ascii=False).encode() for r in good[:5] + [bad] + good[5:]]
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in [*good[:5], bad, *good[5:]]]
     records = write_input(src, 0, extra_lines=lines)
     with SandboxServer(target) as sb:
         done = cli(upload_args(sb, src, out), sb.env)
@@ -156,7 +156,7 @@ def test_a_corrected_rerun_updates_exactly_the_corrected_invoices(target: str, t
 
     docs = _docs(seed=1310)[:6]
     fixed = _corrected(docs)
-    changed = {d["external_id"] for d, f in zip(docs, fixed) if d != f}
+    changed = {d["external_id"] for d, f in zip(docs, fixed, strict=True) if d != f}
     assert changed
     first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
     _write(first, docs)

@@ -95,10 +95,8 @@ def _path(field: str) -> list[str | int]:
 def _template_value(template: dict[str, Any], path: list[str | int]) -> Any:
     node: Any = template
     for step in path:
-        if isinstance(step, int):
-            node = node[min(step, len(node) - 1)]  # lines[1] is fixed like lines[0]
-        else:
-            node = node[step]
+        # lines[1] is fixed like lines[0]
+        node = node[min(step, len(node) - 1)] if isinstance(step, int) else node[step]
     return node
 
 
