@@ -13,6 +13,7 @@ CPU over the same interval (to show it is not the bottleneck). See benchmarks/RE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -185,8 +186,9 @@ def plans(args: argparse.Namespace) -> list[Plan]:
                              "requests": max(1, n // 5)}, args.concurrency, ("--rate", "1e9")))
         elif name == "latency":
             ms = args.latency_ms
-            make = (lambda: servers.start_nginx(ms)) if use_nginx and servers.nginx_available(True) else \
-                (lambda: servers.start_canned(ms))
+            # ms=ms: each lambda keeps this scenario's value (B023)
+            make = (lambda ms=ms: servers.start_nginx(ms)) if use_nginx and servers.nginx_available(True) else \
+                (lambda ms=ms: servers.start_canned(ms))
             m = args.latency_records
             out.append(Plan("latency", f"{ms:g} ms latency, concurrency {args.latency_concurrency}", make,
                             {"bulk": m, "aiohttp": m, "aiohttp-uvloop": m, "httpx": max(1, m // 10),
@@ -196,7 +198,7 @@ def plans(args: argparse.Namespace) -> list[Plan]:
             r = args.rate
             m = args.rate_records or int(r * 15)
             out.append(Plan("rate", f"server limit R = {r:g} requests/s per kind (429 + Retry-After beyond)",
-                            lambda: servers.start_sandbox(r, TOKEN),
+                            lambda r=r: servers.start_sandbox(r, TOKEN),
                             {c: m for c in CLIENTS}, args.concurrency,
                             ("--limit", f"write={r:g}", "--limit", f"read={r:g}"), rate=r))
         elif name == "limit":
@@ -280,8 +282,8 @@ def table(outcome: dict[str, Any], clients: list[Client]) -> list[str]:
     sep = "|---|---:|---:|---:|---:|---:|---:|"
     if plan.rate is not None:
         what = "accepted requests/s" if plan.scenario == "limit" else "writes/s"
-        head = ("| client | records | invoices/s | {} (R = {:g}) | × R | 429 answers | CPU s / 1k inv | "
-                "peak RSS MB |").format(what, plan.rate)
+        head = (f"| client | records | invoices/s | {what} (R = {plan.rate:g}) | × R | 429 answers | CPU s / 1k inv | "
+                "peak RSS MB |")
         sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     lines = [f"**{plan.title}** — server: {outcome['server']}", "", head, sep]
     for c in clients:
@@ -370,10 +372,8 @@ def resume_goal(args: argparse.Namespace, work: Path, scratch: Path, log: Callab
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done = 0
         while proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, KeyError):
                 done = orjson.loads((out / "summary.json").read_bytes())["records"]["read"]
-            except (OSError, orjson.JSONDecodeError, KeyError):
-                pass
             if done >= target:
                 proc.send_signal(signal.SIGKILL)
                 break
@@ -387,7 +387,8 @@ def resume_goal(args: argparse.Namespace, work: Path, scratch: Path, log: Callab
     stamped = servers.start_nginx(0, access_log=True)
     try:
         t0 = time.time()
-        proc = subprocess.Popen(cmd[:cmd.index("--base-url") + 1] + [stamped.base_url] + cmd[cmd.index("--base-url") + 2:],
+        at = cmd.index("--base-url")
+        proc = subprocess.Popen([*cmd[:at + 1], stamped.base_url, *cmd[at + 2:]],
                                 env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         code, usage = _wait(proc, 600)
         t_end = time.time()
@@ -469,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results_dir = Path(args.results) if args.results else ROOT / "benchmarks" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -481,13 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         scratch = Path(tmp)
         for plan in plans(args):
             outcome = run_plan(plan, clients, args.rounds, work, log)
-            report += table(outcome, clients) + [""]
+            report += [*table(outcome, clients), ""]
             raw.append({"scenario": plan.scenario, "server": outcome["server"],
                         "runs": [vars(m) for ms in outcome["results"].values() for m in ms]})
         if "memory" in args.scenarios:
-            report += ["**Memory** (bulk, no-latency server)", ""] + memory_goal(args, work, log) + [""]
+            report += ["**Memory** (bulk, no-latency server)", "", *memory_goal(args, work, log), ""]
         if "resume" in args.scenarios:
-            report += ["**Resume** (bulk, 99% done)", ""] + resume_goal(args, work, scratch, log) + [""]
+            report += ["**Resume** (bulk, 99% done)", "", *resume_goal(args, work, scratch, log), ""]
     text = "\n".join(report)
     print(text)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")

@@ -223,7 +223,7 @@ def _limited_conf(tmp: Path, port: int, rate: float, burst: int, module: str) ->
     # header to a non-2xx answer). $msec and $status of every request go to the access log.
     # The answers come from the echo module's content handler: `return` would answer in the
     # rewrite phase, before limit_req (preaccess) ever runs.
-    limited = "limit_req zone=api burst={} nodelay;".format(burst)
+    limited = f"limit_req zone=api burst={burst} nodelay;"
     return f"""load_module {module};
 worker_processes 1;
 daemon off;
@@ -284,7 +284,7 @@ def start_sandbox(rate: float, token: str, burst: float | None = None) -> Server
 
 def sandbox_call(server: Server, method: str, path: str) -> bytes:
     req = urllib.request.Request(server.base_url + path, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback URL we built
+    with urllib.request.urlopen(req, timeout=60) as resp:  # a loopback URL we built
         return bytes(resp.read())
 
 

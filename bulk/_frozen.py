@@ -27,7 +27,8 @@ T = TypeVar("T")
 def constructor(cls: type[T]) -> Callable[..., T]:
     """A fast ``cls(field1, field2, ...)`` for a ``@dataclass(frozen=True, slots=True)`` class."""
     params = dataclasses.fields(cls)  # type: ignore[arg-type]
-    if not getattr(cls, "__dataclass_params__").frozen or "__slots__" not in cls.__dict__:
+    dataclass_params = getattr(cls, "__dataclass_params__")  # noqa: B009 - type[T] does not declare it (mypy)
+    if not dataclass_params.frozen or "__slots__" not in cls.__dict__:
         raise TypeError(f"{cls.__name__} is not a frozen, slotted dataclass")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__, which this constructor would skip")
@@ -37,7 +38,7 @@ def constructor(cls: type[T]) -> Callable[..., T]:
     lines.append("    return obj")
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
     namespace.update({f"_set_{name}": cls.__dict__[name].__set__ for name in names})
-    exec("\n".join(lines), namespace)  # noqa: S102 - fixed template over the class's own field names
+    exec("\n".join(lines), namespace)  # exec is safe here: a fixed template over the class's own field names
     make: Callable[..., T] = namespace["make"]
     make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
     make.__doc__ = f"Build a {cls.__name__} (see bulk._frozen)."

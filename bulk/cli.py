@@ -15,20 +15,23 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
 
 from .config import Shard, UploadConfig, loop_options
-from .existing import DEFAULT, ON_EXISTING_KEY, POLICIES
 from .errors import AuthError, BulkError, ConfigError, OutputError
-from .source import directory_message, estimate_records
-from .targets import available_targets, get_target
+from .existing import DEFAULT, ON_EXISTING_KEY, POLICIES
 from .refs import OPTION as CREATE_MISSING
 from .refs import check_kinds, parse_kinds
+from .source import directory_message, estimate_records
+from .targets import available_targets, get_target
 from .targets.base import Target
 from .thresholds import parse_threshold
+
+if TYPE_CHECKING:
+    from .pipeline import RunResult  # imported when a run starts (see _run)
 
 __all__ = ["main"]
 
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--target", default="agiled", choices=targets, help="the API to upload to (default: agiled)")
     up.add_argument("--base-url", help="the API's base URL (default: the target's *_BASE_URL env var, "
                     "else the embedded sandbox)")
-    up.add_argument("--rate", type=float, help="requests per second for the whole run (default: the API's documented limits)")
+    up.add_argument("--rate", type=float,
+                    help="requests per second for the whole run (default: the API's documented limits)")
     up.add_argument("--limit", action="append", default=[], metavar="KIND=RATE",
                     help="requests per second for one kind of request (read, write), in place of the target's "
                     "documented limit, e.g. --limit write=2 for a plan with higher limits; with --shard K/N "
@@ -416,8 +420,8 @@ async def _upload(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
             state = config.out / "sandbox.db"
-            sandbox_config = SandboxConfig(token=token, options=_embedded_seed(cls, config, create, pair.dialect_options()),
-                                           state=str(state))
+            seed = _embedded_seed(cls, config, create, pair.dialect_options())
+            sandbox_config = SandboxConfig(token=token, options=seed, state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
                              f"(nothing leaves this machine; its data in {state})")
@@ -443,7 +447,7 @@ async def _upload(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-async def _run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> Any:
+async def _run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> RunResult:
     """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
     from .pipeline import Run, RunResult
     from .procs import job_processes, run_processes

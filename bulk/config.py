@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["UploadConfig", "Shard", "check_base_url", "loop_options"]
+__all__ = ["Shard", "UploadConfig", "check_base_url", "loop_options"]
 
 
 @dataclass(frozen=True, slots=True)

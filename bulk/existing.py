@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from .errors import ConfigError, RecordRefused
 
-__all__ = ["ON_EXISTING_KEY", "POLICIES", "DEFAULT", "on_existing_policy", "settle", "already_exists"]
+__all__ = ["DEFAULT", "ON_EXISTING_KEY", "POLICIES", "already_exists", "on_existing_policy", "settle"]
 
 ON_EXISTING_KEY = "on_existing"
 POLICIES = ("fail", "skip", "update")

@@ -29,7 +29,7 @@ T = TypeVar("T")
 class Feed(Generic[T]):
     """Create inside the run (anyio events are bound to the running loop)."""
 
-    __slots__ = ("_items", "_high", "_low", "_closed", "_room", "_waiters")
+    __slots__ = ("_closed", "_high", "_items", "_low", "_room", "_waiters")
 
     def __init__(self, high: int, low: int | None = None) -> None:
         if high < 1:

@@ -38,7 +38,7 @@ class Counters:
 
 
 class _Flight:
-    __slots__ = ("done", "value", "error")
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
@@ -207,7 +207,7 @@ class SessionJob:
 class RecordJob:
     """The :class:`bulk.targets.Job` for one record."""
 
-    __slots__ = ("record", "progress", "maybe_sent_before", "item_concurrency", "_session")
+    __slots__ = ("_session", "item_concurrency", "maybe_sent_before", "progress", "record")
 
     def __init__(
         self, session: Session, record: Record, *, progress: dict[str, Any] | None, maybe_sent_before: bool

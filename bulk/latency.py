@@ -26,7 +26,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["Latency", "INTENDED", "ERROR_STATUSES", "histogram", "stats_ms", "reason_of"]
+__all__ = ["ERROR_STATUSES", "INTENDED", "Latency", "histogram", "stats_ms"]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
@@ -51,9 +51,11 @@ def histogram() -> HdrHistogram:
 # Every histogram here has the same layout, so a value's counts index is computed once per
 # request (as HdrHistogram.record_value does, without its method calls) and bumped in each.
 _T = histogram()
-_MASK, _UNIT, _HALF_MAG, _HALF = _T.sub_bucket_mask, _T.unit_magnitude, _T.sub_bucket_half_count_magnitude, \
-    _T.sub_bucket_half_count
-_WORD = _T.word_size
+_MASK: int = _T.sub_bucket_mask
+_UNIT: int = _T.unit_magnitude
+_HALF_MAG: int = _T.sub_bucket_half_count_magnitude
+_HALF: int = _T.sub_bucket_half_count
+_WORD: int = _T.word_size
 del _T
 
 

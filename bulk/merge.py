@@ -45,12 +45,12 @@ import orjson
 from .checkpoint import read_checkpoint
 from .errors import ConfigError
 from .latency import Latency
-from .timeline import HEADER
 from .outputs import ID_MAP_HEADER, LEGACY_ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
 from .refs import FILE as REFS_FILE
 from .refs import HEADER as REFS_HEADER
 from .refs import LISTED_KINDS as REFS_KINDS
 from .tally import Tally
+from .timeline import HEADER
 
 __all__ = ["merge_runs"]
 

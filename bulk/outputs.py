@@ -26,13 +26,14 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, TextIO
 
 import orjson
 
 from .errors import OutputError
 
-__all__ = ["Outputs", "atomic_writer", "escape_cell", "write_atomic", "ID_MAP_HEADER", "LEGACY_ID_MAP_HEADER", "REASONS_HEADER"]
+__all__ = ["ID_MAP_HEADER", "LEGACY_ID_MAP_HEADER", "REASONS_HEADER", "Outputs", "atomic_writer", "escape_cell",
+           "write_atomic"]
 
 ID_MAP_HEADER = ["external_id", "invoice_id", "line", "customer_id", "status", "currency", "net", "tax", "gross",
                  "action"]
@@ -116,6 +117,12 @@ def _first_line(path: Path) -> str:
         return ""
 
 
+def _cut_to(f: IO[Any], keep: int) -> None:
+    if f.tell() != keep:
+        f.truncate(keep)  # drop what the last checkpoint did not cover
+        f.seek(keep)
+
+
 class Outputs:
     """Appenders for the three growing files. Only the engine calls these (never a target)."""
 
@@ -127,7 +134,7 @@ class Outputs:
         try:
             self._id_map = self._open_text("id_map.csv", sizes, ID_MAP_HEADER)
             self._reasons = self._open_text("failed_reasons.csv", sizes, REASONS_HEADER)
-            self._failed: BinaryIO = self._open("failed.ndjson", sizes, binary=True)  # type: ignore[assignment]
+            self._failed = self._open_binary("failed.ndjson", sizes)
         except OSError as exc:
             raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}") from None
         self._id_csv = csv.writer(self._id_map, lineterminator="\n")
@@ -136,17 +143,14 @@ class Outputs:
         self._legacy_id_map = _first_line(run_dir / "id_map.csv") == _csv_line(LEGACY_ID_MAP_HEADER)
         self._reasons_csv = csv.writer(self._reasons, lineterminator="\n")
 
-    def _open(self, name: str, sizes: dict[str, int] | None, *, binary: bool) -> TextIO | BinaryIO:
-        path = self.dir / name
-        keep = (sizes or {}).get(name, 0)
-        f = open(path, "ab" if binary else "a", **({} if binary else {"encoding": "utf-8", "newline": ""}))
-        if f.tell() != keep:
-            f.truncate(keep)  # drop what the last checkpoint did not cover
-            f.seek(keep)
+    def _open_binary(self, name: str, sizes: dict[str, int] | None) -> BinaryIO:
+        f = open(self.dir / name, "ab")  # noqa: SIM115 - an appender kept open until close()
+        _cut_to(f, (sizes or {}).get(name, 0))
         return f
 
     def _open_text(self, name: str, sizes: dict[str, int] | None, header: list[str]) -> TextIO:
-        f: TextIO = self._open(name, sizes, binary=False)  # type: ignore[assignment]
+        f = open(self.dir / name, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open until close()
+        _cut_to(f, (sizes or {}).get(name, 0))
         if f.tell() == 0:
             csv.writer(f, lineterminator="\n").writerow(header)
         return f
@@ -219,10 +223,8 @@ class Outputs:
         file whole (truncating never needs free space).
         """
         for f in (self._id_map, self._reasons, self._failed):
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
         for name, size in self._whole.items():
             with contextlib.suppress(OSError):
                 if os.path.getsize(self.dir / name) > size:

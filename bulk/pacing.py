@@ -84,7 +84,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
 
@@ -126,7 +126,7 @@ class Lane:
     AIMD state that slows it after a 429. ``weight`` = R / current rate: the bucket capacity
     one request takes (1.0 at full rate)."""
 
-    __slots__ = ("rate", "burst", "limiter", "weight", "_climb_at")
+    __slots__ = ("_climb_at", "burst", "limiter", "rate", "weight")
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
@@ -270,7 +270,7 @@ class Pacer:
 
     def _check_wait(self, wait: float) -> None:
         if wait > self.max_wait:
-            resume = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=wait)
+            resume = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
             at = resume.isoformat(timespec="seconds")
             raise QuotaExhausted(
                 f"the API asked to wait {wait:.0f} s (until {at}), longer than --max-wait "
@@ -381,7 +381,7 @@ class Pacer:
 class _Slot:
     """The async context manager :meth:`Pacer.slot` returns."""
 
-    __slots__ = ("_pacer", "_kind", "window")
+    __slots__ = ("_kind", "_pacer", "window")
 
     def __init__(self, pacer: Pacer, kind: str) -> None:
         self._pacer, self._kind = pacer, kind

@@ -45,20 +45,29 @@ from anyio import CancelScope, EndOfStream
 
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
-from .errors import AbortRun, ApiUnavailable, BulkError, ConfigError, InvalidRecord, OutputError, RecordError, RetryableError
-from .errors import find_bulk_error, redact_error
+from .errors import (
+    AbortRun,
+    ApiUnavailable,
+    BulkError,
+    ConfigError,
+    InvalidRecord,
+    OutputError,
+    RecordError,
+    RetryableError,
+    find_bulk_error,
+    redact_error,
+)
 from .feed import Feed
-from .existing import ON_EXISTING_KEY
 from .job import RecordJob, Session, SessionJob, failure, upload
 from .latency import INTENDED
+from .marks import MarkLog
 from .measure import Measure
 from .outputs import Outputs
-from .marks import MarkLog
-from .refs import CREATED_NS, RefsFile
-from .refs import FILE as REFS_FILE
 from .pacing import Pacer
 from .progress import ProgressSink, Status
 from .records import Record, parse_record, peek_external_id
+from .refs import CREATED_NS, RefsFile
+from .refs import FILE as REFS_FILE
 from .source import InputFile, RawLine, fingerprint
 from .tally import Tally
 from .targets.base import Created, Target
@@ -425,7 +434,7 @@ class Run:
                       failing_since=pacer.failing_since if pacer else None,
                       give_up_at=pacer.last_ok + self.config.give_up_after if pacer else None,
                       # the API's words may quote a credential: redacted here, on their way out
-                      last_error=self._session.transport.redact(pacer.last_error) if self._session else "")
+                      last_error=self._session.transport.redact(pacer.last_error) if self._session and pacer else "")
 
     async def _watch_signals(self, outer: CancelScope) -> None:
         try:
@@ -543,7 +552,7 @@ class Run:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _first_bulk_error(group: BaseExceptionGroup) -> BulkError:

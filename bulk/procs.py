@@ -288,5 +288,5 @@ async def run_worker(task: WorkerTask) -> Any:
 
     cls = get_target(task.target)
     target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
-    target.default_limits = dict(task.default_limits)  # type: ignore[misc]  # the parent's, as the CLI set it
+    target.default_limits = dict(task.default_limits)  # the parent's, as the CLI set it
     return await Run(task.config, target, progress=None).execute()

@@ -8,8 +8,8 @@ byte offsets and already redacted error messages only):
 - the bar, only when stderr is a terminal and ``--quiet`` was not given: a percentage and an
   ETA by bytes of the input finished (the watermark's offset over the input's size, which is
   exact for a file and estimated for ``.gz``; a pipe has no total, so no percentage): the
-  invoice total is the lines read so far scaled by their bytes to the whole input, and the rate of *this* run (the records earlier runs of
-  the job finished are the bar's starting point, not part of its speed);
+  invoice total is the lines read so far scaled by their bytes to the whole input, and the rate
+  of *this* run (the records earlier runs of the job finished are the bar's starting point, not part of its speed);
 - notes (``bulk: ...``) on their own lines above the bar, also without one (``--quiet``, a
   log file), e.g. ``requests are failing since ...`` once requests have failed for a second
   with none succeeding, and when they succeed again;

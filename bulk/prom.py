@@ -15,6 +15,7 @@ Metrics: ``bulk_requests_total{kind,status}``, ``bulk_request_duration_seconds{k
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+
 from hdrh.histogram import HdrHistogram
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric

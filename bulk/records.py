@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -293,7 +293,7 @@ def _amount(ln: int, path: str, value: Any) -> Decimal:
             return _remember(_AMOUNT_CACHE, value, Decimal(value))  # type: ignore[no-any-return]
     elif type(value) is int and -_LIMIT < value < _LIMIT:
         hit = _INT_AMOUNT_CACHE.get(value)
-        return hit if hit is not None else _remember(_INT_AMOUNT_CACHE, value, Decimal(value))  # type: ignore[no-any-return]
+        return hit if hit is not None else _remember(_INT_AMOUNT_CACHE, value, Decimal(value))
     if value is _MISSING or value is None:
         raise _absent(ln, path, value, _AMOUNT_FIX)
     if type(value) is int:
@@ -332,7 +332,7 @@ _ADDRESS_FIELDS = tuple((key, f"customer.address.{key}")
                         for key in ("line1", "line2", "city", "region", "postal_code", "country"))
 
 
-def _plain(value: Any, max_len: int) -> bool:
+def _plain(value: Any, max_len: int) -> TypeGuard[str]:
     """True for a string `_string` accepts as it is (not ``exact``): the common case, checked
     without `_string`'s keyword call. Anything else (absent, null, blank, control characters,
     line breaks, too long) goes through `_string`, whose verdict and message stand. ~20 string
@@ -340,7 +340,7 @@ def _plain(value: Any, max_len: int) -> bool:
     return type(value) is str and 0 < len(value) <= max_len and bool(value.strip()) and value.isprintable()
 
 
-def _plain_exact(value: Any, max_len: int) -> bool:
+def _plain_exact(value: Any, max_len: int) -> TypeGuard[str]:
     """`_plain` for identifiers (``exact``: no surrounding whitespace either)."""
     return type(value) is str and 0 < len(value) <= max_len and value.strip() == value and value.isprintable()
 

@@ -38,8 +38,8 @@ from .outputs import escape_cell
 if TYPE_CHECKING:
     from .targets.base import RunJob, Target
 
-__all__ = ["KINDS", "OPTION", "CREATED_NS", "FILE", "HEADER", "parse_kinds", "check_kinds", "kinds_of",
-           "record_created", "begin_create", "found", "RefsFile"]
+__all__ = ["CREATED_NS", "FILE", "HEADER", "KINDS", "OPTION", "RefsFile", "begin_create", "check_kinds",
+           "found", "kinds_of", "parse_kinds", "record_created"]
 
 KINDS = ("customers", "items")
 OPTION = "create_missing"  # the target option the CLI flag travels in (to upload processes too)
@@ -109,7 +109,7 @@ class RefsFile:
         self.path = run_dir / FILE
         keep = (sizes or {}).get(FILE, 0)
         try:
-            self._f: TextIO = open(self.path, "a", encoding="utf-8", newline="")
+            self._f: TextIO = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open until close()
             if self._f.tell() != keep:
                 self._f.truncate(keep)
                 self._f.seek(keep)

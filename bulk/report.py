@@ -24,7 +24,7 @@ from .outputs import write_atomic
 from .rundata import MAX_REASONS, RunFiles, Timeline, load_run
 from .svgchart import Series, duration_label, line_chart
 
-__all__ = ["write_report", "render_report"]
+__all__ = ["render_report", "write_report"]
 
 SHOWN_REASONS = 200  # rows of the failures table
 

@@ -27,7 +27,7 @@ import orjson
 
 from .errors import ConfigError
 
-__all__ = ["load_run", "RunFiles", "Timeline", "Reason", "MAX_POINTS", "MAX_REASONS", "TIMELINE_FIELDS"]
+__all__ = ["MAX_POINTS", "MAX_REASONS", "TIMELINE_FIELDS", "Reason", "RunFiles", "Timeline", "load_run"]
 
 MAX_POINTS = 600  # a chart's points at most: longer timelines are averaged into buckets of seconds
 MAX_REASONS = 10_000  # distinct failure reasons kept while reading; the rest count as "other"

@@ -21,8 +21,10 @@ import anyio.to_thread
 
 from .errors import ConfigError
 
-__all__ = ["RawLine", "InputFile", "directory_message", "estimate_records", "fingerprint"]
+__all__ = ["InputFile", "RawLine", "directory_message", "estimate_records", "fingerprint"]
 
+#: what an input is read from: stdin's or a file's binary stream, or a gzip decompressor over one
+_Raw = BinaryIO | gzip.GzipFile
 _CHUNK = 1 << 20
 
 
@@ -54,7 +56,7 @@ class InputFile:
             raise ConfigError(directory_message(path))
         try:
             if self.is_stdin:
-                self._raw: BinaryIO = sys.stdin.buffer
+                self._raw: _Raw = sys.stdin.buffer
                 self.size: int | None = _regular_size(self._raw)
             elif path.endswith(".gz"):
                 self._raw = gzip.open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -140,7 +142,7 @@ def _regular_size(f: BinaryIO) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _compressed_position(f: BinaryIO) -> int:
+def _compressed_position(f: _Raw) -> int:
     raw = getattr(f, "fileobj", None)  # gzip.GzipFile's underlying file
     try:
         return int(raw.tell()) if raw is not None else 0
@@ -172,7 +174,7 @@ def estimate_records(path: str, *, exact_up_to: int = 64 << 20) -> int | None:
     return round(lines * size / used) if used else None
 
 
-async def _discard(f: BinaryIO, n: int) -> None:
+async def _discard(f: _Raw, n: int) -> None:
     while n > 0:
         got = await anyio.to_thread.run_sync(f.read, min(n, _CHUNK))
         if not got:

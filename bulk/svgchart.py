@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["Series", "line_chart", "duration_label"]
+__all__ = ["Series", "duration_label", "line_chart"]
 
 _W, _H = 1000, 260  # the viewBox; the SVG scales to the page width
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 14, 48
@@ -29,7 +29,7 @@ class Series:
 
 def duration_label(seconds: float) -> str:
     """``0 s``, ``45 s``, ``2 min 5 s``, ``3 h 20 min``: an x-axis tick."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -90,7 +90,7 @@ def line_chart(title: str, unit: str, xs: Sequence[float], series: Sequence[Seri
                      f'<text class="marklab" x="{px(x) + 4:.1f}" y="{_TOP + 12}">{escape(label)}</text>')
     for s in series:
         d, points, pen_down = [], 0, False
-        for x, v in zip(xs, s.values):
+        for x, v in zip(xs, s.values, strict=False):  # one value per x by contract; never raise while drawing a report
             if v is None:
                 pen_down = False
                 continue

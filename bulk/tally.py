@@ -55,12 +55,13 @@ class Tally:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
-        t = cls(**{k: int(data.get(k, 0)) for k in ("read", "created", "existing", "updated", "unchanged", "rejected", "failed",
-                                                     "uncertain")})
-        t.totals = CurrencyTotals.from_json(data.get("totals", {}))
-        t.mismatch_count = int(data.get("mismatch_count", 0))
-        t.mismatches = list(data.get("mismatches", []))
-        return t
+        def n(key: str) -> int:
+            return int(data.get(key, 0))
+
+        return cls(read=n("read"), created=n("created"), existing=n("existing"), updated=n("updated"),
+                   unchanged=n("unchanged"), rejected=n("rejected"), failed=n("failed"), uncertain=n("uncertain"),
+                   totals=CurrencyTotals.from_json(data.get("totals", {})), mismatch_count=n("mismatch_count"),
+                   mismatches=list(data.get("mismatches", [])))
 
     def merge(self, other: Tally) -> None:
         for k in ("read", "created", "existing", "updated", "unchanged", "rejected", "failed", "uncertain",

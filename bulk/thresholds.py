@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Threshold", "parse_threshold", "evaluate", "FORMS"]
+__all__ = ["FORMS", "Threshold", "evaluate", "parse_threshold"]
 
 FORMS = ("KIND.STAT<N[ms|s] (e.g. write.p99<800ms; STAT: p50 p90 p99 p999 max mean), "
          "errors<N[%], throttled<N[%], failed<N[%], rate>=N/s (or N/min); operators < <= > >=")

@@ -17,6 +17,7 @@ its first row also holds what the killed run did between its last row and the ch
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -28,7 +29,7 @@ from hdrh.histogram import HdrHistogram
 from .errors import OutputError
 from .latency import stats_ms
 
-__all__ = ["Timeline", "HEADER"]
+__all__ = ["HEADER", "Timeline"]
 
 HEADER = b"time,elapsed_s,requests_started,requests_finished,invoices_created,throttled,errors,p50_ms,p99_ms\n"
 
@@ -58,13 +59,14 @@ class Timeline:
         [requests_started, requests_finished, invoices_created, throttled, errors];
         ``interval`` the histogram of the requests finished since the last row; ``second``
         the row's time (Unix seconds; default: now)."""
-        delta = [now - before for now, before in zip(counters, self._last)]
+        # strict=False: _last comes from a checkpoint, which an older run may have written
+        delta = [now - before for now, before in zip(counters, self._last, strict=False)]
         if interval.get_total_count():
             st = stats_ms(interval)
             p50, p99 = f"{st['p50']:.3f}", f"{st['p99']:.3f}"
         else:
             p50 = p99 = ""
-        when = dt.datetime.fromtimestamp(time.time() if second is None else second, dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(time.time() if second is None else second, dt.UTC)
         stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{stamp},{int(time.monotonic() - self._t0)},{','.join(map(str, delta))},{p50},{p99}\n"
         try:
@@ -78,13 +80,9 @@ class Timeline:
         return {"size": os.lseek(self._fd, 0, os.SEEK_CUR), "last": list(self._last)}
 
     def sync(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.fsync(self._fd)
-        except OSError:
-            pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._fd)
-        except OSError:
-            pass

@@ -174,7 +174,7 @@ class Transport:
             # The connection was never established: the request surely did not arrive.
             raise TransportError(self._describe("cannot connect", exc), maybe_committed=False,
                                  reason="timeout" if isinstance(exc, asyncio.TimeoutError) else "refused") from None
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(self._describe("no answer", exc), maybe_committed=True,
                                  reason="timeout" if isinstance(exc, asyncio.TimeoutError) else "reset") from None
 

@@ -22,7 +22,7 @@ __all__ = ["Entry", "Tracker"]
 class Entry:
     """One started record: its line number and the byte offset just past its line."""
 
-    __slots__ = ("line", "end", "done")
+    __slots__ = ("done", "end", "line")
 
     def __init__(self, line: int, end: int) -> None:
         self.line, self.end, self.done = line, end, False

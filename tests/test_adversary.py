@@ -59,8 +59,8 @@ from harness import (
 )
 from hostile_proxy import FAULTS, HostileProxy, request_kind
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 CORPUS = (REPO / "fixtures" / "hostile.ndjson").read_bytes().split(b"\n")
@@ -131,7 +131,8 @@ def _money(doc: dict[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
 def _totals(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for doc in docs:
-        cur = out.setdefault(doc["currency"], {"invoices": 0, "net": Decimal(0), "tax": Decimal(0), "gross": Decimal(0)})
+        cur = out.setdefault(doc["currency"],
+                             {"invoices": 0, "net": Decimal(0), "tax": Decimal(0), "gross": Decimal(0)})
         cur["invoices"] += 1
         for key, value in zip(("net", "tax", "gross"), _money(doc), strict=True):
             cur[key] += value
@@ -290,8 +291,8 @@ def test_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("target", TARGETS)
 def test_soak_kill_and_resume_through_a_hostile_network(target: str, seed: int, tmp_path: Path) -> None:
-    _scenario(target, tmp_path, n=300 if target != "anny" else 120, kills=20, seed=2000 + 10 * seed + TARGETS.index(target),
-              late=0.5)
+    _scenario(target, tmp_path, n=300 if target != "anny" else 120, kills=20,
+              seed=2000 + 10 * seed + TARGETS.index(target), late=0.5)
 
 
 # --- the proxy itself ----------------------------------------------------------------------------

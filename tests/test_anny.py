@@ -723,7 +723,7 @@ def test_a_killed_runs_item_create_arriving_late_never_leaves_a_wrong_invoice_co
 
     async def script(call: Call) -> Any:
         if phase[0] == 1:
-            if call.path.endswith("/items") and "Hosting".encode() in call.body and not held:
+            if call.path.endswith("/items") and b"Hosting" in call.body and not held:
                 held.append(call)
                 is_held.set()
                 await release.wait()  # run 1 is killed meanwhile: this answer never goes anywhere

@@ -38,8 +38,8 @@ from harness import (
 )
 from hostile_proxy import HostileProxy
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 
 def _refused_by_the_api(target: str, doc: dict[str, Any]) -> tuple[dict[str, Any], int, str, str]:

@@ -336,7 +336,8 @@ def test_missing_items_currencies_and_bad_keys(tmp_path: Path) -> None:
         # the default item is checked before anything is written
         bad = cli(upload_args(sb, src, tmp_path / "bad", "--option", "default_item=NOPE"), sb.env)
         assert bad.returncode == 2 and "default_item=NOPE" in bad.stderr
-        wrong = cli(upload_args(sb, src, tmp_path / "wrong"), {**sb.env, "CHARGEOVER_PRIVATE_KEY": "x-wrong-private-key"})
+        wrong = cli(upload_args(sb, src, tmp_path / "wrong"),
+                    {**sb.env, "CHARGEOVER_PRIVATE_KEY": "x-wrong-private-key"})
         assert wrong.returncode == 3 and "CHARGEOVER_PRIVATE_KEY" in wrong.stderr
         assert sb.state()["requests"]["by_status"].get("201") is None
     with SandboxServer("chargeover", options={"currencies": "USD,EUR,GBP,CHF,JPY,KWD"}) as sb:
@@ -494,7 +495,7 @@ def test_a_killed_runs_bulk_create_that_lands_late_is_refused_by_its_key(tmp_pat
         audit_lines(sb, out, records)
     assert proxy.held_answer is not None and proxy.held_answer[0] == 200
     late = [s for s, req in zip(json.loads(proxy.held_answer[1])["response"]["_bulk"],
-                                     json.loads(proxy.held_body or b"[]"))
+                                     json.loads(proxy.held_body or b"[]"), strict=False)
             if req["uri"] == f"{API}/invoice" and req["payload"]["external_key"] == held]
     assert [s["code"] for s in late] == [400] and "already in use" in late[0]["message"]
     assert proxy.dropped == Counter({"_bulk write": 1, "_bulk read": 1})

@@ -27,13 +27,26 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from harness import (
+    REPO,
+    SandboxServer,
+    ScriptedServer,
+    cli,
+    client_env,
+    created_count,
+    free_port,
+    read_reasons,
+    run_until,
+    stop,
+    summary,
+    upload_args,
+    write_input,
+)
 
 import bulk
 from bulk.cli import build_parser
 from bulk.generate import generate
 from bulk.targets import available_targets, get_target
-from harness import (REPO, SandboxServer, ScriptedServer, cli, client_env, created_count, free_port, read_reasons,
-                     run_until, stop, summary, upload_args, write_input)
 
 COLS, ROWS = 120, 40
 
@@ -313,7 +326,8 @@ def test_the_bar_has_a_percentage_an_eta_notes_above_it_and_ends_on_the_summary(
         notice  # on a line of its own, not appended to a frame
     drawn = frames(screen)
     assert len(drawn) >= 3, screen[-3000:]
-    assert all(len(seg) <= COLS for seg in segments(screen) if seg.startswith("bulk agiled:")), "wider than the terminal"
+    assert all(len(seg) <= COLS for seg in segments(screen) if seg.startswith("bulk agiled:")), \
+        "wider than the terminal"
     middle = [f for f in drawn if f["pct"] is not None and 0 < int(f["pct"]) < 100]
     if kind == "stdin":  # a pipe has no size: counts and a rate, no percentage until the end
         assert not middle and any(f["pct"] is None and int(f["n"] or 0) > 0 for f in drawn), drawn

@@ -28,8 +28,8 @@ from harness import (
 )
 from hostile_proxy import HostileProxy
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 
@@ -91,7 +91,7 @@ def test_refused_record_fails_with_api_status_and_run_goes_on(target: str, tmp_p
     good = [json.loads(line) for line in generate(12, seed=14)]
     bad = support(target).refusable(good[5])
     bad["external_id"] = "INV-REFUSED-1"
-    lines = [json.dumps(r, ensure_ascii=False).encode() for r in good[:5] + [bad] + good[5:]]
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in [*good[:5], bad, *good[5:]]]
     records = write_input(src, 0, extra_lines=lines)
     with SandboxServer(target) as sb:
         done = cli(upload_args(sb, src, out), sb.env)
@@ -155,11 +155,11 @@ def test_kill_and_resume(target: str, tmp_path: Path) -> None:
 def test_a_corrected_rerun_updates_exactly_the_corrected_invoices(target: str, tmp_path: Path) -> None:
     """``--on-existing update`` in a new run directory (tests/test_on_existing.py has the rest:
     skip, fail, kills, refusals): the corrected invoices change to match, none is created."""
-    from test_on_existing import _at_server, _assert_matches, _corrected, _docs, _write
+    from test_on_existing import _assert_matches, _at_server, _corrected, _docs, _write
 
     docs = _docs(seed=1310)[:6]
     fixed = _corrected(docs)
-    changed = {d["external_id"] for d, f in zip(docs, fixed) if d != f}
+    changed = {d["external_id"] for d, f in zip(docs, fixed, strict=True) if d != f}
     assert changed
     first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
     _write(first, docs)

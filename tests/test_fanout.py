@@ -40,10 +40,10 @@ from harness import (
 )
 from hostile_proxy import HostileProxy
 
+import bulk.targets
 from bulk.config import Shard, UploadConfig
 from bulk.generate import generate
 from bulk.procs import WorkerTask
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 CUSTOMERS = {"agiled": "contacts", "anny": "customers", "chargeover": "customers"}  # coperniq's are seeded

@@ -38,6 +38,7 @@ from harness import (
     wait_until,
     write_input,
 )
+
 import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio import EndOfStream
 
@@ -27,7 +28,7 @@ def test_every_item_once_in_order_then_end_of_stream() -> None:
                     got[k].append(await feed.get())
                 except EndOfStream:
                     return
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)

@@ -37,10 +37,10 @@ from harness import (
     write_input,
 )
 
+import bulk.targets
 from bulk.errors import InvalidRecord
 from bulk.records import Record, parse_record
 from bulk.targets import get_target
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 FIXTURES = REPO / "fixtures"
@@ -95,10 +95,8 @@ def _path(field: str) -> list[str | int]:
 def _template_value(template: dict[str, Any], path: list[str | int]) -> Any:
     node: Any = template
     for step in path:
-        if isinstance(step, int):
-            node = node[min(step, len(node) - 1)]  # lines[1] is fixed like lines[0]
-        else:
-            node = node[step]
+        # lines[1] is fixed like lines[0]
+        node = node[min(step, len(node) - 1)] if isinstance(step, int) else node[step]
     return node
 
 

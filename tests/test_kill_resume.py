@@ -26,6 +26,7 @@ from harness import (
     write_input,
 )
 from hostile_proxy import HostileProxy
+
 import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)

@@ -53,7 +53,7 @@ def _timeline(out: Path) -> list[dict[str, str]]:
     for row in rows[1:]:
         assert len(row) == len(TIMELINE_HEADER), row
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row[0]), row
-    return [dict(zip(TIMELINE_HEADER, row)) for row in rows[1:]]
+    return [dict(zip(TIMELINE_HEADER, row, strict=True)) for row in rows[1:]]  # lengths asserted above
 
 
 def _assert_timeline_sums(out: Path, s: dict[str, Any], finished: int | None = None) -> None:

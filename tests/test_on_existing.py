@@ -366,7 +366,8 @@ def test_update_endpoints_refuse_what_the_creates_refuse(made: Any) -> None:
         status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}", {**body, "due_date": "2000-01-01",
                                                                               "issue_date": "2026-01-01"})
         assert status == 422 and "due_date" in answer["errors"], answer
-        status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}", {**body, "invoice_number": b["invoice_number"]})
+        status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}",
+                              {**body, "invoice_number": b["invoice_number"]})
         assert status == 422 and "invoice_number" in answer["errors"], answer
         assert _raw(sb, "PUT", "/public/v1/invoices/999999", body)[0] == 404
         status, answer = _raw(sb, "PUT", f"/public/v1/invoices/{a['id']}", {**body, "notes": "changed"})

@@ -6,8 +6,9 @@ summary.json, no temp file left), and a re-run with space restored finishes exac
 
 Tests run as root in CI, where file modes do not stop writes; the honest mechanisms used here:
 ``--out`` under a regular file (ENOTDIR), a read-only or tiny tmpfs (mounted as root, or in
-a user namespace of the CLI's own as another user; skipped only where neither is possible), and ``RLIMIT_FSIZE`` in the child, which makes every write past the limit
-fail with EFBIG: a faithful "disk full" for that process.
+a user namespace of the CLI's own as another user; skipped only where neither is possible), and
+``RLIMIT_FSIZE`` in the child, which makes every write past the limit fail with EFBIG: a faithful
+"disk full" for that process.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from harness import (
     write_input,
 )
 
-from bulk.generate import generate
 import bulk.targets
+from bulk.generate import generate
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 

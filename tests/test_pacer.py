@@ -9,6 +9,7 @@ every time below is exact and nothing depends on the machine's speed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import selectors
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -98,7 +99,7 @@ def test_requests_are_spaced_evenly_after_at_most_the_burst() -> None:
     times = run_virtual(go)
     t0 = times[0]
     assert times[:3] == [t0] * 3  # the bucket holds 3
-    gaps = [b - a for a, b in zip(times[2:], times[3:])]
+    gaps = [b - a for a, b in itertools.pairwise(times[2:])]
     assert gaps == pytest.approx([0.01] * len(gaps), abs=1e-6)  # then exactly 1/R apart
     assert at_once(times) == 3
 
@@ -122,9 +123,9 @@ def test_kind_and_shared_limits_compose() -> None:
 
     writes, reads = run_virtual(go)
     # writes at most 10/s, everything together at most 20/s (one request at a time)
-    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(writes, writes[1:]))
+    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(writes))
     both = sorted(writes + reads)
-    assert all(b - a >= 0.05 - 1e-9 for a, b in zip(both, both[1:]))
+    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(both))
 
 
 def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
@@ -143,13 +144,13 @@ def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
     cut = seen[0] + 0.001  # when its answer came
     # slower after the 429 (while the throttled request waits its Retry-After of 1 s)...
     after = [t for t in times if cut + 0.05 < t < cut + 1.0]
-    gaps = [b - a for a, b in zip(after, after[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(after)]
     assert gaps and all(g == pytest.approx(1 / (100.0 * CUT), abs=1e-6) for g in gaps)
     assert final_rate == 100.0  # ...and back at R
     # climbing from CUT x R in steps of CLIMB x R, from CLIMB_EVERY after the Retry-After of 1 s
     back = cut + 1.0 + CLIMB_EVERY + (1 - CUT) / CLIMB * CLIMB_EVERY
     late = [t for t in times if t > back + 0.05]
-    assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in zip(late, late[1:]))
+    assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in itertools.pairwise(late))
     assert len(times) == 401  # every request sent, the throttled one twice
 
 

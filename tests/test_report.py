@@ -375,7 +375,7 @@ def _pixels(png: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
     for y in range(height):
         row = raw[y * (stride + 1):(y + 1) * (stride + 1)]
         prev = _unfilter(row[0], bytearray(row[1:]), prev, n)
-        colours.update(zip(prev[0::n], prev[1::n], prev[2::n]))
+        colours.update(zip(prev[0::n], prev[1::n], prev[2::n], strict=False))
     return width, height, colours
 
 

@@ -92,7 +92,8 @@ def assert_described_at_most_once(out: Path, records: list[Record], n_lines: int
     watermark = int(cp["watermark"][1])
     finished = set(range(1, min(watermark, n_lines + 1))) | set(cp["done_beyond"])
     forgotten = sorted(set(lines) - finished)
-    assert not forgotten, f"recorded lines the checkpoint does not call finished (a resume redoes them): {forgotten[:10]}"
+    assert not forgotten, \
+        f"recorded lines the checkpoint does not call finished (a resume redoes them): {forgotten[:10]}"
     unrecorded = sorted(finished - set(lines))
     assert not unrecorded, f"lines called finished but recorded nowhere: {unrecorded[:10]}"
     # The tally the next run continues from counts those rows, and its totals are theirs.

@@ -57,7 +57,7 @@ def _send(script: Callable[[int], Reply | Exception], others_succeed: Callable[[
                           attempts=attempts, item_concurrency=1, backoff=Backoff(base=0.0))
         try:
             return await session.send(Request("POST", "/x", json={}), stage="invoice"), transport.calls
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
+        except Exception as exc:  # the outcome under test
             return exc, transport.calls
 
     return anyio.run(main)

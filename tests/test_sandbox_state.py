@@ -41,10 +41,10 @@ from harness import (
     write_input,
 )
 
+import bulk.targets
 from bulk.sandbox.config import SandboxConfigError
 from bulk.sandbox.durable import DurableStore
 from bulk.targets import get_target
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 # Requests per second for the whole run: at least ~3 s of work for 240 invoices at each
@@ -124,7 +124,8 @@ def test_bulk_sandbox_state_file_survives_a_kill_and_a_restart(tmp_path: Path) -
     def upload(target: str, out: Path) -> subprocess.CompletedProcess[str]:
         env, _ = get_target(target).sandbox_credentials(SECRET)
         return cli(["upload", str(tmp_path / f"{target}.ndjson"), "--target", target, "--base-url",
-                    f"{url}/{target}", "--out", str(out), "--rate", "100000", "--quiet", *support(target).EXTRA_ARGS], env)
+                    f"{url}/{target}", "--out", str(out), "--rate", "100000", "--quiet",
+                    *support(target).EXTRA_ARGS], env)
 
     proc = _start_sandbox(state, port)
     try:

@@ -36,11 +36,11 @@ from harness import (
     write_input,
 )
 
+import bulk.targets
 from bulk.config import UploadConfig
 from bulk.generate import generate
 from bulk.pipeline import Run
 from bulk.targets import get_target
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 TOKEN = "tok-LEAKCANARY-7f3a9c1e5b2d8f4a6c0e"

@@ -6,8 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import SandboxServer, assert_exactly_once, cli, read_id_map, read_reasons, start_cli, summary, upload_args
-from harness import write_input
+from harness import (
+    SandboxServer,
+    assert_exactly_once,
+    cli,
+    read_id_map,
+    read_reasons,
+    start_cli,
+    summary,
+    upload_args,
+    write_input,
+)
 
 from bulk.config import Shard, UploadConfig
 
@@ -24,7 +33,8 @@ BAD_LINES = [
 
 def _outcome(out: Path) -> tuple[Counter[tuple[str, ...]], Counter[bytes]]:
     """What was rejected: (line, external id, kind, field, message) rows, and the verbatim lines."""
-    reasons = Counter(tuple(r[k] for k in ("line", "external_id", "kind", "field", "message")) for r in read_reasons(out))
+    fields = ("line", "external_id", "kind", "field", "message")
+    reasons = Counter(tuple(r[k] for k in fields) for r in read_reasons(out))
     return reasons, Counter((out / "failed.ndjson").read_bytes().splitlines())
 
 
@@ -61,7 +71,8 @@ def test_n_shards_merged_equal_one_unsharded_run(tmp_path: Path) -> None:
         assert m["records"][key] == s["records"][key], key
     assert m["records"]["rejected"] == len(extra)
     assert m["totals"] == s["totals"]
-    assert Counter(r["external_id"] for r in read_id_map(merged)) == Counter(r["external_id"] for r in read_id_map(single))
+    assert Counter(r["external_id"] for r in read_id_map(merged)) == \
+        Counter(r["external_id"] for r in read_id_map(single))
     assert _outcome(merged) == _outcome(single)
     shards = {e["shard"]: e for e in m["shards"]}
     assert sorted(shards) == [f"{k}/{N}" for k in range(N)]

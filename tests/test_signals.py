@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_proxy import HostileProxy
 from harness import (
     SandboxServer,
     assert_counts,
@@ -28,6 +27,8 @@ from harness import (
     wait_until,
     write_input,
 )
+from hostile_proxy import HostileProxy
+
 import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)

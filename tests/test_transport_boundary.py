@@ -42,7 +42,8 @@ async def raw_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWrite
         await server.wait_closed()
 
 
-async def _send(base: str, timeout: float = 2.0, secrets: tuple[str, ...] = ()) -> TransportError:
+# ASYNC109: `timeout` configures the Transport under test; it does not bound this call
+async def _send(base: str, timeout: float = 2.0, secrets: tuple[str, ...] = ()) -> TransportError:  # noqa: ASYNC109
     async with Transport(base, headers={}, timeout=timeout, connections=4, secrets=secrets) as t:
         with pytest.raises(TransportError) as info:
             await t.send(Request("POST", "/x", json={"a": 1}))

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from harness import SandboxServer, ScriptedServer, cli, support, write_input
 
+import bulk.targets
 from bulk.cli import main
 from bulk.config import UploadConfig
 from bulk.errors import ConfigError
 from bulk.targets import get_target
-import bulk.targets
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 TOKEN = "tok-REDIRECTCANARY-5e6f7a8b9c0d"

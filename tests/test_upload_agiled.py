@@ -9,7 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import REPO, SandboxServer, assert_exactly_once, cli, client_env, read_reasons, summary, upload_args, write_input
+from harness import (
+    REPO,
+    SandboxServer,
+    assert_exactly_once,
+    cli,
+    client_env,
+    read_reasons,
+    summary,
+    upload_args,
+    write_input,
+)
 
 from bulk.generate import generate
 
@@ -18,7 +28,8 @@ def _rec(ext: str, currency: str, prices: str, lines: list[tuple[str, str, str]]
     return json.dumps({
         "external_id": ext, "customer": {"external_id": cust, "email": f"{cust.lower()}@example.com"},
         "currency": currency, "prices": prices, "status": "draft",
-        "lines": [{"title": f"line {i}", "quantity": q, "unit_price": p, "tax_rate": t} for i, (q, p, t) in enumerate(lines)],
+        "lines": [{"title": f"line {i}", "quantity": q, "unit_price": p, "tax_rate": t}
+                  for i, (q, p, t) in enumerate(lines)],
     }).encode()
 
 
@@ -27,7 +38,8 @@ def test_totals_follow_the_money_rule_exactly(tmp_path: Path) -> None:
     lines = [
         _rec("JPY-1", "JPY", "net", [("3", "333.5", "10")]),  # net 1000.5 -> 1001, tax 100.1 -> 100
         _rec("KWD-1", "KWD", "gross", [("1", "10.000", "5")]),  # net 9.5238.. -> 9.524, tax 0.476
-        _rec("EUR-1", "EUR", "net", [("2", "19.995", "19"), ("1", "-5.005", "19")]),  # negative line, half away from zero
+        # a negative line, half away from zero
+        _rec("EUR-1", "EUR", "net", [("2", "19.995", "19"), ("1", "-5.005", "19")]),
         _rec("EUR-2", "EUR", "gross", [("1", "1.19", "19")]),
     ]
     src.write_bytes(b"\n".join(lines) + b"\n")
@@ -112,7 +124,8 @@ def test_stdin_and_gzip_inputs(tmp_path: Path) -> None:
     gz.write_bytes(gzip.compress(src.read_bytes()))
     with SandboxServer("agiled") as sb:
         piped = subprocess.run([sys.executable, "-m", "bulk", *upload_args(sb, Path("-"), tmp_path / "stdin")],
-                               input=src.read_bytes(), env=client_env(sb.env), capture_output=True, cwd=REPO, timeout=60)
+                               input=src.read_bytes(), env=client_env(sb.env), capture_output=True, cwd=REPO,
+                               timeout=60)
         assert piped.returncode == 0, piped.stderr
         assert_exactly_once(sb, tmp_path / "stdin", records)
         zipped = cli(upload_args(sb, gz, tmp_path / "gz"), sb.env)

@@ -7,8 +7,17 @@ import time
 import orjson
 import requests
 
-from benchmarks.clients.common import CONTACTS, INVOICES, Result, contact_request, headers, lines, parse_args
-from benchmarks.clients.common import request_parts, retry_after
+from benchmarks.clients.common import (
+    CONTACTS,
+    INVOICES,
+    Result,
+    contact_request,
+    headers,
+    lines,
+    parse_args,
+    request_parts,
+    retry_after,
+)
 
 
 def main() -> None:

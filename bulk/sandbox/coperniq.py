@@ -46,10 +46,11 @@ Routes
     ``order_by`` asc|desc (by id), ``updated_after``/``updated_before`` -> 200 ``{items, page,
     page_size, has_more}`` | 400 (bad parameter) | 404 (no such project/account).
 Sandbox only
-    ``GET /_sandbox/state``: ``accounts``, ``catalog_items``, ``invoices`` (as answered, plus the ``issueDate`` Coperniq keeps
-    but does not return), ``quota``, ``deleted`` (how many invoices were deleted), the framework's counters. With option
-    ``record_exchanges`` true, ``GET /_sandbox/exchanges`` lists every API request and answer
-    (``status`` null when the connection was closed without one), for contract tests.
+    ``GET /_sandbox/state``: ``accounts``, ``catalog_items``, ``invoices`` (as answered, plus the
+    ``issueDate`` Coperniq keeps but does not return), ``quota``, ``deleted`` (how many invoices
+    were deleted), the framework's counters. With option ``record_exchanges`` true, ``GET
+    /_sandbox/exchanges`` lists every API request and answer (``status`` null when the connection
+    was closed without one), for contract tests.
 """
 
 from __future__ import annotations
@@ -67,15 +68,16 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bulk.sandbox.config import SandboxConfig, SandboxConfigError
 from bulk.sandbox.control import control_route
+from bulk.sandbox.coperniq_refs import match_query, validate_account, validate_catalog_item
 from bulk.sandbox.coperniq_rules import (
     Invalid,
     NewInvoice,
-    validate_update,
     parse_seed,
     validate_invoice,
+    validate_update,
 )
-from bulk.sandbox.coperniq_refs import match_query, validate_account, validate_catalog_item
 from bulk.sandbox.core import Dialect, Problem, SandboxProblem
+from bulk.sandbox.durable import Table
 from bulk.sandbox.wire import plain
 
 __all__ = ["CoperniqSandbox", "create_app"]
@@ -158,7 +160,7 @@ class CoperniqSandbox(Dialect):
         # deleted or re-made account) stays so across a restart.
         self.catalog: dict[int, dict[str, Any]] = self.durable.table("catalog")
         self.accounts: dict[int, dict[str, Any]] = self.durable.table("accounts")
-        self.projects: dict[int, dict[str, Any]] = self.durable.table("projects")
+        self.projects: Table[int, dict[str, Any]] = self.durable.table("projects")  # touch(): changed in place
         if not self.durable.restored:
             self.catalog.update({item["id"]: item for item in self.seed.catalog(now)})
             accounts, projects = self.seed.records(now)

@@ -28,8 +28,14 @@ from typing import Any
 
 from bulk.sandbox.coperniq_rules import Invalid
 
-__all__ = ["PRODUCT_CATEGORIES", "SERVICE_CATEGORIES", "TRADE_GROUPS", "validate_account", "validate_catalog_item",
-           "match_query"]
+__all__ = [
+    "PRODUCT_CATEGORIES",
+    "SERVICE_CATEGORIES",
+    "TRADE_GROUPS",
+    "match_query",
+    "validate_account",
+    "validate_catalog_item",
+]
 
 PRODUCT_CATEGORIES = frozenset((
     "BATTERY_SYSTEM BATTERY_MANAGEMENT_SYSTEM CHARGING_GATEWAY COMBINER_BOX EV_CHARGER LOAD_CENTER "

@@ -16,7 +16,7 @@ from typing import Any
 
 from bulk.sandbox.config import SandboxConfigError
 
-__all__ = ["Invalid", "NewInvoice", "InvoiceChange", "Seed", "parse_seed", "validate_invoice", "validate_update"]
+__all__ = ["Invalid", "InvoiceChange", "NewInvoice", "Seed", "parse_seed", "validate_invoice", "validate_update"]
 
 CREATE_STATUSES = frozenset({"DRAFT", "SENT", "PARTIALLY_PAID", "PAID"})
 LIFECYCLE_STATUSES = frozenset({"DECLINED", "OVERDUE"})

@@ -47,11 +47,14 @@ import sqlite3
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from bulk.sandbox.config import SandboxConfigError
 
 __all__ = ["DurableStore", "Table"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 SCHEMA_VERSION = 1
 _VALUES = "\0values"  # the table holding save_values()' attributes
@@ -74,7 +77,7 @@ def _dump(value: Any) -> bytes:
     return pickle.dumps(value, protocol=_PROTOCOL)
 
 
-class Table(dict):  # type: ignore[type-arg]
+class Table(dict[K, V]):
     """A dict whose changed (written, deleted or read-by-key) entries its store saves."""
 
     __slots__ = ("_changed", "_deleted", "_store", "name")
@@ -84,26 +87,26 @@ class Table(dict):  # type: ignore[type-arg]
         self._store = store
         self.name = name
         # A dict as an ordered set: new keys reach the file in insertion order.
-        self._changed: dict[Hashable, None] = {}
-        self._deleted: set[Hashable] = set()
+        self._changed: dict[K, None] = {}
+        self._deleted: set[K] = set()
 
-    def _mark(self, key: Hashable) -> None:
+    def _mark(self, key: K) -> None:
         if not self._changed:
             self._store._pending[id(self)] = self
         self._changed[key] = None
 
-    def touch(self, key: Hashable) -> None:
+    def touch(self, key: K) -> None:
         """Save ``key``'s value at the next flush (it was changed in place)."""
         if key in self:
             self._mark(key)
 
-    def __getitem__(self, key: Hashable) -> Any:
+    def __getitem__(self, key: K) -> V:
         value = dict.__getitem__(self, key)
         if not self._store.reads_only:
             self._mark(key)
         return value
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
+    def get(self, key: K, default: Any = None) -> Any:
         value = dict.get(self, key, _MISSING)
         if value is _MISSING:
             return default
@@ -111,12 +114,12 @@ class Table(dict):  # type: ignore[type-arg]
             self._mark(key)
         return value
 
-    def __setitem__(self, key: Hashable, value: Any) -> None:
+    def __setitem__(self, key: K, value: V) -> None:
         dict.__setitem__(self, key, value)
         self._deleted.discard(key)
         self._mark(key)
 
-    def setdefault(self, key: Hashable, default: Any = None) -> Any:
+    def setdefault(self, key: K, default: Any = None) -> Any:
         if key not in self:
             self[key] = default
             return default
@@ -126,11 +129,11 @@ class Table(dict):  # type: ignore[type-arg]
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def __delitem__(self, key: Hashable) -> None:
+    def __delitem__(self, key: K) -> None:
         dict.__delitem__(self, key)
         self._forget(key)
 
-    def pop(self, key: Hashable, *default: Any) -> Any:
+    def pop(self, key: K, *default: Any) -> Any:
         if key in self:
             value = dict.pop(self, key)
             self._forget(key)
@@ -139,7 +142,7 @@ class Table(dict):  # type: ignore[type-arg]
             return default[0]
         raise KeyError(key)
 
-    def popitem(self) -> tuple[Hashable, Any]:
+    def popitem(self) -> tuple[K, V]:
         key, value = dict.popitem(self)
         self._forget(key)
         return key, value
@@ -149,7 +152,7 @@ class Table(dict):  # type: ignore[type-arg]
             self._forget(key)
         dict.clear(self)
 
-    def _forget(self, key: Hashable) -> None:
+    def _forget(self, key: K) -> None:
         self._changed.pop(key, None)
         self._deleted.add(key)
         self._store._pending[id(self)] = self
@@ -163,24 +166,24 @@ class DurableStore:
     def __init__(self, path: str | os.PathLike[str] | None, namespace: str) -> None:
         self.path = None if path is None else os.fspath(path)
         self.namespace = namespace
-        self._tables: dict[str, Table] = {}
-        self._pending: dict[int, Table] = {}  # by id: tables compare as dicts
+        self._tables: dict[str, Table[Any, Any]] = {}
+        self._pending: dict[int, Table[Any, Any]] = {}  # by id: tables compare as dicts
         self._saved_values: dict[str, bytes] = {}
         self._rows: dict[str, list[tuple[bytes, bytes]]] = {}
         self._db: sqlite3.Connection | None = None
         self.reads_only = False  # inside reading(): reads by key are not saved
         self._waiters: list[asyncio.Future[None]] = []  # of the next group commit
         if self.path is not None:
-            self._open()
+            self._open(self.path)
         self.restored = bool(self._rows)
 
     # --- opening -------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self, path: str) -> None:
         try:
             # isolation_level=None: flush() runs its own BEGIN/COMMIT. Any thread: a test
             # harness builds the app in one thread and serves it in another.
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise SandboxConfigError(
@@ -208,7 +211,7 @@ class DurableStore:
 
     # --- the dialect's side ----------------------------------------------------------------
 
-    def table(self, name: str) -> Table:
+    def table(self, name: str) -> Table[Any, Any]:
         """The table ``name``: with its saved rows on first use, the same object after."""
         found = self._tables.get(name)
         if found is None:

@@ -47,7 +47,7 @@ class References:
 
 def _lines(path: str) -> Iterator[bytes]:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:  # type: ignore[operator]
+    with opener(path, "rb") as f:
         yield from f
 
 

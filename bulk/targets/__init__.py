@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 from ..errors import ConfigError
 from .base import Created, Job, Target
 
-__all__ = ["TARGETS", "Created", "Job", "Target", "get_target", "available_targets", "names"]
+__all__ = ["TARGETS", "Created", "Job", "Target", "available_targets", "get_target", "names"]
 
 TARGETS: dict[str, str] = {
     "agiled": "bulk.targets.agiled:AgiledTarget",

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from .._frozen import constructor
 from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
-from ..transport import Reply, Request
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
+from ..transport import Reply, Request
 from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
-__all__ = ["AgiledTarget", "invoice_body", "contact_body", "idempotency_key"]
+__all__ = ["AgiledTarget", "contact_body", "idempotency_key", "invoice_body"]
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _new_created = constructor(Created)  # once per invoice: without the frozen __init__'s cost (bulk._frozen)
@@ -92,7 +93,7 @@ class AgiledTarget(Target):
     credential_env = ("AGILED_API_TOKEN",)
     base_url_env = "AGILED_API_BASE_URL"
     # G-err: per token and action, writes 30/min, reads 60/min.
-    default_limits = {"write": 30 / 60, "read": 60 / 60}
+    default_limits: Mapping[str, float] = {"write": 30 / 60, "read": 60 / 60}
     path_prefix = "/public/v1"
     auth_hint = "check AGILED_API_TOKEN: it must be valid and have contact and invoice write ability"
     creatable = default_create = frozenset({"customers"})

@@ -52,7 +52,7 @@ def same_invoice(stored: Any, body: dict[str, Any]) -> bool:
     have, want = stored.get("items") or [], body["items"]
     if len(have) != len(want):
         return False
-    for h, w in zip(have, want):
+    for h, w in zip(have, want, strict=True):  # lengths compared above
         if any(h.get(k) != w.get(k) for k in _ITEM_FIELDS):
             return False
         if any(_dec(h.get(k)) is None or _dec(h.get(k)) != _dec(w.get(k)) for k in _AMOUNTS):

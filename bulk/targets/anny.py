@@ -84,10 +84,10 @@ import anyio
 
 from ..errors import AbortRun, BulkError, ConfigError, InvalidRecord, RecordError, RecordRefused, UnknownReference
 from ..records import Line, Record
-from ..spacing import KeySpacer
-from ..transport import Reply, Request
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
+from ..spacing import KeySpacer
+from ..transport import Reply, Request
 from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
 
@@ -248,7 +248,7 @@ class AnnyTarget(Target):
     credential_env = ("ANNY_API_TOKEN",)
     base_url_env = "ANNY_BASE_URL"
     # A-rate: Admin API, per organization, 400 reads and 100 writes per 60 s (adjustable).
-    default_limits = {"write": 100 / 60, "read": 400 / 60}
+    default_limits: Mapping[str, float] = {"write": 100 / 60, "read": 400 / 60}
     path_prefix = API
     optional_env = ("ANNY_ORGANIZATION",)
     option_keys = ("organization", "writes_per_minute", "reads_per_minute", "identical_per_second",
@@ -267,7 +267,7 @@ class AnnyTarget(Target):
             raise ConfigError("the anny target needs the organization id: --option organization=ID "
                               "or ANNY_ORGANIZATION in the environment")
         # Per instance: an organization's limits may have been raised (A-rate: "adjustable").
-        self.default_limits = {"write": _per_minute(options, "writes_per_minute", 100),  # type: ignore[misc]
+        self.default_limits = {"write": _per_minute(options, "writes_per_minute", 100),
                                "read": _per_minute(options, "reads_per_minute", 400)}
         try:
             self.identical_per_second = int(options.get("identical_per_second", 4))

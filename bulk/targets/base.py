@@ -161,8 +161,9 @@ class Target(abc.ABC):
     optional_env: ClassVar[tuple[str, ...]] = ()
     #: environment variable that may hold the base URL (``--base-url`` wins)
     base_url_env: ClassVar[str]
-    #: documented request rates of the real API, requests per second per kind ("read"/"write")
-    default_limits: ClassVar[Mapping[str, float]] = {}
+    #: documented request rates of the real API, requests per second per kind ("read"/"write");
+    #: a class default an instance may replace (anny's adjustable limits, the embedded sandbox's none)
+    default_limits: Mapping[str, float] = {}
     #: what to check when the API answers 401/403
     auth_hint: ClassVar[str] = "check the API token in the environment"
     #: the path the adapter puts after the base URL on every request (Agiled's ``/public/v1``):
@@ -244,7 +245,7 @@ class Target(abc.ABC):
         """Every secret string, so the engine can redact it from any message."""
         return list(self.credentials.values())
 
-    def check(self, record: Record) -> None:
+    def check(self, record: Record) -> None:  # noqa: B027 - an optional hook whose default does nothing
         """Raise :class:`~bulk.errors.InvalidRecord` for what this API cannot take."""
 
     def writes_per_invoice(self) -> float:
@@ -256,7 +257,7 @@ class Target(abc.ABC):
         ``--shard K/N``) the records sharing it go to the same shard, so the customer is resolved once."""
         return record.customer.external_id
 
-    def start_run(self) -> None:
+    def start_run(self) -> None:  # noqa: B027 - an optional hook whose default does nothing
         """Create this run's state (caches, locks, events, batchers, per-run counters); called
         by the engine inside the run, in every process that uploads, before :meth:`prepare` and
         before any :meth:`upload`. A target object is built before the run (options are checked
@@ -265,7 +266,7 @@ class Target(abc.ABC):
         library user may run one target object twice. Extend with ``super().start_run()``.
         Default: nothing."""
 
-    async def prepare(self, job: RunJob) -> None:
+    async def prepare(self, job: RunJob) -> None:  # noqa: B027 - an optional hook whose default does nothing
         """Called once per run, in the parent process only, after :meth:`start_run` and before
         any record (e.g. an auth smoke test). ``job`` has no record. A RetryableError stops the
         run resumably ("the API is not answering"); an AuthError stops it at once. Default:

@@ -63,10 +63,10 @@ from urllib.parse import quote
 
 from ..errors import AuthError, ConfigError, InvalidRecord, RecordRefused, ServerError, UnknownReference
 from ..records import Record
-from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
+from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
 from .chargeover_bulk import MAX_BULK, Batcher, Sub, parse
 from .chargeover_existing import settle_invoice
@@ -134,7 +134,7 @@ class ChargeOverTarget(Target):
     credential_env = (PUBLIC, PRIVATE)
     base_url_env = "CHARGEOVER_BASE_URL"
     # No published numbers (API-NOTES §3): conservative guesses, override with --rate.
-    default_limits = {"write": 2.0, "read": 4.0}
+    default_limits: Mapping[str, float] = {"write": 2.0, "read": 4.0}
     path_prefix = API
     option_keys = OPTIONS
     auth_hint = "check CHARGEOVER_PUBLIC_KEY and CHARGEOVER_PRIVATE_KEY (Settings > Developer > REST API)"
@@ -317,7 +317,7 @@ class ChargeOverTarget(Target):
 
     # --- calls -------------------------------------------------------------------------
 
-    async def _create(self, job: Job, kind: str, body: dict[str, Any], key: str) -> tuple[str, bool, Any]:
+    async def _create(self, job: RunJob, kind: str, body: dict[str, Any], key: str) -> tuple[str, bool, Any]:
         """POST ``body`` as a new ``kind``: ``(id, existed, object if it was looked up)``."""
         lookup = by_key(kind, key)
         sub = await self._batched(job, "POST", f"{API}/{kind}", body, lookup)

@@ -37,7 +37,7 @@ def _same(key: str, want: Any, have: Any) -> bool:
         return _dec(want) is not None and _dec(want) == _dec(have)
     if isinstance(want, int) and not isinstance(want, bool):
         return str(want) == str(have)
-    return want == have
+    return bool(want == have)  # the values are JSON data: == answers a bool
 
 
 def same_invoice(obj: Any, body: dict[str, Any]) -> bool:
@@ -51,7 +51,7 @@ def same_invoice(obj: Any, body: dict[str, Any]) -> bool:
             have = obj.get("line_items")
             if not isinstance(have, list) or len(have) != len(want):
                 return False
-            for w, h in zip(want, have):
+            for w, h in zip(want, have, strict=True):  # lengths compared above
                 if not isinstance(h, dict) or not all(_same(k, v, h.get(k)) for k, v in w.items()):
                     return False
         elif not _same(key, want, obj.get(key)):

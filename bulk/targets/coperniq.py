@@ -16,14 +16,15 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
     1. *Look before creating.* Before creating any record (one an earlier run may have sent,
        ``job.maybe_sent_before``, from the resume file's write-ahead window, and, since
        ``--on-existing``, every other one too: an earlier job may hold it, see
-       ``bulk.targets.coperniq_existing``), the record's invoices are listed (``GET /projects/{id}/invoices`` or ``/accounts/{id}/invoices``;
-       the kind is probed once when the map does not say it), once per record (customer) per
-       run, and the one whose description starts with the external id is taken (when several
-       do -- copies that landed before the lookup -- the oldest is kept and its exact copies
-       are deleted there and then, as in 3.; a DELETE that keeps failing fails the record,
-       reported, instead of leaving a copy a ``recent`` sweep would not see). After a lost
-       answer (timeout, reset, 5xx) the listing is polled for ``--option settle=SECONDS``
-       (default 10) before the create is sent again. Both only make a duplicate *rarer*.
+       ``bulk.targets.coperniq_existing``), the record's invoices are listed (``GET
+       /projects/{id}/invoices`` or ``/accounts/{id}/invoices``; the kind is probed once when the
+       map does not say it), once per record (customer) per run, and the one whose description
+       starts with the external id is taken (when several do -- copies that landed before the lookup
+       -- the oldest is kept and its exact copies are deleted there and then, as in 3.; a DELETE
+       that keeps failing fails the record, reported, instead of leaving a copy a ``recent`` sweep
+       would not see). After a lost answer (timeout, reset, 5xx) the listing is polled for
+       ``--option settle=SECONDS`` (default 10) before the create is sent again. Both only make a
+       duplicate *rarer*.
     2. *Watch what may have a copy in flight.* A record whose create was sent by an earlier
        run (maybe), or whose answer was lost in this run, is written to the resume file
        (``coperniq.watch``: external id -> record, kind, the invoice id in ``id_map.csv``),
@@ -34,12 +35,12 @@ Exactly once (no idempotency at Coperniq): look before creating, then sweep late
        /invoices?updated_after=T``, T the API's clock (``Date``) at the first answer of the
        earliest run that watched a record, less a minute (a copy that landed late did so after
        that run's lookup, so after T); ``auto`` (default): ``records`` for up to 100 watched
-       projects/accounts, else ``recent`` -- and every other invoice carrying a watched external id that is an exact copy of the
-       kept one (same record, description, status, due date and line items as a multiset of
-       catalog item, quantity, unit price, unit cost and text) is deleted (``DELETE
-       /invoices/{id}``, documented in Coperniq's OpenAPI ``delete-invoice``). The kept
-       invoice is always the one ``id_map.csv`` names, so the map, the summary and the API
-       agree. A copy that differs (edited in Coperniq since) is never deleted: it is counted
+       projects/accounts, else ``recent`` -- and every other invoice carrying a watched external id
+       that is an exact copy of the kept one (same record, description, status, due date and line
+       items as a multiset of catalog item, quantity, unit price, unit cost and text) is deleted
+       (``DELETE /invoices/{id}``, documented in Coperniq's OpenAPI ``delete-invoice``). The kept
+       invoice is always the one ``id_map.csv`` names, so the map, the summary and the API agree. A
+       copy that differs (edited in Coperniq since) is never deleted: it is counted
        as ``kept_differs`` and named in the note. A kept invoice that is gone is counted, not
        replaced. Lost answers: listings are retried (reads); a ``DELETE`` whose answer was
        lost is retried and its 404 means the first one did it; a sweep that cannot list a
@@ -72,8 +73,8 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-import functools
 import email.utils
+import functools
 import json
 import time
 from collections import defaultdict
@@ -84,14 +85,20 @@ from typing import Any
 import anyio
 
 from ..errors import (
-    ConfigError, InvalidRecord, QuotaExhausted, RecordError, RecordRefused, RetryableError, UnknownReference,
+    ConfigError,
+    InvalidRecord,
+    QuotaExhausted,
+    RecordError,
+    RecordRefused,
+    RetryableError,
+    UnknownReference,
 )
 from ..records import Record
-from ..spacing import QuotaGate
-from ..transport import Reply, Request
 from ..refs import OPTION as CREATE_MISSING
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
+from ..spacing import QuotaGate
+from ..transport import Reply, Request
 from .base import Created, Job, RunJob, Target
 from .coperniq_existing import settle_invoice
 from .coperniq_mapping import MAX_QUANTITY, comparable, external_id_of, invoice_body, load_record_map, merge_lines
@@ -144,7 +151,8 @@ class CoperniqTarget(Target):
     name = "coperniq"
     credential_env = ("COPERNIQ_API_KEY",)
     base_url_env = "COPERNIQ_BASE_URL"
-    default_limits = {"*": 100.0}  # C-auth: 100 requests per second per key, reads and writes alike
+    # C-auth: 100 requests per second per key, reads and writes alike
+    default_limits: Mapping[str, float] = {"*": 100.0}
     path_prefix = ""  # the documented base URL carries the version: https://api.coperniq.io/v1
     option_keys = ("record_map", "record_lookup", "default_catalog_item", "settle", "sweep")
     auth_hint = "check COPERNIQ_API_KEY: an API key of a user allowed to read records and create invoices"
@@ -707,7 +715,8 @@ class CoperniqTarget(Target):
             if tally["unswept"]:
                 note += f"; {tally['unswept']} could not be checked now"
             if differs:
-                note += f"; {len(differs)} other invoices carry a watched id but differ (e.g. {differs[0]!r}): check them"
+                note += (f"; {len(differs)} other invoices carry a watched id but differ (e.g. {differs[0]!r}):"
+                         " check them")
             report["note"] = note + "; run the same command again later to sweep again"
         return report
 
