@@ -541,9 +541,9 @@ def _report(config: UploadConfig, s: dict[str, Any]) -> None:
         _say(f"  created what the invoices referenced: {listed} (created_refs.csv)")
     bad = r["rejected"] + r["failed"] + r["uncertain"]
     extra = f"; fix and re-feed {config.out / 'failed.ndjson'}" if bad else ""
-    listed = ["id_map.csv", "summary.json", "failed.ndjson", "failed_reasons.csv",
-              *(n for n in ("created_refs.csv", "timeline.csv", "latency.hdr.json") if (config.out / n).exists())]
-    _say(f"  outputs in {config.out}: {', '.join(listed)}{extra}")
+    files = ["id_map.csv", "summary.json", "failed.ndjson", "failed_reasons.csv",
+             *(n for n in ("created_refs.csv", "timeline.csv", "latency.hdr.json") if (config.out / n).exists())]
+    _say(f"  outputs in {config.out}: {', '.join(files)}{extra}")
 
 
 async def _dry_run(config: UploadConfig, cls: type[Target]) -> int:

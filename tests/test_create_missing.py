@@ -21,8 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import SandboxServer, cli, client_env, kill_until_done, no_duplicates, start_cli, stop, summary, support
-from harness import wait_until
+from harness import (
+    SandboxServer,
+    cli,
+    client_env,
+    kill_until_done,
+    no_duplicates,
+    start_cli,
+    stop,
+    summary,
+    support,
+    wait_until,
+)
 from hostile_proxy import HostileProxy
 
 from bulk.sandbox.seed_from import read_references, seed_options

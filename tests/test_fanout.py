@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
-
 import pytest
 from harness import (
     SandboxServer,
