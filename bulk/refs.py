@@ -110,7 +110,7 @@ class RefsFile:
         keep = (sizes or {}).get(FILE, 0)
         try:
             self._f: TextIO = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open until close()
-            if self._f.tell() != keep:
+            if self._f.tell() > keep:  # rows the checkpoint does not cover (never extended: NULs)
                 self._f.truncate(keep)
                 self._f.seek(keep)
             if self._f.tell() == 0:
