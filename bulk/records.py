@@ -491,6 +491,22 @@ def _build(obj: Any, ln: int) -> Record:
     return _new_record(ln, external_id, customer, currency, issue_date, due_date, status, prices, notes, parsed, extra)
 
 
+# The string rules of `_string` for values the schema let through (non-empty, within length): True
+# only when `_string` would return the value unchanged. isprintable() is False for every control
+# character and lone surrogate (and for a few characters `_string` allows, such as U+0085 or a
+# no-break space: those take the general path).
+def _fast_short(value: str | None) -> bool:
+    return value is None or (value.isprintable() and not value.isspace())
+
+
+def _fast_id(value: str | None) -> bool:
+    return value is None or (value.isprintable() and value.strip() == value)
+
+
+def _fast_text(value: str | None) -> bool:
+    return value is None or (not value.isspace() and (value.isprintable() or not _BAD_TEXT.search(value)))
+
+
 # The fast path. Nearly every line is a valid record of the common shape: bulk._record_schema
 # decodes and checks most of it in one msgspec pass (C), and `_fast_record` does the few checks
 # left, building the very Record the general path below would. Whatever it is unsure of (the
@@ -500,8 +516,14 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
         customer = inv.customer
+        if not (_fast_id(inv.external_id) and _fast_id(customer.external_id) and _fast_short(customer.name)
+                and _fast_short(customer.company) and _fast_text(inv.notes)):
+            return None
         where, address = customer.address, None
         if where is not None:
+            if not (_fast_short(where.line1) and _fast_short(where.line2) and _fast_short(where.city)
+                    and _fast_short(where.region) and _fast_short(where.postal_code)):
+                return None
             if where.country is not None and where.country not in _COUNTRIES:
                 return None
             address = _new_address(where.line1, where.line2, where.city, where.region, where.postal_code,
@@ -511,6 +533,8 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
             return None
         lines = []
         for item in inv.lines:
+            if not (_fast_short(item.title) and _fast_text(item.description) and _fast_id(item.item_ref)):
+                return None
             raw_amount = item.quantity
             quantity = _cached_amount(raw_amount) or _amount(ln, "", raw_amount)
             raw_amount = item.unit_price
