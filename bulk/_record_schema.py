@@ -1,0 +1,85 @@
+"""The shape of a common, valid invoice line, for `bulk.records`' fast path: one msgspec pass in C.
+
+Contract of `decode`: it returns an `Invoice` for a line whose every typed field already passes the
+checks of `bulk.records.parse_record` that can be said as a type, a length, a literal or a regular
+expression that is cheap in C, or raises a `msgspec.MsgspecError` (or `RecursionError`). The schema is deliberately
+*narrower* than the parser: whatever it refuses (an unknown key, a float amount, a blank optional
+string, a BOM, anything unusual) goes to the parser's general path, whose verdict and message
+stand. So the one rule for this module: never accept a value the general path would refuse or
+would turn into something else (lengths count code points in both).
+
+What stays for `bulk.records` to check: the strings' characters, blankness and surrounding
+whitespace, currency and country codes against their tables, the amounts (kept as the JSON int or
+string they were: never a float), quantity > 0, the tax rate's range, issue_date when status is
+not draft, and ``extra``'s values (kept raw for orjson).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = ["Invoice", "decode"]
+
+# Regular expressions run from msgspec cost ~3,000 instructions a field (measured: patterns on
+# every string doubled the decode's cost), so only the two shapes a plain check cannot say are
+# patterns: the parser's _EMAIL (its classes also refusing lone surrogates, which the parser
+# refuses before matching) and _LOCALE. The other strings' rules (no control character, not
+# blank, no surrounding whitespace for identifiers) are checked by bulk.records with str methods.
+_E = r"[^@\s\x00-\x1f\x7f\ud800-\udfff"
+_EMAIL = rf"\A{_E}]{{1,64}}@{_E}.]+(?:\.{_E}.]+)+\Z"
+_LOCALE = r"\A[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*\Z"
+
+# min_length=1: the parser turns empty optional strings into None; that case takes its path.
+Short = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Long = Annotated[str, msgspec.Meta(min_length=1, max_length=65_535)]
+Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+# The JSON int or string as written; bulk.records turns it into a Decimal exactly as its general
+# path does. A JSON number with a fraction or an exponent (a float here) is refused: general path.
+Amount = int | str
+
+
+class Address(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    line1: Short | None = None
+    line2: Short | None = None
+    city: Short | None = None
+    region: Short | None = None
+    postal_code: Short | None = None
+    country: str | None = None  # bulk.records looks it up in its table
+
+
+class Customer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    external_id: Ident
+    email: Annotated[str, msgspec.Meta(max_length=254, pattern=_EMAIL)]
+    name: Short | None = None
+    company: Short | None = None
+    locale: Annotated[str, msgspec.Meta(max_length=35, pattern=_LOCALE)] | None = None
+    address: Address | None = None
+
+
+class Line(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=185)]
+    description: Long | None = None
+    quantity: Amount
+    unit_price: Amount
+    tax_rate: Amount
+    item_ref: Ident | None = None
+
+
+class Invoice(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    external_id: Ident
+    customer: Customer
+    currency: str
+    issue_date: datetime.date | None = None  # msgspec takes exactly YYYY-MM-DD, a real date
+    due_date: datetime.date | None = None
+    status: Literal["draft", "sent", "paid"] | None = None
+    prices: Literal["net", "gross"] | None = None
+    notes: Long | None = None
+    lines: Annotated[list[Line], msgspec.Meta(min_length=1)]
+    # Raw values: orjson reads them as the general path's orjson.loads of the line would.
+    extra: dict[str, msgspec.Raw] | None = None
+
+
+decode = msgspec.json.Decoder(Invoice).decode

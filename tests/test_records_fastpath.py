@@ -1,0 +1,145 @@
+"""The fast path of bulk.records against its general path: the same Record, or the fast path steps aside.
+
+`_fast_record` (msgspec schema + a few checks) must never accept a line the general path refuses, and
+never build a Record that differs from the general path's, down to each Decimal's exponent (compared by
+repr, since Decimal("1.10") == Decimal("1.1")). Run over the generator's output (several seeds), the
+hostile corpus, and mutations aimed at every normalisation the general path does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bulk.errors import InvalidRecord
+from bulk.generate import generate
+from bulk.records import Record, _fast_record, _parse_general, parse_record
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+HOSTILE = (FIXTURES / "hostile.ndjson").read_bytes().split(b"\n")
+
+
+def general(raw: bytes, ln: int) -> Record | InvalidRecord:
+    try:
+        return _parse_general(raw, ln)
+    except InvalidRecord as exc:
+        return exc
+
+
+def check(raw: bytes, ln: int = 7) -> Record | None:
+    """Both paths on ``raw``: equal Records, or the fast path returned None. Returns the fast result."""
+    fast = _fast_record(raw, ln)
+    slow = general(raw, ln)
+    if fast is not None:
+        assert isinstance(slow, Record), f"fast path accepted a line the general path refuses: {raw[:200]!r}: {slow}"
+        assert repr(fast) == repr(slow) and fast == slow, raw[:200]
+        assert [type(item.quantity) for item in fast.lines] == [type(item.quantity) for item in slow.lines]
+    # parse_record is the two together: the general path's verdict stands whenever the fast one steps aside
+    try:
+        combined: Record | InvalidRecord = parse_record(raw, ln)
+    except InvalidRecord as exc:
+        combined = exc
+    assert repr(combined) == repr(slow) and str(combined) == str(slow)
+    return fast
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2026])
+def test_generated_records_take_the_fast_path_with_identical_results(seed: int) -> None:
+    taken = [check(raw.rstrip(b"\n"), no) for no, raw in enumerate(generate(1500, seed), 1)]
+    assert all(rec is not None for rec in taken)  # the common shape never falls back
+
+
+def test_hostile_corpus_lines_agree() -> None:
+    fell_back = sum(check(raw, no) is None for no, raw in enumerate(HOSTILE, 1))
+    assert fell_back > 10  # the corpus is mostly bad lines: the fast path must have stepped aside for them
+
+
+BASE: dict[str, Any] = orjson.loads(next(generate(1, 3)))
+BASE["customer"]["address"] = {"line1": "Hauptstraße 42", "city": "Köln", "country": "DE"}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node: Any = doc
+    for step in parents:
+        node = node[int(step)] if step.isdigit() else node[step]
+    if value is _DROP:
+        node.pop(int(last) if last.isdigit() else last, None)
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return doc
+
+
+_DROP = object()
+_STRINGS = ["", " ", "\u3000", "\x85", "\x85x", " x", "x ", "\tx", "x\ny", "x\ty", "\u2028x", "\x7f", "é" * 185,
+            "é" * 186, "🎨" * 100, "🎨" * 101, "A" * 255, "A" * 256, None, 5, True, [], {}, _DROP]
+_AMOUNTS = ["1", "1.10", "1.1", "-0", "0", "+1", ".5", "5.", "1e3", "1E+3", "1_0", " 1", "1000", "1000.0001", "-0.5",
+            "NaN", "-Infinity", "1.0000000000000", "0.0000000000001", "999999999999", "1000000000000",
+            0, 3, -2, 10**12, 10**13, 10**30, True, None, [], "\u0661", _DROP]  # an Arabic-Indic digit one
+MUTATIONS: list[tuple[str, Any]] = [
+    *[(path, value) for path in ("external_id", "customer.external_id", "customer.name", "customer.company",
+                                 "customer.email", "customer.locale", "notes", "lines.0.title",
+                                 "lines.0.description", "lines.0.item_ref", "customer.address.city",
+                                 "customer.address.line2")
+      for value in _STRINGS],
+    *[(f"lines.0.{key}", value) for key in ("quantity", "unit_price", "tax_rate") for value in _AMOUNTS],
+    *[("customer.email", v) for v in ("a@b", "a@b.c", "ä@ö.de", "a@@b.c", "a b@c.d", "x" * 65 + "@a.de")],
+    *[("customer.locale", v) for v in ("de", "pt-BR", "pt_BR", "EN", "e", "english-language-x")],
+    *[("currency", v) for v in ("EUR", "eur", "XXX", "JPY", "", None, _DROP)],
+    *[("customer.address.country", v) for v in ("DE", "de", "XX", "", None, _DROP)],
+    *[("customer.address", v) for v in (None, {}, [], "x", _DROP)],
+    *[("status", v) for v in ("draft", "sent", "paid", "DRAFT", "", None, _DROP)],
+    *[("prices", v) for v in ("net", "gross", "Net", None, _DROP)],
+    *[("issue_date", v) for v in ("2024-02-29", "2026-02-29", "20260301", "2026-3-01", "0000-01-01", " 2026-03-01",
+                                  None, 5, _DROP)],
+    *[("due_date", v) for v in ("2026-12-31", "2026-13-01", None)],
+    *[("extra", v) for v in ({}, {"a": 1.5, "b": [1, {"c": None}], "d": "x"}, {"n": 12345678901234567890123},
+                             None, [], "x", _DROP)],
+    *[("lines", v) for v in ([], None, {}, [None], _DROP)],
+    ("unknown_key", 1), ("customer.phone", "123"), ("lines.0.sku", "x"),
+]
+
+
+@pytest.mark.parametrize("path,value", MUTATIONS)
+@pytest.mark.parametrize("status", ["draft", "sent"])
+def test_mutations_agree(path: str, value: Any, status: str) -> None:
+    doc = _with(path, value)
+    if path != "status":
+        doc["status"] = status
+    check(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())  # json: ints past 64 bits too
+
+
+RAW_CASES = [
+    b'{"currency":"XXX",' + orjson.dumps(BASE)[1:],  # duplicate keys: the last wins on both paths
+    orjson.dumps(BASE)[:-1] + b',"currency":"eur"}',
+    orjson.dumps(BASE)[:-1] + b',"extra":{"k":1,"k":2}}',
+    orjson.dumps(BASE).replace(b'"quantity":', b'"quantity":1.10,"quantity":', 1),
+    orjson.dumps(BASE).replace(b'"quantity":', b'"quantity":"1",  "quantity":', 1),
+    b"\xef\xbb\xbf" + orjson.dumps(BASE), orjson.dumps(BASE) + b"\r", orjson.dumps(BASE) + b"  ",
+    b" " + orjson.dumps(BASE),
+    orjson.dumps(BASE)[:-1] + b',"extra":{"s":"\\ud800"}}', orjson.dumps(BASE)[:-1] + b',"extra":{"f":1e99999}}',
+    orjson.dumps(BASE)[:-1] + b',"extra":{"d":' + b"[" * 2000 + b"]" * 2000 + b"}}",
+    orjson.dumps(BASE).replace(b'"title":"', b'"title":"\\u0000', 1),
+    orjson.dumps(BASE).replace(b'"title":"', b'"title":"\\ud83c\\udfa8', 1),
+    orjson.dumps(BASE).replace(b'"title":"', b'"title":"\\udfa8', 1),
+    orjson.dumps(BASE).replace(b'"quantity":', b'"quantity":1.5e1,"x":', 1),
+    orjson.dumps(BASE)[:-1], orjson.dumps(BASE) + b"{}", b"[]", b"null", b"",
+]
+
+
+@pytest.mark.parametrize("raw", RAW_CASES)
+def test_raw_cases_agree(raw: bytes) -> None:
+    check(raw)
+
+
+def test_float_amounts_step_aside_to_keep_their_text() -> None:
+    raw = orjson.dumps({**BASE, "lines": [{**BASE["lines"][0], "unit_price": 0}]}).replace(b'"unit_price":0',
+                                                                                           b'"unit_price":1.10')
+    assert _fast_record(raw, 1) is None
+    assert str(parse_record(raw, 1).lines[0].unit_price) == "1.10"
