@@ -131,7 +131,11 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
     codes: list[int | None] = [None] * n
     first_bad: list[int] = []
     stopping = False
-    cmd = [sys.executable, "-c", "import sys; from bulk.cli import worker_main; sys.exit(worker_main())"]
+    # The worker blocks SIGINT/SIGTERM on its first line, before its (slow) imports: a signal the
+    # parent forwards while a worker still starts stays pending, and is delivered when the run's
+    # own handling is in place (bulk.pipeline unblocks it then), instead of killing the worker.
+    cmd = [sys.executable, "-c", "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, "
+           "(signal.SIGINT, signal.SIGTERM)); from bulk.cli import worker_main; sys.exit(worker_main())"]
     async with anyio.create_task_group() as tg:
         procs = [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
                                           start_new_session=True) for _ in tasks]
