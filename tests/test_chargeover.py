@@ -439,15 +439,15 @@ def _one_result_less(content: bytes) -> bytes:
     return json.dumps(data).encode()
 
 
-def _a_failed_create(failed: list[int]) -> Callable[[bytes], bytes]:
-    def mangle(content: bytes) -> bytes:
+def _a_failed_create(failed: list[int]) -> Callable[[bytes], bytes | None]:
+    def mangle(content: bytes) -> bytes | None:
         data = json.loads(content)
         for sub in data["response"]["_bulk"]:
             if sub["code"] == 201:  # committed, but answered as a failure of that sub-request alone
                 failed.append(sub["response"]["id"])
                 sub.update(code=500, status="Error", message="Internal error", response=None)
-                break
-        return json.dumps(data).encode()
+                return json.dumps(data).encode()
+        return None  # nothing committed in this answer (e.g. a resend refused by keys): the next one
     return mangle
 
 
