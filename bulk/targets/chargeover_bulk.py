@@ -1,8 +1,8 @@
 """Batching of ChargeOver calls into ``POST /api/v3/_bulk`` (O-bulk: at most 25 sub-requests).
 
 Why: ChargeOver limits requests, not objects, and one ``_bulk`` call is one request, so under
-a request-rate limit 25 creates per call go up to 25 times as fast (measured in
-``tests/test_chargeover.py``). The per-record contract does not change: every ``upload``
+a request-rate limit 25 creates per call go up to 25 times as fast (the request counts in
+``tests/test_chargeover.py``; the speed itself is a benchmark's to measure). The per-record contract does not change: every ``upload``
 awaits its own sub-response through :meth:`Batcher.call`.
 
 Protocol (no background task, nothing outlives the run): the first caller to find no open
