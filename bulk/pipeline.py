@@ -439,6 +439,8 @@ class Run:
     async def _watch_signals(self, outer: CancelScope) -> None:
         try:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                # A shard worker (bulk.procs) starts with both blocked: one that came early is delivered now.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
                 async for _ in signals:
                     if self.stopping:
                         break  # second signal: stop now

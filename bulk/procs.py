@@ -148,7 +148,11 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
     codes: list[int | None] = [None] * n
     first_bad: list[int] = []
     stopping = False
-    cmd = [sys.executable, "-c", "import sys; from bulk.cli import worker_main; sys.exit(worker_main())"]
+    # The worker blocks SIGINT/SIGTERM on its first line, before its (slow) imports: a signal the
+    # parent forwards while a worker still starts stays pending, and is delivered when the run's
+    # own handling is in place (bulk.pipeline unblocks it then), instead of killing the worker.
+    cmd = [sys.executable, "-c", "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, "
+           "(signal.SIGINT, signal.SIGTERM)); from bulk.cli import worker_main; sys.exit(worker_main())"]
     async with anyio.create_task_group() as tg:
         procs = [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
                                           start_new_session=True) for _ in tasks]
@@ -156,6 +160,9 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
         def signal_all(sig: signal.Signals) -> None:
             for p in procs:
                 if p.returncode is None:
+                    if not _takes_signals(p.pid):
+                        tg.start_soon(_signal_when_ready, p, sig)  # still starting: its default action would kill it
+                        continue
                     with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                         p.send_signal(sig)
 
@@ -220,6 +227,25 @@ async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:
                 traffic[key] += int(s.get(key, 0))
         progress.update(tally, traffic, Status(done_bytes=0, done_lines=0, total_bytes=None))
         await anyio.sleep(0.5)
+
+
+def _takes_signals(pid: int) -> bool:
+    """Whether the worker blocks or handles SIGTERM yet (Linux: /proc; elsewhere assumed)."""
+    term = 1 << (signal.SIGTERM - 1)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(int(ln.split()[1], 16) & term for ln in f if ln.startswith(("SigBlk:", "SigCgt:")))
+    except (OSError, ValueError, IndexError):
+        return True  # no /proc, or it is gone: send (ProcessLookupError is handled)
+
+
+async def _signal_when_ready(proc: Any, sig: signal.Signals) -> None:
+    """Forward ``sig`` once the worker's first line has blocked it (a few ms after its start)."""
+    while proc.returncode is None and not _takes_signals(proc.pid):
+        await anyio.sleep(0.005)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
 
 
 def _has_state(run_dir: Path) -> bool:

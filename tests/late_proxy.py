@@ -17,7 +17,8 @@ Every request is forwarded faithfully, except:
   forwarded, then the connection is cut: the server committed, the client sees no answer.
 - **mangled**: the next answers of a kind in ``mangle`` (not dropped) have their bodies
   rewritten by ``mangle[kind][0](body)``, ``[1]``... in turn (e.g. a ``_bulk`` answer with a
-  result missing, or one sub-result turned into a 500).
+  result missing, or one sub-result turned into a 500); a rewriter that returns None leaves
+  that answer as it is and waits for the next (e.g. one with a committed create in it).
 
 ``seen``, ``dropped`` and ``mangled`` count what happened, so a test can assert each fault did.
 """
@@ -45,7 +46,7 @@ def path_kind(method: str, path: str, body: bytes) -> str:
 
 class LateProxy:
     def __init__(self, upstream: str, *, hold: Callable[[str, str, bytes], bool], release: str,
-                 drop: set[str] = frozenset(), mangle: dict[str, list[Callable[[bytes], bytes]]] | None = None,  # type: ignore[assignment]
+                 drop: set[str] = frozenset(), mangle: dict[str, list[Callable[[bytes], bytes | None]]] | None = None,  # type: ignore[assignment]
                  kind: Callable[[str, str, bytes], str] = path_kind) -> None:
         assert release in ("resend", "manual", "stall")
         self.upstream, self.hold, self.release_mode, self.kind = upstream, hold, release, kind
@@ -91,8 +92,11 @@ class LateProxy:
             self.stalled.set()
             await asyncio.Event().wait()  # committed, never answered
         if kind in self.mangle and self.mangle[kind] and kind not in self.drop:
-            content = self.mangle[kind].pop(0)(content)
-            self.mangled[kind] += 1
+            rewritten = self.mangle[kind][0](content)
+            if rewritten is not None:  # None: not this answer (nothing to rewrite), the next one
+                self.mangle[kind].pop(0)
+                content = rewritten
+                self.mangled[kind] += 1
         if kind in self.drop:
             self.drop.discard(kind)
             self.dropped[kind] += 1

@@ -8,7 +8,6 @@ import base64
 import contextlib
 import json
 import signal
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -357,22 +356,26 @@ def test_missing_items_currencies_and_bad_keys(tmp_path: Path) -> None:
 
 
 def test_bulk_endpoint_is_faster_under_a_request_rate_limit(tmp_path: Path) -> None:
-    """The measurement behind the default: the same upload at 20 requests/s, one request per
-    call vs _bulk (25 per call). Client paced at the limit, so no 429s muddy the comparison."""
+    """The reason behind the default, in events rather than seconds: under a limit on requests per
+    second (20 here, client paced at it) a run's duration is bounded below by its requests / 20,
+    so _bulk (25 creates per call) is faster because the same 40 records, created exactly once,
+    cost the server at least 8x fewer rate-limited requests. (Timing lives in benchmarks/.)"""
     src = tmp_path / "in.ndjson"
-    write_input(src, 40, seed=37)
+    records = write_input(src, 40, seed=37)
     seen = {}
     for mode in ("false", "true"):
         with SandboxServer("chargeover", rate_limit=20, read_rate_limit=20) as sb:
             out = tmp_path / mode
-            started = time.monotonic()
             done = cli(upload_args(sb, src, out, "--rate", "20", "--option", f"bulk={mode}"), sb.env)
-            seen[mode] = (time.monotonic() - started, summary(out)["requests"])
             assert done.returncode == 0, done.stderr
-    (single_s, single_n), (bulk_s, bulk_n) = seen["false"], seen["true"]
-    print(f"single: {single_s:.2f} s / {single_n} requests; bulk: {bulk_s:.2f} s / {bulk_n} requests")
+            assert_exactly_once(sb, out, records)
+            served = sb.state()["requests"]["total"]  # every request the limit counted, 429s included
+            assert summary(out)["requests"] <= served
+            seen[mode] = served
+    single_n, bulk_n = seen["false"], seen["true"]
+    print(f"single: {single_n} requests; bulk: {bulk_n} requests")
+    assert bulk_n >= 2  # at least the 2 _bulk calls 40 records need at 25 a call
     assert single_n >= 8 * bulk_n
-    assert single_s >= 2.5 * bulk_s
 
 
 def test_embedded_sandbox_needs_no_setup(tmp_path: Path) -> None:
@@ -437,15 +440,15 @@ def _one_result_less(content: bytes) -> bytes:
     return json.dumps(data).encode()
 
 
-def _a_failed_create(failed: list[int]) -> Callable[[bytes], bytes]:
-    def mangle(content: bytes) -> bytes:
+def _a_failed_create(failed: list[int]) -> Callable[[bytes], bytes | None]:
+    def mangle(content: bytes) -> bytes | None:
         data = json.loads(content)
         for sub in data["response"]["_bulk"]:
             if sub["code"] == 201:  # committed, but answered as a failure of that sub-request alone
                 failed.append(sub["response"]["id"])
                 sub.update(code=500, status="Error", message="Internal error", response=None)
-                break
-        return json.dumps(data).encode()
+                return json.dumps(data).encode()
+        return None  # nothing committed in this answer (e.g. a resend refused by keys): the next one
     return mangle
 
 

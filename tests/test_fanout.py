@@ -150,6 +150,42 @@ def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tm
     assert_counts(out, records)
 
 
+def _signal_mask(pid: int, field: str) -> int:
+    """A /proc/PID/status signal mask (SigBlk, SigCgt...) as an int; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(ln.split()[1], 16) for ln in f if ln.startswith(field + ":")), 0)
+    except OSError:
+        return 0
+
+
+def test_a_signal_forwarded_while_the_workers_still_start_stops_the_run_resumably(tmp_path: Path) -> None:
+    """SIGTERM reaches the run once the parent handles it (SIGTERM in its caught set) and both
+    workers exist but neither handles SIGTERM yet (not in their caught set: still importing):
+    the parent forwards it at once, and each worker must take it when its run is ready to stop
+    cleanly instead of dying of it (which ended the run 3, "killed by signal 15")."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 40, seed=851)
+    term = 1 << (signal.SIGTERM - 1)
+    with SandboxServer("agiled") as sb:
+        args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: proc.poll() is not None or (
+                _signal_mask(proc.pid, "SigCgt") & term and len(_children(proc.pid)) == 2), timeout=30,
+                what="the workers to start")
+            early = [k for k in _children(proc.pid) if not _signal_mask(k, "SigCgt") & term]
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            stop(proc)
+        assert early, "both workers handled SIGTERM already: the test missed the moment it is about"
+        assert proc.returncode == 130, stderr
+        assert "ended unexpectedly" not in stderr
+        resume_to_the_end(sb, args, out, records)
+    assert_counts(out, records)
+
+
 def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_path: Path) -> None:
     """Customers resolved before an interruption are in the shards' state.db; on resume the workers read
     them there instead of looking them up again. Counted at the server: the resumed

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -67,18 +66,14 @@ def test_signal_stops_gracefully_then_resumes(target: str, signum: signal.Signal
         proc = start_cli(args, sb.env)
         try:
             wait_until(lambda: created_count(sb) >= 4, timeout=30, what="the first invoices")
-            sent = time.monotonic()
             proc.send_signal(signum)
-            _, stderr = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+            _, stderr = proc.communicate(timeout=30)  # a hang bound, not a measurement
         finally:
             stop(proc)
         assert proc.returncode == 130, stderr
         assert "interrupted" in stderr and "run the same command again" in stderr, stderr
-        # Requests in flight were let finish (each takes 150 ms plus the item calls some
-        # targets make): no wait for the 10 s grace, no cancellation.
-        assert took < 5, f"took {took:.1f} s to stop"
-        # ... and their outcomes are in the outputs: the ID map equals what the server holds
+        # Requests in flight were let finish, not cancelled (as the grace's end would): their
+        # outcomes are in the outputs: the ID map equals what the server holds
         # (once the server has answered everything it received: nothing more can commit).
         wait_until(lambda: in_flight(sb) == 0, timeout=30, what="the server to answer every request")
         server = {i["external_id"]: str(i["id"]) for i in support(target).invoices(sb.state())}

@@ -8,7 +8,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +46,15 @@ def test_redirect_is_not_followed_and_credentials_never_reach_the_other_host(tar
 
         with ScriptedServer(redirect) as first:
             env, _ = get_target(target).sandbox_credentials(TOKEN)
-            t0 = time.monotonic()
-            done = cli(_args(target, src, tmp_path / "run", first.base_url), env, timeout=60)
-            took = time.monotonic() - t0
+            done = cli(_args(target, src, tmp_path / "run", first.base_url), env, timeout=60)  # a hang bound
         assert first.seen, "the client never asked the first server"
         assert other.seen == [], f"the client followed the redirect: {other.seen[:1]}"
     assert done.returncode == 3, done.stderr
     assert f"HTTP {status}" in done.stderr and "redirected to" in done.stderr and "--base-url" in done.stderr, \
         done.stderr
-    assert took < 15, f"took {took:.1f} s to stop"
+    # stopped at the first answer: only the run's opening request(s) (Coperniq's check asks two at
+    # once), no retry of them and no record's write
+    assert len(first.seen) <= 2 and all(r["method"] == "GET" for r in first.seen), first.seen
     assert TOKEN not in done.stderr
 
 
@@ -128,14 +127,11 @@ def test_tls_certificates_are_verified_by_default(self_signed: tuple[Path, Path]
     if trusted:
         env["SSL_CERT_FILE"] = str(cert)
     with ScriptedServer(ok, ssl=context) as server:
-        t0 = time.monotonic()
-        done = cli(_args("agiled", src, tmp_path / "run", server.base_url), env, timeout=150)
-        took = time.monotonic() - t0
+        done = cli(_args("agiled", src, tmp_path / "run", server.base_url), env, timeout=150)  # a hang bound
     if trusted:
         assert server.seen, done.stderr
         assert done.returncode == 3 and "HTTP 401" in done.stderr, done.stderr
         return
     assert server.seen == [], "a request got through an unverified TLS connection"
-    assert done.returncode == 2, done.stderr  # a configuration problem: retrying cannot fix it
+    assert done.returncode == 2, done.stderr  # a configuration problem: not retried (an outage would be: exit 3)
     assert "certificate" in done.stderr.lower() and "SSL_CERT_FILE" in done.stderr, done.stderr
-    assert took < 15, f"took {took:.1f} s to give up on a certificate that will never verify"
