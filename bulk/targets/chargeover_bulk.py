@@ -2,8 +2,8 @@
 
 Why: ChargeOver limits requests, not objects, and one ``_bulk`` call is one request, so under
 a request-rate limit 25 creates per call go up to 25 times as fast (the request counts in
-``tests/test_chargeover.py``; the speed itself is a benchmark's to measure). The per-record contract does not change: every ``upload``
-awaits its own sub-response through :meth:`Batcher.call`.
+``tests/test_chargeover.py``; the speed itself is a benchmark's to measure). The per-record
+contract does not change: every ``upload`` awaits its own sub-response through :meth:`Batcher.call`.
 
 Protocol (no background task, nothing outlives the run): the first caller to find no open
 batch becomes its *leader*. It waits until the batch is full or ``linger`` seconds have
