@@ -240,8 +240,8 @@ def _takes_signals(pid: int) -> bool:
 
 
 async def _signal_when_ready(proc: Any, sig: signal.Signals) -> None:
-    """Forward ``sig`` once the worker's first line has blocked it (a few ms after its start)."""
-    # noqa reason: another process's signal mask changes without any event to wait on
+    """Forward ``sig`` once the worker's first line has blocked it (a few ms after its start).
+    A poll: another process's signal mask changes without any event this one could wait on."""
     while proc.returncode is None and not _takes_signals(proc.pid):  # noqa: ASYNC110
         await anyio.sleep(0.005)
     if proc.returncode is None:
