@@ -78,19 +78,16 @@ Sandbox state (``GET /_sandbox/state``): ``{"target": "agiled", "contacts", "inv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from bulk.sandbox._agiled_documents import invoice_document, list_page
 from bulk.sandbox.agiled_rules import Errors, validate_contact, validate_invoice
 from bulk.sandbox.config import SandboxConfig
 from bulk.sandbox.core import Dialect, Problem, SandboxProblem
-from bulk.sandbox.money import format_money, line_totals
-from bulk.sandbox.wire import plain
 
 __all__ = ["AgiledSandbox", "create_app"]
 
@@ -98,7 +95,6 @@ ORG_ID = 1
 PREFIX = "/public/v1"
 _ME = {"data": {"id": 1, "name": "Sandbox Org", "organization_id": ORG_ID}}
 _SCOPE = f"org:{ORG_ID}"
-ZERO = Decimal(0)
 
 
 def create_app(config: SandboxConfig) -> web.Application:
@@ -266,28 +262,9 @@ class AgiledSandbox(Dialect):
         return self.respond({"data": invoice}, 201)
 
     def _invoice(self, invoice_id: int, fields: dict[str, Any], *, created_at: str) -> dict[str, Any]:
-        currency, inclusive = fields["currency"], fields["tax_inclusive"]
-        items, net_sum, tax_sum, gross_sum = [], ZERO, ZERO, ZERO
-        for line in fields.pop("items"):
-            quantity, price, rate = line["quantity"], line["unit_price"], line["tax_rate"]
-            net, tax, gross = line_totals(quantity, price, rate, tax_inclusive=inclusive,
-                                          currency=currency)
-            net_sum, tax_sum, gross_sum = net_sum + net, tax_sum + tax, gross_sum + gross
-            self.item_ids += 1
-            items.append({
-                "id": self.item_ids, "name": line["name"], "description": line["description"],
-                "quantity": plain(quantity.normalize()), "unit_price": plain(price.normalize()),
-                "tax_rate": plain(rate.normalize()), "sku": line["sku"],
-                "net": format_money(net, currency), "tax": format_money(tax, currency),
-                "gross": format_money(gross, currency),
-            })
-        return {
-            "id": invoice_id, **fields, "items": items,
-            "sub_total": format_money(net_sum, currency),
-            "tax_total": format_money(tax_sum, currency),
-            "total": format_money(gross_sum, currency),
-            "created_at": created_at,
-        }
+        invoice = invoice_document(invoice_id, fields, created_at=created_at, first_item_id=self.item_ids + 1)
+        self.item_ids += len(invoice["items"])  # item ids are never reused
+        return invoice
 
     # --- answers -----------------------------------------------------------------------
 
@@ -296,25 +273,5 @@ class AgiledSandbox(Dialect):
 
     def _page(self, request: web.Request, found: list[dict[str, Any]]) -> web.Response:
         errors = Errors()
-        page = _query_int(request, "page", 1, errors)
-        per_page = _query_int(request, "per_page", 25, errors)
-        if errors:
-            return self._invalid(errors)
-        page, per_page = max(1, page), min(100, max(1, per_page))
-        start = (page - 1) * per_page
-        return self.respond({
-            "data": found[start:start + per_page],
-            "meta": {"current_page": page, "last_page": max(1, math.ceil(len(found) / per_page)),
-                     "per_page": per_page, "total": len(found)},
-        })
-
-
-def _query_int(request: web.Request, name: str, default: int, errors: Errors) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        errors.add(name, f"The {name.replace('_', ' ')} must be an integer.")
-        return default
+        page = list_page(request, found, errors)
+        return self._invalid(errors) if errors else self.respond(page)

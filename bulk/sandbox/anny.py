@@ -54,7 +54,7 @@ Lists: ``page[number]`` >= 1, ``page[size]`` 1..30 (default 30; clamped) -> ``{"
     ``due_date`` (only those given change; others -> 422) -> 200 invoice; only a draft (else
     422 ``Only a draft invoice can be changed``). ``DELETE /items/{id}`` (our assumption, the
     JSON:API convention) -> 204; only on a draft (else 422); unknown -> 404.
-Money rule (anny documents none; the sandbox's own, see ``anny_rules.item_totals``): per item,
+Money rule (anny documents none; the sandbox's own, see ``_anny_money.item_totals``): per item,
     half up to the currency's ISO 4217 minor unit; the invoice sums its items. Option
     ``rounding: "half_even"`` makes the sandbox disagree with the client on purpose.
 ``POST /invoices/{id}/send`` -> 200 invoice ``sent``; only from draft, with ``issued_at`` and
@@ -72,50 +72,37 @@ the waiting requests are dropped unhandled (nothing commits late). ``GET /_sandb
 State (``GET /_sandbox/state``): ``customers``, ``addresses``, ``invoices`` (each with
 ``organization``; invoices with their ``items`` in creation order), ``hold``, and the
 framework's ``requests``, ``faults``.
+
+Code: this module holds the options, the framework hooks, the routes and the request wrapper
+every API route goes through; the handlers are in ``_anny_customers`` and ``_anny_invoices``,
+the JSON:API answers in ``_anny_resources``, the rules behind them in the modules that
+``anny_rules`` names, the crash points in ``_anny_hold``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, ClassVar
 
 from aiohttp import web
 
-from bulk.sandbox.anny_rules import (
-    ROUNDINGS,
-    ApiError,
-    IdenticalGuard,
-    address_fields,
-    customer_fields,
-    error_body,
-    exact,
-    invoice_fields,
-    invoice_update_fields,
-    item_fields,
-    item_totals,
-    money,
-)
+from bulk.sandbox import _anny_customers, _anny_invoices
+from bulk.sandbox._anny_guard import IdenticalGuard
+from bulk.sandbox._anny_hold import HOLD_ME, CrashPoints, drop
+from bulk.sandbox._anny_jsonapi import ApiError, error_body
+from bulk.sandbox._anny_money import ROUNDINGS
+from bulk.sandbox._anny_org import Handler, Org
 from bulk.sandbox.config import SandboxConfig, SandboxConfigError
 from bulk.sandbox.control import control_route
 from bulk.sandbox.core import WRITE_METHODS, Dialect, Problem, SandboxProblem
-from bulk.sandbox.durable import DurableStore
 from bulk.sandbox.idempotency import fingerprint
 from bulk.sandbox.wire import MalformedJSON, json_response, loads_exact
 
 __all__ = ["AnnySandbox", "create_app"]
 
 API = "/api/v1"
-STEPS = ("customer", "address", "invoice", "item", "send", "set-paid")
 _KIND_NO = {"invoices": 1, "items": 2, "addresses": 0xA, "customers": 0xC}
-_HOLD_ME = web.RequestKey("anny.hold", bool)
 _INTERNAL = ("item_ids", "breakdown")  # invoice keys the state does not show
-ZERO = Decimal(0)
-Handler = Callable[[web.Request, "Org", Any], web.Response]
 
 
 def create_app(config: SandboxConfig) -> web.Application:
@@ -127,40 +114,9 @@ def _error(kind: str, status: int, detail: str) -> tuple[int, Any]:
                                 .capitalize(), "detail": detail}]}
 
 
-def _ref(kind: str, ident: str | None) -> dict[str, Any]:
-    return {"data": None if ident is None else {"type": kind, "id": ident}}
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "false").lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise ApiError.one(400, f"{name} must be true or false.", parameter=name)
-    return raw in ("true", "1")
-
-
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection unanswered (see ``core._drop``)."""
-    if request.transport is not None:
-        request.transport.close()
-    return web.Response(status=204)
-
-
-class Org:
-    """One organization's data (durable tables named after it). Invoices keep their item ids
-    in creation order."""
-
-    def __init__(self, durable: DurableStore, org_id: str) -> None:
-        def table(kind: str) -> Any:
-            return durable.table(f"{org_id}:{kind}")
-
-        self.customers: dict[str, dict[str, Any]] = table("customers")
-        self.addresses: dict[str, dict[str, Any]] = table("addresses")
-        self.invoices: dict[str, dict[str, Any]] = table("invoices")
-        self.items: dict[str, dict[str, Any]] = table("items")
-        self.numbers: dict[str, str] = table("numbers")  # invoice number -> id
-
-
 class AnnySandbox(Dialect):
+    """The anny dialect; handlers see it as an ``_anny_org.Api``."""
+
     name = "anny"
     content_type = "application/vnd.api+json"
     problems: ClassVar[Mapping[Problem, tuple[int, Any]]] = {
@@ -196,10 +152,10 @@ class AnnySandbox(Dialect):
         self.organization = None if org is None else str(org)
         self.rounding = ROUNDINGS[opts.get("rounding", "half_up")]
         self.guard = IdenticalGuard(int(identical))
-        self.last_id = 0  # of the ids _new_id made
-        self._stopped: asyncio.Event | None = None
+        self.last_id = 0  # of the ids new_id made
+        self.crash = CrashPoints()  # see _anny_hold
         self.clear()
-        self.set_hold(opts.get("hold") or {})
+        self.crash.set(opts.get("hold") or {})
 
     # --- framework hooks ---------------------------------------------------------------
 
@@ -209,8 +165,7 @@ class AnnySandbox(Dialect):
         self.known_orgs = self.durable.table("orgs")  # id -> True, in order of first request
         self.orgs: dict[str, Org] = {org_id: Org(self.durable, org_id) for org_id in self.known_orgs}
         self.guard.clear()
-        if hasattr(self, "_hold"):
-            self.set_hold(self._hold)
+        self.crash.set(self.crash.rule)  # re-armed: the count starts again, waiting requests drop
 
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
         if collection != "customers" or recreate:
@@ -229,70 +184,44 @@ class AnnySandbox(Dialect):
             invoices += [{"organization": org_id, **{k: v for k, v in inv.items() if k not in _INTERNAL},
                           "items": [org.items[i] for i in inv["item_ids"]]} for inv in org.invoices.values()]
         return {"customers": customers, "addresses": addresses, "invoices": invoices,
-                "hold": self.hold_state()}
+                "hold": self.crash.state()}
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         api = self._api
-        router.add_get(f"{API}/customers", api(self.list_customers))
-        router.add_post(f"{API}/customers", api(self.create_customer))
-        router.add_get(f"{API}/customers/{{id}}", api(self.get_customer))
-        router.add_post(f"{API}/addresses", api(self.create_address))
-        router.add_get(f"{API}/invoices", api(self.list_invoices))
-        router.add_post(f"{API}/invoices", api(self.create_invoice))
-        router.add_get(f"{API}/invoices/{{id}}", api(self.get_invoice))
-        router.add_post(f"{API}/invoices/{{id}}/send", api(self.send))
-        router.add_put(f"{API}/invoices/{{id}}/set-paid", api(self.set_paid))
-        router.add_post(f"{API}/invoices/{{id}}/set-paid", api(self.set_paid))
-        router.add_post(f"{API}/items", api(self.create_item))
-        router.add_patch(f"{API}/invoices/{{id}}", api(self.update_invoice))
-        router.add_delete(f"{API}/items/{{id}}", api(self.delete_item))
+        router.add_get(f"{API}/customers", api(_anny_customers.list_customers))
+        router.add_post(f"{API}/customers", api(_anny_customers.create_customer))
+        router.add_get(f"{API}/customers/{{id}}", api(_anny_customers.get_customer))
+        router.add_post(f"{API}/addresses", api(_anny_customers.create_address))
+        router.add_get(f"{API}/invoices", api(_anny_invoices.list_invoices))
+        router.add_post(f"{API}/invoices", api(_anny_invoices.create_invoice))
+        router.add_get(f"{API}/invoices/{{id}}", api(_anny_invoices.get_invoice))
+        router.add_post(f"{API}/invoices/{{id}}/send", api(_anny_invoices.send))
+        router.add_put(f"{API}/invoices/{{id}}/set-paid", api(_anny_invoices.set_paid))
+        router.add_post(f"{API}/invoices/{{id}}/set-paid", api(_anny_invoices.set_paid))
+        router.add_post(f"{API}/items", api(_anny_invoices.create_item))
+        router.add_patch(f"{API}/invoices/{{id}}", api(_anny_invoices.update_invoice))
+        router.add_delete(f"{API}/items/{{id}}", api(_anny_invoices.delete_item))
 
         @control_route
         async def hold(request: web.Request) -> web.StreamResponse:
             if request.method == "POST":
                 try:
-                    self.set_hold(await request.json())
+                    self.crash.set(await request.json())
                 except (ValueError, SandboxConfigError) as exc:
                     return json_response({"error": str(exc)}, status=400)
-            return json_response(self.hold_state())
+            return json_response(self.crash.state())
 
         router.add_get("/_sandbox/hold", hold)
         router.add_post("/_sandbox/hold", hold)
-
-    # --- crash points ------------------------------------------------------------------
-
-    def set_hold(self, rule: Any) -> None:
-        """Set (or with ``{}`` clear) the crash-point rule; releases whatever waits."""
-        if not isinstance(rule, dict) or (rule and (
-                rule.get("after") not in STEPS or isinstance(rule.get("count"), bool)
-                or not isinstance(rule.get("count"), int) or rule["count"] < 1)):
-            raise SandboxConfigError(f"hold must be {{}} or {{'after': one of {', '.join(STEPS)}, "
-                                     "'count': n >= 1, 'answer': bool}}")
-        if self._stopped is not None:
-            self._stopped.set()  # the waiting requests are dropped, unhandled
-        self._stopped, self._hold, self._hold_seen = None, dict(rule), 0
-
-    def hold_state(self) -> dict[str, Any]:
-        return {"rule": self._hold, "seen": self._hold_seen, "stopped": self._stopped is not None}
-
-    def _committed(self, request: web.Request, step: str) -> None:
-        rule = self._hold
-        if not rule or self._stopped is not None or rule["after"] != step:
-            return
-        self._hold_seen += 1
-        if self._hold_seen >= rule["count"]:
-            self._stopped = asyncio.Event()
-            if not rule.get("answer"):
-                request[_HOLD_ME] = True
 
     # --- the request wrapper: org, identical guard, media type, body, errors ----------
 
     def _api(self, handler: Handler) -> Callable[[web.Request], Any]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             raw = await request.read()
-            if self._stopped is not None:  # checked after the last await before the handler
-                await self._stopped.wait()
-                return _drop(request)
+            if self.crash.stopped is not None:  # checked after the last await before the handler
+                await self.crash.stopped.wait()
+                return drop(request)
             org_id = request.query.get("o", "")
             try:
                 if not org_id:
@@ -319,12 +248,12 @@ class AnnySandbox(Dialect):
                     raise ApiError.one(415, f"Send writes as {self.content_type}.")
                 if bad_json:
                     raise SandboxProblem(Problem.MALFORMED_JSON)
-                response = handler(request, self._org(org_id), body)
+                response = handler(self, request, self._org(org_id), body)
             except ApiError as exc:
                 return self.respond(error_body(exc.status, exc.errors), exc.status)
-            if request.get(_HOLD_ME) and self._stopped is not None:
-                await self._stopped.wait()
-                return _drop(request)
+            if request.get(HOLD_ME) and self.crash.stopped is not None:
+                await self.crash.stopped.wait()
+                return drop(request)
             return response
 
         return wrapped
@@ -336,263 +265,7 @@ class AnnySandbox(Dialect):
             self.known_orgs[org_id] = True
         return org
 
-    def _new_id(self, kind: str) -> str:
+    def new_id(self, kind: str) -> str:
+        """A UUID-shaped id: the kind's number, then a counter kept with the tables."""
         self.last_id += 1
         return f"{_KIND_NO[kind]:08x}-0000-4000-8000-{self.last_id:012x}"
-
-    # --- customers and addresses -------------------------------------------------------
-
-    def list_customers(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        found = list(org.customers.values())
-        email, search = request.query.get("filter[email]"), request.query.get("filter[search]")
-        if email is not None:
-            found = [c for c in found if c["email"].lower() == email.lower()]
-        if search:
-            needle = search.lower()
-            found = [c for c in found if any(needle in (c[k] or "").lower() for k in
-                                             ("given_name", "family_name", "email", "company"))]
-        include = _includes(request, {"address"})
-        rows, meta = _page(request, found)
-        included = [self._address_res(org.addresses[c["address_id"]]) for c in rows
-                    if "address" in include and c["address_id"]]
-        return self._list([self._customer_res(c) for c in rows], meta, included, include)
-
-    def get_customer(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        customer = org.customers.get(request.match_info["id"])
-        if customer is None:
-            raise SandboxProblem(Problem.NOT_FOUND)
-        return self.respond({"data": self._customer_res(customer)})
-
-    def create_customer(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        customer = {"id": self._new_id("customers"), **customer_fields(body), "address_id": None,
-                    "created_at": _now()}
-        org.customers[customer["id"]] = customer
-        self._committed(request, "customer")
-        return self.respond({"data": self._customer_res(customer)}, 201)
-
-    def create_address(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        address = {"id": self._new_id("addresses"), **address_fields(body, org.customers.__contains__)}
-        org.addresses[address["id"]] = address
-        org.customers[address["customer_id"]]["address_id"] = address["id"]
-        self._committed(request, "address")
-        return self.respond({"data": self._address_res(address)}, 201)
-
-    # --- invoices and items ------------------------------------------------------------
-
-    def list_invoices(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        found = list(org.invoices.values())
-        number, status = request.query.get("filter[number]"), request.query.get("filter[status]")
-        if number is not None:
-            found = [org.invoices[org.numbers[number]]] if number in org.numbers else []
-        if status is not None:
-            found = [inv for inv in found if inv["status"] == status]
-        include = _includes(request, {"items"})
-        rows, meta = _page(request, found)
-        included = [self._item_res(org.items[i]) for inv in rows if "items" in include
-                    for i in inv["item_ids"]]
-        return self._list([self._invoice_res(inv) for inv in rows], meta, included, include)
-
-    def get_invoice(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        invoice = _invoice(org, request)
-        doc: dict[str, Any] = {"data": self._invoice_res(invoice)}
-        if "items" in _includes(request, {"items"}):
-            doc["included"] = [self._item_res(org.items[i]) for i in invoice["item_ids"]]
-        return self.respond(doc)
-
-    def create_invoice(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        fields = invoice_fields(body, org.customers.__contains__, org.numbers.__contains__)
-        if fields["number"] is None:
-            fields["number"] = next(f"RE-{n:05d}" for n in itertools.count(len(org.numbers) + 1)
-                                    if f"RE-{n:05d}" not in org.numbers)
-        invoice = {"id": self._new_id("invoices"), **fields, "status": "draft", "net_amount": ZERO,
-                   "tax_amount": ZERO, "total": ZERO, "buyer_data": None, "paid_notification": None,
-                   "created_at": _now(), "item_ids": []}
-        _recalculate(org, invoice)
-        org.invoices[invoice["id"]] = invoice
-        org.numbers[invoice["number"]] = invoice["id"]
-        self._committed(request, "invoice")
-        return self.respond({"data": self._invoice_res(invoice)}, 201)
-
-    def create_item(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        from_net = _flag(request, "calculate_from_net")
-        fields = item_fields(body, from_net, org.invoices.get)
-        invoice = fields.pop("invoice")
-        single = fields.pop("single")
-        currency = invoice["currency"]
-        t = item_totals(fields["quantity"], single, fields["tax_rate"], from_net=from_net,
-                        currency=currency, rounding=self.rounding)
-        item = {"id": self._new_id("items"), **fields, "invoice_id": invoice["id"],
-                "single_net_amount": single if from_net else t.derived_single,
-                "single_gross_amount": t.derived_single if from_net else single,
-                "net_amount": t.net, "tax_amount": t.tax, "gross_amount": t.gross,
-                "currency": currency}
-        org.items[item["id"]] = item
-        invoice["item_ids"].append(item["id"])
-        _recalculate(org, invoice)
-        self._committed(request, "item")
-        return self.respond({"data": self._item_res(item)}, 201)
-
-    def update_invoice(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        invoice = _invoice(org, request)
-        fields = invoice_update_fields(body, invoice["id"])
-        if invoice["status"] != "draft":
-            raise ApiError.one(422, f"Only a draft invoice can be changed (this one is {invoice['status']}).")
-        invoice.update(fields)
-        org.invoices[invoice["id"]] = invoice
-        self._committed(request, "update")
-        return self.respond({"data": self._invoice_res(invoice)})
-
-    def delete_item(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        item = org.items.get(request.match_info["id"])
-        if item is None:
-            raise SandboxProblem(Problem.NOT_FOUND)
-        invoice = org.invoices[item["invoice_id"]]
-        if invoice["status"] != "draft":
-            raise ApiError.one(422, f"Only a draft invoice's items can be deleted (this one is {invoice['status']}).")
-        invoice["item_ids"] = [i for i in invoice["item_ids"] if i != item["id"]]
-        del org.items[item["id"]]
-        _recalculate(org, invoice)
-        org.invoices[invoice["id"]] = invoice
-        self._committed(request, "delete-item")
-        return web.Response(status=204)
-
-    def send(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        invoice = _invoice(org, request)
-        if invoice["status"] != "draft":
-            raise ApiError.one(422, "Only a draft invoice can be sent.")
-        if invoice["issued_at"] is None:
-            raise ApiError.one(422, "The issued_at is required to send an invoice.",
-                               pointer="/data/attributes/issued_at")
-        if not invoice["item_ids"]:
-            raise ApiError.one(422, "An invoice without items cannot be sent.")
-        customer = org.customers.get(invoice["customer_id"] or "")
-        if customer is not None:
-            address = org.addresses.get(customer["address_id"] or "") or {}
-            name = " ".join(p for p in (customer["given_name"], customer["family_name"]) if p)
-            invoice["buyer_data"] = {"company_name": customer["company"], "contact_name": name or None,
-                                     "address_line": address.get("street_address"),
-                                     "postal_code": address.get("zip_code"),
-                                     "city": address.get("city"),
-                                     "country_code": address.get("country_code")}
-            if not invoice["recipient"]:
-                invoice["recipient"] = "\n".join(p for p in (customer["company"], name) if p) or None
-        invoice["status"] = "sent"
-        self._committed(request, "send")
-        return self.respond({"data": self._invoice_res(invoice)})
-
-    def set_paid(self, request: web.Request, org: Org, body: Any) -> web.Response:
-        invoice = _invoice(org, request)
-        if request.method == "PUT":
-            notify = body.get("send_notification", False) if isinstance(body, dict) else body
-            if notify is None:
-                notify = False
-            if not isinstance(notify, bool):
-                raise ApiError.one(422, "send_notification must be true or false.",
-                                   pointer="/send_notification")
-        else:
-            notify = _flag(request, "sendNotification")
-        if invoice["status"] != "sent":
-            raise ApiError.one(422, "invoice not in SENT status")
-        invoice["status"], invoice["paid_notification"] = "paid", notify
-        self._committed(request, "set-paid")
-        return self.respond({"data": self._invoice_res(invoice)})
-
-    # --- JSON:API resources ------------------------------------------------------------
-
-    def _list(self, data: list[Any], meta: dict[str, Any], included: list[Any],
-              include: set[str]) -> web.Response:
-        doc: dict[str, Any] = {"data": data, "meta": meta}
-        if include:
-            doc["included"] = included
-        return self.respond(doc)
-
-    @staticmethod
-    def _customer_res(c: dict[str, Any]) -> dict[str, Any]:
-        names = " ".join(p for p in (c["given_name"], c["family_name"]) if p)
-        attrs = {k: c[k] for k in ("email", "locale", "given_name", "family_name", "company",
-                                   "mobile", "created_at")}
-        return {"type": "customers", "id": c["id"],
-                "attributes": {**attrs, "full_name": names or c["company"] or c["email"]},
-                "relationships": {"address": _ref("addresses", c["address_id"])}}
-
-    @staticmethod
-    def _address_res(a: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "addresses", "id": a["id"],
-                "attributes": {k: v for k, v in a.items() if k not in ("id", "customer_id")},
-                "relationships": {"addressable": _ref("customers", a["customer_id"])}}
-
-    @staticmethod
-    def _invoice_res(inv: dict[str, Any]) -> dict[str, Any]:
-        cur = inv["currency"]
-        skip = ("id", "customer_id", "item_ids", "net_amount", "tax_amount", "total", "breakdown",
-                "paid_notification")
-        attrs = {k: v for k, v in inv.items() if k not in skip}
-        attrs.update(formatted_number=inv["number"], locked=inv["status"] != "draft",
-                     net_amount=money(inv["net_amount"], cur),
-                     tax_amount=money(inv["tax_amount"], cur), total=money(inv["total"], cur),
-                     vat_breakdown=[{"tax_rate": exact(rate), "item_count": n,
-                                     "net_amount": money(net, cur), "tax_amount": money(tax, cur),
-                                     "gross_amount": money(gross, cur)}
-                                    for rate, (n, net, tax, gross) in inv["breakdown"].items()])
-        return {"type": "invoices", "id": inv["id"], "attributes": attrs,
-                "relationships": {"customer": _ref("customers", inv["customer_id"]),
-                                  "items": {"data": [{"type": "items", "id": i}
-                                                     for i in inv["item_ids"]]}}}
-
-    @staticmethod
-    def _item_res(it: dict[str, Any]) -> dict[str, Any]:
-        cur = it["currency"]
-        attrs = {k: it[k] for k in ("title", "subtitle", "quantity", "currency")}
-        attrs.update(tax_rate=exact(it["tax_rate"]),
-                     single_net_amount=exact(it["single_net_amount"]),
-                     single_gross_amount=exact(it["single_gross_amount"]),
-                     **{k: money(it[k], cur) for k in ("net_amount", "tax_amount", "gross_amount")})
-        return {"type": "items", "id": it["id"], "attributes": attrs,
-                "relationships": {"document": _ref("invoices", it["invoice_id"])}}
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _invoice(org: Org, request: web.Request) -> dict[str, Any]:
-    invoice = org.invoices.get(request.match_info["id"])
-    if invoice is None:
-        raise SandboxProblem(Problem.NOT_FOUND)
-    return invoice
-
-
-def _recalculate(org: Org, invoice: dict[str, Any]) -> None:
-    """The invoice's totals and VAT breakdown: sums over its items (after every item)."""
-    net = tax = gross = ZERO
-    breakdown: dict[Decimal, tuple[int, Decimal, Decimal, Decimal]] = {}
-    for item_id in invoice["item_ids"]:
-        item = org.items[item_id]
-        net, tax, gross = net + item["net_amount"], tax + item["tax_amount"], gross + item["gross_amount"]
-        n, b_net, b_tax, b_gross = breakdown.get(item["tax_rate"], (0, ZERO, ZERO, ZERO))
-        breakdown[item["tax_rate"]] = (n + 1, b_net + item["net_amount"], b_tax + item["tax_amount"],
-                                       b_gross + item["gross_amount"])
-    invoice.update(net_amount=net, tax_amount=tax, total=gross, breakdown=breakdown)
-
-
-def _includes(request: web.Request, allowed: set[str]) -> set[str]:
-    raw = request.query.get("include", "")
-    wanted = {part for part in raw.split(",") if part}
-    if wanted - allowed:
-        raise ApiError.one(400, f"Include path(s) not supported: {', '.join(sorted(wanted - allowed))}.",
-                           parameter="include")
-    return wanted
-
-
-def _page(request: web.Request, rows: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-    values = []
-    for name, default in (("page[number]", 1), ("page[size]", 30)):
-        raw = request.query.get(name)
-        try:
-            values.append(default if raw is None else int(raw))
-        except ValueError:
-            raise ApiError.one(400, f"{name} must be an integer.", parameter=name) from None
-    number, size = max(1, values[0]), min(30, max(1, values[1]))
-    last = max(1, math.ceil(len(rows) / size))
-    page = {"currentPage": number, "lastPage": last, "perPage": size, "total": len(rows)}
-    return rows[(number - 1) * size: number * size], {"page": page}
