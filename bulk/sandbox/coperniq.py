@@ -51,40 +51,35 @@ Sandbox only
     were deleted), the framework's counters. With option ``record_exchanges`` true, ``GET
     /_sandbox/exchanges`` lists every API request and answer (``status`` null when the connection
     was closed without one), for contract tests.
+
+This module owns the dialect (hooks, routes, handlers); beside it: ``_coperniq_store`` (making
+the stored objects, a mixin), ``_coperniq_wire`` (JSON answers, timestamps, ids, paging),
+``_coperniq_quota`` (the daily quota, rate-limit headers, exchange recorder), ``coperniq_rules``
+and ``coperniq_refs`` (request validation).
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from decimal import Context, Decimal
 from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 
-from bulk.sandbox.config import SandboxConfig, SandboxConfigError
+from bulk.sandbox._coperniq_quota import quota_middleware, quota_options
+from bulk.sandbox._coperniq_store import CoperniqStore
+from bulk.sandbox._coperniq_wire import json_response, paginate, path_id, utc_now
+from bulk.sandbox.config import SandboxConfig
 from bulk.sandbox.control import control_route
 from bulk.sandbox.coperniq_refs import match_query, validate_account, validate_catalog_item
-from bulk.sandbox.coperniq_rules import (
-    Invalid,
-    NewInvoice,
-    parse_seed,
-    validate_invoice,
-    validate_update,
-)
-from bulk.sandbox.core import Dialect, Problem, SandboxProblem
+from bulk.sandbox.coperniq_rules import Invalid, parse_seed, validate_invoice, validate_update
+from bulk.sandbox.core import Dialect, Problem
 from bulk.sandbox.durable import Table
-from bulk.sandbox.wire import plain
 
 __all__ = ["CoperniqSandbox", "create_app"]
 
-_CTX = Context(prec=60)
-_MAX_EXCHANGES = 50_000
-_MADE_ACCOUNTS = 30_000_000  # accounts made through the API or --seed-from get ids above this
 
 
 def create_app(config: SandboxConfig) -> web.Application:
@@ -94,35 +89,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     return app
 
 
-def _number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return orjson.Fragment(plain(value))  # an exact JSON number, as Coperniq's doubles are
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data, default=_number), status=status, content_type="application/json")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _quota_options(options: Mapping[str, Any]) -> tuple[int | None, float]:
-    """``(daily_quota or None, quota_window seconds)``; SandboxConfigError for a bad value."""
-    raw, window = options.get("daily_quota", 5000), options.get("quota_window", 86_400)
-    try:
-        quota = None if raw is None or str(raw).lower() in ("off", "none", "") else int(str(raw))
-        seconds = float(str(window))
-    except ValueError:
-        quota, seconds = 0, 0.0
-    if (quota is not None and quota < 1) or not 0 < seconds < 10**9:
-        raise SandboxConfigError(f"coperniq sandbox options: daily_quota must be >= 1 or off (got {raw!r}) "
-                                 f"and quota_window seconds > 0 (got {window!r})")
-    return quota, seconds
-
-
-class CoperniqSandbox(Dialect):
+class CoperniqSandbox(CoperniqStore, Dialect):
     name = "coperniq"
     problems: ClassVar[Mapping[Problem, tuple[int, Any]]] = {
         Problem.UNAUTHORIZED: (401, {"message": "Invalid or missing API key", "code": "UNAUTHORIZED"}),
@@ -144,7 +111,7 @@ class CoperniqSandbox(Dialect):
         self.seed = parse_seed(options)
         self.seed_skus = [str(sku) for sku in options.get("seed_skus") or ()]
         self.seed_accounts = [(str(t), None if i is None else int(i)) for t, i in options.get("seed_accounts") or ()]
-        self.quota, self.quota_window = _quota_options(options)
+        self.quota, self.quota_window = quota_options(options)
         self.recording = str(options.get("record_exchanges", "")).lower() in ("1", "true", "yes")
         self.clear()
 
@@ -155,7 +122,7 @@ class CoperniqSandbox(Dialect):
         return request.headers.get("x-api-key", "").strip() or None
 
     def clear(self) -> None:
-        now = _now()
+        now = utc_now()
         # Durable like the invoices: a catalog item or account made through the API (or a
         # deleted or re-made account) stays so across a restart.
         self.catalog: dict[int, dict[str, Any]] = self.durable.table("catalog")
@@ -173,40 +140,6 @@ class CoperniqSandbox(Dialect):
         self.deleted = 0  # ids are never reused: a new id counts the deleted ones too
         self.usage: dict[str, deque[float]] = {}
         self.exchanges: list[dict[str, Any]] = []
-
-    def _seed_more(self, now: str) -> None:
-        """``seed_skus`` and ``seed_accounts`` (``--seed-from``), over the built-in seed."""
-        skus = {item["sku"] for item in self.catalog.values()}
-        for sku in self.seed_skus:
-            if sku not in skus:
-                skus.add(sku)
-                self._add_item({"name": f"Catalog item {sku}", "type": "SERVICE", "category": "INSTALLATION",
-                                "catalog": "OTHER", "cost": Decimal(0), "price": Decimal(0), "manufacturer": None,
-                                "sku": sku, "code": None, "description": None}, now)
-        titles = {a["title"] for a in self.accounts.values()}
-        for title, ident in self.seed_accounts:
-            if ident is not None and (ident in self.accounts or ident in self.projects):
-                continue
-            if ident is None and title in titles:
-                continue
-            titles.add(title)
-            self._add_account({"title": title, "description": None, "address": [""], "accountType": "COMMERCIAL",
-                               "primaryEmail": None, "primaryPhone": None, "custom": {}}, now, ident)
-
-    def _add_item(self, fields: dict[str, Any], now: str) -> dict[str, Any]:
-        item_id = max(self.catalog, default=self.seed.CATALOG_BASE) + 1
-        item = {"id": item_id, **fields, "image": None, "isArchived": False, "createdById": 1,
-                "createdAt": now, "updatedAt": now, "preferredVendorId": None}
-        self.catalog[item_id] = item
-        return item
-
-    def _add_account(self, fields: dict[str, Any], now: str, ident: int | None = None) -> dict[str, Any]:
-        # New ids above every seeded account and project id, so an id never names both.
-        new_id = ident if ident is not None else max(max(self.accounts, default=0), _MADE_ACCOUNTS) + 1
-        account = {"id": new_id, "createdAt": now, "updatedAt": now, **fields, "isActive": True,
-                   "number": len(self.accounts) + 1, "createdBy": None, "updatedBy": None}
-        self.accounts[new_id] = account
-        return account
 
     def delete_object(self, collection: str, ident: Any, *, recreate: bool) -> Any:
         if collection != "accounts":
@@ -253,7 +186,7 @@ class CoperniqSandbox(Dialect):
 
     # --- handlers ----------------------------------------------------------------------
     async def list_catalog(self, request: web.Request) -> web.Response:
-        return _json([item for item in self.catalog.values() if not item["isArchived"]])
+        return json_response([item for item in self.catalog.values() if not item["isArchived"]])
 
     async def list_accounts(self, request: web.Request) -> web.Response:
         found = list(self.accounts.values())
@@ -263,26 +196,26 @@ class CoperniqSandbox(Dialect):
                 found = [a for a in found if needle.lower() in a["title"].lower()]
         # 400 is not documented for this operation: bad paging values fall back to the defaults.
         try:
-            return _json(self._page(request, found)[0])
+            return json_response(paginate(request, found)[0])
         except Invalid:
-            return _json(found[:20])
+            return json_response(found[:20])
 
     async def account_invoices(self, request: web.Request) -> web.Response:
-        account = self._id(request, self.accounts)
+        account = path_id(request, self.accounts)
         return self._list(request, [v for v in self.invoices.values() if v["account"]["id"] == account])
 
     async def project_invoices(self, request: web.Request) -> web.Response:
-        project = self._id(request, self.projects)
+        project = path_id(request, self.projects)
         return self._list(request, [v for v in self.invoices.values() if v["record"]["id"] == project])
 
     async def list_invoices(self, request: web.Request) -> web.Response:
         return self._list(request, list(self.invoices.values()))
 
     async def get_invoice(self, request: web.Request) -> web.Response:
-        return _json(self.invoices[self._id(request, self.invoices)])
+        return json_response(self.invoices[path_id(request, self.invoices)])
 
     async def delete_invoice(self, request: web.Request) -> web.Response:
-        invoice_id = self._id(request, self.invoices)
+        invoice_id = path_id(request, self.invoices)
         del self.invoices[invoice_id]
         del self.issue_dates[invoice_id]
         self.deleted += 1
@@ -294,20 +227,20 @@ class CoperniqSandbox(Dialect):
             new = validate_invoice(body, lambda i: i in self.accounts or i in self.projects,
                                    lambda i: i in self.catalog and not self.catalog[i]["isArchived"])
         except Invalid as exc:
-            return _json({"message": exc.message, "field": exc.field}, 400)
-        return _json(self._commit(new), 201)
+            return json_response({"message": exc.message, "field": exc.field}, 400)
+        return json_response(self._commit(new), 201)
 
     async def update_invoice(self, request: web.Request) -> web.Response:
         """``PATCH /invoices/{id}`` (``update-invoice``): a partial update; ``lineItems`` /
         ``sections`` replace every line (the amount follows); 200 with the invoice."""
-        invoice_id = self._id(request, self.invoices)
+        invoice_id = path_id(request, self.invoices)
         body = await self.read_json(request)
         old = self.invoices[invoice_id]
         try:
             change = validate_update(body, old["status"],
                                      lambda i: i in self.catalog and not self.catalog[i]["isArchived"])
         except Invalid as exc:
-            return _json({"message": exc.message, "field": exc.field}, 400)
+            return json_response({"message": exc.message, "field": exc.field}, 400)
         invoice = dict(old)
         if change.lines is not None:
             invoice["amount"], invoice["lineItems"] = self._lines(change.lines)
@@ -319,9 +252,9 @@ class CoperniqSandbox(Dialect):
             invoice["dueDate"] = change.due_date
         if change.has_description:
             invoice["description"] = change.description
-        invoice["updatedAt"] = _now()
+        invoice["updatedAt"] = utc_now()
         self.invoices[invoice_id] = invoice  # a new value: the durable table saves it
-        return _json(invoice)
+        return json_response(invoice)
 
     async def create_catalog_item(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
@@ -331,8 +264,8 @@ class CoperniqSandbox(Dialect):
             if sku is not None and any(i["sku"] == sku and not i["isArchived"] for i in self.catalog.values()):
                 raise Invalid("sku", f"an active catalog item already has the SKU {sku!r}")
         except Invalid as exc:
-            return _json({"message": exc.message, "field": exc.field}, 400)
-        return _json(self._add_item(fields, _now()), 201)
+            return json_response({"message": exc.message, "field": exc.field}, 400)
+        return json_response(self._add_item(fields, utc_now()), 201)
 
     async def create_account(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
@@ -340,142 +273,24 @@ class CoperniqSandbox(Dialect):
             match_by, strategy = match_query(request.query)
             fields = validate_account(body)
         except Invalid as exc:
-            return _json({"message": exc.message, "field": exc.field}, 400)
+            return json_response({"message": exc.message, "field": exc.field}, 400)
         found = next((a for a in self.accounts.values() if fields[match_by] is not None
                       and a.get(match_by) == fields[match_by]), None)
         if found is None:
-            return _json(self._add_account(fields, _now()))
+            return json_response(self._add_account(fields, utc_now()))
         if strategy != "skip":
             changes = {k: v for k, v in fields.items() if strategy == "replace" or found.get(k) in (None, "", [], {})}
-            found = {**found, **changes, "updatedAt": _now()}
+            found = {**found, **changes, "updatedAt": utc_now()}
             self.accounts[found["id"]] = found
-        return _json(found)
-
-    # --- helpers -------------------------------------------------------------------------
-    def _lines(self, new_lines: list[tuple[int, int, Decimal, Decimal, str | None]]
-               ) -> tuple[Decimal, list[dict[str, Any]]]:
-        amount, lines = Decimal(0), []
-        for item_id, quantity, cost, price, description in new_lines:
-            amount = _CTX.add(amount, _CTX.multiply(price, quantity))
-            self.line_ids += 1
-            item = self.catalog[item_id]
-            lines.append({"id": self.line_ids, "catalogItemId": item_id, "quantity": quantity, "unitCost": cost,
-                          "unitPrice": price, "description": description,
-                          "catalogItem": {k: item[k] for k in ("id", "name", "manufacturer", "sku", "type")}})
-        return amount, lines
-
-    def _commit(self, new: NewInvoice) -> dict[str, Any]:
-        now = _now()
-        if new.record_id in self.projects:
-            project = self.projects[new.record_id]
-            account = self.accounts[project["accountId"]]
-            record = {"id": project["id"], "uid": project["uid"], "title": project["title"]}
-        else:
-            account = self.accounts[new.record_id]
-            record = {"id": account["id"], "uid": account["number"], "title": account["title"]}
-        amount, lines = self._lines(new.lines)
-        invoice_id = 900_000 + len(self.invoices) + self.deleted + 1
-        invoice: dict[str, Any] = {
-            "id": invoice_id, "uid": invoice_id - 899_000, "description": new.description, "type": "INVOICE",
-            "status": new.status, "basedOnId": None, "basedOnUid": None,
-            "amount": amount, "amountPaid": amount if new.status == "PAID" else Decimal(0),
-            "isArchived": False, "sharedWithPortal": False, "calculationMethod": "LINE_ITEMS",
-            "percentage": None, "baseAmount": None, "createdAt": now, "updatedAt": now,
-            "account": {"id": account["id"], "title": account["title"]}, "record": record, "lineItems": lines,
-        }
-        if new.due_date is not None:
-            invoice["dueDate"] = new.due_date  # ``type: string``, not nullable: absent when unset
-        self.invoices[invoice_id] = invoice
-        self.issue_dates[invoice_id] = new.issue_date
-        return invoice
-
-    @staticmethod
-    def _id(request: web.Request, table: Mapping[int, Any]) -> int:
-        raw = request.match_info["id"]
-        if raw.isascii() and raw.isdigit() and len(raw) < 12 and int(raw) in table:
-            return int(raw)
-        raise SandboxProblem(Problem.NOT_FOUND)
-
-    def _page(self, request: web.Request, found: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int, bool]:
-        q = request.query
-        values = {}
-        for name, default in (("page", 1), ("page_size", 20)):
-            raw = q.get(name)
-            if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) < 10 and int(raw) >= 1):
-                raise Invalid(name, f"{name} must be a positive integer")
-            values[name] = default if raw is None else int(raw)
-        order = q.get("order_by", "asc")
-        if order not in ("asc", "desc"):
-            raise Invalid("order_by", "order_by must be asc or desc")
-        for name in ("updated_after", "updated_before"):
-            if q.get(name) is not None:
-                try:
-                    bound = datetime.fromisoformat(q[name].replace("Z", "+00:00"))
-                    bound = bound if bound.tzinfo else bound.replace(tzinfo=UTC)
-                except ValueError:
-                    raise Invalid(name, f"{name} must be an ISO 8601 date-time") from None
-                after = name == "updated_after"
-                found = [v for v in found
-                         if (datetime.fromisoformat(v["updatedAt"].replace("Z", "+00:00")) > bound) == after]
-        page, size = values["page"], min(100, values["page_size"])
-        found = sorted(found, key=lambda v: v["id"], reverse=order == "desc")
-        start = (page - 1) * size
-        return found[start:start + size], page, size, len(found) > start + size
+        return json_response(found)
 
     def _list(self, request: web.Request, found: list[dict[str, Any]]) -> web.Response:
         try:
-            items, page, size, more = self._page(request, found)
+            items, page, size, more = paginate(request, found)
         except Invalid as exc:
-            return _json({"message": exc.message, "field": exc.field}, 400)
-        return _json({"items": items, "page": page, "page_size": size, "has_more": more})
+            return json_response({"message": exc.message, "field": exc.field}, 400)
+        return json_response({"items": items, "page": page, "page_size": size, "has_more": more})
 
-    # --- the daily quota, rate-limit headers and the exchange recorder ------------------------
     def quota_middleware(self) -> Middleware:
-        token, readonly = self.config.token, self.config.readonly_token
-        counters = self.counters
-
-        @web.middleware
-        async def quota(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if getattr(request.match_info.handler, "sandbox_control", False):
-                return await handler(request)
-            # Read the body before the framework's latency/slow delay: a create whose client gave
-            # up during the delay must still commit afterwards, as a real server does.
-            body = await request.read()
-            key = self.credential(request)
-            known = key is not None and (token is None or key in (token, readonly))
-            if not known or self.quota is None or key is None:
-                response = await handler(request)
-            else:
-                now = time.monotonic()
-                used = self.usage.setdefault(key, deque())
-                while used and used[0] <= now - self.quota_window:
-                    used.popleft()
-                if len(used) >= self.quota:
-                    counters.total += 1
-                    counters.by_status[429] = counters.by_status.get(429, 0) + 1
-                    response = self.problem(Problem.THROTTLED, request)
-                else:
-                    used.append(now)
-                    response = await handler(request)
-                    if response.status == 429:  # the per-second limit: not counted
-                        used.remove(now)
-                response.headers["X-RateLimit-Limit"] = str(self.quota)
-                response.headers["X-RateLimit-Remaining"] = str(max(0, self.quota - len(used)))
-            if self.recording and len(self.exchanges) < _MAX_EXCHANGES:
-                self._record(request, body, response)
-            return response
-
-        return quota
-
-    def _record(self, request: web.Request, body: bytes, response: web.StreamResponse) -> None:
-        transport = request.transport
-        answered = transport is not None and not transport.is_closing()
-        content = response.body if isinstance(response, web.Response) else None
-        self.exchanges.append({
-            "method": request.method, "path": request.path, "query": list(request.query.items()),
-            "headers": {str(k): v for k, v in request.headers.items()},
-            "body": body.decode("utf-8", "replace") if body else None,
-            "status": response.status if answered else None,
-            "response_headers": {str(k): v for k, v in response.headers.items()} if answered else {},
-            "response_body": content.decode("utf-8", "replace") if answered and isinstance(content, bytes) else None,
-        })
+        """The daily quota, rate-limit headers and exchange recorder (``_coperniq_quota``)."""
+        return quota_middleware(self)

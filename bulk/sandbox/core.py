@@ -29,20 +29,26 @@ request, so a handler only ever sees authenticated, admitted, un-faulted request
 Writes are POST/PUT/PATCH/DELETE; reads and writes have separate buckets per credential.
 A slow request is still handled after its delay even if the client has gone away (aiohttp
 does not cancel handlers), like a real server that commits after the client's timeout.
+
+This module owns :class:`Dialect` (its hooks and engine methods); the pipeline above is built
+by ``_pipeline``, and :class:`Problem`, :class:`SandboxProblem` and ``WRITE_METHODS`` live in
+``_problem`` (all three importable from here, as before).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, final
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 
 from bulk.sandbox import control
+from bulk.sandbox._pipeline import DELAY as _DELAY
+from bulk.sandbox._pipeline import pipeline_middleware
+from bulk.sandbox._problem import WRITE_METHODS, Problem, SandboxProblem
 from bulk.sandbox.config import SandboxConfig
 from bulk.sandbox.durable import DurableStore
 from bulk.sandbox.faults import Faults, RequestCounters
@@ -50,33 +56,6 @@ from bulk.sandbox.idempotency import IdempotencyStore, Verdict, fingerprint, par
 from bulk.sandbox.wire import MalformedJSON, dumps, loads_exact
 
 __all__ = ["WRITE_METHODS", "Dialect", "Problem", "SandboxProblem"]
-
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_DELAY = web.RequestKey("sandbox.delay", float)
-
-
-class Problem(enum.Enum):
-    """The errors the framework answers on a dialect's behalf; each maps to a status + body."""
-
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not_found"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    MALFORMED_JSON = "malformed_json"
-    THROTTLED = "throttled"
-    SERVER_ERROR = "server_error"
-    IDEMPOTENCY_MISMATCH = "idempotency_mismatch"
-    IDEMPOTENCY_IN_FLIGHT = "idempotency_in_flight"
-    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
-
-
-class SandboxProblem(Exception):
-    """Raised by a handler (or the framework) to answer with the dialect's ``kind`` error."""
-
-    def __init__(self, kind: Problem) -> None:
-        super().__init__(kind.value)
-        self.kind = kind
-
 
 class Dialect:
     """One simulated API. Subclasses fill the hooks; the engine methods are final.
@@ -259,85 +238,4 @@ class Dialect:
                              else Problem.IDEMPOTENCY_MISMATCH)
 
     def _middleware(self) -> Middleware:
-        config, counters, faults = self.config, self.counters, self.faults
-        token, readonly = config.token, config.readonly_token
-        problem = self.problem
-        key_header = self.idempotency_header
-        committed = self.committed
-
-        def answer(response: web.StreamResponse) -> web.StreamResponse:
-            counters.by_status[response.status] = counters.by_status.get(response.status, 0) + 1
-            return response
-
-        @web.middleware
-        async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if getattr(request.match_info.handler, "sandbox_control", False):
-                return await handler(request)
-            counters.total += 1
-            counters.in_flight += 1
-            try:
-                return await api_request(request, handler)
-            finally:  # answered, dropped, or failed (the client went away mid-request)
-                counters.in_flight -= 1
-
-        async def api_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-            response: web.StreamResponse
-            match = request.match_info
-            http_exception = getattr(match, "http_exception", None)
-            if http_exception is not None:
-                if http_exception.status == 405:
-                    response = problem(Problem.METHOD_NOT_ALLOWED, request)
-                    response.headers["Allow"] = http_exception.headers.get("Allow", "")
-                    return answer(response)
-                return answer(problem(Problem.NOT_FOUND, request))
-            credential = self.credential(request)
-            if credential is None or (token is not None and credential not in (token, readonly)):
-                return answer(problem(Problem.UNAUTHORIZED, request))
-            write = request.method in WRITE_METHODS
-            if write and credential == readonly:
-                return answer(problem(Problem.FORBIDDEN, request))
-            retry_after = faults.limiter.acquire(credential, write)
-            settings = faults.settings
-            if retry_after or faults.hit(settings.throttle_rate):
-                response = problem(Problem.THROTTLED, request)
-                response.headers["Retry-After"] = faults.retry_after(retry_after or 1)
-                return answer(response)
-            if faults.hit(settings.fail_rate):
-                return answer(problem(Problem.SERVER_ERROR, request))
-            if faults.hit(settings.drop_rate):
-                counters.dropped += 1
-                return _drop(request)
-            delay = settings.latency_ms
-            if faults.hit(settings.slow_rate):
-                counters.slowed += 1
-                delay += settings.slow_ms
-            if delay:
-                if write and key_header in request.headers:
-                    request[_DELAY] = delay / 1000  # consumed by idempotent()
-                else:
-                    await asyncio.sleep(delay / 1000)
-            try:
-                response = await handler(request)
-            except SandboxProblem as exc:
-                response = problem(exc.kind, request)
-            finally:
-                await committed()  # durable before anything is answered (a failure answers 500)
-            pending = request.get(_DELAY)
-            if pending:  # the handler answered before reaching idempotent()
-                await asyncio.sleep(pending)
-            if (request.method == "POST" and 200 <= response.status < 300
-                    and faults.hit(settings.lose_rate)):
-                counters.lost += 1
-                return _drop(request)
-            return answer(response)
-
-        return pipeline
-
-
-def _drop(request: web.Request) -> web.Response:
-    """Close the connection with no answer. aiohttp then fails to write the returned response
-    and ignores that (a ConnectionError in finish_response), so nothing reaches the client."""
-    transport = request.transport
-    if transport is not None:
-        transport.close()
-    return web.Response(status=204)
+        return pipeline_middleware(self)

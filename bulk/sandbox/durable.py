@@ -35,127 +35,27 @@ Contract (what the framework in ``core`` relies on):
 
 Rows are pickled (fast, exact for Decimal and tuple keys) and read back with an unpickler that
 resolves no global except ``decimal.Decimal``: a state file cannot make the sandbox run code.
+This module owns the file and the commit (:class:`DurableStore`); :class:`Table` and the row
+codec live in ``_durable_table`` (``Table`` importable from here, as before).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import pickle
 import sqlite3
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
+from bulk.sandbox._durable_table import Table, dump, load
 from bulk.sandbox.config import SandboxConfigError
 
 __all__ = ["DurableStore", "Table"]
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
 SCHEMA_VERSION = 1
 _VALUES = "\0values"  # the table holding save_values()' attributes
-_MISSING = object()
-_PROTOCOL = 5
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("decimal", "Decimal"):
-            return Decimal
-        raise pickle.UnpicklingError(f"a sandbox state file may not name {module}.{name}")
-
-
-def _load(blob: bytes) -> Any:
-    return _Unpickler(io.BytesIO(blob)).load()
-
-
-def _dump(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=_PROTOCOL)
-
-
-class Table(dict[K, V]):
-    """A dict whose changed (written, deleted or read-by-key) entries its store saves."""
-
-    __slots__ = ("_changed", "_deleted", "_store", "name")
-
-    def __init__(self, store: DurableStore, name: str) -> None:
-        super().__init__()
-        self._store = store
-        self.name = name
-        # A dict as an ordered set: new keys reach the file in insertion order.
-        self._changed: dict[K, None] = {}
-        self._deleted: set[K] = set()
-
-    def _mark(self, key: K) -> None:
-        if not self._changed:
-            self._store._pending[id(self)] = self
-        self._changed[key] = None
-
-    def touch(self, key: K) -> None:
-        """Save ``key``'s value at the next flush (it was changed in place)."""
-        if key in self:
-            self._mark(key)
-
-    def __getitem__(self, key: K) -> V:
-        value = dict.__getitem__(self, key)
-        if not self._store.reads_only:
-            self._mark(key)
-        return value
-
-    def get(self, key: K, default: Any = None) -> Any:
-        value = dict.get(self, key, _MISSING)
-        if value is _MISSING:
-            return default
-        if not self._store.reads_only:
-            self._mark(key)
-        return value
-
-    def __setitem__(self, key: K, value: V) -> None:
-        dict.__setitem__(self, key, value)
-        self._deleted.discard(key)
-        self._mark(key)
-
-    def setdefault(self, key: K, default: Any = None) -> Any:
-        if key not in self:
-            self[key] = default
-            return default
-        return self[key]
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for key, value in dict(*args, **kwargs).items():
-            self[key] = value
-
-    def __delitem__(self, key: K) -> None:
-        dict.__delitem__(self, key)
-        self._forget(key)
-
-    def pop(self, key: K, *default: Any) -> Any:
-        if key in self:
-            value = dict.pop(self, key)
-            self._forget(key)
-            return value
-        if default:
-            return default[0]
-        raise KeyError(key)
-
-    def popitem(self) -> tuple[K, V]:
-        key, value = dict.popitem(self)
-        self._forget(key)
-        return key, value
-
-    def clear(self) -> None:
-        for key in list(self):
-            self._forget(key)
-        dict.clear(self)
-
-    def _forget(self, key: K) -> None:
-        self._changed.pop(key, None)
-        self._deleted.add(key)
-        self._store._pending[id(self)] = self
 
 
 class DurableStore:
@@ -204,7 +104,7 @@ class DurableStore:
 
     def _restore(self, tbl: str) -> list[tuple[Any, Any]]:
         try:
-            return [(_load(key), _load(value)) for key, value in self._rows.pop(tbl, ())]
+            return [(load(key), load(value)) for key, value in self._rows.pop(tbl, ())]
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
             raise SandboxConfigError(f"sandbox state {self.path}: table {tbl!r} is unreadable "
                                      f"({exc}); give another file or delete it") from None
@@ -233,7 +133,7 @@ class DurableStore:
         """Note the attributes ``names`` of ``owner`` to be saved at the next flush if changed."""
         values = self.table(_VALUES)
         for name in names:
-            blob = _dump(getattr(owner, name))
+            blob = dump(getattr(owner, name))
             if self._saved_values.get(name) != blob:
                 self._saved_values[name] = blob
                 values[name] = getattr(owner, name)
@@ -245,7 +145,7 @@ class DurableStore:
             if name in values:
                 value = dict.__getitem__(values, name)
                 setattr(owner, name, value)
-                self._saved_values[name] = _dump(value)
+                self._saved_values[name] = dump(value)
 
     @property
     def pending(self) -> bool:
@@ -296,8 +196,8 @@ class DurableStore:
         ns, upserts, deletes = self.namespace, [], []
         for table in self._pending.values():
             name = table.name
-            upserts += [(ns, name, _dump(k), _dump(dict.__getitem__(table, k))) for k in table._changed]
-            deletes += [(ns, name, _dump(k)) for k in table._deleted]
+            upserts += [(ns, name, dump(k), dump(dict.__getitem__(table, k))) for k in table._changed]
+            deletes += [(ns, name, dump(k)) for k in table._deleted]
         db = self._db
         try:
             db.execute("BEGIN")

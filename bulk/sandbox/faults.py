@@ -67,6 +67,18 @@ class RateLimiter:
     requests take nothing, so a client honouring ``Retry-After`` is served on its return.
 
     ``clock`` returns seconds (monotonic); tests pass a fake one.
+
+    Hand-written rather than the ``limits`` package (5.8, evaluated for issue 12): ``limits``
+    offers fixed, moving and sliding windows, no token bucket. A window admits its whole
+    amount again only when it rolls, where this bucket admits one request every ``1/rate``
+    seconds after a burst (5/s, burst 5, a request every 0.1 s for 2 s: the bucket admits 14,
+    the moving window 10, none between 0.5 s and 1 s); and a window is an integer amount per
+    whole seconds, so a burst
+    over a fractional window (rate 10/s with burst 3, the benchmark's ``limit`` scenario's
+    burst 6 at R/s) or a rate like anny's 1.667/s cannot be stated. It reads ``time.time()``
+    (no fake clock; a wall-clock step changes its verdicts), and its async memory storage
+    costs 11-81 us per request against 1.3-2.4 us here (100,000 requests, 4 credentials x
+    2 kinds, unlimited and 100/s; 2026-12-01, 2-core shared machine).
     """
 
     __slots__ = ("_buckets", "_clock", "_limits")
