@@ -13,7 +13,7 @@ from typing import Any
 from ..records import Record
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
-from ._anny_requests import Requests
+from ._anny_calls import Calls
 from ._anny_wire import resource
 from .base import Job
 
@@ -35,7 +35,7 @@ def _address_attributes(record: Record) -> dict[str, Any]:
             "zip_code": a.postal_code, "city": a.city, "area": a.region, "country_code": a.country}
 
 
-async def find_customer(calls: Requests, job: Job, email: str) -> tuple[str, bool] | None:
+async def find_customer(calls: Calls, job: Job, email: str) -> tuple[str, bool] | None:
     """``(customer id, has an address)`` of the first customer with this e-mail."""
     reply = await calls.send(job, calls.req("GET", "/customers", [("filter[email]", email),
                                                                   ("include", "address")]), "customer")
@@ -46,7 +46,7 @@ async def find_customer(calls: Requests, job: Job, email: str) -> tuple[str, boo
     return None
 
 
-async def ensure_customer(calls: Requests, record: Record, job: Job) -> str:
+async def ensure_customer(calls: Calls, record: Record, job: Job) -> str:
     """Find the customer by e-mail, else create it; then its address if it has none."""
     if calls.resumed:  # a killed run's create for this e-mail may still be on its way
         await calls.settled(job)

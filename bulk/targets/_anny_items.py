@@ -16,14 +16,14 @@ import anyio
 
 from ..errors import AbortRun, BulkError, RecordError, RecordRefused
 from ..records import Record
-from ._anny_requests import Requests
+from ._anny_calls import Calls
 from ._anny_wire import Invoice, ItemKey, exact, item_attributes, line_key, match_items, resource
 from .base import Job
 
 __all__ = ["add_items", "transition", "unchanged", "verified"]
 
 
-async def verified(calls: Requests, record: Record, job: Job, invoice_id: str) -> Invoice:
+async def verified(calls: Calls, record: Record, job: Job, invoice_id: str) -> Invoice:
     """Step 2: a fresh read of the invoice, whose items must be exactly the record's lines."""
     invoice = await calls.get_invoice(job, invoice_id)
     if invoice is None:
@@ -41,7 +41,7 @@ async def verified(calls: Requests, record: Record, job: Job, invoice_id: str) -
     return invoice
 
 
-async def unchanged(calls: Requests, record: Record, job: Job, verified: frozenset[str], invoice: Invoice) -> Invoice:
+async def unchanged(calls: Calls, record: Record, job: Job, verified: frozenset[str], invoice: Invoice) -> Invoice:
     """Step 3: the invoice a transition answered has exactly the verified items (read back
     when the answer does not list them)."""
     now = invoice if invoice.item_ids is not None else await calls.get_invoice(job, invoice.id) or invoice
@@ -54,7 +54,7 @@ async def unchanged(calls: Requests, record: Record, job: Job, verified: frozens
         "not counted: cancel it in anny (a credit note voids it)", stage="item")
 
 
-async def add_items(calls: Requests, record: Record, job: Job, invoice: Invoice) -> bool:
+async def add_items(calls: Calls, record: Record, job: Job, invoice: Invoice) -> bool:
     """Create the lines anny does not have yet; True if any was created."""
     keys = [line_key(line) for line in record.lines]
     done, strangers = match_items(keys, invoice.items)
@@ -111,7 +111,7 @@ async def add_items(calls: Requests, record: Record, job: Job, invoice: Invoice)
     return True
 
 
-async def transition(calls: Requests, job: Job, invoice: Invoice, action: str, after: tuple[str, ...], *,
+async def transition(calls: Calls, job: Job, invoice: Invoice, action: str, after: tuple[str, ...], *,
                      notify: bool) -> Invoice:
     """``send`` or ``set-paid`` (``notify``: mail the payment confirmation). Done already is
     done: after an answer that may be lost, and after a refusal, the invoice's status says

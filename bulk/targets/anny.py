@@ -68,7 +68,7 @@ requests per second: twin item POSTs are spaced by :class:`IdenticalSpacer` (the
 :class:`~bulk.spacing.KeySpacer`, configured) instead of meeting a 429 (which pauses every worker).
 
 Where the parts live: this module is the adapter (options, errors, the workflow of one record);
-``_anny_wire`` the JSON:API documents and the item matching, ``_anny_requests`` the run's
+``_anny_wire`` the JSON:API documents and the item matching, ``_anny_calls`` the run's
 requests (made in :meth:`AnnyTarget.start_run`: spacing, the settle clock, look-ups),
 ``_anny_customer`` the customer step, ``_anny_items`` the item, check, send and set-paid steps,
 ``anny_existing`` ``--on-existing``.
@@ -82,9 +82,9 @@ from typing import Any
 from ..errors import ConfigError, InvalidRecord, RecordRefused, UnknownReference
 from ..records import Record
 from ..transport import Reply
+from ._anny_calls import Calls, IdenticalSpacer
 from ._anny_customer import ensure_customer
 from ._anny_items import add_items, transition, unchanged, verified
-from ._anny_requests import IdenticalSpacer, Requests
 from ._anny_wire import API, JSONAPI, Invoice, exact, invoice_attributes, item_key, line_key, match_items, resource
 from .anny_existing import settle_invoice, update_begun
 from .base import Created, Job, RunJob, Target
@@ -147,8 +147,8 @@ class AnnyTarget(Target):
 
     def start_run(self) -> None:
         super().start_run()
-        #: the run's calls: identical-request spacing, the settle clock (bulk.targets._anny_requests)
-        self.calls = Requests(self.organization, self.identical_per_second, self.settle)
+        #: the run's calls: identical-request spacing, the settle clock (bulk.targets._anny_calls)
+        self.calls = Calls(self.organization, self.identical_per_second, self.settle)
 
     def writes_per_invoice(self) -> float:
         return 2.0  # the draft invoice and at least one item (send and set-paid add more)

@@ -1,6 +1,6 @@
 """One run's requests to anny: how every call is built, spaced and sent, and the look-ups.
 
-:class:`Requests` is the anny adapter's run state (made by ``AnnyTarget.start_run``, in every
+:class:`Calls` is the anny adapter's run state (made by ``AnnyTarget.start_run``, in every
 process that uploads): the organization every call carries (``?o=``), identical-request
 spacing through the engine's :class:`~bulk.spacing.KeySpacer` (:class:`IdenticalSpacer`
 only says what "identical" means and the 1 s window), the settle clock (step 1 of the
@@ -23,7 +23,7 @@ from ..transport import Reply, Request
 from ._anny_wire import API, JSONAPI, Invoice, exact
 from .base import Job, RunJob
 
-__all__ = ["IdenticalSpacer", "Requests"]
+__all__ = ["Calls", "IdenticalSpacer"]
 
 T = TypeVar("T")
 _FOUND = Reply(200, {}, b"")  # what a recover() returns when the lookup found the object
@@ -43,7 +43,7 @@ class IdenticalSpacer(KeySpacer):
         return self.slot((req.method, req.path, tuple(sorted(params)), req.body()))
 
 
-class Requests:
+class Calls:
     """The run's calls to anny; shared by every ``upload`` of the run (one per process)."""
 
     def __init__(self, organization: str, identical_per_second: int, settle: float) -> None:
