@@ -378,6 +378,25 @@ def test_bulk_endpoint_is_faster_under_a_request_rate_limit(tmp_path: Path) -> N
     assert single_n >= 8 * bulk_n
 
 
+def test_every_upload_process_batches_into_bulk(tmp_path: Path) -> None:
+    """With ``--processes 2`` every upload process batches: the target makes its batcher in
+    ``start_run``, which the contract runs in every process (``prepare`` may run in the parent
+    only). Counted at the server: the same records cost several times fewer requests with
+    ``_bulk`` than without it."""
+    src = tmp_path / "in.ndjson"
+    records = write_input(src, 40, seed=41)
+    seen = {}
+    for mode in ("false", "true"):
+        with SandboxServer("chargeover") as sb:
+            out = tmp_path / mode
+            done = cli(upload_args(sb, src, out, "--processes", "2", "--option", f"bulk={mode}"), sb.env)
+            assert done.returncode == 0, done.stderr
+            assert summary(out)["processes"] == 2
+            assert_exactly_once(sb, out, records)
+            seen[mode] = sb.state()["requests"]["total"]
+    assert seen["false"] >= 4 * seen["true"], seen
+
+
 def test_embedded_sandbox_needs_no_setup(tmp_path: Path) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 30, seed=38)

@@ -19,13 +19,17 @@ with its status and message, and nothing was changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RecordRefused
 from ..existing import UPDATING, settle
 from ..records import Record
+from ._anny_wire import Invoice
 from .base import Job
+
+if TYPE_CHECKING:
+    from .anny import AnnyTarget
 
 __all__ = ["UPDATABLE", "changed_attributes", "settle_invoice"]
 
@@ -38,14 +42,15 @@ def changed_attributes(have: Mapping[str, Any], want: Mapping[str, Any]) -> dict
     return {k: want.get(k) for k in UPDATABLE if k in want and (have.get(k) or None) != (want.get(k) or None)}
 
 
-async def settle_invoice(target: Any, job: Job, record: Record, invoice: Any, want: Mapping[str, Any],
+async def settle_invoice(target: AnnyTarget, job: Job, record: Record, invoice: Invoice, want: Mapping[str, Any],
                          *, ours: bool, strangers: list[str], missing: int,
-                         reread: Callable[[], Any]) -> tuple[str, Any]:
+                         reread: Callable[[], Awaitable[Invoice | None]]) -> tuple[str, Invoice]:
     """The ID map action, and the invoice to carry on with (re-read after an update).
 
     ``strangers``: ids of items that match no line; ``missing``: lines no item matches. An
     invoice this job may have made itself (``ours``) differs only by attributes or strangers:
     its missing lines are the create's own unfinished steps."""
+    calls = target.calls
     patch = changed_attributes(invoice.attributes, want)
     # a status the record has not reached yet (a sent invoice cannot go back to a draft)
     status_differs = not ours and _RANK.get(invoice.status, 0) < _RANK.get(record.status, 0)
@@ -56,16 +61,17 @@ async def settle_invoice(target: Any, job: Job, record: Record, invoice: Any, wa
         nonlocal now
         if patch:
             body = {"data": {"type": "invoices", "id": invoice.id, "attributes": patch}}
-            await target._send(job, target._req("PATCH", f"/invoices/{invoice.id}", body=body), "update")
+            await calls.send(job, calls.req("PATCH", f"/invoices/{invoice.id}", body=body), "update")
         for item_id in strangers:
             try:
-                await target._send(job, target._req("DELETE", f"/items/{item_id}"), "update")
+                await calls.send(job, calls.req("DELETE", f"/items/{item_id}"), "update")
             except RecordRefused as exc:
                 if exc.status != 404:  # 404: gone already (our earlier DELETE, its answer lost)
                     raise
-        now = await reread()
-        if now is None:
+        again = await reread()
+        if again is None:
             raise RecordRefused(404, f"invoice {invoice.id} is gone from anny", stage="update")
+        now = again
         return not changed_attributes(now.attributes, want)
 
     action = await settle(job, target.on_existing, target="anny", invoice_id=invoice.id,

@@ -14,11 +14,14 @@ invoice equal (or not yet) and reports it; the update is then re-read and compar
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..existing import settle
 from .base import Job
 from .chargeover_mapping import API
+
+if TYPE_CHECKING:
+    from .chargeover import ChargeOverTarget
 
 __all__ = ["same_invoice", "settle_invoice"]
 
@@ -59,16 +62,16 @@ def same_invoice(obj: Any, body: dict[str, Any]) -> bool:
     return True
 
 
-async def settle_invoice(target: Any, job: Job, invoice_id: str, obj: Any, body: dict[str, Any],
+async def settle_invoice(target: ChargeOverTarget, job: Job, invoice_id: str, obj: Any, body: dict[str, Any],
                          *, ours: bool) -> str:
     """The ID map action for the existing invoice ``invoice_id`` (stored as ``obj``)."""
 
     async def update() -> bool:
         uri = f"{API}/invoice/{invoice_id}"
-        sub = await target._direct(job, "PUT", uri, body, None, stage="update")
+        sub = await target.calls.direct(job, "PUT", uri, body, None, stage="update")
         if not 200 <= sub.code < 300:
-            raise target._refused(sub, "update")
-        return same_invoice(await target._get(job, uri, stage="update"), body)
+            raise target.calls.refused(sub, "update")
+        return same_invoice(await target.calls.get(job, uri, stage="update"), body)
 
     return await settle(job, target.on_existing, target="ChargeOver", invoice_id=invoice_id,
                         how=f'external key "{body["external_key"]}"', same=same_invoice(obj, body), ours=ours,
