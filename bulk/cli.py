@@ -21,9 +21,16 @@ from collections.abc import Sequence
 
 import anyio
 
-from ._cli.console import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_THRESHOLD, EXIT_USAGE
-from ._cli.console import say as _say
-from ._cli.console import stopped as _stopped
+from ._cli.console import (
+    EXIT_ABORTED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_THRESHOLD,
+    EXIT_USAGE,
+    say,
+    stopped,
+)
 from ._cli.offline import generate, merge, report_html, validate
 from ._cli.parser import EXIT_CODES, build_parser
 from ._cli.sandbox import sandbox
@@ -52,13 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = {"upload": upload, "validate": validate, "sandbox": sandbox}[args.command]
         return anyio.run(runner, args, backend_options=loop_options())
     except ConfigError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return EXIT_USAGE
     except BulkError as exc:
-        _say(f"stopped: {exc}")
+        say(f"stopped: {exc}")
         return EXIT_ABORTED
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         return EXIT_INTERRUPTED
 
 
@@ -78,12 +85,12 @@ def worker_main() -> int:
         from .transport import redactor
 
         redact_error(exc, redactor(task.credentials.values()))  # at the output boundary, as the engine's own
-        _say(f"{'error' if isinstance(exc, ConfigError) else 'stopped'}: {exc}")
+        say(f"{'error' if isinstance(exc, ConfigError) else 'stopped'}: {exc}")
         if isinstance(exc, ConfigError):
             return EXIT_USAGE
         return EXIT_ABORTED
     if result.error is not None:
         cls = get_target(task.target)
-        _stopped(cls, task.config, result.error, result.exit_code)
+        stopped(cls, task.config, result.error, result.exit_code)
     return int(result.exit_code)
 

@@ -25,6 +25,7 @@ EXIT_THRESHOLD = 4
 
 
 def say(message: str) -> None:
+    """One ``bulk: ...`` line on stderr, flushed (progress and notes interleave with it)."""
     print(f"bulk: {message}", file=sys.stderr, flush=True)
 
 
@@ -57,6 +58,7 @@ def base_url_hint(cls: type[Target], base_url: str | None, error: BulkError) -> 
 
 
 def report(config: UploadConfig, s: dict[str, Any]) -> None:
+    """A finished (or stopped) run's summary ``s``: counts, totals, pace, measures, outputs."""
     r = s["records"]
     say(
         f"{s['target']}: {r['read']} records: {r['created']} created ({r['existing']} already existed, "
