@@ -169,7 +169,10 @@ class Session:
 
 
 class SessionJob:
-    """The :class:`bulk.targets.base.RunJob` of ``prepare`` and ``finish``: the run, no record."""
+    """The :class:`bulk.targets.base.RunJob` of ``prepare`` and ``finish``: the run, no record.
+
+    Also the base of :class:`RecordJob` (as ``Job`` extends ``RunJob``): sending, resolving,
+    the resume file's cache and the write-ahead marks are the run's, whichever handle asks."""
 
     __slots__ = ("_session", "item_concurrency")
 
@@ -204,25 +207,18 @@ class SessionJob:
         return marks is not None and marks.marked_before(ns, key)
 
 
-class RecordJob:
-    """The :class:`bulk.targets.Job` for one record."""
+class RecordJob(SessionJob):
+    """The :class:`bulk.targets.Job` for one record: the run's handle plus the record."""
 
-    __slots__ = ("_session", "item_concurrency", "maybe_sent_before", "progress", "record")
+    __slots__ = ("maybe_sent_before", "progress", "record")
 
     def __init__(
         self, session: Session, record: Record, *, progress: dict[str, Any] | None, maybe_sent_before: bool
     ) -> None:
-        self._session = session
+        super().__init__(session)
         self.record = record
         self.progress: dict[str, Any] = progress if progress is not None else {}
         self.maybe_sent_before = maybe_sent_before
-        self.item_concurrency = session.item_concurrency
-
-    async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
-        refs: tuple[tuple[str, str], ...] = (),
-    ) -> Reply:
-        return await self._session.send(req, stage=stage, recover=recover, refs=refs)
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         # Once per record: a value already resolved is returned without a second coroutine.
@@ -231,23 +227,6 @@ class RecordJob:
         if cached is not None:
             return cached
         return await session.resolve(ns, key, factory)
-
-    def stale(self, ns: str, key: str) -> str | None:
-        return self._session.stale.get((ns, key))
-
-    def remember(self, ns: str, key: str, value: str) -> None:
-        self._session.state.put(ns, key, value)
-
-    def remembered(self, ns: str) -> dict[str, str]:
-        return self._session.state.items(ns)
-
-    async def mark(self, ns: str, key: str) -> None:
-        if self._session.marks is not None:
-            await self._session.marks.mark(ns, key)
-
-    def marked_before(self, ns: str, key: str) -> bool:
-        marks = self._session.marks
-        return marks is not None and marks.marked_before(ns, key)
 
 
 async def upload(target: Target, job: RecordJob) -> Created:

@@ -12,12 +12,15 @@ tests/test_coperniq.py, which loads the document once.)
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import signal
+import urllib.error
+import urllib.request
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from harness import (
@@ -37,7 +40,9 @@ from harness import (
 from hostile_proxy import HostileProxy
 
 from bulk.generate import generate
+from bulk.outputs import ID_MAP_HEADER, Outputs
 from bulk.records import parse_record
+from bulk.targets import get_target
 
 #: targets whose update endpoint bulk drives (the others: see README, "correct and re-run")
 UPDATING = ["agiled", "anny", "chargeover", "coperniq"]
@@ -70,6 +75,23 @@ def _corrected(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _write(path: Path, docs: list[dict[str, Any]]) -> None:
     path.write_bytes(b"".join(json.dumps(d).encode() + b"\n" for d in docs))
+
+
+class _Exports(NamedTuple):
+    """An export and its corrected version, as files: what every correct-and-re-run scenario feeds."""
+
+    first: Path  # the export as uploaded first
+    second: Path  # the corrected export
+    fixed: list[dict[str, Any]]  # its documents
+    corrected: set[str]  # the external ids of the invoices it corrects
+
+
+def _exports(tmp_path: Path, docs: list[dict[str, Any]]) -> _Exports:
+    fixed = _corrected(docs)
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    _write(first, docs)
+    _write(second, fixed)
+    return _Exports(first, second, fixed, {d["external_id"] for i, d in enumerate(docs) if i in CORRECTED})
 
 
 def _records(docs: list[dict[str, Any]]) -> list[Any]:
@@ -107,6 +129,23 @@ def _actions(out: Path) -> dict[str, str]:
     return {row["external_id"]: row["action"] for row in read_id_map(out)}
 
 
+def _assert_updated(target: str, after: dict[str, dict[str, Any]], ex: _Exports, run: Path,
+                    stderr: str) -> dict[str, Any]:
+    """What an ``--on-existing update`` run of the corrected export leaves (``after``: the
+    server's invoices then): every invoice as corrected, in ``run``'s ID map ``updated`` if it
+    was corrected and ``unchanged`` if not, none created or failed, the totals at the corrected
+    amounts, the counts said on stderr. Returns the run's summary."""
+    _assert_matches(target, after, ex.fixed)
+    assert _actions(run) == {d["external_id"]: "updated" if d["external_id"] in ex.corrected else "unchanged"
+                             for d in ex.fixed}
+    s = summary(run)
+    r = s["records"]
+    assert (r["created"], r["updated"], r["unchanged"], r["failed"]) == (0, len(CORRECTED), N - len(CORRECTED), 0), r
+    assert s["totals"] == expected_totals(_records(ex.fixed))  # every ID map row, at the corrected amounts
+    assert f"{len(CORRECTED)} updated, {N - len(CORRECTED)} unchanged" in stderr
+    return s
+
+
 @pytest.fixture(params=UPDATING)
 def target(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -114,11 +153,8 @@ def target(request: pytest.FixtureRequest) -> str:
 
 def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
     docs = _docs(seed=1301)
-    fixed = _corrected(docs)
-    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
-    _write(first, docs)
-    _write(second, fixed)
-    corrected = {docs[i]["external_id"] for i in CORRECTED}
+    ex = _exports(tmp_path, docs)
+    first, second, corrected = ex.first, ex.second, ex.corrected
     with SandboxServer(target) as sb:
         done = cli(upload_args(sb, first, tmp_path / "run1"), sb.env)
         assert done.returncode == 0, done.stderr
@@ -156,23 +192,12 @@ def test_correct_and_rerun(target: str, tmp_path: Path) -> None:
     for ext, inv in after.items():
         if ext not in corrected:
             assert inv == before[ext], ext  # untouched, field by field
-    _assert_matches(target, after, fixed)
-    actions = _actions(tmp_path / "run2")
-    assert actions == {d["external_id"]: "updated" if d["external_id"] in corrected else "unchanged" for d in docs}
-    s = summary(tmp_path / "run2")
-    r = s["records"]
-    assert (r["created"], r["updated"], r["unchanged"], r["failed"]) == (0, len(CORRECTED), N - len(CORRECTED), 0), r
-    assert s["totals"] == expected_totals(_records(fixed))  # every ID map row, at the corrected amounts
-    assert f"{len(CORRECTED)} updated, {N - len(CORRECTED)} unchanged" in updating.stderr
+    _assert_updated(target, after, ex, tmp_path / "run2", updating.stderr)
 
 
 def test_killed_during_updates_then_the_same_command_finishes_them(target: str, tmp_path: Path) -> None:
     docs = _docs(seed=1302)
-    fixed = _corrected(docs)
-    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
-    _write(first, docs)
-    _write(second, fixed)
-    corrected = {docs[i]["external_id"] for i in CORRECTED}
+    first, second, fixed, corrected = _exports(tmp_path, docs)
     method, prefix = UPDATE_REQUEST[target]
     passed: list[str] = []
 
@@ -251,11 +276,7 @@ def test_an_invoice_the_api_will_not_change_fails_with_its_answer(locked_target:
         d["status"] = status
         d["issue_date"] = d.get("issue_date") or "2026-03-01"
         d["due_date"] = None
-    fixed = _corrected(docs)
-    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
-    _write(first, docs)
-    _write(second, fixed)
-    corrected = {d["external_id"] for i, d in enumerate(docs) if i in CORRECTED}
+    first, second, _, corrected = _exports(tmp_path, docs)
     assert corrected
     with SandboxServer(target) as sb:
         done = cli(upload_args(sb, first, tmp_path / "run1"), sb.env)
@@ -279,8 +300,6 @@ LEGACY_HEADER = "external_id,invoice_id,line,customer_id,status,currency,net,tax
 
 
 def test_a_run_directory_of_the_previous_version_is_resumed_in_its_own_format(tmp_path: Path) -> None:
-    from bulk.outputs import ID_MAP_HEADER, Outputs
-
     old = LEGACY_HEADER + "INV-1,11,1,C-1,draft,EUR,1.00,0.19,1.19\n"
     (tmp_path / "id_map.csv").write_text(old, encoding="utf-8")
     outputs = Outputs(tmp_path, {"id_map.csv": len(old.encode())})
@@ -302,10 +321,7 @@ def test_a_run_directory_of_the_previous_version_is_resumed_in_its_own_format(tm
 
 
 def test_merge_takes_shards_of_both_formats(tmp_path: Path) -> None:
-    import csv
-
-    from bulk.merge import _copy_id_maps, _Shard
-    from bulk.outputs import ID_MAP_HEADER
+    from bulk.merge import _copy_id_maps, _Shard  # merge's private parts: only this test depends on them
 
     old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "out"
     for d in (old, new, out):
@@ -325,11 +341,6 @@ def test_merge_takes_shards_of_both_formats(tmp_path: Path) -> None:
 
 def _raw(sb: SandboxServer, method: str, path: str, body: Any = None, *,
          content_type: str = "application/json") -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
-
-    from bulk.targets import get_target
-
     cls = get_target(sb.target)
     headers = {**cls(base_url=sb.base_url, credentials=sb.env, options={}).headers(), "Content-Type": content_type}
     data = None if body is None else json.dumps(body).encode()
@@ -422,30 +433,19 @@ def test_correct_and_rerun_with_two_processes(target: str, tmp_path: Path) -> No
     for i, d in enumerate(docs if spread else []):  # four customers, so that both shards get invoices
         d["customer"]["external_id"] += f"-{i % 4}"
         d["customer"]["email"] = f"p{i % 4}-{d['customer']['email']}"
-    fixed = _corrected(docs)
-    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
-    _write(first, docs)
-    _write(second, fixed)
-    corrected = {docs[i]["external_id"] for i in CORRECTED}
+    ex = _exports(tmp_path, docs)
     with SandboxServer(target) as sb:
-        done = cli(upload_args(sb, first, tmp_path / "run1", "--processes", "2"), sb.env)
+        done = cli(upload_args(sb, ex.first, tmp_path / "run1", "--processes", "2"), sb.env)
         assert done.returncode == 0, done.stderr
         assert set(_actions(tmp_path / "run1").values()) == {"created"}
-        updating = cli(upload_args(sb, second, tmp_path / "run2", "--processes", "2", "--on-existing", "update"),
+        updating = cli(upload_args(sb, ex.second, tmp_path / "run2", "--processes", "2", "--on-existing", "update"),
                        sb.env)
         assert updating.returncode == 0, updating.stderr
         after = _at_server(target, sb)
     assert len(after) == N
-    _assert_matches(target, after, fixed)
-    assert _actions(tmp_path / "run2") == {d["external_id"]: "updated" if d["external_id"] in corrected
-                                           else "unchanged" for d in docs}
-    s = summary(tmp_path / "run2")
+    s = _assert_updated(target, after, ex, tmp_path / "run2", updating.stderr)
     assert s["processes"] == 2
     shards = [summary(d) for d in sorted((tmp_path / "run2" / "shards").iterdir())]
     assert len(shards) == 2
     if spread:  # both shards' rows survive the merge
         assert all(p["records"]["updated"] + p["records"]["unchanged"] > 0 for p in shards), shards
-    r = s["records"]
-    assert (r["created"], r["updated"], r["unchanged"], r["failed"]) == (0, len(CORRECTED), N - len(CORRECTED), 0), r
-    assert s["totals"] == expected_totals(_records(fixed))
-    assert f"{len(CORRECTED)} updated, {N - len(CORRECTED)} unchanged" in updating.stderr

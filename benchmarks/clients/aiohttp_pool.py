@@ -8,7 +8,6 @@ same loop on uvloop (shown as its own row, so ``bulk``'s use of uvloop is not hi
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import aiohttp
 import orjson
@@ -20,15 +19,14 @@ from benchmarks.clients.common import (
     contact_request,
     headers,
     lines,
-    parse_args,
     request_parts,
     retry_after,
 )
+from benchmarks.clients.options import Options, run_async
 
 
-async def run() -> None:
-    args = parse_args(__doc__ or "")
-    base = args.base_url.rstrip("/")
+async def run(args: Options) -> None:
+    base = args.base_url
     result = Result()
     contacts: dict[str, asyncio.Future[int]] = {}
     connector = aiohttp.TCPConnector(limit=args.concurrency)
@@ -79,10 +77,4 @@ async def run() -> None:
 
 
 if __name__ == "__main__":
-    if "--uvloop" in sys.argv:
-        sys.argv.remove("--uvloop")
-        import uvloop
-
-        uvloop.run(run())
-    else:
-        asyncio.run(run())
+    run_async(run, __doc__ or "")

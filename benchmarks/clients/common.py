@@ -1,4 +1,5 @@
-"""What every baseline client shares: arguments, the request body, the result line.
+"""What every baseline client shares: the request body, the input lines, the result line
+(the command line is :mod:`benchmarks.clients.options`).
 
 The body is the one ``bulk.targets.agiled.invoice_body`` sends, built straight from the
 parsed JSON (amounts as their source text) without ``bulk``'s validation.
@@ -6,7 +7,6 @@ parsed JSON (amounts as their source text) without ``bulk``'s validation.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -16,16 +16,6 @@ import orjson
 
 INVOICES = "/public/v1/invoices"
 CONTACTS = "/public/v1/contacts"
-
-
-def parse_args(description: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("input", help="NDJSON invoices")
-    p.add_argument("--base-url", required=True)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--token", default="bench-token")
-    p.add_argument("--out", required=True, help="file for the external_id,id lines")
-    return p.parse_args()
 
 
 def lines(path: str) -> Iterator[bytes]:

@@ -16,16 +16,15 @@ from benchmarks.clients.common import (
     contact_request,
     headers,
     lines,
-    parse_args,
     request_parts,
     retry_after,
 )
+from benchmarks.clients.options import Options, run_async
 
 CHUNK = 10_000
 
 
-async def run() -> None:
-    args = parse_args(__doc__ or "")
+async def run(args: Options) -> None:
     result = Result()
     sem = asyncio.Semaphore(args.concurrency)
     contacts: dict[str, asyncio.Task[int]] = {}
@@ -74,4 +73,4 @@ async def run() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run())
+    run_async(run, __doc__ or "")

@@ -14,15 +14,14 @@ from benchmarks.clients.common import (
     contact_request,
     headers,
     lines,
-    parse_args,
     request_parts,
     retry_after,
 )
+from benchmarks.clients.options import Options, parse
 
 
-def main() -> None:
-    args = parse_args(__doc__ or "")
-    base = args.base_url.rstrip("/")
+def main(args: Options) -> None:
+    base = args.base_url
     result = Result()
     contacts: dict[str, int] = {}
     with requests.Session() as s, open(args.out, "w") as out:
@@ -60,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse(__doc__ or ""))

@@ -1,0 +1,197 @@
+"""``bulk upload``: from its arguments to a run, and what is said before and after it.
+
+The arguments become an :class:`~bulk.config.UploadConfig` (usage errors exit 2 before anything
+starts); then a dry run plans without sending, or the run goes to the given base URL or, without
+one, to the target's sandbox dialect embedded in this process (its data in the run directory, so
+a resumed run meets the API the killed one left). The run itself is :mod:`bulk.pipeline`'s (one
+process) or :mod:`bulk.procs`' (``--processes N``); both are imported only when a run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from ..config import UploadConfig
+from ..errors import ConfigError, OutputError
+from ..existing import ON_EXISTING_KEY
+from ..refs import check_kinds, parse_kinds
+from ..source import estimate_records
+from ..targets import get_target
+from ..targets.base import Target
+from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_THRESHOLD, report, say, stopped
+from .settings import check_options, check_paths, parse_options, upload_config
+
+if TYPE_CHECKING:
+    from ..pipeline import RunResult  # imported when a run starts (see run)
+
+__all__ = ["run", "upload"]
+
+
+async def upload(args: argparse.Namespace) -> int:
+    """``bulk upload``: its exit code (:mod:`bulk._cli.console`); a usage error raises ConfigError first."""
+    from ..progress import make_progress
+
+    # A run allocates a few objects per record and reference counting frees nearly all of them
+    # at once; with the default gen-0 threshold (700) the cyclic collector rescanned the young
+    # survivors (records in flight, connections) ~100 times a second for nothing: ~4 % of the
+    # CPU. Fewer, larger young collections, and the startup objects frozen out of them.
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+    cls = get_target(args.target)
+    base_url = args.base_url or os.environ.get(cls.base_url_env) or None
+    config = upload_config(args, base_url)
+    check_options(cls, parse_options(args.option))
+    create = None if args.create_missing is None else parse_kinds(args.create_missing)
+    if create is not None:
+        check_kinds(cls, create)
+    check_paths(config)
+    if config.dry_run:
+        return await _dry_run(config, cls)
+    from ..procs import job_processes
+
+    processes = job_processes(config)  # usage errors of N processes, a resumed job's N included
+    target: Target | None = None
+    if config.base_url is not None:  # a missing credential is said before any bar is drawn
+        target = cls(base_url=config.base_url, credentials=cls.credentials_from_env(os.environ),
+                     options={**config.options, ON_EXISTING_KEY: config.on_existing})
+    metrics = None
+    if args.metrics_port is not None and processes > 1:
+        raise ConfigError(f"--metrics-port serves one process's figures, and {config.out} is a job of {processes} "
+                          "processes: use a new --out without --processes")
+    if args.metrics_port is not None:  # a port in use is a usage error, said before anything starts
+        from ..prom import MetricsServer
+
+        metrics = MetricsServer(args.metrics_host, args.metrics_port)
+    console = make_progress(quiet=args.quiet, desc=f"bulk {config.target}")
+    try:
+        if metrics is not None:
+            console.note(f"metrics at {metrics.url}")
+        if target is not None:
+            if (pace := _pace_note(config, target)) is not None:
+                console.note(pace)
+            result = await run(config, target, console, metrics)
+        else:
+            from ..embedded import pairing
+            from ..sandbox import serve  # aiohttp.web and the dialects: imported only when used
+            from ..sandbox.config import SandboxConfig
+
+            pair = pairing(cls)  # how this client meets its sandbox dialect
+            creds, token = pair.credentials(secrets.token_urlsafe(24))
+            # The sandbox keeps its data in the run directory: a resumed run meets the API the
+            # killed one left, as it would a real one.
+            try:
+                config.out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
+            state = config.out / "sandbox.db"
+            seed = _embedded_seed(cls, config, create, pair.dialect_options())
+            sandbox_config = SandboxConfig(token=token, options=seed, state=str(state))
+            async with serve(config.target, sandbox_config) as sandbox:
+                console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
+                             f"(nothing leaves this machine; its data in {state})")
+                options = {**pair.client_options(), **config.options, ON_EXISTING_KEY: config.on_existing}
+                target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
+                target.default_limits = {}  # the sandbox has no limit unless --rate sets one
+                result = await run(config, target, console, metrics)
+        if result.summary:
+            console.finish(result.summary)
+    finally:
+        console.close()
+        if metrics is not None:
+            metrics.close()
+    if result.summary:  # none when no upload process got as far as a checkpoint
+        report(config, result.summary)
+    if result.error is not None:
+        stopped(cls, config, result.error, result.exit_code)
+    elif result.interrupted:
+        say("interrupted: run the same command again to resume")
+    missed = [t for t in result.summary.get("thresholds") or () if not t["met"]]
+    if missed and result.exit_code in (EXIT_OK, EXIT_PARTIAL):
+        return EXIT_THRESHOLD  # a finished run that missed a threshold: 4 wins over 1 (see EXIT_CODES)
+    return result.exit_code
+
+
+async def run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> RunResult:
+    """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
+    from ..pipeline import Run, RunResult
+    from ..procs import job_processes, run_processes
+
+    n = job_processes(config)
+    if n == 1:
+        return await Run(config, target, progress=console, metrics=metrics).execute()
+    code, summary, error = await run_processes(config, target, n, progress=console)
+    return RunResult(code, summary, error, interrupted=code == EXIT_INTERRUPTED)
+
+
+async def _dry_run(config: UploadConfig, cls: type[Target]) -> int:
+    """``--dry-run``: what the run would do, on stdout; nothing is sent."""
+    from ..plan import make_plan
+
+    target = cls(base_url="", credentials={}, options=config.options)
+    plan = await make_plan(config.input, target=target, max_line_bytes=config.max_line_bytes, run_dir=config.out)
+    for line in plan.lines():
+        print(line)
+    say(f"dry run: {plan.records} records, {plan.valid} valid, {plan.problem_count} rejected; would skip "
+        f"{plan.done} already done, reconcile {plan.reconcile} possibly sent by an interrupted run, "
+        f"create {plan.create}; nothing was sent")
+    return EXIT_PARTIAL if plan.problem_count else EXIT_OK
+
+
+def _embedded_seed(cls: type[Target], config: UploadConfig, create: frozenset[str] | None,
+                   options: dict[str, Any]) -> dict[str, Any]:
+    """The embedded sandbox's options: the target's own seed, plus what the input references
+    (``--seed-from`` of that input), less the kinds ``--create-missing`` is to create: that
+    run rehearses the creating."""
+    from ..sandbox.seed_from import SEEDED, read_references, seed_options
+
+    # stdin cannot be read twice; a sandbox.db already there is restored as it is (a resumed
+    # run meets the API the killed one left), so its seed would be ignored: not read for nothing.
+    if config.input == "-" or cls.name not in SEEDED or (config.out / "sandbox.db").exists():
+        return options
+
+    try:
+        refs = read_references(config.input)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config.input}: {exc.strerror or exc}") from None
+    return {**options, **seed_options(cls.name, refs, leave_out=create or frozenset())}
+
+
+
+def _duration(seconds: float) -> str:
+    """A rough duration for people: "5 min", "2 h 10 min", "3 d 4 h"."""
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{max(minutes, 1)} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _pace_note(config: UploadConfig, target: Target) -> str | None:
+    """One line at the start of a real run whose pace makes it long: the write rate and the
+    estimated duration (the input's invoices, each costing ``writes_per_invoice`` writes)."""
+    limits = config.pacing_limits(target.default_limits)
+    kind = "write" if "write" in limits else "*"
+    rate = limits.get(kind)
+    if not rate:
+        return None
+    what = "writes" if kind == "write" else "requests"
+    pace = f"{rate * 60:g} {what}/min" if rate < 2 else f"{rate:g} {what}/s"
+    raise_it = "--limit write=R" if kind == "write" else "--rate R"
+    count = estimate_records(config.input)
+    per = target.writes_per_invoice()
+    if count is None:
+        return (f"{pace}: about {_duration(1000 * per / rate)} per 1,000 invoices; {raise_it} for a plan "
+                "with higher limits")
+    seconds = count * per / rate
+    if seconds < 60:
+        return None
+    return (f"{pace}: about {_duration(seconds)} for {count:,} invoices; {raise_it} for a plan with "
+            "higher limits")
+
