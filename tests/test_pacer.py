@@ -1,18 +1,18 @@
 """The aiolimiter-based pacer (bulk/pacing.py) on a virtual clock, and against a sandbox with a
 small bucket.
 
-The unit tests run on an event loop whose clock is virtual (like aiolimiter's own tests, which
-drive ``loop.time()``): the selector never blocks, it advances the clock to the next timer, so
-every time below is exact and nothing depends on the machine's speed.
+The unit tests run on :func:`bulk.testing.run_virtual`, an event loop whose clock is virtual
+(like aiolimiter's own tests, which drive ``loop.time()``): the selector never blocks, it
+advances the clock to the next timer, so every time below is exact and nothing depends on the
+machine's speed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import selectors
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +22,7 @@ from harness import SandboxServer, assert_exactly_once, cli, summary, upload_arg
 
 from bulk.errors import QuotaExhausted
 from bulk.pacing import CLIMB, CLIMB_EVERY, CUT, Pacer, burst_for
-
-
-class _VirtualSelector(selectors.DefaultSelector):
-    """select() does not wait: it moves the loop's virtual clock to the next timer."""
-
-    def __init__(self, clock: list[float]) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        ready = super().select(0)
-        if not ready and timeout is not None:
-            # At least a nanosecond: a timer due within the clock's rounding (aiolimiter's
-            # float arithmetic leaves such remainders) must still come due.
-            self._clock[0] += max(timeout, 1e-9)
-        return ready
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self.clock = [1000.0]
-        super().__init__(_VirtualSelector(self.clock))
-
-    def time(self) -> float:
-        return self.clock[0]
-
-
-def run_virtual(main: Callable[[], Awaitable[Any]]) -> Any:
-    return anyio.run(main, backend_options={"loop_factory": VirtualLoop})
+from bulk.testing import run_virtual
 
 
 def now() -> float:
