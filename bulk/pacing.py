@@ -12,8 +12,10 @@
   pauses until ``Retry-After`` (:mod:`bulk._pacing.pause`); a request that passed the limiter
   while a pause began passes it again after the pause, so the paused workers never leave
   together: at most the (shrunk) burst goes at once.
-- The requests in flight are AIMD-bounded too (:mod:`bulk._pacing.window`): a new episode
-  caps them at half of those in flight then, growing back by one.
+- The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a run paced by one lane
+  to what the pace needs (from the burst on, growing while the latency needs more), so a server that
+  stalls and then stamps a whole batch with one clock reading never sees more than that; a
+  new throttling episode caps them at half of those in flight then, growing back after it.
 - ``X-RateLimit-Remaining`` / ``-Reset`` (where an API sends them; ``-Limit`` is informative):
   with nothing remaining the run pauses until the reset; with little remaining, the lane's
   rate is lowered to spread what is left over the time to the reset.
@@ -67,7 +69,13 @@ class Pacer(Health):
         self._loop = asyncio.get_running_loop()
         self._hold = Pause(self._loop, max_wait)
         self.concurrency = concurrency
-        self._window = Window(concurrency)  # after a 429: fewer in flight
+        # In flight: what the pace needs (a run paced by one lane, from its burst on), and fewer
+        # after a 429. Not yet with composed lanes: a request that waits for the second lane
+        # after taking the first leaves later than its slot there, and a window that
+        # serializes the workers makes the next one catch it up (a pre-existing limit of the
+        # composition, exposed by test_kind_and_shared_limits_compose).
+        start = next(iter(self._lanes.values())).burst if len(self._lanes) == 1 else None
+        self._window = Window(concurrency, start)
         self._inflight = 0
         self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
         self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
@@ -199,7 +207,7 @@ class _Slot:
 
     async def __aexit__(self, *exc: object) -> None:
         pacer = self._pacer
-        pacer._inflight -= 1
         if self.window is not None:
-            self.window.release_on_behalf_of(self)
+            pacer._window.leave(self.window, self, pacer._inflight, pacer._loop.time())
+        pacer._inflight -= 1
         pacer._cap.release()
