@@ -62,6 +62,7 @@ CLIENTS = {
 # reference: bulk itself runs on uvloop); the stock-asyncio row when uvloop is not installed.
 REFERENCE = "aiohttp-uvloop"
 LIMIT_BURST = 5  # nginx limit_req burst=5 nodelay: up to 6 requests at once from idle
+CAPACITY_BURST = 1_000_000  # --limit-capacity: a bucket no run here overruns
 
 
 def _importable(module: str) -> bool:
@@ -211,6 +212,16 @@ def plans(args: argparse.Namespace) -> list[Plan]:
                                 "(nginx limit_req, 429 + Retry-After: 1)", make,
                                 {c: m for c in CLIENTS}, args.concurrency, ("--rate", f"{r:g}"), rate=r,
                                 counted_by_nginx=nginx))
+                if args.limit_capacity:
+                    # What the client can send on this machine now: the same server with a bucket
+                    # nothing overruns, bulk unpaced. On a busy machine this, not the pacing, can
+                    # be what keeps the rate under R: compare the two rows.
+                    make = (lambda r=r: servers.start_nginx_limited(r, CAPACITY_BURST)) if nginx else \
+                        (lambda r=r: servers.start_sandbox(r, TOKEN, burst=CAPACITY_BURST))
+                    out.append(Plan("limit", f"capacity at R = {r:g}: the same server with burst {CAPACITY_BURST:,} "
+                                    "(no 429), bulk --rate 1e9", make,
+                                    {c: m for c in CLIENTS}, args.concurrency, ("--rate", "1e9"), rate=r,
+                                    counted_by_nginx=nginx))
     return out
 
 
@@ -433,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit-rates", default="20,200,1000",
                    help="R values of the 'limit' scenario (nginx limit_req, burst 5), comma-separated")
     p.add_argument("--limit-seconds", type=float, default=15, help="records per client in 'limit': R x this")
+    p.add_argument("--limit-capacity", action="store_true",
+                   help="'limit' also measures each R unthrottled (burst 1,000,000, bulk --rate 1e9): what the "
+                        "client can send on this machine now, to tell a busy machine from the pacing")
     p.add_argument("--memory-records", type=int, default=1_000_000)
     p.add_argument("--no-nginx", action="store_true", help="use the Python canned server even if nginx is there")
     p.add_argument("--tiny", action="store_true", help="a few seconds: tiny inputs, 1 round (harness check)")

@@ -44,16 +44,19 @@ def test_the_limit_scenario_runs_and_counts_the_429s(tmp_path: Path) -> None:
     of 6) on a tiny input: bulk and the bare loop finish and the table has R's columns."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--tiny", "--scenarios", "limit", "--clients", "bulk,aiohttp",
-         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+         "--limit-capacity", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
         env=client_env({}), capture_output=True, text=True, timeout=180, cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "server limit R = 200 requests/s, burst 5" in done.stdout
+    assert "capacity at R = 200: the same server with burst 1,000,000" in done.stdout  # --limit-capacity
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| client")]
-    assert [row.split(" | ")[0][2:] for row in rows] == ["bulk (CLI)", "bare aiohttp loop"]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["bulk (CLI)", "bare aiohttp loop"] * 2
     assert all(" of " in row and "%" in row for row in rows)  # the 429 share column
     raw = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
-    runs = raw["scenarios"][0]["runs"]
-    assert len(runs) == 2 and all(r["exit_code"] == 0 and r["created"] == r["records"] == 50 for r in runs), runs
-    assert all(r["extra"]["server_requests"] >= 51 for r in runs)  # counted at the server
+    assert len(raw["scenarios"]) == 2
+    for scenario in raw["scenarios"]:
+        runs = scenario["runs"]
+        assert len(runs) == 2 and all(r["exit_code"] == 0 and r["created"] == r["records"] == 50 for r in runs), runs
+        assert all(r["extra"]["server_requests"] >= 51 for r in runs)  # counted at the server
 

@@ -1,18 +1,18 @@
 """The aiolimiter-based pacer (bulk/pacing.py) on a virtual clock, and against a sandbox with a
 small bucket.
 
-The unit tests run on an event loop whose clock is virtual (like aiolimiter's own tests, which
-drive ``loop.time()``): the selector never blocks, it advances the clock to the next timer, so
-every time below is exact and nothing depends on the machine's speed.
+The unit tests run on :func:`bulk.testing.run_virtual`, an event loop whose clock is virtual
+(like aiolimiter's own tests, which drive ``loop.time()``): the selector never blocks, it
+advances the clock to the next timer, so every time below is exact and nothing depends on the
+machine's speed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import selectors
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +22,7 @@ from harness import SandboxServer, assert_exactly_once, cli, summary, upload_arg
 
 from bulk.errors import QuotaExhausted
 from bulk.pacing import CLIMB, CLIMB_EVERY, CUT, Pacer, burst_for
-
-
-class _VirtualSelector(selectors.DefaultSelector):
-    """select() does not wait: it moves the loop's virtual clock to the next timer."""
-
-    def __init__(self, clock: list[float]) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        ready = super().select(0)
-        if not ready and timeout is not None:
-            # At least a nanosecond: a timer due within the clock's rounding (aiolimiter's
-            # float arithmetic leaves such remainders) must still come due.
-            self._clock[0] += max(timeout, 1e-9)
-        return ready
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        self.clock = [1000.0]
-        super().__init__(_VirtualSelector(self.clock))
-
-    def time(self) -> float:
-        return self.clock[0]
-
-
-def run_virtual(main: Callable[[], Awaitable[Any]]) -> Any:
-    return anyio.run(main, backend_options={"loop_factory": VirtualLoop})
+from bulk.testing import run_virtual
 
 
 def now() -> float:
@@ -296,3 +268,44 @@ def test_a_small_server_bucket_at_the_pacers_rate_completes_exactly_once_every_4
     assert state["by_status"].get("200", 0) == 1 + customers, state
     assert state["by_status"].get("201", 0) == customers + n, state
     assert state["total"] == 1 + 2 * customers + n + state["throttled"], state
+
+
+def _peak_in_flight(rate: float, answer_at: Callable[[float], float], n: int) -> tuple[int, list[float]]:
+    """n requests by 64 workers; a request sent at t is answered at ``answer_at(t)``.
+    Returns the most requests in flight at once, and the send times."""
+    async def go() -> tuple[int, list[float]]:
+        p = pacer(rate, burst=2, concurrency=64)
+        inflight, peak, times = [0], [0], []
+
+        async def worker() -> None:
+            for _ in todo:
+                async with p.slot("write") as sent_at:
+                    times.append(sent_at)
+                    inflight[0] += 1
+                    peak[0] = max(peak[0], inflight[0])
+                    await anyio.sleep(answer_at(sent_at - 1000.0) - (sent_at - 1000.0))
+                    inflight[0] -= 1
+
+        todo = iter(range(n))
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(worker)
+        return peak[0], times
+
+    return run_virtual(go)
+
+
+def test_in_flight_follows_what_the_pace_needs_so_a_stalled_server_gets_no_batch() -> None:
+    # 100/s, answers after 1 ms, but the server stalls from 0.5 s to 0.8 s (what it takes
+    # meanwhile it answers at 0.8 s, as nginx stamps a batch with one clock reading): the
+    # pace alone would have sent 30 requests into the stall; the window holds them back at
+    # what the pace needed before it.
+    peak, times = _peak_in_flight(100.0, lambda t: 0.8 if 0.5 <= t < 0.8 else t + 0.001, 200)
+    assert peak <= 3
+    assert len(times) == 200
+    # 100/s with answers after 50 ms: 5 in flight are needed; the window grows to them, and
+    # the pace is kept (after the ramp, exactly 1/R apart) without letting all 64 go.
+    peak, times = _peak_in_flight(100.0, lambda t: t + 0.05, 300)
+    assert 5 <= peak <= 8
+    gaps = [b - a for a, b in itertools.pairwise(times[20:])]
+    assert gaps == pytest.approx([0.01] * len(gaps), abs=1e-6)

@@ -1,0 +1,89 @@
+"""One rate limit: an evenly spacing aiolimiter bucket, and the AIMD state that slows it after a 429.
+
+A lane is an :class:`aiolimiter.AsyncLimiter` configured for even spacing:
+``AsyncLimiter(k, k / R)`` is a leaky bucket that drains at exactly R requests per second and
+holds at most ``k`` (:func:`burst_for`), so at most ``k`` requests ever go back to back: a
+server with a small bucket (nginx ``limit_req burst=5``) never sees more than it accepts, and
+a late request can still catch up ``k - 1`` slots.
+
+A 429 cuts the lane's rate multiplicatively (``CUT``) and it climbs back additively (``CLIMB``
+x R every ``CLIMB_EVERY`` s). A request at a cut rate takes ``R / rate`` of the bucket's
+capacity, so the burst shrinks with the rate.
+"""
+
+from __future__ import annotations
+
+from aiolimiter import AsyncLimiter
+
+__all__ = ["BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "CUT", "FLOOR", "MAX_BURST", "UNBOUNDED", "Lane", "burst_for"]
+
+#: Most requests a lane lets go back to back (measured: see README, Performance; a server
+#: bucket of 5 takes it with room for the network's jitter).
+MAX_BURST = 4
+#: The burst is this many seconds of traffic, between 2 and MAX_BURST requests (2: a request
+#: the event loop wakes late is made up by the next one instead of lost), and 1 under
+#: 2 requests/s, where a server's bucket may hold only one.
+BURST_SECONDS = 0.004
+#: AIMD: a 429 multiplies the lane's rate by CUT; it climbs back by CLIMB x R every CLIMB_EVERY s.
+#: Gentle and quick, because at a small server bucket a sporadic 429 is the network's jitter
+#: (a 5-request bucket at 1,000/s tolerates 5 ms), and anything worse pauses everyone anyway.
+CUT = 0.9
+CLIMB = 0.02
+CLIMB_EVERY = 0.1
+#: The lowest rate a cut goes to, as a share of R (the Retry-After pauses do the rest).
+FLOOR = 0.05
+#: A limit at or above this many requests per second (``--rate 1e9``: "no limit") gets no
+#: lane: no client sends that fast, so it could never make a request wait, and skipping it
+#: takes the limiter's bookkeeping off every request. A 429 still pauses and narrows.
+UNBOUNDED = 1e6
+
+
+def burst_for(rate: float) -> int:
+    """The requests a lane at ``rate`` per second lets go back to back."""
+    if rate < 2:
+        return 1
+    return max(2, min(MAX_BURST, int(rate * BURST_SECONDS)))
+
+
+class Lane:
+    """One rate limit of ``rate`` requests per second: an evenly spacing AsyncLimiter, and the
+    AIMD state that slows it after a 429. ``weight`` = R / current rate: the bucket capacity
+    one request takes (1.0 at full rate)."""
+
+    __slots__ = ("_climb_at", "burst", "limiter", "rate", "weight")
+
+    def __init__(self, rate: float, burst: int | None = None) -> None:
+        self.rate = rate
+        self.burst = burst_for(rate) if burst is None else burst
+        self.limiter = AsyncLimiter(self.burst, self.burst / rate)
+        self.weight = 1.0
+        self._climb_at = 0.0
+
+    @property
+    def current_rate(self) -> float:
+        return self.rate / self.weight
+
+    async def acquire(self, now: float) -> None:
+        weight = self.weight
+        if weight == 1.0:
+            await self.limiter.acquire()
+            return
+        if now >= self._climb_at:  # additive increase, one step per CLIMB_EVERY s without a cut
+            steps = 1 + int((now - self._climb_at) / CLIMB_EVERY)
+            rate = min(self.rate, self.rate / weight + steps * CLIMB * self.rate)
+            self.weight = weight = self.rate / rate if rate < self.rate else 1.0
+            self._climb_at = now + CLIMB_EVERY
+        while weight > 0:  # a weight above the bucket's capacity is taken in parts
+            part = min(weight, float(self.burst))
+            await self.limiter.acquire(part)
+            weight -= part
+
+    def cut(self, resume_at: float) -> None:
+        """A 429: lower the rate; it starts climbing back ``CLIMB_EVERY`` after ``resume_at``."""
+        self.slow_to(max(self.current_rate * CUT, self.rate * FLOOR), resume_at)
+
+    def slow_to(self, rate: float, resume_at: float) -> None:
+        """Pace at ``rate`` (if lower than now), climbing back from ``resume_at`` on."""
+        if 0 < rate < self.current_rate:
+            self.weight = self.rate / rate
+            self._climb_at = resume_at + CLIMB_EVERY

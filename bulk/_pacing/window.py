@@ -1,0 +1,70 @@
+"""The bound on the requests in flight: what the pace needs, and AIMD after a 429.
+
+A server that stalls and then takes a whole batch at one instant (nginx stamps every request
+of one event-loop turn with one clock reading, and its ``limit_req`` counts them as sent at
+once) sees every request that was in flight meanwhile as one burst, however evenly they were
+sent: at 1,000/s a stall of 10 ms with 10 requests on their way is a burst of 10 to a bucket
+of 5. So the requests in flight are bounded too (an :class:`anyio.CapacityLimiter`):
+
+- A paced run (``start``: the lanes' burst) starts at ``start`` in flight and grows by one
+  whenever an answer comes while the window was full of requests past the limiter (the
+  pace needs more in flight than the window lets: the latency is longer), like TCP's slow
+  start: doubling per round trip while too small, not growing once the pace, not the window,
+  holds the requests back. It settles at about rate x latency + 1.
+- A new throttling episode caps the requests in flight at half of those in flight then; the
+  cap stays until ``CLIMB_EVERY`` s after the episode's end, then grows again: by demand in a
+  paced run, by one every ``CLIMB_EVERY`` s in an unpaced one (whose window is gone once back
+  at the run's concurrency).
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from .lane import CLIMB_EVERY
+
+__all__ = ["Window"]
+
+
+class Window:
+    """``limiter`` is None while no cap applies (an unpaced run without a 429: one attribute check)."""
+
+    def __init__(self, concurrency: int, start: int | None = None) -> None:
+        self.concurrency = concurrency
+        #: the cap follows what the pace needs (a paced run) rather than the clock
+        self.by_demand = start is not None and start < concurrency
+        self.limiter: anyio.CapacityLimiter | None = None
+        if start is not None and start < concurrency:
+            self.limiter = anyio.CapacityLimiter(start)
+        self._climb_at = 0.0
+
+    async def enter(self, borrower: object, now: float) -> anyio.CapacityLimiter:
+        """Take a place for ``borrower`` (give it back with :meth:`leave`)."""
+        limiter = self.limiter
+        assert limiter is not None
+        if not self.by_demand and now >= self._climb_at:  # additive increase
+            self._climb_at = now + CLIMB_EVERY
+            if limiter.total_tokens + 1 >= self.concurrency:
+                limiter.total_tokens = self.concurrency
+                self.limiter = None  # back to the concurrency cap alone
+            else:
+                limiter.total_tokens += 1
+        await limiter.acquire_on_behalf_of(borrower)
+        return limiter
+
+    def leave(self, limiter: anyio.CapacityLimiter, borrower: object, inflight: int, now: float) -> None:
+        """``borrower``'s request is answered; ``inflight``: the requests past the limiter
+        until now, this one included. A full window grows by one (see the module)."""
+        if (self.by_demand and limiter is self.limiter and now >= self._climb_at
+                and inflight >= limiter.total_tokens and limiter.total_tokens < self.concurrency):
+            limiter.total_tokens += 1
+        limiter.release_on_behalf_of(borrower)
+
+    def narrow(self, inflight: int, episode_end: float) -> None:
+        """A new throttling episode: at most half of ``inflight`` may be in flight."""
+        size = max(1, min(inflight, self.concurrency) // 2)
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(size)
+        elif size < self.limiter.total_tokens:
+            self.limiter.total_tokens = size
+        self._climb_at = episode_end + CLIMB_EVERY
