@@ -60,15 +60,14 @@ Pacing hooks the engine offers (use them rather than building your own):
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import AbortRun, AuthError, ConfigError, RecordRefused, ServerError, Throttled
 from ..pacing import parse_retry_after
 from ..refs import kinds_of
-from ..transport import Reply, Request
+from ..transport import Reply
+from ._handles import Created, Job, RunJob
 
 if TYPE_CHECKING:
     from ..records import Record
@@ -77,78 +76,6 @@ __all__ = ["MIN_SECRET_LENGTH", "Created", "Job", "RunJob", "Target"]
 
 #: the shortest credential accepted from the environment (see ``credentials_from_env``)
 MIN_SECRET_LENGTH = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    """What a target reports for one finished record."""
-
-    invoice_id: str
-    customer_id: str | None = None
-    status: str | None = None
-    reported_gross: Decimal | None = None  # the API's invoice total, checked against the money rule
-    existed: bool = False  # found at the API already (lost answer, earlier job), not made now
-    #: what the job did: "created", "existing", "updated", "unchanged" (see bulk.existing);
-    #: None means "existing" when ``existed`` else "created"
-    action: str | None = None
-
-    @property
-    def outcome(self) -> str:
-        return self.action or ("existing" if self.existed else "created")
-
-
-class RunJob(Protocol):
-    """What the engine offers a target for the whole run, outside any record: the handle that
-    :meth:`Target.prepare` and :meth:`Target.finish` receive (implemented in ``bulk.job``).
-    :class:`Job` (one record's handle) has all of it too. Every call is shared by the run's
-    workers: ``resolve`` is single flight across them, ``send`` passes the run's one pacer."""
-
-    #: how many requests of one record ``upload`` may have in flight at once (``--item-concurrency``)
-    item_concurrency: int
-
-    async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
-        refs: tuple[tuple[str, str], ...] = (),
-    ) -> Reply:
-        """Send with pacing and retries; return a 2xx Reply or raise a `bulk` error.
-
-        ``refs``: the ``(namespace, key)`` of every resolved id the request was built from.
-        When ``classify`` raises :class:`~bulk.errors.UnknownReference` for it (the API says a
-        referenced id is unknown), the engine forgets those ids and runs the upload once more."""
-
-    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
-        """Resolve ``key`` once per job (single flight, cached, kept in the resume file)."""
-
-    def stale(self, ns: str, key: str) -> str | None:
-        """The id cached for ``ns``/``key`` that the API refused as unknown in this run (so it is
-        being resolved again), or None. A factory whose create carries an idempotency key derives
-        a new key from it: the old key would replay the deleted object's answer."""
-
-    def remember(self, ns: str, key: str, value: str) -> None:
-        """Keep ``key -> value`` in the resume file (replacing an earlier value), durable with
-        the checkpoint that first covers this record's outcome, never after it."""
-
-    def remembered(self, ns: str) -> dict[str, str]:
-        """Everything remembered in ``ns`` by this job's runs. Only in :meth:`Target.finish`."""
-
-    async def mark(self, ns: str, key: str) -> None:
-        """Note durably, before an act a kill could leave unrecorded (a reference's create), that
-        this job began it: fsynced before it returns (``bulk.marks``; one fsync each, for rare acts)."""
-
-    def marked_before(self, ns: str, key: str) -> bool:
-        """True when an earlier run of this job marked ``ns``/``key`` (it may have been killed
-        after the act, before its checkpoint): what the resumed run finds is its job's doing."""
-
-
-class Job(RunJob, Protocol):
-    """What the engine offers a target for one record (implemented in ``bulk.job``)."""
-
-    #: the record being uploaded (the same object ``upload`` gets)
-    record: Record
-    #: persisted with every checkpoint while the record is in flight (see the module docstring)
-    progress: dict[str, Any]
-    #: an earlier run may have sent this record: look before creating when the API has no key
-    maybe_sent_before: bool
 
 
 class Target(abc.ABC):
@@ -210,31 +137,6 @@ class Target(abc.ABC):
             raise ConfigError(f"{', '.join(short)} is shorter than {MIN_SECRET_LENGTH} characters: too short to "
                               "keep out of messages and output files safely; give the real credential")
         return {name: env[name] for name in cls.credential_env}
-
-    # --- not part of the adapter's contract: the embedded sandbox --------------------------
-    # How a target's client meets its sandbox dialect (credentials, seeds) is owned by
-    # ``bulk.embedded``, not by the adapter; these delegate there for existing callers.
-    # Do not override them: a plug-in target gets ``bulk.embedded``'s default pairing.
-    @classmethod
-    def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
-        """Credentials for the embedded sandbox, and the token string its dialect accepts."""
-        from .. import embedded
-
-        return embedded.pairing(cls).credentials(secret)
-
-    @classmethod
-    def sandbox_options(cls) -> dict[str, Any]:
-        """Dialect options for the embedded sandbox (e.g. seeded catalogue)."""
-        from .. import embedded
-
-        return embedded.pairing(cls).dialect_options()
-
-    @classmethod
-    def sandbox_client_options(cls) -> dict[str, Any]:
-        """Client ``--option`` defaults that fit the embedded sandbox's seeded data."""
-        from .. import embedded
-
-        return embedded.pairing(cls).client_options()
 
     # --- the adapter's contract ----------------------------------------------------------
     @abc.abstractmethod
