@@ -269,6 +269,7 @@ def test_daily_quota_stops_before_any_429_then_resumes(tmp_path: Path) -> None:
 
 def test_429_with_quota_left_is_a_pause_and_without_it_a_stop() -> None:
     target = CoperniqTarget(base_url="", credentials={"COPERNIQ_API_KEY": "k"}, options={})
+    target.start_run()  # as the engine does inside the run: the quota seen is run state
     body = b'{"message": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED"}'
     ok = Reply(201, {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "4000"}, b"{}")
     assert target.classify(ok, "invoice") is ok
