@@ -24,11 +24,11 @@ __all__ = ["Created", "Job", "RunJob"]
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """What a target reports for one finished record."""
+    """What a target reports for one finished record (``upload``'s result)."""
 
-    invoice_id: str
-    customer_id: str | None = None
-    status: str | None = None
+    invoice_id: str  # the API's id of the invoice: the ID map's ``invoice_id``
+    customer_id: str | None = None  # the API's id of the customer it belongs to, when it has one
+    status: str | None = None  # the status the API holds (None: the record's)
     reported_gross: Decimal | None = None  # the API's invoice total, checked against the money rule
     existed: bool = False  # found at the API already (lost answer, earlier job), not made now
     #: what the job did: "created", "existing", "updated", "unchanged" (see bulk.existing);
