@@ -4,8 +4,9 @@ Every answer's ``X-RateLimit-Limit``/``X-RateLimit-Remaining`` and the API's clo
 are noted (:meth:`Quota.observe`, from ``classify``); every request passes the engine's quota
 hook, a :class:`bulk.spacing.QuotaGate`, so the requests in flight stay within what is left and
 the run stops with :class:`~bulk.errors.QuotaExhausted` only once nothing is in flight (see
-"Limits" in ``bulk.targets.coperniq``). The parts of the Coperniq client are handed
-:meth:`Quota.send` (typed :class:`Send`) instead of ``job.send``.
+"Limits" in ``bulk.targets.coperniq``). Every part of the Coperniq client sends through
+``CoperniqTarget._send`` (typed :class:`Send`), which is the running run's :meth:`Quota.send`,
+never through ``job.send`` directly.
 """
 
 from __future__ import annotations
