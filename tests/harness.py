@@ -27,6 +27,7 @@ from typing import Any
 
 from hostile_proxy import HostileProxy
 
+from bulk.embedded import pairing
 from bulk.generate import generate
 from bulk.money import CurrencyTotals
 from bulk.records import Record, parse_record
@@ -47,10 +48,10 @@ class SandboxServer:
     """``with SandboxServer("agiled", rate_limit=5) as sb:`` -> sb.base_url, sb.state(), sb.faults()."""
 
     def __init__(self, target: str, *, secret: str = SECRET, **settings: Any) -> None:
-        cls = get_target(target)
+        pair = pairing(get_target(target))  # how the client meets its dialect (bulk.embedded)
         self.target = target
-        self.env, token = cls.sandbox_credentials(secret)
-        options = {**cls.sandbox_options(), **settings.pop("options", {})}
+        self.env, token = pair.credentials(secret)
+        options = {**pair.dialect_options(), **settings.pop("options", {})}
         self.config = SandboxConfig(token=token, options=options, **settings)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)

@@ -36,6 +36,7 @@ from harness import (
 )
 from late_proxy import LateProxy, path_kind
 
+from bulk.embedded import pairing
 from bulk.errors import ConfigError, InvalidRecord
 from bulk.generate import generate
 from bulk.records import parse_record
@@ -204,9 +205,9 @@ def test_mapping_is_exact_and_options_are_checked() -> None:
     with pytest.raises(InvalidRecord, match=r"item_ref: is missing.*--option default_item="):
         target.check(discounted)
     ChargeOverTarget(base_url="", credentials={}, options={"default_item": "X"}).check(discounted)
-    embedded, _ = ChargeOverTarget.sandbox_credentials("s")
+    embedded, _ = pairing(ChargeOverTarget).credentials("s")
     assert ChargeOverTarget(base_url="", credentials=embedded,
-                            options=ChargeOverTarget.sandbox_client_options()).default_item == "ADJUSTMENT"
+                            options=pairing(ChargeOverTarget).client_options()).default_item == "ADJUSTMENT"
     for bad in ({"bulk_size": "26"}, {"bulk": "maybe"}, {"default_itme": "X"}, {"currency_map": "EUR"}):
         with pytest.raises(ConfigError):
             ChargeOverTarget(base_url="", credentials={}, options=bad)

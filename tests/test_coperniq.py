@@ -269,6 +269,7 @@ def test_daily_quota_stops_before_any_429_then_resumes(tmp_path: Path) -> None:
 
 def test_429_with_quota_left_is_a_pause_and_without_it_a_stop() -> None:
     target = CoperniqTarget(base_url="", credentials={"COPERNIQ_API_KEY": "k"}, options={})
+    target.start_run()  # as the engine does inside the run: the quota seen is run state
     body = b'{"message": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED"}'
     ok = Reply(201, {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "4000"}, b"{}")
     assert target.classify(ok, "invoice") is ok
@@ -278,6 +279,11 @@ def test_429_with_quota_left_is_a_pause_and_without_it_a_stop() -> None:
         target.classify(Reply(429, {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "0"}, body), "invoice")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", stop.value.resume_at)
     assert "5000" in str(stop.value) and stop.value.resume_at in str(stop.value)
+    # The quota seen is this run's: the same target object run again starts afresh (a 429
+    # without headers is then a pause, not the spent quota of the run before).
+    target.start_run()
+    with pytest.raises(Throttled):
+        target.classify(Reply(429, {"Retry-After": "1"}, body), "invoice")
 
 
 # --- the mapping ---------------------------------------------------------------------------

@@ -252,9 +252,10 @@ def test_refused_credentials_stop_at_once(target: str, refusal: str, tmp_path: P
 
 
 def _credentials(target: str, secret: str) -> tuple[dict[str, str], str]:
+    from bulk.embedded import pairing
     from bulk.targets import get_target
 
-    return get_target(target).sandbox_credentials(secret)
+    return pairing(get_target(target)).credentials(secret)
 
 
 def _token_for(target: str, secret: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import bulk.embedded
 import bulk.sandbox
 import bulk.targets
 import bulk.testing
@@ -47,6 +48,14 @@ LEDGER = bulk.testing.Support(invoices=_invoices, refusable=_refusable)
 def test_the_plugin_is_found_by_name_only_once_installed(ledger_installed: None) -> None:
     assert "ledger" in bulk.targets.names() and "ledger" in bulk.sandbox.available()
     assert bulk.targets.get_target("ledger").name == "ledger"
+
+
+def test_the_plugin_meets_its_dialect_through_the_default_pairing(ledger_installed: None) -> None:
+    # How a client meets its sandbox dialect is bulk.embedded's, not the client contract's.
+    assert not [name for name in dir(bulk.targets.Target) if name.startswith("sandbox")]
+    pair = bulk.embedded.pairing(bulk.targets.get_target("ledger"))
+    assert pair.credentials("tok-0123456789") == ({"LEDGER_TOKEN": "tok-0123456789"}, "tok-0123456789")
+    assert pair.dialect_options() == {} and pair.client_options() == {}
 
 
 def test_without_the_entry_points_the_plugin_is_unknown() -> None:

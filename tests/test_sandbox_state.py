@@ -42,6 +42,7 @@ from harness import (
 )
 
 import bulk.targets
+from bulk.embedded import pairing
 from bulk.sandbox.config import SandboxConfigError
 from bulk.sandbox.durable import DurableStore
 from bulk.targets import get_target
@@ -122,7 +123,7 @@ def test_bulk_sandbox_state_file_survives_a_kill_and_a_restart(tmp_path: Path) -
     inputs = {t: write_input(tmp_path / f"{t}.ndjson", 12, seed=1020 + i) for i, t in enumerate(TARGETS)}
 
     def upload(target: str, out: Path) -> subprocess.CompletedProcess[str]:
-        env, _ = get_target(target).sandbox_credentials(SECRET)
+        env, _ = pairing(get_target(target)).credentials(SECRET)
         return cli(["upload", str(tmp_path / f"{target}.ndjson"), "--target", target, "--base-url",
                     f"{url}/{target}", "--out", str(out), "--rate", "100000", "--quiet",
                     *support(target).EXTRA_ARGS], env)

@@ -38,6 +38,7 @@ from harness import (
 
 import bulk.targets
 from bulk.config import UploadConfig
+from bulk.embedded import pairing
 from bulk.generate import generate
 from bulk.pipeline import Run
 from bulk.targets import get_target
@@ -53,7 +54,7 @@ def _needles(target: str, secret: str, seen: list[dict[str, Any]] = ()) -> set[b
     """Every form of the credential that must never appear: the raw secrets the target
     declares, base64 forms, and credential header values as a server received them."""
     cls = get_target(target)
-    env, _ = cls.sandbox_credentials(secret)
+    env, _ = pairing(cls).credentials(secret)
     adapter = cls(base_url="", credentials=env, options={})
     forms = {s for s in adapter.secrets() if s and len(s) >= 8}
     forms |= {secret, base64.b64encode(secret.encode()).decode()}
@@ -125,7 +126,7 @@ def test_no_credential_in_anything_a_run_produces(target: str, tmp_path: Path) -
         assert b"\r" in tty and b"inv" in tty, "the progress bar was not drawn"
         blobs |= {"ok/stdout": stdout, "ok/tty": tty} | {f"ok/{k}": v for k, v in _run_dir_blobs(out).items()}
         # 2. the credentials are refused (401), --quiet
-        wrong_env, _ = get_target(target).sandbox_credentials(WRONG)
+        wrong_env, _ = pairing(get_target(target)).credentials(WRONG)
         out = tmp_path / "401"
         done = cli(upload_args(sb, src, out), wrong_env, timeout=60)
         assert done.returncode == 3 and "401" in done.stderr, done.stderr
@@ -172,7 +173,7 @@ def _echo(status: int, sandbox: str | None = None) -> Any:
 def test_a_server_echoing_the_credential_does_not_make_us_leak_it(target: str, status: int, tmp_path: Path) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     write_input(src, 6, seed=502)
-    env, _ = get_target(target).sandbox_credentials(TOKEN)
+    env, _ = pairing(get_target(target)).credentials(TOKEN)
     with SandboxServer(target, secret=TOKEN) as sb, \
             ScriptedServer(_echo(status, sb.base_url if status == 422 else None)) as server:
         args = ["upload", str(src), "--target", target, "--base-url", server.base_url, "--out", str(out),
@@ -193,7 +194,7 @@ def test_exception_messages_and_tracebacks_carry_no_credential(tmp_path: Path) -
     src = tmp_path / "in.ndjson"
     write_input(src, 4, seed=503)
     cls = get_target("agiled")
-    env, _ = cls.sandbox_credentials(TOKEN)
+    env, _ = pairing(cls).credentials(TOKEN)
     for status in (401, 500):
         with ScriptedServer(_echo(status)) as server:
             config = UploadConfig(input=str(src), out=tmp_path / f"run-{status}", target="agiled",

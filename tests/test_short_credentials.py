@@ -20,6 +20,7 @@ import anyio
 from harness import SandboxServer, cli, read_id_map, write_input
 
 from bulk.config import UploadConfig
+from bulk.embedded import pairing
 from bulk.pipeline import Run
 from bulk.sandbox.config import SandboxConfig
 from bulk.targets import get_target
@@ -39,7 +40,7 @@ def test_answers_are_parsed_unredacted_whatever_the_secrets(tmp_path: Path) -> N
     with _chargeover_sandbox("a:b") as sb:
         config = UploadConfig(input=str(src), out=out, target="chargeover", base_url=sb.base_url, attempts=3,
                               give_up_after=10)
-        target = cls(base_url=sb.base_url, credentials=creds, options=cls.sandbox_client_options())
+        target = cls(base_url=sb.base_url, credentials=creds, options=pairing(cls).client_options())
         result = anyio.run(lambda: Run(config, target).execute(handle_signals=False))
         state = sb.state()
     assert result.error is None and result.exit_code == 0, (result.error, result.summary["records"])

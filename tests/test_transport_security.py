@@ -18,6 +18,7 @@ from harness import SandboxServer, ScriptedServer, cli, support, write_input
 import bulk.targets
 from bulk.cli import main
 from bulk.config import UploadConfig
+from bulk.embedded import pairing
 from bulk.errors import ConfigError
 from bulk.targets import get_target
 
@@ -45,7 +46,7 @@ def test_redirect_is_not_followed_and_credentials_never_reach_the_other_host(tar
             return web.Response(status=status, headers={"Location": other.base_url + request.path_qs})
 
         with ScriptedServer(redirect) as first:
-            env, _ = get_target(target).sandbox_credentials(TOKEN)
+            env, _ = pairing(get_target(target)).credentials(TOKEN)
             done = cli(_args(target, src, tmp_path / "run", first.base_url), env, timeout=60)  # a hang bound
         assert first.seen, "the client never asked the first server"
         assert other.seen == [], f"the client followed the redirect: {other.seen[:1]}"

@@ -3,36 +3,50 @@
 A target is a small class: it says how to authenticate, what it checks beyond the common input
 rules, and how one record becomes invoices at its API (:meth:`Target.upload`). It never paces,
 retries, checkpoints or writes output: the engine does, through the :class:`Job` handed to
-``upload``. Register a new target in ``bulk.targets.TARGETS`` or through the ``bulk.targets``
-entry-point group (its sandbox dialect through ``bulk.sandbox``), and prove it with
-``bulk.testing.conformance`` (README: "Writing a target").
+``upload`` and the hooks below. Register a new target in ``bulk.targets.TARGETS`` or through the
+``bulk.targets`` entry-point group, its sandbox dialect (sharing no code with the client)
+through ``bulk.sandbox``; how the two meet in the embedded sandbox and the tests (credentials,
+seeds) is ``bulk.embedded``'s, not the target's. Prove it with ``bulk.testing.conformance``
+(README: "Writing a target"; ``tests/plugin_ledger`` is a complete fifth target).
 
 What a target implements: the class attributes of :class:`Target` (``name``, ``credential_env``,
-``base_url_env``, ...), :meth:`Target.headers` and :meth:`Target.upload`; where the API needs
+``base_url_env``, ...), :meth:`~Target.headers` and :meth:`~Target.upload`; where the API needs
 it, :meth:`~Target.check`, :meth:`~Target.classify` / :meth:`~Target.error_detail` (its error
 shape), :meth:`~Target.start_run` (run state), :meth:`~Target.prepare` (a smoke test),
-:meth:`~Target.finish` (reconcile late copies) and :meth:`~Target.affinity`. The lifecycle, in
-every run: ``__init__`` (before the run: check the options, raise ConfigError), then inside the
-run ``start_run`` (in every process), ``prepare`` (parent only), ``upload`` for every record
-(concurrently), ``finish`` (parent only, when the input was read to the end).
+:meth:`~Target.finish` (reconcile late copies) and :meth:`~Target.affinity`. A request is a
+:class:`bulk.transport.Request` (``method``, ``path`` after the base URL, ``params``, ``json``
+(a Decimal goes as an exact number), ``headers``, ``kind`` ``"read"``/``"write"``); an answer a
+:class:`bulk.transport.Reply` (``status``, ``headers``, ``content``; ``json()`` gives floats:
+read money with ``json.loads(reply.content, parse_float=Decimal)``). The record is a
+:class:`bulk.records.Record`, already validated (money as Decimal).
+
+The lifecycle: ``__init__`` before the run (check the options: a ConfigError is exit 2 before
+anything starts); ``check`` for every record as it is read, before anything is sent for it
+(``bulk validate`` and ``--dry-run`` run it and send nothing); inside the run, ``start_run``
+(in every process), ``prepare`` (parent only), ``upload`` for every record that passed
+``check``, from many workers at once, ``classify`` on every answer ``job.send`` receives, and
+``finish`` (parent only, when the input was read to the end). Errors: one tree,
+:mod:`bulk.errors`, each class meaning one thing to the engine (see :meth:`Target.upload`).
 
 Exactly-once is the target's responsibility *using the engine's help*:
 
 - ``job.send(req, stage=..., recover=find)``: for a create that is not idempotent at the API,
   ``find`` is awaited before every resend after an answer that may have been lost (timeout,
   reset, 5xx). If it finds the object, its Reply is returned instead of creating again.
+- ``job.resolve(ns, key, factory)``: a shared object (customer, item) found or made once per
+  job, single flight across workers, cached in the resume file.
 - ``job.maybe_sent_before`` is True when an earlier run may have sent this record (it was
-  at or after that run's watermark): look before creating when the API has no idempotency key.
+  in that run's write-ahead window): look before creating when the API has no idempotency key.
 - stale cached ids: when the API refuses a request because an id it references is unknown
   (a contact deleted since it was resolved), ``classify`` raises
   :class:`~bulk.errors.UnknownReference`, and ``job.send(..., refs=((ns, key),))`` names the
   resolved ids the request was built from (or the target raises it with ``refs`` itself). The
   engine drops those from the cache and the resume file and runs ``upload`` once more, whose
-  ``job.resolve`` calls then run their factories again. ``upload`` must be safe to run again
-  from the start (it already is: a resumed run does just that).
+  ``job.resolve`` calls then run their factories again.
 - ``job.remember(ns, key, value)`` keeps a fact in the resume file (as ``resolve`` does, but
   overwriting), and ``job.remembered(ns)`` (in :meth:`Target.finish` only) reads them all back:
-  e.g. the records whose earlier attempts may still reach the API late.
+  e.g. the records whose earlier attempts may still reach the API late; ``job.mark`` /
+  ``job.marked_before`` note durably an act a kill could leave unrecorded (``bulk.refs``).
 - :meth:`Target.finish` runs once at the end of every run that read its input to the end
   (a re-run of a finished job too), after every record finished: the place to reconcile what
   late requests may have left at the API.
@@ -40,7 +54,8 @@ Exactly-once is the target's responsibility *using the engine's help*:
   a multi-step workflow resumes at the step it reached (it must still verify, because the
   last steps may have happened after the last checkpoint).
 
-Pacing hooks the engine offers (use them rather than building your own):
+Hooks the engine offers (use them rather than building your own; each is run state, made in
+:meth:`Target.start_run`, except the pacing, which is the engine's own):
 
 - every request is paced by its ``Request.kind`` against :attr:`Target.default_limits` (or
   ``--rate`` / ``--limit``), on aiolimiter lanes in :mod:`bulk.pacing`, and a 429 slows them;
@@ -49,10 +64,18 @@ Pacing hooks the engine offers (use them rather than building your own):
   which counts each key's requests from their completion, so twins never arrive ``limit + 1``
   times within the window;
 - a quota over a long window (``X-RateLimit-Remaining`` of a daily quota): a
-  :class:`bulk.spacing.QuotaGate` whose ``remaining`` the target sets from every answer;
-  ``async with gate.slot(exhausted):`` around ``job.send`` keeps the requests in flight within
-  what is left and raises ``exhausted()`` (e.g. :class:`~bulk.errors.QuotaExhausted`) only
-  when nothing is in flight and nothing is left (Coperniq);
+  :class:`bulk.spacing.QuotaGate` whose ``remaining`` the target sets from every answer (in
+  ``classify``); ``async with gate.slot(exhausted):`` around ``job.send`` keeps the requests in
+  flight within what is left and raises ``exhausted()`` (e.g.
+  :class:`~bulk.errors.QuotaExhausted`) only when nothing is in flight and nothing is left
+  (Coperniq, ``bulk.targets._coperniq_quota``);
+- batching small requests into one bulk call, where the API has one and limits requests, not
+  objects (ChargeOver's ``_bulk``, 25 creates per request): every ``upload`` awaits its own
+  sub-answer; the first caller to find no open batch leads it, waits until it is full or a
+  short linger has passed, sends it with one ``job.send`` (paced and retried; its ``recover``
+  looks the batch's creates up after a lost answer) and hands each caller its sub-answer or
+  the batch's error. ``bulk.targets.chargeover_bulk.Batcher`` implements it for ChargeOver;
+  its docstring states the protocol to follow for another bulk endpoint;
 - with ``--processes N`` / ``--shard K/N`` each process gets 1/N of every limit, and the
   records of one :meth:`Target.affinity` key stay in one process.
 """
@@ -60,15 +83,14 @@ Pacing hooks the engine offers (use them rather than building your own):
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import AbortRun, AuthError, ConfigError, RecordRefused, ServerError, Throttled
 from ..pacing import parse_retry_after
 from ..refs import kinds_of
-from ..transport import Reply, Request
+from ..transport import Reply
+from ._handles import Created, Job, RunJob
 
 if TYPE_CHECKING:
     from ..records import Record
@@ -79,80 +101,10 @@ __all__ = ["MIN_SECRET_LENGTH", "Created", "Job", "RunJob", "Target"]
 MIN_SECRET_LENGTH = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Created:
-    """What a target reports for one finished record."""
-
-    invoice_id: str
-    customer_id: str | None = None
-    status: str | None = None
-    reported_gross: Decimal | None = None  # the API's invoice total, checked against the money rule
-    existed: bool = False  # found at the API already (lost answer, earlier job), not made now
-    #: what the job did: "created", "existing", "updated", "unchanged" (see bulk.existing);
-    #: None means "existing" when ``existed`` else "created"
-    action: str | None = None
-
-    @property
-    def outcome(self) -> str:
-        return self.action or ("existing" if self.existed else "created")
-
-
-class RunJob(Protocol):
-    """What the engine offers a target for the whole run, outside any record: the handle that
-    :meth:`Target.prepare` and :meth:`Target.finish` receive (implemented in ``bulk.job``).
-    :class:`Job` (one record's handle) has all of it too. Every call is shared by the run's
-    workers: ``resolve`` is single flight across them, ``send`` passes the run's one pacer."""
-
-    #: how many requests of one record ``upload`` may have in flight at once (``--item-concurrency``)
-    item_concurrency: int
-
-    async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
-        refs: tuple[tuple[str, str], ...] = (),
-    ) -> Reply:
-        """Send with pacing and retries; return a 2xx Reply or raise a `bulk` error.
-
-        ``refs``: the ``(namespace, key)`` of every resolved id the request was built from.
-        When ``classify`` raises :class:`~bulk.errors.UnknownReference` for it (the API says a
-        referenced id is unknown), the engine forgets those ids and runs the upload once more."""
-
-    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
-        """Resolve ``key`` once per job (single flight, cached, kept in the resume file)."""
-
-    def stale(self, ns: str, key: str) -> str | None:
-        """The id cached for ``ns``/``key`` that the API refused as unknown in this run (so it is
-        being resolved again), or None. A factory whose create carries an idempotency key derives
-        a new key from it: the old key would replay the deleted object's answer."""
-
-    def remember(self, ns: str, key: str, value: str) -> None:
-        """Keep ``key -> value`` in the resume file (replacing an earlier value), durable with
-        the checkpoint that first covers this record's outcome, never after it."""
-
-    def remembered(self, ns: str) -> dict[str, str]:
-        """Everything remembered in ``ns`` by this job's runs. Only in :meth:`Target.finish`."""
-
-    async def mark(self, ns: str, key: str) -> None:
-        """Note durably, before an act a kill could leave unrecorded (a reference's create), that
-        this job began it: fsynced before it returns (``bulk.marks``; one fsync each, for rare acts)."""
-
-    def marked_before(self, ns: str, key: str) -> bool:
-        """True when an earlier run of this job marked ``ns``/``key`` (it may have been killed
-        after the act, before its checkpoint): what the resumed run finds is its job's doing."""
-
-
-class Job(RunJob, Protocol):
-    """What the engine offers a target for one record (implemented in ``bulk.job``)."""
-
-    #: the record being uploaded (the same object ``upload`` gets)
-    record: Record
-    #: persisted with every checkpoint while the record is in flight (see the module docstring)
-    progress: dict[str, Any]
-    #: an earlier run may have sent this record: look before creating when the API has no key
-    maybe_sent_before: bool
-
-
 class Target(abc.ABC):
-    """Base class of the API adapters. Subclasses set the class attributes and ``upload``."""
+    """Base class of the API adapters. Subclasses set the class attributes and implement
+    :meth:`headers` and :meth:`upload`; every other method is an optional hook with a working
+    default (extend it with ``super()``). :meth:`credentials_from_env` is the engine's."""
 
     name: ClassVar[str]
     #: environment variables holding the credentials, in the order the adapter wants them
@@ -161,7 +113,8 @@ class Target(abc.ABC):
     optional_env: ClassVar[tuple[str, ...]] = ()
     #: environment variable that may hold the base URL (``--base-url`` wins)
     base_url_env: ClassVar[str]
-    #: documented request rates of the real API, requests per second per kind ("read"/"write");
+    #: documented request rates of the real API, requests per second per ``Request.kind`` ("read",
+    #: "write"; "*" for every kind without its own);
     #: a class default an instance may replace (anny's adjustable limits, the embedded sandbox's none)
     default_limits: Mapping[str, float] = {}
     #: what to check when the API answers 401/403
@@ -211,42 +164,22 @@ class Target(abc.ABC):
                               "keep out of messages and output files safely; give the real credential")
         return {name: env[name] for name in cls.credential_env}
 
-    # --- not part of the adapter's contract: the embedded sandbox --------------------------
-    # How a target's client meets its sandbox dialect (credentials, seeds) is owned by
-    # ``bulk.embedded``, not by the adapter; these delegate there for existing callers.
-    # Do not override them: a plug-in target gets ``bulk.embedded``'s default pairing.
-    @classmethod
-    def sandbox_credentials(cls, secret: str) -> tuple[dict[str, str], str]:
-        """Credentials for the embedded sandbox, and the token string its dialect accepts."""
-        from .. import embedded
-
-        return embedded.pairing(cls).credentials(secret)
-
-    @classmethod
-    def sandbox_options(cls) -> dict[str, Any]:
-        """Dialect options for the embedded sandbox (e.g. seeded catalogue)."""
-        from .. import embedded
-
-        return embedded.pairing(cls).dialect_options()
-
-    @classmethod
-    def sandbox_client_options(cls) -> dict[str, Any]:
-        """Client ``--option`` defaults that fit the embedded sandbox's seeded data."""
-        from .. import embedded
-
-        return embedded.pairing(cls).client_options()
-
     # --- the adapter's contract ----------------------------------------------------------
     @abc.abstractmethod
     def headers(self) -> dict[str, str]:
-        """Headers sent with every request (authentication). Secret: never logged."""
+        """Headers sent with every request (authentication), fixed for the run: the transport
+        is built with them when the run starts (a per-request header goes in ``Request.headers``).
+        Secret: never logged; every secret in them must be in :meth:`secrets`."""
 
     def secrets(self) -> list[str]:
-        """Every secret string, so the engine can redact it from any message."""
+        """Every secret string, so the engine can redact it from any message or output file.
+        Default: the credentials; extend it with any secret the adapter derives (a base64 pair)."""
         return list(self.credentials.values())
 
     def check(self, record: Record) -> None:  # noqa: B027 - an optional hook whose default does nothing
-        """Raise :class:`~bulk.errors.InvalidRecord` for what this API cannot take."""
+        """Raise :class:`~bulk.errors.InvalidRecord` (line, field, reason, fix) for what this API
+        cannot take, offline: no request, no run state (it also runs in ``bulk validate``). The
+        record is then ``rejected`` and never reaches :meth:`upload`. Default: nothing."""
 
     def writes_per_invoice(self) -> float:
         """Write requests one invoice costs, roughly (the CLI's start-up duration estimate)."""
@@ -278,28 +211,32 @@ class Target(abc.ABC):
 
         Concurrency: the engine calls ``upload`` from ``--concurrency`` workers at once (and,
         with ``--processes N``, in N processes, each with its own target object, records routed
-        by :meth:`affinity`). What is shared between concurrent calls: ``self`` (so state made
-        in :meth:`start_run` needs a lock or single flight where two calls could race: prefer
+        by :meth:`affinity`). Shared between concurrent calls: ``self`` (so state made in
+        :meth:`start_run` needs a lock or single flight where two calls could race: prefer
         ``job.resolve``, which is already single flight, cached and resumable), the run's pacer
         and transport behind ``job.send``. Within one call, keep at most ``job.item_concurrency``
         requests in flight (the engine does not enforce it). Never sleep to pace or retry:
-        ``job.send`` does both.
+        ``job.send`` does both, and returns only a 2xx answer (``classify`` decides).
 
-        Errors. Return :class:`Created` on success. Let the errors ``job.send`` raises pass
-        through (the engine decides); raise these yourself, each meaning one thing to the engine:
+        Success: return :class:`Created` (``invoice_id`` is what ``id_map.csv`` writes;
+        ``reported_gross``, the API's total, is checked against the money rule; ``existed`` /
+        ``action`` when the invoice was found rather than made, see ``bulk.existing``).
 
-        - :class:`~bulk.errors.RecordRefused` (via ``classify``) or
-          :class:`~bulk.errors.InvalidRecord`: this record fails (``failed_reasons.csv`` keeps
-          the status, field and message); the run goes on. Use it for what the API will never
-          take. Prefer :meth:`check` for what can be seen before sending.
+        Errors: let what ``job.send`` raises pass through; raise, or let ``classify`` raise, the
+        :mod:`bulk.errors` class that says what the engine must do:
+
+        - :class:`~bulk.errors.RecordRefused` (``classify``'s for a 4xx: status, field and the
+          API's message) or :class:`~bulk.errors.InvalidRecord` (``record.line_no``, field,
+          reason, fix): this record fails (``failed_reasons.csv``) and the run goes on. Prefer
+          :meth:`check` for what can be seen before sending.
         - :class:`~bulk.errors.UnknownReference`: an id the request was built from is unknown
           to the API; the engine forgets the ``refs`` and runs ``upload`` once more.
-        - a :class:`~bulk.errors.RetryableError` (``ServerError``, ``TransportError``,
-          ``Throttled``) escaping ``upload`` after ``job.send`` gave up: the record is failed,
-          or ``uncertain`` when ``maybe_committed``; do not catch them to retry yourself.
+        - a :class:`~bulk.errors.RetryableError` (``ServerError``, ``TransportError``) escaping
+          ``upload`` after ``job.send`` used up the retry budget: the record is ``failed``, or
+          ``uncertain`` when ``maybe_committed``. Do not catch them to retry yourself.
         - :class:`~bulk.errors.AbortRun` (``AuthError``, ``QuotaExhausted``, ``ApiUnavailable``):
-          the whole run stops, resumably. :class:`~bulk.errors.ConfigError`: a usage error
-          (exit 2); raise it in ``__init__`` rather than here.
+          the whole run stops, resumably (exit 3). :class:`~bulk.errors.ConfigError` is a usage
+          error: raise it in ``__init__``, not here.
 
         Any other exception is a bug in the target and stops the run. ``upload`` must be safe
         to run again from the start for the same record (a resumed run, a stale reference):
@@ -327,9 +264,9 @@ class Target(abc.ABC):
         """Called once at the end of a run whose input was read to the end (also when the job
         was already finished), in the parent process, after every record finished (``job`` has
         no record). What it returns goes into ``summary.json`` as ``reconciled``. A failure must
-        not lose the job: a RetryableError here is the target's to absorb (the next run of the
-        same command calls ``finish`` again); an AbortRun stops the run resumably. Default:
-        nothing."""
+        not lose the job: a RetryableError escaping it is absorbed (the next run of the same
+        command calls ``finish`` again), a RecordError is noted in ``reconciled``, an AbortRun
+        stops the run resumably. Default: nothing."""
         return None
 
     def error_message(self, reply: Reply) -> str:
@@ -342,7 +279,12 @@ class Target(abc.ABC):
         return reply.text() or f"HTTP {reply.status}"
 
     def classify(self, reply: Reply, stage: str) -> Reply:
-        """Return a 2xx reply; raise the `bulk` error that says what to do with any other."""
+        """Return a 2xx reply; raise the `bulk` error that says what to do with any other.
+        Called by ``job.send`` on every answer (each attempt), in the run. Default: 401/403
+        AuthError (with :attr:`auth_hint`), 429 Throttled (``Retry-After``), 5xx ServerError,
+        3xx AbortRun (redirects are never followed), any other status RecordRefused with
+        :meth:`error_detail`'s field and message. Override to read more of an answer (quota
+        headers, an API that says 200 for an error, an UnknownReference) and call ``super()``."""
         status = reply.status
         if 200 <= status < 300:
             return reply

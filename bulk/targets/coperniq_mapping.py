@@ -39,18 +39,27 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 from decimal import Context, Decimal
 from typing import Any
 
 from ..errors import ConfigError, InvalidRecord
 from ..money import minor_units
 from ..records import Record
+from ..transport import Reply
 
-__all__ = ["MAX_QUANTITY", "comparable", "external_id_of", "invoice_body", "load_record_map", "merge_lines"]
+__all__ = [
+    "MAX_QUANTITY", "comparable", "exact", "external_id_of", "invoice_body", "load_record_map", "merge_lines",
+]
 
 STATUS = {"draft": "DRAFT", "sent": "SENT", "paid": "PAID"}
 MAX_QUANTITY = 2**31 - 1
 _EXACT = Context(prec=60)  # |quantity| < 2^31 times a validated price: exact
+
+
+def exact(reply: Reply) -> Any:
+    """The body with every JSON number that has a fraction as a Decimal (money stays exact)."""
+    return json.loads(reply.content, parse_float=Decimal)
 
 
 def external_id_of(description: Any) -> str | None:
