@@ -70,12 +70,15 @@ Hooks the engine offers (use them rather than building your own; each is run sta
   :class:`~bulk.errors.QuotaExhausted`) only when nothing is in flight and nothing is left
   (Coperniq, ``bulk.targets._coperniq_quota``);
 - batching small requests into one bulk call, where the API has one and limits requests, not
-  objects (ChargeOver's ``_bulk``, 25 creates per request): every ``upload`` awaits its own
-  sub-answer; the first caller to find no open batch leads it, waits until it is full or a
-  short linger has passed, sends it with one ``job.send`` (paced and retried; its ``recover``
-  looks the batch's creates up after a lost answer) and hands each caller its sub-answer or
-  the batch's error. ``bulk.targets.chargeover_bulk.Batcher`` implements it for ChargeOver;
-  its docstring states the protocol to follow for another bulk endpoint;
+  objects (ChargeOver's ``_bulk``, 25 creates per request): a :class:`bulk.batching.Batches`
+  ``(flush, size=..., linger=...)``; every ``upload`` awaits its own sub-answer with
+  ``await batches.call(job, item)``. The first caller to find no open batch leads it, waits
+  until it is full or the linger has passed, and awaits ``flush(batch, job)``, which the
+  target writes: it sends ``batch.items`` with one ``job.send`` (paced and retried; its
+  ``recover`` looks the batch's creates up after a lost answer), calls ``batch.close()`` when
+  the body is encoded (so the batch fills while it waits for its slot) and returns one result
+  per item, in order; an error it raises reaches every caller of the batch.
+  ``bulk.targets.chargeover_bulk.Batcher`` is ChargeOver's flush;
 - with ``--processes N`` / ``--shard K/N`` each process gets 1/N of every limit, and the
   records of one :meth:`Target.affinity` key stay in one process.
 """

@@ -5,13 +5,13 @@ a request-rate limit 25 creates per call go up to 25 times as fast (the request 
 ``tests/test_chargeover.py``; the speed itself is a benchmark's to measure). The per-record
 contract does not change: every ``upload`` awaits its own sub-response through :meth:`Batcher.call`.
 
-Protocol (no background task, nothing outlives the run): the first caller to find no open
-batch becomes its *leader*. It waits until the batch is full or ``linger`` seconds have
-passed, then sends it with ``job.send`` (pacing, 429 pauses and retries are the engine's) and
-hands each caller its sub-response. The batch stays open until the request is actually
-transmitted (its sub-request list is taken when the transport first encodes the body), so
-under a rate limit it keeps filling while it waits for its slot. If the send fails, every
-caller of the batch gets the same ``bulk`` error.
+The coalescing of concurrent calls into one batch is the engine's hook,
+:class:`bulk.batching.Batches` (a leader per batch, which waits until it is full or ``linger``
+seconds have passed and sends it; every caller of a failed batch gets the same ``bulk``
+error). What is ChargeOver's is here: the ``_bulk`` envelope, sent with ``job.send`` (pacing,
+429 pauses and retries are the engine's), whose sub-request list is taken, and the batch
+closed, when the transport first encodes the body, so under a rate limit the batch keeps
+filling while it waits for its slot; and the recovery below.
 
 Lost answers: a ``_bulk`` call that may have been committed (timeout, reset, 5xx) is recovered
 before it is sent again. Each create carries the URI that finds its object by external key;
@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import anyio
-
-from ..errors import BulkError, RetryableError, ServerError, TransportError
+from ..batching import Batch, Batches
+from ..errors import RetryableError, ServerError, TransportError
 from ..transport import Reply, Request
 from .base import RunJob
 
@@ -66,14 +65,13 @@ class Sub:
 
 
 class _Entry:
-    __slots__ = ("done", "error", "found", "lookup", "request", "result")
+    """One sub-request of a batch, and its object when a lost answer's look-up found it."""
+
+    __slots__ = ("found", "lookup", "request")
 
     def __init__(self, request: dict[str, Any], lookup: str | None) -> None:
         self.request = request
         self.lookup = lookup
-        self.done = anyio.Event()
-        self.result: Sub | None = None
-        self.error: BaseException | None = None
         self.found: Any = None
 
 
@@ -93,12 +91,8 @@ class _BatchRequest(Request):
         return super().body()
 
 
-class _Batch:
-    __slots__ = ("entries", "full")
-
-    def __init__(self) -> None:
-        self.entries: list[_Entry] = []
-        self.full = anyio.Event()
+def _interrupted() -> BaseException:
+    return TransportError("the _bulk request was interrupted", maybe_committed=True)
 
 
 class Batcher:
@@ -109,51 +103,22 @@ class Batcher:
             raise ValueError(f"size must be 1..{MAX_BULK}")
         self.size = size
         self.linger = linger
-        self._open: _Batch | None = None
+        self._batches: Batches[_Entry, Sub] = Batches(self._flush, size=size, linger=linger,
+                                                      interrupted=_interrupted)
 
     async def call(self, job: RunJob, method: str, uri: str, payload: Any = None, *,
                    lookup: str | None = None) -> Sub:
         """Send one sub-request in the next batch; ``lookup`` finds a POST's object by key."""
         entry = _Entry({"request_method": method, "uri": uri, "payload": payload}, lookup)
-        batch = self._open
-        leader = batch is None
-        if batch is None:
-            batch = self._open = _Batch()
-        batch.entries.append(entry)
-        if len(batch.entries) >= self.size:
-            self._close(batch)
-        if not leader:
-            await entry.done.wait()
-        else:
-            try:
-                with anyio.move_on_after(self.linger):
-                    await batch.full.wait()
-                await self._flush(batch, job)
-            except BaseException as exc:
-                self._close(batch)
-                shared = exc if isinstance(exc, BulkError) else TransportError(
-                    "the _bulk request was interrupted", maybe_committed=True)
-                for other in batch.entries:
-                    if not other.done.is_set():
-                        other.error = shared
-                        other.done.set()
-                raise
-        if entry.error is not None:
-            raise entry.error
-        assert entry.result is not None
-        return entry.result
+        return await self._batches.call(job, entry)
 
-    def _close(self, batch: _Batch) -> None:
-        if self._open is batch:
-            self._open = None
-        batch.full.set()
-
-    async def _flush(self, batch: _Batch, job: RunJob) -> None:
-        entries = batch.entries
+    async def _flush(self, batch: Batch[_Entry], job: RunJob) -> list[Sub]:
+        """One ``_bulk`` call for the batch (resent, after a look-up, while its answer is lost)."""
+        entries = batch.items
         recovered = False
 
         def freeze() -> list[dict[str, Any]]:
-            self._close(batch)  # no await between this and the encoding: nobody joins late
+            batch.close()  # no await between this and the encoding: nobody joins late
             return [e.request for e in entries]
 
         async def recover() -> Reply | None:
@@ -171,7 +136,7 @@ class Batcher:
         short = 0
         while True:
             reply = await job.send(request, stage="bulk", recover=recover)
-            self._close(batch)
+            batch.close()
             if not recovered:
                 try:
                     results = _results(reply, len(entries))
@@ -186,11 +151,9 @@ class Batcher:
             if recovered:  # every create was found: nothing is resent
                 results = [Sub(200, "", e.found, recovered=True) for e in entries]
                 break
-        for entry, sub in zip(entries, results, strict=True):
-            if entry.found is not None and sub.code == 400:
-                sub = Sub(200, "", entry.found, recovered=True)  # our own earlier create
-            entry.result = sub
-            entry.done.set()
+        # "External key in use" for a create found by the look-up is our own earlier create.
+        return [Sub(200, "", entry.found, recovered=True) if entry.found is not None and sub.code == 400 else sub
+                for entry, sub in zip(entries, results, strict=True)]
 
     async def _look_up(self, entries: list[_Entry], job: RunJob) -> None:
         """Find the objects of the creates of a batch whose answer was lost (one _bulk of GETs)."""
