@@ -5,6 +5,32 @@
 a target depends on what it may call, not on the engine's classes. :class:`Created` is what
 ``upload`` returns. The contract that uses them is :class:`bulk.targets.base.Target`; import
 these names from ``bulk.targets`` (or ``bulk.targets.base``), not from this private module.
+
+Exactly-once is the target's responsibility *using the engine's help*:
+
+- ``job.send(req, stage=..., recover=find)``: for a create that is not idempotent at the API,
+  ``find`` is awaited before every resend after an answer that may have been lost (timeout,
+  reset, 5xx). If it finds the object, its Reply is returned instead of creating again.
+- ``job.resolve(ns, key, factory)``: a shared object (customer, item) found or made once per
+  job, single flight across workers, cached in the resume file.
+- ``job.maybe_sent_before`` is True when an earlier run may have sent this record (it was
+  in that run's write-ahead window): look before creating when the API has no idempotency key.
+- stale cached ids: when the API refuses a request because an id it references is unknown
+  (a contact deleted since it was resolved), ``classify`` raises
+  :class:`~bulk.errors.UnknownReference`, and ``job.send(..., refs=((ns, key),))`` names the
+  resolved ids the request was built from (or the target raises it with ``refs`` itself). The
+  engine drops those from the cache and the resume file and runs ``upload`` once more, whose
+  ``job.resolve`` calls then run their factories again.
+- ``job.remember(ns, key, value)`` keeps a fact in the resume file (as ``resolve`` does, but
+  overwriting), and ``job.remembered(ns)`` (in :meth:`Target.finish` only) reads them all back:
+  e.g. the records whose earlier attempts may still reach the API late; ``job.mark`` /
+  ``job.marked_before`` note durably an act a kill could leave unrecorded (``bulk.refs``).
+- :meth:`Target.finish` runs once at the end of every run that read its input to the end
+  (a re-run of a finished job too), after every record finished: the place to reconcile what
+  late requests may have left at the API.
+- ``job.progress`` is a dict persisted at every checkpoint while the record is in flight, so
+  a multi-step workflow resumes at the step it reached (it must still verify, because the
+  last steps may have happened after the last checkpoint).
 """
 
 from __future__ import annotations
