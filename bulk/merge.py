@@ -42,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from . import _summary
 from .checkpoint import read_checkpoint
 from .errors import ConfigError
 from .latency import Latency
@@ -187,11 +188,12 @@ def _copy_bytes(shards: list[_Shard], name: str, out: Path) -> None:
 
 
 def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               processes: int | None = None, this_run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the shard run directories ``run_dirs`` into ``out``; return the merged summary.
 
     ``partial``: merge what the shards have checkpointed so far (see the module docstring);
-    ``extra``: keys added to the merged summary (``bulk.procs`` adds ``processes``, ``this_run``).
+    ``processes``, ``this_run``: the merged summary's sections of a ``bulk upload --processes N``
+    run (``bulk.procs``); left out when None.
     """
     if not run_dirs:
         raise ConfigError("give the run directories of the shards to merge")
@@ -237,40 +239,20 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
 
     elapsed = max(float(s.checkpoint["elapsed"]) for s in shards)
     summaries = [_summary_of(s.dir) for s in shards]
-    input_path = summaries[0].get("input")
-    from . import __version__  # bulk/__init__ imports the engine, which imports this module
-    summary = {
-        "version": __version__,
-        "started_at": min((x["started_at"] for x in summaries if x.get("started_at")), default=None),
-        "ended_at": max((x["ended_at"] for x in summaries if x.get("ended_at")), default=None),
-        "target": shards[0].checkpoint["target"],
-        "input": input_path,
-        "input_fingerprint": shards[0].checkpoint["input"],
-        "shards": per_shard,
-        "complete": len(shards) == shards[0].count and all(s.checkpoint.get("complete") for s in shards),
-        "records": {
-            "read": tally.read, "created": tally.created, "existing": tally.existing,
-            "updated": tally.updated, "unchanged": tally.unchanged,
-            "already_done": sum(int(x.get("records", {}).get("already_done", 0)) for x in summaries),
-            "rejected": tally.rejected, "failed": tally.failed, "uncertain": tally.uncertain,
-        },
-        "totals": tally.totals.to_json(),
-        "created_refs": created_refs,
-        "mismatches": {"count": tally.mismatch_count, "first": tally.mismatches},
-        **traffic,
-        "elapsed_seconds": round(elapsed, 3),
-        "invoices_per_second": round(tally.created / elapsed, 2) if elapsed > 0 else 0.0,
-        "latency_ms": latency.latency_ms(),
-        "status_codes": latency.status_codes(),
-        "late_starts": late_starts,
-        "arrival_rate": summaries[0].get("arrival_rate"),
-    }
+    summary = _summary.build(
+        started_at=min((x["started_at"] for x in summaries if x.get("started_at")), default=None),
+        ended_at=max((x["ended_at"] for x in summaries if x.get("ended_at")), default=None),
+        target=shards[0].checkpoint["target"], input=summaries[0].get("input"),
+        where={"input_fingerprint": shards[0].checkpoint["input"], "shards": per_shard},
+        complete=len(shards) == shards[0].count and all(s.checkpoint.get("complete") for s in shards),
+        processes=processes, tally=tally,
+        already_done=sum(int(x.get("records", {}).get("already_done", 0)) for x in summaries),
+        created_refs=created_refs, reconciled=_merged_reconciled(summaries) or None, traffic=traffic, elapsed=elapsed,
+        this_run=this_run)
+    _summary.add_latency(summary, latency, late_starts, summaries[0].get("arrival_rate"))
     hdr = {k: v for k, v in latency.to_json().items() if not k.startswith("_")}
     write_atomic(out / "latency.hdr.json", orjson.dumps(hdr) + b"\n")
     _merge_timelines(shards, out)
-    if reconciled := _merged_reconciled(summaries):
-        summary["reconciled"] = reconciled
-    summary.update(extra or {})
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
 

@@ -43,6 +43,7 @@ from typing import Any
 import anyio
 from anyio import CancelScope, EndOfStream
 
+from . import _summary
 from .checkpoint import StateStore, id_hash
 from .config import UploadConfig
 from .errors import (
@@ -227,39 +228,14 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         t = self.tally
-        elapsed = self._elapsed()
-        run_elapsed = (self._t_end or time.monotonic()) - self._t0
-        made_now = t.created - self._created0
-        from . import __version__  # bulk/__init__ imports this module
-
-        summary = {
-            "version": __version__,
-            "started_at": self._started_at,  # when the job's first run started (UTC)
-            "ended_at": self._ended_at,  # when this run ended (UTC); null while it runs
-            "target": self.config.target,
-            "input": self.config.input,
-            "shard": str(self.config.shard) if self.config.shard else None,
-            "complete": self._complete,
-            "processes": 1,  # --processes N runs N of these, one per shard (bulk.procs)
-            "records": {
-                "read": t.read, "created": t.created, "existing": t.existing,
-                "updated": t.updated, "unchanged": t.unchanged,
-                "already_done": self._already_done, "rejected": t.rejected,
-                "failed": t.failed, "uncertain": t.uncertain,
-            },
-            "totals": t.totals.to_json(),
-            "created_refs": self._refs.summary() if self._refs else {"customer": 0, "item": 0, "account": 0},
-            "mismatches": {"count": t.mismatch_count, "first": t.mismatches},
-            **({"reconciled": self._reconciled} if self._reconciled is not None else {}),
-            **self._traffic(),
-            "elapsed_seconds": round(elapsed, 3),
-            "invoices_per_second": round(t.created / elapsed, 2) if elapsed > 0 else 0.0,
-            "this_run": {
-                "created": made_now,
-                "elapsed_seconds": round(run_elapsed, 3),
-                "invoices_per_second": round(made_now / run_elapsed, 2) if run_elapsed > 0 else 0.0,
-            },
-        }
+        end = self._t_end or time.monotonic()
+        summary = _summary.build(
+            started_at=self._started_at, ended_at=self._ended_at, target=self.config.target,
+            input=self.config.input, where={"shard": str(self.config.shard) if self.config.shard else None},
+            complete=self._complete, processes=1, tally=t, already_done=self._already_done,
+            created_refs=self._refs.summary() if self._refs else {"customer": 0, "item": 0, "account": 0},
+            reconciled=self._reconciled, traffic=self._traffic(), elapsed=self._elapsed(),
+            this_run=_summary.this_run(t.created - self._created0, end - self._t0))
         self.measure.add_to(summary)
         return summary
 
