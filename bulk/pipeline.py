@@ -44,7 +44,7 @@ import anyio
 from anyio import CancelScope, EndOfStream
 
 from . import _summary
-from .checkpoint import StateStore, id_hash
+from .checkpoint import Checkpoint, StateStore, id_hash
 from .config import UploadConfig
 from .errors import (
     AbortRun,
@@ -76,9 +76,6 @@ from .transport import Transport, redactor
 from .watermark import Entry, Tracker
 
 __all__ = ["Run", "RunResult"]
-
-VERSION = 1
-
 
 #: how records are assigned to shards (recorded in each shard's checkpoint; bulk merge checks it):
 #: by the target's affinity key (the customer), so one process resolves each customer
@@ -126,7 +123,7 @@ class Run:
         self._marks: MarkLog | None = None  # marks.log: write-ahead notes of reference creates
 
     # --- setup -------------------------------------------------------------------------------
-    def _open_job(self) -> tuple[StateStore, Outputs, dict[str, Any] | None]:
+    def _open_job(self) -> tuple[StateStore, Outputs, Checkpoint | None]:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -136,76 +133,66 @@ class Run:
             raise OutputError(f"only {free >> 20} MiB free in {self.out}: free some space first")
         self._fingerprint = fingerprint(self.config.input)
         state = StateStore(self.out)
-        cp = state.load()
+        cp = state.checkpoint()
         if cp is not None:
             self._check_same_job(cp)
-        outputs = Outputs(self.out, cp["outputs"] if cp else None)
+        outputs = Outputs(self.out, cp.outputs if cp else None)
         # created_refs.csv (--create-missing): a row per reference first remembered as created
-        self._refs = RefsFile(self.out, cp["outputs"] if cp else None, state.items(CREATED_NS))
+        self._refs = RefsFile(self.out, cp.outputs if cp else None, state.items(CREATED_NS))
         state.on_new[CREATED_NS] = self._refs.add
         self._marks = MarkLog(self.out)
         return state, outputs, cp
 
-    def _check_same_job(self, cp: dict[str, Any]) -> None:
+    def _check_same_job(self, cp: Checkpoint) -> None:
         c = self.config
-        if cp.get("input") != self._fingerprint:
+        if cp.input != self._fingerprint:
             raise ConfigError(
                 f"the run directory {self.out} belongs to a different input (the file changed since "
                 "its first run): use a new --out for the new file, or restore the original input"
             )
-        if cp.get("target") != c.target:
-            raise ConfigError(f"{self.out} is a {cp.get('target')} job: use --target {cp.get('target')} or a new --out")
-        if cp.get("shard") != (str(c.shard) if c.shard else None):
-            raise ConfigError(f"{self.out} was started with --shard {cp.get('shard')}: use the same shard")
-        if c.shard and cp.get("shard_by") != SHARD_BY:
+        if cp.target != c.target:
+            raise ConfigError(f"{self.out} is a {cp.target} job: use --target {cp.target} or a new --out")
+        if cp.shard != (str(c.shard) if c.shard else None):
+            raise ConfigError(f"{self.out} was started with --shard {cp.shard}: use the same shard")
+        if c.shard and cp.shard_by != SHARD_BY:
             # Earlier versions split records by external id: resuming such a shard with today's
             # split would skip some records and repeat others.
             raise ConfigError(f"{self.out} is a shard of a job an earlier version of bulk split by external id: "
                               "finish it with that version, or start the whole job again in new directories")
 
-    def _restore(self, cp: dict[str, Any]) -> tuple[int, int]:
-        self.tally = Tally.from_json(cp["tally"])
+    def _restore(self, cp: Checkpoint) -> tuple[int, int]:
+        self.tally = Tally.from_json(cp.tally)
         self._already_done = self.tally.read
-        self._done_beyond = set(cp["done_beyond"])
-        self._resume_progress = {int(k): v for k, v in cp["progress"].items()}
-        self._prev_reserved = self._reserved = int(cp["reserved"])
-        self._traffic0 = dict(cp["traffic"])
-        self._elapsed0 = float(cp["elapsed"])
-        self._started_at = cp.get("started_at") or self._started_at
-        self.measure.restore(cp)
-        offset, line = cp["watermark"]
-        return int(offset), int(line)
+        self._done_beyond = set(cp.done_beyond)
+        self._resume_progress = {int(k): v for k, v in cp.progress.items()}
+        self._prev_reserved = self._reserved = cp.reserved
+        self._traffic0 = dict(cp.traffic)
+        self._elapsed0 = cp.elapsed
+        self._started_at = cp.started_at or self._started_at
+        self.measure.restore(cp.measured())
+        return cp.offset, cp.line
 
     # --- the checkpoint ---------------------------------------------------------------------
-    def _snapshot(self, sizes: dict[str, int]) -> dict[str, Any]:
-        return {
-            "version": VERSION,
-            "target": self.config.target,
-            "input": self._fingerprint,
-            "shard": str(self.config.shard) if self.config.shard else None,
-            "shard_by": SHARD_BY if self.config.shard else None,
-            "watermark": [self._tracker.offset, self._tracker.line],
+    def _snapshot(self, sizes: dict[str, int]) -> Checkpoint:
+        return Checkpoint(
+            target=self.config.target, input=self._fingerprint,
+            shard=str(self.config.shard) if self.config.shard else None,
+            shard_by=SHARD_BY if self.config.shard else None,
+            offset=self._tracker.offset, line=self._tracker.line,
             # The earlier runs' finished lines this run's producer has not re-read yet are
             # still finished: forgetting them would have the next run redo, and record
             # again, what the outputs already hold (issue 10).
-            "done_beyond": sorted({*self._tracker.done_beyond(), *self._done_beyond}),
-            "progress": {str(k): j.progress for k, j in self._inflight.items() if j.progress},
-            "reserved": self._reserved,
-            "tally": self.tally.to_json(),
-            "traffic": self._traffic(),
-            "elapsed": self._elapsed(),
-            "outputs": sizes,
-            "complete": self._complete,
-            "started_at": self._started_at,
-            **self.measure.snapshot(),
-        }
+            done_beyond=sorted({*self._tracker.done_beyond(), *self._done_beyond}),
+            progress={str(k): j.progress for k, j in self._inflight.items() if j.progress},
+            reserved=self._reserved, tally=self.tally.to_json(), traffic=self._traffic(), elapsed=self._elapsed(),
+            outputs=sizes, complete=self._complete, started_at=self._started_at, **self.measure.snapshot())
 
     def checkpoint(self) -> None:
         """Make everything finished so far durable, in this order: outputs, then state."""
         sizes = self._outputs.flush()
         assert self._refs is not None
         sizes[REFS_FILE] = self._refs.flush()
-        doc = self._snapshot(sizes)  # no await between flush and snapshot: they agree
+        doc = self._snapshot(sizes).to_json()  # no await between flush and snapshot: they agree
         self._outputs.sync()
         self._refs.sync()
         self._state.commit(doc)

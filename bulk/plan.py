@@ -41,12 +41,10 @@ async def make_plan(
     watermark_line, done_beyond, reserved = 1, set(), 0
     if run_dir is not None and (run_dir / "state.db").exists():
         store = StateStore(run_dir)
-        cp = store.load()
+        cp = store.checkpoint()
         store.close()
         if cp:
-            watermark_line = int(cp["watermark"][1])
-            done_beyond = set(cp["done_beyond"])
-            reserved = int(cp["reserved"])
+            watermark_line, done_beyond, reserved = cp.line, set(cp.done_beyond), cp.reserved
     seen: dict[int, int] = {}
     src = InputFile(path)
     try:
