@@ -41,10 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio import CancelScope, EndOfStream
+from anyio import CancelScope
 
 from . import _summary
-from .checkpoint import Checkpoint, StateStore, id_hash
+from ._intake import Intake
+from ._recorder import Recorder
+from ._worker import Item, Workers
+from .checkpoint import Checkpoint, StateStore
 from .config import UploadConfig
 from .errors import (
     AbortRun,
@@ -59,21 +62,19 @@ from .errors import (
     redact_error,
 )
 from .feed import Feed
-from .job import RecordJob, Session, SessionJob, failure, upload
-from .latency import INTENDED
+from .job import RecordJob, Session, SessionJob
 from .marks import MarkLog
 from .measure import Measure
 from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink, Status
-from .records import Record, parse_record, peek_external_id
 from .refs import CREATED_NS, RefsFile
 from .refs import FILE as REFS_FILE
-from .source import InputFile, RawLine, fingerprint
+from .source import InputFile, fingerprint
 from .tally import Tally
-from .targets.base import Created, Target
+from .targets.base import Target
 from .transport import Transport, redactor
-from .watermark import Entry, Tracker
+from .watermark import Tracker
 
 __all__ = ["Run", "RunResult"]
 
@@ -239,62 +240,17 @@ class Run:
             "created": t.created, "existing": t.existing, "rejected": t.rejected, "failed": t.failed,
             "uncertain": t.uncertain}, self.measure.late_starts)
 
-    # --- outcomes --------------------------------------------------------------------------
-    def _created(self, record: Record, created: Created) -> None:
-        totals = record.totals()
-        action = created.outcome
-        self._outputs.created([
-            record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
-            created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,
-        ])
-        t = self.tally
-        t.read += 1
-        # `created` keeps its meaning (made now, or found already made: `existing`); an invoice
-        # changed or confirmed by --on-existing update is counted apart. Every ID map row is in
-        # the totals: they reconcile against the source.
-        if action == "updated":
-            t.updated += 1
-        elif action == "unchanged":
-            t.unchanged += 1
-        else:
-            t.created += 1
-            t.existing += action == "existing"
-        t.totals.add(record.currency, totals)
-        if created.reported_gross is not None and created.reported_gross != totals.gross:
-            t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
-
-    def _failed(self, line_no: int, data: bytes | RawLine, external_id: str | None, kind: str, stage: str,
-                field: str, status: int | str, message: str) -> None:
-        reason = [line_no, external_id or "", kind, stage, field, status, message]
-        if isinstance(data, bytes):
-            self._outputs.failed(data, reason)
-        elif self._input.is_stdin or self.config.input.endswith(".gz"):
-            self._outputs.failed(b"", reason)  # an overlong line we cannot re-read: the reason stays
-        else:
-            # An overlong line: copied from the input, never held in memory whole.
-            self._outputs.failed_copy(self.config.input, data.start, data.length, reason)
-        t = self.tally
-        t.read += 1
-        if kind == "rejected":
-            t.rejected += 1
-        elif kind == "uncertain":
-            t.uncertain += 1
-        else:
-            t.failed += 1
-
-    def _reject(self, raw: RawLine, exc: InvalidRecord, external_id: str | None) -> None:
-        self._failed(raw.line_no, raw.data if raw.data is not None else raw, external_id, "rejected", "parse",
-                     exc.field, "", exc.message)
-
     # --- the tasks --------------------------------------------------------------------------
-    async def _produce(self, feed: Feed[tuple[Entry, Record, bytes]]) -> None:
+    async def _produce(self, feed: Feed[Item]) -> None:
         c = self.config
-        max_line = c.max_line_bytes
-        shard = c.shard
         tracker = self._tracker
         window = c.effective_window
+        intake = Intake(max_line_bytes=c.max_line_bytes, first_line=self._state.first_line, target=self.target,
+                        shard=c.shard)
+        screen, reject = intake.screen, self._recorder.reject
         try:
-            async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line, max_line_bytes=max_line):
+            async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line,
+                                               max_line_bytes=c.max_line_bytes):
                 if self.stopping:
                     break
                 entry = tracker.add(raw)
@@ -302,79 +258,25 @@ class Run:
                     self._done_beyond.discard(raw.line_no)  # from now on the tracker holds it
                     tracker.finish(entry)
                     continue
-                if raw.data is not None and (not raw.data or raw.data.isspace()):
-                    tracker.finish(entry)  # a blank line
-                    continue
                 if len(tracker) >= window:
                     await tracker.wait_for_room(window)
-                ext_id = None
                 try:
-                    if raw.data is None:
-                        if shard and raw.line_no % shard.count != shard.index:
-                            tracker.finish(entry)
-                            continue
-                        raise InvalidRecord(raw.line_no, "(line)", f"the line is {raw.length} bytes, over the "
-                                            f"{max_line}-byte limit", "split the invoice or raise --max-line-bytes")
-                    try:
-                        record = parse_record(raw.data, raw.line_no)
-                    except InvalidRecord:
-                        if shard and raw.line_no % shard.count != shard.index:
-                            tracker.finish(entry)  # another shard reports it
-                            continue
-                        ext_id = peek_external_id(raw.data)
-                        raise
-                    ext_id = record.external_id
-                    # Every shard dedupes every record (the first line of an external id stands,
-                    # whichever shard owns it), then keeps those whose customer key hashes to it:
-                    # a customer is resolved by one shard only (single flight across processes).
-                    first = self._state.first_line(ext_id, raw.line_no)
-                    if shard and id_hash(self.target.affinity(record)) % shard.count != shard.index:
-                        tracker.finish(entry)
-                        continue
-                    if first != raw.line_no:
-                        raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first} "
-                                            f"({ext_id[:80]!r})", "give each invoice its own external_id; "
-                                            "the first one stands")
-                    self.target.check(record)
+                    record = screen(raw)
                 except InvalidRecord as exc:
-                    self._reject(raw, exc, ext_id)
+                    reject(raw, exc, intake.external_id)
+                    tracker.finish(entry)
+                    continue
+                if record is None:  # blank, or another shard's
                     tracker.finish(entry)
                     continue
                 if raw.line_no > self._reserved:
                     # Write ahead: a resumed run must know which records may have been sent.
                     self._reserved = raw.line_no + window
                     self.checkpoint()
+                assert raw.data is not None  # a record's line is in memory (intake rejects an overlong one)
                 await feed.put((entry, record, raw.data))
         finally:
             feed.close()
-
-    async def _work(self, feed: Feed[tuple[Entry, Record, bytes]]) -> None:
-        session = self._session
-        assert session is not None
-        target = self.target
-        while True:
-            try:
-                entry, record, data = await feed.get()
-            except EndOfStream:
-                break
-            if self.stopping:
-                continue  # not started: stays unfinished, the next run does it
-            if (arrivals := self.measure.arrivals) is not None:
-                INTENDED.set([await arrivals.start()])  # open loop: wait for the record's due time
-                if self.stopping:
-                    continue
-            line = record.line_no
-            job = RecordJob(session, record, progress=self._resume_progress.pop(line, None),
-                            maybe_sent_before=line <= self._prev_reserved)
-            self._inflight[line] = job
-            try:
-                created = await upload(target, job)
-            except (RecordError, RetryableError) as exc:
-                self._failed(line, data, record.external_id, *failure(exc, session.transport.redact))
-            else:
-                self._created(record, created)
-            del self._inflight[line]
-            self._tracker.finish(entry)
 
     async def _checkpointer(self) -> None:
         while True:
@@ -428,6 +330,8 @@ class Run:
         self._created0 = self.tally.created
         self._tracker = Tracker(offset, line)
         self._input = InputFile(c.input)
+        self._recorder = Recorder(self._outputs, self.tally, input_path=c.input,
+                                  copyable=not (self._input.is_stdin or c.input.endswith(".gz")))
         error: BulkError | None = None
         try:
             pacer = Pacer(limits=c.pacing_limits(self.target.default_limits), concurrency=c.concurrency,
@@ -492,10 +396,14 @@ class Run:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
                     async with anyio.create_task_group() as tg:
-                        feed: Feed[tuple[Entry, Record, bytes]] = Feed(c.concurrency)
+                        feed: Feed[Item] = Feed(c.concurrency)
                         tg.start_soon(self._produce, feed)
+                        workers = Workers(self, session=self._session, target=self.target,
+                                          recorder=self._recorder, tracker=self._tracker, inflight=self._inflight,
+                                          resume_progress=self._resume_progress,
+                                          prev_reserved=self._prev_reserved, arrivals=self.measure.arrivals)
                         for _ in range(c.concurrency):
-                            tg.start_soon(self._work, feed)
+                            tg.start_soon(workers.work, feed)
                     if not self.stopping:
                         # Every record has finished: the target may reconcile what late requests
                         # of this run or an earlier one left (e.g. a duplicate to remove).
