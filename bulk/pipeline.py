@@ -1,12 +1,39 @@
-"""The upload engine: producer -> bounded stream -> worker pool, with durable checkpoints.
+"""The upload engine: one run of ``bulk upload`` over a run directory, as a small orchestrator.
 
-Structure (one anyio task group per run)::
+:class:`Run` opens the job, starts the tasks in one anyio task group, handles SIGINT/SIGTERM
+and shutdown, and turns how the run ended into an exit code (:class:`RunResult`). The work
+itself is done by the parts below; this is the path of one record, top to bottom::
 
-    producer ──(memory stream, bounded)──> N workers ──> target.upload(record, job)
-        │ parse, validate, dedupe, shard          │ outputs (append) + tally
-        └── watermark tracker <──── done ─────────┘
-    checkpointer: every ``checkpoint_every`` s: flush + fsync outputs, then one SQLite commit
-    signal watcher: SIGINT/SIGTERM -> stop reading, let in-flight finish (grace), exit 130
+    bulk._rundir.open_job        run directory: room on disk, state.db + its Checkpoint,
+         |                       same-job check, outputs cut back to the checkpoint's sizes
+         v
+    bulk.source.InputFile.lines  read: one RawLine (bytes, line number, offsets), from the watermark
+         |
+    Run._produce                 the producer task, for each line, in input order:
+         |  bulk.watermark.Tracker.add       the line is started (the watermark waits for it)
+         |  (done_beyond)                    finished by an earlier run: finished, skipped
+         |  Tracker.wait_for_room            at most `window` lines between watermark and newest
+         |  bulk._intake.Intake.screen       parse, validate, dedupe (state.db), shard, Target.check
+         |      rejected ----------------->  bulk._recorder.Recorder.reject, Tracker.finish
+         |      blank / another shard's -->  Tracker.finish
+         |  write ahead                      `reserved` past the line? checkpoint first
+         v
+    bulk.feed.Feed               bounded hand-off, producer -> workers
+         |
+    bulk._worker.Workers.work    --concurrency loops, each, for one record:
+         |  (open loop)                      wait for its due time (--arrival-rate)
+         |  bulk.job.RecordJob               its step state; kept in flight for the checkpoint
+         |  bulk.job.upload                  Target.upload through the session (pacing, retries)
+         |  Recorder.created / .failed       outcome -> outputs (id_map.csv / failed.*) + tally
+         |  Tracker.finish                   finished: the watermark moves past it
+         v                                   (these three in one synchronous step)
+    Run.checkpoint               every --checkpoint-every s, at each write-ahead and at the end:
+                                 outputs flushed -> Checkpoint (bulk.checkpoint) -> one commit;
+                                 then latency.hdr.json and summary.json (bulk._summary.build)
+
+Alongside: the checkpointer, the progress ticker, the measurements' second ticker
+(bulk.measure) and the signal watcher (SIGINT/SIGTERM -> stop reading, let in-flight finish,
+a second signal or a 10 s grace -> cancel; exit 130).
 
 Exactly-once across kills: a record is *finished* only when its outcome is in the output
 files; the checkpoint stores the watermark (every record before it is finished), the lines
@@ -20,8 +47,9 @@ are exactly the lines the outputs record up to its sizes, each once, and its tal
 totals exactly those rows.* Three things hold it:
 
 - an outcome is written to the outputs, counted in the tally and marked finished in the
-  tracker in one synchronous step (no await between), and a checkpoint flushes, snapshots and
-  commits with no await between flush and snapshot: no checkpoint sees one without the other;
+  tracker in one synchronous step (no await between: ``Workers.work``, and ``Run._produce``
+  for a rejected line), and a checkpoint flushes, snapshots and commits with no await between
+  flush and snapshot: no checkpoint sees one without the other;
 - a resumed run's done_beyond is the earlier run's lines it has not re-read yet *plus* the
   tracker's: a resumed producer may wait (a smaller --concurrency, a full feed, a stalled
   record) before it reaches the lines an earlier run finished out of order, and a checkpoint
@@ -33,7 +61,6 @@ totals exactly those rows.* Three things hold it:
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -46,14 +73,14 @@ from anyio import CancelScope
 from . import _summary
 from ._intake import Intake
 from ._recorder import Recorder
+from ._rundir import SHARD_BY, open_job
 from ._worker import Item, Workers
-from .checkpoint import Checkpoint, StateStore
+from .checkpoint import Checkpoint
 from .config import UploadConfig
 from .errors import (
     AbortRun,
     ApiUnavailable,
     BulkError,
-    ConfigError,
     InvalidRecord,
     OutputError,
     RecordError,
@@ -65,23 +92,17 @@ from .feed import Feed
 from .job import RecordJob, Session, SessionJob
 from .marks import MarkLog
 from .measure import Measure
-from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink, Status
-from .refs import CREATED_NS, RefsFile
 from .refs import FILE as REFS_FILE
-from .source import InputFile, fingerprint
+from .refs import RefsFile
+from .source import InputFile
 from .tally import Tally
 from .targets.base import Target
 from .transport import Transport, redactor
 from .watermark import Tracker
 
 __all__ = ["Run", "RunResult"]
-
-#: how records are assigned to shards (recorded in each shard's checkpoint; bulk merge checks it):
-#: by the target's affinity key (the customer), so one process resolves each customer
-SHARD_BY = "affinity"
-
 
 @dataclass(slots=True)
 class RunResult:
@@ -124,43 +145,6 @@ class Run:
         self._marks: MarkLog | None = None  # marks.log: write-ahead notes of reference creates
 
     # --- setup -------------------------------------------------------------------------------
-    def _open_job(self) -> tuple[StateStore, Outputs, Checkpoint | None]:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the run directory {self.out}: {exc.strerror or exc}") from None
-        free = shutil.disk_usage(self.out).free
-        if free < 16 << 20:
-            raise OutputError(f"only {free >> 20} MiB free in {self.out}: free some space first")
-        self._fingerprint = fingerprint(self.config.input)
-        state = StateStore(self.out)
-        cp = state.checkpoint()
-        if cp is not None:
-            self._check_same_job(cp)
-        outputs = Outputs(self.out, cp.outputs if cp else None)
-        # created_refs.csv (--create-missing): a row per reference first remembered as created
-        self._refs = RefsFile(self.out, cp.outputs if cp else None, state.items(CREATED_NS))
-        state.on_new[CREATED_NS] = self._refs.add
-        self._marks = MarkLog(self.out)
-        return state, outputs, cp
-
-    def _check_same_job(self, cp: Checkpoint) -> None:
-        c = self.config
-        if cp.input != self._fingerprint:
-            raise ConfigError(
-                f"the run directory {self.out} belongs to a different input (the file changed since "
-                "its first run): use a new --out for the new file, or restore the original input"
-            )
-        if cp.target != c.target:
-            raise ConfigError(f"{self.out} is a {cp.target} job: use --target {cp.target} or a new --out")
-        if cp.shard != (str(c.shard) if c.shard else None):
-            raise ConfigError(f"{self.out} was started with --shard {cp.shard}: use the same shard")
-        if c.shard and cp.shard_by != SHARD_BY:
-            # Earlier versions split records by external id: resuming such a shard with today's
-            # split would skip some records and repeat others.
-            raise ConfigError(f"{self.out} is a shard of a job an earlier version of bulk split by external id: "
-                              "finish it with that version, or start the whole job again in new directories")
-
     def _restore(self, cp: Checkpoint) -> tuple[int, int]:
         self.tally = Tally.from_json(cp.tally)
         self._already_done = self.tally.read
@@ -325,7 +309,9 @@ class Run:
     # --- run ---------------------------------------------------------------------------------
     async def execute(self, *, handle_signals: bool = True) -> RunResult:
         c = self.config
-        self._state, self._outputs, cp = self._open_job()
+        job = open_job(c, self.out)
+        self._state, self._outputs, self._refs, self._marks = job.state, job.outputs, job.refs, job.marks
+        self._fingerprint, cp = job.fingerprint, job.checkpoint
         offset, line = self._restore(cp) if cp else (0, 1)
         self._created0 = self.tally.created
         self._tracker = Tracker(offset, line)
