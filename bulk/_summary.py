@@ -30,7 +30,7 @@ def this_run(created: int, elapsed: float) -> dict[str, Any]:
     return {"created": created, "elapsed_seconds": round(elapsed, 3), "invoices_per_second": rate(created, elapsed)}
 
 
-def build(*, started_at: str | None, ended_at: str | None, target: str, input: str | None,
+def build(*, started_at: str | None, ended_at: str | None, target: str | None, input: str | None,
           where: Mapping[str, Any], complete: bool, processes: int | None, tally: Tally, already_done: int,
           created_refs: Mapping[str, int], reconciled: Mapping[str, Any] | None, traffic: Mapping[str, int],
           elapsed: float, this_run: Mapping[str, Any] | None) -> dict[str, Any]:
