@@ -42,7 +42,8 @@ from typing import Any
 
 import orjson
 
-from .checkpoint import read_checkpoint
+from . import _summary
+from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ConfigError
 from .latency import Latency
 from .outputs import ID_MAP_HEADER, LEGACY_ID_MAP_HEADER, REASONS_HEADER, atomic_writer, write_atomic
@@ -62,22 +63,22 @@ class _Shard:
     dir: Path
     index: int
     count: int
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
 
 
 def _load(run_dir: Path, partial: bool = False) -> _Shard | None:
-    if partial and (not run_dir.is_dir() or read_checkpoint(run_dir) is None):
+    if partial and (not run_dir.is_dir() or load_checkpoint(run_dir) is None):
         return None  # a shard of a --processes run that has no checkpoint yet: nothing to merge
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a directory: give the --out directories of the shard runs")
-    cp = read_checkpoint(run_dir)
+    cp = load_checkpoint(run_dir)
     if cp is None:
         raise ConfigError(f"{run_dir} is not a bulk run directory (no state.db checkpoint)")
-    shard = cp.get("shard")
+    shard = cp.shard
     if not shard:
         raise ConfigError(f"{run_dir} was not run with --shard K/N: only shard runs can be merged")
     index, count = (int(part) for part in str(shard).split("/"))
-    if not cp.get("complete") and not partial:
+    if not cp.complete and not partial:
         raise ConfigError(f"shard {shard} in {run_dir} has not finished: run its upload command again "
                           "(it resumes), then merge")
     return _Shard(run_dir, index, count, cp)
@@ -89,10 +90,10 @@ def _check_one_job(shards: list[_Shard], partial: bool = False) -> None:
         # shard_by: shards split by different rules (an earlier version split by external id)
         # would hold some records twice and miss others
         for key, what in (("input", "input file"), ("target", "target"), ("shard_by", "split rule")):
-            if s.checkpoint.get(key) != first.checkpoint.get(key):
+            theirs, ours = getattr(s.checkpoint, key), getattr(first.checkpoint, key)
+            if theirs != ours:
                 raise ConfigError(f"{s.dir} and {first.dir} are shards of different {what}s "
-                                  f"({s.checkpoint.get(key)} vs {first.checkpoint.get(key)}): merge the shards of "
-                                  "one job at a time")
+                                  f"({theirs} vs {ours}): merge the shards of one job at a time")
         if s.count != first.count:
             raise ConfigError(f"{s.dir} is shard {s.index}/{s.count} but {first.dir} is {first.index}/{first.count}: "
                               "every shard of a job must use the same N")
@@ -125,11 +126,11 @@ def _copy_rows(shards: list[_Shard], name: str, header: list[str], out: Path) ->
 
 def _size(s: _Shard, name: str) -> int:
     """The bytes of ``name`` the shard's checkpoint counts; a finished shard has no others."""
-    sizes = s.checkpoint.get("outputs") or {}
+    sizes = s.checkpoint.outputs or {}
     if name not in sizes:  # a checkpoint of an earlier version, which kept no sizes: the whole file
         return (s.dir / name).stat().st_size
     size = int(sizes[name])
-    if s.checkpoint.get("complete") and (s.dir / name).stat().st_size != size:
+    if s.checkpoint.complete and (s.dir / name).stat().st_size != size:
         raise ConfigError(f"{s.dir / name} is not the size its finished run left ({size} bytes): a shard directory "
                           "was changed after its run")
     return size
@@ -187,11 +188,12 @@ def _copy_bytes(shards: list[_Shard], name: str, out: Path) -> None:
 
 
 def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               processes: int | None = None, this_run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge the shard run directories ``run_dirs`` into ``out``; return the merged summary.
 
     ``partial``: merge what the shards have checkpointed so far (see the module docstring);
-    ``extra``: keys added to the merged summary (``bulk.procs`` adds ``processes``, ``this_run``).
+    ``processes``, ``this_run``: the merged summary's sections of a ``bulk upload --processes N``
+    run (``bulk.procs``); left out when None.
     """
     if not run_dirs:
         raise ConfigError("give the run directories of the shards to merge")
@@ -213,16 +215,17 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
     latency = Latency()
     late_starts = 0
     for s in shards:
-        t = Tally.from_json(s.checkpoint["tally"])
+        cp = s.checkpoint
+        t = Tally.from_json(cp.tally)
         tally.merge(t)
-        if isinstance(s.checkpoint.get("latency"), dict):
-            latency.add_json(s.checkpoint["latency"])
-        late_starts += int(s.checkpoint.get("late_starts") or 0)
+        if cp.latency is not None:
+            latency.add_json(cp.latency)
+        late_starts += cp.late_starts
         for key in traffic:
-            traffic[key] += int(s.checkpoint["traffic"].get(key, 0))
+            traffic[key] += int(cp.traffic.get(key, 0))
         per_shard.append({"shard": f"{s.index}/{s.count}", "dir": str(s.dir), "read": t.read, "created": t.created,
                           "rejected": t.rejected, "failed": t.failed, "uncertain": t.uncertain,
-                          "elapsed_seconds": round(float(s.checkpoint["elapsed"]), 3)})
+                          "elapsed_seconds": round(cp.elapsed, 3)})
 
     _copy_id_maps(shards, out)
     _copy_rows(shards, "failed_reasons.csv", REASONS_HEADER, out)
@@ -235,42 +238,22 @@ def merge_runs(run_dirs: Sequence[Path], out: Path, *, partial: bool = False,
 
     created_refs = _merge_created_refs(shards, out)
 
-    elapsed = max(float(s.checkpoint["elapsed"]) for s in shards)
+    elapsed = max(s.checkpoint.elapsed for s in shards)
     summaries = [_summary_of(s.dir) for s in shards]
-    input_path = summaries[0].get("input")
-    from . import __version__  # bulk/__init__ imports the engine, which imports this module
-    summary = {
-        "version": __version__,
-        "started_at": min((x["started_at"] for x in summaries if x.get("started_at")), default=None),
-        "ended_at": max((x["ended_at"] for x in summaries if x.get("ended_at")), default=None),
-        "target": shards[0].checkpoint["target"],
-        "input": input_path,
-        "input_fingerprint": shards[0].checkpoint["input"],
-        "shards": per_shard,
-        "complete": len(shards) == shards[0].count and all(s.checkpoint.get("complete") for s in shards),
-        "records": {
-            "read": tally.read, "created": tally.created, "existing": tally.existing,
-            "updated": tally.updated, "unchanged": tally.unchanged,
-            "already_done": sum(int(x.get("records", {}).get("already_done", 0)) for x in summaries),
-            "rejected": tally.rejected, "failed": tally.failed, "uncertain": tally.uncertain,
-        },
-        "totals": tally.totals.to_json(),
-        "created_refs": created_refs,
-        "mismatches": {"count": tally.mismatch_count, "first": tally.mismatches},
-        **traffic,
-        "elapsed_seconds": round(elapsed, 3),
-        "invoices_per_second": round(tally.created / elapsed, 2) if elapsed > 0 else 0.0,
-        "latency_ms": latency.latency_ms(),
-        "status_codes": latency.status_codes(),
-        "late_starts": late_starts,
-        "arrival_rate": summaries[0].get("arrival_rate"),
-    }
+    summary = _summary.build(
+        started_at=min((x["started_at"] for x in summaries if x.get("started_at")), default=None),
+        ended_at=max((x["ended_at"] for x in summaries if x.get("ended_at")), default=None),
+        target=shards[0].checkpoint.target, input=summaries[0].get("input"),
+        where={"input_fingerprint": shards[0].checkpoint.input, "shards": per_shard},
+        complete=len(shards) == shards[0].count and all(s.checkpoint.complete for s in shards),
+        processes=processes, tally=tally,
+        already_done=sum(int(x.get("records", {}).get("already_done", 0)) for x in summaries),
+        created_refs=created_refs, reconciled=_merged_reconciled(summaries) or None, traffic=traffic, elapsed=elapsed,
+        this_run=this_run)
+    _summary.add_latency(summary, latency, late_starts, summaries[0].get("arrival_rate"))
     hdr = {k: v for k, v in latency.to_json().items() if not k.startswith("_")}
     write_atomic(out / "latency.hdr.json", orjson.dumps(hdr) + b"\n")
     _merge_timelines(shards, out)
-    if reconciled := _merged_reconciled(summaries):
-        summary["reconciled"] = reconciled
-    summary.update(extra or {})
     write_atomic(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
 
@@ -303,7 +286,7 @@ def _merge_created_refs(shards: list[_Shard], out: Path) -> dict[str, int]:
     return counts
 
 
-def _merge_timelines(shards: list[Any], out: Path) -> None:
+def _merge_timelines(shards: list[_Shard], out: Path) -> None:
     """One timeline.csv of the shards' seconds: the rows of one wall-clock second added up
     (counts exact, so the sums still equal the merged summary); its p50/p99 are the largest
     of the shards' for that second (an upper bound: the shards' requests are not re-ranked).
@@ -311,7 +294,7 @@ def _merge_timelines(shards: list[Any], out: Path) -> None:
     seconds: dict[str, list[Any]] = {}
     for s in shards:
         path = s.dir / "timeline.csv"
-        keep = (s.checkpoint.get("timeline") or {}).get("size")
+        keep = (s.checkpoint.timeline or {}).get("size")
         try:
             with open(path, "rb") as f:
                 data = f.read() if keep is None else f.read(int(keep))

@@ -1,12 +1,39 @@
-"""The upload engine: producer -> bounded stream -> worker pool, with durable checkpoints.
+"""The upload engine: one run of ``bulk upload`` over a run directory, as a small orchestrator.
 
-Structure (one anyio task group per run)::
+:class:`Run` opens the job, starts the tasks in one anyio task group, handles SIGINT/SIGTERM
+and shutdown, and turns how the run ended into an exit code (:class:`RunResult`). The work
+itself is done by the parts below; this is the path of one record, top to bottom::
 
-    producer ──(memory stream, bounded)──> N workers ──> target.upload(record, job)
-        │ parse, validate, dedupe, shard          │ outputs (append) + tally
-        └── watermark tracker <──── done ─────────┘
-    checkpointer: every ``checkpoint_every`` s: flush + fsync outputs, then one SQLite commit
-    signal watcher: SIGINT/SIGTERM -> stop reading, let in-flight finish (grace), exit 130
+    bulk._rundir.open_job        run directory: room on disk, state.db + its Checkpoint,
+         |                       same-job check, outputs cut back to the checkpoint's sizes
+         v
+    bulk.source.InputFile.lines  read: one RawLine (bytes, line number, offsets), from the watermark
+         |
+    Run._produce                 the producer task, for each line, in input order:
+         |  bulk.watermark.Tracker.add       the line is started (the watermark waits for it)
+         |  (done_beyond)                    finished by an earlier run: finished, skipped
+         |  Tracker.wait_for_room            at most `window` lines between watermark and newest
+         |  bulk._intake.Intake.screen       parse, validate, dedupe (state.db), shard, Target.check
+         |      rejected ----------------->  bulk._recorder.Recorder.reject, Tracker.finish
+         |      blank / another shard's -->  Tracker.finish
+         |  write ahead                      `reserved` past the line? checkpoint first
+         v
+    bulk.feed.Feed               bounded hand-off, producer -> workers
+         |
+    bulk._worker.Workers.work    --concurrency loops, each, for one record:
+         |  (open loop)                      wait for its due time (--arrival-rate)
+         |  bulk.job.RecordJob               its step state; kept in flight for the checkpoint
+         |  bulk.job.upload                  Target.upload through the session (pacing, retries)
+         |  Recorder.created / .failed       outcome -> outputs (id_map.csv / failed.*) + tally
+         |  Tracker.finish                   finished: the watermark moves past it
+         v                                   (these three in one synchronous step)
+    Run.checkpoint               every --checkpoint-every s, at each write-ahead and at the end:
+                                 outputs flushed -> Checkpoint (bulk.checkpoint) -> one commit;
+                                 then latency.hdr.json and summary.json (bulk._summary.build)
+
+Alongside: the checkpointer, the progress ticker, the measurements' second ticker
+(bulk.measure) and the signal watcher (SIGINT/SIGTERM -> stop reading, let in-flight finish,
+a second signal or a 10 s grace -> cancel; exit 130).
 
 Exactly-once across kills: a record is *finished* only when its outcome is in the output
 files; the checkpoint stores the watermark (every record before it is finished), the lines
@@ -20,8 +47,9 @@ are exactly the lines the outputs record up to its sizes, each once, and its tal
 totals exactly those rows.* Three things hold it:
 
 - an outcome is written to the outputs, counted in the tally and marked finished in the
-  tracker in one synchronous step (no await between), and a checkpoint flushes, snapshots and
-  commits with no await between flush and snapshot: no checkpoint sees one without the other;
+  tracker in one synchronous step (no await between: ``Workers.work``, and ``Run._produce``
+  for a rejected line), and a checkpoint flushes, snapshots and commits with no await between
+  flush and snapshot: no checkpoint sees one without the other;
 - a resumed run's done_beyond is the earlier run's lines it has not re-read yet *plus* the
   tracker's: a resumed producer may wait (a smaller --concurrency, a full feed, a stalled
   record) before it reaches the lines an earlier run finished out of order, and a checkpoint
@@ -33,7 +61,6 @@ totals exactly those rows.* Three things hold it:
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -41,15 +68,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio import CancelScope, EndOfStream
+from anyio import CancelScope
 
-from .checkpoint import StateStore, id_hash
+from . import _summary
+from ._intake import Intake
+from ._recorder import Recorder
+from ._rundir import SHARD_BY, open_job
+from ._worker import Item, Workers
+from .checkpoint import Checkpoint
 from .config import UploadConfig
 from .errors import (
     AbortRun,
     ApiUnavailable,
     BulkError,
-    ConfigError,
     InvalidRecord,
     OutputError,
     RecordError,
@@ -58,31 +89,20 @@ from .errors import (
     redact_error,
 )
 from .feed import Feed
-from .job import RecordJob, Session, SessionJob, failure, upload
-from .latency import INTENDED
+from .job import RecordJob, Session, SessionJob
 from .marks import MarkLog
 from .measure import Measure
-from .outputs import Outputs
 from .pacing import Pacer
 from .progress import ProgressSink, Status
-from .records import Record, parse_record, peek_external_id
-from .refs import CREATED_NS, RefsFile
 from .refs import FILE as REFS_FILE
-from .source import InputFile, RawLine, fingerprint
+from .refs import RefsFile
+from .source import InputFile
 from .tally import Tally
-from .targets.base import Created, Target
+from .targets.base import Target
 from .transport import Transport, redactor
-from .watermark import Entry, Tracker
+from .watermark import Tracker
 
 __all__ = ["Run", "RunResult"]
-
-VERSION = 1
-
-
-#: how records are assigned to shards (recorded in each shard's checkpoint; bulk merge checks it):
-#: by the target's affinity key (the customer), so one process resolves each customer
-SHARD_BY = "affinity"
-
 
 @dataclass(slots=True)
 class RunResult:
@@ -125,86 +145,39 @@ class Run:
         self._marks: MarkLog | None = None  # marks.log: write-ahead notes of reference creates
 
     # --- setup -------------------------------------------------------------------------------
-    def _open_job(self) -> tuple[StateStore, Outputs, dict[str, Any] | None]:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the run directory {self.out}: {exc.strerror or exc}") from None
-        free = shutil.disk_usage(self.out).free
-        if free < 16 << 20:
-            raise OutputError(f"only {free >> 20} MiB free in {self.out}: free some space first")
-        self._fingerprint = fingerprint(self.config.input)
-        state = StateStore(self.out)
-        cp = state.load()
-        if cp is not None:
-            self._check_same_job(cp)
-        outputs = Outputs(self.out, cp["outputs"] if cp else None)
-        # created_refs.csv (--create-missing): a row per reference first remembered as created
-        self._refs = RefsFile(self.out, cp["outputs"] if cp else None, state.items(CREATED_NS))
-        state.on_new[CREATED_NS] = self._refs.add
-        self._marks = MarkLog(self.out)
-        return state, outputs, cp
-
-    def _check_same_job(self, cp: dict[str, Any]) -> None:
-        c = self.config
-        if cp.get("input") != self._fingerprint:
-            raise ConfigError(
-                f"the run directory {self.out} belongs to a different input (the file changed since "
-                "its first run): use a new --out for the new file, or restore the original input"
-            )
-        if cp.get("target") != c.target:
-            raise ConfigError(f"{self.out} is a {cp.get('target')} job: use --target {cp.get('target')} or a new --out")
-        if cp.get("shard") != (str(c.shard) if c.shard else None):
-            raise ConfigError(f"{self.out} was started with --shard {cp.get('shard')}: use the same shard")
-        if c.shard and cp.get("shard_by") != SHARD_BY:
-            # Earlier versions split records by external id: resuming such a shard with today's
-            # split would skip some records and repeat others.
-            raise ConfigError(f"{self.out} is a shard of a job an earlier version of bulk split by external id: "
-                              "finish it with that version, or start the whole job again in new directories")
-
-    def _restore(self, cp: dict[str, Any]) -> tuple[int, int]:
-        self.tally = Tally.from_json(cp["tally"])
+    def _restore(self, cp: Checkpoint) -> tuple[int, int]:
+        self.tally = Tally.from_json(cp.tally)
         self._already_done = self.tally.read
-        self._done_beyond = set(cp["done_beyond"])
-        self._resume_progress = {int(k): v for k, v in cp["progress"].items()}
-        self._prev_reserved = self._reserved = int(cp["reserved"])
-        self._traffic0 = dict(cp["traffic"])
-        self._elapsed0 = float(cp["elapsed"])
-        self._started_at = cp.get("started_at") or self._started_at
-        self.measure.restore(cp)
-        offset, line = cp["watermark"]
-        return int(offset), int(line)
+        self._done_beyond = set(cp.done_beyond)
+        self._resume_progress = {int(k): v for k, v in cp.progress.items()}
+        self._prev_reserved = self._reserved = cp.reserved
+        self._traffic0 = dict(cp.traffic)
+        self._elapsed0 = cp.elapsed
+        self._started_at = cp.started_at or self._started_at
+        self.measure.restore(cp.measured())
+        return cp.offset, cp.line
 
     # --- the checkpoint ---------------------------------------------------------------------
-    def _snapshot(self, sizes: dict[str, int]) -> dict[str, Any]:
-        return {
-            "version": VERSION,
-            "target": self.config.target,
-            "input": self._fingerprint,
-            "shard": str(self.config.shard) if self.config.shard else None,
-            "shard_by": SHARD_BY if self.config.shard else None,
-            "watermark": [self._tracker.offset, self._tracker.line],
+    def _snapshot(self, sizes: dict[str, int]) -> Checkpoint:
+        return Checkpoint(
+            target=self.config.target, input=self._fingerprint,
+            shard=str(self.config.shard) if self.config.shard else None,
+            shard_by=SHARD_BY if self.config.shard else None,
+            offset=self._tracker.offset, line=self._tracker.line,
             # The earlier runs' finished lines this run's producer has not re-read yet are
             # still finished: forgetting them would have the next run redo, and record
             # again, what the outputs already hold (issue 10).
-            "done_beyond": sorted({*self._tracker.done_beyond(), *self._done_beyond}),
-            "progress": {str(k): j.progress for k, j in self._inflight.items() if j.progress},
-            "reserved": self._reserved,
-            "tally": self.tally.to_json(),
-            "traffic": self._traffic(),
-            "elapsed": self._elapsed(),
-            "outputs": sizes,
-            "complete": self._complete,
-            "started_at": self._started_at,
-            **self.measure.snapshot(),
-        }
+            done_beyond=sorted({*self._tracker.done_beyond(), *self._done_beyond}),
+            progress={str(k): j.progress for k, j in self._inflight.items() if j.progress},
+            reserved=self._reserved, tally=self.tally.to_json(), traffic=self._traffic(), elapsed=self._elapsed(),
+            outputs=sizes, complete=self._complete, started_at=self._started_at, **self.measure.snapshot())
 
     def checkpoint(self) -> None:
         """Make everything finished so far durable, in this order: outputs, then state."""
         sizes = self._outputs.flush()
         assert self._refs is not None
         sizes[REFS_FILE] = self._refs.flush()
-        doc = self._snapshot(sizes)  # no await between flush and snapshot: they agree
+        doc = self._snapshot(sizes).to_json()  # no await between flush and snapshot: they agree
         self._outputs.sync()
         self._refs.sync()
         self._state.commit(doc)
@@ -227,39 +200,14 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         t = self.tally
-        elapsed = self._elapsed()
-        run_elapsed = (self._t_end or time.monotonic()) - self._t0
-        made_now = t.created - self._created0
-        from . import __version__  # bulk/__init__ imports this module
-
-        summary = {
-            "version": __version__,
-            "started_at": self._started_at,  # when the job's first run started (UTC)
-            "ended_at": self._ended_at,  # when this run ended (UTC); null while it runs
-            "target": self.config.target,
-            "input": self.config.input,
-            "shard": str(self.config.shard) if self.config.shard else None,
-            "complete": self._complete,
-            "processes": 1,  # --processes N runs N of these, one per shard (bulk.procs)
-            "records": {
-                "read": t.read, "created": t.created, "existing": t.existing,
-                "updated": t.updated, "unchanged": t.unchanged,
-                "already_done": self._already_done, "rejected": t.rejected,
-                "failed": t.failed, "uncertain": t.uncertain,
-            },
-            "totals": t.totals.to_json(),
-            "created_refs": self._refs.summary() if self._refs else {"customer": 0, "item": 0, "account": 0},
-            "mismatches": {"count": t.mismatch_count, "first": t.mismatches},
-            **({"reconciled": self._reconciled} if self._reconciled is not None else {}),
-            **self._traffic(),
-            "elapsed_seconds": round(elapsed, 3),
-            "invoices_per_second": round(t.created / elapsed, 2) if elapsed > 0 else 0.0,
-            "this_run": {
-                "created": made_now,
-                "elapsed_seconds": round(run_elapsed, 3),
-                "invoices_per_second": round(made_now / run_elapsed, 2) if run_elapsed > 0 else 0.0,
-            },
-        }
+        end = self._t_end or time.monotonic()
+        summary = _summary.build(
+            started_at=self._started_at, ended_at=self._ended_at, target=self.config.target,
+            input=self.config.input, where={"shard": str(self.config.shard) if self.config.shard else None},
+            complete=self._complete, processes=1, tally=t, already_done=self._already_done,
+            created_refs=self._refs.summary() if self._refs else {"customer": 0, "item": 0, "account": 0},
+            reconciled=self._reconciled, traffic=self._traffic(), elapsed=self._elapsed(),
+            this_run=_summary.this_run(t.created - self._created0, end - self._t0))
         self.measure.add_to(summary)
         return summary
 
@@ -276,62 +224,17 @@ class Run:
             "created": t.created, "existing": t.existing, "rejected": t.rejected, "failed": t.failed,
             "uncertain": t.uncertain}, self.measure.late_starts)
 
-    # --- outcomes --------------------------------------------------------------------------
-    def _created(self, record: Record, created: Created) -> None:
-        totals = record.totals()
-        action = created.outcome
-        self._outputs.created([
-            record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
-            created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,
-        ])
-        t = self.tally
-        t.read += 1
-        # `created` keeps its meaning (made now, or found already made: `existing`); an invoice
-        # changed or confirmed by --on-existing update is counted apart. Every ID map row is in
-        # the totals: they reconcile against the source.
-        if action == "updated":
-            t.updated += 1
-        elif action == "unchanged":
-            t.unchanged += 1
-        else:
-            t.created += 1
-            t.existing += action == "existing"
-        t.totals.add(record.currency, totals)
-        if created.reported_gross is not None and created.reported_gross != totals.gross:
-            t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
-
-    def _failed(self, line_no: int, data: bytes | RawLine, external_id: str | None, kind: str, stage: str,
-                field: str, status: int | str, message: str) -> None:
-        reason = [line_no, external_id or "", kind, stage, field, status, message]
-        if isinstance(data, bytes):
-            self._outputs.failed(data, reason)
-        elif self._input.is_stdin or self.config.input.endswith(".gz"):
-            self._outputs.failed(b"", reason)  # an overlong line we cannot re-read: the reason stays
-        else:
-            # An overlong line: copied from the input, never held in memory whole.
-            self._outputs.failed_copy(self.config.input, data.start, data.length, reason)
-        t = self.tally
-        t.read += 1
-        if kind == "rejected":
-            t.rejected += 1
-        elif kind == "uncertain":
-            t.uncertain += 1
-        else:
-            t.failed += 1
-
-    def _reject(self, raw: RawLine, exc: InvalidRecord, external_id: str | None) -> None:
-        self._failed(raw.line_no, raw.data if raw.data is not None else raw, external_id, "rejected", "parse",
-                     exc.field, "", exc.message)
-
     # --- the tasks --------------------------------------------------------------------------
-    async def _produce(self, feed: Feed[tuple[Entry, Record, bytes]]) -> None:
+    async def _produce(self, feed: Feed[Item]) -> None:
         c = self.config
-        max_line = c.max_line_bytes
-        shard = c.shard
         tracker = self._tracker
         window = c.effective_window
+        intake = Intake(max_line_bytes=c.max_line_bytes, first_line=self._state.first_line, target=self.target,
+                        shard=c.shard)
+        screen, reject = intake.screen, self._recorder.reject
         try:
-            async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line, max_line_bytes=max_line):
+            async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line,
+                                               max_line_bytes=c.max_line_bytes):
                 if self.stopping:
                     break
                 entry = tracker.add(raw)
@@ -339,79 +242,25 @@ class Run:
                     self._done_beyond.discard(raw.line_no)  # from now on the tracker holds it
                     tracker.finish(entry)
                     continue
-                if raw.data is not None and (not raw.data or raw.data.isspace()):
-                    tracker.finish(entry)  # a blank line
-                    continue
                 if len(tracker) >= window:
                     await tracker.wait_for_room(window)
-                ext_id = None
                 try:
-                    if raw.data is None:
-                        if shard and raw.line_no % shard.count != shard.index:
-                            tracker.finish(entry)
-                            continue
-                        raise InvalidRecord(raw.line_no, "(line)", f"the line is {raw.length} bytes, over the "
-                                            f"{max_line}-byte limit", "split the invoice or raise --max-line-bytes")
-                    try:
-                        record = parse_record(raw.data, raw.line_no)
-                    except InvalidRecord:
-                        if shard and raw.line_no % shard.count != shard.index:
-                            tracker.finish(entry)  # another shard reports it
-                            continue
-                        ext_id = peek_external_id(raw.data)
-                        raise
-                    ext_id = record.external_id
-                    # Every shard dedupes every record (the first line of an external id stands,
-                    # whichever shard owns it), then keeps those whose customer key hashes to it:
-                    # a customer is resolved by one shard only (single flight across processes).
-                    first = self._state.first_line(ext_id, raw.line_no)
-                    if shard and id_hash(self.target.affinity(record)) % shard.count != shard.index:
-                        tracker.finish(entry)
-                        continue
-                    if first != raw.line_no:
-                        raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first} "
-                                            f"({ext_id[:80]!r})", "give each invoice its own external_id; "
-                                            "the first one stands")
-                    self.target.check(record)
+                    record = screen(raw)
                 except InvalidRecord as exc:
-                    self._reject(raw, exc, ext_id)
+                    reject(raw, exc, intake.external_id)
+                    tracker.finish(entry)
+                    continue
+                if record is None:  # blank, or another shard's
                     tracker.finish(entry)
                     continue
                 if raw.line_no > self._reserved:
                     # Write ahead: a resumed run must know which records may have been sent.
                     self._reserved = raw.line_no + window
                     self.checkpoint()
+                assert raw.data is not None  # a record's line is in memory (intake rejects an overlong one)
                 await feed.put((entry, record, raw.data))
         finally:
             feed.close()
-
-    async def _work(self, feed: Feed[tuple[Entry, Record, bytes]]) -> None:
-        session = self._session
-        assert session is not None
-        target = self.target
-        while True:
-            try:
-                entry, record, data = await feed.get()
-            except EndOfStream:
-                break
-            if self.stopping:
-                continue  # not started: stays unfinished, the next run does it
-            if (arrivals := self.measure.arrivals) is not None:
-                INTENDED.set([await arrivals.start()])  # open loop: wait for the record's due time
-                if self.stopping:
-                    continue
-            line = record.line_no
-            job = RecordJob(session, record, progress=self._resume_progress.pop(line, None),
-                            maybe_sent_before=line <= self._prev_reserved)
-            self._inflight[line] = job
-            try:
-                created = await upload(target, job)
-            except (RecordError, RetryableError) as exc:
-                self._failed(line, data, record.external_id, *failure(exc, session.transport.redact))
-            else:
-                self._created(record, created)
-            del self._inflight[line]
-            self._tracker.finish(entry)
 
     async def _checkpointer(self) -> None:
         while True:
@@ -460,11 +309,15 @@ class Run:
     # --- run ---------------------------------------------------------------------------------
     async def execute(self, *, handle_signals: bool = True) -> RunResult:
         c = self.config
-        self._state, self._outputs, cp = self._open_job()
+        job = open_job(c, self.out)
+        self._state, self._outputs, self._refs, self._marks = job.state, job.outputs, job.refs, job.marks
+        self._fingerprint, cp = job.fingerprint, job.checkpoint
         offset, line = self._restore(cp) if cp else (0, 1)
         self._created0 = self.tally.created
         self._tracker = Tracker(offset, line)
         self._input = InputFile(c.input)
+        self._recorder = Recorder(self._outputs, self.tally, input_path=c.input,
+                                  copyable=not (self._input.is_stdin or c.input.endswith(".gz")))
         error: BulkError | None = None
         try:
             pacer = Pacer(limits=c.pacing_limits(self.target.default_limits), concurrency=c.concurrency,
@@ -529,10 +382,14 @@ class Run:
                         raise ApiUnavailable(f"the API is not answering ({exc}): run the same command "
                                              "again to resume") from None
                     async with anyio.create_task_group() as tg:
-                        feed: Feed[tuple[Entry, Record, bytes]] = Feed(c.concurrency)
+                        feed: Feed[Item] = Feed(c.concurrency)
                         tg.start_soon(self._produce, feed)
+                        workers = Workers(self, session=self._session, target=self.target,
+                                          recorder=self._recorder, tracker=self._tracker, inflight=self._inflight,
+                                          resume_progress=self._resume_progress,
+                                          prev_reserved=self._prev_reserved, arrivals=self.measure.arrivals)
                         for _ in range(c.concurrency):
-                            tg.start_soon(self._work, feed)
+                            tg.start_soon(workers.work, feed)
                     if not self.stopping:
                         # Every record has finished: the target may reconcile what late requests
                         # of this run or an earlier one left (e.g. a duplicate to remove).

@@ -1,8 +1,9 @@
 """Offline checks: ``bulk validate`` and ``bulk upload --dry-run``. Nothing is sent.
 
-Reads the input once, reports every problem with its line number and field, and (for a dry
-run over an existing run directory) says what the next run would skip as already done,
-reconcile (possibly sent by an interrupted run) or create.
+Reads the input once through the upload's own intake (``bulk._intake``: the same parse,
+validation and dedupe; duplicates remembered in memory), reports every problem with its line
+number and field, and (for a dry run over an existing run directory) says what the next run
+would skip as already done, reconcile (possibly sent by an interrupted run) or create.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import StateStore, id_hash
+from ._intake import Intake, memory_dedupe
+from .checkpoint import StateStore
 from .errors import InvalidRecord
-from .records import parse_record
 from .source import InputFile
 from .targets.base import Target
 
@@ -41,35 +42,25 @@ async def make_plan(
     watermark_line, done_beyond, reserved = 1, set(), 0
     if run_dir is not None and (run_dir / "state.db").exists():
         store = StateStore(run_dir)
-        cp = store.load()
+        cp = store.checkpoint()
         store.close()
         if cp:
-            watermark_line = int(cp["watermark"][1])
-            done_beyond = set(cp["done_beyond"])
-            reserved = int(cp["reserved"])
-    seen: dict[int, int] = {}
+            watermark_line, done_beyond, reserved = cp.line, set(cp.done_beyond), cp.reserved
+    intake = Intake(max_line_bytes=max_line_bytes, first_line=memory_dedupe(), target=target)
     src = InputFile(path)
     try:
         async for raw in src.lines(max_line_bytes=max_line_bytes):
-            if raw.data is not None and not raw.data.strip():
-                continue
-            plan.records += 1
             try:
-                if raw.data is None:
-                    raise InvalidRecord(raw.line_no, "(line)", f"the line is {raw.length} bytes, over the "
-                                        f"{max_line_bytes}-byte limit", "split the invoice or raise --max-line-bytes")
-                record = parse_record(raw.data, raw.line_no)
-                first = seen.setdefault(id_hash(record.external_id), raw.line_no)
-                if first != raw.line_no:
-                    raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first}",
-                                        "give each invoice its own external_id; the first one stands")
-                if target is not None:
-                    target.check(record)
+                record = intake.screen(raw)
             except InvalidRecord as exc:
+                plan.records += 1
                 plan.problem_count += 1
                 if len(plan.problems) < keep:
                     plan.problems.append(exc)
                 continue
+            if record is None:
+                continue  # a blank line (a plan reads every shard's)
+            plan.records += 1
             plan.valid += 1
             if raw.line_no < watermark_line or raw.line_no in done_beyond:
                 plan.done += 1

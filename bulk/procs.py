@@ -42,6 +42,7 @@ from typing import Any
 import anyio
 import orjson
 
+from . import _summary
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
 from .existing import ON_EXISTING_KEY
@@ -197,12 +198,9 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
         tg.cancel_scope.cancel()
 
     elapsed = time.monotonic() - t0
-    made_now = sum(_this_run_created(d) for d in dirs)
-    extra = {"processes": n, "this_run": {
-        "created": made_now, "elapsed_seconds": round(elapsed, 3),
-        "invoices_per_second": round(made_now / elapsed, 2) if elapsed > 0 else 0.0}}
+    this_run = _summary.this_run(sum(_this_run_created(d) for d in dirs), elapsed)
     try:
-        summary = merge_runs(dirs, out, partial=True, extra=extra)
+        summary = merge_runs(dirs, out, partial=True, processes=n, this_run=this_run)
     except ConfigError:
         if any(_has_state(d) for d in dirs):
             raise

@@ -50,3 +50,24 @@ def test_outputs_truncate_to_the_checkpointed_sizes(tmp_path: Path) -> None:
     assert rows[0].startswith("external_id,invoice_id") and rows[1:] == ["INV-1,1,1,,draft,EUR,1.00,0.19,1.19"]
     assert (tmp_path / "failed.ndjson").read_bytes() == b""
     assert len((tmp_path / "failed_reasons.csv").read_text().splitlines()) == 1  # header only
+
+
+def test_checkpoint_schema_reads_and_writes_the_file_format_unchanged(tmp_path: Path) -> None:
+    from bulk.checkpoint import Checkpoint, load_checkpoint
+
+    doc = {"version": 1, "target": "agiled", "input": "fp", "shard": "1/2", "shard_by": "affinity",
+           "watermark": [120, 7], "done_beyond": [9, 11], "progress": {"8": {"customer": "C-1"}}, "reserved": 40,
+           "tally": {"read": 6}, "traffic": {"requests": 9, "retries": 1, "throttled": 0}, "elapsed": 1.5,
+           "outputs": {"id_map.csv": 300}, "complete": False, "started_at": "2026-01-01T00:00:00+00:00",
+           "latency": {"total": {}}, "late_starts": 2, "timeline": {"size": 80}}
+    cp = Checkpoint.from_json(doc)
+    assert (cp.offset, cp.line, cp.reserved, cp.shard_by) == (120, 7, 40, "affinity")
+    assert list(cp.to_json().items()) == list(doc.items())  # same keys, same order, same values
+    s = StateStore(tmp_path)
+    s.commit(cp)
+    s.close()
+    assert load_checkpoint(tmp_path) == cp
+    # an earlier version's document, without the keys added since: the defaults
+    old = Checkpoint.from_json({k: v for k, v in doc.items() if k not in ("shard_by", "started_at", "latency",
+                                                                          "late_starts", "timeline", "outputs")})
+    assert (old.shard_by, old.started_at, old.latency, old.late_starts, old.outputs) == (None, None, None, 0, None)

@@ -321,6 +321,7 @@ def test_a_run_directory_of_the_previous_version_is_resumed_in_its_own_format(tm
 
 
 def test_merge_takes_shards_of_both_formats(tmp_path: Path) -> None:
+    from bulk.checkpoint import Checkpoint
     from bulk.merge import _copy_id_maps, _Shard  # merge's private parts: only this test depends on them
 
     old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "out"
@@ -329,11 +330,11 @@ def test_merge_takes_shards_of_both_formats(tmp_path: Path) -> None:
     (old / "id_map.csv").write_text(LEGACY_HEADER + "INV-1,11,1,C-1,draft,EUR,1.00,0.19,1.19\n", encoding="utf-8")
     (new / "id_map.csv").write_text(",".join(ID_MAP_HEADER) + "\nINV-2,12,2,C-1,draft,EUR,1.00,0.19,1.19,updated\n",
                                     encoding="utf-8")
-    _copy_id_maps([_Shard(old, 0, 2, {}), _Shard(new, 1, 2, {})], out)
+    _copy_id_maps([_Shard(old, 0, 2, Checkpoint()), _Shard(new, 1, 2, Checkpoint())], out)
     with open(out / "id_map.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [(r["external_id"], r["action"]) for r in rows] == [("INV-1", ""), ("INV-2", "updated")]
-    _copy_id_maps([_Shard(old, 0, 2, {}), _Shard(old, 1, 2, {})], out)  # all old: copied as they are
+    _copy_id_maps([_Shard(old, 0, 2, Checkpoint()), _Shard(old, 1, 2, Checkpoint())], out)  # all old: copied as is
     assert (out / "id_map.csv").read_text(encoding="utf-8").splitlines()[0] == LEGACY_HEADER.strip()
 
 
