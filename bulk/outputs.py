@@ -157,8 +157,11 @@ class Outputs:
 
     def created(self, row: list[Any]) -> None:
         # One search over the row's text cells instead of one call per cell: a control
-        # character in any of them (rare) escapes the row cell by cell, as before.
-        if _CONTROL.search("".join([cell for cell in row if isinstance(cell, str)])):
+        # character in any of them (rare) escapes the row cell by cell, as before. Every
+        # control character is unprintable, so a printable text (C, one pass) skips the
+        # regex search, which measured ~9,000 instructions a row (callgrind).
+        text = "".join([cell for cell in row if isinstance(cell, str)])
+        if not text.isprintable() and _CONTROL.search(text):
             row = [escape_cell(cell) for cell in row]
         try:
             self._id_csv.writerow(row[:-1] if self._legacy_id_map else row)

@@ -1,0 +1,88 @@
+"""The parser's fast path: nearly every line is a valid record of the common shape.
+
+`bulk._record_schema` decodes and checks most of it in one msgspec pass (C), and `_fast_record`
+does the few checks left, building the very `Record` the general path (`bulk._record_general`)
+would. Whatever it is unsure of it leaves to the general path by returning None, so every error
+and every unusual input takes exactly the path it always took (tests/test_records_fastpath.py).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import orjson
+
+from . import _record_schema as _schema
+from ._record_fields import _AMOUNT_CACHE, _BAD_TEXT, _COUNTRIES, _INT_AMOUNT_CACHE, _THOUSAND, _ZERO, _amount
+from ._record_types import Record, _new_address, _new_customer, _new_line, _new_record
+from .errors import InvalidRecord
+from .money import is_currency
+
+
+# The string rules of `_string` for values the schema let through (non-empty, within length): True
+# only when `_string` would return the value unchanged. isprintable() is False for every control
+# character and lone surrogate (and for a few characters `_string` allows, such as U+0085 or a
+# no-break space: those take the general path).
+def _fast_short(value: str | None) -> bool:
+    return value is None or (value.isprintable() and not value.isspace())
+
+
+def _fast_id(value: str | None) -> bool:
+    return value is None or (value.isprintable() and value.strip() == value)
+
+
+def _fast_text(value: str | None) -> bool:
+    return value is None or (not value.isspace() and (value.isprintable() or not _BAD_TEXT.search(value)))
+
+
+def _fast_record(raw: bytes, ln: int) -> Record | None:
+    try:
+        inv = _schema.decode(raw)
+        customer = inv.customer
+        if not (_fast_id(inv.external_id) and _fast_id(customer.external_id) and _fast_short(customer.name)
+                and _fast_short(customer.company) and _fast_text(inv.notes)):
+            return None
+        where, address = customer.address, None
+        if where is not None:
+            if not (_fast_short(where.line1) and _fast_short(where.line2) and _fast_short(where.city)
+                    and _fast_short(where.region) and _fast_short(where.postal_code)):
+                return None
+            if where.country is not None and where.country not in _COUNTRIES:
+                return None
+            address = _new_address(where.line1, where.line2, where.city, where.region, where.postal_code,
+                                   where.country)
+        status = inv.status or "draft"
+        if not is_currency(inv.currency) or (inv.issue_date is None and status != "draft"):
+            return None
+        lines = []
+        # Per invoice line, the checks of _fast_short/_fast_text/_fast_id and _cached_amount are
+        # written out (~15 calls a line saved); an amount not cached yet goes through _amount.
+        texts, ints = _AMOUNT_CACHE, _INT_AMOUNT_CACHE
+        for item in inv.lines:
+            title, description, item_ref = item.title, item.description, item.item_ref
+            if not (title.isprintable() and not title.isspace()
+                    and (description is None or _fast_text(description))
+                    and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
+                return None
+            raw_amount = item.quantity
+            quantity = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
+            if quantity is None:
+                quantity = _amount(ln, "", raw_amount)
+            raw_amount = item.unit_price
+            unit_price = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
+            if unit_price is None:
+                unit_price = _amount(ln, "", raw_amount)
+            raw_amount = item.tax_rate
+            tax_rate = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
+            if tax_rate is None:
+                tax_rate = _amount(ln, "", raw_amount)
+            if quantity <= _ZERO or not _ZERO <= tax_rate <= _THOUSAND:
+                return None
+            lines.append(_new_line(title, description, quantity, unit_price, tax_rate, item_ref))
+        extra = {} if inv.extra is None else {key: orjson.loads(memoryview(value)) for key, value in inv.extra.items()}
+    except (msgspec.MsgspecError, InvalidRecord, orjson.JSONDecodeError, RecursionError):
+        return None
+    return _new_record(ln, inv.external_id,
+                       _new_customer(customer.external_id, customer.email, customer.name, customer.company,
+                                     customer.locale or "en", address),
+                       inv.currency, inv.issue_date, inv.due_date, status, inv.prices or "net", inv.notes,
+                       tuple(lines), extra)
