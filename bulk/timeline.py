@@ -13,6 +13,9 @@ Sums equal the summary: the checkpoint keeps the file's size and the counters at
 row (:meth:`Timeline.state`); a resumed run cuts the file back to that size (the killed run's
 later rows counted requests the checkpoint does not) and continues from those counters, so
 its first row also holds what the killed run did between its last row and the checkpoint.
+That first row's p50/p99 are of the requests this run finished in it: the killed run's share
+is in the job's histogram (latency.hdr.json), so a first row holding only that share has
+counts but empty percentiles.
 """
 
 from __future__ import annotations

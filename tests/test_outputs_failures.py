@@ -121,19 +121,44 @@ def test_nearly_full_disk_is_refused_before_sending(tmp_path: Path) -> None:
         _assert_nothing_sent(sb)
 
 
-def _run_with_file_size_limit(args: list[str], env: dict[str, str], limit: int) -> subprocess.CompletedProcess[str]:
-    """The CLI with RLIMIT_FSIZE = ``limit`` bytes: any write past it fails with EFBIG (SIGXFSZ ignored)."""
-    prelude = ("import resource, signal\n"
-               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))")
-    return cli_with(prelude, args, env)
+def _run_with_file_size_limit(args: list[str], env: dict[str, str], limit: int,
+                              out: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with RLIMIT_FSIZE = ``limit`` bytes: any write past it fails with EFBIG (SIGXFSZ ignored).
 
+    With ``out``, the limit is armed on progress, not at start: once ``out/id_map.csv`` holds
+    ``ARMED_AFTER`` rows, it becomes the largest file in ``out`` plus ``limit`` bytes. SQLite's WAL
+    grows with every commit, and commits come with time (``--checkpoint-every``): a limit fixed
+    at start could be reached before the first invoice on a slow machine."""
+    prelude = ["import resource, signal", "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)"]
+    if out is None:
+        prelude.append(f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))")
+    else:
+        prelude.append(ARM.format(out=str(out), rows=ARMED_AFTER, margin=limit))
+    return cli_with("\n".join(prelude), args, env)
+
+
+ARMED_AFTER = 20  # id_map.csv rows (invoices the API made) before the resume file may fill
+ARM = """
+import pathlib, threading, time
+def _arm(run=pathlib.Path({out!r})):
+    while True:  # polls the run's own progress (rows written), bounded by the test's timeout
+        try:
+            if (run / "id_map.csv").read_bytes().count(b"\\n") > {rows}:
+                break
+        except OSError:
+            pass
+        time.sleep(0.002)
+    largest = max(p.stat().st_size for p in run.iterdir() if p.is_file())
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest + {margin}, largest + {margin}))
+threading.Thread(target=_arm, daemon=True).start()
+"""
 
 # (RLIMIT_FSIZE, --checkpoint-every, what fills first). SQLite's WAL grows by a few pages per
-# commit: frequent checkpoints make the resume file hit the limit first; rare ones let id_map.csv
-# (and the failed files) hit it first, in the middle of a row.
+# commit: frequent checkpoints make the resume file hit the limit first (armed on progress: the
+# largest file plus this margin, once invoices were made); rare ones let id_map.csv (and the
+# failed files) hit it first, in the middle of a row.
 FILLS = {
-    "resume-file-fills": (80_000, "0.02", "resume file"),
+    "resume-file-fills": (16_384, "0.02", "resume file"),
     "outputs-fill": (56_000, "30", "run directory"),  # "cannot write to the run directory" / "cannot append to"
 }
 # Every target with its outputs filling up; the resume file filling up (engine code alone) for
@@ -148,8 +173,6 @@ CASES = [
 @pytest.mark.parametrize(("target", "fill"), CASES)
 def test_disk_fills_mid_run_stops_resumably_with_nothing_half_written(target: str, fill: str, tmp_path: Path) -> None:
     limit, every, what = FILLS[fill]
-    if fill == "resume-file-fills" and target != "agiled":
-        limit *= 2  # slower targets commit more often per invoice: let some invoices in first
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     good = [json.loads(line) for line in generate(600, seed=304)]
     for i, doc in enumerate(good):  # longer ids, longer id_map rows: the files fill sooner
@@ -161,7 +184,7 @@ def test_disk_fills_mid_run_stops_resumably_with_nothing_half_written(target: st
     records = [r for i, r in enumerate(write_input(src, 0, extra_lines=lines)) if i not in refused]
     with SandboxServer(target) as sb:
         args = upload_args(sb, src, out, "--concurrency", "16", "--checkpoint-every", every)
-        stopped = _run_with_file_size_limit(args, sb.env, limit)
+        stopped = _run_with_file_size_limit(args, sb.env, limit, out if fill == "resume-file-fills" else None)
         assert stopped.returncode == 3, stopped.stderr
         assert what in stopped.stderr or (fill == "outputs-fill" and "cannot append to" in stopped.stderr), \
             stopped.stderr
