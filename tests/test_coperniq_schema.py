@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from harness import REPO, SandboxServer
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
-from bulk.sandbox._coperniq_schema import DOCUMENT, OPERATIONS, load_document, request_schemas
+from bulk.sandbox._coperniq_schema import _URI, DOCUMENT, OPERATIONS, _Validator, load_document, request_schemas
 from bulk.sandbox.coperniq_rules import Invalid
 
 LINE = {"catalogItemId": 7001, "quantity": 2, "unitCost": 1, "unitPrice": 2}
@@ -122,3 +124,18 @@ def test_the_document_ships_in_the_package_and_is_the_vendors() -> None:
         assert shipped == yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert DOCUMENT in data["bulk.sandbox"]  # so `pip install .` copies it
+
+
+@pytest.mark.parametrize("body", [
+    INVOICE, {**INVOICE, "status": "LATE"}, {**INVOICE, "lineItems": [{**LINE, "quantity": "2"}]},
+    {**INVOICE, "sections": [{"name": 5, "lineItems": [{"catalogItemId": 1}]}]}, {"recordId": None}, [], "x",
+], ids=["valid", "unknown status", "quantity a string", "section name and line", "record null", "array", "string"])
+def test_the_inlined_schema_judges_as_the_documents_references_do(body: Any) -> None:
+    # The check inlines the $refs once for speed; the document read through the registry must agree.
+    document = load_document()
+    registry = Registry().with_resource(_URI, DRAFT202012.create_resource(document))
+    by_reference = _Validator({"$ref": _URI + "#/components/schemas/InvoiceCreate"}, registry=registry)
+    expected = sorted((list(e.absolute_path), e.message) for e in by_reference.iter_errors(body))
+    served = request_schemas()._validators["create-invoice"]
+    assert sorted((list(e.absolute_path), e.message) for e in served.iter_errors(body)) == expected
+    assert bool(expected) == (body is not INVOICE)
