@@ -52,10 +52,9 @@ Sandbox only
     /_sandbox/exchanges`` lists every API request and answer (``status`` null when the connection
     was closed without one), for contract tests.
 
-This module owns the dialect (hooks, routes, handlers); beside it: ``_coperniq_store`` (making
-the stored objects, a mixin), ``_coperniq_wire`` (JSON answers, timestamps, ids, paging),
-``_coperniq_quota`` (the daily quota, rate-limit headers, exchange recorder), ``coperniq_rules``
-and ``coperniq_refs`` (request validation).
+This module owns the dialect (hooks, routes, handlers); beside it: ``_coperniq_store`` (stored objects,
+a mixin), ``_coperniq_wire`` (JSON answers, timestamps, ids, paging), ``_coperniq_quota`` (quota, headers,
+recorder); request validation: ``coperniq_rules``, ``coperniq_refs`` first, then ``_coperniq_schema``.
 """
 
 from __future__ import annotations
@@ -69,6 +68,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from bulk.sandbox._coperniq_quota import quota_middleware, quota_options
+from bulk.sandbox._coperniq_schema import request_schemas
 from bulk.sandbox._coperniq_store import CoperniqStore
 from bulk.sandbox._coperniq_wire import json_response, paginate, path_id, utc_now
 from bulk.sandbox.config import SandboxConfig
@@ -79,7 +79,6 @@ from bulk.sandbox.core import Dialect, Problem
 from bulk.sandbox.durable import Table
 
 __all__ = ["CoperniqSandbox", "create_app"]
-
 
 
 def create_app(config: SandboxConfig) -> web.Application:
@@ -113,6 +112,7 @@ class CoperniqSandbox(CoperniqStore, Dialect):
         self.seed_accounts = [(str(t), None if i is None else int(i)) for t, i in options.get("seed_accounts") or ()]
         self.quota, self.quota_window = quota_options(options)
         self.recording = str(options.get("record_exchanges", "")).lower() in ("1", "true", "yes")
+        self.schemas = request_schemas()  # the document's request-body schemas: checked after the hand rules
         self.clear()
 
     # --- framework hooks ---------------------------------------------------------------
@@ -181,7 +181,6 @@ class CoperniqSandbox(CoperniqStore, Dialect):
 
         async def exchanges(request: web.Request) -> web.StreamResponse:
             return web.Response(body=orjson.dumps(self.exchanges), content_type="application/json")
-
         router.add_get("/_sandbox/exchanges", control_route(exchanges))
 
     # --- handlers ----------------------------------------------------------------------
@@ -226,6 +225,7 @@ class CoperniqSandbox(CoperniqStore, Dialect):
         try:
             new = validate_invoice(body, lambda i: i in self.accounts or i in self.projects,
                                    lambda i: i in self.catalog and not self.catalog[i]["isArchived"])
+            self.schemas.check("create-invoice", body)
         except Invalid as exc:
             return json_response({"message": exc.message, "field": exc.field}, 400)
         return json_response(self._commit(new), 201)
@@ -239,6 +239,7 @@ class CoperniqSandbox(CoperniqStore, Dialect):
         try:
             change = validate_update(body, old["status"],
                                      lambda i: i in self.catalog and not self.catalog[i]["isArchived"])
+            self.schemas.check("update-invoice", body)
         except Invalid as exc:
             return json_response({"message": exc.message, "field": exc.field}, 400)
         invoice = dict(old)
@@ -263,6 +264,7 @@ class CoperniqSandbox(CoperniqStore, Dialect):
             sku = fields["sku"]
             if sku is not None and any(i["sku"] == sku and not i["isArchived"] for i in self.catalog.values()):
                 raise Invalid("sku", f"an active catalog item already has the SKU {sku!r}")
+            self.schemas.check("create-catalog-item", body)
         except Invalid as exc:
             return json_response({"message": exc.message, "field": exc.field}, 400)
         return json_response(self._add_item(fields, utc_now()), 201)
@@ -272,6 +274,7 @@ class CoperniqSandbox(CoperniqStore, Dialect):
         try:
             match_by, strategy = match_query(request.query)
             fields = validate_account(body)
+            self.schemas.check("create-account", body)
         except Invalid as exc:
             return json_response({"message": exc.message, "field": exc.field}, 400)
         found = next((a for a in self.accounts.values() if fields[match_by] is not None

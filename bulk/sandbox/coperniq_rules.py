@@ -2,7 +2,8 @@
 
 Every rule cites the vendor's OpenAPI document (schemas ``InvoiceCreate``,
 ``InvoiceLineItemCreate``, ``InvoiceSection``) or the create-invoice page (seed 003). A 400
-names one field, like Coperniq's ``{message, code, field}``; the first problem found wins.
+names one field, like Coperniq's ``{message, code, field}``; the first problem found wins. What
+these rules let through is then checked against the document's own schema (``_coperniq_schema``).
 """
 
 from __future__ import annotations
