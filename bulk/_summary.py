@@ -1,4 +1,4 @@
-"""The job's ``summary.json``: one builder for a run (:class:`bulk.pipeline.Run`) and a merge
+"""The job's ``summary.json``: one builder for a run (:meth:`bulk._jobstate.JobState.summary`) and a merge
 of shards (:func:`bulk.merge.merge_runs`), so both documents have the same keys, meanings and
 rounding.
 

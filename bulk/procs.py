@@ -21,7 +21,8 @@ credentials included) from its stdin, never from argv or the environment. It die
 parent (Linux ``PR_SET_PDEATHSIG``), runs in its own session (a terminal's Ctrl-C reaches it
 once, through the parent), finishes its requests in flight on SIGINT/SIGTERM, and prints only
 why it stopped (its stderr is the parent's). A worker that dies, or stops on an error, stops
-the others gracefully and the run resumably (exit 3).
+the others gracefully and the run resumably (exit 3). This module is the parent's side; the
+worker's (the task, reading it, running the shard) is :mod:`bulk._procworker`.
 """
 
 from __future__ import annotations
@@ -29,13 +30,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ import anyio
 import orjson
 
 from . import _summary
+from ._procworker import WorkerTask, die_with_parent, read_task, run_worker
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
 from .existing import ON_EXISTING_KEY
@@ -56,31 +55,6 @@ from .targets.base import Target
 __all__ = ["WorkerTask", "die_with_parent", "job_processes", "read_task", "run_processes", "run_worker", "shard_dirs"]
 
 _EXITS_OF_A_RUN = {0, 1, 2, 3, 130}  # what a worker's Run can end with (bulk.cli's exit codes)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerTask:
-    """Everything a shard worker needs: its run's config and how to build its target."""
-
-    config: UploadConfig  # shard=K/N, out=<job>/shards/KofN, processes=1
-    target: str
-    base_url: str
-    credentials: Mapping[str, str]
-    options: Mapping[str, Any]
-    default_limits: Mapping[str, float]
-    parent_pid: int
-
-    def to_bytes(self) -> bytes:
-        fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(UploadConfig)}
-        config = {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}  # mappingproxy: no pickle
-        return pickle.dumps({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                             "config": config, "credentials": dict(self.credentials), "options": dict(self.options),
-                             "default_limits": dict(self.default_limits)})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> WorkerTask:
-        doc = pickle.loads(data)  # from our own parent, over a pipe only it holds
-        return cls(**{**doc, "config": UploadConfig(**doc["config"])})
 
 
 def shard_dirs(out: Path, n: int) -> list[Path]:
@@ -279,39 +253,3 @@ def _outcome(codes: list[int | None], first_bad: list[int], stopping: bool,
     records = summary.get("records", {})
     bad = records.get("rejected", 0) or records.get("failed", 0) or records.get("uncertain", 0)
     return (1 if bad else 0), summary, None
-
-
-# --- the worker side -------------------------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Linux: SIGKILL this process when the parent dies (a killed run leaves no worker sending)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
-def read_task() -> WorkerTask:
-    """The worker's task from stdin; exits at once if the parent died before the death signal was set."""
-    data = sys.stdin.buffer.read()
-    if not data:
-        os._exit(1)  # the parent died before handing over the task
-    task = WorkerTask.from_bytes(data)
-    if os.getppid() != task.parent_pid:
-        os._exit(1)
-    return task
-
-
-async def run_worker(task: WorkerTask) -> Any:
-    """One shard of the job: an ordinary run of the pipeline (the CLI reports its result)."""
-    from .pipeline import Run
-    from .targets import get_target
-
-    cls = get_target(task.target)
-    target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
-    target.default_limits = dict(task.default_limits)  # the parent's, as the CLI set it
-    return await Run(task.config, target, progress=None).execute()

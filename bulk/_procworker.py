@@ -1,0 +1,82 @@
+"""The worker side of ``bulk upload --processes N``: what one shard worker is handed and how it runs.
+
+The parent (:mod:`bulk.procs`) starts each worker with ``python -c`` and writes its
+:class:`WorkerTask` (typed settings, credentials included) to the worker's stdin, never to argv
+or the environment. The worker (``bulk.cli.worker_main``) first asks to die with its parent
+(:func:`die_with_parent`, Linux ``PR_SET_PDEATHSIG``: a killed run leaves no worker sending),
+reads its task (:func:`read_task`, exiting at once if the parent is already gone), and runs
+its shard as an ordinary :class:`~bulk.pipeline.Run` (:func:`run_worker`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import UploadConfig
+
+__all__ = ["WorkerTask", "die_with_parent", "read_task", "run_worker"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerTask:
+    """Everything a shard worker needs: its run's config and how to build its target."""
+
+    config: UploadConfig  # shard=K/N, out=<job>/shards/KofN, processes=1
+    target: str
+    base_url: str
+    credentials: Mapping[str, str]
+    options: Mapping[str, Any]
+    default_limits: Mapping[str, float]
+    parent_pid: int
+
+    def to_bytes(self) -> bytes:
+        fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(UploadConfig)}
+        config = {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}  # mappingproxy: no pickle
+        return pickle.dumps({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                             "config": config, "credentials": dict(self.credentials), "options": dict(self.options),
+                             "default_limits": dict(self.default_limits)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WorkerTask:
+        doc = pickle.loads(data)  # from our own parent, over a pipe only it holds
+        return cls(**{**doc, "config": UploadConfig(**doc["config"])})
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when the parent dies (a killed run leaves no worker sending)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def read_task() -> WorkerTask:
+    """The worker's task from stdin; exits at once if the parent died before the death signal was set."""
+    data = sys.stdin.buffer.read()
+    if not data:
+        os._exit(1)  # the parent died before handing over the task
+    task = WorkerTask.from_bytes(data)
+    if os.getppid() != task.parent_pid:
+        os._exit(1)
+    return task
+
+
+async def run_worker(task: WorkerTask) -> Any:
+    """One shard of the job: an ordinary run of the pipeline (the CLI reports its result)."""
+    from .pipeline import Run
+    from .targets import get_target
+
+    cls = get_target(task.target)
+    target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
+    target.default_limits = dict(task.default_limits)  # the parent's, as the CLI set it
+    return await Run(task.config, target, progress=None).execute()
