@@ -149,6 +149,13 @@ class StateStore:
             raise OutputError(f"cannot open the resume file {self.path}: {exc}") from None
         self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._cache_size = cache_size
+        #: id hash -> first line, of the ids first seen since the last commit (written to
+        #: ``seen`` by :meth:`commit`, in the checkpoint's transaction: durable at the same
+        #: COMMIT as an INSERT per record was)
+        self._new_seen: dict[int, int] = {}
+        #: ``seen`` has rows to look in (false while it was empty at the start and nothing
+        #: was committed since: a fresh job's first checkpoint interval reads no table)
+        self._seen_rows = self._db.execute("SELECT 1 FROM seen LIMIT 1").fetchone() is not None
         #: ns -> called with (key, value) when a key of that ns is put for the first time (the
         #: run's created_refs.csv appender: it is written in the same checkpoint as the row)
         self.on_new: dict[str, Callable[[str, str], None]] = {}
@@ -174,8 +181,13 @@ class StateStore:
         """Write the checkpoint and every pending row in one durable transaction."""
         doc = checkpoint.to_json() if isinstance(checkpoint, Checkpoint) else checkpoint
         try:
+            if self._new_seen:
+                self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", self._new_seen.items())
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('checkpoint', ?)", (orjson.dumps(doc),))
             self._db.execute("COMMIT")
+            if self._new_seen:
+                self._seen_rows = True
+                self._new_seen.clear()
             self._db.execute("BEGIN")
         except sqlite3.Error as exc:
             raise OutputError(f"cannot write the resume file {self.path}: {exc}") from None
@@ -184,11 +196,15 @@ class StateStore:
     def first_line(self, external_id: str, line_no: int) -> int:
         """Record that ``external_id`` is used on ``line_no``; return the first line that used it."""
         h = id_hash(external_id)
-        cur = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (h, line_no))
-        if cur.rowcount:
-            return line_no
-        row = self._db.execute("SELECT line FROM seen WHERE h=?", (h,)).fetchone()
-        return int(row[0])
+        first = self._new_seen.get(h)
+        if first is not None:
+            return first
+        if self._seen_rows:
+            row = self._db.execute("SELECT line FROM seen WHERE h=?", (h,)).fetchone()
+            if row is not None:
+                return int(row[0])
+        self._new_seen[h] = line_no
+        return line_no
 
     # --- resolved lookups (customers, items...) ---------------------------------------
     def get(self, ns: str, key: str) -> str | None:

@@ -29,7 +29,7 @@ T = TypeVar("T")
 class Feed(Generic[T]):
     """Create inside the run (anyio events are bound to the running loop)."""
 
-    __slots__ = ("_closed", "_high", "_items", "_low", "_room", "_waiters")
+    __slots__ = ("_closed", "_event", "_high", "_items", "_low", "_room", "_waiters")
 
     def __init__(self, high: int, low: int | None = None) -> None:
         if high < 1:
@@ -40,6 +40,9 @@ class Feed(Generic[T]):
         self._closed = False
         self._room: anyio.Event | None = None  # the producer waits on it while the feed is full
         self._waiters: deque[anyio.Event] = deque()  # workers waiting for an item, oldest first
+        # The running backend's Event class, looked up once: anyio.Event() asks for the
+        # backend (get_async_backend) at every wait, a cost paid per record here.
+        self._event: type[anyio.Event] = type(anyio.Event())
 
     def __len__(self) -> int:
         return len(self._items)
@@ -49,7 +52,7 @@ class Feed(Generic[T]):
         if self._closed:
             raise anyio.ClosedResourceError
         while len(self._items) >= self._high:
-            self._room = room = anyio.Event()
+            self._room = room = self._event()
             await room.wait()
         self._items.append(item)
         self._wake_one()
@@ -66,7 +69,7 @@ class Feed(Generic[T]):
         while not items:
             if self._closed:
                 raise EndOfStream
-            ready = anyio.Event()
+            ready = self._event()
             self._waiters.append(ready)
             try:
                 await ready.wait()

@@ -35,6 +35,9 @@ class Tracker:
         self.offset, self.line = offset, line  # next unfinished byte / line number
         self._pending: deque[Entry] = deque()
         self._room = anyio.Event()
+        # the running backend's Event class, looked up once (anyio.Event() asks for the
+        # backend at every call, and the producer may wait once per record)
+        self._event: type[anyio.Event] = type(self._room)
         self._waiting = False  # the producer waits in wait_for_room: finish() must wake it
 
     def __len__(self) -> int:
@@ -64,7 +67,7 @@ class Tracker:
 
     async def wait_for_room(self, window: int) -> None:
         while len(self._pending) >= window:
-            self._room = anyio.Event()
+            self._room = self._event()
             self._waiting = True
             try:
                 await self._room.wait()

@@ -286,3 +286,21 @@ def test_upload_processes_and_shards_ship_their_histograms(tmp_path: Path) -> No
     assert m["requests"] == sum(p["requests"] for p in parts)
     _assert_consistent(m)
     assert _combined(merged).get_total_count() == m["requests"]
+
+
+def test_mid_run_summary_latency_is_cached_and_the_final_one_fresh() -> None:
+    """A checkpoint's summary (ended_at null) reuses percentiles up to LATENCY_REFRESH_S old;
+    an ended run's summary always counts every request."""
+    from bulk.measure import Measure
+    m = Measure()
+    m.latency.record("write", "invoice", 1000, 200)
+    mid: dict[str, Any] = {"ended_at": None}
+    m.add_to(mid)
+    assert mid["latency_ms"]["write"]["count"] == 1
+    m.latency.record("write", "invoice", 2000, 200)
+    m.add_to(mid)
+    assert mid["latency_ms"]["write"]["count"] == 1  # cached: a second later, not recomputed
+    final: dict[str, Any] = {"ended_at": "2026-12-01T00:00:00Z"}
+    m.add_to(final)
+    assert final["latency_ms"]["write"]["count"] == 2
+    assert final["status_codes"]["write"] == {"200": 2}
