@@ -98,7 +98,8 @@ class Measure:
         summary.json, rewritten every second) are at most :data:`LATENCY_REFRESH_S` old:
         computing them reads every histogram (~16M instructions for four of 5,000 requests),
         which a checkpoint a second made a large share of a run's CPU. A summary of an ended
-        run (the final checkpoint's, the one returned, a stop's) is always computed fresh."""
+        run (the final checkpoint's, the one returned, a stop's) is always computed fresh. A mid-run
+        summary's ``thresholds`` are judged on those same percentiles; the exit code, on the final."""
         summary["latency_ms"] = self._latency_now(final=summary.get("ended_at") is not None)
         summary["status_codes"] = self.latency.status_codes()
         summary["late_starts"] = self.late_starts

@@ -321,6 +321,8 @@ class RestartableSandbox(SandboxServer):
                 await self._stop.wait()
             finally:
                 await self._runner.cleanup()
+                for _ in range(3):  # closed connections release their sockets in the next iterations
+                    await asyncio.sleep(0)
 
         try:
             asyncio.run(run())
@@ -474,6 +476,8 @@ class ScriptedServer:
                 await self._stop.wait()
             finally:
                 await runner.cleanup()
+                for _ in range(3):  # closed connections release their sockets in the next iterations
+                    await asyncio.sleep(0)
 
         try:
             asyncio.run(run())

@@ -139,3 +139,19 @@ def test_the_inlined_schema_judges_as_the_documents_references_do(body: Any) -> 
     served = request_schemas()._validators["create-invoice"]
     assert sorted((list(e.absolute_path), e.message) for e in served.iter_errors(body)) == expected
     assert bool(expected) == (body is not INVOICE)
+
+
+def test_a_category_both_lists_hold_and_a_whole_decimal_integer_pass() -> None:
+    """The document's text allows OTHER for a product and a service (it is in both enums of a
+    ``oneOf``); 2.0 is an integer in Draft 2020-12. A value in neither list is refused, briefly."""
+    schemas = request_schemas()
+    for kind in ("PRODUCT", "SERVICE"):
+        schemas.check("create-catalog-item", {"name": "x", "type": kind, "category": "OTHER", "cost": 0, "price": 1})
+    with pytest.raises(Invalid) as refused:
+        schemas.check("create-catalog-item",
+                      {"name": "x", "type": "PRODUCT", "category": "NOPE", "cost": 0, "price": 1})
+    assert refused.value.field == "category" and len(str(refused.value)) < 200, str(refused.value)
+    body = {**INVOICE, "sections": [{"id": Decimal("2.0"), "lineItems": [LINE2]}]}
+    schemas.check("create-invoice", body)
+    with pytest.raises(Invalid):
+        schemas.check("create-invoice", {**INVOICE, "sections": [{"id": Decimal("2.5"), "lineItems": [LINE2]}]})

@@ -53,7 +53,13 @@ def _is_number(checker: Any, instance: Any) -> bool:
     return not isinstance(instance, bool) and isinstance(instance, int | float | Decimal)
 
 
-_NUMBERS = Draft202012Validator.TYPE_CHECKER.redefine("number", _is_number)
+def _is_integer(checker: Any, instance: Any) -> bool:
+    # Draft 2020-12: a number with a zero fractional part is an integer (2.0 arrives as Decimal)
+    return _is_number(checker, instance) and (not isinstance(instance, Decimal) or (
+        instance.is_finite() and instance == instance.to_integral_value()))
+
+
+_NUMBERS = Draft202012Validator.TYPE_CHECKER.redefine_many({"number": _is_number, "integer": _is_integer})
 _Validator = extend(Draft202012Validator, type_checker=_NUMBERS)  # type: ignore[no-untyped-call]  # stubs leave extend untyped
 
 
@@ -94,6 +100,27 @@ def _inline(node: Any, resolver: Resolver[Any], seen: tuple[str, ...] = ()) -> A
     return {"allOf": [target], **rest} if rest else target  # beside a $ref, keywords apply too (2020-12)
 
 
+def _enum_choices(node: Any) -> Any:
+    """``node`` with every ``oneOf`` of plain ``enum`` branches read as ``anyOf``. The document's
+    ``CatalogCategoryCode`` is ``oneOf: [ProductCategory, ServiceCategory]`` and its text says
+    "one of ProductCategory for a product, ServiceCategory for a service"; both lists hold
+    ``OTHER``, which a strict ``oneOf`` (exactly one branch) would refuse for either type."""
+    if isinstance(node, list):
+        return [_enum_choices(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _enum_choices(value) for key, value in node.items()}
+    branches = out.get("oneOf")
+    if isinstance(branches, list) and branches and all(isinstance(b, dict) and "enum" in b for b in branches):
+        out["anyOf"] = out.pop("oneOf")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = str(value) if isinstance(value, Decimal) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class RequestSchemas:
     """One validator per operation of :data:`OPERATIONS`, ``$ref``s resolved in the document."""
 
@@ -109,7 +136,7 @@ class RequestSchemas:
             if op.get("operationId") != operation:
                 raise ValueError(f"{method.upper()} {path} is {op.get('operationId')!r}, not {operation}")
             schema = op["requestBody"]["content"]["application/json"]["schema"]
-            self._validators[operation] = _Validator(_inline(schema, resolver), registry=registry)
+            self._validators[operation] = _Validator(_enum_choices(_inline(schema, resolver)), registry=registry)
 
     def check(self, operation: str, body: Any) -> None:
         """Raise :class:`~bulk.sandbox.coperniq_rules.Invalid` if ``body`` violates the
@@ -117,7 +144,9 @@ class RequestSchemas:
         error = best_match(self._validators[operation].iter_errors(body))
         if error is not None:
             field, message = _path(error.absolute_path), error.message
-            if isinstance(error.instance, Decimal) and message.startswith(repr(error.instance)):
+            if error.validator in ("enum", "oneOf", "anyOf"):  # jsonschema lists every choice: kBs of text
+                message = f"{_short(error.instance)} is not one of the values the schema allows"
+            elif isinstance(error.instance, Decimal) and message.startswith(repr(error.instance)):
                 message = str(error.instance) + message[len(repr(error.instance)):]  # the JSON text, not Python's
             raise Invalid(field, f"{field}: {message} (OpenAPI {operation} request body)")
 
