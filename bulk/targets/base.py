@@ -200,6 +200,21 @@ class Target(abc.ABC):
         requests in flight (the engine does not enforce it). Never sleep to pace or retry:
         ``job.send`` does both, and returns only a 2xx answer (``classify`` decides).
 
+        The one wait a target may make itself is a *settle* wait (an API with no idempotency
+        key): time for a request already on its way (a killed run's, a lost answer's attempt) to
+        land before the target looks for it, so the look-up does not miss what a resend would
+        duplicate. No engine hook says "not before T" (KeySpacer and QuotaGate count requests),
+        so it is the target's; there are two (``tests/test_target_contract.py`` checks it):
+
+        - anny, ``Calls.settled`` (``bulk.targets._anny_calls``): a record an earlier run may
+          have sent (``job.maybe_sent_before`` or resume progress) is not looked up before
+          ``--option settle`` seconds (default 2, at most 3600) have passed since this
+          process's first answer from anny: one deadline per process, paid once, by a resumed run.
+        - Coperniq, ``recover`` in ``CoperniqTarget._create``: after a create's answer was lost,
+          the invoice is looked up again, pausing 0.5 s doubling to 5 s between look-ups, for
+          up to ``--option settle`` seconds (default 10, at most 3600) before the engine sends
+          the create again; look-ups that fail go on within the engine's give-up time.
+
         Success: return :class:`Created` (``invoice_id`` is what ``id_map.csv`` writes;
         ``reported_gross``, the API's total, is checked against the money rule; ``existed`` /
         ``action`` when the invoice was found rather than made, see ``bulk.existing``).
