@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -22,6 +21,7 @@ from ..transport import Request
 from ._coperniq_invoices import Invoices
 from ._coperniq_quota import Send
 from .base import RunJob
+from .coperniq_existing import line_items
 from .coperniq_mapping import exact, external_id_of
 
 __all__ = ["REMOVED", "WATCH", "Sweep"]
@@ -168,17 +168,5 @@ class Sweep:
 
 def _content(invoice: dict[str, Any]) -> tuple[Any, ...]:
     """What ``bulk`` sent for an invoice, as the API keeps it: two copies of one create are equal."""
-    lines = sorted(
-        ((li.get("catalogItemId"), li.get("quantity"), _number(li.get("unitPrice")), _number(li.get("unitCost")),
-          li.get("description")) for li in invoice.get("lineItems") or []),
-        key=repr)
     return (invoice.get("description"), invoice.get("status"), (invoice.get("record") or {}).get("id"),
-            invoice.get("dueDate"), lines)
-
-
-def _number(value: Any) -> Decimal | None:
-    """A JSON number as an exact Decimal (1.50 == 1.5), None when absent or not a number."""
-    try:
-        return None if value is None or isinstance(value, bool) else Decimal(str(value))
-    except ArithmeticError:
-        return None
+            invoice.get("dueDate"), line_items(invoice.get("lineItems")))

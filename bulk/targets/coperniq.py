@@ -138,15 +138,15 @@ class CoperniqTarget(Target):
         self.create_items = "items" in self.create_missing
         # options only (no run state): check() uses it offline, before any run
         self._records = Records(record_map=self.record_map, lookup=self.lookup, create=self.create_accounts,
-                                send=self._send)
+                                send=self.send)
 
     def start_run(self) -> None:
         super().start_run()
         # this run's state (made afresh by every run; anyio primitives bound to its loop lazily)
         self._quota = Quota()
-        self._catalog = Catalog(send=self._send, default_item=self.default_item, create=self.create_items)
-        self._invoices = Invoices(self._send)
-        self._sweep = Sweep(send=self._send, invoices=self._invoices, mode=self.sweep)
+        self._catalog = Catalog(send=self.send, default_item=self.default_item, create=self.create_items)
+        self._invoices = Invoices(self.send)
+        self._sweep = Sweep(send=self.send, invoices=self._invoices, mode=self.sweep)
 
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self.credentials["COPERNIQ_API_KEY"], "Accept": "application/json"}
@@ -168,8 +168,11 @@ class CoperniqTarget(Target):
         self._quota.observe(reply)
         return super().classify(reply, stage)
 
-    async def _send(self, job: RunJob, req: Request, *, stage: str, recover: Recover | None = None) -> Reply:
-        """``job.send`` behind this run's quota gate (:meth:`Quota.send`): every part sends so."""
+    async def send(self, job: RunJob, req: Request, *, stage: str, recover: Recover | None = None) -> Reply:
+        """``job.send`` behind this run's quota gate (:meth:`Quota.send`), the one way every
+        Coperniq request goes out: the client's parts (records, catalog, invoices, sweep) and
+        ``bulk.targets.coperniq_existing`` send through it, never through ``job.send`` directly,
+        so no request escapes the daily quota. Inside the run only (the gate is run state)."""
         return await self._quota.send(job, req, stage=stage, recover=recover)
 
     # --- upload ----------------------------------------------------------------------------
@@ -228,7 +231,7 @@ class CoperniqTarget(Target):
             return Reply(200, {}, b"")
 
         try:
-            reply = await self._send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
+            reply = await self.send(job, Request("POST", "/invoices", json=invoice_body(record, record_id, items)),
                                      stage="invoice", recover=recover)
         except RecordRefused as exc:
             raise self._stale(record, exc, exc.field == "recordId" and "not found" in exc.api_message) from None

@@ -17,26 +17,33 @@ refuses (400, e.g. a paid invoice's lines), the record fails with its field and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from ..existing import settle
 from ..transport import Reply, Request
 from .base import Job
 
-__all__ = ["same_invoice", "settle_invoice", "update_body"]
+if TYPE_CHECKING:
+    from .coperniq import CoperniqTarget
+
+__all__ = ["line_items", "same_invoice", "settle_invoice", "update_body"]
 
 
-def _dec(value: Any) -> Decimal | None:
+def _number(value: Any) -> Decimal | None:
+    """A JSON number as an exact Decimal (1.50 == 1.5), None when absent or not a number."""
     try:
         return None if value is None or isinstance(value, bool) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
+    except (ArithmeticError, ValueError):
         return None
 
 
-def _lines(lines: Any) -> list[tuple[Any, ...]]:
-    return sorted(((li.get("catalogItemId"), li.get("quantity"), _dec(li.get("unitPrice")), _dec(li.get("unitCost")),
-                    li.get("description")) for li in lines or []), key=repr)
+def line_items(lines: Any) -> list[tuple[Any, ...]]:
+    """An invoice's ``lineItems`` (or a body's) as a comparable multiset: (catalog item, quantity,
+    unit price, unit cost, text) per line, amounts exact, in a fixed order. Two invoices hold
+    the same lines exactly when these are equal (also the sweep's test for a copy)."""
+    return sorted(((li.get("catalogItemId"), li.get("quantity"), _number(li.get("unitPrice")),
+                    _number(li.get("unitCost")), li.get("description")) for li in lines or []), key=repr)
 
 
 def same_invoice(invoice: Any, body: dict[str, Any]) -> bool:
@@ -46,7 +53,7 @@ def same_invoice(invoice: Any, body: dict[str, Any]) -> bool:
         return False
     if body.get("dueDate") is not None and not _same_time(invoice.get("dueDate"), body["dueDate"]):
         return False
-    return _lines(invoice.get("lineItems")) == _lines(body["lineItems"])
+    return line_items(invoice.get("lineItems")) == line_items(body["lineItems"])
 
 
 def _same_time(have: Any, want: str) -> bool:
@@ -63,7 +70,7 @@ def update_body(invoice: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]
     return patch
 
 
-async def settle_invoice(target: Any, job: Job, invoice: dict[str, Any], body: dict[str, Any],
+async def settle_invoice(target: CoperniqTarget, job: Job, invoice: dict[str, Any], body: dict[str, Any],
                          *, ours: bool, parse: Callable[[Reply], Any]) -> tuple[str, dict[str, Any]]:
     """The ID map action for the existing ``invoice``, and the invoice as it now is (``parse``
     reads an answer with exact numbers)."""
@@ -71,8 +78,8 @@ async def settle_invoice(target: Any, job: Job, invoice: dict[str, Any], body: d
 
     async def update() -> bool:
         nonlocal now
-        reply = await target._send(job, Request("PATCH", f"/invoices/{invoice['id']}",
-                                                json=update_body(invoice, body)), stage="update")
+        reply = await target.send(job, Request("PATCH", f"/invoices/{invoice['id']}",
+                                               json=update_body(invoice, body)), stage="update")
         now = parse(reply)
         return same_invoice(now, body)
 
