@@ -45,6 +45,8 @@ class ChargeOverObjects:
     tax_percent: Decimal
 
     def dispatch(self, method: str, segments: list[str], query: Mapping[str, str], body: Any) -> Answer:
+        if segments[:1] == ["invoice"] and segments[2:] == ["_action", "void"] and len(segments) == 4:
+            return self._void_invoice(segments[1]) if method == "POST" else error(405, "Method not allowed.")
         if not segments or segments[0] not in self.store or len(segments) > 2:
             return error(404, "Not found.")
         resource = segments[0]
@@ -133,8 +135,7 @@ class ChargeOverObjects:
         if not isinstance(body, dict):
             raise Invalid("invoice: must be a JSON object")
         if obj.get("invoice_status_state") == "c":
-            raise Invalid(f"Invoice {obj['invoice_id']} is {obj['invoice_status_str']}: a closed invoice cannot "
-                          "be changed.")
+            raise Invalid(_closed(obj, "changed"))
         full = dict(body)
         if not any(k in body for k in ("customer_id", "customer_token", "customer_external_key")):
             full["customer_id"] = obj["customer_id"]
@@ -156,10 +157,9 @@ class ChargeOverObjects:
         new["currency_iso4217"] = code
         if "line_items" in body:
             new["line_items"] = self._lines(fields["line_items"], code)
-        subtotal = round_money(sum((line["line_subtotal"] for line in new["line_items"]), Decimal(0)), code)
-        taxes = round_money(_CTX.divide(_CTX.multiply(subtotal, self.tax_percent), Decimal(100)), code)
+        subtotal, taxes, total = self._totals(new["line_items"], code)
         paid = obj["total"] - obj["balance"]
-        new.update(subtotal=subtotal, taxes=taxes, total=subtotal + taxes, balance=subtotal + taxes - paid)
+        new.update(subtotal=subtotal, taxes=taxes, total=total, balance=total - paid)
         if key is not None and key != obj.get("external_key"):
             if obj.get("external_key") is not None:
                 del self.keys["invoice"][obj["external_key"]]
@@ -168,6 +168,8 @@ class ChargeOverObjects:
         return 202, envelope(202, {"id": obj["invoice_id"]}), f"{PREFIX}/invoice/{obj['invoice_id']}"
 
     def _lines(self, raw: list[dict[str, Any]], code: str) -> list[dict[str, Any]]:
+        """The stored lines of validated ``raw`` lines: each gets a new ``line_item_id`` and its
+        ``line_subtotal`` (rate x quantity, rounded half up to the currency's minor unit)."""
         lines = []
         for line in raw:
             amount = line_totals(line["line_quantity"], line["line_rate"], Decimal(0),
@@ -177,6 +179,13 @@ class ChargeOverObjects:
                           "line_quantity": line["line_quantity"].normalize(), "line_subtotal": amount})
         return lines
 
+    def _totals(self, lines: list[dict[str, Any]], code: str) -> tuple[Decimal, Decimal, Decimal]:
+        """``(subtotal, taxes, total)`` of stored lines: the sum of their subtotals, the account's
+        tax on it (both rounded to the currency's minor unit), and their sum."""
+        subtotal = round_money(sum((line["line_subtotal"] for line in lines), Decimal(0)), code)
+        taxes = round_money(_CTX.divide(_CTX.multiply(subtotal, self.tax_percent), Decimal(100)), code)
+        return subtotal, taxes, subtotal + taxes
+
     def _create_invoice(self, body: Any) -> Answer:
         fields = validate_invoice(
             body, customer=self._customer_ref, currency_exists=self.store["currency"].__contains__,
@@ -184,18 +193,8 @@ class ChargeOverObjects:
         self._taken("invoice", fields["external_key"])
         currency_id = fields["currency_id"] or next(iter(self.store["currency"]))
         code = self.store["currency"][currency_id]["currency_iso4217"]
-        subtotal = Decimal(0)
-        lines = []
-        for line in fields.pop("line_items"):
-            amount = line_totals(line["line_quantity"], line["line_rate"], Decimal(0),
-                                 tax_inclusive=False, currency=code)[0]
-            subtotal += amount
-            self.line_ids += 1
-            lines.append({"line_item_id": self.line_ids, **line, "line_rate": line["line_rate"].normalize(),
-                          "line_quantity": line["line_quantity"].normalize(), "line_subtotal": amount})
-        subtotal = round_money(subtotal, code)
-        taxes = round_money(_CTX.divide(_CTX.multiply(subtotal, self.tax_percent), Decimal(100)), code)
-        total = subtotal + taxes
+        lines = self._lines(fields.pop("line_items"), code)
+        subtotal, taxes, total = self._totals(lines, code)
         obj = self._add("invoice", {
             **fields, "date": fields["date"] or datetime.now(UTC).date().isoformat(),
             "currency_id": currency_id, "currency_iso4217": code, "line_items": lines,
@@ -204,6 +203,25 @@ class ChargeOverObjects:
             "write_datetime": _now(),
         })
         return 201, envelope(201, {"id": obj["invoice_id"]}), f"{PREFIX}/invoice/{obj['invoice_id']}"
+
+
+    def _void_invoice(self, ref: str) -> Answer:
+        """``POST /invoice/{id}/_action/void`` (O-void): the invoice is closed (``closed-void``,
+        state ``c``) and its balance 0 -> 200 ``response: true``; a closed one -> 400."""
+        obj = self._find("invoice", ref)
+        if obj is None:
+            return error(404, "No such invoice.")
+        if obj.get("invoice_status_state") == "c":
+            return error(400, _closed(obj, "voided"))
+        self.store["invoice"][obj["invoice_id"]] = {  # a new value: the durable table saves it
+            **obj, "invoice_status_str": "closed-void", "invoice_status_state": "c", "is_void": True,
+            "balance": Decimal(0), "void_datetime": _now()}
+        return 200, envelope(200, True), None
+
+
+def _closed(obj: dict[str, Any], what: str) -> str:
+    return (f"invoice_status_str: Invoice {obj['invoice_id']} is {obj['invoice_status_str']}: a closed invoice "
+            f"cannot be {what}.")
 
 
 def _now() -> str:
