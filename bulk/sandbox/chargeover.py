@@ -48,8 +48,12 @@ Objects (``GET /api/v3/{customer|item|currency|invoice}/{ref}`` -> 200 | 404, ``
 ``PUT /api/v3/invoice/{id}`` (O-http: 202 + ``Location``; also inside ``_bulk``): the create's
     fields and rules; the fields sent replace the stored ones, ``line_items`` replaces every
     line, what is not sent stays; the external key stays unique; a closed invoice (paid or
-    void, ``invoice_status_state`` ``c``) -> 400 ``... a closed invoice cannot be changed.``;
-    unknown id -> 404.
+    void, ``invoice_status_state`` ``c``) -> 400 ``invoice_status_str: Invoice N is closed-void:
+    a closed invoice cannot be changed.``; unknown id -> 404.
+``POST /api/v3/invoice/{id}/_action/void`` (O-void): ``invoice_status_str`` ``closed-void``,
+    ``invoice_status_state`` ``c``, ``is_void`` true, ``void_datetime``, balance 0 -> 200
+    ``response: true``; an invoice closed already -> 400; unknown id -> 404. (Payments are not
+    modelled: a void is the sandbox's one way to close an invoice.)
 ``POST /api/v3/_bulk`` (O-bulk) a list of at most 25 ``{request_method: GET|POST|PUT, uri:
     "/api/v3/...", payload}``, handled in order -> 200 ``response: {"_bulk": [{code, status,
     message, response}, ...]}`` (the ``_bulk`` key as the SDK's example reads it), one per
