@@ -18,17 +18,30 @@ from ..errors import AbortRun, BulkError, RecordError, RecordRefused
 from ..records import Record
 from ._anny_calls import Calls
 from ._anny_wire import Invoice, ItemKey, exact, item_attributes, line_key, match_items, resource
+from .anny_existing import remove_items
 from .base import Job
 
 __all__ = ["add_items", "transition", "unchanged", "verified"]
 
+_REMOVALS = 3  # rounds of deleting late items before a draft counts as not settling
 
-async def verified(calls: Calls, record: Record, job: Job, invoice_id: str) -> Invoice:
-    """Step 2: a fresh read of the invoice, whose items must be exactly the record's lines."""
-    invoice = await calls.get_invoice(job, invoice_id)
-    if invoice is None:
-        raise RecordError(f"invoice {record.external_id!r} ({invoice_id}) is gone from anny", stage="item")
-    done, strangers = match_items([line_key(line) for line in record.lines], invoice.items)
+
+async def verified(calls: Calls, record: Record, job: Job, invoice_id: str, *, remove: bool = False) -> Invoice:
+    """Step 2: a fresh read of the invoice, whose items must be exactly the record's lines.
+
+    ``remove`` (``--on-existing update``, whose update deletes items already): an item beyond
+    the lines (a killed run's request delivered late) is deleted and the draft read again, up
+    to :data:`_REMOVALS` times (a dead run has only so many requests on their way); else, or
+    when items keep landing, the record fails and the draft stays as it is."""
+    keys = [line_key(line) for line in record.lines]
+    invoice = await _read(calls, record, job, invoice_id)
+    done, strangers = match_items(keys, invoice.items)
+    for _ in range(_REMOVALS if remove else 0):
+        if not strangers:
+            break
+        await remove_items(calls, job, strangers)
+        invoice = await _read(calls, record, job, invoice_id)
+        done, strangers = match_items(keys, invoice.items)
     if strangers:
         raise RecordError(
             f"invoice {record.external_id!r} at anny ({invoice.id}) has {len(strangers)} item(s) beyond the "
@@ -38,6 +51,13 @@ async def verified(calls: Calls, record: Record, job: Job, invoice_id: str) -> I
     if len(done) != len(record.lines) or len(invoice.items) != len(invoice.item_ids or invoice.items):
         raise RecordError(f"invoice {record.external_id!r} at anny ({invoice.id}) holds {len(done)} of the "
                           f"record's {len(record.lines)} lines after they were created", stage="item")
+    return invoice
+
+
+async def _read(calls: Calls, record: Record, job: Job, invoice_id: str) -> Invoice:
+    invoice = await calls.get_invoice(job, invoice_id)
+    if invoice is None:
+        raise RecordError(f"invoice {record.external_id!r} ({invoice_id}) is gone from anny", stage="item")
     return invoice
 
 

@@ -44,7 +44,8 @@ be avoided or detected, never undone. Hence, in this order:
    the next two steps make sure it never yields a wrong invoice counted as created.
 2. *Verify the draft right before it is sent* (and before a draft record is reported): one
    read; its items must be exactly the record's lines as a multiset. Extra items -> the
-   record fails (``stage=item``) and the invoice stays an unsent draft, to be fixed in anny.
+   record fails (``stage=item``), the draft unsent; with ``--on-existing update`` they are
+   deleted first, as the update deletes items, and the draft read again (``_anny_items``).
 3. *Check the transition's answer*: ``send`` and ``set-paid`` answer the invoice with its
    item ids; an id that was not in the verified set means an item landed between the check
    and the send. The invoice is then sent and wrong: the record fails with that reason and
@@ -270,7 +271,7 @@ class AnnyTarget(Target):
         p["invoice"] = invoice.id
         await add_items(self.calls, record, job, invoice)
         if invoice.status == "draft":  # step 2: what is sent (or reported) is exactly the record
-            invoice = await verified(self.calls, record, job, invoice.id)
+            invoice = await verified(self.calls, record, job, invoice.id, remove=self.on_existing == "update")
         items = invoice.known_ids()
         wanted = record.status
         if wanted in ("sent", "paid") and invoice.status == "draft":

@@ -19,19 +19,20 @@ with its status and message, and nothing was changed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RecordRefused
 from ..existing import UPDATING, settle
 from ..records import Record
+from ._anny_calls import Calls
 from ._anny_wire import Invoice
-from .base import Job
+from .base import Job, RunJob
 
 if TYPE_CHECKING:
     from .anny import AnnyTarget
 
-__all__ = ["UPDATABLE", "changed_attributes", "settle_invoice"]
+__all__ = ["UPDATABLE", "changed_attributes", "remove_items", "settle_invoice", "update_begun"]
 
 _RANK = {"draft": 0, "sent": 1, "paid": 2}
 UPDATABLE = ("notes", "issued_at", "due_date", "vat_number", "invoicing_party")
@@ -62,12 +63,7 @@ async def settle_invoice(target: AnnyTarget, job: Job, record: Record, invoice: 
         if patch:
             body = {"data": {"type": "invoices", "id": invoice.id, "attributes": patch}}
             await calls.send(job, calls.req("PATCH", f"/invoices/{invoice.id}", body=body), "update")
-        for item_id in strangers:
-            try:
-                await calls.send(job, calls.req("DELETE", f"/items/{item_id}"), "update")
-            except RecordRefused as exc:
-                if exc.status != 404:  # 404: gone already (our earlier DELETE, its answer lost)
-                    raise
+        await remove_items(calls, job, strangers)
         again = await reread()
         if again is None:
             raise RecordRefused(404, f"invoice {invoice.id} is gone from anny", stage="update")
@@ -78,6 +74,17 @@ async def settle_invoice(target: AnnyTarget, job: Job, record: Record, invoice: 
                           how=f"number {record.external_id!r}", same=same, ours=ours, update=update,
                           field="number")
     return action, now
+
+
+async def remove_items(calls: Calls, job: RunJob, item_ids: Iterable[str]) -> None:
+    """``DELETE /items/{id}`` for each item, one after another; a 404 means gone already (our
+    earlier DELETE, its answer lost)."""
+    for item_id in item_ids:
+        try:
+            await calls.send(job, calls.req("DELETE", f"/items/{item_id}"), "update")
+        except RecordRefused as exc:
+            if exc.status != 404:
+                raise
 
 
 def update_begun(job: Job, invoice_id: str) -> bool:
