@@ -281,6 +281,38 @@ def run_until(sb: SandboxServer, args: list[str], *, created: int,
     return proc.returncode, stderr
 
 
+@dataclass
+class Killed:
+    """What :func:`kill_when` did: ``landed`` when the run was SIGKILLed mid-run (else it had
+    ended on its own first), its exit code and stderr."""
+
+    landed: bool
+    returncode: int
+    stderr: str
+
+
+def kill_when(sb: SandboxServer, args: list[str], ready: Callable[[], bool], *, what: str, timeout: float = 60,
+              must_land: bool = True) -> Killed:
+    """Start the CLI with ``args`` and SIGKILL it as soon as ``ready()`` holds: a moment made by
+    progress (a request held or gated at the proxy, rows or requests counted), never by wall
+    clock. Fails the test when ``ready()`` does not hold within ``timeout`` seconds and, with
+    ``must_land``, when the run ended on its own before it (the kill then proves nothing).
+    The run is reaped either way; what the killed run sent may still be on its way (drain the
+    proxy, release its holds or drop its gates after this)."""
+    proc = start_cli(args, sb.env)
+    try:
+        wait_until(lambda: proc.poll() is not None or ready(), timeout=timeout, interval=0.005, what=what)
+        landed = proc.poll() is None
+        if landed:
+            proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    if must_land:
+        assert landed, f"the run ended (exit {proc.returncode}) before {what}: {stderr}"
+    return Killed(landed, proc.returncode, stderr)
+
+
 def resume_to_the_end(sb: SandboxServer, args: list[str], out: Path, records: list[Record]) -> None:
     """The same command again finishes (exit 0) with every record created exactly once."""
     done = cli(args, sb.env)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
 import sqlite3
 import urllib.request
 from pathlib import Path
@@ -27,10 +26,9 @@ from harness import (
     SandboxServer,
     cli,
     in_flight,
+    kill_when,
     read_id_map,
     read_reasons,
-    start_cli,
-    stop,
     summary,
     support,
     upload_args,
@@ -142,15 +140,8 @@ def test_a_cached_customer_the_api_no_longer_knows_is_resolved_again(target: str
         # The first run's invoice creates stop at the gate: it cannot end (it waits for that
         # answer), and none of them reaches the server, before or after the kill.
         gate = proxy.gate(_creates_an_invoice)
-        proc = start_cli(args, sb.env)
-        try:
-            wait_until(lambda: proc.poll() is not None or (gate.reached.is_set() and _resolved(out, ns)),
-                       timeout=60, interval=0.005, what="an invoice create at the gate, the customer checkpointed")
-            assert proc.poll() is None, f"the run ended before the kill: {proc.communicate(timeout=30)}"
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        finally:
-            stop(proc)
+        kill_when(sb, args, lambda: gate.reached.is_set() and bool(_resolved(out, ns)),
+                  what="an invoice create at the gate, the customer checkpointed")
         gate.drop()
         proxy.drain()  # everything the killed run sent has landed (or was dropped)
         wait_until(lambda: in_flight(sb) == 0, timeout=30, what="no request in flight at the sandbox")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -26,12 +25,11 @@ from harness import (
     cli,
     client_env,
     kill_until_done,
+    kill_when,
     no_duplicates,
     start_cli,
-    stop,
     summary,
     support,
-    wait_until,
 )
 from hostile_proxy import HostileProxy
 
@@ -333,15 +331,7 @@ def test_a_create_answered_just_before_a_kill_is_listed_once(target: str, tmp_pa
         command = args(target, proxy.base_url, path, out, "--concurrency", "1", "--checkpoint-every", "3600",
                        *creating(target), *more)
         hold = proxy.hold_next_after(lambda method, p, _: method == "POST" and p.endswith(REF_CREATE_PATHS[target]))
-        proc = start_cli(command, sb.env)
-        try:
-            wait_until(lambda: hold.reached.is_set() or proc.poll() is not None, timeout=90, interval=0.005,
-                       what="the request after a reference create")
-            assert proc.poll() is None, proc.communicate()[1]
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        finally:
-            stop(proc)
+        kill_when(sb, command, hold.reached.is_set, timeout=90, what="the request after a reference create")
         hold.release()
         proxy.drain()
         before = made(target, sb.state())

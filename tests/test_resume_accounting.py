@@ -35,11 +35,11 @@ from harness import (
     assert_exactly_once,
     assert_outputs_whole,
     expected_totals,
+    kill_when,
     start_cli,
     stop,
     summary,
     upload_args,
-    wait_until,
     write_input,
 )
 
@@ -115,24 +115,15 @@ def assert_described_at_most_once(out: Path, records: list[Record], n_lines: int
 
 def _kill_on_progress(sb: SandboxServer, out: Path, args: list[str], rng: random.Random) -> bool:
     """Start a run and SIGKILL it at a progress-triggered moment; True when the kill landed."""
-    proc = start_cli(args, sb.env)
-    try:
-        if rng.random() < 0.5:
-            goal = _id_map_rows(out) + rng.randint(3, 40)  # rows flushed by a checkpoint
-            wait_until(lambda: proc.poll() is not None or _id_map_rows(out) >= goal, timeout=60, interval=0.005,
-                       what="id_map rows")
-        else:
-            goal = _requests(sb) + rng.randint(5, 120)
-            wait_until(lambda: proc.poll() is not None or _requests(sb) >= goal, timeout=60, interval=0.005,
-                       what="requests at the sandbox")
-        landed = proc.poll() is None
-        if landed:
-            proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        stop(proc)
-    assert proc.returncode in (-signal.SIGKILL, 0, 1), err
-    return landed
+    if rng.random() < 0.5:
+        rows = _id_map_rows(out) + rng.randint(3, 40)  # rows flushed by a checkpoint
+        run = kill_when(sb, args, lambda: _id_map_rows(out) >= rows, what="id_map rows", must_land=False)
+    else:
+        requests = _requests(sb) + rng.randint(5, 120)
+        run = kill_when(sb, args, lambda: _requests(sb) >= requests, what="requests at the sandbox",
+                        must_land=False)
+    assert run.returncode in (-signal.SIGKILL, 0, 1), run.stderr
+    return run.landed
 
 
 @pytest.mark.parametrize("seed", [11, 12])
