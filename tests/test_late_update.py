@@ -49,13 +49,17 @@ def _docs() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     docs = [json.loads(line) for line in generate(N, seed=1501)]
     for d in docs:
         d["status"] = "draft"  # an invoice every API lets us change
+    return docs, _corrected(docs, Decimal("1.25"))
+
+
+def _corrected(docs: list[dict[str, Any]], by: Decimal) -> list[dict[str, Any]]:
     fixed = copy.deepcopy(docs)
     for n, i in enumerate(CORRECTED):
         first = fixed[i]["lines"][0]
-        first["unit_price"] = str(Decimal(str(first["unit_price"])) + Decimal("1.25"))
+        first["unit_price"] = str(Decimal(str(first["unit_price"])) + by)
         if n % 2:
             fixed[i]["lines"].append({**copy.deepcopy(first), "title": f"Correction {i}", "quantity": 2})
-    return docs, fixed
+    return fixed
 
 
 def _write(path: Path, docs: list[dict[str, Any]]) -> None:
@@ -98,3 +102,45 @@ def test_a_late_old_update_leaves_the_corrected_data_once(target: str, tmp_path:
     assert not read_reasons(tmp_path / "run2")
     r = summary(tmp_path / "run2")["records"]
     assert (r["failed"], r["uncertain"], r["rejected"], r["read"]) == (0, 0, 0, N), r
+
+
+@pytest.mark.parametrize("target", sorted(UPDATE))
+def test_a_late_update_of_an_older_correction_is_never_reported_as_the_newer(target: str, tmp_path: Path) -> None:
+    """The killed run carried correction A; the user corrects again (B, a new run directory)
+    and runs ``--on-existing update``; A's update lands right after B's own, before B's answer.
+    No client can stop a late write from landing, but bulk must never report B ``updated``
+    while the server holds A: either every invoice holds B when the run ends, or the record
+    fails ("run again to retry the update") and the same command run again leaves B."""
+    docs, fixed = _docs()
+    newer = _corrected(docs, Decimal("2.50"))
+    paths = [tmp_path / f"{name}.ndjson" for name in ("first", "a", "b")]
+    for path, content in zip(paths, (docs, fixed, newer), strict=True):
+        _write(path, content)
+    method, prefix = UPDATE[target]
+    s = support(target)
+    more = MORE.get(target, [])
+    with SandboxServer(target) as sb:
+        assert cli(upload_args(sb, paths[0], tmp_path / "run1", *more), sb.env).returncode == 0
+        proxy = LateProxy(sb.base_url, hold=lambda m, p, _: m == method and p.startswith(prefix), release="resend")
+        with ScriptedServer(proxy.respond) as front, contextlib.closing(proxy):
+            def command(src: Path, out: str) -> list[str]:
+                return [a if a != sb.base_url else front.base_url
+                        for a in upload_args(sb, src, tmp_path / out, "--on-existing", "update", "--concurrency", "1",
+                                             "--checkpoint-every", "0.02", *more)]
+
+            kill_when(sb, command(paths[1], "run2"), proxy.holding.is_set, what="an update held at the proxy")
+            runs = [cli(command(paths[2], "run3"), sb.env)]
+            assert proxy.held_answer is not None, "the held update was never delivered: the test proves nothing"
+            at_end = {inv["external_id"]: Counter(inv["items"]) for inv in s.audited(sb.state())}
+            if runs[0].returncode != 0:  # detected: the failed records go again (README: fix and re-feed)
+                runs.append(cli(command(tmp_path / "run3" / "failed.ndjson", "run4"), sb.env))
+            state = sb.state()
+    want = {d["external_id"]: Counter(s.record_items(d)) for d in newer}
+    if runs[0].returncode == 0:
+        stale = sorted(ext for ext in want if at_end[ext] != want[ext])
+        assert not stale, f"the run ended 0 but the server holds the older correction for {stale}"
+    else:
+        reasons = read_reasons(tmp_path / "run3")
+        assert reasons and all(r["stage"] == "update" and "run again" in r["message"] for r in reasons), reasons
+    assert runs[-1].returncode == 0, runs[-1].stderr
+    assert {inv["external_id"]: Counter(inv["items"]) for inv in s.audited(state)} == want

@@ -8,8 +8,9 @@ the daily quota). Compared with the create body: description, status, due date (
 record has one: ``dueDate`` cannot be cleared) and the line items as a multiset of catalog
 item, quantity, unit price, unit cost and text. The update is ONE ``PATCH /invoices/{id}``
 (OpenAPI ``update-invoice``, ``InvoiceUpdate``): ``lineItems`` (replacing them all),
-``description``, ``dueDate``, and ``status`` when it differs; its 200 answer is the invoice,
-compared again. A repeated PATCH sets the same content, so a lost answer is simply sent again
+``description``, ``dueDate``, and ``status`` when it differs; then the invoice is read
+(``GET /invoices/{id}``) and compared again (its 200 answer would not show a killed run's
+older PATCH landing after it). A repeated PATCH sets the same content, so a lost answer is simply sent again
 and a killed run's resumed run finds the invoice equal or not yet updated. Where Coperniq
 refuses (400, e.g. a paid invoice's lines), the record fails with its field and message.
 """
@@ -78,9 +79,11 @@ async def settle_invoice(target: CoperniqTarget, job: Job, invoice: dict[str, An
 
     async def update() -> bool:
         nonlocal now
-        reply = await target.send(job, Request("PATCH", f"/invoices/{invoice['id']}",
-                                               json=update_body(invoice, body)), stage="update")
-        now = parse(reply)
+        uri = f"/invoices/{invoice['id']}"
+        await target.send(job, Request("PATCH", uri, json=update_body(invoice, body)), stage="update")
+        # Read back, not the PATCH's answer: a killed run's older PATCH may land after ours,
+        # before our answer comes; the read then shows it and the record fails, to go again.
+        now = parse(await target.send(job, Request("GET", uri, kind="read"), stage="update"))
         return same_invoice(now, body)
 
     action = await settle(job, target.on_existing, target="Coperniq", invoice_id=str(invoice["id"]),
