@@ -76,6 +76,7 @@ async def settle(job: object, policy: str, *, target: str, invoice_id: str, how:
     progress[UPDATING] = invoice_id
     if not await update():
         raise RecordRefused(409, f"{target} invoice {invoice_id} was updated but does not read back equal to the "
-                            "record (changed at the same time by someone else?); run again to retry the update",
+                            "record (changed at the same time by someone else?); upload failed.ndjson again with "
+                            "--on-existing update to retry it",
                             stage="update", field=field)
     return "updated"

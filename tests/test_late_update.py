@@ -110,7 +110,7 @@ def test_a_late_update_of_an_older_correction_is_never_reported_as_the_newer(tar
     and runs ``--on-existing update``; A's update lands right after B's own, before B's answer.
     No client can stop a late write from landing, but bulk must never report B ``updated``
     while the server holds A: either every invoice holds B when the run ends, or the record
-    fails ("run again to retry the update") and the same command run again leaves B."""
+    fails ("upload failed.ndjson again with --on-existing update") and the same command run again leaves B."""
     docs, fixed = _docs()
     newer = _corrected(docs, Decimal("2.50"))
     paths = [tmp_path / f"{name}.ndjson" for name in ("first", "a", "b")]

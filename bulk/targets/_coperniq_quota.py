@@ -5,7 +5,7 @@ are noted (:meth:`Quota.observe`, from ``classify``); every request passes the e
 hook, a :class:`bulk.spacing.QuotaGate`, so the requests in flight stay within what is left and
 the run stops with :class:`~bulk.errors.QuotaExhausted` only once nothing is in flight (see
 "Limits" in ``bulk.targets.coperniq``). Every part of the Coperniq client sends through
-``CoperniqTarget._send`` (typed :class:`Send`), which is the running run's :meth:`Quota.send`,
+``CoperniqTarget.send`` (typed :class:`Send`), which is the running run's :meth:`Quota.send`,
 never through ``job.send`` directly.
 """
 
