@@ -34,7 +34,7 @@ process costs per invoice, load-independent::
 
     .venv/bin/python -m benchmarks.instructions --clients bulk --processes 1,2 --small 200 --large 1000
 
-``--keep DIR`` keeps the callgrind files of the ``--large`` runs there (for ``callgrind_annotate``).
+``--keep DIR`` keeps every run's callgrind files there (for ``callgrind_annotate``).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of --wall")
     p.add_argument("--no-callgrind", action="store_true", help="only the --wall check")
     p.add_argument("--processes", default="1", help="comma-separated --processes of bulk (e.g. 1,2)")
-    p.add_argument("--keep", type=Path, help="keep the --large runs' callgrind files in this directory")
+    p.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     args = p.parse_args()
     if args.wall:
         wall(args)
@@ -199,7 +199,7 @@ def main() -> int:
                 for n, path in inputs.items():
                     out = work / f"out-{name}-{n}"
                     for _ in range(args.repeat):
-                        keep = args.keep / f"{name}-{n}" if args.keep and n == args.large else None
+                        keep = args.keep / f"{name}-{n}" if args.keep else None
                         got = instructions(command(client, path, server.base_url, out, args.concurrency, n_procs),
                                            work, keep)
                         if n not in counts or got.total < counts[n].total:
