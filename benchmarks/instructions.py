@@ -25,6 +25,16 @@ each size R times and keeps the smallest count (the run the clock stretched leas
 ``bulk`` runs as ``bulk upload FILE --processes 1 --rate 1e9 --concurrency 64 --checkpoint-every 50``
 (see :func:`command`); the bare loop
 is ``benchmarks/clients/aiohttp_pool.py --uvloop``. Needs valgrind and nginx.
+
+``--processes 1,2`` measures ``bulk`` once per process count (clients ``bulk-p1``, ``bulk-p2``).
+callgrind follows the shard workers (``--trace-children=yes``, one output file per process), so
+a count is the sum over every process of the run, and it is split into the parent's share
+(start-up, supervision, the merge of the shards' outputs) and the workers': what a second
+process costs per invoice, load-independent::
+
+    .venv/bin/python -m benchmarks.instructions --clients bulk --processes 1,2 --small 200 --large 1000
+
+``--keep DIR`` keeps every run's callgrind files there (for ``callgrind_annotate``).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import servers
@@ -46,10 +57,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 
 
-def command(client: str, input_path: Path, base_url: str, out: Path, concurrency: int) -> list[str]:
+def command(client: str, input_path: Path, base_url: str, out: Path, concurrency: int,
+            processes: int = 1) -> list[str]:
     if client == "bulk":
         return [sys.executable, "-m", "bulk", "upload", str(input_path), "--base-url", base_url, "--quiet",
-                "--out", str(out), "--concurrency", str(concurrency), "--rate", "1e9", "--processes", "1",
+                "--out", str(out), "--concurrency", str(concurrency), "--rate", "1e9", "--processes", str(processes),
                 # callgrind runs ~50x slower: a checkpoint every 50 s of it is one a second
                 # natively, so the count holds the checkpoints a real run of that size makes.
                 "--checkpoint-every", "50"]
@@ -57,46 +69,98 @@ def command(client: str, input_path: Path, base_url: str, out: Path, concurrency
             "--out", str(out), "--token", TOKEN, "--concurrency", str(concurrency), "--uvloop"]
 
 
-def instructions(cmd: list[str], work: Path) -> tuple[int, float]:
-    """Instructions (callgrind's Ir) the command executed, all its threads, and its wall seconds."""
-    out = work / f"callgrind.{os.getpid()}.{len(list(work.iterdir()))}"
+@dataclass
+class Count:
+    """One run's instructions (callgrind's Ir): the process started (``parent``) and the
+    processes it started (``children``: the shard workers of ``--processes N``), summed."""
+
+    parent: int
+    children: int
+    processes: int
+    seconds: float
+
+    @property
+    def total(self) -> int:
+        return self.parent + self.children
+
+
+def instructions(cmd: list[str], work: Path, keep: Path | None = None) -> Count:
+    """Instructions the command executed, every thread of it and of every process it started,
+    and its wall seconds."""
+    runs = Path(tempfile.mkdtemp(prefix="cg-", dir=work))
     env = {**os.environ, "AGILED_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
-    proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--trace-children=yes",
+                           f"--callgrind-out-file={runs}/callgrind.%p", *cmd],
                           capture_output=True, env=env, cwd=ROOT)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{cmd[2:4]} exited {proc.returncode}: {proc.stderr.decode()[-800:]}")
-    match = re.search(rb"^(?:summary|totals): (\d+)", out.read_bytes(), re.M)
-    if match is None:
-        raise RuntimeError(f"no totals in {out}")
-    out.unlink()
-    return int(match[1]), time.monotonic() - t0
+    parent = children = processes = 0
+    for out in sorted(runs.iterdir()):
+        data = out.read_bytes()
+        match = re.search(rb"^(?:summary|totals): (\d+)", data, re.M)
+        if match is None:
+            raise RuntimeError(f"no totals in {out}")
+        processes += 1
+        cmdline = re.search(rb"^cmd: (.*)$", data, re.M)
+        if cmdline is not None and b" -c " in cmdline[1]:  # a shard worker (python -c ...)
+            children += int(match[1])
+        else:
+            parent += int(match[1])
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for out in runs.iterdir():
+            shutil.move(out, keep / out.name)
+    shutil.rmtree(runs)
+    return Count(parent, children, processes, time.monotonic() - t0)
 
 
 def wall(args: argparse.Namespace) -> None:
-    """Alternating wall-clock runs: bulk --processes 1 and the bare loop on uvloop."""
+    """Alternating wall-clock runs: bulk (each of ``--processes``) and the bare loop on uvloop;
+    with the server's (nginx's) CPU per invoice, what the 2-core model needs."""
     import statistics
 
     data = ROOT / "benchmarks" / "data"
     data.mkdir(exist_ok=True)
     path = make_input(data, args.wall)
     server = servers.start_nginx()
-    runs: dict[str, list[tuple[float, float]]] = {"bulk": [], "aiohttp-uvloop": []}
+    names: dict[str, tuple[str, tuple[str, ...]]] = {
+        f"bulk-p{n}": ("bulk", ("--rate", "1e9", "--processes", n)) for n in args.processes.split(",")}
+    names["aiohttp-uvloop"] = ("aiohttp-uvloop", ())
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in names}
     try:
         with tempfile.TemporaryDirectory(prefix="bulk-wall-") as tmp:
             for _ in range(args.rounds):
-                for name in runs:
-                    m = run_client(CLIENTS[name], path, server, concurrency=args.concurrency, work=Path(tmp),
-                                   bulk_args=("--rate", "1e9", "--processes", "1"))
-                    runs[name].append((m.rate, m.cpu / m.created * 1000))
-                    print(f"[wall] {name}: {m.rate:,.0f} invoices/s, {m.cpu / m.created * 1000:.3f} CPU s / 1k",
-                          flush=True)
+                for name, (client, extra) in names.items():
+                    m = run_client(CLIENTS[client], path, server, concurrency=args.concurrency, work=Path(tmp),
+                                   bulk_args=extra)
+                    per_k = 1000 / m.created
+                    runs[name].append((m.rate, m.cpu * per_k, (m.server_cpu or 0.0) * per_k))
+                    print(f"[wall] {name}: {m.rate:,.0f} invoices/s, {m.cpu * per_k:.3f} CPU s / 1k, "
+                          f"server {(m.server_cpu or 0.0) * per_k:.3f} CPU s / 1k", flush=True)
     finally:
         server.stop()
-    rate = {k: statistics.median(r for r, _ in v) for k, v in runs.items()}
-    cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
-    print(f"[wall] bulk --processes 1 / bare loop + uvloop: {rate['bulk'] / rate['aiohttp-uvloop']:.2f}x the "
-          f"invoices/s at {cpu['bulk'] / cpu['aiohttp-uvloop']:.2f}x the CPU per invoice (medians of {args.rounds})")
+    rate = {k: statistics.median(r for r, _, _ in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(c for _, c, _ in v) for k, v in runs.items()}
+    srv = {k: statistics.median(c for _, _, c in v) for k, v in runs.items()}
+    for name in names:
+        if name != "aiohttp-uvloop":
+            print(f"[wall] {name} / bare loop + uvloop: {rate[name] / rate['aiohttp-uvloop']:.2f}x the invoices/s "
+                  f"at {cpu[name] / cpu['aiohttp-uvloop']:.2f}x the CPU per invoice (medians of {args.rounds})")
+    print("[wall] nginx CPU s / 1k invoices (medians): " + ", ".join(f"{k} {v:.3f}" for k, v in srv.items()))
+    bare, nginx = cpu["aiohttp-uvloop"], srv["aiohttp-uvloop"]
+    print(f"[wall] 2-core ceilings from the CPU per invoice (1k invoices/s): bare loop "
+          f"min(1/{bare:.3f}, 2/({bare:.3f}+{nginx:.3f})) = {ceiling(bare, nginx, 1):.2f}; " + "; ".join(
+              f"{k} {ceiling(cpu[k], srv[k], int(k[6:])):.2f}" for k in names if k != "aiohttp-uvloop"))
+    print(f"[wall] N processes beat the bare loop on 2 cores below {2 * ceiling(bare, nginx, 1) ** -1 - nginx:.3f} "
+          "CPU s per 1k invoices, summed over the processes")
+
+
+def ceiling(c_client: float, c_server: float, processes: int, cores: int = 2) -> float:
+    """Invoices per unit time on ``cores`` cores, the server included, when the client's
+    ``processes`` (each one core at most) need ``c_client`` CPU per invoice summed and the
+    server ``c_server``: bound by the cores' total and by the processes' own cores."""
+    return min(min(processes, cores) / c_client, cores / (c_client + c_server))
 
 
 def main() -> int:
@@ -109,6 +173,8 @@ def main() -> int:
     p.add_argument("--wall", type=int, default=0, help="also a wall-clock side-by-side on this many invoices")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of --wall")
     p.add_argument("--no-callgrind", action="store_true", help="only the --wall check")
+    p.add_argument("--processes", default="1", help="comma-separated --processes of bulk (e.g. 1,2)")
+    p.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     args = p.parse_args()
     if args.wall:
         wall(args)
@@ -122,26 +188,43 @@ def main() -> int:
     inputs = {n: make_input(data, n) for n in (args.small, args.large)}
     server = servers.start_nginx()
     per: dict[str, float] = {}
+    runs = [(c, n) for c in args.clients.split(",") for n in (map(int, args.processes.split(","))
+                                                                if c == "bulk" else (1,))]
     try:
         with tempfile.TemporaryDirectory(prefix="bulk-instr-") as tmp:
             work = Path(tmp)
-            for client in args.clients.split(","):
-                counts, secs = {}, {}
+            for client, n_procs in runs:
+                name = client if client != "bulk" or args.processes == "1" else f"bulk-p{n_procs}"
+                counts: dict[int, Count] = {}
                 for n, path in inputs.items():
-                    out = work / f"out-{client}-{n}"
+                    out = work / f"out-{name}-{n}"
                     for _ in range(args.repeat):
-                        got = instructions(command(client, path, server.base_url, out, args.concurrency), work)
-                        if n not in counts or got[0] < counts[n]:
-                            counts[n], secs[n] = got
+                        keep = args.keep / f"{name}-{n}" if args.keep else None
+                        got = instructions(command(client, path, server.base_url, out, args.concurrency, n_procs),
+                                           work, keep)
+                        if n not in counts or got.total < counts[n].total:
+                            counts[n] = got
                         shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
-                per[client] = (counts[args.large] - counts[args.small]) / (args.large - args.small)
-                print(f"{client}: {counts[args.small]:,} Ir for {args.small} ({secs[args.small]:.0f} s), "
-                      f"{counts[args.large]:,} Ir for {args.large} ({secs[args.large]:.0f} s): "
-                      f"{per[client]:,.0f} instructions per invoice (marginal)", flush=True)
+                small, large = counts[args.small], counts[args.large]
+                per[name] = (large.total - small.total) / (args.large - args.small)
+                print(f"{name}: {small.total:,} Ir for {args.small} ({small.seconds:.0f} s), "
+                      f"{large.total:,} Ir for {args.large} ({large.seconds:.0f} s): "
+                      f"{per[name]:,.0f} instructions per invoice (marginal)", flush=True)
+                if large.processes > 1:
+                    parent = (large.parent - small.parent) / (args.large - args.small)
+                    print(f"{name}: {large.processes} processes; per invoice the parent {parent:,.0f}, the workers "
+                          f"{per[name] - parent:,.0f}; fixed: parent {small.parent:,} Ir, workers "
+                          f"{small.children:,} Ir at {args.small}", flush=True)
     finally:
         server.stop()
-    if "bare" in per and "bulk" in per:
-        print(f"bulk / bare loop: {per['bulk'] / per['bare']:.2f}x the instructions per invoice")
+    for name in per:
+        if name != "bare" and "bare" in per:
+            print(f"{name} / bare loop: {per[name] / per['bare']:.2f}x the instructions per invoice")
+    if "bulk-p1" in per:
+        for name in per:
+            if name.startswith("bulk-p") and name != "bulk-p1":
+                print(f"{name} / bulk-p1: {per[name] / per['bulk-p1']:.2f}x the instructions per invoice "
+                      f"(+{per[name] - per['bulk-p1']:,.0f})")
     return 0
 
 

@@ -140,9 +140,12 @@ class UploadConfig:
 
         ``--processes N`` gives N (at most ``--concurrency``, so each has a worker). ``auto``
         (0) gives 1 on every machine: a second process only pays where a measurement on the
-        machine shows it, and the one made (2 vCPUs, README "Processes") shows it does not;
-        each shard worker parses and dedupes the whole input, so N processes cost more CPU
-        per invoice than one. Pass ``--processes N`` where ``benchmarks/run.py`` shows a gain.
+        machine shows it, and the one made (2 vCPUs, README "Processes") shows it does not:
+        each shard worker parses and dedupes the whole input, so 2 processes execute 1.25-1.30x
+        the instructions per invoice of one (callgrind, ``benchmarks/instructions.py
+        --processes 1,2``), above the 1.93x the bare loop's at which two would beat it on two
+        cores shared with the server. Pass ``--processes N`` where ``benchmarks/run.py``
+        shows a gain.
         """
         if self.processes:
             return min(self.processes, self.concurrency)
