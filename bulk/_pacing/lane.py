@@ -36,6 +36,8 @@ CLIMB = 0.02
 CLIMB_EVERY = 0.1
 #: The lowest rate a cut goes to, as a share of R (the Retry-After pauses do the rest).
 FLOOR = 0.05
+#: The bucket's headroom beyond the burst, in requests (see Lane.__init__).
+EPS = 1e-6
 #: A limit at or above this many requests per second (``--rate 1e9``: "no limit") gets no
 #: lane: no client sends that fast, so it could never make a request wait, and skipping it
 #: takes the limiter's bookkeeping off every request. A 429 still pauses and narrows.
@@ -59,7 +61,12 @@ class Lane:
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
         self.burst = burst_for(rate) if burst is None else burst
-        self.limiter = AsyncLimiter(self.burst, self.burst / rate)
+        # EPS of headroom, at the same rate: on uvloop loop.time() is in whole ms, and elapsed x
+        # rate rounds to a hair under one request, so aiolimiter found the next waiter 1e-8
+        # short and re-armed a 0 ms timer (call_soon) every loop turn until the next ms: ~48
+        # wake-ups per request at R = 1,000, a busy loop. A bucket of burst + EPS still lets
+        # only ``burst`` go at once.
+        self.limiter = AsyncLimiter(self.burst + EPS, (self.burst + EPS) / rate)
         self.weight = 1.0
         self._climb_at = 0.0
 
