@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 from test_pacer import send_all
 
 from bulk.pacing import CLIMB_EVERY, Pacer
-from bulk.testing import run_virtual
+from bulk.testing import VirtualLoop, run_virtual
 
 
 def now() -> float:
@@ -137,3 +139,38 @@ def test_after_a_429_the_window_grows_back_by_demand_well_before_the_retry_after
     start = cut[0] + 3 * CLIMB_EVERY
     sent = [t for t in times if start <= t < start + 0.5]
     assert len(sent) >= 0.85 * 100 * 0.5  # at least 0.85 R (the cut rate is 0.9 R, climbing)
+
+
+class _MillisecondLoop(VirtualLoop):
+    """A virtual loop whose clock reads in whole ms, as uvloop's ``loop.time()`` does, and
+    that counts its turns (selects): a pacer that spins re-arms 0 ms timers without end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns = 0
+        select = self._selector.select  # type: ignore[attr-defined]
+
+        def counted(timeout: float | None = None) -> list[Any]:
+            self.turns += 1
+            if self.turns > 200_000:
+                raise RuntimeError("the pacer spins: 200,000 loop turns")
+            return select(timeout)
+
+        self._selector.select = counted  # type: ignore[attr-defined]
+
+    def time(self) -> float:
+        return math.floor(self.clock[0] * 1000) / 1000
+
+
+def test_the_pacer_does_not_spin_on_a_clock_in_whole_milliseconds() -> None:
+    # At 1,000/s on a clock in whole ms, elapsed x rate rounded to a hair under one request and
+    # aiolimiter re-armed its timer for ~1e-11 s every loop turn until the clock moved: on
+    # uvloop, a busy loop of ~40 wake-ups per request.
+    loop = _MillisecondLoop()
+
+    async def go() -> list[float]:
+        return await send_all(Pacer(limits={"*": 1000.0}, concurrency=16, give_up_after=600, max_wait=30), 300, 16)
+
+    times = anyio.run(go, backend_options={"loop_factory": lambda: loop})
+    assert len(times) == 300
+    assert loop.turns < 20 * 300
