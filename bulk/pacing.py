@@ -2,17 +2,19 @@
 
 - Rate: one :class:`Lane` per request kind (``read``/``write``) from the target's documented
   limits, or one ``"*"`` lane for ``--rate`` (a kind without a lane of its own takes the
-  ``"*"`` one, and both apply when there are both). A lane is an evenly spacing
+  ``"*"`` one, and both apply, at one instant, when there are both). A lane is an evenly spacing
   :class:`aiolimiter.AsyncLimiter` (:mod:`bulk._pacing.lane`).
 - A 429 adapts the pace instead of restarting everyone at once (AIMD). The request that got
   it waits its ``Retry-After`` and goes through the limiter again; the lanes' rate is cut
   (once per throttling episode: the answers to requests that were already on their way do
-  not cut again) and climbs back. When a request sent *after* the cut is throttled within
-  the episode (slowing down was not enough: a fixed window is spent, a quota), every worker
-  pauses until ``Retry-After`` (:mod:`bulk._pacing.pause`); a request that passed the limiter
+  not cut again) and climbs back from ``CLIMB_EVERY`` after the cut. When a request sent
+  *after* the cut is throttled within the episode and most answers to those were 429s
+  (slowing down was not enough: a fixed window is spent, a quota), every worker pauses until
+  ``Retry-After`` (:mod:`bulk._pacing.pause`); a sporadic one (a stall bunched the requests
+  in flight) cuts again instead. A request that passed the limiter
   while a pause began passes it again after the pause, so the paused workers never leave
   together: at most the (shrunk) burst goes at once.
-- The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a run paced by one lane
+- The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a paced run (any lanes)
   to what the pace needs (from the burst on, growing while the latency needs more), so a server that
   stalls and then stamps a whole batch with one clock reading never sees more than that; a
   new throttling episode caps them at half of those in flight then, growing back after it.
