@@ -241,12 +241,14 @@ def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Ca
                 m = run_client(c, inputs[c.name], server, concurrency=1 if c.name == "requests" else plan.concurrency,
                                work=work, bulk_args=plan.bulk_args)
                 if plan.counted_by_nginx:
-                    total, n429, span = server.answers(offset)
+                    total, n429, span, paced = server.answers(offset)
                     accepted = total - n429
                     m.extra.update({
                         "server_requests": total, "server_429": n429, "accepted": accepted,
                         # accepted requests per second at the server, first to last accepted one
                         "writes_per_s": (accepted - 1) / span if span > 0 else 0.0,
+                        # ... and the pace: without the last n429 accepted (a late 429's resend)
+                        "paced_per_s": (accepted - 1 - n429) / paced if paced > 0 else 0.0,
                     })
                 elif plan.rate is not None:
                     state = orjson.loads(servers.sandbox_call(server, "GET", "/_sandbox/state"))
@@ -296,6 +298,8 @@ def table(outcome: dict[str, Any], clients: list[Client]) -> list[str]:
         head = (f"| client | records | invoices/s | {what} (R = {plan.rate:g}) | × R | 429 answers | CPU s / 1k inv | "
                 "peak RSS MB |")
         sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+        if plan.scenario == "limit":  # and the pace without a late 429's resend (Server.answers)
+            head, sep = head + " × R, pace |", sep + "---:|"
     lines = [f"**{plan.title}** — server: {outcome['server']}", "", head, sep]
     for c in clients:
         ms = res.get(c.name, [])
@@ -308,8 +312,12 @@ def table(outcome: dict[str, Any], clients: list[Client]) -> list[str]:
             w = _median([m.extra["writes_per_s"] for m in ms])
             n429 = _median([m.extra["server_429"] for m in ms])
             total = _median([m.extra["server_requests"] for m in ms])
-            lines.append(f"| {c.label} | {ms[0].records:,} | {rate:,.0f} | {w:,.1f} | {w / plan.rate:.3f} | "
-                         f"{n429:,.0f} of {total:,.0f} ({n429 / total:.1%}) | {cpu_k:.2f} | {rss:.0f} |")
+            row = (f"| {c.label} | {ms[0].records:,} | {rate:,.0f} | {w:,.1f} | {w / plan.rate:.3f} | "
+                   f"{n429:,.0f} of {total:,.0f} ({n429 / total:.1%}) | {cpu_k:.2f} | {rss:.0f} |")
+            if plan.scenario == "limit":
+                paced = [m.extra["paced_per_s"] for m in ms if "paced_per_s" in m.extra]
+                row += f" {_median(paced) / plan.rate:.3f} |" if paced else " – |"
+            lines.append(row)
         else:
             scpu = [m.server_cpu / m.wall for m in ms if m.server_cpu is not None]
             ratio = f"{rate / ref:.2f}" if ref else "–"

@@ -101,12 +101,15 @@ class Server:
         path = self._tmp / "access.log"
         return path.stat().st_size if path.exists() else 0
 
-    def answers(self, offset: int) -> tuple[int, int, float]:
+    def answers(self, offset: int) -> tuple[int, int, float, float]:
         """From the access log of ``start_nginx_limited`` after ``offset``: (requests, answered
-        429, seconds from the first to the last accepted request)."""
+        429, seconds from the first to the last accepted request, and to the last accepted one
+        but as many as were answered 429). The last span is the pace without the tail a
+        throttled request's Retry-After adds: a 429 in the run's last second makes the run
+        wait up to that second for its one resend, which is not the pace."""
         assert self._tmp is not None
         total = throttled = 0
-        first = last = float("nan")
+        stamps: list[float] = []
         with open(self._tmp / "access.log", "rb") as log:
             log.seek(offset)
             for line in log:
@@ -115,10 +118,11 @@ class Server:
                 if status == b"429":
                     throttled += 1
                     continue
-                last = float(stamp)
-                if first != first:
-                    first = last
-        return total, throttled, last - first
+                stamps.append(float(stamp))
+        if not stamps:
+            return total, throttled, float("nan"), float("nan")
+        paced = stamps[max(0, len(stamps) - 1 - throttled)]
+        return total, throttled, stamps[-1] - stamps[0], paced - stamps[0]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -2,17 +2,19 @@
 
 - Rate: one :class:`Lane` per request kind (``read``/``write``) from the target's documented
   limits, or one ``"*"`` lane for ``--rate`` (a kind without a lane of its own takes the
-  ``"*"`` one, and both apply when there are both). A lane is an evenly spacing
+  ``"*"`` one, and both apply, at one instant, when there are both). A lane is an evenly spacing
   :class:`aiolimiter.AsyncLimiter` (:mod:`bulk._pacing.lane`).
 - A 429 adapts the pace instead of restarting everyone at once (AIMD). The request that got
   it waits its ``Retry-After`` and goes through the limiter again; the lanes' rate is cut
   (once per throttling episode: the answers to requests that were already on their way do
-  not cut again) and climbs back. When a request sent *after* the cut is throttled within
-  the episode (slowing down was not enough: a fixed window is spent, a quota), every worker
-  pauses until ``Retry-After`` (:mod:`bulk._pacing.pause`); a request that passed the limiter
+  not cut again) and climbs back from ``CLIMB_EVERY`` after the cut. When a request sent
+  *after* the cut is throttled within the episode and most answers to those were 429s
+  (slowing down was not enough: a fixed window is spent, a quota), every worker pauses until
+  ``Retry-After`` (:mod:`bulk._pacing.pause`); a sporadic one (a stall bunched the requests
+  in flight) cuts again instead. A request that passed the limiter
   while a pause began passes it again after the pause, so the paused workers never leave
   together: at most the (shrunk) burst goes at once.
-- The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a run paced by one lane
+- The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a paced run (any lanes)
   to what the pace needs (from the burst on, growing while the latency needs more), so a server that
   stalls and then stamps a whole batch with one clock reading never sees more than that; a
   new throttling episode caps them at half of those in flight then, growing back after it.
@@ -37,7 +39,18 @@ import anyio
 
 from ._pacing.headers import parse_rate_limit_reset, parse_retry_after
 from ._pacing.health import Backoff, Health
-from ._pacing.lane import BURST_SECONDS, CLIMB, CLIMB_EVERY, CUT, FLOOR, MAX_BURST, UNBOUNDED, Lane, burst_for
+from ._pacing.lane import (
+    BURST_SECONDS,
+    CLIMB,
+    CLIMB_EVERY,
+    CUT,
+    FLOOR,
+    MAX_BURST,
+    UNBOUNDED,
+    Lane,
+    acquire_together,
+    burst_for,
+)
 from ._pacing.pause import Pause
 from ._pacing.window import Window
 
@@ -69,16 +82,18 @@ class Pacer(Health):
         self._loop = asyncio.get_running_loop()
         self._hold = Pause(self._loop, max_wait)
         self.concurrency = concurrency
-        # In flight: what the pace needs (a run paced by one lane, from its burst on), and fewer
-        # after a 429. Not yet with composed lanes: a request that waits for the second lane
-        # after taking the first leaves later than its slot there, and a window that
-        # serializes the workers makes the next one catch it up (a pre-existing limit of the
-        # composition, exposed by test_kind_and_shared_limits_compose).
-        start = next(iter(self._lanes.values())).burst if len(self._lanes) == 1 else None
+        # The lanes each kind passes, at one instant (acquire_together): its own and the "*" one.
+        self._routes: dict[str, tuple[Lane, ...]] = {}
+        # In flight: what the pace needs (a paced run, from the smallest burst on), and fewer
+        # after a 429.
+        start = min(lane.burst for lane in self._lanes.values()) if self._lanes else None
         self._window = Window(concurrency, start)
         self._inflight = 0
         self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
         self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
+        # Answers to requests sent since the cut, and how many of those were 429s: mostly 429s
+        # means the limit is spent (pause everyone); a few is jitter (cut again).
+        self._answered = self._refused = 0
 
     @property
     def max_wait(self) -> float:
@@ -86,6 +101,13 @@ class Pacer(Health):
 
     def lane(self, kind: str) -> Lane | None:
         return self._lanes.get(kind, self._shared)
+
+    def _route(self, kind: str) -> tuple[Lane, ...]:
+        lane = self._lanes.get(kind, self._shared)
+        route = () if lane is None else (lane,) if lane is self._shared or self._shared is None \
+            else (lane, self._shared)
+        self._routes[kind] = route
+        return route
 
     def slot(self, kind: str) -> _Slot:
         """Hold one of the run's request slots, after any pause and the rate limit.
@@ -105,16 +127,15 @@ class Pacer(Health):
         try:
             if self._window.limiter is not None:
                 slot.window = await self._window.enter(slot, self._loop.time())
-            lane = self._lanes.get(kind, self._shared)
-            shared = self._shared if lane is not self._shared else None
+            lanes = self._routes.get(kind) or self._route(kind)
             hold = self._hold
             while True:
                 while hold.event is not None:
                     await hold.event.wait()
-                if lane is not None:
-                    await lane.acquire(self._loop.time())
-                if shared is not None:
-                    await shared.acquire(self._loop.time())
+                if len(lanes) == 1:
+                    await lanes[0].acquire(self._loop.time())
+                elif lanes:
+                    await acquire_together(lanes, self._loop.time())
                 if hold.event is None:
                     return
                 # A pause began while we waited for the limiter: take the limiter again after
@@ -144,23 +165,30 @@ class Pacer(Health):
         if sent_at is not None and sent_at < self._cut_at:
             self._hold.check(wait)
             return wait  # on its way before we slowed down: expected, it alone waits
-        if sent_at is None or now < self._episode_end:
-            # Sent at the lowered pace and still throttled (or not known): everyone waits.
+        self._refused += 1
+        if sent_at is None or (now < self._episode_end and 2 * self._refused > self._answered):
+            # Sent at the lowered pace and still throttled, as most of those answered since (or
+            # not known): the limit is spent, not jittered; everyone waits, then climbs back.
             resume_at = self._hold.hold(wait)
-            self._cut(kind, resume_at)
+            self._cut(kind, resume_at, resume_at)
             return 0.0
+        # A new episode, or a sporadic 429 among the answers to the lowered pace (a stall that
+        # bunched the requests in flight): cut again, this request alone waits, and the rate
+        # climbs back from now (not from its Retry-After: at a small server bucket a cut rate
+        # held for the whole Retry-After cost a tenth of R per 429).
         self._hold.check(wait)
-        self._cut(kind, now + wait)
+        self._cut(kind, now, now + wait)
         return wait
 
-    def _cut(self, kind: str | None, resume_at: float) -> None:
+    def _cut(self, kind: str | None, climb_from: float, resume_at: float) -> None:
         """Slow the lanes that paced the throttled request (every lane when not known which)."""
-        self._cut_at = self._loop.time()
+        now = self._cut_at = self._loop.time()
+        self._answered = self._refused = 0
         self._episode_end = max(self._episode_end, resume_at)
-        self._window.narrow(self._inflight, self._episode_end)
+        self._window.narrow(self._inflight, self._episode_end, now)
         lanes = self._lanes.values() if kind is None else (self.lane(kind), self._shared)
         for lane in {id(x): x for x in lanes if x is not None}.values():
-            lane.cut(resume_at)
+            lane.cut(climb_from)
 
     def observe(self, kind: str, headers: Mapping[str, str]) -> None:
         """Read an answer's ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``, where sent."""
@@ -185,11 +213,12 @@ class Pacer(Health):
 class _Slot:
     """The async context manager :meth:`Pacer.slot` returns."""
 
-    __slots__ = ("_kind", "_pacer", "window")
+    __slots__ = ("_kind", "_pacer", "sent_at", "window")
 
     def __init__(self, pacer: Pacer, kind: str) -> None:
         self._pacer, self._kind = pacer, kind
         self.window: anyio.CapacityLimiter | None = None
+        self.sent_at = 0.0
 
     async def __aenter__(self) -> float:
         """The loop time the request was let go at (for :meth:`Pacer.throttled`)."""
@@ -203,10 +232,13 @@ class _Slot:
         else:
             await pacer._acquire(self._kind, self)
         pacer._inflight += 1
-        return pacer._loop.time()
+        self.sent_at = now = pacer._loop.time()
+        return now
 
     async def __aexit__(self, *exc: object) -> None:
         pacer = self._pacer
+        if self.sent_at >= pacer._cut_at:
+            pacer._answered += 1
         if self.window is not None:
             pacer._window.leave(self.window, self, pacer._inflight, pacer._loop.time())
         pacer._inflight -= 1

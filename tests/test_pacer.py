@@ -95,9 +95,9 @@ def test_kind_and_shared_limits_compose() -> None:
 
     writes, reads = run_virtual(go)
     # writes at most 10/s, everything together at most 20/s (one request at a time)
-    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(writes))
+    assert all(b - a >= 0.1 - 1e-6 for a, b in itertools.pairwise(writes))
     both = sorted(writes + reads)
-    assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(both))
+    assert all(b - a >= 0.05 - 1e-6 for a, b in itertools.pairwise(both))
 
 
 def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
@@ -114,14 +114,18 @@ def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
 
     times, final_rate = run_virtual(go)
     cut = seen[0] + 0.001  # when its answer came
-    # slower after the 429 (while the throttled request waits its Retry-After of 1 s)...
-    after = [t for t in times if cut + 0.05 < t < cut + 1.0]
+    # slower right after the 429...
+    after = [t for t in times if cut + 0.02 < t < cut + CLIMB_EVERY]
     gaps = [b - a for a, b in itertools.pairwise(after)]
     assert gaps and all(g == pytest.approx(1 / (100.0 * CUT), abs=1e-6) for g in gaps)
     assert final_rate == 100.0  # ...and back at R
-    # climbing from CUT x R in steps of CLIMB x R, from CLIMB_EVERY after the Retry-After of 1 s
-    back = cut + 1.0 + CLIMB_EVERY + (1 - CUT) / CLIMB * CLIMB_EVERY
+    # climbing from CUT x R in steps of CLIMB x R from CLIMB_EVERY after the cut: back at R
+    # while the throttled request still waits its Retry-After of 1 s (a cut held for the whole
+    # Retry-After cost a tenth of R per 429 at nginx's constant Retry-After: 1).
+    back = cut + CLIMB_EVERY + (1 - CUT) / CLIMB * CLIMB_EVERY
+    assert back + 0.05 < cut + 1.0
     late = [t for t in times if t > back + 0.05]
+    assert len(late) > 100
     assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in itertools.pairwise(late))
     assert len(times) == 401  # every request sent, the throttled one twice
 

@@ -8,14 +8,18 @@ a late request can still catch up ``k - 1`` slots.
 
 A 429 cuts the lane's rate multiplicatively (``CUT``) and it climbs back additively (``CLIMB``
 x R every ``CLIMB_EVERY`` s). A request at a cut rate takes ``R / rate`` of the bucket's
-capacity, so the burst shrinks with the rate.
+capacity, so the burst shrinks with the rate. Several limits on one request (a kind's and the
+shared ``--rate``) are passed at one instant (:func:`acquire_together`).
 """
 
 from __future__ import annotations
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "CUT", "FLOOR", "MAX_BURST", "UNBOUNDED", "Lane", "burst_for"]
+__all__ = [
+    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "CUT", "FLOOR", "MAX_BURST", "UNBOUNDED", "Lane", "acquire_together",
+    "burst_for",
+]
 
 #: Most requests a lane lets go back to back (measured: see README, Performance; a server
 #: bucket of 5 takes it with room for the network's jitter).
@@ -32,6 +36,8 @@ CLIMB = 0.02
 CLIMB_EVERY = 0.1
 #: The lowest rate a cut goes to, as a share of R (the Retry-After pauses do the rest).
 FLOOR = 0.05
+#: The bucket's headroom beyond the burst, in requests (see Lane.__init__).
+EPS = 1e-6
 #: A limit at or above this many requests per second (``--rate 1e9``: "no limit") gets no
 #: lane: no client sends that fast, so it could never make a request wait, and skipping it
 #: takes the limiter's bookkeeping off every request. A 429 still pauses and narrows.
@@ -55,7 +61,12 @@ class Lane:
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
         self.burst = burst_for(rate) if burst is None else burst
-        self.limiter = AsyncLimiter(self.burst, self.burst / rate)
+        # EPS of headroom, at the same rate: on uvloop loop.time() is in whole ms, and elapsed x
+        # rate rounds to a hair under one request, so aiolimiter found the next waiter 1e-8
+        # short and re-armed a 0 ms timer (call_soon) every loop turn until the next ms: ~48
+        # wake-ups per request at R = 1,000, a busy loop. A bucket of burst + EPS still lets
+        # only ``burst`` go at once.
+        self.limiter = AsyncLimiter(self.burst + EPS, (self.burst + EPS) / rate)
         self.weight = 1.0
         self._climb_at = 0.0
 
@@ -64,26 +75,70 @@ class Lane:
         return self.rate / self.weight
 
     async def acquire(self, now: float) -> None:
-        weight = self.weight
-        if weight == 1.0:
+        if self.weight == 1.0:
             await self.limiter.acquire()
             return
-        if now >= self._climb_at:  # additive increase, one step per CLIMB_EVERY s without a cut
-            steps = 1 + int((now - self._climb_at) / CLIMB_EVERY)
-            rate = min(self.rate, self.rate / weight + steps * CLIMB * self.rate)
-            self.weight = weight = self.rate / rate if rate < self.rate else 1.0
-            self._climb_at = now + CLIMB_EVERY
+        weight = self.weight_at(now)
         while weight > 0:  # a weight above the bucket's capacity is taken in parts
             part = min(weight, float(self.burst))
             await self.limiter.acquire(part)
             weight -= part
 
-    def cut(self, resume_at: float) -> None:
-        """A 429: lower the rate; it starts climbing back ``CLIMB_EVERY`` after ``resume_at``."""
-        self.slow_to(max(self.current_rate * CUT, self.rate * FLOOR), resume_at)
+    def weight_at(self, now: float) -> float:
+        """The capacity a request takes at ``now``, after the additive increase due by then."""
+        weight = self.weight
+        if weight != 1.0 and now >= self._climb_at:  # one step per CLIMB_EVERY s without a cut
+            steps = 1 + int((now - self._climb_at) / CLIMB_EVERY)
+            rate = min(self.rate, self.rate / weight + steps * CLIMB * self.rate)
+            self.weight = weight = self.rate / rate if rate < self.rate else 1.0
+            self._climb_at = now + CLIMB_EVERY
+        return weight
+
+    def give_back(self, weight: float) -> None:
+        """Undo an acquire of ``weight`` made at this instant (aiolimiter has no release: its
+        state is the bucket's level). :func:`acquire_together` needs it."""
+        limiter = self.limiter
+        limiter._level = max(limiter._level - weight, 0.0)
+
+    def cut(self, climb_from: float) -> None:
+        """A 429: lower the rate; it starts climbing back ``CLIMB_EVERY`` after ``climb_from``."""
+        self.slow_to(max(self.current_rate * CUT, self.rate * FLOOR), climb_from)
 
     def slow_to(self, rate: float, resume_at: float) -> None:
         """Pace at ``rate`` (if lower than now), climbing back from ``resume_at`` on."""
         if 0 < rate < self.current_rate:
             self.weight = self.rate / rate
             self._climb_at = resume_at + CLIMB_EVERY
+
+
+async def acquire_together(lanes: tuple[Lane, ...], now: float) -> None:
+    """Pass every one of ``lanes`` at one instant: the request leaves only when each of them
+    admits it then, so none of them counts it earlier than it leaves.
+
+    Taking one lane and then waiting for the next would let the request leave later than the
+    first lane counted it, and the next request of that lane follow it closer than its rate
+    allows. So: wait for one lane (taking it); if every other lane admits now, take them all
+    (aiolimiter's acquire returns without suspending when it admits); else give the first back
+    and wait for the one that did not admit. Capacity beyond a lane's burst (a cut rate's
+    weight) is taken first, as plain waiting.
+    """
+    parts: list[tuple[Lane, float]] = []
+    for lane in lanes:
+        weight = lane.weight_at(now)
+        while weight > lane.burst:
+            await lane.limiter.acquire(lane.burst)
+            weight -= lane.burst
+        parts.append((lane, weight))
+    first = 0
+    while True:
+        lane, weight = parts[first]
+        await lane.limiter.acquire(weight)
+        blocked = next((i for i, (other, w) in enumerate(parts)
+                        if other is not lane and not other.limiter.has_capacity(w)), None)
+        if blocked is None:
+            for other, w in parts:
+                if other is not lane:
+                    await other.limiter.acquire(w)  # admits: no suspension, the same instant
+            return
+        lane.give_back(weight)
+        first = blocked

@@ -11,10 +11,10 @@ of 5. So the requests in flight are bounded too (an :class:`anyio.CapacityLimite
   pace needs more in flight than the window lets: the latency is longer), like TCP's slow
   start: doubling per round trip while too small, not growing once the pace, not the window,
   holds the requests back. It settles at about rate x latency + 1.
-- A new throttling episode caps the requests in flight at half of those in flight then; the
-  cap stays until ``CLIMB_EVERY`` s after the episode's end, then grows again: by demand in a
-  paced run, by one every ``CLIMB_EVERY`` s in an unpaced one (whose window is gone once back
-  at the run's concurrency).
+- A new throttling episode caps the requests in flight at half of those in flight then; in a
+  paced run the cap grows again by demand from ``CLIMB_EVERY`` s after the cut; in an unpaced
+  one it stays until ``CLIMB_EVERY`` s after the episode's end, then grows by one every
+  ``CLIMB_EVERY`` s (the window is gone once back at the run's concurrency).
 """
 
 from __future__ import annotations
@@ -60,11 +60,15 @@ class Window:
             limiter.total_tokens += 1
         limiter.release_on_behalf_of(borrower)
 
-    def narrow(self, inflight: int, episode_end: float) -> None:
-        """A new throttling episode: at most half of ``inflight`` may be in flight."""
+    def narrow(self, inflight: int, episode_end: float, now: float) -> None:
+        """A new throttling episode: at most half of ``inflight`` may be in flight. A paced
+        run's window grows back by demand from ``CLIMB_EVERY`` after ``now`` (held until the
+        episode's end, a window of 1 or 2 caps the rate at 1 or 2 per round trip: on a busy
+        client at 1,000/s that was a third of R for the whole Retry-After); an unpaced one
+        by one per ``CLIMB_EVERY`` from the episode's end."""
         size = max(1, min(inflight, self.concurrency) // 2)
         if self.limiter is None:
             self.limiter = anyio.CapacityLimiter(size)
         elif size < self.limiter.total_tokens:
             self.limiter.total_tokens = size
-        self._climb_at = episode_end + CLIMB_EVERY
+        self._climb_at = (now if self.by_demand else episode_end) + CLIMB_EVERY
