@@ -8,7 +8,8 @@ For one record:
 2. build its :class:`bulk.job.RecordJob` (the step state an interrupted run left, and whether
    an earlier run may have sent it: the write-ahead reservation) and keep it *in flight*, where
    a checkpoint finds its step state;
-3. ``bulk.job.upload``: the target's ``upload`` through the session (pacing, retries);
+3. ``bulk.job.upload``, inline: the target's ``upload`` through the session (pacing, retries),
+   once more after a stale cached id (``bulk.job.upload_again``);
 4. in one synchronous step, no await between: the outcome into the outputs and the tally
    (:class:`bulk._recorder.Recorder`), out of the in-flight map, finished in the watermark
    (:class:`bulk.watermark.Tracker`). A checkpoint therefore sees all three or none.
