@@ -8,7 +8,8 @@ For one record:
 2. build its :class:`bulk.job.RecordJob` (the step state an interrupted run left, and whether
    an earlier run may have sent it: the write-ahead reservation) and keep it *in flight*, where
    a checkpoint finds its step state;
-3. ``bulk.job.upload``: the target's ``upload`` through the session (pacing, retries);
+3. ``bulk.job.upload``, inline: the target's ``upload`` through the session (pacing, retries),
+   once more after a stale cached id (``bulk.job.upload_again``);
 4. in one synchronous step, no await between: the outcome into the outputs and the tally
    (:class:`bulk._recorder.Recorder`), out of the in-flight map, finished in the watermark
    (:class:`bulk.watermark.Tracker`). A checkpoint therefore sees all three or none.
@@ -24,9 +25,9 @@ from anyio import EndOfStream
 
 from ._recorder import Recorder
 from .arrivals import Arrivals
-from .errors import RecordError, RetryableError
+from .errors import RecordError, RetryableError, UnknownReference
 from .feed import Feed
-from .job import RecordJob, Session, failure, upload
+from .job import RecordJob, Session, failure, upload_again
 from .latency import INTENDED
 from .records import Record
 from .targets.base import Target
@@ -82,7 +83,10 @@ class Workers:
                             maybe_sent_before=line <= prev_reserved)
             inflight[line] = job
             try:
-                outcome = await upload(target, job)
+                try:  # bulk.job.upload, inline: one coroutine less per record
+                    outcome = await target.upload(record, job)
+                except UnknownReference as exc:
+                    outcome = await upload_again(target, job, exc)
             except (RecordError, RetryableError) as exc:
                 failed(line, data, record.external_id, *failure(exc, redact))
             else:

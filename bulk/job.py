@@ -7,9 +7,9 @@ resolver); :class:`RecordJob` is the per-record handle a target's ``upload`` rec
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .records import Record
     from .targets.base import Created, Target
 
-__all__ = ["Counters", "RecordJob", "Session", "SessionJob", "failure", "upload"]
+__all__ = ["Counters", "RecordJob", "Session", "SessionJob", "failure", "upload", "upload_again"]
 
 
 @dataclass(slots=True)
@@ -80,62 +80,65 @@ class Session:
         self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
         refs: tuple[tuple[str, str], ...] = (),
     ) -> Reply:
-        try:
-            return await self._send(req, stage, recover)
-        except UnknownReference as exc:
-            exc.refs = exc.refs or refs  # the resolved ids this request was built from
-            raise
+        """Send with pacing and retries (the contract: :meth:`bulk.targets.base.RunJob.send`).
 
-    async def _send(self, req: Request, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None) -> Reply:
+        One coroutine per request (this one) between the target and the transport: it runs for
+        every request of the run, so what it reads more than once is bound to locals first."""
+        kind = req.kind
+        pacer, transport, latency, counters = self.pacer, self.transport, self.latency, self.counters
         attempt = 0  # failures charged to this request's budget
         tries = 0  # every failure: drives the backoff
         last_failure: float | None = None
-        while True:
-            try:
-                async with self.pacer.slot(req.kind) as sent_at:
-                    self.counters.requests += 1
-                    start = time.monotonic()
-                    # Open loop: a record's first request counts from the record's intended start.
-                    if (intended := INTENDED.get()) is not None and intended[0] is not None:
-                        start, intended[0] = min(start, intended[0]), None
-                    try:
-                        reply = await self.transport.send(req)
-                    except TransportError as exc:
-                        self.latency.record(req.kind, stage, int((time.monotonic() - start) * 1e6), exc.reason)
+        try:
+            while True:
+                try:
+                    async with pacer.slot(kind) as sent_at:
+                        counters.requests += 1
+                        start = monotonic()
+                        # Open loop: a record's first request counts from the record's intended start.
+                        if (intended := INTENDED.get()) is not None and intended[0] is not None:
+                            start, intended[0] = min(start, intended[0]), None
+                        try:
+                            reply = await transport.send(req)
+                        except TransportError as exc:
+                            latency.record(kind, stage, int((monotonic() - start) * 1e6), exc.reason)
+                            raise
+                        latency.record(kind, stage, int((monotonic() - start) * 1e6), reply.status)
+                    pacer.observe(kind, reply.headers)
+                    result = self.target.classify(reply, stage)
+                    pacer.ok()
+                    return result
+                except Throttled as exc:
+                    # 429 does not use up the attempt budget: the pacer adapts the pace (or pauses
+                    # everyone), the health check bounds how long we keep being throttled.
+                    counters.throttled += 1
+                    if wait := pacer.throttled(exc.retry_after, kind, sent_at):
+                        await anyio.sleep(wait)  # this request's own Retry-After (one sleep, no polling)
+                except RetryableError as exc:
+                    pacer.failed(str(exc))
+                    tries += 1
+                    # A connection that could not even be made (refused: the server is away, e.g.
+                    # restarting) says nothing about this request and is not charged to its budget.
+                    if not isinstance(exc, TransportError) or exc.maybe_committed:
+                        attempt += 1
+                    # The budget is per record only while the API answers others: during an outage
+                    # nothing is marked failed; the health check stops the run (resumably) instead.
+                    # "Answers others" means between this request's last two failures: a success
+                    # merely since its first failure may be an answer that was already on its way
+                    # when the outage began (a restart), and would cost the record its place.
+                    if (attempt >= self.attempts and last_failure is not None
+                            and pacer.succeeded_since(last_failure)):
                         raise
-                    self.latency.record(req.kind, stage, int((time.monotonic() - start) * 1e6), reply.status)
-                self.pacer.observe(req.kind, reply.headers)
-                result = self.target.classify(reply, stage)
-                self.pacer.ok()
-                return result
-            except Throttled as exc:
-                # 429 does not use up the attempt budget: the pacer adapts the pace (or pauses
-                # everyone), the health check bounds how long we keep being throttled.
-                self.counters.throttled += 1
-                if wait := self.pacer.throttled(exc.retry_after, req.kind, sent_at):
-                    await anyio.sleep(wait)  # this request's own Retry-After (one sleep, no polling)
-            except RetryableError as exc:
-                self.pacer.failed(str(exc))
-                tries += 1
-                # A connection that could not even be made (refused: the server is away, e.g.
-                # restarting) says nothing about this request and is not charged to its budget.
-                if not isinstance(exc, TransportError) or exc.maybe_committed:
-                    attempt += 1
-                # The budget is per record only while the API answers others: during an outage
-                # nothing is marked failed; the health check stops the run (resumably) instead.
-                # "Answers others" means between this request's last two failures: a success
-                # merely since its first failure may be an answer that was already on its way
-                # when the outage began (a restart), and would cost the record its place.
-                if (attempt >= self.attempts and last_failure is not None
-                        and self.pacer.succeeded_since(last_failure)):
-                    raise
-                last_failure = time.monotonic()
-                self.counters.retries += 1
-                await anyio.sleep(self.backoff.delay(min(tries, self.attempts)))
-                if exc.maybe_committed and recover is not None:
-                    found = await recover()
-                    if found is not None:
-                        return found
+                    last_failure = monotonic()
+                    counters.retries += 1
+                    await anyio.sleep(self.backoff.delay(min(tries, self.attempts)))
+                    if exc.maybe_committed and recover is not None:
+                        found = await recover()
+                        if found is not None:
+                            return found
+        except UnknownReference as exc:
+            exc.refs = exc.refs or refs  # the resolved ids this request was built from
+            raise
 
     def forget(self, ns: str, key: str, stale: str | None) -> None:
         """Drop the cached ``ns``/``key`` (memory and resume file) when it still holds ``stale``
@@ -180,11 +183,12 @@ class SessionJob:
         self._session = session
         self.item_concurrency = session.item_concurrency
 
-    async def send(
+    def send(
         self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
         refs: tuple[tuple[str, str], ...] = (),
-    ) -> Reply:
-        return await self._session.send(req, stage=stage, recover=recover, refs=refs)
+    ) -> Coroutine[Any, Any, Reply]:
+        # The session's coroutine itself, not one awaiting it: a coroutine less per request.
+        return self._session.send(req, stage=stage, recover=recover, refs=refs)
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
@@ -215,7 +219,8 @@ class RecordJob(SessionJob):
     def __init__(
         self, session: Session, record: Record, *, progress: dict[str, Any] | None, maybe_sent_before: bool
     ) -> None:
-        super().__init__(session)
+        self._session = session  # SessionJob.__init__, inline: once per record
+        self.item_concurrency = session.item_concurrency
         self.record = record
         self.progress: dict[str, Any] = progress if progress is not None else {}
         self.maybe_sent_before = maybe_sent_before
@@ -235,21 +240,27 @@ async def upload(target: Target, job: RecordJob) -> Created:
     When the API refuses a request because an id it references is unknown
     (:class:`~bulk.errors.UnknownReference`: a contact deleted since it was resolved and cached
     in the resume file), the cached ids the request was built from (``exc.refs``) are forgotten
-    and the whole upload runs once more: its resolves call their factories again (a lookup,
-    then a create), and every step before the refused one is idempotent (targets make it so
-    for resumed runs anyway). A second refusal fails the record with the API's answer.
+    and the whole upload runs once more (:func:`upload_again`): its resolves call their
+    factories again (a lookup, then a create), and every step before the refused one is
+    idempotent (targets make it so for resumed runs anyway). A second refusal fails the record
+    with the API's answer.
     """
-    record = job.record
     try:
-        return await target.upload(record, job)
+        return await target.upload(job.record, job)
     except UnknownReference as exc:
-        if not exc.refs:
-            raise
-        session = job._session
-        stale = [(ns, key, session.state.get(ns, key)) for ns, key in exc.refs]
-        for ns, key, value in stale:
-            session.forget(ns, key, value)
-        return await target.upload(record, job)
+        return await upload_again(target, job, exc)
+
+
+async def upload_again(target: Target, job: RecordJob, exc: UnknownReference) -> Created:
+    """The second ``target.upload`` of :func:`upload`, after ``exc`` (re-raised when it names
+    no cached id). The worker calls ``target.upload`` itself and this only after a refusal."""
+    if not exc.refs:
+        raise exc
+    session = job._session
+    stale = [(ns, key, session.state.get(ns, key)) for ns, key in exc.refs]
+    for ns, key, value in stale:
+        session.forget(ns, key, value)
+    return await target.upload(job.record, job)
 
 
 def failure(exc: RecordError | RetryableError, redact: Callable[[str], str]) -> tuple[str, str, str, int | str, str]:

@@ -12,20 +12,64 @@ reasons written to failed_reasons.csv, the error a run returns, what the CLI pri
 data the program acts on. Scrubbing answers changed them: with a one-letter key every ``a`` of
 a ChargeOver answer became ``***`` before it was parsed (issue 10). A credential too short to
 redact without mangling ordinary text is refused up front (``Target.credentials_from_env``).
+
+The system's CA certificates are loaded only for an ``https://`` base URL, when the first such
+transport opens (:func:`_load_ca_certificates`): aiohttp builds its default TLS contexts when it
+is imported, and loading the certificates into them cost ~470 M instructions at every start,
+also of a run that never makes a TLS connection. It is the same contexts, loaded the same way
+(``set_default_verify_paths``, honouring ``SSL_CERT_FILE``), only later.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+import functools
+import ssl
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
 from .errors import ConfigError, TransportError
+
+_ca_pending: list[ssl.SSLContext] = []  # aiohttp's default contexts, their CA certificates not loaded yet
+
+
+@contextlib.contextmanager
+def _ca_loading_deferred() -> Iterator[None]:
+    """While importing aiohttp (when nothing imported it before), let the TLS contexts it makes
+    at import time note themselves in ``_ca_pending`` instead of loading the CA certificates.
+    Only at import, before the run starts any thread, so no other context is affected."""
+    if "aiohttp" in sys.modules:
+        yield  # already imported (and loaded): nothing to defer
+        return
+    # A function (a descriptor), so the context is passed as ``ctx``; mypy refuses any
+    # assignment to a method, hence the ignore.
+    ssl.SSLContext.set_default_verify_paths = _defer  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the C method of _ssl._SSLContext again
+
+
+def _defer(ctx: ssl.SSLContext) -> None:
+    _ca_pending.append(ctx)
+
+
+def _load_ca_certificates() -> None:
+    """Load the CA certificates into the contexts whose loading was deferred (once): what
+    ``ssl.create_default_context`` would have done when aiohttp was imported."""
+    while _ca_pending:
+        _ca_pending.pop().set_default_verify_paths()
+
+
+with _ca_loading_deferred():
+    import aiohttp
 
 __all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor"]
 
@@ -39,7 +83,10 @@ def _default(obj: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """JSON-encode a request body; Decimals become exact JSON numbers."""
-    return orjson.dumps(obj, default=_default)
+    return _orjson_dumps(obj, default=_default)
+
+
+_orjson_dumps = orjson.dumps
 
 
 @dataclass(slots=True)
@@ -58,7 +105,7 @@ class Request:
     def body(self) -> bytes | None:
         """The encoded body, computed once so every retry sends the same bytes."""
         if self._body is None and self.json is not None:
-            self._body = dumps(self.json)
+            self._body = _orjson_dumps(self.json, default=_default)  # dumps(), one call fewer
         return self._body
 
 
@@ -94,6 +141,12 @@ def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
         return text
 
     return redact
+
+
+@functools.cache
+def _content_type(value: str) -> Mapping[str, str]:
+    """The headers of a request with a body and no headers of its own (one mapping per type)."""
+    return MappingProxyType({"Content-Type": value})
 
 
 class BaseTransport(Protocol):
@@ -134,6 +187,8 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Transport:
+        if not self.base_url.lower().startswith("http://"):
+            _load_ca_certificates()  # a TLS connection may be made: verify it as ever
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector, headers=self._headers, timeout=self._timeout, auto_decompress=True
@@ -149,21 +204,22 @@ class Transport:
 
     async def send(self, req: Request) -> Reply:
         """Send ``req`` once. Raises :class:`TransportError`; any HTTP status is a Reply."""
-        assert self._session is not None, "use 'async with Transport(...)'"
-        headers = dict(req.headers or {})
+        session = self._session
+        assert session is not None, "use 'async with Transport(...)'"
+        # Only the request's own headers: the session adds the run's (aiohttp merges them).
+        headers = req.headers
         body = req.body()
-        if body is not None:
-            headers.setdefault("Content-Type", req.content_type)
+        if body is not None and (headers is None or "Content-Type" not in headers):
+            headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
         try:
-            async with self._session.request(
-                req.method,
-                self.base_url + req.path,
-                params=req.params,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-            ) as resp:
+            # Awaited, not ``async with``: its enter and exit are two coroutines each, and all the
+            # exit does after a complete read is release(), which the finally does.
+            resp = await session.request(req.method, self.base_url + req.path, params=req.params, data=body,
+                                         headers=headers, allow_redirects=False)
+            try:
                 return Reply(resp.status, resp.headers, await resp.read())
+            finally:
+                resp.release()
         except aiohttp.ClientConnectorCertificateError as exc:
             # The server's certificate does not verify (untrusted, expired, wrong host): no retry
             # can fix that, and nothing was sent. Stop now rather than retry until --give-up-after.

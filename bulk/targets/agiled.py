@@ -60,12 +60,13 @@ def contact_body(record: Record) -> dict[str, Any]:
 
 
 def invoice_body(record: Record, contact_id: str) -> dict[str, Any]:
+    issue_date, due_date = record.issue_date, record.due_date
     body: dict[str, Any] = {
         "invoice_number": record.external_id,
         "contact_id": int(contact_id),
         "currency": record.currency,
-        "issue_date": record.issue_date.isoformat() if record.issue_date else None,
-        "due_date": record.due_date.isoformat() if record.due_date else None,
+        "issue_date": issue_date.isoformat() if issue_date else None,
+        "due_date": due_date.isoformat() if due_date else None,
         "status": record.status,
         "tax_inclusive": record.prices == "gross",
         "notes": record.notes,
@@ -81,8 +82,9 @@ def invoice_body(record: Record, contact_id: str) -> dict[str, Any]:
             for line in record.lines
         ],
     }
-    for key, value in record.extra.items():
-        body.setdefault(key, value)  # target-specific pass-through; never overrides the mapping
+    if extra := record.extra:
+        for key, value in extra.items():
+            body.setdefault(key, value)  # target-specific pass-through; never overrides the mapping
     return body
 
 
@@ -103,6 +105,8 @@ class AgiledTarget(Target):
         return {"Authorization": f"Bearer {self.credentials['AGILED_API_TOKEN']}", "Accept": "application/json"}
 
     def classify(self, reply: Reply, stage: str) -> Reply:
+        if 200 <= reply.status < 300:
+            return reply  # the common case, without the checks below and super()'s call
         # 409 "already in progress": our own earlier attempt with this Idempotency-Key (one whose
         # answer timed out) is still being handled. Not a refusal: retry later with the same key,
         # which then replays that attempt's answer. (409 "different request" stays a refusal.)
@@ -132,10 +136,9 @@ class AgiledTarget(Target):
                 return await self._existing(job, stored, body, contact_id)
         try:
             reply = await job.send(
-                Request(
-                    "POST", "/public/v1/invoices", json=body,
-                    headers={"Idempotency-Key": idempotency_key("invoice", record.external_id)},
-                ),
+                # positional (method, path, params, json, headers): keywords cost more, once per invoice
+                Request("POST", "/public/v1/invoices", None, body,
+                        {"Idempotency-Key": idempotency_key("invoice", record.external_id)}),
                 stage="invoice", refs=(("agiled.contact", customer.external_id),),
             )
         except RecordRefused as exc:
