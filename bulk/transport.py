@@ -13,63 +13,26 @@ data the program acts on. Scrubbing answers changed them: with a one-letter key 
 a ChargeOver answer became ``***`` before it was parsed (issue 10). A credential too short to
 redact without mangling ordinary text is refused up front (``Target.credentials_from_env``).
 
-The system's CA certificates are loaded only for an ``https://`` base URL, when the first such
-transport opens (:func:`_load_ca_certificates`): aiohttp builds its default TLS contexts when it
-is imported, and loading the certificates into them cost ~470 M instructions at every start,
-also of a run that never makes a TLS connection. It is the same contexts, loaded the same way
-(``set_default_verify_paths``, honouring ``SSL_CERT_FILE``), only later.
+aiohttp loads the system CA certificates when it is imported (~470 M instructions at every
+start, also of an ``http://`` run). Deferring that would mean patching ``ssl.SSLContext`` during
+the import, which would leave every other aiohttp client in the process unverifiable until a
+``bulk`` https transport opens: a global side effect of importing a library, not taken.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import ssl
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Protocol
 
+import aiohttp
 import orjson
 
 from .errors import ConfigError, TransportError
-
-_ca_pending: list[ssl.SSLContext] = []  # aiohttp's default contexts, their CA certificates not loaded yet
-
-
-@contextlib.contextmanager
-def _ca_loading_deferred() -> Iterator[None]:
-    """While importing aiohttp (when nothing imported it before), let the TLS contexts it makes
-    at import time note themselves in ``_ca_pending`` instead of loading the CA certificates.
-    Only at import, before the run starts any thread, so no other context is affected."""
-    if "aiohttp" in sys.modules:
-        yield  # already imported (and loaded): nothing to defer
-        return
-    # A function (a descriptor), so the context is passed as ``ctx``; mypy refuses any
-    # assignment to a method, hence the ignore.
-    ssl.SSLContext.set_default_verify_paths = _defer  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        del ssl.SSLContext.set_default_verify_paths  # the C method of _ssl._SSLContext again
-
-
-def _defer(ctx: ssl.SSLContext) -> None:
-    _ca_pending.append(ctx)
-
-
-def _load_ca_certificates() -> None:
-    """Load the CA certificates into the contexts whose loading was deferred (once): what
-    ``ssl.create_default_context`` would have done when aiohttp was imported."""
-    while _ca_pending:
-        _ca_pending.pop().set_default_verify_paths()
-
-
-with _ca_loading_deferred():
-    import aiohttp
 
 __all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor"]
 
@@ -187,8 +150,6 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Transport:
-        if not self.base_url.lower().startswith("http://"):
-            _load_ca_certificates()  # a TLS connection may be made: verify it as ever
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector, headers=self._headers, timeout=self._timeout, auto_decompress=True

@@ -8,7 +8,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,34 +136,3 @@ def test_tls_certificates_are_verified_by_default(self_signed: tuple[Path, Path]
     assert server.seen == [], "a request got through an unverified TLS connection"
     assert done.returncode == 2, done.stderr  # a configuration problem: not retried (an outage would be: exit 3)
     assert "certificate" in done.stderr.lower() and "SSL_CERT_FILE" in done.stderr, done.stderr
-
-
-_CA_PROBE = """
-import asyncio, ssl, sys
-import bulk.transport as t
-import aiohttp.connector as c
-verified = c._SSL_CONTEXT_VERIFIED  # the context aiohttp verifies https with (ssl=True, bulk's)
-expected = ssl.create_default_context().cert_store_stats()["x509_ca"]
-
-async def main():
-    async with t.Transport("http://127.0.0.1:9", headers={}, timeout=1, connections=1):
-        print("http", verified.cert_store_stats()["x509_ca"], verified.verify_mode == ssl.CERT_REQUIRED)
-    async with t.Transport("https://127.0.0.1:9", headers={}, timeout=1, connections=1):
-        print("https", verified.cert_store_stats()["x509_ca"], verified.verify_mode == ssl.CERT_REQUIRED)
-    print("expected", expected)
-
-asyncio.run(main())
-"""
-
-
-def test_ca_certificates_are_loaded_for_https_only() -> None:
-    """The system CA certificates (~470 M instructions) are loaded into aiohttp's verifying
-    context when an https transport opens, not at import for a run that makes no TLS
-    connection; once loaded, that context holds exactly what Python's default one does."""
-    done = subprocess.run([sys.executable, "-c", _CA_PROBE], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
-    expected = int(lines["expected"])
-    assert expected > 0, "no system CA certificates to compare with"
-    assert lines["http"] == "0 True"  # verification stays required; only the loading waits
-    assert lines["https"] == f"{expected} True"
