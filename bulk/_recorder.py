@@ -37,10 +37,10 @@ class Recorder:
     def created(self, record: Record, created: Created) -> None:
         totals = record.totals()
         action = created.outcome
-        self._outputs.created([
+        self._outputs.created_row(
             record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
             created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,
-        ])
+        )
         t = self.tally
         t.read += 1
         # `created` keeps its meaning (made now, or found already made: `existing`); an invoice
