@@ -53,7 +53,7 @@ class Recorder:
         else:
             t.created += 1
             t.existing += action == "existing"
-        t.totals.add(record.currency, totals)
+        t.add_totals(record.currency, totals)
         if created.reported_gross is not None and created.reported_gross != totals.gross:
             t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
 
