@@ -67,3 +67,19 @@ def test_buckets_and_percentiles_match_hdrhistograms_own() -> None:
     one = histogram()
     one.record_value(5000)
     assert buckets(one) == _reference_buckets(one) and len(buckets(one)) == 1
+
+
+def test_take_interval_returns_each_seconds_requests_and_then_an_empty_histogram() -> None:
+    lat = Latency()
+    seconds = [[1500, 2500, 900_000], [7, 7, 3_000_000], [], [42]]
+    for values in seconds:
+        for micros in values:
+            lat.record("write", "invoice", micros, 201)
+        got = lat.take_interval()
+        ref = histogram()
+        for micros in values:
+            ref.record_value(micros)
+        assert list(got.counts) == list(ref.counts)
+        assert (got.total_count, got.min_value, got.max_value) == (ref.total_count, ref.min_value, ref.max_value)
+        assert stats_ms(got) == stats_ms(ref)
+    assert lat.hist["write"].total_count == sum(len(v) for v in seconds)
