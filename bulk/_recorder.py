@@ -37,10 +37,10 @@ class Recorder:
     def created(self, record: Record, created: Created) -> None:
         totals = record.totals()
         action = created.outcome
-        self._outputs.created([
+        self._outputs.created_row(
             record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
             created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,
-        ])
+        )
         t = self.tally
         t.read += 1
         # `created` keeps its meaning (made now, or found already made: `existing`); an invoice
@@ -53,7 +53,7 @@ class Recorder:
         else:
             t.created += 1
             t.existing += action == "existing"
-        t.totals.add(record.currency, totals)
+        t.add_totals(record.currency, totals)
         if created.reported_gross is not None and created.reported_gross != totals.gross:
             t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
 

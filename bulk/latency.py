@@ -7,8 +7,8 @@ throttled and failed ones included, so a histogram's count equals the summary's
 bounded however long the run: a histogram is a fixed array (values in microseconds, 1 µs to
 one hour, 3 significant digits; longer values are clamped to the hour).
 
-The hot path (:meth:`Latency.record`) does two dict lookups, two ``record_value`` calls and
-an integer increment; no string is made per request (statuses stay ints until the summary).
+The hot path (:meth:`Latency.record`) does a few dict lookups and bumps each histogram in one loop,
+and no string is made per request (statuses stay ints until the summary).
 
 Persistence: :meth:`Latency.to_json` is ``{"<kind>": "<HdrHistogram base64 encoding>"}``
 plus the status counts (``RUN_DIR/latency.hdr.json``, see docs in /README: Benchmark runs);
@@ -19,9 +19,10 @@ union of the requests.
 
 from __future__ import annotations
 
-import array
 import contextvars
+import sys
 from collections.abc import Mapping
+from itertools import compress
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -55,36 +56,29 @@ _MASK: int = _T.sub_bucket_mask
 _UNIT: int = _T.unit_magnitude
 _HALF_MAG: int = _T.sub_bucket_half_count_magnitude
 _HALF: int = _T.sub_bucket_half_count
-_WORD: int = _T.word_size
 del _T
 
 
+_BUCKET_BASE: int = _UNIT + _HALF_MAG + 1
+
+
 def _index(value: int) -> int:
-    bucket = (value | _MASK).bit_length() - _UNIT - (_HALF_MAG + 1)
+    bucket = (value | _MASK).bit_length() - _BUCKET_BASE
     return ((bucket + 1) << _HALF_MAG) + (value >> (bucket + _UNIT)) - _HALF
-
-
-def _bump(h: HdrHistogram, index: int, value: int) -> None:
-    h.counts[index] += 1
-    h.total_count += 1
-    if value > h.max_value:
-        h.max_value = value
-    if value < h.min_value:
-        h.min_value = value
 
 
 def _nonzero(h: HdrHistogram) -> list[tuple[int, int]]:
     """(index, count) of every non-empty bucket, in index order. Only the buckets between the
-    recorded minimum's and maximum's are read, in one comprehension over an ``array`` slice
-    (the histogram's ~23,000 counts are never walked in Python): a summary reads four
-    histograms at every checkpoint, the timeline one a second."""
+    recorded minimum's and maximum's are read (a slice of the ctypes array: a list, made in C),
+    and the empty ones are skipped by ``itertools.compress`` (C): the histogram's ~23,000
+    counts are never walked in Python, nor copied whole. A summary reads four histograms at
+    every checkpoint, the timeline one a second."""
     if h.get_total_count() == 0:
         return []
-    counts = array.array("Q" if _WORD == 8 else "L")
-    counts.frombytes(bytes(h.counts))
     first = _index(max(LOWEST_US, min(h.min_value, HIGHEST_US))) if h.min_value <= HIGHEST_US else 0
-    last = min(len(counts), _index(min(h.max_value, HIGHEST_US)) + 1) if h.max_value else len(counts)
-    return [(index, n) for index, n in enumerate(counts[first:last], first) if n]
+    last = min(h.counts_len, _index(min(h.max_value, HIGHEST_US)) + 1) if h.max_value else h.counts_len
+    counts = h.counts[first:last]
+    return list(zip(compress(range(first, last), counts), compress(counts, counts), strict=True))
 
 
 def buckets(h: HdrHistogram) -> list[tuple[int, int, int]]:
@@ -137,6 +131,7 @@ class Latency:
         self.kinds: set[str] = set()  # the keys of ``hist`` that are request kinds (the rest: stages)
         #: every request of this second (any kind), for the timeline's p50/p99; reset by it
         self.interval = histogram()
+        self._spare = histogram()  # the interval of the second before (see take_interval)
         self.finished = 0  # requests recorded, every kind
         self._stats: dict[str, tuple[int, dict[str, Any]]] = {}  # latency_ms per key, by count
         self.errors = 0  # of which 5xx answers or transport errors
@@ -152,22 +147,34 @@ class Latency:
             micros = HIGHEST_US
         elif micros < LOWEST_US:
             micros = LOWEST_US
-        index = _index(micros)
+        # _index inlined, and one loop bumps each histogram (the hot path: a Python call cost
+        # more than the work it did)
+        bucket = (micros | _MASK).bit_length() - _BUCKET_BASE
+        index = ((bucket + 1) << _HALF_MAG) + (micros >> (bucket + _UNIT)) - _HALF
         h = self.hist.get(kind)
         if h is None:
             h = self._new(kind)
             self.kinds.add(kind)
-        _bump(h, index, micros)
-        counts = self.status[kind]
+        if stage == kind:
+            hists: tuple[HdrHistogram, ...] = (h, self.interval)
+        else:
+            at_stage = self.hist.get(stage)
+            if at_stage is None:
+                at_stage = self._new(stage)
+            hists = (h, at_stage, self.interval)
+        for h in hists:
+            h.counts[index] += 1
+            h.total_count += 1
+            if micros > h.max_value:
+                h.max_value = micros
+            if micros < h.min_value:
+                h.min_value = micros
+        status_of = self.status
+        counts = status_of[kind]
         counts[status] = counts.get(status, 0) + 1
         if stage != kind:
-            h = self.hist.get(stage)
-            if h is None:
-                h = self._new(stage)
-            _bump(h, index, micros)
-            counts = self.status[stage]
+            counts = status_of[stage]
             counts[status] = counts.get(status, 0) + 1
-        _bump(self.interval, index, micros)
         self.finished += 1
         if status.__class__ is str or status >= 500:  # type: ignore[operator]
             self.errors += 1
@@ -224,8 +231,18 @@ class Latency:
                 self.interval.add(HdrHistogram.decode(doc[key].encode("ascii")))
 
     def take_interval(self) -> HdrHistogram:
-        """The requests finished since the last call (the timeline's second), then a fresh one."""
-        h, self.interval = self.interval, histogram()
+        """The requests finished since the last call (the timeline's second), then an empty one.
+
+        The histogram returned is valid until the next call: two are used in turn, the spare
+        emptied bucket by bucket (only its non-empty ones), since making a histogram (its
+        ~23,000 counts allocated and zeroed, HdrHistogram's Python set-up) once a second cost
+        more than the whole second's timeline row."""
+        h, spare = self.interval, self._spare
+        for index, _ in _nonzero(spare):
+            spare.counts[index] = 0
+        spare.total_count = spare.max_value = 0
+        spare.min_value = sys.maxsize
+        self.interval, self._spare = spare, h
         return h
 
     def take_delta(self) -> dict[str, Any] | None:

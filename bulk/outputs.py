@@ -25,6 +25,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -138,6 +139,7 @@ class Outputs:
         except OSError as exc:
             raise OutputError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}") from None
         self._id_csv = csv.writer(self._id_map, lineterminator="\n")
+        self._id_write = self._id_map.write
         # A run directory written before the `action` column keeps its format when resumed:
         # its rows go on without the column, so the file stays one table.
         self._legacy_id_map = _first_line(run_dir / "id_map.csv") == _csv_line(LEGACY_ID_MAP_HEADER)
@@ -156,6 +158,7 @@ class Outputs:
         return f
 
     def created(self, row: list[Any]) -> None:
+        """One ID map row, any cells (:data:`ID_MAP_HEADER`'s columns): the csv module's row."""
         # One search over the row's text cells instead of one call per cell: a control
         # character in any of them (rare) escapes the row cell by cell, as before. Every
         # control character is unprintable, so a printable text (C, one pass) skips the
@@ -167,6 +170,32 @@ class Outputs:
             self._id_csv.writerow(row[:-1] if self._legacy_id_map else row)
         except OSError as exc:
             raise OutputError(f"cannot append to id_map.csv: {exc.strerror or exc}") from None
+
+    def created_row(self, external_id: str, invoice_id: str, line: int, customer_id: str, status: str,
+                    currency: str, net: Decimal, tax: Decimal, gross: Decimal, action: str) -> None:
+        """The same row as :meth:`created` of these cells, byte for byte, for less work.
+
+        A row whose cells joined by commas are printable (no control character, so nothing to
+        escape and no line break) and hold no comma but the nine separators and no quote is
+        exactly what the csv module writes (it quotes a cell only for a comma, a quote or a
+        line break; it writes a number as ``str()``): it is written as that text. Any other
+        row, and every row of a legacy ID map (no ``action``), takes :meth:`created`. The cells
+        are as typed: ``None`` (which the csv module writes as an empty cell) only as
+        ``invoice_id``, where it also takes :meth:`created`. The
+        csv path cost ~14,700 instructions a row more (callgrind, Recorder.created per
+        invoice: 105,258 before, 90,597 after): the row list, the text join, the writer's
+        conversion and cell-by-cell scan.
+        """
+        line_text = (f"{external_id!s},{invoice_id!s},{line!s},{customer_id!s},{status!s},{currency!s},"
+                     f"{net!s},{tax!s},{gross!s},{action!s}")
+        if (line_text.isprintable() and line_text.count(",") == 9 and '"' not in line_text
+                and invoice_id is not None and not self._legacy_id_map):
+            try:
+                self._id_write(line_text + "\n")
+                return
+            except OSError as exc:
+                raise OutputError(f"cannot append to id_map.csv: {exc.strerror or exc}") from None
+        self.created([external_id, invoice_id, line, customer_id, status, currency, net, tax, gross, action])
 
     def failed(self, raw: bytes, reason: list[Any]) -> None:
         try:

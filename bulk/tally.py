@@ -7,14 +7,20 @@ summary of a run directory describes everything done for its input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Overflow
+from functools import reduce
 from typing import Any
 
-from .money import CurrencyTotals
+from .money import CurrencyTotals, Totals
 
 __all__ = ["Tally"]
 
 _MAX_MISMATCHES = 100
+_BATCH = 1024  # invoices of one currency kept aside at most (see Tally.add_totals)
+
+# Sums of a batch: exact (Decimal addition at unbounded precision never rounds; Inexact traps
+# if it ever would), so a batch's sum added once equals its invoices added one by one.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, InvalidOperation, Overflow])
 
 
 @dataclass(slots=True)
@@ -27,9 +33,43 @@ class Tally:
     rejected: int = 0  # invalid input (incl. duplicate external ids)
     failed: int = 0  # refused by the API
     uncertain: int = 0  # retries exhausted with the outcome unknown: safe to feed back
-    totals: CurrencyTotals = field(default_factory=CurrencyTotals)
+    _totals: CurrencyTotals = field(default_factory=CurrencyTotals)
     mismatch_count: int = 0
     mismatches: list[dict[str, str]] = field(default_factory=list)
+    #: invoices counted by add_totals and not yet in _totals, by currency (see add_totals)
+    _pending: dict[str, list[Totals]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def totals(self) -> CurrencyTotals:
+        """Per-currency counts and sums of every invoice in the ID map (pending ones folded in)."""
+        if self._pending:
+            self._fold()
+        return self._totals
+
+    def add_totals(self, currency: str, totals: Totals) -> None:
+        """Count one invoice's totals: kept aside and summed in one batch when :attr:`totals` is
+        next read (a checkpoint, the summary), each amount with one exact addition per invoice
+        instead of a :class:`CurrencyTotals` update per invoice (its Python calls cost more
+        than the additions). The sums are the same digit for digit: addition is exact and
+        associative here, and a sum's exponent is its terms' smallest either way."""
+        batch = self._pending.get(currency)
+        if batch is None:
+            self._pending[currency] = [totals]
+        else:
+            batch.append(totals)
+            if len(batch) >= _BATCH:  # memory stays bounded however rarely the totals are read
+                self._fold()
+
+    def _fold(self) -> None:
+        add = _EXACT.add
+        doc: dict[str, dict[str, int | str]] = {}
+        for code, batch in self._pending.items():
+            doc[code] = {"invoices": len(batch),
+                         "net": str(reduce(add, [t.net for t in batch])),
+                         "tax": str(reduce(add, [t.tax for t in batch])),
+                         "gross": str(reduce(add, [t.gross for t in batch]))}
+        self._pending.clear()
+        self._totals.merge(CurrencyTotals.from_json(doc))  # decimal strings: exact both ways
 
     @property
     def mapped(self) -> int:
@@ -60,7 +100,7 @@ class Tally:
 
         return cls(read=n("read"), created=n("created"), existing=n("existing"), updated=n("updated"),
                    unchanged=n("unchanged"), rejected=n("rejected"), failed=n("failed"), uncertain=n("uncertain"),
-                   totals=CurrencyTotals.from_json(data.get("totals", {})), mismatch_count=n("mismatch_count"),
+                   _totals=CurrencyTotals.from_json(data.get("totals", {})), mismatch_count=n("mismatch_count"),
                    mismatches=list(data.get("mismatches", [])))
 
     def merge(self, other: Tally) -> None:

@@ -1,0 +1,85 @@
+"""Latency.record and the bucket readers against HdrHistogram's own code (record_value, its
+iterators and percentiles): the inlined hot path and the C-level bucket scan change nothing."""
+
+from __future__ import annotations
+
+import random
+
+from hdrh.histogram import HdrHistogram
+
+from bulk.latency import HIGHEST_US, Latency, buckets, histogram, stats_ms
+
+
+def _values() -> list[int]:
+    rnd = random.Random(11)
+    values = [int(rnd.lognormvariate(11.5, 1.2)) for _ in range(3000)]
+    return [*values, 0, 1, 2, 1023, 1024, 2047, 2048, 999_999, HIGHEST_US, HIGHEST_US + 5, 10 * HIGHEST_US]
+
+
+def test_record_fills_each_histogram_as_record_value_does() -> None:
+    lat = Latency()
+    write, invoice, interval = histogram(), histogram(), histogram()
+    read = histogram()
+    for i, micros in enumerate(_values()):
+        clamped = min(max(micros, 1), HIGHEST_US)
+        if i % 3:
+            lat.record("write", "invoice", micros, 201 if i % 7 else 503)
+            for h in (write, invoice, interval):
+                h.record_value(clamped)
+        else:
+            lat.record("read", "read", micros, "reset" if i % 5 == 0 else 200)  # a stage named as its kind
+            for h in (read, interval):
+                h.record_value(clamped)
+    assert sorted(lat.hist) == ["invoice", "read", "write"]
+    assert lat.kinds == {"read", "write"}
+    for mine, ref in ((lat.hist["write"], write), (lat.hist["invoice"], invoice), (lat.hist["read"], read),
+                      (lat.interval, interval)):
+        assert list(mine.counts) == list(ref.counts)
+        assert (mine.total_count, mine.min_value, mine.max_value) == (ref.total_count, ref.min_value, ref.max_value)
+    n = len(_values())
+    assert lat.finished == n
+    assert sum(lat.status["write"].values()) + sum(lat.status["read"].values()) == n
+    assert lat.status["write"] == lat.status["invoice"]
+    assert lat.errors == lat.status["write"].get(503, 0) + lat.status["read"].get("reset", 0)
+
+
+def _reference_buckets(h: HdrHistogram) -> list[tuple[int, int, int]]:
+    out = []
+    for index in range(h.counts_len):
+        n = h.get_count_at_index(index)
+        if n:
+            low = h.get_value_from_index(index)
+            out.append((low, h.get_highest_equivalent_value(low), n))
+    return out
+
+
+def test_buckets_and_percentiles_match_hdrhistograms_own() -> None:
+    h = histogram()
+    assert buckets(h) == []
+    for micros in _values():
+        h.record_value(min(max(micros, 1), HIGHEST_US))
+    assert buckets(h) == _reference_buckets(h)
+    st = stats_ms(h)
+    assert st["count"] == h.get_total_count()
+    for name, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9)):
+        assert st[name] == round(h.get_value_at_percentile(p) / 1000, 3), name
+    assert st["max"] == round(h.get_highest_equivalent_value(h.get_max_value()) / 1000, 3)
+    one = histogram()
+    one.record_value(5000)
+    assert buckets(one) == _reference_buckets(one) and len(buckets(one)) == 1
+
+
+def test_take_interval_returns_each_seconds_requests_and_then_an_empty_histogram() -> None:
+    lat = Latency()
+    seconds = [[1500, 2500, 900_000], [7, 7, 3_000_000], [], [42]]
+    for values in seconds:
+        for micros in values:
+            lat.record("write", "invoice", micros, 201)
+        got = lat.take_interval()
+        ref = histogram()
+        for micros in values:
+            ref.record_value(micros)
+        assert list(got.counts) == list(ref.counts)
+        assert (got.total_count, got.min_value, got.max_value) == (ref.total_count, ref.min_value, ref.max_value)
+        assert stats_ms(got) == stats_ms(ref)
+    assert lat.hist["write"].total_count == sum(len(v) for v in seconds)
