@@ -71,3 +71,31 @@ def test_checkpoint_schema_reads_and_writes_the_file_format_unchanged(tmp_path: 
     old = Checkpoint.from_json({k: v for k, v in doc.items() if k not in ("shard_by", "started_at", "latency",
                                                                           "late_starts", "timeline", "outputs")})
     assert (old.shard_by, old.started_at, old.latency, old.late_starts, old.outputs) == (None, None, None, 0, None)
+
+
+def test_a_fresh_jobs_committed_ids_are_found_by_this_run_without_a_reopen(tmp_path: Path) -> None:
+    """A fresh job looks in ``seen`` only for ids whose filter bit is set: a duplicate of an id
+    committed earlier in the same run is still found, and an id sharing only the bit is not one."""
+    from bulk.checkpoint import _FILTER_MASK, id_hash
+
+    s = StateStore(tmp_path)
+    by_bit: dict[int, str] = {}
+    pair: tuple[str, str] | None = None
+    for i in range(200_000):  # two ids whose hashes share the filter bit (a birthday pair: ~4,000 ids)
+        ext = f"INV-{i}"
+        other = by_bit.setdefault(id_hash(ext) & _FILTER_MASK, ext)
+        if other != ext:
+            pair = (other, ext)
+            break
+    assert pair is not None
+    assert s.first_line("INV-A", 1) == 1
+    assert s.first_line(pair[0], 2) == 2
+    s.commit({"n": 1})  # both now only in the table, no longer pending
+    assert s.first_line("INV-A", 5) == 1
+    assert s.first_line(pair[0], 6) == 2
+    assert s.first_line(pair[1], 7) == 7  # its bit is set, but the table does not hold it
+    assert s.first_line("INV-B", 8) == 8
+    s.commit({"n": 2})
+    assert s.first_line(pair[1], 9) == 7
+    assert s.first_line("INV-B", 10) == 8
+    s.close()
