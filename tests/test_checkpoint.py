@@ -99,3 +99,17 @@ def test_a_fresh_jobs_committed_ids_are_found_by_this_run_without_a_reopen(tmp_p
     assert s.first_line(pair[1], 9) == 7
     assert s.first_line("INV-B", 10) == 8
     s.close()
+
+
+def test_id_hash_is_the_signed_big_endian_8_byte_blake2b_earlier_runs_stored() -> None:
+    """``seen`` rows of a job an earlier version started hold this hash: it must not change."""
+    import hashlib
+
+    from bulk.checkpoint import id_hash
+
+    for ext in ("INV-1", "", "é€ \x00 long " * 40, "INV-1"):
+        want = int.from_bytes(hashlib.blake2b(ext.encode(), digest_size=8).digest(), "big", signed=True)
+        assert id_hash(ext) == want
+    assert id_hash("INV-1") == int.from_bytes(bytes.fromhex(hashlib.blake2b(b"INV-1", digest_size=8).hexdigest()),
+                                              "big", signed=True)
+    assert {id_hash(f"INV-{i}") < 0 for i in range(64)} == {True, False}  # signed: SQLite's INTEGER range
