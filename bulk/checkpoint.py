@@ -205,6 +205,15 @@ class StateStore:
             self._new_seen.clear()
             self._db.execute("BEGIN")
         except sqlite3.Error as exc:
+            # A failed COMMIT (SQLITE_FULL, IOERR...) may leave the connection inside or outside
+            # a transaction: roll back what is left, open a new one, so the store stays usable and
+            # consistent (this checkpoint's rows stay pending; the run stops on the error).
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN")
+            except sqlite3.Error:
+                pass
             raise OutputError(f"cannot write the resume file {self.path}: {exc}") from None
 
     # --- duplicates -------------------------------------------------------------------

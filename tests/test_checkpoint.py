@@ -113,3 +113,38 @@ def test_id_hash_is_the_signed_big_endian_8_byte_blake2b_earlier_runs_stored() -
     assert id_hash("INV-1") == int.from_bytes(bytes.fromhex(hashlib.blake2b(b"INV-1", digest_size=8).hexdigest()),
                                               "big", signed=True)
     assert {id_hash(f"INV-{i}") < 0 for i in range(64)} == {True, False}  # signed: SQLite's INTEGER range
+
+
+def test_a_failed_commit_leaves_the_store_in_a_transaction_and_the_last_checkpoint(tmp_path: Path) -> None:
+    """A COMMIT that fails (here refused by SQLite's authorizer hook) raises OutputError; the
+    store rolls back and begins again, so the next commit works and holds the pending rows."""
+    import sqlite3
+
+    import pytest
+
+    from bulk.errors import OutputError
+
+    s = StateStore(tmp_path)
+    s.first_line("INV-1", 1)
+    s.commit({"n": 1})
+    s.first_line("INV-2", 2)
+    denied = []
+
+    def deny_one_commit(action: int, arg1: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" and not denied:
+            denied.append(arg1)
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    s._db.set_authorizer(deny_one_commit)  # SQLite refuses this COMMIT, as it would a full disk's
+    with pytest.raises(OutputError, match="cannot write the resume file"):
+        s.commit({"n": 2})
+    assert denied == ["COMMIT"]
+    assert s._db.in_transaction
+    assert s.load() == {"n": 1}
+    s.commit({"n": 3})
+    s.close()
+    s = StateStore(tmp_path)
+    assert s.load() == {"n": 3}
+    assert s.first_line("INV-2", 9) == 2  # the failed commit's pending row went with the next one
+    s.close()
