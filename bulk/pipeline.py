@@ -34,8 +34,8 @@ itself is done by the parts below; this is the path of one record, top to bottom
                                  then latency.hdr.json and summary.json (bulk._summary.build)
 
 Alongside: the checkpointer, the progress ticker (bulk._status), the measurements' second ticker
-(bulk.measure) and the signal watcher (SIGINT/SIGTERM -> stop reading, let in-flight finish,
-a second signal or a 10 s grace -> cancel; exit 130).
+(bulk.measure) and the signal watcher (bulk._signals: SIGINT/SIGTERM -> stop reading, let
+in-flight finish, a second signal or a 10 s grace -> cancel; exit 130).
 
 Exactly-once across kills: a record is *finished* only when its outcome is in the output
 files; the checkpoint stores the watermark (every record before it is finished), the lines
@@ -63,7 +63,6 @@ totals exactly those rows.* Three things hold it:
 from __future__ import annotations
 
 import datetime as dt
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +71,7 @@ from typing import Any
 import anyio
 from anyio import CancelScope
 
-from . import _status
+from . import _signals, _status
 from ._intake import Intake
 from ._jobstate import JobState
 from ._recorder import Recorder
@@ -136,33 +135,37 @@ class Run:
         intake = Intake(max_line_bytes=c.max_line_bytes, first_line=js.opened.state.first_line, target=self.target,
                         shard=c.shard)
         screen, reject = intake.screen, self._recorder.reject
+        add, finish, pending, put = tracker.add, tracker.finish, tracker.pending, feed.put
+        reserved = js.reserved  # js.reserved's value: only this task changes it
         try:
             async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line,
                                                max_line_bytes=c.max_line_bytes):
                 if self.stopping:
                     break
-                entry = tracker.add(raw)
-                if done_beyond and raw.line_no in done_beyond:
-                    done_beyond.discard(raw.line_no)  # from now on the tracker holds it
-                    tracker.finish(entry)
+                entry = add(raw)
+                line_no = raw.line_no
+                if done_beyond and line_no in done_beyond:
+                    done_beyond.discard(line_no)  # from now on the tracker holds it
+                    finish(entry)
                     continue
-                if len(tracker) >= window:
+                if len(pending) >= window:
                     await tracker.wait_for_room(window)
                 try:
                     record = screen(raw)
                 except InvalidRecord as exc:
                     reject(raw, exc, intake.external_id)
-                    tracker.finish(entry)
+                    finish(entry)
                     continue
                 if record is None:  # blank, or another shard's
-                    tracker.finish(entry)
+                    finish(entry)
                     continue
-                if raw.line_no > js.reserved:
+                if line_no > reserved:
                     # Write ahead: a resumed run must know which records may have been sent.
-                    js.reserved = raw.line_no + window
+                    js.reserved = reserved = line_no + window
                     js.checkpoint()
-                assert raw.data is not None  # a record's line is in memory (intake rejects an overlong one)
-                await feed.put((entry, record, raw.data))
+                data = raw.data
+                assert data is not None  # a record's line is in memory (intake rejects an overlong one)
+                await put((entry, record, data))
         finally:
             feed.close()
 
@@ -171,24 +174,7 @@ class Run:
             await anyio.sleep(self.config.checkpoint_every)
             self._job.checkpoint()
 
-    async def _watch_signals(self, outer: CancelScope) -> None:
-        try:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                # A shard worker (bulk.procs) starts with both blocked: one that came early is delivered now.
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
-                async for _ in signals:
-                    if self.stopping:
-                        break  # second signal: stop now
-                    self.stopping = True
-                    if self.progress:
-                        self.progress.note("interrupted: finishing requests in flight (again to stop now)")
-                    with anyio.move_on_after(10):
-                        async for _ in signals:
-                            break
-                    break
-        except (ValueError, NotImplementedError):
-            await anyio.sleep_forever()  # not the main thread: the caller handles signals
-            return
+    def _cancel_work(self) -> None:
         if self._work_scope is not None:
             self._work_scope.cancel()
 
@@ -252,7 +238,7 @@ class Run:
                 if self.progress is not None:
                     outer.start_soon(_status.tick, self.progress, self._job, self._input, c)
                 if handle_signals:
-                    outer.start_soon(self._watch_signals, outer.cancel_scope)
+                    outer.start_soon(_signals.watch, self, self.progress, self._cancel_work)
                 with CancelScope() as work_scope:
                     self._work_scope = work_scope
                     assert self._session is not None

@@ -71,3 +71,80 @@ def test_checkpoint_schema_reads_and_writes_the_file_format_unchanged(tmp_path: 
     old = Checkpoint.from_json({k: v for k, v in doc.items() if k not in ("shard_by", "started_at", "latency",
                                                                           "late_starts", "timeline", "outputs")})
     assert (old.shard_by, old.started_at, old.latency, old.late_starts, old.outputs) == (None, None, None, 0, None)
+
+
+def test_a_fresh_jobs_committed_ids_are_found_by_this_run_without_a_reopen(tmp_path: Path) -> None:
+    """A fresh job looks in ``seen`` only for ids whose filter bit is set: a duplicate of an id
+    committed earlier in the same run is still found, and an id sharing only the bit is not one."""
+    from bulk.checkpoint import _FILTER_MASK, id_hash
+
+    s = StateStore(tmp_path)
+    by_bit: dict[int, str] = {}
+    pair: tuple[str, str] | None = None
+    for i in range(200_000):  # two ids whose hashes share the filter bit (a birthday pair: ~4,000 ids)
+        ext = f"INV-{i}"
+        other = by_bit.setdefault(id_hash(ext) & _FILTER_MASK, ext)
+        if other != ext:
+            pair = (other, ext)
+            break
+    assert pair is not None
+    assert s.first_line("INV-A", 1) == 1
+    assert s.first_line(pair[0], 2) == 2
+    s.commit({"n": 1})  # both now only in the table, no longer pending
+    assert s.first_line("INV-A", 5) == 1
+    assert s.first_line(pair[0], 6) == 2
+    assert s.first_line(pair[1], 7) == 7  # its bit is set, but the table does not hold it
+    assert s.first_line("INV-B", 8) == 8
+    s.commit({"n": 2})
+    assert s.first_line(pair[1], 9) == 7
+    assert s.first_line("INV-B", 10) == 8
+    s.close()
+
+
+def test_id_hash_is_the_signed_big_endian_8_byte_blake2b_earlier_runs_stored() -> None:
+    """``seen`` rows of a job an earlier version started hold this hash: it must not change."""
+    import hashlib
+
+    from bulk.checkpoint import id_hash
+
+    for ext in ("INV-1", "", "é€ \x00 long " * 40, "INV-1"):
+        want = int.from_bytes(hashlib.blake2b(ext.encode(), digest_size=8).digest(), "big", signed=True)
+        assert id_hash(ext) == want
+    assert id_hash("INV-1") == int.from_bytes(bytes.fromhex(hashlib.blake2b(b"INV-1", digest_size=8).hexdigest()),
+                                              "big", signed=True)
+    assert {id_hash(f"INV-{i}") < 0 for i in range(64)} == {True, False}  # signed: SQLite's INTEGER range
+
+
+def test_a_failed_commit_leaves_the_store_in_a_transaction_and_the_last_checkpoint(tmp_path: Path) -> None:
+    """A COMMIT that fails (here refused by SQLite's authorizer hook) raises OutputError; the
+    store rolls back and begins again, so the next commit works and holds the pending rows."""
+    import sqlite3
+
+    import pytest
+
+    from bulk.errors import OutputError
+
+    s = StateStore(tmp_path)
+    s.first_line("INV-1", 1)
+    s.commit({"n": 1})
+    s.first_line("INV-2", 2)
+    denied = []
+
+    def deny_one_commit(action: int, arg1: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" and not denied:
+            denied.append(arg1)
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    s._db.set_authorizer(deny_one_commit)  # SQLite refuses this COMMIT, as it would a full disk's
+    with pytest.raises(OutputError, match="cannot write the resume file"):
+        s.commit({"n": 2})
+    assert denied == ["COMMIT"]
+    assert s._db.in_transaction
+    assert s.load() == {"n": 1}
+    s.commit({"n": 3})
+    s.close()
+    s = StateStore(tmp_path)
+    assert s.load() == {"n": 3}
+    assert s.first_line("INV-2", 9) == 2  # the failed commit's pending row went with the next one
+    s.close()
