@@ -95,15 +95,15 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
                     and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
                 return None
             raw_amount = item.quantity
-            quantity: Decimal | None = texts.get(raw_amount) if type(raw_amount) is str else ints.get(raw_amount)
+            quantity: Decimal | None = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
             if quantity is None:
                 quantity = _amount(ln, "", raw_amount)
             raw_amount = item.unit_price
-            unit_price = texts.get(raw_amount) if type(raw_amount) is str else ints.get(raw_amount)
+            unit_price = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
             if unit_price is None:
                 unit_price = _amount(ln, "", raw_amount)
             raw_amount = item.tax_rate
-            tax_rate = texts.get(raw_amount) if type(raw_amount) is str else ints.get(raw_amount)
+            tax_rate = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
             if tax_rate is None:
                 tax_rate = _amount(ln, "", raw_amount)
             if quantity <= _ZERO or not _ZERO <= tax_rate <= _THOUSAND:
