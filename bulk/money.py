@@ -202,7 +202,9 @@ def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
                 other = mul(amount, key[4]).scaleb(-2, ctx).quantize(q, None, ctx) or zero
             else:  # first: gross, second: net
                 other = div(amount.scaleb(2, ctx), add(_HUNDRED, key[4])).quantize(q, None, ctx) or zero
-            pair = _memo(key, (amount, other))
+            if len(memo) >= _MEMO_SIZE:  # bounded: emptied when full
+                memo.clear()
+            memo[key] = pair = (amount, other)
         if first is None:
             first, second = pair
         else:
@@ -221,13 +223,6 @@ def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
 _LineKey = tuple[Decimal, bool, Decimal, Decimal, Decimal]
 _LINE_MEMO: dict[_LineKey, tuple[Decimal, Decimal]] = {}
 _MEMO_SIZE = 4096
-
-
-def _memo(key: _LineKey, pair: tuple[Decimal, Decimal]) -> tuple[Decimal, Decimal]:
-    if len(_LINE_MEMO) >= _MEMO_SIZE:
-        _LINE_MEMO.clear()
-    _LINE_MEMO[key] = pair
-    return pair
 
 
 class CurrencyTotals:
