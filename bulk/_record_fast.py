@@ -20,10 +20,8 @@ import orjson
 
 from . import _record_schema as _schema
 from ._record_fields import (
-    _AMOUNT_CACHE,
     _BAD_TEXT,
     _COUNTRIES,
-    _INT_AMOUNT_CACHE,
     _THOUSAND,
     _ZERO,
     _amount,
@@ -71,6 +69,26 @@ def _customer(customer: _schema.Customer) -> Customer | None:
     return built
 
 
+# Per amount field: the JSON int or string as written -> its Decimal (`_amount`), kept only once
+# it passed that field's checks (quantity > 0, 0 <= tax rate <= 1000). Bounded like the others.
+_QUANTITIES: dict[int | str, Decimal] = {}
+_PRICES: dict[int | str, Decimal] = {}
+_RATES: dict[int | str, Decimal] = {}
+_POSITIVE = (False, None)  # (zero allowed, upper bound)
+_RATE_RANGE = (True, _THOUSAND)
+
+
+def _field_amount(cache: dict[int | str, Decimal], raw: int | str, rule: tuple[bool, Decimal | None]) -> Decimal | None:
+    """The Decimal of an amount not in ``cache`` yet, kept there if within ``rule``; None when it is not
+    (the general path reports it). `InvalidRecord` from `_amount` for an amount that is none."""
+    amount = _amount(0, "", raw)
+    zero_ok, high = rule
+    if amount < _ZERO or (not zero_ok and amount == _ZERO) or (high is not None and amount > high):
+        return None
+    kept: Decimal = _remember(cache, raw, amount)
+    return kept
+
+
 def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
@@ -85,28 +103,24 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
         if not is_currency(inv.currency) or (inv.issue_date is None and status != "draft"):
             return None
         lines = []
-        # Per invoice line, the checks of _fast_short/_fast_text/_fast_id and _cached_amount are
-        # written out (~15 calls a line saved); an amount not cached yet goes through _amount.
-        texts, ints = _AMOUNT_CACHE, _INT_AMOUNT_CACHE
+        # Per invoice line, the checks of _fast_short/_fast_text/_fast_id are written out (~15
+        # calls a line saved), and each amount is one lookup of a value already checked for its
+        # field; one not met yet goes through _amount and the field's range (_field_amount).
+        quantities, prices, rates = _QUANTITIES, _PRICES, _RATES
         for item in inv.lines:
             title, description, item_ref = item.title, item.description, item.item_ref
             if not (title.isprintable() and not title.isspace()
                     and (description is None or _fast_text(description))
                     and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
                 return None
-            raw_amount = item.quantity
-            quantity: Decimal | None = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
-            if quantity is None:
-                quantity = _amount(ln, "", raw_amount)
-            raw_amount = item.unit_price
-            unit_price = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
+            quantity = quantities.get(item.quantity)
+            if quantity is None and (quantity := _field_amount(quantities, item.quantity, _POSITIVE)) is None:
+                return None
+            unit_price = prices.get(item.unit_price)
             if unit_price is None:
-                unit_price = _amount(ln, "", raw_amount)
-            raw_amount = item.tax_rate
-            tax_rate = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
-            if tax_rate is None:
-                tax_rate = _amount(ln, "", raw_amount)
-            if quantity <= _ZERO or not _ZERO <= tax_rate <= _THOUSAND:
+                unit_price = _remember(prices, item.unit_price, _amount(ln, "", item.unit_price))
+            tax_rate = rates.get(item.tax_rate)
+            if tax_rate is None and (tax_rate := _field_amount(rates, item.tax_rate, _RATE_RANGE)) is None:
                 return None
             lines.append(_new_line(title, description, quantity, unit_price, tax_rate, item_ref))
         extra = inv.extra
