@@ -4,16 +4,30 @@
 does the few checks left, building the very `Record` the general path (`bulk._record_general`)
 would. Whatever it is unsure of it leaves to the general path by returning None, so every error
 and every unusual input takes exactly the path it always took (tests/test_records_fastpath.py).
+
+Customers repeat from invoice to invoice (one customer, many invoices): a customer's checked,
+built `Customer` (and its `Address`) is kept, keyed by its decoded (frozen, hashable) schema
+struct, and reused for the next invoice whose customer decodes equal, field for field. Both are
+immutable, so sharing one object between records is safe. Bounded like the amount caches.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 import msgspec
 import orjson
 
 from . import _record_schema as _schema
-from ._record_fields import _AMOUNT_CACHE, _BAD_TEXT, _COUNTRIES, _INT_AMOUNT_CACHE, _THOUSAND, _ZERO, _amount
-from ._record_types import Record, _new_address, _new_customer, _new_line, _new_record
+from ._record_fields import (
+    _BAD_TEXT,
+    _COUNTRIES,
+    _THOUSAND,
+    _ZERO,
+    _amount,
+    _remember,
+)
+from ._record_types import Customer, Record, _new_address, _new_customer, _new_line, _new_record
 from .errors import InvalidRecord
 from .money import is_currency
 
@@ -34,55 +48,84 @@ def _fast_text(value: str | None) -> bool:
     return value is None or (not value.isspace() and (value.isprintable() or not _BAD_TEXT.search(value)))
 
 
+# decoded customer struct -> the Customer the general path builds for it (only customers that passed)
+_CUSTOMERS: dict[_schema.Customer, Customer] = {}
+
+
+def _customer(customer: _schema.Customer) -> Customer | None:
+    """The `Customer` of a decoded customer not seen yet, or None when the general path must judge it."""
+    if not (_fast_id(customer.external_id) and _fast_short(customer.name) and _fast_short(customer.company)):
+        return None
+    where, address = customer.address, None
+    if where is not None:
+        if not (_fast_short(where.line1) and _fast_short(where.line2) and _fast_short(where.city)
+                and _fast_short(where.region) and _fast_short(where.postal_code)):
+            return None
+        if where.country is not None and where.country not in _COUNTRIES:
+            return None
+        address = _new_address(where.line1, where.line2, where.city, where.region, where.postal_code, where.country)
+    built: Customer = _remember(_CUSTOMERS, customer, _new_customer(
+        customer.external_id, customer.email, customer.name, customer.company, customer.locale or "en", address))
+    return built
+
+
+# Per amount field: the JSON int or string as written -> its Decimal (`_amount`), kept only once
+# it passed that field's checks (quantity > 0, 0 <= tax rate <= 1000). Bounded like the others.
+_QUANTITIES: dict[int | str, Decimal] = {}
+_PRICES: dict[int | str, Decimal] = {}
+_RATES: dict[int | str, Decimal] = {}
+_POSITIVE = (False, None)  # (zero allowed, upper bound)
+_RATE_RANGE = (True, _THOUSAND)
+
+
+def _field_amount(cache: dict[int | str, Decimal], raw: int | str, rule: tuple[bool, Decimal | None]) -> Decimal | None:
+    """The Decimal of an amount not in ``cache`` yet, kept there if within ``rule``; None when it is not
+    (the general path reports it). `InvalidRecord` from `_amount` for an amount that is none."""
+    amount = _amount(0, "", raw)
+    zero_ok, high = rule
+    if amount < _ZERO or (not zero_ok and amount == _ZERO) or (high is not None and amount > high):
+        return None
+    kept: Decimal = _remember(cache, raw, amount)
+    return kept
+
+
 def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
-        customer = inv.customer
-        if not (_fast_id(inv.external_id) and _fast_id(customer.external_id) and _fast_short(customer.name)
-                and _fast_short(customer.company) and _fast_text(inv.notes)):
+        external_id, notes = inv.external_id, inv.notes
+        if not (external_id.isprintable() and external_id.strip() == external_id
+                and (notes is None or _fast_text(notes))):
             return None
-        where, address = customer.address, None
-        if where is not None:
-            if not (_fast_short(where.line1) and _fast_short(where.line2) and _fast_short(where.city)
-                    and _fast_short(where.region) and _fast_short(where.postal_code)):
-                return None
-            if where.country is not None and where.country not in _COUNTRIES:
-                return None
-            address = _new_address(where.line1, where.line2, where.city, where.region, where.postal_code,
-                                   where.country)
+        customer = _CUSTOMERS.get(inv.customer) or _customer(inv.customer)
+        if customer is None:
+            return None
         status = inv.status or "draft"
         if not is_currency(inv.currency) or (inv.issue_date is None and status != "draft"):
             return None
         lines = []
-        # Per invoice line, the checks of _fast_short/_fast_text/_fast_id and _cached_amount are
-        # written out (~15 calls a line saved); an amount not cached yet goes through _amount.
-        texts, ints = _AMOUNT_CACHE, _INT_AMOUNT_CACHE
+        # Per invoice line, the checks of _fast_short/_fast_text/_fast_id are written out (~15
+        # calls a line saved), and each amount is one lookup of a value already checked for its
+        # field; one not met yet goes through _amount and the field's range (_field_amount).
+        quantities, prices, rates = _QUANTITIES, _PRICES, _RATES
         for item in inv.lines:
             title, description, item_ref = item.title, item.description, item.item_ref
             if not (title.isprintable() and not title.isspace()
                     and (description is None or _fast_text(description))
                     and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
                 return None
-            raw_amount = item.quantity
-            quantity = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
-            if quantity is None:
-                quantity = _amount(ln, "", raw_amount)
-            raw_amount = item.unit_price
-            unit_price = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
+            quantity = quantities.get(item.quantity)
+            if quantity is None and (quantity := _field_amount(quantities, item.quantity, _POSITIVE)) is None:
+                return None
+            unit_price = prices.get(item.unit_price)
             if unit_price is None:
-                unit_price = _amount(ln, "", raw_amount)
-            raw_amount = item.tax_rate
-            tax_rate = texts.get(raw_amount) if isinstance(raw_amount, str) else ints.get(raw_amount)
-            if tax_rate is None:
-                tax_rate = _amount(ln, "", raw_amount)
-            if quantity <= _ZERO or not _ZERO <= tax_rate <= _THOUSAND:
+                unit_price = _remember(prices, item.unit_price, _amount(ln, "", item.unit_price))
+            tax_rate = rates.get(item.tax_rate)
+            if tax_rate is None and (tax_rate := _field_amount(rates, item.tax_rate, _RATE_RANGE)) is None:
                 return None
             lines.append(_new_line(title, description, quantity, unit_price, tax_rate, item_ref))
-        extra = {} if inv.extra is None else {key: orjson.loads(memoryview(value)) for key, value in inv.extra.items()}
+        extra = inv.extra
+        extra = {key: orjson.loads(memoryview(value)) for key, value in extra.items()} if extra else {}
     except (msgspec.MsgspecError, InvalidRecord, orjson.JSONDecodeError, RecursionError):
         return None
-    return _new_record(ln, inv.external_id,
-                       _new_customer(customer.external_id, customer.email, customer.name, customer.company,
-                                     customer.locale or "en", address),
-                       inv.currency, inv.issue_date, inv.due_date, status, inv.prices or "net", inv.notes,
-                       tuple(lines), extra)
+    return _new_record(ln, external_id, customer, inv.currency, inv.issue_date, inv.due_date, status,
+                       inv.prices or "net", notes, tuple(lines), extra)

@@ -41,7 +41,8 @@ Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Amount = int | str
 
 
-class Address(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+# Address and Customer are frozen, hence hashable: `bulk._record_fast` keys its customer cache by them.
+class Address(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     line1: Short | None = None
     line2: Short | None = None
     city: Short | None = None
@@ -50,7 +51,7 @@ class Address(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     country: str | None = None  # bulk.records looks it up in its table
 
 
-class Customer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+class Customer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, gc=False):
     external_id: Ident
     email: Annotated[str, msgspec.Meta(max_length=254, pattern=_EMAIL)]
     name: Short | None = None

@@ -14,8 +14,8 @@ from typing import Any
 
 from ._frozen import constructor
 from .money import Totals
-from .money import invoice_totals as _invoice_totals
 from .money import line_totals as _line_totals
+from .money import lines_totals as _lines_totals
 
 __all__ = ["Address", "Customer", "Line", "Record"]
 
@@ -73,8 +73,7 @@ class Record:
 
     def totals(self) -> Totals:
         """The invoice's totals: the sums of its lines' rounded totals."""
-        return _invoice_totals([(ln.quantity, ln.unit_price, ln.tax_rate) for ln in self.lines],
-                               self.prices, self.currency)
+        return _lines_totals(self.lines, self.prices, self.currency)
 
 
 # The parser builds these per record: the fast constructors skip the frozen __init__'s per-field

@@ -15,7 +15,7 @@ All arithmetic runs in `_CTX` (50 significant digits), so nothing is rounded bef
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import (
     MAX_EMAX,
@@ -27,6 +27,7 @@ from decimal import (
     InvalidOperation,
     Overflow,
 )
+from typing import Any, NamedTuple
 
 from ._frozen import constructor
 
@@ -36,6 +37,7 @@ __all__ = [
     "invoice_totals",
     "is_currency",
     "line_totals",
+    "lines_totals",
     "minor_units",
     "quantize",
 ]
@@ -157,43 +159,61 @@ def line_totals(
     raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
 
 
+class _Amounts(NamedTuple):
+    quantity: Decimal
+    unit_price: Decimal
+    tax_rate: Decimal
+
+
 def invoice_totals(lines: Iterable[tuple[Decimal, Decimal, Decimal]], prices: str, currency: str) -> Totals:
-    """The sums of :func:`line_totals` over ``(quantity, unit_price, tax_rate)`` triples.
+    """The sums of :func:`line_totals` over ``(quantity, unit_price, tax_rate)`` triples (:func:`lines_totals`)."""
+    return lines_totals([_Amounts(*line) for line in lines], prices, currency)
+
+
+def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
+    """The sums of :func:`line_totals` over ``lines`` (each with ``quantity``, ``unit_price``, ``tax_rate``).
 
     Exactly ``sum(line_totals(...) for each line)`` from ``Totals.zero(currency)``, digit for
     digit, computed with less work: it runs once per record, on the hot path. Every step is
     exact (see the module docstring), so the shortcuts change no digit: dividing by 100 is
-    ``scaleb(-2)``, multiplying by 100 is ``scaleb(2)``, and the third sum is the sum of the
-    other two (gross = net + tax, tax = gross - net hold line by line, so also for the sums).
+    ``scaleb(-2)``, multiplying by 100 is ``scaleb(2)``, the third sum is the sum of the other
+    two (gross = net + tax, tax = gross - net hold line by line, so also for the sums), and the
+    sums start from the first line's amounts (quantized to the zero's exponent, never -0, so
+    adding them to that zero would change no digit).
     """
     q = _QUANTUM[currency]
     zero = _ZERO_BY_Q[q]
     ctx = _CTX
     mul, div, add = ctx.multiply, ctx.divide, ctx.add
-    first = second = q * 0
     memo = _LINE_MEMO
-    if prices == "net":  # first: net, second: tax
-        for quantity, unit_price, tax_rate in lines:
-            key = (q, True, quantity, unit_price, tax_rate)
-            pair = memo.get(key)
-            if pair is None:
-                net = mul(quantity, unit_price).quantize(q, None, ctx) or zero
-                pair = _memo(key, (net, mul(net, tax_rate).scaleb(-2, ctx).quantize(q, None, ctx) or zero))
+    if prices != "net" and prices != "gross":
+        raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
+    if not lines:
+        return _new_totals(zero, zero, zero)
+    net_prices = prices == "net"
+    first: Decimal | None = None
+    second = zero
+    for line in lines:
+        key = (q, net_prices, line.quantity, line.unit_price, line.tax_rate)
+        pair = memo.get(key)
+        if pair is None:
+            amount = mul(key[2], key[3]).quantize(q, None, ctx) or zero
+            if net_prices:  # first: net, second: tax
+                other = mul(amount, key[4]).scaleb(-2, ctx).quantize(q, None, ctx) or zero
+            else:  # first: gross, second: net
+                other = div(amount.scaleb(2, ctx), add(_HUNDRED, key[4])).quantize(q, None, ctx) or zero
+            if len(memo) >= _MEMO_SIZE:  # bounded: emptied when full
+                memo.clear()
+            memo[key] = pair = (amount, other)
+        if first is None:
+            first, second = pair
+        else:
             first = add(first, pair[0])
             second = add(second, pair[1])
+    assert first is not None  # there is a line (checked above)
+    if net_prices:
         return _new_totals(first, second, add(first, second))
-    if prices == "gross":  # first: gross, second: net
-        for quantity, unit_price, tax_rate in lines:
-            key = (q, False, quantity, unit_price, tax_rate)
-            pair = memo.get(key)
-            if pair is None:
-                gross = mul(quantity, unit_price).quantize(q, None, ctx) or zero
-                pair = _memo(key, (gross, div(gross.scaleb(2, ctx), add(_HUNDRED, tax_rate)).quantize(q, None, ctx)
-                                   or zero))
-            first = add(first, pair[0])
-            second = add(second, pair[1])
-        return _new_totals(second, ctx.subtract(first, second), first)
-    raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
+    return _new_totals(second, ctx.subtract(first, second), first)
 
 
 # Invoice lines repeat (a product at its list price, a quantity, a tax rate): each distinct line's
@@ -203,13 +223,6 @@ def invoice_totals(lines: Iterable[tuple[Decimal, Decimal, Decimal]], prices: st
 _LineKey = tuple[Decimal, bool, Decimal, Decimal, Decimal]
 _LINE_MEMO: dict[_LineKey, tuple[Decimal, Decimal]] = {}
 _MEMO_SIZE = 4096
-
-
-def _memo(key: _LineKey, pair: tuple[Decimal, Decimal]) -> tuple[Decimal, Decimal]:
-    if len(_LINE_MEMO) >= _MEMO_SIZE:
-        _LINE_MEMO.clear()
-    _LINE_MEMO[key] = pair
-    return pair
 
 
 class CurrencyTotals:

@@ -206,3 +206,41 @@ def test_invoice_totals_memo_gives_the_computed_digits() -> None:
             got = invoice_totals(lines, prices, currency)
             assert (str(got.net), str(got.tax), str(got.gross)) == (str(expected.net), str(expected.tax),
                                                                      str(expected.gross)), (lines, prices, currency)
+
+
+def test_record_totals_equal_the_sum_of_line_totals_over_generated_and_extreme_records() -> None:
+    """Record.totals (lines_totals: memo, first line as the start, scaleb) against the plain rule:
+    Totals.zero + line_totals per line, compared as strings (exponents too), over bulk.generate's
+    output (every currency exponent it makes, net and gross, discounts) and hand-made extremes."""
+    import orjson
+
+    from bulk.generate import generate
+    from bulk.records import parse_record
+
+    raws = [raw.rstrip(b"\n") for seed in (0, 5) for raw in generate(1500, seed)]
+    base = orjson.loads(raws[0])
+    extremes = [("999999999999", "999999999999.999999999999", "1000"), ("0.000000000001", "0.000000000001", "0"),
+                ("1", "-0.005", "19"), ("1", "0.005", "7"), ("3", "0.335", "0"), ("1", "-999999999999", "999.5"),
+                ("7", "1E+3", "19.000"), ("1", "0", "0")]
+    for currency in ("EUR", "JPY", "KWD", "CLF"):
+        for prices in ("net", "gross"):
+            lines = [{"title": "t", "quantity": q, "unit_price": p, "tax_rate": r} for q, p, r in extremes]
+            for k in range(1, len(lines) + 1):
+                raws.append(orjson.dumps({**base, "currency": currency, "prices": prices, "lines": lines[-k:]}))
+    for no, raw in enumerate(raws, 1):
+        rec = parse_record(raw, no)
+        expected = Totals.zero(rec.currency)
+        for t in rec.line_totals():
+            expected = expected + t
+        for _ in range(2):  # the second time every line comes from the memo
+            got = rec.totals()
+            assert (str(got.net), str(got.tax), str(got.gross)) == (str(expected.net), str(expected.tax),
+                                                                     str(expected.gross)), raw
+
+
+def test_totals_of_no_line_are_zero_and_a_bad_price_mode_is_refused() -> None:
+    from bulk.money import invoice_totals
+
+    assert str(invoice_totals([], "net", "KWD").gross) == "0.000"
+    with pytest.raises(ValueError):
+        invoice_totals([(Decimal(1), Decimal(1), Decimal(0))], "both", "EUR")

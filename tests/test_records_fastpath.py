@@ -143,3 +143,19 @@ def test_float_amounts_step_aside_to_keep_their_text() -> None:
                                                                                            b'"unit_price":1.10')
     assert _fast_record(raw, 1) is None
     assert str(parse_record(raw, 1).lines[0].unit_price) == "1.10"
+
+
+def test_a_customer_met_again_is_reused_and_a_changed_one_is_judged_anew() -> None:
+    """The fast path keeps each checked customer: the next invoice of an equal customer gets the
+    very same (immutable) Customer; one that differs in any field, even after its twin was
+    kept, takes the checks (and the general path's verdict) of a customer never met."""
+    first, second = (_with("external_id", ext) for ext in ("INV-A", "INV-B"))
+    a, b = check(orjson.dumps(first)), check(orjson.dumps(second))
+    assert a is not None and b is not None and a.customer is b.customer
+    for path, value in [("customer.name", "Jane\x00Doe"), ("customer.address.country", "XX"),
+                        ("customer.address.city", " Köln"), ("customer.external_id", " C-1"),
+                        ("customer.company", "\u3000"), ("customer.locale", None)]:
+        check(orjson.dumps(_with(path, value)))  # the fast path steps aside or agrees with the general path
+    changed = check(orjson.dumps(_with("customer.name", "Jane Roe")))
+    assert changed is not None and changed.customer.name == "Jane Roe" and changed.customer is not a.customer
+    assert check(orjson.dumps(_with("customer.name", "Jane\x00Doe"))) is None
