@@ -12,9 +12,10 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pytest
 from test_pacer import send_all
 
-from bulk.pacing import CLIMB_EVERY, Pacer
+from bulk.pacing import CLIMB_EVERY, Pacer, burst_for
 from bulk.testing import VirtualLoop, run_virtual
 
 
@@ -142,35 +143,61 @@ def test_after_a_429_the_window_grows_back_by_demand_well_before_the_retry_after
 
 
 class _MillisecondLoop(VirtualLoop):
-    """A virtual loop whose clock reads in whole ms, as uvloop's ``loop.time()`` does, and
-    that counts its turns (selects): a pacer that spins re-arms 0 ms timers without end."""
+    """A virtual loop with uvloop's clock and timers, that counts its turns (selects).
+
+    As on uvloop (libuv): ``loop.time()`` reads in whole ms, a timer's delay is rounded to the
+    nearest ms and one of 0 ms is ``call_soon``, and the clock's resolution is 1 ms. Each turn
+    costs ``TURN`` of virtual time, as a real turn costs CPU, so a pacer that re-arms 0 ms
+    timers until the clock ticks does so ~1 ms / TURN times: a busy loop, counted in turns."""
+
+    TURN = 10e-6
 
     def __init__(self) -> None:
         super().__init__()
         self.turns = 0
+        self._clock_resolution = 0.001
         select = self._selector.select  # type: ignore[attr-defined]
 
         def counted(timeout: float | None = None) -> list[Any]:
             self.turns += 1
             if self.turns > 200_000:
                 raise RuntimeError("the pacer spins: 200,000 loop turns")
-            return select(timeout)
+            self.clock[0] += self.TURN
+            return select(None if timeout is None else max(0.0, timeout - self.TURN))
 
         self._selector.select = counted  # type: ignore[attr-defined]
 
     def time(self) -> float:
-        return math.floor(self.clock[0] * 1000) / 1000
+        # + 1e-6 ms: a clock moved to exactly a whole ms must read it despite float rounding
+        return math.floor(self.clock[0] * 1000 + 1e-6) / 1000
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+                context: Any = None) -> Any:
+        ms = round((when - self.time()) * 1000)
+        if ms <= 0:
+            return self.call_soon(callback, *args, context=context)
+        return super().call_at(self.time() + ms / 1000, callback, *args, context=context)
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,
+                   context: Any = None) -> Any:
+        return self.call_at(self.time() + delay, callback, *args, context=context)
 
 
-def test_the_pacer_does_not_spin_on_a_clock_in_whole_milliseconds() -> None:
-    # At 1,000/s on a clock in whole ms, elapsed x rate rounded to a hair under one request and
-    # aiolimiter re-armed its timer for ~1e-11 s every loop turn until the clock moved: on
-    # uvloop, a busy loop of ~40 wake-ups per request.
+@pytest.mark.parametrize("rate", [1000.0, 900.0, 300.0, 1500.0, 3000.0, 7.0])
+def test_the_pacer_does_not_spin_on_a_clock_in_whole_milliseconds(rate: float) -> None:
+    # On uvloop's clock, aiolimiter armed its wake-up timer for the sub-ms remainder of the
+    # wait (1/R = 1.11 ms at 900/s), which uvloop rounds to 0 ms, every loop turn until the
+    # clock ticked: ~45 turns per request at 900/s here, a busy loop (~70 wake-ups per request
+    # on uvloop). At 1,000/s elapsed x rate came a hair under one request (the bucket's EPS).
     loop = _MillisecondLoop()
+    n = min(300, int(rate * 6))
 
     async def go() -> list[float]:
-        return await send_all(Pacer(limits={"*": 1000.0}, concurrency=16, give_up_after=600, max_wait=30), 300, 16)
+        return await send_all(Pacer(limits={"*": rate}, concurrency=16, give_up_after=600, max_wait=30), n, 16)
 
     times = anyio.run(go, backend_options={"loop_factory": lambda: loop})
-    assert len(times) == 300
-    assert loop.turns < 20 * 300
+    assert len(times) == n
+    assert loop.turns < 10 * n  # 16 workers' answers included: 3 to 6 turns per request
+    burst = burst_for(rate)
+    assert spacing_violations(times, rate, burst) == []
+    assert max(times) - min(times) >= (n - burst) / rate - 1e-6  # no faster than R, burst aside

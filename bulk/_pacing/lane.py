@@ -1,6 +1,7 @@
 """One rate limit: an evenly spacing aiolimiter bucket, and the AIMD state that slows it after a 429.
 
-A lane is an :class:`aiolimiter.AsyncLimiter` configured for even spacing:
+A lane is an :class:`aiolimiter.AsyncLimiter` (a :class:`~bulk._pacing.bucket.Bucket`, whose
+wake-up timer keeps to the loop clock's tick) configured for even spacing:
 ``AsyncLimiter(k, k / R)`` is a leaky bucket that drains at exactly R requests per second and
 holds at most ``k`` (:func:`burst_for`), so at most ``k`` requests ever go back to back: a
 server with a small bucket (nginx ``limit_req burst=5``) never sees more than it accepts, and
@@ -14,7 +15,7 @@ shared ``--rate``) are passed at one instant (:func:`acquire_together`).
 
 from __future__ import annotations
 
-from aiolimiter import AsyncLimiter
+from .bucket import Bucket
 
 __all__ = [
     "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "CUT", "FLOOR", "MAX_BURST", "UNBOUNDED", "Lane", "acquire_together",
@@ -62,11 +63,11 @@ class Lane:
         self.rate = rate
         self.burst = burst_for(rate) if burst is None else burst
         # EPS of headroom, at the same rate: on uvloop loop.time() is in whole ms, and elapsed x
-        # rate rounds to a hair under one request, so aiolimiter found the next waiter 1e-8
-        # short and re-armed a 0 ms timer (call_soon) every loop turn until the next ms: ~48
-        # wake-ups per request at R = 1,000, a busy loop. A bucket of burst + EPS still lets
-        # only ``burst`` go at once.
-        self.limiter = AsyncLimiter(self.burst + EPS, (self.burst + EPS) / rate)
+        # rate rounds to a hair under one request, so at R = 1,000 the next waiter came up 1e-8
+        # short on the very tick its slot is due, and Bucket's timer went to the tick after: 1
+        # ms late. A bucket of burst + EPS still lets only ``burst`` go at once. (The busy loop
+        # of 0 ms timers at every other rate is Bucket's to prevent.)
+        self.limiter = Bucket(self.burst + EPS, (self.burst + EPS) / rate)
         self.weight = 1.0
         self._climb_at = 0.0
 
