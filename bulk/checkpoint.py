@@ -207,7 +207,11 @@ class StateStore:
         except sqlite3.Error as exc:
             # A failed COMMIT (SQLITE_FULL, IOERR...) may leave the connection inside or outside
             # a transaction: roll back what is left, open a new one, so the store stays usable and
-            # consistent (this checkpoint's rows stay pending; the run stops on the error).
+            # consistent (this checkpoint's rows stay pending; the run stops on the error). The
+            # ROLLBACK also drops the resolved ids put since the last commit: forget the cache, so
+            # a lookup reads what is stored (a missing id is looked up at the API again, never
+            # created twice: resolving looks before it creates).
+            self._cache.clear()
             try:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")

@@ -61,6 +61,7 @@ class Tracker:
         return self.offset, self.line
 
     def finish(self, entry: Entry) -> None:
+        assert not entry[_DONE], "a record finished twice"  # its outcome would be written twice
         entry[_DONE] = 1
         pending = self.pending
         if pending and pending[0] is entry:  # the oldest: the watermark moves past it and the done after it

@@ -141,6 +141,7 @@ def test_a_late_update_of_an_older_correction_is_never_reported_as_the_newer(tar
         assert not stale, f"the run ended 0 but the server holds the older correction for {stale}"
     else:
         reasons = read_reasons(tmp_path / "run3")
-        assert reasons and all(r["stage"] == "update" and "run again" in r["message"] for r in reasons), reasons
+        retry = "upload failed.ndjson again with --on-existing update"
+        assert reasons and all(r["stage"] == "update" and retry in r["message"] for r in reasons), reasons
     assert runs[-1].returncode == 0, runs[-1].stderr
     assert {inv["external_id"]: Counter(inv["items"]) for inv in s.audited(state)} == want
