@@ -274,11 +274,11 @@ def test_a_small_server_bucket_at_the_pacers_rate_completes_exactly_once_every_4
     assert state["total"] == 1 + 2 * customers + n + state["throttled"], state
 
 
-def _peak_in_flight(rate: float, answer_at: Callable[[float], float], n: int) -> tuple[int, list[float]]:
-    """n requests by 64 workers; a request sent at t is answered at ``answer_at(t)``.
-    Returns the most requests in flight at once, and the send times."""
+def peak_in_flight(make: Callable[[], Pacer], answer_at: Callable[[float], float], n: int) -> tuple[int, list[float]]:
+    """n requests by 64 workers through the pacer ``make()`` builds; a request sent at t is
+    answered at ``answer_at(t)``. Returns the most requests in flight at once, and the send times."""
     async def go() -> tuple[int, list[float]]:
-        p = pacer(rate, burst=2, concurrency=64)
+        p = make()
         inflight, peak, times = [0], [0], []
 
         async def worker() -> None:
@@ -297,6 +297,10 @@ def _peak_in_flight(rate: float, answer_at: Callable[[float], float], n: int) ->
         return peak[0], times
 
     return run_virtual(go)
+
+
+def _peak_in_flight(rate: float, answer_at: Callable[[float], float], n: int) -> tuple[int, list[float]]:
+    return peak_in_flight(lambda: pacer(rate, burst=2, concurrency=64), answer_at, n)
 
 
 def test_in_flight_follows_what_the_pace_needs_so_a_stalled_server_gets_no_batch() -> None:

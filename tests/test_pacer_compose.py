@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from test_pacer import send_all
+from test_pacer import peak_in_flight, send_all
 
 from bulk.pacing import CLIMB_EVERY, Pacer, burst_for
 from bulk.testing import VirtualLoop, run_virtual
@@ -55,26 +55,8 @@ def test_a_kind_and_the_shared_limit_are_passed_at_one_instant() -> None:
 
 def _peak_in_flight(limits: dict[str, float], answer_at: Callable[[float], float], n: int) -> tuple[int, list[float]]:
     """n writes by 64 workers; a request sent at t is answered at ``answer_at(t)``."""
-    async def go() -> tuple[int, list[float]]:
-        p = Pacer(limits=limits, concurrency=64, give_up_after=600, max_wait=30, burst=2)
-        inflight, peak, times = [0], [0], []
-
-        async def worker() -> None:
-            for _ in todo:
-                async with p.slot("write") as sent_at:
-                    times.append(sent_at)
-                    inflight[0] += 1
-                    peak[0] = max(peak[0], inflight[0])
-                    await anyio.sleep(answer_at(sent_at - 1000.0) - (sent_at - 1000.0))
-                    inflight[0] -= 1
-
-        todo = iter(range(n))
-        async with anyio.create_task_group() as tg:
-            for _ in range(64):
-                tg.start_soon(worker)
-        return peak[0], times
-
-    return run_virtual(go)
+    return peak_in_flight(lambda: Pacer(limits=limits, concurrency=64, give_up_after=600, max_wait=30, burst=2),
+                          answer_at, n)
 
 
 def test_a_run_with_several_limits_keeps_no_more_in_flight_than_the_pace_needs() -> None:
