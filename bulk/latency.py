@@ -20,6 +20,7 @@ union of the requests.
 from __future__ import annotations
 
 import contextvars
+import sys
 from collections.abc import Mapping
 from itertools import compress
 from typing import Any
@@ -130,6 +131,7 @@ class Latency:
         self.kinds: set[str] = set()  # the keys of ``hist`` that are request kinds (the rest: stages)
         #: every request of this second (any kind), for the timeline's p50/p99; reset by it
         self.interval = histogram()
+        self._spare = histogram()  # the interval of the second before (see take_interval)
         self.finished = 0  # requests recorded, every kind
         self._stats: dict[str, tuple[int, dict[str, Any]]] = {}  # latency_ms per key, by count
         self.errors = 0  # of which 5xx answers or transport errors
@@ -229,11 +231,21 @@ class Latency:
                 self.interval.add(HdrHistogram.decode(doc[key].encode("ascii")))
 
     def take_interval(self) -> HdrHistogram:
-        """The requests finished since the last call (the timeline's second), then a fresh one.
+        """The requests finished since the last call (the timeline's second), then an empty one.
 
-        A fresh histogram, not a spare one emptied: emptying it cost ~166 us a second against
-        ~31 us for a new HdrHistogram (process time, 20 requests a second)."""
-        h, self.interval = self.interval, histogram()
+        The histogram returned is valid until the next call: two are used in turn, the spare
+        emptied bucket by bucket (only its non-empty ones). Not a fresh one a second: an
+        HdrHistogram is a reference cycle (its encoder holds it) with ~184 KB of counts outside
+        the garbage collector's accounting, and with the upload's collector thresholds
+        (bulk._cli.upload: ``gc.freeze``, 20,000/50/100) a full collection came about once a
+        run, so a 1,000,000-record run held every second's histogram: 167.8 MB peak RSS against
+        70.8 MB with the spare (measured 2026-12-01)."""
+        h, spare = self.interval, self._spare
+        for index, _ in _nonzero(spare):
+            spare.counts[index] = 0
+        spare.total_count = spare.max_value = 0
+        spare.min_value = sys.maxsize
+        self.interval, self._spare = spare, h
         return h
 
     def take_delta(self) -> dict[str, Any] | None:
