@@ -95,3 +95,45 @@ def test_take_interval_makes_no_histogram_a_second() -> None:
         lat.record("write", "invoice", 1000 + second, 201)
         held += [lat.take_interval(), lat.interval]
     assert len({id(h) for h in held}) == 2
+
+
+def _histograms_alive() -> int:
+    import gc
+
+    return sum(1 for o in gc.get_objects() if isinstance(o, HdrHistogram))
+
+
+def test_adding_deltas_decodes_into_one_histogram_and_adds_exactly() -> None:
+    """``--processes N``: the parent adds every worker's delta. Decoding each into a fresh
+    HdrHistogram (a reference cycle with ~184 KB of counts) piled them up between full
+    collections; the collector is off here, so every fresh one stays visible."""
+    import gc
+
+    worker, parent, ref_write, ref_interval = Latency(), Latency(), histogram(), histogram()
+    values = _values()
+    gc.collect()
+    gc.disable()
+    try:
+        before = _histograms_alive()
+        for second in range(8):
+            for micros in values[second::8]:
+                worker.record("write", "invoice", micros, 201 if micros % 5 else 503)
+                ref_write.record_value(min(max(micros, 1), HIGHEST_US))
+                if second == 7:
+                    ref_interval.record_value(min(max(micros, 1), HIGHEST_US))
+            delta = worker.take_delta()
+            assert delta is not None
+            parent.take_interval()  # the timeline's second: only the last delta stays in it
+            parent.add_delta(delta)
+        # the parent's write and invoice totals, the one it decodes into, the worker's new ones
+        assert _histograms_alive() - before <= 5
+    finally:
+        gc.enable()
+    for h in (parent.hist["write"], parent.hist["invoice"]):
+        assert list(h.counts) == list(ref_write.counts)
+        assert h.total_count == ref_write.total_count  # min and max: their buckets' bounds, as decoded
+    assert list(parent.interval.counts) == list(ref_interval.counts)
+    assert parent.interval.total_count == ref_interval.total_count
+    assert parent.kinds == {"write"} and parent.finished == len(values)
+    assert parent.errors == sum(1 for v in values if not v % 5)
+    assert stats_ms(parent.hist["write"]) == stats_ms(ref_write)
