@@ -151,8 +151,11 @@ class Transport:
 
     async def __aenter__(self) -> Transport:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
+        # No cookie jar: every target authenticates by a header (API-NOTES: a bearer token, an
+        # API key, HTTP Basic), none by a cookie, and a jar is consulted twice a request.
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout, auto_decompress=True
+            connector=connector, headers=self._headers, timeout=self._timeout, auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 

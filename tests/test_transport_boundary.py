@@ -101,3 +101,26 @@ def test_decimals_are_sent_as_exact_json_numbers() -> None:
     body = dumps({"a": Decimal("0.1000000000000000055511151231257827"), "b": Decimal("1E+3"), "c": Decimal("-0.00")})
     assert body == b'{"a":0.1000000000000000055511151231257827,"b":1000,"c":-0.00}'
     assert orjson.loads(body)["b"] == 1000
+
+
+def test_a_cookie_the_server_sets_is_never_sent_back() -> None:
+    """Every target authenticates by a header: the session keeps no cookie jar, so an answer's
+    Set-Cookie (a load balancer's, a session id) never rides along on the next requests."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            seen.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc123; Path=/\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            if len(seen) == 3:
+                break
+
+    async def main() -> list[int]:
+        # a host name: aiohttp's cookie jar keeps no cookie of a bare IP address
+        async with raw_server(handle) as base, Transport(base.replace("127.0.0.1", "localhost"), headers={},
+                                                         timeout=5, connections=1) as t:
+            return [(await t.send(Request("GET", "/x", kind="read"))).status for _ in range(3)]
+
+    assert anyio.run(main) == [200, 200, 200]
+    assert len(seen) == 3 and not any(b"cookie:" in h.lower() for h in seen)

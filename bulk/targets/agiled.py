@@ -137,8 +137,10 @@ class AgiledTarget(Target):
         try:
             reply = await job.send(
                 # positional (method, path, params, json, headers): keywords cost more, once per invoice
+                # Content-Type given here: the transport would merge it into a new dict per request
                 Request("POST", "/public/v1/invoices", None, body,
-                        {"Idempotency-Key": idempotency_key("invoice", record.external_id)}),
+                        {"Idempotency-Key": idempotency_key("invoice", record.external_id),
+                         "Content-Type": "application/json"}),
                 stage="invoice", refs=(("agiled.contact", customer.external_id),),
             )
         except RecordRefused as exc:
