@@ -148,3 +148,39 @@ def test_a_failed_commit_leaves_the_store_in_a_transaction_and_the_last_checkpoi
     assert s.load() == {"n": 3}
     assert s.first_line("INV-2", 9) == 2  # the failed commit's pending row went with the next one
     s.close()
+
+
+def test_a_full_resolved_cache_and_the_page_cache_stay_small(tmp_path: Path) -> None:
+    """The memory goal (issue 11: 64 MB at 1,000,000 records, 100,000 customers): the resolved
+    values kept in memory are bounded to well under a megabyte however many the job resolves,
+    every one of them still found (in ``state.db``), and SQLite's page cache is 512 KiB."""
+    import tracemalloc
+
+    s = StateStore(tmp_path)
+    assert s._db.execute("PRAGMA cache_size").fetchone()[0] == -512  # KiB (the default: -2000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(30_000):
+            s.put("agiled.contact", f"CUST-{i:06d}", str(1_000_000 + i))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held:,} bytes of resolved values held in memory"  # 20,000 kept: ~5.6 MB
+    assert s.get("agiled.contact", "CUST-000000") == "1000000"  # evicted long ago: read from the table
+    assert s.get("agiled.contact", "CUST-029999") == "1029999"
+    s.close()
+
+
+def test_many_ids_of_one_commit_are_all_found_after_reopen(tmp_path: Path) -> None:
+    """The commit inserts ``seen`` in key order (not first-seen order): every id still lands."""
+    s = StateStore(tmp_path)
+    ids = [f"INV-{(i * 7919) % 20_000:05d}" for i in range(20_000)]
+    for line, external_id in enumerate(ids, start=1):
+        assert s.first_line(external_id, line) == line
+    s.commit({"n": 1})
+    s.close()
+    s = StateStore(tmp_path)
+    assert all(s.first_line(external_id, 50_000 + line) == line for line, external_id in enumerate(ids, start=1))
+    assert s._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 20_000
+    s.close()
