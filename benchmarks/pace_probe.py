@@ -156,6 +156,10 @@ def _behind(samples: list[Any], stamps: list[float], rate: float) -> float | Non
     return short / steps if steps else None
 
 
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         raise SystemExit(child(sys.argv[2:]))
@@ -172,7 +176,6 @@ def main() -> None:
         for r in range(a.rounds):
             for v in a.variants.split(","):
                 m = one(v, a.rate, int(a.rate * a.seconds), Path(tmp), a.profile)
-                fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
                 print(f"round {r + 1} R={a.rate:g} {v:5s}: {m['share']:.3f} R accepted, 429 {m['n429']}/{m['total']}, "
                       f"CPU {m['cpu_per_1000']:.2f} s/1k ({m['sys_share']:.0%} system), "
                       f"{m['wakes']:.2f} wake-ups/request, pacer asked "
