@@ -11,8 +11,9 @@ burst 5, 429 + ``Retry-After: 1``), run in a child process that instruments the 
   nothing overruns and ``--rate 1e9`` (what the client can send).
 
 Per run it prints the accepted rate at the server (nginx's access log, first to last accepted
-request) / R, the 429s, the CPU per 1,000 invoices, the lane's wake-up timers per request
-(``Bucket._wake_next`` calls), the pacer's own rate over time (the lane's ``current_rate`` every
+request) / R, the 429s, the CPU per 1,000 invoices, the bulk process's context switches per
+request (it sleeps in epoll between requests when paced) and the lane's wake-up timers per
+request (``Bucket._wake_next`` calls), the pacer's own rate over time (the lane's ``current_rate`` every
 100 ms: its mean / R and its minimum) and the share of 100 ms steps in which the server
 accepted fewer than 0.9 x R/10 while the pacer asked for at least 0.99 R (the client, not the
 pacer, was behind). ``--profile DIR`` writes a cProfile of each child to DIR.
@@ -24,6 +25,7 @@ import argparse
 import atexit
 import cProfile
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -103,9 +105,9 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
         cmd = [sys.executable, "-m", "benchmarks.pace_probe", "--child", "upload", str(make_input(work, n)),
                "--base-url", server.base_url, "--quiet", "--out", str(out), "--concurrency", "64",
                "--rate", "1e9" if variant == "free" else f"{rate:g}"]
-        t0 = os.times()
+        t0, u0 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=600)
-        t1 = os.times()
+        t1, u1 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise SystemExit(f"bulk exited {proc.returncode}: {proc.stderr.decode()[-800:]}")
         seen = orjson.loads(dump.read_bytes())
@@ -120,7 +122,9 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
     behind = _behind(samples, stamps, rate)
     return {"variant": variant, "share": (total - n429 - 1) / span / rate if span > 0 else 0.0, "n429": n429,
             "total": total, "cpu_per_1000": cpu / n * 1000,
-            "sys_share": system / cpu if cpu else 0.0, "wakes": seen["wakes"] / max(1, total),
+            "sys_share": system / cpu if cpu else 0.0,
+            "switches": (u1.ru_nvcsw - u0.ru_nvcsw + u1.ru_nivcsw - u0.ru_nivcsw) / max(1, total),
+            "wakes": seen["wakes"] / max(1, total),
             "asked_mean": sum(asked) / len(asked) / rate if asked else None,
             "asked_min": min(asked) / rate if asked else None, "behind": behind}
 
@@ -178,7 +182,8 @@ def main() -> None:
                 m = one(v, a.rate, int(a.rate * a.seconds), Path(tmp), a.profile)
                 print(f"round {r + 1} R={a.rate:g} {v:5s}: {m['share']:.3f} R accepted, 429 {m['n429']}/{m['total']}, "
                       f"CPU {m['cpu_per_1000']:.2f} s/1k ({m['sys_share']:.0%} system), "
-                      f"{m['wakes']:.2f} wake-ups/request, pacer asked "
+                      f"{m['switches']:.2f} context switches and {m['wakes']:.2f} limiter wake-ups per request, "
+                      f"pacer asked "
                       f"mean {fmt(m['asked_mean'])} R min {fmt(m['asked_min'])} R, client behind in "
                       f"{fmt(m['behind'])} of 100 ms steps at full pace", flush=True)
 

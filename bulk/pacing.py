@@ -95,6 +95,7 @@ class Pacer(Health):
         self._inflight = 0
         self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
         self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
+        self._narrowed_at = float("-inf")  # loop time the window was last narrowed
         # Answers to requests sent since the cut, and how many of those were 429s: mostly 429s
         # means the limit is spent (pause everyone); a few is jitter (cut again).
         self._answered = self._refused = 0
@@ -186,11 +187,15 @@ class Pacer(Health):
             self._episode(resume_at)
             return 0.0
         # A new episode, or a sporadic 429 among the answers since (a stall that bunched the
-        # requests in flight: counted on, the window not narrowed again): this request alone
-        # waits, and the rate keeps climbing (a cut rate held for the whole Retry-After cost a
-        # tenth of R per 429 at nginx's Retry-After: 1).
+        # requests in flight: counted on, and the window narrowed again, as a stalled server
+        # takes all that are in flight at once): this request alone waits, and the rate keeps
+        # climbing (a cut rate held for the whole Retry-After cost a tenth of R per 429 at
+        # nginx's Retry-After: 1).
         self._hold.check(wait)
-        if not within:
+        if within:
+            if sent_at >= self._narrowed_at:  # not one of those in flight at the last narrowing
+                self._narrow(now)
+        else:
             self._episode(now + wait)
         return wait
 
@@ -205,6 +210,10 @@ class Pacer(Health):
         now = self._cut_at = self._loop.time()
         self._answered = self._refused = 0
         self._episode_end = max(self._episode_end, resume_at)
+        self._narrow(now)
+
+    def _narrow(self, now: float) -> None:
+        self._narrowed_at = now
         self._window.narrow(self._inflight, self._episode_end, now)
 
     def observe(self, kind: str, headers: Mapping[str, str]) -> None:
