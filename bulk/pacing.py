@@ -49,18 +49,20 @@ from ._pacing.lane import (
     MARGIN,
     MAX_BURST,
     SAMPLE,
+    SLACK,
     UNBOUNDED,
     Lane,
     acquire_together,
     burst_for,
+    pace_for,
     sample_for,
 )
 from ._pacing.pause import Pause
 from ._pacing.window import Window
 
 __all__ = [
-    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "UNBOUNDED",
-    "Backoff", "Lane", "Pacer", "burst_for", "parse_rate_limit_reset", "parse_retry_after", "sample_for",
+    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "SLACK", "UNBOUNDED",
+    "Backoff", "Lane", "Pacer", "burst_for", "pace_for", "parse_rate_limit_reset", "parse_retry_after", "sample_for",
 ]
 
 

@@ -21,7 +21,7 @@ import pytest
 from harness import SandboxServer, assert_exactly_once, cli, summary, upload_args, write_input
 
 from bulk.errors import QuotaExhausted
-from bulk.pacing import CLIMB, CLIMB_EVERY, MARGIN, Pacer, burst_for, sample_for
+from bulk.pacing import CLIMB, CLIMB_EVERY, Pacer, burst_for, pace_for, sample_for
 from bulk.testing import run_virtual
 
 
@@ -72,8 +72,8 @@ def test_requests_are_spaced_evenly_after_at_most_the_burst() -> None:
     t0 = times[0]
     assert times[:3] == [t0] * 3  # the bucket holds 3
     gaps = [b - a for a, b in itertools.pairwise(times[2:])]
-    # then exactly 1 / (R x (1 - MARGIN)) apart: 1% under R, so a server's bucket drains
-    assert gaps == pytest.approx([1 / (100.0 * (1 - MARGIN))] * len(gaps), abs=1e-6)
+    # then exactly 1 / pace apart: a hair under R (10 us a request), so a server's bucket drains
+    assert gaps == pytest.approx([1 / pace_for(100.0)] * len(gaps), abs=1e-6)
     assert at_once(times) == 3
 
 
@@ -81,6 +81,12 @@ def test_the_burst_is_small_and_one_at_low_rates() -> None:
     assert burst_for(0.5) == burst_for(1.9) == 1  # a server's bucket may hold one request
     assert burst_for(20) == burst_for(200) == 2
     assert 2 <= burst_for(1000) <= 5 and burst_for(1e9) <= 5  # under nginx burst=5
+
+
+def test_the_pace_is_under_r_by_10_us_a_request_and_at_most_1_percent() -> None:
+    assert pace_for(20.0) == pytest.approx(20.0 * (1 - 20e-5))  # 0.02%: its bucket holds 250 ms
+    assert pace_for(200.0) == pytest.approx(200.0 * (1 - 200e-5))
+    assert pace_for(1000.0) == pytest.approx(990.0) and pace_for(5000.0) == pytest.approx(4950.0)
 
 
 def test_kind_and_shared_limits_compose() -> None:
@@ -103,7 +109,7 @@ def test_kind_and_shared_limits_compose() -> None:
 
 def test_a_429_cuts_the_rate_by_its_share_then_it_climbs_back() -> None:
     seen: list[float] = []
-    full = 100.0 * (1 - MARGIN)
+    full = pace_for(100.0)
     step = 100.0 / sample_for(100.0)  # one 429 of the 20 answers a share is taken of: 5/s
 
     async def go() -> tuple[list[float], float]:
@@ -181,8 +187,8 @@ def test_requests_already_on_their_way_cut_by_their_share_and_begin_no_episode()
 
     _, rate, after = run_virtual(go)
     step = 100.0 / sample_for(100.0)
-    assert rate == pytest.approx(100.0 * (1 - MARGIN) - step)
-    assert after == pytest.approx(100.0 * (1 - MARGIN) - 2 * step)
+    assert rate == pytest.approx(pace_for(100.0) - step)
+    assert after == pytest.approx(pace_for(100.0) - 2 * step)
 
 
 def test_in_flight_requests_are_halved_after_a_429() -> None:
@@ -323,4 +329,4 @@ def test_in_flight_follows_what_the_pace_needs_so_a_stalled_server_gets_no_batch
     peak, times = _peak_in_flight(100.0, lambda t: t + 0.05, 300)
     assert 5 <= peak <= 8
     gaps = [b - a for a, b in itertools.pairwise(times[20:])]
-    assert gaps == pytest.approx([1 / (100.0 * (1 - MARGIN))] * len(gaps), abs=1e-6)
+    assert gaps == pytest.approx([1 / pace_for(100.0)] * len(gaps), abs=1e-6)

@@ -5,9 +5,10 @@ wake-up timer keeps to the loop clock's tick) configured for even spacing:
 ``AsyncLimiter(k, k / pace)`` is a leaky bucket that drains at exactly ``pace`` requests per
 second and holds at most ``k`` (:func:`burst_for`), so at most ``k`` requests ever go back to
 back: a server with a small bucket (nginx ``limit_req burst=5``) never sees more than it
-accepts, and a late request can still catch up ``k - 1`` slots. The pace is ``R x (1 -
-MARGIN)``: a server bucket fed at exactly R never drains, so every delay the network or a
-stalled server adds stays in it until the next one tips it over; at 1% under R it drains.
+accepts, and a late request can still catch up ``k - 1`` slots. The pace is a hair under R
+(:func:`pace_for`: 10 us per request, 1% of R from 1,000/s on): a server bucket fed at
+exactly R never drains, so every delay the network or a stalled server adds stays in it until
+the next one tips it over; under R it drains.
 
 A 429 lowers the lane's rate by its share of one climb step's answers (``R / n``, ``n`` =
 :func:`sample_for`, the requests of ``CLIMB_EVERY`` s at R, at least ``SAMPLE``), and it climbs
@@ -27,8 +28,8 @@ from __future__ import annotations
 from .bucket import Bucket
 
 __all__ = [
-    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "UNBOUNDED", "Lane",
-    "acquire_together", "burst_for", "sample_for",
+    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "SLACK", "UNBOUNDED",
+    "Lane", "acquire_together", "burst_for", "pace_for", "sample_for",
 ]
 
 #: Most requests a lane lets go back to back (measured: see README, Performance; a server
@@ -38,8 +39,11 @@ MAX_BURST = 4
 #: the event loop wakes late is made up by the next one instead of lost), and 1 under
 #: 2 requests/s, where a server's bucket may hold only one.
 BURST_SECONDS = 0.004
-#: The pace is this share under R (see the module; 0.99 R is above the goal of 0.97 R).
+#: The pace is under R by SLACK seconds per request, at most MARGIN of R (see the module): the
+#: delays that pile up in a server's bucket are absolute time (ms of a stalled loop), so they
+#: need draining where 1/R is ms, not at 20/s, whose bucket of 5 holds 250 ms of them.
 MARGIN = 0.01
+SLACK = 1e-5
 #: AIMD: a 429 lowers the rate by R / sample_for(R); it climbs back by CLIMB x R every CLIMB_EVERY
 #: s. Gentle and quick, because at a small server bucket a sporadic 429 is the network's jitter
 #: (a 5-request bucket at 1,000/s tolerates 5 ms), and anything worse pauses everyone anyway.
@@ -65,6 +69,11 @@ def burst_for(rate: float) -> int:
     return max(2, min(MAX_BURST, int(rate * BURST_SECONDS)))
 
 
+def pace_for(rate: float) -> float:
+    """The requests per second a lane for a limit of ``rate`` sends at, when not slowed."""
+    return rate * (1 - min(MARGIN, rate * SLACK))
+
+
 def sample_for(rate: float) -> float:
     """The answers a 429 at ``rate`` is one of: a climb step's worth at ``rate``, at least SAMPLE."""
     return max(float(SAMPLE), rate * CLIMB_EVERY)
@@ -72,14 +81,14 @@ def sample_for(rate: float) -> float:
 
 class Lane:
     """One rate limit of ``rate`` (R) requests per second: an evenly spacing AsyncLimiter at
-    ``full`` = R x (1 - MARGIN), and the AIMD state that slows it after a 429. ``weight`` =
+    ``full`` = :func:`pace_for` (R), and the AIMD state that slows it after a 429. ``weight`` =
     full / current rate: the bucket capacity one request takes (1.0 at full rate)."""
 
     __slots__ = ("_climb_at", "_step", "burst", "full", "limiter", "rate", "weight")
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
-        self.full = rate * (1 - MARGIN)
+        self.full = pace_for(rate)
         self.burst = burst_for(rate) if burst is None else burst
         # EPS of headroom, at the same rate: on uvloop loop.time() is in whole ms, and elapsed x
         # rate rounds to a hair under one request, so at R = 1,000 the next waiter came up 1e-8
