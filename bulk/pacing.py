@@ -8,9 +8,10 @@
   it waits its ``Retry-After`` and goes through the limiter again; every 429 lowers the lanes'
   rate by its share of the answers, and the rate climbs back steadily (:mod:`bulk._pacing.lane`:
   with a steady share ``f`` of sporadic 429s it settles at ``R x CLIMB / f``, R while ``f`` is
-  under ``CLIMB``). The first 429 after the requests then on their way begins a throttling
-  episode (the window narrows, once). When a request sent
-  *after* that is throttled within the episode and most answers to those were 429s
+  under ``CLIMB``). A 429 outside a throttling episode begins one (for its Retry-After) and
+  narrows the window; within one, a 429 to a request sent after the last narrowing narrows it
+  again (those already in flight then do not). When requests sent
+  *after* the episode began are throttled (two at least) and most answers to those were 429s
   (slowing down was not enough: a fixed window is spent, a quota), every worker pauses until
   ``Retry-After`` (:mod:`bulk._pacing.pause`); a sporadic one (a stall bunched the requests
   in flight) cuts again instead. A request that passed the limiter
