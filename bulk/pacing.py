@@ -5,10 +5,13 @@
   ``"*"`` one, and both apply, at one instant, when there are both). A lane is an evenly spacing
   :class:`aiolimiter.AsyncLimiter` (:mod:`bulk._pacing.lane`).
 - A 429 adapts the pace instead of restarting everyone at once (AIMD). The request that got
-  it waits its ``Retry-After`` and goes through the limiter again; the lanes' rate is cut
-  (once per throttling episode: the answers to requests that were already on their way do
-  not cut again) and climbs back from ``CLIMB_EVERY`` after the cut. When a request sent
-  *after* the cut is throttled within the episode and most answers to those were 429s
+  it waits its ``Retry-After`` and goes through the limiter again; every 429 lowers the lanes'
+  rate by its share of the answers, and the rate climbs back steadily (:mod:`bulk._pacing.lane`:
+  with a steady share ``f`` of sporadic 429s it settles at ``R x CLIMB / f``, R while ``f`` is
+  under ``CLIMB``). A 429 outside a throttling episode begins one (for its Retry-After) and
+  narrows the window; within one, a 429 to a request sent after the last narrowing narrows it
+  again (those already in flight then do not). When requests sent
+  *after* the episode began are throttled (two at least) and most answers to those were 429s
   (slowing down was not enough: a fixed window is spent, a quota), every worker pauses until
   ``Retry-After`` (:mod:`bulk._pacing.pause`); a sporadic one (a stall bunched the requests
   in flight) cuts again instead. A request that passed the limiter
@@ -43,20 +46,24 @@ from ._pacing.lane import (
     BURST_SECONDS,
     CLIMB,
     CLIMB_EVERY,
-    CUT,
     FLOOR,
+    MARGIN,
     MAX_BURST,
+    SAMPLE,
+    SLACK,
     UNBOUNDED,
     Lane,
     acquire_together,
     burst_for,
+    pace_for,
+    sample_for,
 )
 from ._pacing.pause import Pause
 from ._pacing.window import Window
 
 __all__ = [
-    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "CUT", "FLOOR", "MAX_BURST", "UNBOUNDED",
-    "Backoff", "Lane", "Pacer", "burst_for", "parse_rate_limit_reset", "parse_retry_after",
+    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "SLACK", "UNBOUNDED",
+    "Backoff", "Lane", "Pacer", "burst_for", "pace_for", "parse_rate_limit_reset", "parse_retry_after", "sample_for",
 ]
 
 
@@ -91,6 +98,7 @@ class Pacer(Health):
         self._inflight = 0
         self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
         self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
+        self._narrowed_at = float("-inf")  # loop time the window was last narrowed
         # Answers to requests sent since the cut, and how many of those were 429s: mostly 429s
         # means the limit is spent (pause everyone); a few is jitter (cut again).
         self._answered = self._refused = 0
@@ -162,33 +170,54 @@ class Pacer(Health):
         wait = 1.0 if retry_after is None else max(retry_after, 0.01)
         self._check_health("throttled (429) without a success")
         now = self._loop.time()
+        lanes = self._lanes_of(kind)
+        for lane in lanes:  # every 429 takes its share off the rate, on its way or not
+            lane.cut(now)
         if sent_at is not None and sent_at < self._cut_at:
             self._hold.check(wait)
-            return wait  # on its way before we slowed down: expected, it alone waits
+            return wait  # on its way before the episode began: it alone waits
         self._refused += 1
-        if sent_at is None or (now < self._episode_end and 2 * self._refused > self._answered):
-            # Sent at the lowered pace and still throttled, as most of those answered since (or
-            # not known): the limit is spent, not jittered; everyone waits, then climbs back.
+        within = now < self._episode_end
+        if sent_at is None or (within and self._refused >= 2 and 2 * self._refused > self._answered):
+            # Sent since the episode began and still throttled, as most of those answered since
+            # (or not known): the limit is spent, not jittered; everyone waits, then climbs back.
+            # Two at least: one 429 among a single answer is no majority (aiolimiter serves the
+            # lightest waiter first, so a request queued at a cut rate's weight can leave well
+            # after the episode began and meet the server's next jitter 429).
             resume_at = self._hold.hold(wait)
-            self._cut(kind, resume_at, resume_at)
+            for lane in lanes:
+                lane.hold_climb(resume_at)
+            self._episode(resume_at)
             return 0.0
-        # A new episode, or a sporadic 429 among the answers to the lowered pace (a stall that
-        # bunched the requests in flight): cut again, this request alone waits, and the rate
-        # climbs back from now (not from its Retry-After: at a small server bucket a cut rate
-        # held for the whole Retry-After cost a tenth of R per 429).
+        # A new episode, or a sporadic 429 among the answers since (a stall that bunched the
+        # requests in flight: counted on, and the window narrowed again, as a stalled server
+        # takes all that are in flight at once): this request alone waits, and the rate keeps
+        # climbing (a cut rate held for the whole Retry-After cost a tenth of R per 429 at
+        # nginx's Retry-After: 1).
         self._hold.check(wait)
-        self._cut(kind, now, now + wait)
+        if within:
+            if sent_at >= self._narrowed_at:  # not one of those in flight at the last narrowing
+                self._narrow(now)
+        else:
+            self._episode(now + wait)
         return wait
 
-    def _cut(self, kind: str | None, climb_from: float, resume_at: float) -> None:
-        """Slow the lanes that paced the throttled request (every lane when not known which)."""
+    def _lanes_of(self, kind: str | None) -> list[Lane]:
+        """The lanes that paced a request of ``kind`` (every lane when not known which)."""
+        lanes = self._lanes.values() if kind is None else (self.lane(kind), self._shared)
+        return list({id(x): x for x in lanes if x is not None}.values())
+
+    def _episode(self, resume_at: float) -> None:
+        """A throttling episode begins (or goes on): narrow the requests in flight, and count
+        the answers to those sent from now on."""
         now = self._cut_at = self._loop.time()
         self._answered = self._refused = 0
         self._episode_end = max(self._episode_end, resume_at)
+        self._narrow(now)
+
+    def _narrow(self, now: float) -> None:
+        self._narrowed_at = now
         self._window.narrow(self._inflight, self._episode_end, now)
-        lanes = self._lanes.values() if kind is None else (self.lane(kind), self._shared)
-        for lane in {id(x): x for x in lanes if x is not None}.values():
-            lane.cut(climb_from)
 
     def observe(self, kind: str, headers: Mapping[str, str]) -> None:
         """Read an answer's ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``, where sent."""

@@ -21,7 +21,7 @@ import pytest
 from harness import SandboxServer, assert_exactly_once, cli, summary, upload_args, write_input
 
 from bulk.errors import QuotaExhausted
-from bulk.pacing import CLIMB, CLIMB_EVERY, CUT, Pacer, burst_for
+from bulk.pacing import CLIMB, CLIMB_EVERY, Pacer, burst_for, pace_for, sample_for
 from bulk.testing import run_virtual
 
 
@@ -72,7 +72,8 @@ def test_requests_are_spaced_evenly_after_at_most_the_burst() -> None:
     t0 = times[0]
     assert times[:3] == [t0] * 3  # the bucket holds 3
     gaps = [b - a for a, b in itertools.pairwise(times[2:])]
-    assert gaps == pytest.approx([0.01] * len(gaps), abs=1e-6)  # then exactly 1/R apart
+    # then exactly 1 / pace apart: a hair under R (10 us a request), so a server's bucket drains
+    assert gaps == pytest.approx([1 / pace_for(100.0)] * len(gaps), abs=1e-6)
     assert at_once(times) == 3
 
 
@@ -80,6 +81,12 @@ def test_the_burst_is_small_and_one_at_low_rates() -> None:
     assert burst_for(0.5) == burst_for(1.9) == 1  # a server's bucket may hold one request
     assert burst_for(20) == burst_for(200) == 2
     assert 2 <= burst_for(1000) <= 5 and burst_for(1e9) <= 5  # under nginx burst=5
+
+
+def test_the_pace_is_under_r_by_10_us_a_request_and_at_most_1_percent() -> None:
+    assert pace_for(20.0) == pytest.approx(20.0 * (1 - 20e-5))  # 0.02%: its bucket holds 250 ms
+    assert pace_for(200.0) == pytest.approx(200.0 * (1 - 200e-5))
+    assert pace_for(1000.0) == pytest.approx(990.0) and pace_for(5000.0) == pytest.approx(4950.0)
 
 
 def test_kind_and_shared_limits_compose() -> None:
@@ -100,8 +107,10 @@ def test_kind_and_shared_limits_compose() -> None:
     assert all(b - a >= 0.05 - 1e-6 for a, b in itertools.pairwise(both))
 
 
-def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
+def test_a_429_cuts_the_rate_by_its_share_then_it_climbs_back() -> None:
     seen: list[float] = []
+    full = pace_for(100.0)
+    step = 100.0 / sample_for(100.0)  # one 429 of the 20 answers a share is taken of: 5/s
 
     async def go() -> tuple[list[float], float]:
         p = pacer(100.0, burst=1, concurrency=4)
@@ -114,23 +123,23 @@ def test_a_429_cuts_the_rate_then_it_climbs_back() -> None:
 
     times, final_rate = run_virtual(go)
     cut = seen[0] + 0.001  # when its answer came
-    # slower right after the 429...
+    # slower right after the 429, by its share...
     after = [t for t in times if cut + 0.02 < t < cut + CLIMB_EVERY]
     gaps = [b - a for a, b in itertools.pairwise(after)]
-    assert gaps and all(g == pytest.approx(1 / (100.0 * CUT), abs=1e-6) for g in gaps)
-    assert final_rate == 100.0  # ...and back at R
-    # climbing from CUT x R in steps of CLIMB x R from CLIMB_EVERY after the cut: back at R
-    # while the throttled request still waits its Retry-After of 1 s (a cut held for the whole
-    # Retry-After cost a tenth of R per 429 at nginx's constant Retry-After: 1).
-    back = cut + CLIMB_EVERY + (1 - CUT) / CLIMB * CLIMB_EVERY
+    assert gaps and all(g == pytest.approx(1 / (full - step), abs=1e-6) for g in gaps)
+    assert final_rate == full  # ...and back at the full pace
+    # climbing in steps of CLIMB x R from CLIMB_EVERY after the cut: back while the throttled
+    # request still waits its Retry-After of 1 s (a cut held for the whole Retry-After cost a
+    # tenth of R per 429 at nginx's constant Retry-After: 1).
+    back = cut + CLIMB_EVERY * (1 + step // (CLIMB * 100.0))
     assert back + 0.05 < cut + 1.0
     late = [t for t in times if t > back + 0.05]
     assert len(late) > 100
-    assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in itertools.pairwise(late))
+    assert all(b - a == pytest.approx(1 / full, abs=1e-6) for a, b in itertools.pairwise(late))
     assert len(times) == 401  # every request sent, the throttled one twice
 
 
-def test_a_429_to_a_request_sent_at_the_cut_pace_pauses_everyone_then_resumes_gradually() -> None:
+def test_429s_to_requests_sent_at_the_cut_pace_pause_everyone_then_resume_gradually() -> None:
     answered: list[tuple[int, float]] = []
 
     async def go() -> tuple[list[float], float]:
@@ -151,31 +160,35 @@ def test_a_429_to_a_request_sent_at_the_cut_pace_pauses_everyone_then_resumes_gr
         return times, first_cut[0]
 
     times, cut = run_virtual(go)
-    # The first 429 sent after the cut paused every worker until its Retry-After...
-    sent_late = [s for _, s in answered if s >= cut]
-    assert sent_late, "a request sent after the cut was throttled"
-    pause_end = min(s for _, s in answered if s >= cut) + 0.001 + 0.5
+    # The second 429 to a request sent after the cut (most of their answers 429s: one alone is
+    # no majority) paused every worker until its Retry-After...
+    sent_late = sorted(s for _, s in answered if s >= cut)
+    assert len(sent_late) >= 2, "requests sent after the cut were throttled"
+    pause_end = sent_late[1] + 0.001 + 0.5
     assert not [t for t in times if pause_end - 0.499 < t < pause_end - 1e-9]
     # ...and they did not all leave together: never more than the burst at one instant.
     assert at_once([t for t in times if t >= pause_end - 1e-9]) <= 2
     assert len(times) == 300 + len(answered) + 1
 
 
-def test_requests_already_on_their_way_do_not_cut_again() -> None:
-    async def go() -> tuple[float, float]:
+def test_requests_already_on_their_way_cut_by_their_share_and_begin_no_episode() -> None:
+    async def go() -> tuple[float, float, float]:
         p = pacer(100.0, burst=1)
         async with p.slot("write") as first:
             pass
         async with p.slot("write") as second:
             pass
         assert p.throttled(1.0, "write", second) == 1.0  # a new episode: cut, this request waits
+        begun = p._cut_at
         rate = p.lane("write").current_rate  # type: ignore[union-attr]
-        assert p.throttled(1.0, "write", first) == 1.0  # sent before the cut: no second cut
-        assert not p.paused
-        return rate, p.lane("write").current_rate  # type: ignore[union-attr]
+        assert p.throttled(1.0, "write", first) == 1.0  # sent before it: its share, it alone waits
+        assert not p.paused and p._cut_at == begun
+        return begun, rate, p.lane("write").current_rate  # type: ignore[union-attr]
 
-    rate, after = run_virtual(go)
-    assert rate == after == pytest.approx(100.0 * CUT)
+    _, rate, after = run_virtual(go)
+    step = 100.0 / sample_for(100.0)
+    assert rate == pytest.approx(pace_for(100.0) - step)
+    assert after == pytest.approx(pace_for(100.0) - 2 * step)
 
 
 def test_in_flight_requests_are_halved_after_a_429() -> None:
@@ -316,4 +329,4 @@ def test_in_flight_follows_what_the_pace_needs_so_a_stalled_server_gets_no_batch
     peak, times = _peak_in_flight(100.0, lambda t: t + 0.05, 300)
     assert 5 <= peak <= 8
     gaps = [b - a for a, b in itertools.pairwise(times[20:])]
-    assert gaps == pytest.approx([0.01] * len(gaps), abs=1e-6)
+    assert gaps == pytest.approx([1 / pace_for(100.0)] * len(gaps), abs=1e-6)

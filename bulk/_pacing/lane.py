@@ -2,15 +2,25 @@
 
 A lane is an :class:`aiolimiter.AsyncLimiter` (a :class:`~bulk._pacing.bucket.Bucket`, whose
 wake-up timer keeps to the loop clock's tick) configured for even spacing:
-``AsyncLimiter(k, k / R)`` is a leaky bucket that drains at exactly R requests per second and
-holds at most ``k`` (:func:`burst_for`), so at most ``k`` requests ever go back to back: a
-server with a small bucket (nginx ``limit_req burst=5``) never sees more than it accepts, and
-a late request can still catch up ``k - 1`` slots.
+``AsyncLimiter(k, k / pace)`` is a leaky bucket that drains at exactly ``pace`` requests per
+second and holds at most ``k`` (:func:`burst_for`), so at most ``k`` requests ever go back to
+back: a server with a small bucket (nginx ``limit_req burst=5``) never sees more than it
+accepts, and a late request can still catch up ``k - 1`` slots. The pace is a hair under R
+(:func:`pace_for`: 10 us per request, 1% of R from 1,000/s on): a server bucket fed at
+exactly R never drains, so every delay the network or a stalled server adds stays in it until
+the next one tips it over; under R it drains.
 
-A 429 cuts the lane's rate multiplicatively (``CUT``) and it climbs back additively (``CLIMB``
-x R every ``CLIMB_EVERY`` s). A request at a cut rate takes ``R / rate`` of the bucket's
-capacity, so the burst shrinks with the rate. Several limits on one request (a kind's and the
-shared ``--rate``) are passed at one instant (:func:`acquire_together`).
+A 429 lowers the lane's rate by its share of one climb step's answers (``R / n``, ``n`` =
+:func:`sample_for`, the requests of ``CLIMB_EVERY`` s at R, at least ``SAMPLE``), and it climbs
+back additively (``CLIMB`` x R every ``CLIMB_EVERY`` s, on its own clock: a cut does not push
+the climb back, a pause does). So with a steady share ``f`` of sporadic 429s the rate settles
+where the cuts and the climb balance: ``CLIMB x n / (f x CLIMB_EVERY)``, that is ``R x CLIMB / f``
+from R = ``SAMPLE / CLIMB_EVERY`` on: full rate while under ``CLIMB`` (2%) of the answers are
+429s (a phase or jitter artefact of a small bucket), and at a server whose real limit is under
+R, a hair above it. (A multiplicative cut per 429 settled at ``sqrt(2 R / f)``, a tenth of R
+per 429, and the more so the higher R.) A request at a cut rate takes ``R / rate`` of the
+bucket's capacity, so the burst shrinks with the rate. Several limits on one request (a kind's
+and the shared ``--rate``) are passed at one instant (:func:`acquire_together`).
 """
 
 from __future__ import annotations
@@ -18,8 +28,8 @@ from __future__ import annotations
 from .bucket import Bucket
 
 __all__ = [
-    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "CUT", "FLOOR", "MAX_BURST", "UNBOUNDED", "Lane", "acquire_together",
-    "burst_for",
+    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "SLACK", "UNBOUNDED",
+    "Lane", "acquire_together", "burst_for", "pace_for", "sample_for",
 ]
 
 #: Most requests a lane lets go back to back (measured: see README, Performance; a server
@@ -29,12 +39,19 @@ MAX_BURST = 4
 #: the event loop wakes late is made up by the next one instead of lost), and 1 under
 #: 2 requests/s, where a server's bucket may hold only one.
 BURST_SECONDS = 0.004
-#: AIMD: a 429 multiplies the lane's rate by CUT; it climbs back by CLIMB x R every CLIMB_EVERY s.
-#: Gentle and quick, because at a small server bucket a sporadic 429 is the network's jitter
+#: The pace is under R by SLACK seconds per request, at most MARGIN of R (see the module): the
+#: delays that pile up in a server's bucket are absolute time (ms of a stalled loop), so they
+#: need draining where 1/R is ms, not at 20/s, whose bucket of 5 holds 250 ms of them.
+MARGIN = 0.01
+SLACK = 1e-5
+#: AIMD: a 429 lowers the rate by R / sample_for(R); it climbs back by CLIMB x R every CLIMB_EVERY
+#: s. Gentle and quick, because at a small server bucket a sporadic 429 is the network's jitter
 #: (a 5-request bucket at 1,000/s tolerates 5 ms), and anything worse pauses everyone anyway.
-CUT = 0.9
 CLIMB = 0.02
 CLIMB_EVERY = 0.1
+#: The fewest answers a 429's share is taken of: under SAMPLE / CLIMB_EVERY requests/s (200) a
+#: climb step holds fewer, and one 429 would be a large share of a handful (half of R at R = 20).
+SAMPLE = 20
 #: The lowest rate a cut goes to, as a share of R (the Retry-After pauses do the rest).
 FLOOR = 0.05
 #: The bucket's headroom beyond the burst, in requests (see Lane.__init__).
@@ -52,28 +69,41 @@ def burst_for(rate: float) -> int:
     return max(2, min(MAX_BURST, int(rate * BURST_SECONDS)))
 
 
-class Lane:
-    """One rate limit of ``rate`` requests per second: an evenly spacing AsyncLimiter, and the
-    AIMD state that slows it after a 429. ``weight`` = R / current rate: the bucket capacity
-    one request takes (1.0 at full rate)."""
+def pace_for(rate: float) -> float:
+    """The requests per second a lane for a limit of ``rate`` sends at, when not slowed."""
+    return rate * (1 - min(MARGIN, rate * SLACK))
 
-    __slots__ = ("_climb_at", "burst", "limiter", "rate", "weight")
+
+def sample_for(rate: float) -> float:
+    """The answers a 429 at ``rate`` is one of: a climb step's worth at ``rate``, at least SAMPLE."""
+    return max(float(SAMPLE), rate * CLIMB_EVERY)
+
+
+class Lane:
+    """One rate limit of ``rate`` (R) requests per second: an evenly spacing AsyncLimiter at
+    ``full`` = :func:`pace_for` (R), and the AIMD state that slows it after a 429. ``weight`` =
+    full / current rate: the bucket capacity one request takes (1.0 at full rate)."""
+
+    __slots__ = ("_climb_at", "_step", "burst", "full", "limiter", "rate", "weight")
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
+        self.full = pace_for(rate)
         self.burst = burst_for(rate) if burst is None else burst
         # EPS of headroom, at the same rate: on uvloop loop.time() is in whole ms, and elapsed x
         # rate rounds to a hair under one request, so at R = 1,000 the next waiter came up 1e-8
         # short on the very tick its slot is due, and Bucket's timer went to the tick after: 1
         # ms late. A bucket of burst + EPS still lets only ``burst`` go at once. (The busy loop
         # of 0 ms timers at every other rate is Bucket's to prevent.)
-        self.limiter = Bucket(self.burst + EPS, (self.burst + EPS) / rate)
+        self.limiter = Bucket(self.burst + EPS, (self.burst + EPS) / self.full)
         self.weight = 1.0
         self._climb_at = 0.0
+        self._step = rate / sample_for(rate)  # what one 429 takes off the rate
 
     @property
     def current_rate(self) -> float:
-        return self.rate / self.weight
+        """The rate the lane sends at now (``full`` when not slowed)."""
+        return self.full / self.weight
 
     async def acquire(self, now: float) -> None:
         if self.weight == 1.0:
@@ -88,11 +118,11 @@ class Lane:
     def weight_at(self, now: float) -> float:
         """The capacity a request takes at ``now``, after the additive increase due by then."""
         weight = self.weight
-        if weight != 1.0 and now >= self._climb_at:  # one step per CLIMB_EVERY s without a cut
+        if weight != 1.0 and now >= self._climb_at:  # one step per CLIMB_EVERY s since the last
             steps = 1 + int((now - self._climb_at) / CLIMB_EVERY)
-            rate = min(self.rate, self.rate / weight + steps * CLIMB * self.rate)
-            self.weight = weight = self.rate / rate if rate < self.rate else 1.0
-            self._climb_at = now + CLIMB_EVERY
+            rate = min(self.full, self.full / weight + steps * CLIMB * self.rate)
+            self.weight = weight = self.full / rate if rate < self.full else 1.0
+            self._climb_at += steps * CLIMB_EVERY  # on the climb's own clock, not the caller's
         return weight
 
     def give_back(self, weight: float) -> None:
@@ -101,14 +131,25 @@ class Lane:
         limiter = self.limiter
         limiter._level = max(limiter._level - weight, 0.0)
 
-    def cut(self, climb_from: float) -> None:
-        """A 429: lower the rate; it starts climbing back ``CLIMB_EVERY`` after ``climb_from``."""
-        self.slow_to(max(self.current_rate * CUT, self.rate * FLOOR), climb_from)
+    def cut(self, now: float) -> None:
+        """A 429 answered at ``now``: lower the rate by its share (see the module). A lane that
+        was not climbing starts to ``CLIMB_EVERY`` after ``now``; one that was keeps its clock."""
+        current = self.full / self.weight_at(now)
+        if self.weight == 1.0:
+            self._climb_at = now + CLIMB_EVERY
+        rate = max(current - self._step, self.rate * FLOOR)
+        if rate < current:
+            self.weight = self.full / rate
+
+    def hold_climb(self, until: float) -> None:
+        """Every worker pauses until ``until``: the climb waits for it too."""
+        if self.weight != 1.0:
+            self._climb_at = max(self._climb_at, until + CLIMB_EVERY)
 
     def slow_to(self, rate: float, resume_at: float) -> None:
         """Pace at ``rate`` (if lower than now), climbing back from ``resume_at`` on."""
         if 0 < rate < self.current_rate:
-            self.weight = self.rate / rate
+            self.weight = self.full / rate
             self._climb_at = resume_at + CLIMB_EVERY
 
 
