@@ -6,9 +6,11 @@ would. Whatever it is unsure of it leaves to the general path by returning None,
 and every unusual input takes exactly the path it always took (tests/test_records_fastpath.py).
 
 Customers repeat from invoice to invoice (one customer, many invoices): a customer's checked,
-built `Customer` (and its `Address`) is kept, keyed by its decoded (frozen, hashable) schema
-struct, and reused for the next invoice whose customer decodes equal, field for field. Both are
-immutable, so sharing one object between records is safe. Bounded like the amount caches.
+built `Customer` (and its `Address`) is kept, keyed by the customer's JSON text as written, and
+reused for the next invoice whose customer is written byte for byte the same: that invoice's
+customer is neither decoded nor checked again (the same bytes always decode to the same
+customer; one written otherwise is simply decoded and judged anew). Both are immutable, so
+sharing one object between records is safe. Bounded like the amount caches.
 """
 
 from __future__ import annotations
@@ -48,16 +50,18 @@ def _fast_text(value: str | None) -> bool:
     return value is None or (not value.isspace() and (value.isprintable() or not _BAD_TEXT.search(value)))
 
 
-# decoded customer struct -> the Customer the general path builds for it (only customers that passed)
-_CUSTOMERS: dict[_schema.Customer, Customer] = {}
-# ~880 bytes a customer (its decoded struct and the checked objects): 1,024 of them ~0.9 MB of
+# a customer's JSON text -> the Customer the general path builds for it (only customers that passed)
+_CUSTOMERS: dict[bytes, Customer] = {}
+# ~880 bytes a customer (its JSON text and the checked objects): 1,024 of them ~0.9 MB of
 # the 64 MB a 1,000,000-record run may use. An export's invoices of one customer tend to come
 # together; a cache of every customer would grow with the input.
 _CUSTOMERS_KEPT = 1024
 
 
-def _customer(customer: _schema.Customer) -> Customer | None:
-    """The `Customer` of a decoded customer not seen yet, or None when the general path must judge it."""
+def _customer(text: bytes) -> Customer | None:
+    """The `Customer` of a customer's JSON text not seen yet, or None when the general path must judge it
+    (`msgspec.MsgspecError` when its schema refuses it)."""
+    customer = _schema.decode_customer(text)
     if not (_fast_id(customer.external_id) and _fast_short(customer.name) and _fast_short(customer.company)):
         return None
     where, address = customer.address, None
@@ -70,7 +74,7 @@ def _customer(customer: _schema.Customer) -> Customer | None:
         address = _new_address(where.line1, where.line2, where.city, where.region, where.postal_code, where.country)
     if len(_CUSTOMERS) >= _CUSTOMERS_KEPT:
         _CUSTOMERS.clear()
-    built = _CUSTOMERS[customer] = _new_customer(
+    built = _CUSTOMERS[text] = _new_customer(
         customer.external_id, customer.email, customer.name, customer.company, customer.locale or "en", address)
     return built
 
@@ -101,7 +105,8 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
         if not (external_id.isprintable() and external_id.strip() == external_id
                 and (notes is None or _fast_text(notes))):
             return None
-        customer = _CUSTOMERS.get(inv.customer) or _customer(inv.customer)
+        text = bytes(inv.customer)
+        customer = _CUSTOMERS.get(text) or _customer(text)
         if customer is None:
             return None
         status = inv.status or "draft"
