@@ -15,13 +15,16 @@ sharing one object between records is safe. Bounded like the amount caches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import cast
 
 import msgspec
 import orjson
 
 from . import _record_schema as _schema
 from ._record_fields import (
+    _AMOUNT_CACHE,
     _BAD_TEXT,
     _COUNTRIES,
     _THOUSAND,
@@ -31,7 +34,7 @@ from ._record_fields import (
 )
 from ._record_types import Customer, Record, _new_address, _new_customer, _new_line, _new_record
 from .errors import InvalidRecord
-from .money import is_currency
+from .money import _MINOR_UNITS  # is_currency without the call
 
 
 # The string rules of `_string` for values the schema let through (non-empty, within length): True
@@ -98,6 +101,11 @@ def _field_amount(cache: dict[int | str, Decimal], raw: int | str, rule: tuple[b
     return kept
 
 
+# _amount's cache of amount strings (only ever emptied in place, never replaced): a JSON int
+# unit price just misses it (an int never equals a str) and goes through _amount.
+_PRICE_OF = cast("Callable[[int | str], Decimal | None]", _AMOUNT_CACHE.get)
+
+
 def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
@@ -110,23 +118,28 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
         if customer is None:
             return None
         status = inv.status or "draft"
-        if not is_currency(inv.currency) or (inv.issue_date is None and status != "draft"):
+        if inv.currency not in _MINOR_UNITS or (inv.issue_date is None and status != "draft"):
             return None
         lines = []
         # Per invoice line, the checks of _fast_short/_fast_text/_fast_id are written out (~15
         # calls a line saved), and each amount is one lookup of a value already checked for its
-        # field; one not met yet goes through _amount and the field's range (_field_amount).
-        quantities, rates = _QUANTITIES, _RATES
+        # field; one not met yet goes through _amount and the field's range (_field_amount). A
+        # unit price met before (as a string, the usual JSON) is one lookup in _amount's own
+        # cache, without the call; anything else goes through _amount.
+        quantities, rates, price_of, bad_text = _QUANTITIES, _RATES, _PRICE_OF, _BAD_TEXT.search
         for item in inv.lines:
             title, description, item_ref = item.title, item.description, item.item_ref
             if not (title.isprintable() and not title.isspace()
-                    and (description is None or _fast_text(description))
+                    and (description is None or (not description.isspace()
+                                                 and (description.isprintable() or not bad_text(description))))
                     and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
                 return None
             quantity = quantities.get(item.quantity)
             if quantity is None and (quantity := _field_amount(quantities, item.quantity, _POSITIVE)) is None:
                 return None
-            unit_price = _amount(ln, "", item.unit_price)  # its own cache: prices repeat less, no second one
+            unit_price = price_of(item.unit_price)
+            if unit_price is None:
+                unit_price = _amount(ln, "", item.unit_price)
             tax_rate = rates.get(item.tax_rate)
             if tax_rate is None and (tax_rate := _field_amount(rates, item.tax_rate, _RATE_RANGE)) is None:
                 return None
