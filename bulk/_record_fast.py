@@ -6,20 +6,25 @@ would. Whatever it is unsure of it leaves to the general path by returning None,
 and every unusual input takes exactly the path it always took (tests/test_records_fastpath.py).
 
 Customers repeat from invoice to invoice (one customer, many invoices): a customer's checked,
-built `Customer` (and its `Address`) is kept, keyed by its decoded (frozen, hashable) schema
-struct, and reused for the next invoice whose customer decodes equal, field for field. Both are
-immutable, so sharing one object between records is safe. Bounded like the amount caches.
+built `Customer` (and its `Address`) is kept, keyed by the customer's JSON text as written, and
+reused for the next invoice whose customer is written byte for byte the same: that invoice's
+customer is neither decoded nor checked again (the same bytes always decode to the same
+customer; one written otherwise is simply decoded and judged anew). Both are immutable, so
+sharing one object between records is safe. Bounded like the amount caches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import cast
 
 import msgspec
 import orjson
 
 from . import _record_schema as _schema
 from ._record_fields import (
+    _AMOUNT_CACHE,
     _BAD_TEXT,
     _COUNTRIES,
     _THOUSAND,
@@ -29,7 +34,7 @@ from ._record_fields import (
 )
 from ._record_types import Customer, Record, _new_address, _new_customer, _new_line, _new_record
 from .errors import InvalidRecord
-from .money import is_currency
+from .money import _MINOR_UNITS  # is_currency without the call
 
 
 # The string rules of `_string` for values the schema let through (non-empty, within length): True
@@ -48,16 +53,19 @@ def _fast_text(value: str | None) -> bool:
     return value is None or (not value.isspace() and (value.isprintable() or not _BAD_TEXT.search(value)))
 
 
-# decoded customer struct -> the Customer the general path builds for it (only customers that passed)
-_CUSTOMERS: dict[_schema.Customer, Customer] = {}
-# ~880 bytes a customer (its decoded struct and the checked objects): 1,024 of them ~0.9 MB of
-# the 64 MB a 1,000,000-record run may use. An export's invoices of one customer tend to come
+# a customer's JSON text -> the Customer the general path builds for it (only customers that passed)
+_CUSTOMERS: dict[bytes, Customer] = {}
+# ~1,160 bytes a customer (its JSON text and the checked objects; tracemalloc over generated
+# customers, ~1,000 keyed by the decoded struct before): 1,024 of them ~1.2 MB of the 64 MB a
+# 1,000,000-record run may use. An export's invoices of one customer tend to come
 # together; a cache of every customer would grow with the input.
 _CUSTOMERS_KEPT = 1024
 
 
-def _customer(customer: _schema.Customer) -> Customer | None:
-    """The `Customer` of a decoded customer not seen yet, or None when the general path must judge it."""
+def _customer(text: bytes) -> Customer | None:
+    """The `Customer` of a customer's JSON text not seen yet, or None when the general path must judge it
+    (`msgspec.MsgspecError` when its schema refuses it)."""
+    customer = _schema.decode_customer(text)
     if not (_fast_id(customer.external_id) and _fast_short(customer.name) and _fast_short(customer.company)):
         return None
     where, address = customer.address, None
@@ -70,7 +78,7 @@ def _customer(customer: _schema.Customer) -> Customer | None:
         address = _new_address(where.line1, where.line2, where.city, where.region, where.postal_code, where.country)
     if len(_CUSTOMERS) >= _CUSTOMERS_KEPT:
         _CUSTOMERS.clear()
-    built = _CUSTOMERS[customer] = _new_customer(
+    built = _CUSTOMERS[text] = _new_customer(
         customer.external_id, customer.email, customer.name, customer.company, customer.locale or "en", address)
     return built
 
@@ -94,6 +102,11 @@ def _field_amount(cache: dict[int | str, Decimal], raw: int | str, rule: tuple[b
     return kept
 
 
+# _amount's cache of amount strings (only ever emptied in place, never replaced): a JSON int
+# unit price just misses it (an int never equals a str) and goes through _amount.
+_PRICE_OF = cast("Callable[[int | str], Decimal | None]", _AMOUNT_CACHE.get)
+
+
 def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
@@ -101,27 +114,33 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
         if not (external_id.isprintable() and external_id.strip() == external_id
                 and (notes is None or _fast_text(notes))):
             return None
-        customer = _CUSTOMERS.get(inv.customer) or _customer(inv.customer)
+        text = bytes(inv.customer)
+        customer = _CUSTOMERS.get(text) or _customer(text)
         if customer is None:
             return None
         status = inv.status or "draft"
-        if not is_currency(inv.currency) or (inv.issue_date is None and status != "draft"):
+        if inv.currency not in _MINOR_UNITS or (inv.issue_date is None and status != "draft"):
             return None
         lines = []
         # Per invoice line, the checks of _fast_short/_fast_text/_fast_id are written out (~15
         # calls a line saved), and each amount is one lookup of a value already checked for its
-        # field; one not met yet goes through _amount and the field's range (_field_amount).
-        quantities, rates = _QUANTITIES, _RATES
+        # field; one not met yet goes through _amount and the field's range (_field_amount). A
+        # unit price met before (as a string, the usual JSON) is one lookup in _amount's own
+        # cache, without the call; anything else goes through _amount.
+        quantities, rates, price_of, bad_text = _QUANTITIES, _RATES, _PRICE_OF, _BAD_TEXT.search
         for item in inv.lines:
             title, description, item_ref = item.title, item.description, item.item_ref
             if not (title.isprintable() and not title.isspace()
-                    and (description is None or _fast_text(description))
+                    and (description is None or (not description.isspace()
+                                                 and (description.isprintable() or not bad_text(description))))
                     and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
                 return None
             quantity = quantities.get(item.quantity)
             if quantity is None and (quantity := _field_amount(quantities, item.quantity, _POSITIVE)) is None:
                 return None
-            unit_price = _amount(ln, "", item.unit_price)  # its own cache: prices repeat less, no second one
+            unit_price = price_of(item.unit_price)
+            if unit_price is None:
+                unit_price = _amount(ln, "", item.unit_price)
             tax_rate = rates.get(item.tax_rate)
             if tax_rate is None and (tax_rate := _field_amount(rates, item.tax_rate, _RATE_RANGE)) is None:
                 return None

@@ -86,7 +86,7 @@ _CTX = Context(
     traps=[InvalidOperation, DivisionByZero, Overflow],
 )
 _HUNDRED = Decimal(100)
-# quantize()'s unsigned zero per quantum ("0.00", never "-0.00"), for invoice_totals' inline form.
+# quantize()'s unsigned zero per quantum ("0.00", never "-0.00"): where lines_totals' sums start.
 _ZERO_BY_Q: dict[Decimal, Decimal] = {q: (q * 0).copy_abs() for q in _QUANTUM.values()}
 
 
@@ -176,53 +176,33 @@ def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
     Exactly ``sum(line_totals(...) for each line)`` from ``Totals.zero(currency)``, digit for
     digit, computed with less work: it runs once per record, on the hot path. Every step is
     exact (see the module docstring), so the shortcuts change no digit: dividing by 100 is
-    ``scaleb(-2)``, multiplying by 100 is ``scaleb(2)``, the third sum is the sum of the other
-    two (gross = net + tax, tax = gross - net hold line by line, so also for the sums), and the
-    sums start from the first line's amounts (quantized to the zero's exponent, never -0, so
-    adding them to that zero would change no digit).
+    ``scaleb(-2)``, multiplying by 100 is ``scaleb(2)``, and the third sum is the sum of the
+    other two (gross = net + tax, tax = gross - net hold line by line, so also for the sums).
+    A line's rounded amounts are not made unsigned as :func:`quantize` makes them: the sums
+    start from the unsigned zero, and adding a -0 to it (or to anything) leaves no sign on a
+    zero sum (ROUND_HALF_UP: only ROUND_FLOOR gives -0 for 0 + -0).
     """
     q = _QUANTUM[currency]
     zero = _ZERO_BY_Q[q]
     ctx = _CTX
-    mul, div, add = ctx.multiply, ctx.divide, ctx.add
-    memo = _LINE_MEMO
-    if prices != "net" and prices != "gross":
-        raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
-    if not lines:
-        return _new_totals(zero, zero, zero)
-    net_prices = prices == "net"
-    first: Decimal | None = None
-    second = zero
-    for line in lines:
-        key = (q, net_prices, line.quantity, line.unit_price, line.tax_rate)
-        pair = memo.get(key)
-        if pair is None:
-            amount = mul(key[2], key[3]).quantize(q, None, ctx) or zero
-            if net_prices:  # first: net, second: tax
-                other = mul(amount, key[4]).scaleb(-2, ctx).quantize(q, None, ctx) or zero
-            else:  # first: gross, second: net
-                other = div(amount.scaleb(2, ctx), add(_HUNDRED, key[4])).quantize(q, None, ctx) or zero
-            if len(memo) >= _MEMO_SIZE:  # bounded: emptied when full
-                memo.clear()
-            memo[key] = pair = (amount, other)
-        if first is None:
-            first, second = pair
-        else:
-            first = add(first, pair[0])
-            second = add(second, pair[1])
-    assert first is not None  # there is a line (checked above)
-    if net_prices:
+    mul, add = ctx.multiply, ctx.add
+    # No memo of distinct lines (measured: with quantities that vary, nearly every line missed
+    # it, and its key, hash and upkeep cost more than the five operations it would spare).
+    first = second = zero
+    if prices == "net":  # first: net, second: tax
+        for line in lines:
+            amount = mul(line.quantity, line.unit_price).quantize(q, None, ctx)
+            first = add(first, amount)
+            second = add(second, mul(amount, line.tax_rate).scaleb(-2, ctx).quantize(q, None, ctx))
         return _new_totals(first, second, add(first, second))
-    return _new_totals(second, ctx.subtract(first, second), first)
-
-
-# Invoice lines repeat (a product at its list price, a quantity, a tax rate): each distinct line's
-# two rounded amounts are computed once. Keyed by the quantum, the price mode and the three
-# amounts: Decimals that compare equal (1.0 and 1.00) give the very same rounded results, since
-# every result is quantized to the key's quantum. Bounded: emptied when full.
-_LineKey = tuple[Decimal, bool, Decimal, Decimal, Decimal]
-_LINE_MEMO: dict[_LineKey, tuple[Decimal, Decimal]] = {}
-_MEMO_SIZE = 4096
+    if prices == "gross":  # first: gross, second: net
+        div = ctx.divide
+        for line in lines:
+            amount = mul(line.quantity, line.unit_price).quantize(q, None, ctx)
+            first = add(first, amount)
+            second = add(second, div(amount.scaleb(2, ctx), add(_HUNDRED, line.tax_rate)).quantize(q, None, ctx))
+        return _new_totals(second, ctx.subtract(first, second), first)
+    raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
 
 
 class CurrencyTotals:

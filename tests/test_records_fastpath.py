@@ -159,3 +159,20 @@ def test_a_customer_met_again_is_reused_and_a_changed_one_is_judged_anew() -> No
     changed = check(orjson.dumps(_with("customer.name", "Jane Roe")))
     assert changed is not None and changed.customer.name == "Jane Roe" and changed.customer is not a.customer
     assert check(orjson.dumps(_with("customer.name", "Jane\x00Doe"))) is None
+
+
+def test_a_customer_is_known_by_its_text_and_one_written_otherwise_is_decoded_anew() -> None:
+    """The customer cache is keyed by the customer's JSON text: the same text gives the very same
+    Customer, the same customer written in another key order or spacing an equal one (decoded and
+    checked again), and a text the checks refused is never kept (the general path's verdict stands)."""
+    doc = _with("external_id", "INV-T1")
+    a = check(orjson.dumps(doc))
+    customer = dict(reversed(list(doc["customer"].items())))
+    reordered = orjson.dumps({**doc, "external_id": "INV-T2", "customer": customer}).replace(b'":', b'" : ')
+    b = check(reordered)
+    assert a is not None and b is not None and a.customer == b.customer and a.customer is not b.customer
+    c = check(reordered.replace(b"INV-T2", b"INV-T3"))
+    assert c is not None and c.customer is b.customer
+    bad = orjson.dumps(_with("customer.address.country", "XX"))
+    for _ in range(2):  # the second time too: a refused customer is not kept
+        assert check(bad) is None
