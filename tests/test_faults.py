@@ -143,7 +143,9 @@ def test_sandbox_restarted_mid_run(target: str, tmp_path: Path) -> None:
     with RestartableSandbox(target, latency_ms=20) as sb:
         proc = start_cli(upload_args(sb, src, out, "--concurrency", "6"), sb.env)
         try:
-            wait_until(lambda: created_count(sb) >= 5, timeout=30, what="the first invoices")
+            # a hang bound, not a measurement: on a busy machine the CLI alone may take 30 s to start
+            wait_until(lambda: proc.poll() is not None or created_count(sb) >= 5, timeout=90,
+                       what="the first invoices")
             sb.restart(down=0.6)
             _, stderr = proc.communicate(timeout=90)
         finally:
