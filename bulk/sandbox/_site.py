@@ -35,8 +35,8 @@ async def stop_accepting(server: asyncio.AbstractServer) -> None:
     """Stop ``server`` accepting connections, and return once those it accepted have their
     transports (attached to the still-open server); the caller then closes it.
 
-    Only asyncio's own ``Server`` defers the transport (uvloop builds it in the accept itself):
-    another server is left as it is.
+    Only asyncio's own ``Server`` is known to defer the transport; another loop's server
+    (uvloop's) is left as it is.
     """
     if not isinstance(server, asyncio.Server) or not server.is_serving():
         return
