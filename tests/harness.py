@@ -32,6 +32,7 @@ from bulk.generate import generate
 from bulk.money import CurrencyTotals
 from bulk.records import Record, parse_record
 from bulk.sandbox import serve
+from bulk.sandbox._site import TCPSite
 from bulk.sandbox.config import SandboxConfig
 from bulk.targets import get_target
 
@@ -330,7 +331,8 @@ class RestartableSandbox(SandboxServer):
     handlers still run to completion, like a server that committed before it went away),
     closes the listener, so new connections are refused for ``down`` seconds, then listens again
     on the same port. The dialect object (data, counters, idempotency keys) survives: it is a
-    restart with durable storage, not a new server.
+    restart with durable storage, not a new server. Its site is bulk's ``TCPSite``, which
+    stops without dropping a connection asyncio has just accepted (see bulk.sandbox._site).
     """
 
     def _main(self) -> None:
@@ -344,7 +346,7 @@ class RestartableSandbox(SandboxServer):
             self._runner = web.AppRunner(build_app(self.target, self.config), access_log=None,
                                          handle_signals=False, shutdown_timeout=0.25)
             await self._runner.setup()
-            self._site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+            self._site = TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
             await self._site.start()
             self.port = self._runner.addresses[0][1]
             self.base_url = f"http://127.0.0.1:{self.port}"
@@ -363,16 +365,15 @@ class RestartableSandbox(SandboxServer):
             self._ready.set()
 
     def restart(self, *, down: float) -> None:
-        from aiohttp import web
-
         async def bounce() -> None:
-            await self._site.stop()
+            await self._site.stop()  # what it had accepted is the server's: a connection to abort
+            await asyncio.sleep(0)  # (its protocol connects, joining server.connections, now)
             server = self._runner.server
             for conn in list(server.connections if server is not None else ()):
                 if conn.transport is not None:
                     conn.transport.abort()
             await asyncio.sleep(down)
-            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+            self._site = TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
             await self._site.start()
 
         assert self._loop is not None
@@ -500,7 +501,7 @@ class ScriptedServer:
             app.router.add_route("*", "/{tail:.*}", handle)
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl)
+            site = TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl)
             await site.start()
             self.port = runner.addresses[0][1]
             self._ready.set()

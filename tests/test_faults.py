@@ -143,7 +143,9 @@ def test_sandbox_restarted_mid_run(target: str, tmp_path: Path) -> None:
     with RestartableSandbox(target, latency_ms=20) as sb:
         proc = start_cli(upload_args(sb, src, out, "--concurrency", "6"), sb.env)
         try:
-            wait_until(lambda: created_count(sb) >= 5, timeout=30, what="the first invoices")
+            # a hang bound, not a measurement: on a busy machine the CLI alone may take 30 s to start
+            wait_until(lambda: proc.poll() is not None or created_count(sb) >= 5, timeout=90,
+                       what="the first invoices")
             sb.restart(down=0.6)
             _, stderr = proc.communicate(timeout=90)
         finally:
@@ -169,7 +171,9 @@ def test_long_retry_after_stops_resumably_and_says_when(target: str, tmp_path: P
             proc = start_cli(args, sb.env)
             try:
                 goal = created_count(sb) + 3
-                wait_until(lambda: created_count(sb) >= goal, timeout=30, what="invoices")  # noqa: B023
+                # a hang bound (see test_sandbox_restarted_mid_run); B023: called in this iteration only
+                wait_until(lambda: proc.poll() is not None or created_count(sb) >= goal,  # noqa: B023
+                           timeout=90, what="invoices")
                 asked = time.time()
                 sb.faults(throttle_rate=1.0)
                 _, stderr = proc.communicate(timeout=30)
