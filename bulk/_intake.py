@@ -14,8 +14,18 @@ stands); a ``--shard K/N`` run keeps only its records; the target checks what it
 
 Sharding: a shard owns the records whose customer key (``target.affinity``) hashes to it, so
 one process resolves each customer; a line that is not a record (overlong, unparsable) has no
-customer and belongs to the shard its line number picks. Every shard dedupes every record
-before choosing (the first line of an external id stands, whichever shard owns it).
+customer and belongs to the shard its line number picks. The first valid line of an external
+id stands, whichever shard owns it, so every shard dedupes every record before choosing.
+
+Skipping the other shards' lines (``reread`` given, the target's affinity the default
+customer external id): a shard parses in full only the lines it may have to report, those
+whose customer key is its own (peeked in one msgspec pass) or whose line number is its own.
+Another shard's line is only *noted* under its external id, as "line L at offset S, not
+validated" (a negative ``first_line`` value), and validated only when the id comes again
+(rare): the first later line of the id rereads it (``reread(S)``), and every later line of
+the id is parsed in full. The first valid line of an id is then still the one that stands,
+for every shard, across resumed runs (the notes are ``state.db`` rows like any other), and
+a line's reporting shard is the same as without skipping.
 
 :meth:`Intake.screen` is called once per line on the hot path: it is one plain method over
 attributes bound at construction, no allocation beyond the record itself.
@@ -25,6 +35,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
+
+from ._record_fields import _plain_exact
 from .checkpoint import id_hash
 from .config import Shard
 from .errors import InvalidRecord
@@ -32,7 +45,7 @@ from .records import Record, parse_record, peek_external_id
 from .source import RawLine
 from .targets.base import Target
 
-__all__ = ["Intake", "memory_dedupe"]
+__all__ = ["Intake", "file_reread", "memory_dedupe"]
 
 
 def memory_dedupe() -> Callable[[str, int], int]:
@@ -46,14 +59,48 @@ def memory_dedupe() -> Callable[[str, int], int]:
     return first_line
 
 
+def file_reread(path: str) -> Callable[[int], bytes] | None:
+    """``reread(start)``: the line (without ``"\\n"``) starting at byte ``start`` of the plain
+    file ``path``; None for stdin and ``.gz`` inputs (their offsets cannot be sought cheaply)."""
+    if path == "-" or path.endswith(".gz"):
+        return None
+
+    def reread(start: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.readline().removesuffix(b"\n")
+
+    return reread
+
+
+class _PeekCustomer(msgspec.Struct):
+    external_id: object = None
+
+
+class _Peek(msgspec.Struct):
+    """The two fields that choose a line's shard: decoded in C, the rest of the line skipped."""
+
+    external_id: object = None
+    customer: _PeekCustomer | None = None
+
+
+_peek = msgspec.json.Decoder(_Peek).decode
+# A note "line L at offset S, not validated" is the first_line value -(L << _BITS | S).
+_BITS = 38
+_MAX_START, _MAX_LINE = 1 << _BITS, 1 << (62 - _BITS)
+# The key under which the first valid line of an id whose first line was a note is kept (no
+# valid external id contains a control character, so no id's own key collides with it).
+_AFTER_NOTE = "\x00"
+
+
 class Intake:
     """The checks of one input; ``first_line(external_id, line_no)`` returns the first line
     that used the id (recording it if none did)."""
 
-    __slots__ = ("_affinity", "_check", "_first_line", "_max_line", "_shard", "external_id")
+    __slots__ = ("_affinity", "_check", "_first_line", "_max_line", "_reread", "_shard", "external_id")
 
     def __init__(self, *, max_line_bytes: int, first_line: Callable[[str, int], int], target: Target | None,
-                 shard: Shard | None = None) -> None:
+                 shard: Shard | None = None, reread: Callable[[int], bytes] | None = None) -> None:
         if shard is not None and target is None:
             raise ValueError("a shard chooses its records by the target's affinity key: give the target")
         self._max_line = max_line_bytes
@@ -61,6 +108,10 @@ class Intake:
         self._check = target.check if target is not None else None
         self._affinity = target.affinity if target is not None and shard is not None else None
         self._shard = shard
+        # Skipping needs the customer key without a parse: only the default key (customer.external_id).
+        skips = (shard is not None and shard.count > 1 and target is not None
+                 and type(target).affinity is Target.affinity)
+        self._reread = reread if skips else None
         #: the external id of the line last screened, when known (``None`` for a line too long
         #: or too broken to tell): what a rejection's reason names
         self.external_id: str | None = None
@@ -79,6 +130,8 @@ class Intake:
                                 f"{self._max_line}-byte limit", "split the invoice or raise --max-line-bytes")
         if not data or data.isspace():
             return None  # a blank line
+        if self._reread is not None and shard and raw.line_no % shard.count != shard.index and self._skip(raw, data):
+            return None
         try:
             record = parse_record(data, raw.line_no)
         except InvalidRecord:
@@ -87,7 +140,7 @@ class Intake:
             self.external_id = peek_external_id(data)
             raise
         ext_id = self.external_id = record.external_id
-        first = self._first_line(ext_id, raw.line_no)
+        first = self._first_valid(ext_id, raw.line_no)
         if shard and affinity and id_hash(affinity(record)) % shard.count != shard.index:
             return None
         if first != raw.line_no:
@@ -96,3 +149,40 @@ class Intake:
         if self._check is not None:
             self._check(record)
         return record
+
+    def _skip(self, raw: RawLine, data: bytes) -> bool:
+        """True when ``raw`` (whose line number is another shard's) is another shard's record
+        and was noted without a parse; False when it must be parsed (its customer key is ours,
+        its id came before, or a peek cannot tell)."""
+        try:
+            peek = _peek(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        ext_id, customer = peek.external_id, peek.customer
+        if customer is None or not _plain_exact(ext_id, 100) or not _plain_exact(customer.external_id, 100):
+            return False  # the parse may change or reject them: let it judge
+        shard = self._shard
+        assert shard is not None
+        if id_hash(customer.external_id) % shard.count == shard.index:
+            return False  # ours, if valid
+        line_no, start = raw.line_no, raw.start
+        if line_no >= _MAX_LINE or start >= _MAX_START:
+            return False
+        note = -(line_no << _BITS | start)
+        return self._first_line(ext_id, note) == note  # else the id came before: parse, so it counts
+
+    def _first_valid(self, ext_id: str, line_no: int) -> int:
+        """The first valid line of ``ext_id``, given that ``line_no`` is a valid one."""
+        first = self._first_line(ext_id, line_no)
+        if first >= 0:
+            return first
+        noted, start = -first >> _BITS, -first & (_MAX_START - 1)
+        if noted >= line_no:
+            return line_no
+        reread = self._reread
+        assert reread is not None  # notes are written only when rereading is possible
+        try:
+            parse_record(reread(start), noted)
+            return noted
+        except InvalidRecord:
+            return self._first_line(_AFTER_NOTE + ext_id, line_no)
