@@ -18,14 +18,17 @@ customer and belongs to the shard its line number picks. The first valid line of
 id stands, whichever shard owns it, so every shard dedupes every record before choosing.
 
 Skipping the other shards' lines (``reread`` given, the target's affinity the default
-customer external id): a shard parses in full only the lines it may have to report, those
-whose customer key is its own (peeked in one msgspec pass) or whose line number is its own.
-Another shard's line is only *noted* under its external id, as "line L at offset S, not
-validated" (a negative ``first_line`` value), and validated only when the id comes again
-(rare): the first later line of the id rereads it (``reread(S)``), and every later line of
-the id is parsed in full. The first valid line of an id is then still the one that stands,
-for every shard, across resumed runs (the notes are ``state.db`` rows like any other), and
-a line's reporting shard is the same as without skipping.
+customer external id): one msgspec pass peeks a line's ids. A line the peek places (plain
+ids) is its customer's shard's alone, to accept and to report invalid, and only that shard
+parses it; a line it cannot place (not JSON, ids that are not plain) is parsed by every
+shard and reported invalid by the shard its line number picks. Another shard's placed line
+is only *noted* under its external id, as "line L at offset S, not validated" (a negative
+``first_line`` value), and validated only when the id comes again (rare): the first later
+line of the id rereads it (``reread(S)``), and every later line of the id is parsed in full.
+The first valid line of an id is then still the one that stands, for every shard, across
+resumed runs (the notes are ``state.db`` rows like any other). Which shard reports an invalid
+line differs from a run that parses every line (there, the line number's), but every shard
+places a line alike, so each is reported exactly once.
 
 :meth:`Intake.screen` is called once per line on the hot path: it is one plain method over
 attributes bound at construction, no allocation beyond the record itself.
@@ -91,6 +94,8 @@ _MAX_START, _MAX_LINE = 1 << _BITS, 1 << (62 - _BITS)
 # The key under which the first valid line of an id whose first line was a note is kept (no
 # valid external id contains a control character, so no id's own key collides with it).
 _AFTER_NOTE = "\x00"
+# What a peek says of a line (Intake._place).
+_MINE, _OTHERS, _NOTED, _UNPLACED = object(), object(), object(), object()
 
 
 class Intake:
@@ -130,12 +135,19 @@ class Intake:
                                 f"{self._max_line}-byte limit", "split the invoice or raise --max-line-bytes")
         if not data or data.isspace():
             return None  # a blank line
-        if self._reread is not None and shard and raw.line_no % shard.count != shard.index and self._skip(raw, data):
-            return None
+        # Who reports this line if it is invalid: a line a peek places, its customer's shard;
+        # any other, the shard its line number picks (every shard places a line alike).
+        reports = not shard or raw.line_no % shard.count == shard.index
+        if self._reread is not None:
+            placed = self._place(raw, data)
+            if placed is _NOTED:
+                return None
+            if placed is not _UNPLACED:
+                reports = placed is _MINE
         try:
             record = parse_record(data, raw.line_no)
         except InvalidRecord:
-            if shard and raw.line_no % shard.count != shard.index:
+            if not reports:
                 return None  # another shard reports it
             self.external_id = peek_external_id(data)
             raise
@@ -150,26 +162,28 @@ class Intake:
             self._check(record)
         return record
 
-    def _skip(self, raw: RawLine, data: bytes) -> bool:
-        """True when ``raw`` (whose line number is another shard's) is another shard's record
-        and was noted without a parse; False when it must be parsed (its customer key is ours,
-        its id came before, or a peek cannot tell)."""
+    def _place(self, raw: RawLine, data: bytes) -> object:
+        """Where ``raw`` belongs, by a peek of its ids: :data:`_MINE` (this shard's customer: parse
+        and report it), :data:`_OTHERS` (another shard's, but parse it: its id came before, or it
+        cannot be noted), :data:`_NOTED` (another shard's, noted without a parse) or
+        :data:`_UNPLACED` (a peek cannot tell: the parse judges it, its line number reports it)."""
         try:
             peek = _peek(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return False
+            return _UNPLACED
         ext_id, customer = peek.external_id, peek.customer
         if customer is None or not _plain_exact(ext_id, 100) or not _plain_exact(customer.external_id, 100):
-            return False  # the parse may change or reject them: let it judge
+            return _UNPLACED  # the parse may change or reject them: let it judge
         shard = self._shard
         assert shard is not None
         if id_hash(customer.external_id) % shard.count == shard.index:
-            return False  # ours, if valid
+            return _MINE
         line_no, start = raw.line_no, raw.start
         if line_no >= _MAX_LINE or start >= _MAX_START:
-            return False
+            return _OTHERS
         note = -(line_no << _BITS | start)
-        return self._first_line(ext_id, note) == note  # else the id came before: parse, so it counts
+        # else the id came before: parse, so that it counts
+        return _NOTED if self._first_line(ext_id, note) == note else _OTHERS
 
     def _first_valid(self, ext_id: str, line_no: int) -> int:
         """The first valid line of ``ext_id``, given that ``line_no`` is a valid one."""
