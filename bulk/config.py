@@ -146,10 +146,10 @@ class UploadConfig:
         (0) gives 2 only where the measurement (2 vCPUs, README "Processes") shows a second
         process pays, and 1 everywhere else. It pays when each shard worker skips the other
         shard's lines without parsing them (``bulk._intake``: a plain file, not stdin or
-        ``.gz``; the target's default customer key): 2 processes then execute ~891,000-933,000
+        ``.gz``; the target's default customer key): 2 processes then execute ~867,000-909,000
         instructions per invoice summed (callgrind, ``benchmarks/instructions.py --processes
-        1,2``), 1.72-1.80x the bare loop's, below the 1.93x at which two beat it on two cores
-        shared with the server (ceiling 1.07-1.12x, one process 0.68x). Their start-up costs
+        1,2``), 1.67-1.75x the bare loop's, below the 1.93x at which two beat it on two cores
+        shared with the server (ceiling 1.10-1.15x, one process 0.69x). Their start-up costs
         ~1.8 G instructions of wall time more than one process's, won back after ~6,000
         invoices: auto takes 2 from a 16 MiB input. What two processes cannot do (a
         threshold, an arrival rate, items created by several processes) keeps 1.
