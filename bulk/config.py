@@ -19,6 +19,10 @@ from .errors import ConfigError
 
 __all__ = ["Shard", "UploadConfig", "check_base_url", "loop_options"]
 
+# auto takes 2 processes from an input this big (processes_for: start-up won back after ~6,000
+# invoices; 16 MiB is ~19,000 of `bulk generate`'s 870-byte invoices, ~55,000 of 300 bytes).
+_TWO_PAY_BYTES = 16 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class Shard:
@@ -139,17 +143,43 @@ class UploadConfig:
         """How many upload processes this run uses (``bulk.procs``: one shard worker each).
 
         ``--processes N`` gives N (at most ``--concurrency``, so each has a worker). ``auto``
-        (0) gives 1 on every machine: a second process only pays where a measurement on the
-        machine shows it, and the one made (2 vCPUs, README "Processes") shows it does not:
-        each shard worker parses and dedupes the whole input, so 2 processes execute 1.25-1.30x
-        the instructions per invoice of one (callgrind, ``benchmarks/instructions.py
-        --processes 1,2``), above the 1.93x the bare loop's at which two would beat it on two
-        cores shared with the server. Pass ``--processes N`` where ``benchmarks/run.py``
-        shows a gain.
+        (0) gives 2 only where the measurement (2 vCPUs, README "Processes") shows a second
+        process pays, and 1 everywhere else. It pays when each shard worker skips the other
+        shard's lines without parsing them (``bulk._intake``: a plain file, not stdin or
+        ``.gz``; the target's default customer key): 2 processes then execute ~867,000-909,000
+        instructions per invoice summed (callgrind, ``benchmarks/instructions.py --processes
+        1,2``), 1.67-1.75x the bare loop's, below the 1.93x at which two beat it on two cores
+        shared with the server (ceiling 1.10-1.15x, one process 0.69x). Their start-up costs
+        ~1.8 G instructions of wall time more than one process's, won back after ~6,000
+        invoices: auto takes 2 from a 16 MiB input. What two processes cannot do (a
+        threshold, an arrival rate, items created by several processes) keeps 1.
         """
         if self.processes:
             return min(self.processes, self.concurrency)
-        return 1
+        return 2 if self._two_pay() else 1
+
+    def _two_pay(self) -> bool:
+        """True where the measurement says a second process pays (see :meth:`processes_for`)."""
+        if (self.shard is not None or self.thresholds or self.arrival_rate is not None or self.dry_run
+                or self.concurrency < 2 or self.input == "-" or self.input.endswith(".gz")):
+            return False
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        try:
+            if cores < 2 or os.path.getsize(self.input) < _TWO_PAY_BYTES:
+                return False
+        except OSError:
+            return False  # the run says what is wrong with the input
+        from .refs import OPTION as CREATE_MISSING
+        from .targets import get_target
+        from .targets.base import Target
+
+        if CREATE_MISSING in self.options:
+            return False
+        try:
+            cls = get_target(self.target)
+        except ConfigError:  # an unknown target: the run says so
+            return False
+        return cls.affinity is Target.affinity
 
     @property
     def effective_window(self) -> int:

@@ -1,11 +1,17 @@
 """The 2-core model of ``benchmarks.instructions`` (README "Processes"): a client's ceiling is
-bound by its processes' own cores and by the cores it shares with the server."""
+bound by its processes' own cores and by the cores it shares with the server; and the ``auto``
+choice it leads to (``UploadConfig.processes_for``)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks.instructions import ceiling
+from bulk.config import UploadConfig
 
 
 def test_one_process_is_bound_by_its_own_core() -> None:
@@ -21,3 +27,26 @@ def test_two_processes_beat_one_only_below_twice_its_cpu_less_the_servers() -> N
     bare, server = 0.5, 0.05
     limit = 2 / ceiling(bare, server, 1) - server  # 0.95
     assert ceiling(limit - 0.01, server, 2) > ceiling(bare, server, 1) > ceiling(limit + 0.01, server, 2)
+
+
+def _config(tmp_path: Path, size: int, name: str = "in.ndjson", **kw: Any) -> UploadConfig:
+    src = tmp_path / name
+    with open(src, "wb") as f:
+        f.truncate(size)
+    return UploadConfig(input=str(src), out=tmp_path / "run", **{"processes": 0, **kw})
+
+
+def test_auto_takes_two_processes_only_where_the_measurement_says_they_pay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    big, small = 16 << 20, (16 << 20) - 1
+    assert _config(tmp_path, big).processes_for() == 2
+    assert _config(tmp_path, small).processes_for() == 1  # start-up not won back
+    assert _config(tmp_path, big, "in.ndjson.gz").processes_for() == 1  # a .gz: each worker parses every line
+    assert _config(tmp_path, big, target="anny").processes_for() == 1  # its own customer key: the same
+    assert _config(tmp_path, big, thresholds=("x",)).processes_for() == 1  # judged in one process
+    assert _config(tmp_path, big, arrival_rate=5.0).processes_for() == 1
+    assert _config(tmp_path, big, options={"create_missing": "items"}).processes_for() == 1
+    assert _config(tmp_path, big, processes=3).processes_for() == 3  # asked for: given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert _config(tmp_path, big).processes_for() == 1
