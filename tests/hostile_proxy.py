@@ -66,6 +66,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
+from bulk.sandbox._site import TCPSite
+
 __all__ = ["FATES", "FAULTS", "Gate", "Hold", "HostileProxy", "request_kind"]
 
 FAULTS = ("throttle", "unavailable", "reset", "drop_answer", "delay")
@@ -192,7 +194,7 @@ class HostileProxy:
             app.router.add_route("*", "/{tail:.*}", self._handle)
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+            site = TCPSite(runner, "127.0.0.1", 0, backlog=1024)
             await site.start()
             self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}{self._prefix}"
             self._ready.set()

@@ -38,6 +38,7 @@ from hostile_proxy import HostileProxy
 from bulk.errors import ConfigError, InvalidRecord
 from bulk.records import Record, parse_record
 from bulk.sandbox import SandboxConfig, SandboxConfigError, serve
+from bulk.sandbox._site import TCPSite
 from bulk.sandbox.anny import AnnySandbox
 from bulk.sandbox.anny_rules import IdenticalGuard
 from bulk.targets.anny import AnnyTarget, line_key, match_items
@@ -616,7 +617,7 @@ class Proxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
         self.base_url = f"http://127.0.0.1:{port}"

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from bulk.sandbox._site import TCPSite
 from bulk.sandbox.config import SandboxConfig, SandboxConfigError
 from bulk.sandbox.control import CONTROLS, AllTargets, Controls, add_routes
 from bulk.sandbox.wire import dumps
@@ -146,7 +147,7 @@ async def serve(target: str, config: SandboxConfig | None = None, host: str = "1
                            shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = TCPSite(runner, host, port, backlog=1024)
         await site.start()
         yield RunningSandbox(app, host, runner.addresses[0][1])
     finally:
