@@ -327,24 +327,75 @@ def resume_to_the_end(sb: SandboxServer, args: list[str], out: Path, records: li
 class RestartableSandbox(SandboxServer):
     """A SandboxServer whose listening socket can be restarted on the same port mid-run.
 
-    ``restart(down=...)`` aborts every open connection (in-flight requests see a reset; their
-    handlers still run to completion, like a server that committed before it went away),
-    closes the listener, so new connections are refused for ``down`` seconds, then listens again
-    on the same port. The dialect object (data, counters, idempotency keys) survives: it is a
-    restart with durable storage, not a new server. Its site is bulk's ``TCPSite``, which
-    stops without dropping a connection asyncio has just accepted (see bulk.sandbox._site).
+    A restart aborts every open connection (in-flight requests see a reset; their handlers
+    still run to completion, like a server that committed before it went away), closes the
+    listener, so new connections are refused for ``down`` seconds, then listens again on the
+    same port. The dialect object (data, counters, idempotency keys) survives: it is a restart
+    with durable storage, not a new server. Its site is bulk's ``TCPSite``, which stops
+    without dropping a connection asyncio has just accepted (see bulk.sandbox._site).
+
+    ``restart_at(n, down=...)`` arms one restart at the server's ``n``-th API request (control
+    requests not counted): it begins inside the server while that request arrives, so a client
+    can never finish before it, however fast or slow the machine. ``restarted`` is set once the
+    server listens again. ``burst_500_at(n, answers)`` arms, the same way, a burst of the
+    sandbox's own 500 fault (``fail_rate`` 1) that ends once ``answers`` 500s have been sent.
     """
+
+    def __init__(self, target: str, **settings: Any) -> None:
+        super().__init__(target, **settings)
+        self.restarted = threading.Event()
+        self.burst_over = threading.Event()
+        self._armed: tuple[int, float] | None = None
+        self._burst: tuple[int, int] | None = None
+        self._api_requests = self._answered_500 = 0
+
+    def restart_at(self, requests: int, *, down: float) -> None:
+        assert requests > 0 and not self.restarted.is_set()
+        self._armed = (requests, down)
+
+    def burst_500_at(self, requests: int, *, answers: int) -> None:
+        assert requests > 0 and answers > 0 and not self.burst_over.is_set()
+        self._burst = (requests, answers)
 
     def _main(self) -> None:
         from aiohttp import web
 
         from bulk.sandbox import build_app
+        from bulk.sandbox.control import CONTROLS
+
+        @web.middleware
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            if "/_sandbox/" in request.path:
+                return await handler(request)
+            self._api_requests += 1
+            if self._armed is not None and self._api_requests == self._armed[0]:
+                task = asyncio.ensure_future(self._bounce(self._armed[1]))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception() or self.restarted.set())
+                self._tasks.add(task)
+            burst = self._burst
+            if burst is not None and self._api_requests == burst[0]:
+                request.app[CONTROLS].update_faults({"fail_rate": 1.0})
+            try:
+                response = await handler(request)
+                status = response.status
+            except web.HTTPException as exc:
+                response, status = exc, exc.status
+            if burst is not None and status == 500 and not self.burst_over.is_set():
+                self._answered_500 += 1
+                if self._answered_500 >= burst[1]:
+                    request.app[CONTROLS].update_faults({"fail_rate": 0.0})
+                    self.burst_over.set()
+            if isinstance(response, web.HTTPException):
+                raise response
+            return response
 
         async def run() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self._runner = web.AppRunner(build_app(self.target, self.config), access_log=None,
-                                         handle_signals=False, shutdown_timeout=0.25)
+            self._tasks: set[asyncio.Future[None]] = set()
+            app = build_app(self.target, self.config)
+            app.middlewares.insert(0, count)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
             await self._runner.setup()
             self._site = TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
             await self._site.start()
@@ -354,6 +405,8 @@ class RestartableSandbox(SandboxServer):
             try:
                 await self._stop.wait()
             finally:
+                for task in self._tasks:
+                    task.cancel()
                 await self._runner.cleanup()
                 for _ in range(3):  # closed connections release their sockets in the next iterations
                     await asyncio.sleep(0)
@@ -364,20 +417,22 @@ class RestartableSandbox(SandboxServer):
             self._error = exc
             self._ready.set()
 
-    def restart(self, *, down: float) -> None:
-        async def bounce() -> None:
-            await self._site.stop()  # what it had accepted is the server's: a connection to abort
-            await asyncio.sleep(0)  # (its protocol connects, joining server.connections, now)
-            server = self._runner.server
-            for conn in list(server.connections if server is not None else ()):
-                if conn.transport is not None:
-                    conn.transport.abort()
-            await asyncio.sleep(down)
-            self._site = TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
-            await self._site.start()
+    async def _bounce(self, down: float) -> None:
+        await self._site.stop()  # what it had accepted is the server's: a connection to abort
+        await asyncio.sleep(0)  # (its protocol connects, joining server.connections, now)
+        server = self._runner.server
+        for conn in list(server.connections if server is not None else ()):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(down)
+        self._site = TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+        await self._site.start()
 
+    def restart(self, *, down: float) -> None:
+        """Restart now, from the test's thread (see the class docstring)."""
         assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(bounce(), self._loop).result(timeout=down + 15)
+        asyncio.run_coroutine_threadsafe(self._bounce(down), self._loop).result(timeout=down + 15)
+        self.restarted.set()
 
 
 def free_port() -> int:
