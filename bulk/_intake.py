@@ -31,11 +31,13 @@ line differs from a run that parses every line (there, the line number's), but e
 places a line alike, so each is reported exactly once.
 
 :meth:`Intake.screen` is called once per line on the hot path: it is one plain method over
-attributes bound at construction, no allocation beyond the record itself.
+attributes bound at construction; a shard worker's peek allocates one small struct a line.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 
 import msgspec
@@ -43,7 +45,7 @@ import msgspec
 from ._record_fields import _plain_exact
 from .checkpoint import id_hash
 from .config import Shard
-from .errors import InvalidRecord
+from .errors import InputUnreadable, InvalidRecord
 from .records import Record, parse_record, peek_external_id
 from .source import RawLine
 from .targets.base import Target
@@ -64,14 +66,25 @@ def memory_dedupe() -> Callable[[str, int], int]:
 
 def file_reread(path: str) -> Callable[[int], bytes] | None:
     """``reread(start)``: the line (without ``"\\n"``) starting at byte ``start`` of the plain
-    file ``path``; None for stdin and ``.gz`` inputs (their offsets cannot be sought cheaply)."""
+    file ``path``; None for stdin, ``.gz`` inputs and anything but a regular file (a FIFO, a
+    ``/dev/fd/N``: their offsets cannot be sought). A read that fails stops the run resumably
+    (:class:`~bulk.errors.InputUnreadable`), naming the input."""
     if path == "-" or path.endswith(".gz"):
         return None
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None  # the reader says what is wrong with the input
 
     def reread(start: int) -> bytes:
-        with open(path, "rb") as f:
-            f.seek(start)
-            return f.readline().removesuffix(b"\n")
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.readline().removesuffix(b"\n")
+        except OSError as exc:
+            raise InputUnreadable(f"cannot read input {path!r} again at byte {start}: {exc.strerror or exc}; "
+                                  "restore the file and run the same command") from None
 
     return reread
 

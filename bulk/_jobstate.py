@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _summary
-from ._rundir import SHARD_BY, OpenJob
+from ._rundir import SHARD_BY, SHARD_BY_LINE_REPORTS, OpenJob, places_rejects
 from .checkpoint import Checkpoint
 from .config import UploadConfig
 from .job import RecordJob, Session
@@ -80,7 +80,8 @@ class JobState:
         return Checkpoint(
             target=self.config.target, input=self.opened.fingerprint,
             shard=str(self.config.shard) if self.config.shard else None,
-            shard_by=SHARD_BY if self.config.shard else None,
+            shard_by=(SHARD_BY if places_rejects(self.opened) else SHARD_BY_LINE_REPORTS)
+            if self.config.shard else None,
             offset=self.tracker.offset, line=self.tracker.line,
             # The earlier runs' finished lines this run's producer has not re-read yet are
             # still finished: forgetting them would have the next run redo, and record

@@ -20,11 +20,22 @@ from .outputs import Outputs
 from .refs import CREATED_NS, RefsFile
 from .source import fingerprint
 
-__all__ = ["SHARD_BY", "OpenJob", "open_job"]
+__all__ = ["SHARD_BY", "SHARD_BY_LINE_REPORTS", "OpenJob", "open_job", "places_rejects"]
 
 #: how records are assigned to shards (recorded in each shard's checkpoint; bulk merge checks it):
-#: by the target's affinity key (the customer), so one process resolves each customer (bulk._intake)
-SHARD_BY = "affinity"
+#: by the target's affinity key (the customer), so one process resolves each customer, and a
+#: rejected line the peek can place is reported by its customer's shard (bulk._intake)
+SHARD_BY = "affinity;placed"
+#: a shard job begun before placed lines were skipped: every rejected line is reported by its
+#: line number's shard. Such a job keeps that rule to its end (a switch mid-job would report a
+#: line twice or never: the shards stop at different watermarks).
+SHARD_BY_LINE_REPORTS = "affinity"
+
+
+def places_rejects(job: OpenJob) -> bool:
+    """True when this job's shards skip (and report) placed lines by customer: a new job, or
+    one begun with :data:`SHARD_BY`."""
+    return job.checkpoint is None or job.checkpoint.shard_by == SHARD_BY
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,7 +79,7 @@ def _check_same_job(c: UploadConfig, out: Path, cp: Checkpoint, input_print: str
         raise ConfigError(f"{out} is a {cp.target} job: use --target {cp.target} or a new --out")
     if cp.shard != (str(c.shard) if c.shard else None):
         raise ConfigError(f"{out} was started with --shard {cp.shard}: use the same shard")
-    if c.shard and cp.shard_by != SHARD_BY:
+    if c.shard and cp.shard_by not in (SHARD_BY, SHARD_BY_LINE_REPORTS):
         # Earlier versions split records by external id: resuming such a shard with today's
         # split would skip some records and repeat others.
         raise ConfigError(f"{out} is a shard of a job an earlier version of bulk split by external id: "

@@ -16,7 +16,8 @@
         ├── AuthError        401/403: check the credentials / abilities
         ├── ApiUnavailable   the API stayed down past the give-up time
         ├── QuotaExhausted   the API asked us to wait longer than we are willing to; ``resume_at``
-        └── OutputError      the run directory cannot be written (permissions, disk full)
+        ├── OutputError      the run directory cannot be written (permissions, disk full)
+        └── InputUnreadable  the input cannot be read again mid-run (moved, truncated)
 
 Foreign exceptions (aiohttp, OSError, orjson) are translated into this tree at the
 boundary (``bulk.transport`` for HTTP, ``bulk.outputs``/``bulk.checkpoint`` for files); only
@@ -34,6 +35,7 @@ __all__ = [
     "AuthError",
     "BulkError",
     "ConfigError",
+    "InputUnreadable",
     "InvalidRecord",
     "OutputError",
     "QuotaExhausted",
@@ -193,6 +195,10 @@ class QuotaExhausted(AbortRun):
 
 class OutputError(AbortRun):
     """The run directory could not be written. Nothing half-written is left behind."""
+
+
+class InputUnreadable(AbortRun):
+    """The input could not be read again mid-run (moved, truncated, unreadable)."""
 
 
 def redact_error(exc: BaseException, redact: Callable[[str], str]) -> None:

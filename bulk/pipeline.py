@@ -75,7 +75,7 @@ from . import _signals, _status
 from ._intake import Intake, file_reread
 from ._jobstate import JobState
 from ._recorder import Recorder
-from ._rundir import open_job
+from ._rundir import open_job, places_rejects
 from ._worker import Item, Workers
 from .config import UploadConfig
 from .errors import (
@@ -133,7 +133,7 @@ class Run:
         tracker, done_beyond = js.tracker, js.done_beyond
         window = c.effective_window
         intake = Intake(max_line_bytes=c.max_line_bytes, first_line=js.opened.state.first_line, target=self.target,
-                        shard=c.shard, reread=file_reread(c.input) if c.shard else None)
+                        shard=c.shard, reread=file_reread(c.input) if c.shard and places_rejects(js.opened) else None)
         screen, reject = intake.screen, self._recorder.reject
         add, finish, pending, put = tracker.add, tracker.finish, tracker.pending, feed.put
         reserved = js.reserved  # js.reserved's value: only this task changes it

@@ -271,8 +271,8 @@ def _config(tmp_path: Path, size: int, **kw: object) -> UploadConfig:
 
 
 def test_auto_is_one_process_as_measured_and_n_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto: one process on any machine (a second one did not pay where measured: README);
-    an explicit N is given, at most one per unit of --concurrency."""
+    """auto: one process below 16 MiB of input on any machine (a second one does not win back its
+    start-up there: README, Processes); an explicit N is given, at most one per unit of --concurrency."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     big = 8 << 20
     assert _config(tmp_path, big, processes=0).processes_for() == 1
@@ -297,6 +297,24 @@ def test_a_job_keeps_its_number_of_processes(tmp_path: Path) -> None:
         sharded = cli(upload_args(sb, src, tmp_path / "sharded", "--processes", "2", "--shard", "0/2"), sb.env)
         assert sharded.returncode == 2 and "without --shard" in sharded.stderr, sharded.stderr
 
+
+
+def test_metrics_port_on_an_input_auto_would_split_runs_one_process(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--metrics-port without --processes on an input big enough for auto's 2 processes: one
+    process runs (the endpoint serves one process's figures) instead of a usage error about
+    --processes, which the user never gave."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 6, seed=905)
+    with src.open("ab") as f:  # blank lines (skipped) make the input 17 MiB, over auto's 16 MiB
+        f.write((b" " * ((1 << 20) - 2) + b"\n") * 17)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert UploadConfig(input=str(src), out=out, processes=0).processes_for() == 2  # what auto takes without it
+    with SandboxServer("agiled") as sb:
+        done = cli(upload_args(sb, src, out, "--metrics-port", "0", "--concurrency", "2"), sb.env)
+        assert done.returncode == 0, done.stderr
+        assert_counts(out, records)
+        assert not (out / "shards").exists() and summary(out).get("processes", 1) == 1
 
 
 def test_a_resumed_n_process_job_refuses_what_needs_one_process(tmp_path: Path) -> None:
@@ -332,6 +350,31 @@ def test_on_existing_reaches_every_upload_process(tmp_path: Path) -> None:
         assert (r["updated"], r["unchanged"]) == (5, 15), r
         actions = {row["external_id"]: row["action"] for row in read_id_map(tmp_path / "run2")}
         assert sorted(a for a in actions.values()) == ["unchanged"] * 15 + ["updated"] * 5
+
+
+def test_a_shard_begun_with_line_number_reports_keeps_that_rule(tmp_path: Path) -> None:
+    """A shard job begun before placed lines were skipped (checkpoint split rule "affinity":
+    every rejected line reported by its line number's shard) resumes under that rule to its
+    end: switching mid-job would report a line twice or never. A new shard job records
+    today's rule."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "s1"
+    write_input(src, 20, seed=906)
+
+    def split_rule() -> str:
+        with sqlite3.connect(out / "state.db") as db:
+            (doc,) = db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
+        return str(orjson.loads(doc)["shard_by"])
+
+    with SandboxServer("agiled") as sb:
+        assert cli(upload_args(sb, src, out, "--shard", "1/2"), sb.env).returncode == 0
+        assert split_rule() == "affinity;placed"
+        with sqlite3.connect(out / "state.db") as db:  # as the version before wrote it
+            (doc,) = db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
+            db.execute("UPDATE meta SET v=? WHERE k='checkpoint'", (orjson.dumps({**orjson.loads(doc),
+                                                                                  "shard_by": "affinity"}),))
+        done = cli(upload_args(sb, src, out, "--shard", "1/2"), sb.env)
+        assert done.returncode == 0, done.stderr
+        assert split_rule() == "affinity"
 
 
 def test_a_shard_split_by_an_earlier_rule_is_refused_on_resume_and_in_merge(tmp_path: Path) -> None:

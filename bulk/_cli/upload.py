@@ -13,6 +13,7 @@ import argparse
 import gc
 import os
 import secrets
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import UploadConfig
@@ -54,6 +55,10 @@ async def upload(args: argparse.Namespace) -> int:
         return await _dry_run(config, cls)
     from ..procs import job_processes
 
+    if args.metrics_port is not None and not config.processes and not (config.out / "processes.json").exists():
+        # auto, for a new job: --metrics-port serves one process's figures (a resumed N-process
+        # job keeps its N, and is refused below)
+        config = replace(config, processes=1)
     processes = job_processes(config)  # usage errors of N processes, a resumed job's N included
     target: Target | None = None
     if config.base_url is not None:  # a missing credential is said before any bar is drawn

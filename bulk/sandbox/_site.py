@@ -26,8 +26,9 @@ class TCPSite(web.TCPSite):
     """``aiohttp.web.TCPSite`` whose ``stop`` never drops a connection it has accepted."""
 
     async def stop(self) -> None:
-        if self._server is not None:
-            await stop_accepting(self._server)
+        server = getattr(self, "_server", None)  # aiohttp's BaseSite keeps its server there
+        if server is not None:
+            await stop_accepting(server)
         await super().stop()
 
 
@@ -41,8 +42,11 @@ async def stop_accepting(server: asyncio.AbstractServer) -> None:
     if not isinstance(server, asyncio.Server) or not server.is_serving():
         return
     loop = asyncio.get_running_loop()
-    for sock in server.sockets:
-        loop.remove_reader(sock.fileno())  # no accept callback runs from now on
+    try:
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())  # no accept callback runs from now on
+    except NotImplementedError:  # a proactor loop (Windows) accepts otherwise: nothing to wait for
+        return
     # A transport-building task made by an accept that already ran is scheduled by now; it
     # runs before this task's next step (the loop runs its ready callbacks in order).
     await asyncio.sleep(0)
