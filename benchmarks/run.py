@@ -387,7 +387,10 @@ def resume_goal(args: argparse.Namespace, work: Path, scratch: Path, log: Callab
     target = int(n * 0.99)
     try:
         cmd = [sys.executable, "-m", "bulk", "upload", str(path), "--base-url", server.base_url, "--quiet",
-               "--out", str(out), "--rate", "1e9", "--concurrency", str(args.concurrency)]
+               "--out", str(out), "--rate", "1e9", "--concurrency", str(args.concurrency),
+               # the goal is one process's (auto takes 2 for 1,000,000 records, whose parent
+               # writes summary.json only when it merges)
+               "--processes", "1"]
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         done = 0
         while proc.poll() is None:
