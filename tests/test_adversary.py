@@ -244,7 +244,7 @@ def audit(target: str, state: dict[str, Any], out: Path, job: Job) -> tuple[list
 
 
 def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, late: float = 0.4, span: int = 40,
-              rates: dict[str, float] | None = None) -> None:
+              rates: dict[str, float] | None = None, extra: tuple[str, ...] = ()) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     job = Job(src, n, seed)
     with SandboxServer(target, latency_ms=5, seed=seed) as sb, \
@@ -253,7 +253,7 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
             # The concurrency and the checkpoint interval may change between runs (a user may
             # well change them on resume); frequent checkpoints put kills between checkpoints.
             return upload_args(sb, src, out, "--concurrency", str(rng.choice([4, 8])), "--retries", "12",
-                               "--checkpoint-every", rng.choice(["0.02", "0.2", "1"]), via=px)
+                               "--checkpoint-every", rng.choice(["0.02", "0.2", "1"]), *extra, via=px)
 
         # A duplicate seen transiently is the audit's business (it lists them all at the end).
         result = kill_until_done(sb, px, args_for, kills=kills, seed=seed, records=n, span=span,
@@ -285,6 +285,14 @@ CI = {"agiled": (50, 7), "anny": (24, 6), "chargeover": (60, 6), "coperniq": (50
 def test_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) -> None:
     n, kills = CI[target]
     _scenario(target, tmp_path, n=n, kills=kills, seed=1000 + TARGETS.index(target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_two_processes_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) -> None:
+    """The same with --processes 2 (what auto takes for a big plain file): each shard worker
+    skips the other's lines unparsed (bulk._intake), and the SIGKILL of the parent takes both."""
+    n, kills = CI[target]
+    _scenario(target, tmp_path, n=n, kills=kills, seed=3000 + TARGETS.index(target), extra=("--processes", "2"))
 
 
 @pytest.mark.slow
