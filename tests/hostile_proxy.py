@@ -33,7 +33,12 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   the request is delivered late (fate ``held``), and the client could not have finished
   its run meanwhile, because it waits for that answer.
 - ``release_after(hold, k)``: release the hold when the k-th request from now arrives (the
-  next run's k-th request, say), before that request goes on.
+  next run's k-th request, say), before that request goes on. With ``late_lands_first=True``
+  (for a client whose defence is a *settle* wait, anny's: it covers a late request that lands
+  before, or within ``settle`` seconds of, its run's first answer, never one held for as long
+  as the test likes), that request, and every one arriving until then, goes on only once the
+  released one has landed at the server (its answer came back), so the late request lands
+  before the next run got any answer from the server: however slow the machine is.
 - ``hold_next_after(match)``: once a request for which ``match(method, path, body)`` is true
   has been answered (forwarded, its answer passed on), the next request to arrive is held as
   by ``hold_after`` (a client that sends one request at a time sends it after reading that
@@ -130,7 +135,8 @@ class HostileProxy:
     probability per attempt (the rest is ``forward``); ``{}`` forwards everything (hooks only)."""
 
     def __init__(self, upstream: str, *, seed: int, rates: dict[str, float] | None = None,
-                 max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600), cover: bool = False) -> None:
+                 max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600), cover: bool = False,
+                 late_lands_first: bool = False) -> None:
         split = urlsplit(upstream)
         self.upstream = f"{split.scheme}://{split.netloc}"
         self._prefix = split.path.rstrip("/")
@@ -144,6 +150,7 @@ class HostileProxy:
         # and its batch bodies, hence their draws, depend on timing).
         self.cover = cover
         self.delay_ms = delay_ms
+        self.late_lands_first = late_lands_first
         self.base_url = ""
         self._lock = threading.Lock()
         self._seen = 0
@@ -158,7 +165,8 @@ class HostileProxy:
         self._unreleased: set[int] = set()  # hold numbers, arrived or not
         self._all_holds: dict[int, Hold] = {}
         self._waiting: dict[int, asyncio.Event] = {}  # hold number -> its event, in the loop
-        self._watchers: dict[int, list[Callable[[], None]]] = {}
+        self._watchers: dict[int, list[Hold]] = {}  # request number -> holds it releases
+        self._landing: dict[int, asyncio.Event] = {}  # late_lands_first: released holds not landed yet
         self._inflight: set[asyncio.Task[Any]] = set()
         self._gates: list[Gate] = []
         self._after: list[tuple[Callable[[str, str, bytes], bool], Hold]] = []  # hold_next_after, not armed
@@ -243,7 +251,7 @@ class HostileProxy:
         """Release ``hold`` when the k-th request from now arrives (k >= 1), before it goes on."""
         assert k >= 1
         with self._lock:
-            self._watchers.setdefault(self._seen + k, []).append(hold.release)
+            self._watchers.setdefault(self._seen + k, []).append(hold)
 
     def release_all(self) -> None:
         """Release every hold not released yet, whether its request arrived or not."""
@@ -365,8 +373,12 @@ class HostileProxy:
             self._kinds[kind] += 1
             self._by_kind[(kind, fate)] += 1
             self.journal.append((number, kind, identity, attempt, fate))
-        for watcher in watchers:
-            watcher()
+        for released in watchers:
+            if self.late_lands_first and released.number in self._waiting:  # arrived, still held
+                self._landing.setdefault(released.number, asyncio.Event())
+            released.release()
+        for landed in list(self._landing.values()):  # late_lands_first: the late request goes first
+            await landed.wait()
         if gate is not None:
             if gate._event is None:
                 gate._event = asyncio.Event()
@@ -389,7 +401,13 @@ class HostileProxy:
                 event.set()
             hold.reached.set()
             await event.wait()
-            return await self._answer(request, await self._detached(request, body, 0))
+            try:
+                answer = await self._detached(request, body, 0)
+            finally:
+                landed = self._landing.pop(number, None)
+                if landed is not None:
+                    landed.set()
+            return await self._answer(request, answer)
         if fate == "throttle":
             return web.json_response({"message": "Too Many Attempts."}, status=429,
                                      headers={"Retry-After": "0" if extra < 0.75 else "1"})

@@ -247,8 +247,18 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
               rates: dict[str, float] | None = None, extra: tuple[str, ...] = ()) -> None:
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     job = Job(src, n, seed)
+    # anny's defence against a killed run's late request is a settle wait (bulk.targets.anny,
+    # step 1): it covers a request landing before, or within --option settle seconds of, the
+    # resumed process's first answer. One that lands after the resumed run read the invoice
+    # back (held past the settle window) ends, by design, in a failed record, never in a wrong
+    # one counted (tests/test_anny.py, the "after-look" case, 1 and 2 processes), which this
+    # audit would list as a problem. So for anny the held request is delivered at the next
+    # run's first request, and lands before that request (or any other) goes on: within the
+    # window whatever the machine's speed. The other targets find late creates at any time.
+    settle_bound = target == "anny"
+    late_window = 1 if settle_bound else 5
     with SandboxServer(target, latency_ms=5, seed=seed) as sb, \
-            HostileProxy(sb.base_url, seed=seed, rates=rates, cover=True) as px:
+            HostileProxy(sb.base_url, seed=seed, rates=rates, cover=True, late_lands_first=settle_bound) as px:
         def args_for(rng: random.Random) -> list[str]:
             # The concurrency and the checkpoint interval may change between runs (a user may
             # well change them on resume); frequent checkpoints put kills between checkpoints.
@@ -257,7 +267,7 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
 
         # A duplicate seen transiently is the audit's business (it lists them all at the end).
         result = kill_until_done(sb, px, args_for, kills=kills, seed=seed, records=n, span=span,
-                                 late_into_next_run=late, late_window=5, after_each=None)
+                                 late_into_next_run=late, late_window=late_window, after_each=None)
         state = sb.state()
         stats = px.stats()
     problems, figures = audit(target, state, out, job)
@@ -287,14 +297,14 @@ def test_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) 
     _scenario(target, tmp_path, n=n, kills=kills, seed=1000 + TARGETS.index(target))
 
 
-# The targets for which --processes auto takes 2 processes (their customer key is the default).
-# anny with an explicit --processes 2 is NOT proven here: its run of this scenario ended with a
-# late item of a killed run added after the resumed run's read-back (record failed, extra item
-# at the server), an open bug of explicit --processes 2 with anny (see the issue 11 note).
-AUTO_TWO = [t for t in TARGETS if t != "anny"]
-
-
-@pytest.mark.parametrize("target", AUTO_TWO)
+# Every target, anny included (with an explicit --processes 2). anny's earlier failure here
+# (a killed run's held item create landing after a resumed worker's read-back: record failed,
+# extra item at the server) was this scenario's, not the engine's: the proxy released the held
+# request at the next run's k-th request (k up to 5), and with anny's resumed processes waiting
+# out their settle window before reading anything back, that k-th request was already a
+# read-back, after the window anny's contract covers (see _scenario). The held request now
+# lands before the next run's first request goes on, for anny, with 1 or 2 processes.
+@pytest.mark.parametrize("target", TARGETS)
 def test_two_processes_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) -> None:
     """The same with --processes 2 (what auto takes for a big plain file): each shard worker
     skips the other's lines unparsed (bulk._intake), and the SIGKILL of the parent takes both."""
