@@ -31,6 +31,7 @@ seeds. The proxy itself is tested first: each fault happens and does what it say
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import csv
 import http.client
@@ -446,6 +447,40 @@ def test_release_after_lets_a_held_request_go_when_a_later_one_arrives() -> None
         px.drain()
         assert [p for _, p, _ in rec.committed][:1] == ["/a"] and sorted(p for _, p, _ in rec.committed) == \
             ["/a", "/b", "/late"]
+
+
+class _Slow(_Recorder):
+    """A recorder that takes ``lag`` seconds over ``/late`` before committing it (a late request
+    still on its way to the server when the next one comes)."""
+
+    def __init__(self, lag: float) -> None:
+        super().__init__()
+        self.lag = lag
+
+    async def respond(self, request: web.Request) -> web.Response:
+        if request.path == "/late":
+            await asyncio.sleep(self.lag)
+        return await super().respond(request)
+
+
+def test_a_late_request_released_by_the_next_run_lands_before_it_when_asked() -> None:
+    """``late_lands_first`` (the anny scenarios): the request that releases a held one, and
+    every one arriving meanwhile, goes on only after the held one has landed, however long
+    the server takes over it (without it, /a would commit while /late still waits at the
+    slow server): the order the anny scenario needs is made by the proxy, not by timing."""
+    rec = _Slow(lag=0.3)
+    with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=1, rates={}, late_lands_first=True) as px:
+        hold = px.hold_after(1)
+        threading.Thread(target=_send_and_vanish, args=(px.base_url, "/late", b"{}"), daemon=True).start()
+        assert hold.reached.wait(10)
+        px.release_after(hold, 1)
+        assert rec.committed == []  # held
+        assert _request(px.base_url, "GET", "/a")[0] == 201  # type: ignore[index]
+        assert [p for _, p, _ in rec.committed] == ["/late", "/a"]
+        assert _request(px.base_url, "GET", "/b")[0] == 201  # type: ignore[index]  # nothing is held any more
+        px.drain()
+        assert [p for _, p, _ in rec.committed] == ["/late", "/a", "/b"]
+        assert px.stats()["late"] == 1
 
 
 def test_the_draw_depends_on_identity_and_attempt_not_on_interleaving() -> None:

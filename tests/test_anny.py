@@ -692,9 +692,10 @@ def test_a_transition_is_read_back_never_repeated_blindly(action: str, how: str,
 LATE = ["in-window", "after-look", "before-send", "after-send"]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize("when", LATE)
 def test_a_killed_runs_item_create_arriving_late_never_leaves_a_wrong_invoice_counted(
-        when: str, tmp_path: Path) -> None:
+        when: str, processes: int, tmp_path: Path) -> None:
     """Run 1 creates AN-1's invoice and first item; its second item create is held by the
     proxy, and run 1 is SIGKILLed while it waits. Run 2 (the same command) resumes; the held
     create is delivered at a moment tied to run 2's progress, never to the clock:
@@ -707,7 +708,8 @@ def test_a_killed_runs_item_create_arriving_late_never_leaves_a_wrong_invoice_co
       that was not checked: AN-1 fails (it is sent and wrong at anny), never counted created;
     - ``after-send``: anny refuses an item on a sent invoice: AN-1 is exactly right.
 
-    AN-3 (another record) is created exactly in every case."""
+    AN-3 (another record) is created exactly in every case. The same with ``--processes 2``
+    (AN-1's shard worker keeps its own settle clock, from its own first answer)."""
     settle = 1.0
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_records(src, [WORKFLOW[0], WORKFLOW[2]])
@@ -754,7 +756,7 @@ def test_a_killed_runs_item_create_arriving_late_never_leaves_a_wrong_invoice_co
 
     with SandboxServer("anny") as sb, Proxy(sb.base_url, script) as proxy:
         args = proxy_args(proxy, src, out, "--concurrency", "1", "--item-concurrency", "1",
-                          "--checkpoint-every", "0.2", "--option", f"settle={settle}")
+                          "--checkpoint-every", "0.2", "--option", f"settle={settle}", "--processes", str(processes))
         first = start_cli(args, sb.env)
         try:
             assert is_held.wait(30), "run 1 never sent the second item"
