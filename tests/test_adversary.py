@@ -9,7 +9,9 @@ a killed run reaches the sandbox after its sender died), on every kind of reques
 The kills come from progress, never from wall-clock sleeps: the proxy holds the run's k-th
 request and the run is SIGKILLed while it waits for it (harness.kill_until_done). The held
 request is then delivered late: after the kill, or while the next run is already working
-(its 1st-3rd request), which is what a request stuck in a network does. Then the same
+(its 1st-5th request; for anny its 1st, landing before that request goes on: anny's settle
+wait covers only a request that lands within the window, see _scenario), which is what a
+request stuck in a network does. Then the same
 command runs until it exits on its own, and the audit checks, from the sandbox's own state
 (GET /_sandbox/state) and the input file alone:
 
