@@ -5,7 +5,8 @@ The parent (:mod:`bulk.procs`) starts each worker with ``python -c`` and writes 
 or the environment. The worker (``bulk.cli.worker_main``) first asks to die with its parent
 (:func:`die_with_parent`, Linux ``PR_SET_PDEATHSIG``: a killed run leaves no worker sending),
 reads its task (:func:`read_task`, exiting at once if the parent is already gone), and runs
-its shard as an ordinary :class:`~bulk.pipeline.Run` (:func:`run_worker`).
+its shard as an ordinary :class:`~bulk.pipeline.Run` (:func:`run_worker`), holding the
+shard's directory (:mod:`bulk._runlock`: no two processes upload one shard).
 """
 
 from __future__ import annotations
@@ -73,10 +74,17 @@ def read_task() -> WorkerTask:
 
 async def run_worker(task: WorkerTask) -> Any:
     """One shard of the job: an ordinary run of the pipeline (the CLI reports its result)."""
+    from ._runlock import hold_dir
     from .pipeline import Run
     from .targets import get_target
 
     cls = get_target(task.target)
     target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
     target.default_limits = dict(task.default_limits)  # the parent's, as the CLI set it
-    return await Run(task.config, target, progress=None).execute()
+    # A worker of an earlier run of this job that still lives (no PR_SET_PDEATHSIG here) holds the shard.
+    lock = hold_dir(task.config.out)
+    try:
+        return await Run(task.config, target, progress=None).execute()
+    finally:
+        if lock is not None:
+            lock.close()

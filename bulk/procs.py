@@ -21,7 +21,10 @@ credentials included) from its stdin, never from argv or the environment. It die
 parent (Linux ``PR_SET_PDEATHSIG``), runs in its own session (a terminal's Ctrl-C reaches it
 once, through the parent), finishes its requests in flight on SIGINT/SIGTERM, and prints only
 why it stopped (its stderr is the parent's). A worker that dies, or stops on an error, stops
-the others gracefully and the run resumably (exit 3). This module is the parent's side; the
+the others gracefully and the run resumably (exit 3). The parent holds the job's directory and
+each worker its shard's (:mod:`bulk._runlock`): a second run of the job, or a resumed run while
+a worker of a killed one still lives, refuses (exit 2) instead of sending what that process may
+be sending too. This module is the parent's side; the
 worker's (the task, reading it, running the shard) is :mod:`bulk._procworker`.
 """
 
@@ -42,6 +45,7 @@ import orjson
 
 from . import _summary
 from ._procworker import WorkerTask, die_with_parent, read_task, run_worker
+from ._runlock import hold_dir
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
 from .existing import ON_EXISTING_KEY
@@ -104,8 +108,18 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
     credentials, options and limits are handed to the workers); ``progress`` gets a note and
     the shards' counts summed from their checkpointed summaries."""
     out = config.out
+    lock = hold_dir(out)  # one run of the job at a time (each worker holds its shard's too)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        return await _run_processes(config, target, n, progress)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+async def _run_processes(config: UploadConfig, target: Target, n: int, progress: ProgressSink | None,
+                         ) -> tuple[int, dict[str, Any], BulkError | None]:
+    out = config.out
+    try:
         write_atomic(out / "processes.json", orjson.dumps({"processes": n}) + b"\n")
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {out}: {exc.strerror or exc}") from None
