@@ -177,18 +177,17 @@ class SessionJob:
     Also the base of :class:`RecordJob` (as ``Job`` extends ``RunJob``): sending, resolving,
     the resume file's cache and the write-ahead marks are the run's, whichever handle asks."""
 
-    __slots__ = ("_session", "item_concurrency")
+    __slots__ = ("_session", "item_concurrency", "send")
+
+    #: :meth:`Session.send` itself (the contract: :meth:`bulk.targets.base.RunJob.send`), bound
+    #: once per handle: a call of ``job.send`` is the session's coroutine with no Python frame
+    #: of ours around it (one a request fewer than a method forwarding to it).
+    send: Callable[..., Coroutine[Any, Any, Reply]]
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self.item_concurrency = session.item_concurrency
-
-    def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
-        refs: tuple[tuple[str, str], ...] = (),
-    ) -> Coroutine[Any, Any, Reply]:
-        # The session's coroutine itself, not one awaiting it: a coroutine less per request.
-        return self._session.send(req, stage=stage, recover=recover, refs=refs)
+        self.send = session.send
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
@@ -221,9 +220,14 @@ class RecordJob(SessionJob):
     ) -> None:
         self._session = session  # SessionJob.__init__, inline: once per record
         self.item_concurrency = session.item_concurrency
+        self.send = session.send
         self.record = record
         self.progress: dict[str, Any] = progress if progress is not None else {}
         self.maybe_sent_before = maybe_sent_before
+
+    def cached(self, ns: str, key: str) -> str | None:
+        # Synchronous (bulk.targets.Job.cached): the common cache hit needs no coroutine.
+        return self._session.state.get(ns, key)
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         # Once per record: a value already resolved is returned without a second coroutine.

@@ -128,7 +128,9 @@ class AgiledTarget(Target):
 
     async def upload(self, record: Record, job: Job) -> Created:
         customer = record.customer
-        contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
+        contact_id = job.cached("agiled.contact", customer.external_id)  # the common case: no coroutine
+        if contact_id is None:
+            contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
         body = invoice_body(record, contact_id)
         if self.on_existing != "skip":  # bulk.targets.agiled_existing: look first, so an identical one is found
             stored = await find_invoice(job, record.external_id)
