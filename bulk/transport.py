@@ -92,6 +92,17 @@ class Reply:
         return self.content[:limit].decode("utf-8", "replace")
 
 
+def _new_reply(status: int, headers: Mapping[str, str], content: bytes) -> Reply:
+    """``Reply(status, headers, content)`` for the transport, once per answer: a function call,
+    where calling the class builds an argument tuple and looks its ``__init__`` up first."""
+    reply = _new_object(Reply)
+    reply.status, reply.headers, reply.content, reply._data = status, headers, content, None
+    return reply
+
+
+_new_object = object.__new__
+
+
 def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
     """A function that replaces every one of ``secrets`` in a text by ``***`` (also as JSON may
     escape it, ``/`` as ``\\/``: a raw answer body quoted in a message). Longest first, so a
@@ -172,7 +183,9 @@ class Transport:
         assert session is not None, "use 'async with Transport(...)'"
         # Only the request's own headers: the session adds the run's (aiohttp merges them).
         headers = req.headers
-        body = req.body()
+        body = req._body  # req.body(), inline: once per request
+        if body is None and req.json is not None:
+            body = req._body = _orjson_dumps(req.json, default=_default)
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
         try:
@@ -181,7 +194,7 @@ class Transport:
             resp = await session.request(req.method, self.base_url + req.path, params=req.params, data=body,
                                          headers=headers, allow_redirects=False)
             try:
-                return Reply(resp.status, resp.headers, await resp.read())
+                return _new_reply(resp.status, resp.headers, await resp.read())
             finally:
                 resp.release()
         except aiohttp.ClientConnectorCertificateError as exc:
