@@ -34,7 +34,7 @@ import orjson
 
 from .errors import ConfigError, TransportError
 
-__all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor"]
+__all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor", "write_request"]
 
 
 def _default(obj: Any) -> Any:
@@ -90,6 +90,15 @@ class Reply:
 
     def text(self, limit: int = 300) -> str:
         return self.content[:limit].decode("utf-8", "replace")
+
+
+def write_request(path: str, json: Any, headers: Mapping[str, str]) -> Request:
+    """``Request("POST", path, None, json, headers)``: a JSON write, for a target's per-record
+    create (a function call, where calling the class packs its arguments first)."""
+    req = _new_object(Request)
+    req.method, req.path, req.params, req.json, req.headers = "POST", path, None, json, headers
+    req.kind, req.content_type, req._body = "write", "application/json", None
+    return req
 
 
 def _new_reply(status: int, headers: Mapping[str, str], content: bytes) -> Reply:

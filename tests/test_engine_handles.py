@@ -64,3 +64,17 @@ def test_a_cached_customer_is_a_synchronous_hit_and_costs_no_lookup() -> None:
         assert [r.path for r in transport.requests] == ["/public/v1/invoices"]  # no second lookup
 
     anyio.run(main)
+
+
+def test_the_fast_request_and_reply_are_the_classes_own() -> None:
+    from bulk.transport import _new_reply, write_request
+
+    body = {"a": 1}
+    headers = {"Idempotency-Key": "k"}
+    fast = write_request("/x", body, headers)
+    assert type(fast) is Request
+    assert fast == Request("POST", "/x", None, body, headers)
+    assert fast.body() == b'{"a":1}' and fast.kind == "write" and fast.content_type == "application/json"
+    reply = _new_reply(201, {"X": "1"}, b'{"data":1}')
+    assert type(reply) is Reply and reply == Reply(201, {"X": "1"}, b'{"data":1}')
+    assert reply.json() == {"data": 1}
