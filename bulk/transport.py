@@ -192,9 +192,7 @@ class Transport:
         assert session is not None, "use 'async with Transport(...)'"
         # Only the request's own headers: the session adds the run's (aiohttp merges them).
         headers = req.headers
-        body = req._body  # req.body(), inline: once per request
-        if body is None and req.json is not None:
-            body = req._body = _orjson_dumps(req.json, default=_default)
+        body = req.body()  # a method call, not inlined: a target's Request may encode itself (ChargeOver's batch)
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
         try:
