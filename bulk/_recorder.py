@@ -36,7 +36,7 @@ class Recorder:
 
     def created(self, record: Record, created: Created) -> None:
         totals = record.totals()
-        action = created.outcome
+        action = created.action or ("existing" if created.existed else "created")  # Created.outcome, inline
         self._outputs.created_row(
             record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
             created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,

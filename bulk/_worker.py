@@ -27,7 +27,7 @@ from ._recorder import Recorder
 from .arrivals import Arrivals
 from .errors import RecordError, RetryableError, UnknownReference
 from .feed import Feed
-from .job import RecordJob, Session, failure, upload_again
+from .job import RecordJob, Session, failure, new_record_job, upload_again
 from .latency import INTENDED
 from .records import Record
 from .targets.base import Target
@@ -79,8 +79,7 @@ class Workers:
                 if run.stopping:
                     continue
             line = record.line_no
-            job = RecordJob(session, record, progress=resume_progress.pop(line, None),
-                            maybe_sent_before=line <= prev_reserved)
+            job = new_record_job(session, record, resume_progress.pop(line, None), line <= prev_reserved)
             inflight[line] = job
             try:
                 try:  # bulk.job.upload, inline: one coroutine less per record

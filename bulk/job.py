@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .records import Record
     from .targets.base import Created, Target
 
-__all__ = ["Counters", "RecordJob", "Session", "SessionJob", "failure", "upload", "upload_again"]
+__all__ = ["Counters", "RecordJob", "Session", "SessionJob", "failure", "new_record_job", "upload", "upload_again"]
 
 
 @dataclass(slots=True)
@@ -177,18 +177,17 @@ class SessionJob:
     Also the base of :class:`RecordJob` (as ``Job`` extends ``RunJob``): sending, resolving,
     the resume file's cache and the write-ahead marks are the run's, whichever handle asks."""
 
-    __slots__ = ("_session", "item_concurrency")
+    __slots__ = ("_session", "item_concurrency", "send")
+
+    #: :meth:`Session.send` itself (the contract: :meth:`bulk.targets.base.RunJob.send`), bound
+    #: once per handle: a call of ``job.send`` is the session's coroutine with no Python frame
+    #: of ours around it (one a request fewer than a method forwarding to it).
+    send: Callable[..., Coroutine[Any, Any, Reply]]
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self.item_concurrency = session.item_concurrency
-
-    def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
-        refs: tuple[tuple[str, str], ...] = (),
-    ) -> Coroutine[Any, Any, Reply]:
-        # The session's coroutine itself, not one awaiting it: a coroutine less per request.
-        return self._session.send(req, stage=stage, recover=recover, refs=refs)
+        self.send = session.send
 
     async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
         return await self._session.resolve(ns, key, factory)
@@ -214,13 +213,20 @@ class SessionJob:
 class RecordJob(SessionJob):
     """The :class:`bulk.targets.Job` for one record: the run's handle plus the record."""
 
-    __slots__ = ("maybe_sent_before", "progress", "record")
+    __slots__ = ("cached", "maybe_sent_before", "progress", "record")
+
+    #: :meth:`bulk.targets.Job.cached`: the resume store's own ``get``, bound once per record
+    #: (a cache hit is then one Python call, not two)
+    cached: Callable[[str, str], str | None]
 
     def __init__(
         self, session: Session, record: Record, *, progress: dict[str, Any] | None, maybe_sent_before: bool
     ) -> None:
-        self._session = session  # SessionJob.__init__, inline: once per record
+        # new_record_job sets the same (keep the two alike)
+        self._session = session  # SessionJob.__init__, inline
         self.item_concurrency = session.item_concurrency
+        self.send = session.send
+        self.cached = session.state.get
         self.record = record
         self.progress: dict[str, Any] = progress if progress is not None else {}
         self.maybe_sent_before = maybe_sent_before
@@ -232,6 +238,25 @@ class RecordJob(SessionJob):
         if cached is not None:
             return cached
         return await session.resolve(ns, key, factory)
+
+
+def new_record_job(session: Session, record: Record, progress: dict[str, Any] | None,
+                   maybe_sent_before: bool) -> RecordJob:
+    """``RecordJob(session, record, progress=..., maybe_sent_before=...)``, for the worker (once
+    per record): a function call, where calling the class with keywords first packs them into
+    a tuple and a dict. Sets what :meth:`RecordJob.__init__` sets."""
+    job = _new_object(RecordJob)
+    job._session = session
+    job.item_concurrency = session.item_concurrency
+    job.send = session.send
+    job.cached = session.state.get
+    job.record = record
+    job.progress = progress if progress is not None else {}
+    job.maybe_sent_before = maybe_sent_before
+    return job
+
+
+_new_object = object.__new__
 
 
 async def upload(target: Target, job: RecordJob) -> Created:

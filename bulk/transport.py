@@ -34,7 +34,7 @@ import orjson
 
 from .errors import ConfigError, TransportError
 
-__all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor"]
+__all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor", "write_request"]
 
 
 def _default(obj: Any) -> Any:
@@ -90,6 +90,26 @@ class Reply:
 
     def text(self, limit: int = 300) -> str:
         return self.content[:limit].decode("utf-8", "replace")
+
+
+def write_request(path: str, json: Any, headers: Mapping[str, str]) -> Request:
+    """``Request("POST", path, None, json, headers)``: a JSON write, for a target's per-record
+    create (a function call, where calling the class packs its arguments first)."""
+    req = _new_object(Request)
+    req.method, req.path, req.params, req.json, req.headers = "POST", path, None, json, headers
+    req.kind, req.content_type, req._body = "write", "application/json", None
+    return req
+
+
+def _new_reply(status: int, headers: Mapping[str, str], content: bytes) -> Reply:
+    """``Reply(status, headers, content)`` for the transport, once per answer: a function call,
+    where calling the class builds an argument tuple and looks its ``__init__`` up first."""
+    reply = _new_object(Reply)
+    reply.status, reply.headers, reply.content, reply._data = status, headers, content, None
+    return reply
+
+
+_new_object = object.__new__
 
 
 def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
@@ -172,7 +192,7 @@ class Transport:
         assert session is not None, "use 'async with Transport(...)'"
         # Only the request's own headers: the session adds the run's (aiohttp merges them).
         headers = req.headers
-        body = req.body()
+        body = req.body()  # a method call, not inlined: a target's Request may encode itself (ChargeOver's batch)
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
         try:
@@ -181,7 +201,7 @@ class Transport:
             resp = await session.request(req.method, self.base_url + req.path, params=req.params, data=body,
                                          headers=headers, allow_redirects=False)
             try:
-                return Reply(resp.status, resp.headers, await resp.read())
+                return _new_reply(resp.status, resp.headers, await resp.read())
             finally:
                 resp.release()
         except aiohttp.ClientConnectorCertificateError as exc:

@@ -103,3 +103,24 @@ def test_a_fast_row_and_a_csv_row_interleave_in_order_and_a_legacy_map_keeps_its
     out.flush()
     out.close()
     assert (legacy / "id_map.csv").read_text(encoding="utf-8") == head + "INV-4,14,4,C-1,draft,EUR,1.00,0.19,1.19\n"
+
+
+def test_cells_remembered_as_plain_never_let_a_hostile_row_through_the_fast_row(tmp_path: Path) -> None:
+    # created_row remembers the repeating cells (customer, status, currency, action) of rows it
+    # wrote as text; a row of remembered cells whose new cells (external id, invoice id) are
+    # hostile, and a hostile value in a remembered cell's column, still come out as the csv
+    # path writes them, on the second pass as on the first.
+    money = [Decimal("10.00"), Decimal("1.90"), Decimal("11.90")]
+    rows: list[list[object]] = []
+    for value in _HOSTILE:
+        rows.append(["INV-1", "42", 1, "C-9", "sent", "EUR", *money, "created"])
+        rows.append([value, "42", 2, "C-9", "sent", "EUR", *money, "created"])
+        rows.append(["INV-3", value, 3, "C-9", "sent", "EUR", *money, "created"])
+        rows.append(["INV-4", "44", 4, value, value, "EUR", *money, value])
+    out = Outputs(tmp_path, None)
+    for row in rows + rows:
+        out.created_row(*row)  # type: ignore[arg-type]  # hostile on purpose
+    out.flush()
+    out.close()
+    expected = "".join([_reference(ID_MAP_HEADER)] + [_reference(row) for row in rows + rows])
+    assert (tmp_path / "id_map.csv").read_bytes() == expected.encode("utf-8")

@@ -112,6 +112,12 @@ class RunJob(Protocol):
 class Job(RunJob, Protocol):
     """What the engine offers a target for one record (implemented in ``bulk.job``)."""
 
+    def cached(self, ns: str, key: str) -> str | None:
+        """What ``resolve(ns, key, ...)`` would return at once, without a wait, when ``key`` is
+        already resolved (cached or in the resume file); else None (then ``await
+        job.resolve(...)``). Synchronous: a target resolving per record tries it first, as a
+        cache hit is the common case and needs neither a coroutine nor the factory's closure."""
+
     #: the record being uploaded (the same object ``upload`` gets)
     record: Record
     #: persisted with every checkpoint while the record is in flight (see the module docstring)

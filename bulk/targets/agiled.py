@@ -24,7 +24,7 @@ from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
-from ..transport import Reply, Request
+from ..transport import Reply, Request, write_request
 from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
@@ -128,7 +128,9 @@ class AgiledTarget(Target):
 
     async def upload(self, record: Record, job: Job) -> Created:
         customer = record.customer
-        contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
+        contact_id = job.cached("agiled.contact", customer.external_id)  # the common case: no coroutine
+        if contact_id is None:
+            contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
         body = invoice_body(record, contact_id)
         if self.on_existing != "skip":  # bulk.targets.agiled_existing: look first, so an identical one is found
             stored = await find_invoice(job, record.external_id)
@@ -136,11 +138,11 @@ class AgiledTarget(Target):
                 return await self._existing(job, stored, body, contact_id)
         try:
             reply = await job.send(
-                # positional (method, path, params, json, headers): keywords cost more, once per invoice
+                # Request("POST", path, None, body, headers) without the class call's cost, once per invoice;
                 # Content-Type given here: the transport would merge it into a new dict per request
-                Request("POST", "/public/v1/invoices", None, body,
-                        {"Idempotency-Key": idempotency_key("invoice", record.external_id),
-                         "Content-Type": "application/json"}),
+                write_request("/public/v1/invoices", body,
+                              {"Idempotency-Key": idempotency_key("invoice", record.external_id),
+                               "Content-Type": "application/json"}),
                 stage="invoice", refs=(("agiled.contact", customer.external_id),),
             )
         except RecordRefused as exc:

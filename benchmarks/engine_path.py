@@ -1,0 +1,129 @@
+"""Instructions per invoice of the engine's own path, from a parsed Record to its row written.
+
+``benchmarks.instructions`` counts a whole run (parsing, SQLite, aiohttp, the clock-driven
+checkpoints), so on a loaded machine a change of a few thousand instructions in the worker is
+lost in its noise. This counts only the part ``bulk._worker`` owns: ``Workers.work`` over
+already parsed records (the Agiled target's ``upload``, ``RecordJob``, ``Session.send`` with the
+real pacer and latency recording, ``Recorder.created`` into real output files, the watermark),
+with :class:`bulk.testing.MockTransport` answering as the canned nginx does (no sockets, no
+aiohttp). Every customer is cached after its first invoice, as in the benchmark input.
+
+Under callgrind, two sizes, the marginal count (start-up excluded)::
+
+    .venv/bin/python -m benchmarks.engine_path --small 2000 --large 10000
+
+The figure is deterministic (no timers fire: nothing here sleeps), so before/after counts
+of a change to the worker, job, transport or target compare even on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(n: int, source: Path) -> None:
+    """Upload ``n`` records (the input's records, cycled) through the worker loops."""
+    import anyio
+
+    from bulk._recorder import Recorder
+    from bulk._worker import Workers
+    from bulk.feed import Feed
+    from bulk.job import Session
+    from bulk.outputs import Outputs
+    from bulk.pacing import Pacer
+    from bulk.records import parse_record
+    from bulk.tally import Tally
+    from bulk.targets.agiled import AgiledTarget
+    from bulk.testing import MemoryState, MockTransport
+    from bulk.transport import Reply
+    from bulk.watermark import Tracker
+
+    lines = source.read_bytes().splitlines()
+    records = [(parse_record(line, i + 1), line) for i, line in enumerate(lines)]
+    contacts = Reply(200, {}, b'{"data":[{"id":1}]}')
+    invoice_body = b'{"data":{"id":1,"status":"draft","total":null}}'
+
+    def answer(req: object) -> Reply:
+        if getattr(req, "path", "").endswith("/contacts"):
+            return contacts
+        return Reply(201, {}, invoice_body)  # a new one each time, as the transport makes
+
+    class _Run:
+        stopping = False
+
+    async def main(out: Path) -> None:
+        target = AgiledTarget(base_url="http://mock.invalid", credentials={"AGILED_API_TOKEN": "bench-token-1"},
+                              options={})
+        transport = MockTransport(answer)
+        pacer = Pacer(limits={"*": 1e9}, concurrency=64, give_up_after=60, max_wait=60)
+        session = Session(transport=transport, pacer=pacer, target=target, state=MemoryState(),  # type: ignore[arg-type]
+                          attempts=3, item_concurrency=4)
+        outputs = Outputs(out, None)
+        recorder = Recorder(outputs, Tally(), input_path=str(source), copyable=True)
+        tracker = Tracker(0, 1)
+        workers = Workers(_Run(), session=session, target=target, recorder=recorder, tracker=tracker,
+                          inflight={}, resume_progress={}, prev_reserved=0, arrivals=None)
+        feed: Feed = Feed(64)  # type: ignore[type-arg]
+
+        async def produce() -> None:
+            for i in range(n):
+                record, line = records[i % len(records)]
+                entry = [i + 1, i, 0]  # what Tracker.add makes of the line (offsets do not matter here)
+                tracker.pending.append(entry)
+                await feed.put((entry, record, line))
+            feed.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            for _ in range(64):
+                tg.start_soon(workers.work, feed)
+        outputs.flush()
+        outputs.close()
+        transport.requests.clear()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(main, Path(tmp), backend_options={"use_uvloop": True})
+
+
+def count(n: int, source: Path) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cg.out"
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
+                        "benchmarks.engine_path", "--child", str(n), "--input", str(source)],
+                       check=True, capture_output=True, cwd=ROOT)
+        match = re.search(rb"^(?:summary|totals): (\d+)", out.read_bytes(), re.M)
+        assert match is not None
+        return int(match[1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", type=int, default=2000)
+    p.add_argument("--large", type=int, default=10000)
+    p.add_argument("--input", type=Path, help="an input file (default: benchmarks/data's 1,000-record input)")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.input is None:
+        from benchmarks.run import make_input
+
+        data = ROOT / "benchmarks" / "data"
+        data.mkdir(exist_ok=True)
+        args.input = make_input(data, 1000)
+    if args.child is not None:
+        run(args.child, args.input)
+        return 0
+    small, large = count(args.small, args.input), count(args.large, args.input)
+    print(f"engine path: {small:,} Ir for {args.small}, {large:,} Ir for {args.large}: "
+          f"{(large - small) / (args.large - args.small):,.0f} instructions per invoice (marginal)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
