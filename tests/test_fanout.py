@@ -219,7 +219,7 @@ def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_p
     assert_counts(out, records)
 
 
-@pytest.mark.parametrize("held", ["job", "shard"])
+@pytest.mark.parametrize("held", ["job", "shard", "one-process job"])
 def test_a_run_refuses_a_directory_another_live_process_uploads_into(held: str, tmp_path: Path) -> None:
     """A process that still holds the job's directory (a second run of the same command) or a
     shard's (a killed run's worker still alive, e.g. where no PR_SET_PDEATHSIG kills it):
@@ -227,7 +227,8 @@ def test_a_run_refuses_a_directory_another_live_process_uploads_into(held: str, 
     holder is gone, the same command finishes exactly once."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 30, seed=845)
-    locked = out if held == "job" else out / "shards" / "1of2"
+    locked = out / "shards" / "1of2" if held == "shard" else out
+    processes = "1" if held == "one-process job" else "2"
     locked.mkdir(parents=True)
     with subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a+b'); "
                            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
@@ -235,13 +236,14 @@ def test_a_run_refuses_a_directory_another_live_process_uploads_into(held: str, 
                           text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         with SandboxServer("agiled") as sb:
-            args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
+            args = upload_args(sb, src, out, "--processes", processes, "--concurrency", "4")
             refused = cli(args, sb.env)
             assert refused.returncode == 2, refused.stderr
             assert f"another bulk process is still uploading into {locked}" in refused.stderr, refused.stderr
             assert not (out / "shards" / "1of2" / "state.db").exists()  # shard 1 never started
-            if held == "job":
+            if held != "shard":
                 assert created_count(sb) == 0  # nothing started at all
+                assert not (out / "state.db").exists()
             assert holder.stdin is not None
             holder.stdin.close()
             holder.wait(timeout=30)

@@ -124,11 +124,17 @@ async def upload(args: argparse.Namespace) -> int:
 async def run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> RunResult:
     """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
     from ..pipeline import Run, RunResult
+    from .._runlock import hold_dir
     from ..procs import job_processes, run_processes
 
     n = job_processes(config)
     if n == 1:
-        return await Run(config, target, progress=console, metrics=metrics).execute()
+        lock = hold_dir(config.out)  # one process uploads into a run directory at a time
+        try:
+            return await Run(config, target, progress=console, metrics=metrics).execute()
+        finally:
+            if lock is not None:
+                lock.close()
     code, summary, error = await run_processes(config, target, n, progress=console)
     return RunResult(code, summary, error, interrupted=code == EXIT_INTERRUPTED)
 
