@@ -123,8 +123,8 @@ async def upload(args: argparse.Namespace) -> int:
 
 async def run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> RunResult:
     """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
-    from ..pipeline import Run, RunResult
     from .._runlock import hold_dir
+    from ..pipeline import Run, RunResult
     from ..procs import job_processes, run_processes
 
     n = job_processes(config)
