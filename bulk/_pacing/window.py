@@ -12,10 +12,11 @@ which holds ``--concurrency`` otherwise):
   pace needs more in flight than the window lets: the latency is longer), like TCP's slow
   start: doubling per round trip while too small, not growing once the pace, not the window,
   holds the requests back. It settles at about rate x latency + 1.
-- A new throttling episode caps the requests in flight at half of those in flight then; in a
-  paced run the cap grows again by demand from ``CLIMB_EVERY`` s after the cut; in an unpaced
-  one it stays until ``CLIMB_EVERY`` s after the episode's end, then grows by one every
-  ``CLIMB_EVERY`` s as answers come (the window is gone once back at the run's concurrency).
+- A new throttling episode caps the requests in flight at half of those in flight then (a
+  paced run: never under the lanes' burst, see :class:`Window`); in a paced run the cap
+  grows again by demand from ``CLIMB_EVERY`` s after the cut; in an unpaced one it stays
+  until ``CLIMB_EVERY`` s after the episode's end, then grows by one every ``CLIMB_EVERY`` s
+  as answers come (the window is gone once back at the run's concurrency).
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ class Window:
     """Sizes :attr:`gate`; ``active`` is False while the size is just the concurrency (an
     unpaced run without a 429: :meth:`leave` has nothing to do, one attribute check)."""
 
-    __slots__ = ("_climb_at", "active", "by_demand", "concurrency", "gate")
+    __slots__ = ("_climb_at", "active", "by_demand", "concurrency", "floor", "gate")
 
     def __init__(self, concurrency: int, start: int | None = None) -> None:
         self.concurrency = concurrency
         #: the cap follows what the pace needs (a paced run) rather than the clock
         self.by_demand = start is not None and start < concurrency
         self.gate = Gate(start if start is not None and self.by_demand else concurrency)
+        # A paced run never narrows below the lanes' burst: a stall can bunch at most that
+        # many in flight, what the lanes send back to back anyway (a server that takes less
+        # is the lanes' to respect), while a window under what the pace needs (at 1,000/s and
+        # 3 ms answers, 4) cost a third of R until it grew back, for every jitter 429.
+        self.floor = start if start is not None and self.by_demand else 1
         self.active = self.by_demand
         self._climb_at = 0.0
 
@@ -59,12 +65,13 @@ class Window:
         gate.resize(gate.size + 1)
 
     def narrow(self, inflight: int, episode_end: float, now: float) -> None:
-        """A new throttling episode: at most half of ``inflight`` may be in flight. A paced
+        """A new throttling episode: at most half of ``inflight`` may be in flight (in a paced
+        run, at least the lanes' burst). A paced
         run's window grows back by demand from ``CLIMB_EVERY`` after ``now`` (held until the
         episode's end, a window of 1 or 2 caps the rate at 1 or 2 per round trip: on a busy
         client at 1,000/s that was a third of R for the whole Retry-After); an unpaced one
         by one per ``CLIMB_EVERY`` from the episode's end."""
-        size = max(1, min(inflight, self.concurrency) // 2)
+        size = max(self.floor, min(inflight, self.concurrency) // 2)
         if size < self.gate.size:
             self.gate.resize(size)
         self.active = True
