@@ -137,7 +137,11 @@ class Pacer(Health):
                 while hold.event is not None:
                     await hold.event.wait()
                 if len(lanes) == 1:
-                    await lanes[0].acquire(self._loop.time())
+                    lane = lanes[0]
+                    if lane.weight == 1.0:  # at full rate: what Lane.acquire does, one frame less
+                        await lane.limiter.acquire()
+                    else:
+                        await lane.acquire(self._loop.time())
                 elif lanes:
                     await acquire_together(lanes, self._loop.time())
                 if hold.event is None:

@@ -81,3 +81,42 @@ def test_an_unpaced_run_still_halves_what_is_in_flight_after_a_429() -> None:
 
     run_virtual(go)
     assert peaks and max(peaks[16:]) <= 8
+
+
+def test_a_paced_window_grown_by_slow_answers_comes_back_down_before_a_stall() -> None:
+    # 100/s: answers after 50 ms for the first 2 s (6 in flight needed: the window grows to
+    # them), then after 1 ms; the server stalls from 4.0 s to 4.3 s and answers what it took
+    # meanwhile at once. A window left at its peak let the pace send ~6 into the stall.
+    during: list[int] = []
+
+    def answer_at(t: float) -> float:
+        if 4.0 <= t < 4.3:
+            return 4.3
+        return t + (0.05 if t < 2.0 else 0.001)
+
+    async def go() -> int:
+        p = Pacer(limits={"write": 100.0}, concurrency=64, give_up_after=600, max_wait=30, burst=2)
+        inflight, peak = [0], [0]
+        start = now()
+
+        async def worker() -> None:
+            for _ in todo:
+                async with p.slot("write") as sent_at:
+                    t = sent_at - start
+                    inflight[0] += 1
+                    if t < 2.0:
+                        peak[0] = max(peak[0], inflight[0])
+                    elif 4.0 <= t < 4.3:
+                        during.append(inflight[0])
+                    await anyio.sleep(answer_at(t) - t)
+                    inflight[0] -= 1
+
+        todo = iter(range(500))
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(worker)
+        return peak[0]
+
+    peak = run_virtual(go)
+    assert peak >= 5  # it did grow for the slow answers
+    assert during and max(during) <= 3  # and came down to what 1 ms answers need

@@ -11,7 +11,8 @@ which holds ``--concurrency`` otherwise):
   whenever an answer comes while the window was full of requests past the limiter (the
   pace needs more in flight than the window lets: the latency is longer), like TCP's slow
   start: doubling per round trip while too small, not growing once the pace, not the window,
-  holds the requests back. It settles at about rate x latency + 1.
+  holds the requests back. It settles at about rate x latency + 1, and comes back down
+  when the latency does (``PERIOD``).
 - A new throttling episode caps the requests in flight at half of those in flight then (a
   paced run: never under the lanes' burst, see :class:`Window`); in a paced run the cap
   grows again by demand from ``CLIMB_EVERY`` s after the cut; in an unpaced one it stays
@@ -24,14 +25,17 @@ from __future__ import annotations
 from .gate import Gate
 from .lane import CLIMB_EVERY
 
-__all__ = ["Window"]
+__all__ = ["PERIOD", "Window"]
+
+#: A paced window comes down to what was in flight at most over this many seconds (plus one).
+PERIOD = 0.5
 
 
 class Window:
     """Sizes :attr:`gate`; ``active`` is False while the size is just the concurrency (an
     unpaced run without a 429: :meth:`leave` has nothing to do, one attribute check)."""
 
-    __slots__ = ("_climb_at", "active", "by_demand", "concurrency", "floor", "gate")
+    __slots__ = ("_climb_at", "_peak", "_period_end", "active", "by_demand", "concurrency", "floor", "gate")
 
     def __init__(self, concurrency: int, start: int | None = None) -> None:
         self.concurrency = concurrency
@@ -45,6 +49,8 @@ class Window:
         self.floor = start if start is not None and self.by_demand else 1
         self.active = self.by_demand
         self._climb_at = 0.0
+        self._peak = 0  # the most in flight at an answer since _period_end (a paced run)
+        self._period_end = 0.0
 
     def leave(self, inflight: int, now: float) -> None:
         """A request is answered (call before its place is given back); ``inflight``: the
@@ -52,6 +58,8 @@ class Window:
         module): a paced one by one when it was full, an unpaced one by one per
         ``CLIMB_EVERY``."""
         gate = self.gate
+        if self.by_demand:
+            self._follow(inflight, now)
         if gate.size >= self.concurrency:
             self.active = self.by_demand  # an unpaced run is back to the concurrency cap alone
             return
@@ -63,6 +71,19 @@ class Window:
             return
         self._climb_at = now + CLIMB_EVERY  # additive increase
         gate.resize(gate.size + 1)
+
+    def _follow(self, inflight: int, now: float) -> None:
+        """Down as well as up: a paced window that was never full during a ``PERIOD`` comes
+        down to the most in flight then, plus one (at least the floor). Grown by a latency
+        spike and left there, it let a later stall of the server bunch all of it: at 1,000/s
+        a window of 10 is twice what nginx's burst of 5 takes at once."""
+        if inflight > self._peak:
+            self._peak = inflight
+        if now >= self._period_end:
+            size = max(self.floor, self._peak + 1)
+            if size < self.gate.size:
+                self.gate.resize(size)
+            self._peak, self._period_end = 0, now + PERIOD
 
     def narrow(self, inflight: int, episode_end: float, now: float) -> None:
         """A new throttling episode: at most half of ``inflight`` may be in flight (in a paced
