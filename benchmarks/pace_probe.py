@@ -66,9 +66,9 @@ def child(argv: list[str]) -> int:
 
         def sample() -> None:
             lanes = list(self._lanes.values())
-            w = self._window.limiter
+            w = self._window
             seen["samples"].append((time.time(), [x.current_rate for x in lanes],
-                                    None if w is None else w.total_tokens, self._inflight))
+                                    w.gate.size if w.active else None, self._inflight))
             loop.call_later(STEP, sample)
         loop.call_soon(sample)
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-import anyio
-
 from ._pacing.headers import parse_rate_limit_reset, parse_retry_after
 from ._pacing.health import Backoff, Health
 from ._pacing.lane import (
@@ -83,9 +81,6 @@ class Pacer(Health):
         self._lanes = {kind: Lane(rate, burst) for kind, rate in limits.items() if rate < UNBOUNDED}
         self._shared = self._lanes.get("*")
         self._unpaced = not self._lanes  # no rate to keep: a free slot is all a request needs
-        # fast_acquire: a free slot is taken without yielding to the event loop (the default
-        # costs one extra loop turn per request; the request's own I/O yields anyway).
-        self._cap = anyio.Semaphore(concurrency, fast_acquire=True)
         self._loop = asyncio.get_running_loop()
         self._hold = Pause(self._loop, max_wait)
         self.concurrency = concurrency
@@ -95,6 +90,9 @@ class Pacer(Health):
         # after a 429.
         start = min(lane.burst for lane in self._lanes.values()) if self._lanes else None
         self._window = Window(concurrency, start)
+        # One gate holds both bounds (the concurrency, or the window's size where smaller): a
+        # free place is taken without yielding to the event loop (the request's I/O yields).
+        self._gate = self._window.gate
         self._inflight = 0
         self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
         self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
@@ -126,22 +124,24 @@ class Pacer(Health):
         """
         return _Slot(self, kind)
 
-    async def _acquire(self, kind: str, slot: _Slot) -> None:
-        cap = self._cap
+    async def _acquire(self, kind: str) -> None:
+        gate = self._gate
+        if gate.held < gate.size:
+            gate.held += 1  # the common case: a free place, taken without any await
+        else:
+            await gate.enter()
         try:
-            cap.acquire_nowait()  # the common case: a free slot, taken without any await
-        except anyio.WouldBlock:
-            await cap.acquire()
-        try:
-            if self._window.limiter is not None:
-                slot.window = await self._window.enter(slot, self._loop.time())
             lanes = self._routes.get(kind) or self._route(kind)
             hold = self._hold
             while True:
                 while hold.event is not None:
                     await hold.event.wait()
                 if len(lanes) == 1:
-                    await lanes[0].acquire(self._loop.time())
+                    lane = lanes[0]
+                    if lane.weight == 1.0:  # at full rate: what Lane.acquire does, one frame less
+                        await lane.limiter.acquire()
+                    else:
+                        await lane.acquire(self._loop.time())
                 elif lanes:
                     await acquire_together(lanes, self._loop.time())
                 if hold.event is None:
@@ -149,10 +149,7 @@ class Pacer(Health):
                 # A pause began while we waited for the limiter: take the limiter again after
                 # it, or every worker held here would send at once when it ends.
         except BaseException:
-            if slot.window is not None:
-                slot.window.release_on_behalf_of(slot)
-                slot.window = None
-            cap.release()
+            gate.leave()
             raise
 
     @property
@@ -242,24 +239,20 @@ class Pacer(Health):
 class _Slot:
     """The async context manager :meth:`Pacer.slot` returns."""
 
-    __slots__ = ("_kind", "_pacer", "sent_at", "window")
+    __slots__ = ("_kind", "_pacer", "sent_at")
 
     def __init__(self, pacer: Pacer, kind: str) -> None:
         self._pacer, self._kind = pacer, kind
-        self.window: anyio.CapacityLimiter | None = None
         self.sent_at = 0.0
 
     async def __aenter__(self) -> float:
         """The loop time the request was let go at (for :meth:`Pacer.throttled`)."""
         pacer = self._pacer
-        if pacer._unpaced and pacer._window.limiter is None and pacer._hold.event is None:
-            # Nothing to wait for but a slot: what _acquire would do, without its coroutine.
-            try:
-                pacer._cap.acquire_nowait()
-            except anyio.WouldBlock:
-                await pacer._acquire(self._kind, self)
+        gate = pacer._gate
+        if pacer._unpaced and gate.held < gate.size and pacer._hold.event is None:
+            gate.held += 1  # nothing to wait for but a place: what _acquire does, inline
         else:
-            await pacer._acquire(self._kind, self)
+            await pacer._acquire(self._kind)
         pacer._inflight += 1
         self.sent_at = now = pacer._loop.time()
         return now
@@ -268,7 +261,11 @@ class _Slot:
         pacer = self._pacer
         if self.sent_at >= pacer._cut_at:
             pacer._answered += 1
-        if self.window is not None:
-            pacer._window.leave(self.window, self, pacer._inflight, pacer._loop.time())
+        window = pacer._window
+        if window.active:
+            window.leave(pacer._inflight, pacer._loop.time())
         pacer._inflight -= 1
-        pacer._cap.release()
+        gate = pacer._gate
+        gate.held -= 1
+        if gate.waiters:
+            gate.admit()  # Gate.leave, inline

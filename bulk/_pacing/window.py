@@ -4,71 +4,96 @@ A server that stalls and then takes a whole batch at one instant (nginx stamps e
 of one event-loop turn with one clock reading, and its ``limit_req`` counts them as sent at
 once) sees every request that was in flight meanwhile as one burst, however evenly they were
 sent: at 1,000/s a stall of 10 ms with 10 requests on their way is a burst of 10 to a bucket
-of 5. So the requests in flight are bounded too (an :class:`anyio.CapacityLimiter`):
+of 5. So the requests in flight are bounded too (the size of the run's :class:`~.gate.Gate`,
+which holds ``--concurrency`` otherwise):
 
 - A paced run (``start``: the lanes' burst) starts at ``start`` in flight and grows by one
   whenever an answer comes while the window was full of requests past the limiter (the
   pace needs more in flight than the window lets: the latency is longer), like TCP's slow
   start: doubling per round trip while too small, not growing once the pace, not the window,
-  holds the requests back. It settles at about rate x latency + 1.
-- A new throttling episode caps the requests in flight at half of those in flight then; in a
-  paced run the cap grows again by demand from ``CLIMB_EVERY`` s after the cut; in an unpaced
-  one it stays until ``CLIMB_EVERY`` s after the episode's end, then grows by one every
-  ``CLIMB_EVERY`` s (the window is gone once back at the run's concurrency).
+  holds the requests back. It settles at about rate x latency + 1, and comes back down
+  when the latency does (``PERIOD``).
+- A new throttling episode caps the requests in flight at half of those in flight then (a
+  paced run: never under the lanes' burst, see :class:`Window`); in a paced run the cap
+  grows again by demand from ``CLIMB_EVERY`` s after the cut; in an unpaced one it stays
+  until ``CLIMB_EVERY`` s after the episode's end, then grows by one every ``CLIMB_EVERY`` s
+  as answers come (the window is gone once back at the run's concurrency).
 """
 
 from __future__ import annotations
 
-import anyio
-
+from .gate import Gate
 from .lane import CLIMB_EVERY
 
-__all__ = ["Window"]
+__all__ = ["PERIOD", "Window"]
+
+#: A paced window comes down to what was in flight at most over this many seconds (plus one).
+PERIOD = 0.5
 
 
 class Window:
-    """``limiter`` is None while no cap applies (an unpaced run without a 429: one attribute check)."""
+    """Sizes :attr:`gate`; ``active`` is False while the size is just the concurrency (an
+    unpaced run without a 429: :meth:`leave` has nothing to do, one attribute check)."""
+
+    __slots__ = ("_climb_at", "_peak", "_period_end", "active", "by_demand", "concurrency", "floor", "gate")
 
     def __init__(self, concurrency: int, start: int | None = None) -> None:
         self.concurrency = concurrency
         #: the cap follows what the pace needs (a paced run) rather than the clock
         self.by_demand = start is not None and start < concurrency
-        self.limiter: anyio.CapacityLimiter | None = None
-        if start is not None and start < concurrency:
-            self.limiter = anyio.CapacityLimiter(start)
+        self.gate = Gate(start if start is not None and self.by_demand else concurrency)
+        # A paced run never narrows below the lanes' burst: a stall can bunch at most that
+        # many in flight, what the lanes send back to back anyway (a server that takes less
+        # is the lanes' to respect), while a window under what the pace needs (at 1,000/s and
+        # 3 ms answers, 4) cost a third of R until it grew back, for every jitter 429.
+        self.floor = start if start is not None and self.by_demand else 1
+        self.active = self.by_demand
         self._climb_at = 0.0
+        self._peak = 0  # the most in flight at an answer since _period_end (a paced run)
+        self._period_end = 0.0
 
-    async def enter(self, borrower: object, now: float) -> anyio.CapacityLimiter:
-        """Take a place for ``borrower`` (give it back with :meth:`leave`)."""
-        limiter = self.limiter
-        assert limiter is not None
-        if not self.by_demand and now >= self._climb_at:  # additive increase
-            self._climb_at = now + CLIMB_EVERY
-            if limiter.total_tokens + 1 >= self.concurrency:
-                limiter.total_tokens = self.concurrency
-                self.limiter = None  # back to the concurrency cap alone
-            else:
-                limiter.total_tokens += 1
-        await limiter.acquire_on_behalf_of(borrower)
-        return limiter
+    def leave(self, inflight: int, now: float) -> None:
+        """A request is answered (call before its place is given back); ``inflight``: the
+        requests past the limiter until now, this one included. Grows the window (see the
+        module): a paced one by one when it was full, an unpaced one by one per
+        ``CLIMB_EVERY``."""
+        gate = self.gate
+        if self.by_demand:
+            self._follow(inflight, now)
+        if gate.size >= self.concurrency:
+            self.active = self.by_demand  # an unpaced run is back to the concurrency cap alone
+            return
+        if now < self._climb_at:
+            return
+        if self.by_demand:
+            if inflight >= gate.size:
+                gate.resize(gate.size + 1)
+            return
+        self._climb_at = now + CLIMB_EVERY  # additive increase
+        gate.resize(gate.size + 1)
 
-    def leave(self, limiter: anyio.CapacityLimiter, borrower: object, inflight: int, now: float) -> None:
-        """``borrower``'s request is answered; ``inflight``: the requests past the limiter
-        until now, this one included. A full window grows by one (see the module)."""
-        if (self.by_demand and limiter is self.limiter and now >= self._climb_at
-                and inflight >= limiter.total_tokens and limiter.total_tokens < self.concurrency):
-            limiter.total_tokens += 1
-        limiter.release_on_behalf_of(borrower)
+    def _follow(self, inflight: int, now: float) -> None:
+        """Down as well as up: a paced window that was never full during a ``PERIOD`` comes
+        down to the most in flight then, plus one (at least the floor). Grown by a latency
+        spike and left there, it let a later stall of the server bunch all of it: at 1,000/s
+        a window of 10 is twice what nginx's burst of 5 takes at once."""
+        if inflight > self._peak:
+            self._peak = inflight
+        if now >= self._period_end:
+            size = max(self.floor, self._peak + 1)
+            if size < self.gate.size:
+                self.gate.resize(size)
+            self._peak, self._period_end = 0, now + PERIOD
 
     def narrow(self, inflight: int, episode_end: float, now: float) -> None:
-        """A new throttling episode: at most half of ``inflight`` may be in flight. A paced
+        """A new throttling episode: at most half of ``inflight`` may be in flight (in a paced
+        run, at least the lanes' burst). A paced
         run's window grows back by demand from ``CLIMB_EVERY`` after ``now`` (held until the
         episode's end, a window of 1 or 2 caps the rate at 1 or 2 per round trip: on a busy
         client at 1,000/s that was a third of R for the whole Retry-After); an unpaced one
         by one per ``CLIMB_EVERY`` from the episode's end."""
-        size = max(1, min(inflight, self.concurrency) // 2)
-        if self.limiter is None:
-            self.limiter = anyio.CapacityLimiter(size)
-        elif size < self.limiter.total_tokens:
-            self.limiter.total_tokens = size
+        size = max(self.floor, min(inflight, self.concurrency) // 2)
+        if size < self.gate.size:
+            self.gate.resize(size)
+        self.active = True
         self._climb_at = (now if self.by_demand else episode_end) + CLIMB_EVERY
