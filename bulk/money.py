@@ -26,6 +26,7 @@ from decimal import (
     DivisionByZero,
     InvalidOperation,
     Overflow,
+    localcontext,
 )
 from typing import Any, NamedTuple
 
@@ -184,24 +185,25 @@ def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
     """
     q = _QUANTUM[currency]
     zero = _ZERO_BY_Q[q]
-    ctx = _CTX
-    mul, add = ctx.multiply, ctx.add
     # No memo of distinct lines (measured: with quantities that vary, nearly every line missed
     # it, and its key, hash and upkeep cost more than the five operations it would spare).
-    first = second = zero
-    if prices == "net":  # first: net, second: tax
-        for line in lines:
-            amount = mul(line.quantity, line.unit_price).quantize(q, None, ctx)
-            first = add(first, amount)
-            second = add(second, mul(amount, line.tax_rate).scaleb(-2, ctx).quantize(q, None, ctx))
-        return _new_totals(first, second, add(first, second))
-    if prices == "gross":  # first: gross, second: net
-        div = ctx.divide
-        for line in lines:
-            amount = mul(line.quantity, line.unit_price).quantize(q, None, ctx)
-            first = add(first, amount)
-            second = add(second, div(amount.scaleb(2, ctx), add(_HUNDRED, line.tax_rate)).quantize(q, None, ctx))
-        return _new_totals(second, ctx.subtract(first, second), first)
+    # The operators and one-argument methods run in the current context, here a copy of _CTX:
+    # the same arithmetic as _CTX's methods, without their argument parsing (measured: 32k
+    # instructions for an invoice of ~3 lines against 37k).
+    with localcontext(_CTX):
+        first = second = zero
+        if prices == "net":  # first: net, second: tax
+            for line in lines:
+                amount = (line.quantity * line.unit_price).quantize(q)
+                first += amount
+                second += (amount * line.tax_rate).scaleb(-2).quantize(q)
+            return _new_totals(first, second, first + second)
+        if prices == "gross":  # first: gross, second: net
+            for line in lines:
+                amount = (line.quantity * line.unit_price).quantize(q)
+                first += amount
+                second += (amount.scaleb(2) / (_HUNDRED + line.tax_rate)).quantize(q)
+            return _new_totals(second, first - second, first)
     raise ValueError(f"prices must be 'net' or 'gross', not {prices!r}")
 
 

@@ -318,3 +318,23 @@ def test_invoice_totals_kwd_three_decimals() -> None:
 )
 def test_peek_external_id(raw: bytes, expected: str | None) -> None:
     assert peek_external_id(raw) == expected
+
+
+def test_fast_constructors_build_ordinary_frozen_objects() -> None:
+    import dataclasses
+
+    from bulk._record_types import Line, _constructor, _new_line
+
+    args = ("Title", None, Decimal("2"), Decimal("-1.50"), Decimal("19"), "SKU-1")
+    fast, slow = _new_line(*args), Line(*args)
+    assert type(fast) is Line and fast == slow and repr(fast) == repr(slow) and hash(fast) == hash(slow)
+    assert dataclasses.astuple(fast) == args
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.title = "x"  # type: ignore[misc]
+
+    @dataclasses.dataclass(slots=True)
+    class Mutable:
+        a: int
+
+    with pytest.raises(TypeError):
+        _constructor(Mutable)
