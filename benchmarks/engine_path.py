@@ -63,14 +63,14 @@ def run(n: int, source: Path) -> None:
                               options={})
         transport = MockTransport(answer)
         pacer = Pacer(limits={"*": 1e9}, concurrency=64, give_up_after=60, max_wait=60)
-        session = Session(transport=transport, pacer=pacer, target=target, state=MemoryState(),  # type: ignore[arg-type]
+        session = Session(transport=transport, pacer=pacer, target=target, state=MemoryState(),  # type: ignore[arg-type]  # the test double stands in for StateStore
                           attempts=3, item_concurrency=4)
         outputs = Outputs(out, None)
         recorder = Recorder(outputs, Tally(), input_path=str(source), copyable=True)
         tracker = Tracker(0, 1)
         workers = Workers(_Run(), session=session, target=target, recorder=recorder, tracker=tracker,
                           inflight={}, resume_progress={}, prev_reserved=0, arrivals=None)
-        feed: Feed = Feed(64)  # type: ignore[type-arg]
+        feed: Feed = Feed(64)  # type: ignore[type-arg]  # Feed's item type is the worker's, private
 
         async def produce() -> None:
             for i in range(n):

@@ -82,7 +82,7 @@ async def run_worker(task: WorkerTask) -> Any:
     target = cls(base_url=task.base_url, credentials=dict(task.credentials), options=task.options)
     target.default_limits = dict(task.default_limits)  # the parent's, as the CLI set it
     # A worker of an earlier run of this job that still lives (no PR_SET_PDEATHSIG here) holds the shard.
-    lock = hold_dir(task.config.out)
+    lock = await hold_dir(task.config.out)
     try:
         return await Run(task.config, target, progress=None).execute()
     finally:

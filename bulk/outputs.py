@@ -199,14 +199,15 @@ class Outputs:
         # The numbers (line, net, tax, gross) are always printable. The comma and quote counts
         # stay over the whole line (a C scan each).
         plain = self._plain
-        if (customer_id in plain and status in plain and currency in plain and action in plain
-                and invoice_id is not None and (external_id + invoice_id).isprintable()
+        cells_str = str is type(customer_id) is type(status) is type(currency) is type(action)
+        if (cells_str and customer_id in plain and status in plain and currency in plain
+                and action in plain and invoice_id is not None and f"{external_id}{invoice_id}".isprintable()
                 and line_text.count(",") == 9 and '"' not in line_text and not self._legacy_id_map):
             fast = True
         elif (line_text.isprintable() and line_text.count(",") == 9 and '"' not in line_text
                 and invoice_id is not None and not self._legacy_id_map):
             fast = True
-            if len(plain) < _PLAIN_CELLS:  # bounded: a run with many customers checks the rest whole
+            if cells_str and len(plain) < _PLAIN_CELLS:  # bounded: a run with many customers checks the rest whole
                 plain.update((customer_id, status, currency, action))
         else:
             fast = False

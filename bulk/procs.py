@@ -45,7 +45,7 @@ import orjson
 
 from . import _summary
 from ._procworker import WorkerTask, die_with_parent, read_task, run_worker
-from ._runlock import hold_dir
+from ._runlock import hold_dir, is_free
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
 from .existing import ON_EXISTING_KEY
@@ -108,8 +108,10 @@ async def run_processes(config: UploadConfig, target: Target, n: int, *, progres
     credentials, options and limits are handed to the workers); ``progress`` gets a note and
     the shards' counts summed from their checkpointed summaries."""
     out = config.out
-    lock = hold_dir(out)  # one run of the job at a time (each worker holds its shard's too)
+    lock = await hold_dir(out)  # one run of the job at a time (each worker holds its shard's too)
     try:
+        for d in shard_dirs(out, n):  # a killed run's worker that still lives: refuse before any sends
+            await is_free(d)
         return await _run_processes(config, target, n, progress)
     finally:
         if lock is not None:

@@ -223,7 +223,7 @@ def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_p
 def test_a_run_refuses_a_directory_another_live_process_uploads_into(held: str, tmp_path: Path) -> None:
     """A process that still holds the job's directory (a second run of the same command) or a
     shard's (a killed run's worker still alive, e.g. where no PR_SET_PDEATHSIG kills it):
-    after bulk._runlock's wait the run refuses (exit 2) and that shard sends nothing; once the
+    after bulk._runlock's wait the run refuses (exit 2) before any shard sends anything; once the
     holder is gone, the same command finishes exactly once."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 30, seed=845)
@@ -241,9 +241,9 @@ def test_a_run_refuses_a_directory_another_live_process_uploads_into(held: str, 
             assert refused.returncode == 2, refused.stderr
             assert f"another bulk process is still uploading into {locked}" in refused.stderr, refused.stderr
             assert not (out / "shards" / "1of2" / "state.db").exists()  # shard 1 never started
-            if held != "shard":
-                assert created_count(sb) == 0  # nothing started at all
-                assert not (out / "state.db").exists()
+            # nothing started at all: the parent checks every shard's lock before any worker starts
+            assert created_count(sb) == 0
+            assert not (out / "state.db").exists() and not (out / "shards" / "0of2" / "state.db").exists()
             assert holder.stdin is not None
             holder.stdin.close()
             holder.wait(timeout=30)

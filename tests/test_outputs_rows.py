@@ -63,6 +63,11 @@ def test_the_fast_row_is_byte_identical_to_the_csv_row_for_hostile_values(tmp_pa
     rows.append([*_HOSTILE[5:11], Decimal("-0.00"), Decimal("1E+3"), Decimal("0E-8"), "x,y"])  # several at once
     rows.append(["a", "b", 10**20, "", "", "JPY", Decimal("123456789012345678901234567890"), Decimal("0"),
                  Decimal("123456789012345678901234567890"), "existing"])
+    # a plugin target's non-text cells (an int invoice id, a JSON list status), each twice: the
+    # second meets the remembered cells (no TypeError from a concatenation or a set lookup)
+    for _ in range(2):
+        rows.append(["INV-7", 77, 8, "C-9", "sent", "EUR", *base[6:9], "created"])
+        rows.append(["INV-8", "88", 9, "C-9", ["sent"], "EUR", *base[6:9], "created"])
     fast, slow = tmp_path / "fast", tmp_path / "slow"
     fast.mkdir()
     slow.mkdir()

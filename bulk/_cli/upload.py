@@ -129,7 +129,7 @@ async def run(config: UploadConfig, target: Target, console: Any, metrics: Any =
 
     n = job_processes(config)
     if n == 1:
-        lock = hold_dir(config.out)  # one process uploads into a run directory at a time
+        lock = await hold_dir(config.out)  # one process uploads into a run directory at a time
         try:
             return await Run(config, target, progress=console, metrics=metrics).execute()
         finally:
