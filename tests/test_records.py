@@ -323,7 +323,8 @@ def test_peek_external_id(raw: bytes, expected: str | None) -> None:
 def test_fast_constructors_build_ordinary_frozen_objects() -> None:
     import dataclasses
 
-    from bulk._record_types import Line, _constructor, _new_line
+    from bulk._frozen import constructor
+    from bulk._record_types import Line, _new_line
 
     args = ("Title", None, Decimal("2"), Decimal("-1.50"), Decimal("19"), "SKU-1")
     fast, slow = _new_line(*args), Line(*args)
@@ -337,4 +338,4 @@ def test_fast_constructors_build_ordinary_frozen_objects() -> None:
         a: int
 
     with pytest.raises(TypeError):
-        _constructor(Mutable)
+        constructor(Mutable)
