@@ -39,10 +39,21 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   as the test likes), that request, and every one arriving until then, goes on only once the
   released one has landed at the server (its answer came back), so the late request lands
   before the next run got any answer from the server: however slow the machine is.
+  With ``read_back`` as well (an object saying what a request writes and what one reads back,
+  e.g. tests/anny_reads.AnnyObjects: for a client whose defence against a late request is to
+  read back before it goes on, anny's), the hold is released at the k-th request OR at the
+  first request from now that reads back an object the held request writes (``read_back.
+  reads(request) & read_back.writes(held)``), whichever comes first, and with
+  ``late_lands_first`` lands before that request goes on: a held create lands while the next
+  run already works, never after that run looked at what it creates. ``late_log`` says, per
+  such release, what released it and which of the next run's requests the server had
+  answered before the held one landed (:class:`LateDelivery`).
 - ``hold_next_after(match)``: once a request for which ``match(method, path, body)`` is true
   has been answered (forwarded, its answer passed on), the next request to arrive is held as
   by ``hold_after`` (a client that sends one request at a time sends it after reading that
   answer: kill it then, and it died between an answer and its next step).
+- ``hold_when(match)``: the first request from now for which ``match(method, path, body)`` is
+  true is held as by ``hold_after``.
 - ``drain()``: wait until no forward is in flight (nothing more can land at the server).
 - ``gate(match)``: every request for which ``match(method, path, body)`` is true is stopped
   at the proxy (fate ``held``; ``gate.reached`` is set when the first arrives) and never
@@ -66,20 +77,21 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 from bulk.sandbox._site import TCPSite
 
-__all__ = ["FATES", "FAULTS", "Gate", "Hold", "HostileProxy", "request_kind"]
+__all__ = ["FATES", "FAULTS", "Gate", "Hold", "HostileProxy", "LateDelivery", "ReadBack", "request_kind"]
 
 FAULTS = ("throttle", "unavailable", "reset", "drop_answer", "delay")
 FATES = (*FAULTS, "forward", "held")
 DEFAULT_RATES = {"throttle": 0.06, "unavailable": 0.05, "reset": 0.05, "drop_answer": 0.06, "delay": 0.12}
 _HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding",
                   "upgrade", "proxy-connection", "te", "trailer"})
+_NUMBER = "hostile_proxy.number"  # the request's number, kept on the aiohttp request
 _ID_SEGMENT = re.compile(r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,})$")
 
 
@@ -97,6 +109,37 @@ def request_kind(method: str, path: str, query_keys: list[str] | tuple[str, ...]
     return f"{method} {'/'.join(parts)}" + (f"?{'&'.join(keys)}" if keys else "")
 
 
+class ReadBack(Protocol):
+    """What a request writes and what one reads back, as object keys (``read_back`` of
+    :class:`HostileProxy`; tests/anny_reads.AnnyObjects is anny's)."""
+
+    def writes(self, method: str, path: str, query: str, body: bytes) -> set[str]: ...
+
+    def reads(self, method: str, path: str, query: str) -> set[str]: ...
+
+    def observe(self, method: str, path: str, status: int, answer: bytes) -> None: ...
+
+
+@dataclass
+class LateDelivery:
+    """One held request released into the next run by :meth:`HostileProxy.release_after`:
+    ``trigger`` ``"k"`` (the next run's k-th request) or ``"read"`` (its first read-back of
+    what the held request writes), ``at`` that request's number, ``ordinal`` its place in the
+    next run (1 = its first), ``trigger_kind`` its kind; ``landed_after`` the (number, kind)
+    of the next run's requests the server had answered before the held one landed, and
+    ``status`` the server's answer to the held one (None until it landed, or none came)."""
+
+    hold: int
+    kind: str | None
+    trigger: str
+    at: int
+    ordinal: int
+    trigger_kind: str
+    landed_after: list[tuple[int, str]] = field(default_factory=list)
+    status: int | None = None
+    landed: bool = False
+
+
 @dataclass
 class Hold:
     """One request number the proxy holds until :meth:`release` (see the module docstring)."""
@@ -104,6 +147,7 @@ class Hold:
     number: int
     reached: threading.Event = field(default_factory=threading.Event)
     kind: str | None = None  # the held request's kind, once it arrived
+    request: tuple[str, str, str, bytes] | None = None  # (method, path, query string, body), once it arrived
     _proxy: HostileProxy | None = None
     _released: bool = False
 
@@ -136,7 +180,7 @@ class HostileProxy:
 
     def __init__(self, upstream: str, *, seed: int, rates: dict[str, float] | None = None,
                  max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600), cover: bool = False,
-                 late_lands_first: bool = False) -> None:
+                 late_lands_first: bool = False, read_back: ReadBack | None = None) -> None:
         split = urlsplit(upstream)
         self.upstream = f"{split.scheme}://{split.netloc}"
         self._prefix = split.path.rstrip("/")
@@ -151,6 +195,11 @@ class HostileProxy:
         self.cover = cover
         self.delay_ms = delay_ms
         self.late_lands_first = late_lands_first
+        self.read_back = read_back
+        self.late_log: list[LateDelivery] = []  # release_after's releases, in order
+        self._read_watch: dict[int, tuple[Hold, int]] = {}  # id(hold) -> (hold, requests seen at release_after)
+        self._deliveries: dict[int, LateDelivery] = {}  # hold number -> its entry, until it landed
+        self._answered: list[int] = []  # request numbers whose forward the server answered, in order
         self.base_url = ""
         self._lock = threading.Lock()
         self._seen = 0
@@ -171,6 +220,7 @@ class HostileProxy:
         self._gates: list[Gate] = []
         self._after: list[tuple[Callable[[str, str, bytes], bool], Hold]] = []  # hold_next_after, not armed
         self._armed: list[Hold] = []  # held by the next request to arrive
+        self._when: list[tuple[Callable[[str, str, bytes], bool], Hold]] = []  # hold_when, not arrived
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True, name="hostile-proxy")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -247,11 +297,38 @@ class HostileProxy:
             self._after.append((match, hold))
         return hold
 
+    def hold_when(self, match: Callable[[str, str, bytes], bool]) -> Hold:
+        """Hold the first request from now for which ``match(method, path, body)`` is true."""
+        hold = Hold(0, _proxy=self)
+        with self._lock:
+            self._when.append((match, hold))
+        return hold
+
     def release_after(self, hold: Hold, k: int) -> None:
-        """Release ``hold`` when the k-th request from now arrives (k >= 1), before it goes on."""
+        """Release ``hold`` when the k-th request from now arrives (k >= 1), before it goes on;
+        with ``read_back``, or when a request reading back what it writes arrives, if first."""
         assert k >= 1
         with self._lock:
             self._watchers.setdefault(self._seen + k, []).append(hold)
+            self._read_watch[id(hold)] = (hold, self._seen)
+
+    def _triggered(self, number: int, kind: str, method: str, path: str, query: str) -> list[Hold]:
+        """The holds request ``number`` releases (the caller holds the lock), logged."""
+        fired = [(h, "k") for h in self._watchers.pop(number, [])]
+        if self.read_back is not None:
+            reads = self.read_back.reads(method, path, query)
+            fired += [(h, "read") for h, _ in self._read_watch.values()
+                      if reads and h.request is not None and reads & self.read_back.writes(*h.request)]
+        released = []
+        for hold, trigger in fired:
+            if hold._released or any(h is hold for h in released):
+                continue
+            released.append(hold)
+            _, base = self._read_watch.pop(id(hold), (hold, number - 1))
+            entry = LateDelivery(hold.number, hold.kind, trigger, number, number - base, kind)
+            self.late_log.append(entry)
+            self._deliveries[hold.number] = entry
+        return released
 
     def release_all(self) -> None:
         """Release every hold not released yet, whether its request arrived or not."""
@@ -265,6 +342,7 @@ class HostileProxy:
             if hold._released:
                 return
             hold._released = True
+            self._read_watch.pop(id(hold), None)
             self._unreleased.discard(hold.number)
             self._holds.pop(hold.number, None)  # not arrived yet: it will not wait
         loop = self._loop
@@ -349,12 +427,18 @@ class HostileProxy:
             self._seen += 1
             number = self._seen
             hold = self._holds.pop(number, None)
-            if hold is None and self._armed:
-                hold = self._armed.pop(0)
+            if hold is None:
+                when = next((pair for pair in self._when if pair[0](request.method, request.path, body)), None)
+                if when is not None:
+                    self._when.remove(when)
+                    hold = when[1]
+                elif self._armed:
+                    hold = self._armed.pop(0)
+            if hold is not None and not hold.number:
                 hold.number = number
                 self._unreleased.add(number)
                 self._all_holds[number] = hold
-            watchers = self._watchers.pop(number, [])
+            watchers = self._triggered(number, kind, request.method, request.path, request.query_string)
             gate = None
             if hold is None:
                 gate = next((g for g in self._gates if g.match(request.method, request.path, body)), None)
@@ -373,6 +457,7 @@ class HostileProxy:
             self._kinds[kind] += 1
             self._by_kind[(kind, fate)] += 1
             self.journal.append((number, kind, identity, attempt, fate))
+        request[_NUMBER] = number
         for released in watchers:
             if self.late_lands_first and released.number in self._waiting:  # arrived, still held
                 self._landing.setdefault(released.number, asyncio.Event())
@@ -394,6 +479,7 @@ class HostileProxy:
             return self._abort(request)
         if hold is not None:
             hold.kind = kind
+            hold.request = (request.method, request.path, request.query_string, body)
             event = asyncio.Event()
             self._waiting[number] = event
             if hold._released:  # released between the pop and here
@@ -404,6 +490,7 @@ class HostileProxy:
             try:
                 answer = await self._detached(request, body, 0)
             finally:
+                self._log_landing(number)
                 landed = self._landing.pop(number, None)
                 if landed is not None:
                     landed.set()
@@ -431,6 +518,16 @@ class HostileProxy:
                     self._armed.extend(h for _, h in arms)
         return await self._answer(request, answer)
 
+    def _log_landing(self, number: int) -> None:
+        """A held request released by release_after landed: say after which of the next run's."""
+        with self._lock:
+            entry = self._deliveries.pop(number, None)
+            if entry is None:
+                return
+            base = entry.at - entry.ordinal
+            entry.landed_after = [(n, self.journal[n - 1][1]) for n in self._answered if n > base and n != number]
+            entry.landed = True
+
     async def _detached(self, request: web.Request, body: bytes,
                         delay: float) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """Forward in a task of its own: the client going away cannot cancel it."""
@@ -444,6 +541,13 @@ class HostileProxy:
         if delay:
             await asyncio.sleep(delay)
         answer = await self._forward(request, body)
+        number = request.get(_NUMBER)
+        if answer is not None and number is not None:
+            with self._lock:
+                self._answered.append(number)
+                entry = self._deliveries.get(number)
+                if entry is not None:
+                    entry.status = answer[0]
         transport = request.transport
         if transport is None or transport.is_closing():
             with self._lock:
@@ -457,6 +561,8 @@ class HostileProxy:
             async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
                                              data=body or None, allow_redirects=False) as resp:
                 data = await resp.read()
+                if self.read_back is not None:
+                    self.read_back.observe(request.method, request.path, resp.status, data)
                 return resp.status, [(k, v) for k, v in resp.headers.items() if k.lower() not in _HOP], data
         except Exception:  # the server itself dropped it (its own faults): so does the proxy
             return None
