@@ -91,7 +91,6 @@ FATES = (*FAULTS, "forward", "held")
 DEFAULT_RATES = {"throttle": 0.06, "unavailable": 0.05, "reset": 0.05, "drop_answer": 0.06, "delay": 0.12}
 _HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding",
                   "upgrade", "proxy-connection", "te", "trailer"})
-_NUMBER = "hostile_proxy.number"  # the request's number, kept on the aiohttp request
 _ID_SEGMENT = re.compile(r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,})$")
 
 
@@ -457,7 +456,6 @@ class HostileProxy:
             self._kinds[kind] += 1
             self._by_kind[(kind, fate)] += 1
             self.journal.append((number, kind, identity, attempt, fate))
-        request[_NUMBER] = number
         for released in watchers:
             if self.late_lands_first and released.number in self._waiting:  # arrived, still held
                 self._landing.setdefault(released.number, asyncio.Event())
@@ -488,7 +486,7 @@ class HostileProxy:
             hold.reached.set()
             await event.wait()
             try:
-                answer = await self._detached(request, body, 0)
+                answer = await self._detached(request, body, 0, number)
             finally:
                 self._log_landing(number)
                 landed = self._landing.pop(number, None)
@@ -503,13 +501,13 @@ class HostileProxy:
         if fate == "reset":
             return self._abort(request)
         if fate == "drop_answer":
-            await self._detached(request, body, 0)
+            await self._detached(request, body, 0, number)
             return self._abort(request)
         delay = 0.0
         if fate == "delay":
             lo, hi = self.delay_ms
             delay = (lo + extra * (hi - lo)) / 1000
-        answer = await self._detached(request, body, delay)
+        answer = await self._detached(request, body, delay, number)
         if arms:
             with self._lock:
                 if answer is None:  # not answered: wait for another such request
@@ -528,21 +526,20 @@ class HostileProxy:
             entry.landed_after = [(n, self.journal[n - 1][1]) for n in self._answered if n > base and n != number]
             entry.landed = True
 
-    async def _detached(self, request: web.Request, body: bytes,
-                        delay: float) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    async def _detached(self, request: web.Request, body: bytes, delay: float,
+                        number: int) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """Forward in a task of its own: the client going away cannot cancel it."""
-        task = asyncio.create_task(self._late_forward(request, body, delay))
+        task = asyncio.create_task(self._late_forward(request, body, delay, number))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
 
-    async def _late_forward(self, request: web.Request, body: bytes,
-                            delay: float) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    async def _late_forward(self, request: web.Request, body: bytes, delay: float,
+                            number: int) -> tuple[int, list[tuple[str, str]], bytes] | None:
         if delay:
             await asyncio.sleep(delay)
         answer = await self._forward(request, body)
-        number = request.get(_NUMBER)
-        if answer is not None and number is not None:
+        if answer is not None:
             with self._lock:
                 self._answered.append(number)
                 entry = self._deliveries.get(number)

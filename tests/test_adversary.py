@@ -46,6 +46,7 @@ from collections import Counter
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
@@ -511,6 +512,146 @@ def test_a_late_request_released_by_the_next_run_lands_before_it_when_asked() ->
         px.drain()
         assert [p for _, p, _ in rec.committed] == ["/late", "/a", "/b"]
         assert px.stats()["late"] == 1
+
+
+class _AnnyShaped(_Recorder):
+    """An upstream answering anny-shaped JSON:API documents (an invoice's id and number, a
+    customer's id and e-mail, as anny documents them), slow over item and customer creates
+    (``lag`` s: a late request still on its way when the next one comes)."""
+
+    def __init__(self, lag: float) -> None:
+        super().__init__()
+        self.lag = lag
+
+    async def respond(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.method == "POST" and request.path in ("/api/v1/items", "/api/v1/customers", "/api/v1/addresses"):
+            await asyncio.sleep(self.lag)
+        self.committed.append((request.method, unquote(request.path_qs), body))  # as sent, %-escapes read
+        if request.method == "POST" and request.path == "/api/v1/invoices":
+            number = json.loads(body)["data"]["attributes"]["number"]
+            return web.json_response({"data": {"type": "invoices", "id": "inv-7", "attributes": {"number": number}}},
+                                     status=201)
+        if request.method == "POST" and request.path == "/api/v1/customers":
+            email = json.loads(body)["data"]["attributes"]["email"]
+            return web.json_response({"data": {"type": "customers", "id": "cus-3", "attributes": {"email": email}}},
+                                     status=201)
+        return web.json_response({"data": []}, status=200 if request.method == "GET" else 201)
+
+
+def _doc(kind: str, attributes: dict[str, Any], **related: str) -> bytes:
+    return json.dumps({"data": {"type": kind, "attributes": attributes, "relationships": {
+        name: {"data": {"type": "x", "id": ident}} for name, ident in related.items()}}}).encode()
+
+
+# (what the first run made, answered; the held request; reads that do not read its object;
+#  the read that does). Ids come from the answers the proxy passed on: the item create names
+# its invoice by id, the read by number (and the other way round); the address its customer.
+READ_BACK = {
+    "item, read by number": (
+        [("/api/v1/invoices?o=1", _doc("invoices", {"number": "AN-1", "currency": "EUR"}))],
+        ("/api/v1/items?o=1&calculate_from_net=true", _doc("items", {"title": "x"}, document="inv-7")),
+        ["/api/v1/invoices?o=1&page[size]=1", "/api/v1/invoices?o=1&filter[number]=AN-2&include=items",
+         "/api/v1/invoices/inv-8?o=1&include=items", "/api/v1/customers?o=1&filter[email]=a@b.de"],
+        "/api/v1/invoices?o=1&filter[number]=AN-1&include=items"),
+    "item, read by id": (
+        [("/api/v1/invoices?o=1", _doc("invoices", {"number": "AN-1", "currency": "EUR"}))],
+        ("/api/v1/items?o=1&calculate_from_net=true", _doc("items", {"title": "x"}, document="inv-7")),
+        ["/api/v1/invoices?o=1&page[size]=1"], "/api/v1/invoices/inv-7?o=1&include=items"),
+    "invoice, read by number": (
+        [], ("/api/v1/invoices?o=1", _doc("invoices", {"number": "AN-1", "currency": "EUR"})),
+        ["/api/v1/invoices?o=1&filter[number]=AN-10&include=items"],
+        "/api/v1/invoices?o=1&filter[number]=AN-1&include=items"),
+    "send, read by number": (
+        [("/api/v1/invoices?o=1", _doc("invoices", {"number": "AN-1", "currency": "EUR"}))],
+        ("/api/v1/invoices/inv-7/send?o=1", b""), ["/api/v1/invoices/inv-70?o=1&include=items"],
+        "/api/v1/invoices?o=1&filter[number]=AN-1&include=items"),
+    "customer, read by e-mail": (
+        [], ("/api/v1/customers?o=1", _doc("customers", {"email": "Jane@Example.com", "locale": "de"})),
+        ["/api/v1/customers?o=1&filter[email]=jane@example.co&include=address"],
+        "/api/v1/customers?o=1&filter[email]=jane%40example.com&include=address"),
+    "address, read by the customer's e-mail": (
+        [("/api/v1/customers?o=1", _doc("customers", {"email": "jane@example.com", "locale": "de"}))],
+        ("/api/v1/addresses?o=1", _doc("addresses", {"city": "Köln"}, addressable="cus-3")),
+        ["/api/v1/customers?o=1&filter[email]=joe@example.com&include=address"],
+        "/api/v1/customers?o=1&filter[email]=JANE@example.com&include=address"),
+}
+
+
+@pytest.mark.parametrize("case", READ_BACK)
+def test_a_held_request_lands_before_the_next_runs_first_read_back_of_its_object(case: str) -> None:
+    """``read_back`` (the anny scenarios): with k far off, the held request goes on only at the
+    first request that reads back what it writes (by anny's documented API: tests/anny_reads),
+    and lands before that read goes on, however long the server takes over it; the requests
+    before it (the next run's other work) went on and landed first, and the log says so."""
+    made, (held_path, held_body), others, read = READ_BACK[case]
+    rec = _AnnyShaped(lag=0.3)
+    with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=1, rates={}, late_lands_first=True,
+                                                         read_back=AnnyObjects()) as px:
+        for path, body in made:
+            assert _request(px.base_url, "POST", path, body)[0] == 201  # type: ignore[index]
+        hold = px.hold_after(1)
+        threading.Thread(target=_send_and_vanish, args=(px.base_url, held_path, held_body), daemon=True).start()
+        assert hold.reached.wait(10)
+        before = len(rec.committed)
+        px.release_after(hold, 1000)  # k never comes: only the read-back releases it
+        for path in others:
+            assert _request(px.base_url, "GET", path)[0] == 200  # type: ignore[index]
+        assert len(rec.committed) == before + len(others)  # still held: none of those reads its object
+        assert _request(px.base_url, "GET", read)[0] == 200  # type: ignore[index]
+        landed = [path for _, path, _ in rec.committed[before:]]
+        assert landed == [unquote(p) for p in (*others, held_path, read)]  # the held one first, then the read
+        [entry] = px.late_log
+        assert (entry.trigger, entry.ordinal, entry.status, entry.landed) == ("read", len(others) + 1, 201, True)
+        assert [n for n, _ in entry.landed_after] == list(range(hold.number + 1, hold.number + 1 + len(others)))
+
+
+def test_the_k_th_request_releases_a_held_one_when_it_comes_before_any_read_back() -> None:
+    """Whichever comes first: the k-th request (not a read of the held item's invoice) releases
+    it and it lands before that request goes on; the later read-back finds nothing held."""
+    rec = _AnnyShaped(lag=0.3)
+    with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=1, rates={}, late_lands_first=True,
+                                                         read_back=AnnyObjects()) as px:
+        assert _request(px.base_url, "POST", "/api/v1/invoices?o=1",
+                        _doc("invoices", {"number": "AN-1"}))[0] == 201  # type: ignore[index]
+        hold = px.hold_after(1)
+        item = _doc("items", {"title": "x"}, document="inv-7")
+        threading.Thread(target=_send_and_vanish, args=(px.base_url, "/api/v1/items?o=1", item), daemon=True).start()
+        assert hold.reached.wait(10)
+        px.release_after(hold, 2)
+        assert _request(px.base_url, "GET", "/api/v1/invoices?o=1&page[size]=1")[0] == 200  # type: ignore[index]
+        assert _request(px.base_url, "GET", "/api/v1/customers?o=1&filter[email]=a@b.de")[0] == 200  # type: ignore[index]
+        assert _request(px.base_url, "GET", "/api/v1/invoices/inv-7?o=1")[0] == 200  # type: ignore[index]
+        assert [p for _, p, _ in rec.committed[1:]] == ["/api/v1/invoices?o=1&page[size]=1", "/api/v1/items?o=1",
+                                                        "/api/v1/customers?o=1&filter[email]=a@b.de",
+                                                        "/api/v1/invoices/inv-7?o=1"]
+        [entry] = px.late_log
+        assert (entry.trigger, entry.ordinal, entry.trigger_kind) == ("k", 2, "GET /api/v1/customers?filter[email]&o")
+        assert [kind for _, kind in entry.landed_after] == ["GET /api/v1/invoices?o&page[size]"]
+
+
+def test_anny_objects_name_what_a_request_writes_and_what_it_reads() -> None:
+    objects = AnnyObjects()
+    objects.observe("POST", "/api/v1/invoices", 201, b'{"data": {"type": "invoices", "id": "i1", '
+                    b'"attributes": {"number": "AN-1"}}}')
+    objects.observe("GET", "/api/v1/customers", 200, b'{"data": [{"type": "customers", "id": "c1", '
+                    b'"attributes": {"email": "A@B.de"}}]}')
+    objects.observe("POST", "/api/v1/invoices", 422, b'{"data": {"type": "invoices", "id": "i9", '
+                    b'"attributes": {"number": "AN-1"}}}')  # not an answer that made anything
+    assert objects.writes("POST", "/api/v1/items", "o=1", _doc("items", {}, document="i1")) == \
+        {"invoice-id:i1", "invoice-number:AN-1"}
+    assert objects.writes("POST", "/api/v1/invoices/i1/set-paid", "o=1&sendNotification=false", b"") == \
+        objects.writes("PATCH", "/api/v1/invoices/i1", "o=1", b"{}") == {"invoice-id:i1", "invoice-number:AN-1"}
+    assert objects.writes("POST", "/api/v1/addresses", "o=1", _doc("addresses", {}, addressable="c1")) == \
+        {"customer-id:c1", "customer-email:a@b.de"}
+    assert objects.writes("GET", "/api/v1/invoices/i1", "o=1", b"") == set()  # a read writes nothing
+    assert objects.writes("POST", "/api/v1/invoices/i1/cancel", "o=1", b"") == set()  # bulk never cancels
+    assert objects.reads("GET", "/api/v1/invoices", "o=1&filter%5Bnumber%5D=AN-1&include=items") == \
+        {"invoice-id:i1", "invoice-number:AN-1"}
+    assert objects.reads("GET", "/api/v1/invoices", "o=1&page[size]=1") == set()  # reads no one invoice
+    assert objects.reads("POST", "/api/v1/invoices/i1/send", "o=1") == set()  # a write is no read-back
+    assert objects.reads("GET", "/api/v1/customers/c1", "o=1&include=address") == \
+        {"customer-id:c1", "customer-email:a@b.de"}
 
 
 def test_the_draw_depends_on_identity_and_attempt_not_on_interleaving() -> None:
