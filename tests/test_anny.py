@@ -20,12 +20,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from anny_reads import AnnyObjects
 from harness import (
     SECRET,
     SandboxServer,
     assert_exactly_once,
     cli,
     kill_until_done,
+    kill_when,
     read_id_map,
     read_reasons,
     start_cli,
@@ -797,6 +799,44 @@ def test_a_killed_runs_item_create_arriving_late_never_leaves_a_wrong_invoice_co
             assert "1 item(s) beyond the record's lines" in reason["message"]
             counts = summary(out)["records"]
             assert (counts["created"], counts["failed"]) == (1, 1), counts
+
+
+# The creates a killed run may have on their way, by the path its request goes to.
+LATE_CREATES = ["customers", "addresses", "invoices", "items"]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("create", LATE_CREATES)
+def test_a_killed_runs_create_lands_amid_the_resumed_runs_work_and_is_found(
+        create: str, processes: int, tmp_path: Path) -> None:
+    """Run 1 is SIGKILLed while the proxy holds its first ``POST /<create>``; the held request
+    is released into run 2 by the adversary scenario's rule for anny (tests/test_adversary.py,
+    _scenario): at run 2's 4th request or at its first read-back of what the create writes
+    (the invoice by id or number, the customer by e-mail: tests/anny_reads), whichever comes
+    first, landing before that request goes on. So it lands while run 2 is at work (some of
+    run 2's requests landed before it, the proxy's log says which), never after run 2 looked
+    at its object: run 2 must find it and finish exactly once, one customer per e-mail and one
+    address per customer included."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 6, seed=23)
+    with SandboxServer("anny") as sb, HostileProxy(sb.base_url, seed=1, rates={}, late_lands_first=True,
+                                                   read_back=AnnyObjects()) as proxy:
+        args = upload_args(sb, src, out, "--concurrency", "2", "--checkpoint-every", "0.02",
+                           "--processes", str(processes), via=proxy)
+        hold = proxy.hold_when(lambda method, path, body: method == "POST" and path == f"/api/v1/{create}")
+        kill_when(sb, args, hold.reached.is_set, what=f"run 1's first POST /{create} held")
+        proxy.release_after(hold, 4)
+        done = cli(args, sb.env, timeout=120)
+        proxy.release_all()
+        proxy.drain()
+        assert done.returncode == 0, done.stderr
+        [late] = proxy.late_log
+        assert (late.hold, late.landed, late.status) == (hold.number, True, 201), late
+        assert late.ordinal >= 2 and late.landed_after, late  # run 2 had requests answered before it landed
+        print(f"{create}, {processes} process(es): {late}")
+        assert_workflow_state(sb.state(), records)
+        assert_exactly_once(sb, out, records)
+    assert read_reasons(out) == []
 
 
 def invoice_of(item_call: Call) -> str:
