@@ -38,7 +38,7 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   before, or within ``settle`` seconds of, its run's first answer, never one held for as long
   as the test likes), that request, and every one arriving until then, goes on only once the
   released one has landed at the server (its answer came back), so the late request lands
-  before the next run got any answer from the server: however slow the machine is.
+  before that request (and any later one) reaches the server: however slow the machine is.
   With ``read_back`` as well (an object saying what a request writes and what one reads back,
   e.g. tests/anny_reads.AnnyObjects: for a client whose defence against a late request is to
   read back before it goes on, anny's), the hold is released at the k-th request OR at the
@@ -295,6 +295,11 @@ class HostileProxy:
         with self._lock:
             self._after.append((match, hold))
         return hold
+
+    def answered(self) -> list[int]:
+        """The numbers of the requests the server answered, in the order their answers came."""
+        with self._lock:
+            return list(self._answered)
 
     def hold_when(self, match: Callable[[str, str, bytes], bool]) -> Hold:
         """Hold the first request from now for which ``match(method, path, body)`` is true."""

@@ -284,7 +284,7 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
         state = sb.state()
         stats = px.stats()
         deliveries = list(px.late_log)
-        answered = list(px._answered)
+        answered = px.answered()
     problems, figures = audit(target, state, out, job)
     order = _late_order(deliveries)
     fates = {f: stats["fates"].get(f, 0) for f in (*FAULTS, "held", "forward")}
