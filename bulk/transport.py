@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .errors import ConfigError, TransportError
 
@@ -149,6 +150,9 @@ class BaseTransport(Protocol):
     async def send(self, req: Request) -> Reply: ...
 
 
+_URLS = 256  # distinct request paths a Transport keeps parsed: a target's few fixed ones, with room
+
+
 class Transport:
     """Owns the aiohttp session (a :class:`BaseTransport`). Create it inside the run (it is bound to the event loop)."""
 
@@ -168,6 +172,7 @@ class Transport:
         self._secrets = [s for s in secrets if s]
         self._redact = redactor(self._secrets)
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     async def __aenter__(self) -> Transport:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
@@ -192,13 +197,17 @@ class Transport:
         assert session is not None, "use 'async with Transport(...)'"
         # Only the request's own headers: the session adds the run's (aiohttp merges them).
         headers = req.headers
+        path = req.path
+        url: URL | str | None = self._urls.get(path)
+        if url is None:
+            url = self._url(path)
         body = req.body()  # a method call, not inlined: a target's Request may encode itself (ChargeOver's batch)
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
         try:
             # Awaited, not ``async with``: its enter and exit are two coroutines each, and all the
             # exit does after a complete read is release(), which the finally does.
-            resp = await session.request(req.method, self.base_url + req.path, params=req.params, data=body,
+            resp = await session.request(req.method, url, params=req.params, data=body,
                                          headers=headers, allow_redirects=False)
             try:
                 return _new_reply(resp.status, resp.headers, await resp.read())
@@ -217,6 +226,23 @@ class Transport:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(self._describe("no answer", exc), maybe_committed=True,
                                  reason="timeout" if isinstance(exc, asyncio.TimeoutError) else "reset") from None
+
+    def _url(self, path: str) -> URL | str:
+        """The URL of ``path``, parsed once per distinct path (at most :data:`_URLS` kept).
+
+        The same ``URL(text)`` aiohttp makes of a string (so the same requoting, byte for byte),
+        but made once: aiohttp then reads the parsed parts (host, port, origin, user) from the
+        object's caches instead of parsing the text and recomputing them at every request. A
+        path aiohttp cannot parse stays a string, so aiohttp reports it exactly as before.
+        """
+        text = self.base_url + path
+        try:
+            url = URL(text)
+        except ValueError:
+            return text
+        if len(self._urls) < _URLS:  # a path per record (an id in it) must not grow it without end
+            self._urls[path] = url
+        return url
 
     def _describe(self, what: str, exc: BaseException) -> str:
         detail = str(exc) or type(exc).__name__
