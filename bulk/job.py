@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import RecordError, RetryableError, Throttled, TransportError, UnknownReference
-from .latency import INTENDED, Latency
+from . import _send
+from .errors import RecordError, RetryableError, UnknownReference
+from .latency import Latency
 from .pacing import Backoff, Pacer
-from .transport import BaseTransport, Reply, Request
+from .transport import BaseTransport, Reply
 
 if TYPE_CHECKING:
     from .checkpoint import StateStore
@@ -76,69 +76,9 @@ class Session:
         # The session is the run, in whichever process it runs: the target's run state starts here.
         target.start_run()
 
-    async def send(
-        self, req: Request, *, stage: str, recover: Callable[[], Awaitable[Reply | None]] | None = None,
-        refs: tuple[tuple[str, str], ...] = (),
-    ) -> Reply:
-        """Send with pacing and retries (the contract: :meth:`bulk.targets.base.RunJob.send`).
-
-        One coroutine per request (this one) between the target and the transport: it runs for
-        every request of the run, so what it reads more than once is bound to locals first."""
-        kind = req.kind
-        pacer, transport, latency, counters = self.pacer, self.transport, self.latency, self.counters
-        attempt = 0  # failures charged to this request's budget
-        tries = 0  # every failure: drives the backoff
-        last_failure: float | None = None
-        try:
-            while True:
-                try:
-                    async with pacer.slot(kind) as sent_at:
-                        counters.requests += 1
-                        start = monotonic()
-                        # Open loop: a record's first request counts from the record's intended start.
-                        if (intended := INTENDED.get()) is not None and intended[0] is not None:
-                            start, intended[0] = min(start, intended[0]), None
-                        try:
-                            reply = await transport.send(req)
-                        except TransportError as exc:
-                            latency.record(kind, stage, int((monotonic() - start) * 1e6), exc.reason)
-                            raise
-                        latency.record(kind, stage, int((monotonic() - start) * 1e6), reply.status)
-                    pacer.observe(kind, reply.headers)
-                    result = self.target.classify(reply, stage)
-                    pacer.ok()
-                    return result
-                except Throttled as exc:
-                    # 429 does not use up the attempt budget: the pacer adapts the pace (or pauses
-                    # everyone), the health check bounds how long we keep being throttled.
-                    counters.throttled += 1
-                    if wait := pacer.throttled(exc.retry_after, kind, sent_at):
-                        await anyio.sleep(wait)  # this request's own Retry-After (one sleep, no polling)
-                except RetryableError as exc:
-                    pacer.failed(str(exc))
-                    tries += 1
-                    # A connection that could not even be made (refused: the server is away, e.g.
-                    # restarting) says nothing about this request and is not charged to its budget.
-                    if not isinstance(exc, TransportError) or exc.maybe_committed:
-                        attempt += 1
-                    # The budget is per record only while the API answers others: during an outage
-                    # nothing is marked failed; the health check stops the run (resumably) instead.
-                    # "Answers others" means between this request's last two failures: a success
-                    # merely since its first failure may be an answer that was already on its way
-                    # when the outage began (a restart), and would cost the record its place.
-                    if (attempt >= self.attempts and last_failure is not None
-                            and pacer.succeeded_since(last_failure)):
-                        raise
-                    last_failure = monotonic()
-                    counters.retries += 1
-                    await anyio.sleep(self.backoff.delay(min(tries, self.attempts)))
-                    if exc.maybe_committed and recover is not None:
-                        found = await recover()
-                        if found is not None:
-                            return found
-        except UnknownReference as exc:
-            exc.refs = exc.refs or refs  # the resolved ids this request was built from
-            raise
+    #: Send with pacing and retries (the contract: :meth:`bulk.targets.base.RunJob.send`):
+    #: :func:`bulk._send.send` itself, so a call is that coroutine with no frame around it.
+    send = _send.send
 
     def forget(self, ns: str, key: str, stale: str | None) -> None:
         """Drop the cached ``ns``/``key`` (memory and resume file) when it still holds ``stale``

@@ -47,7 +47,31 @@ ERROR_STATUSES = ("reset", "timeout", "refused")
 #: *should* have started: a stalled server shows in the percentiles instead of hiding
 #: behind the workers it kept busy (coordinated omission). A list, not the value, so that
 #: a target's sub-tasks (which copy the context) share it.
-INTENDED: contextvars.ContextVar[list[float | None] | None] = contextvars.ContextVar("bulk_intended", default=None)
+class _Intended:
+    """A :class:`contextvars.ContextVar` (``get``, ``set``, ``reset``) that says whether it was
+    ever set (``used``): the sender reads the context variable only then, where a closed-loop
+    run paid a ``ContextVar.get`` per request for a value that is never there. Once set it
+    stays ``used`` for the process (a later closed-loop run reads None: correct, a bit slower)."""
+
+    __slots__ = ("_var", "used")
+
+    def __init__(self) -> None:
+        self._var: contextvars.ContextVar[list[float | None] | None] = contextvars.ContextVar(
+            "bulk_intended", default=None)
+        self.used = False
+
+    def get(self) -> list[float | None] | None:
+        return self._var.get()
+
+    def set(self, value: list[float | None] | None) -> contextvars.Token[list[float | None] | None]:
+        self.used = True
+        return self._var.set(value)
+
+    def reset(self, token: contextvars.Token[list[float | None] | None]) -> None:
+        self._var.reset(token)
+
+
+INTENDED = _Intended()
 
 
 class Latency:

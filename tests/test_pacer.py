@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,11 @@ def now() -> float:
 
 
 async def send_all(pacer: Pacer, n: int, workers: int, *, kind: str = "write",
-                   on_send: Callable[[int, float], float | None] | None = None) -> list[float]:
+                   on_send: Callable[[int, float], float | None] | None = None,
+                   answer: Callable[[], Awaitable[None]] | None = None) -> list[float]:
     """n requests by ``workers`` workers; ``on_send(i, sent_at)`` may answer 429 (returns its
-    Retry-After) and then the request is sent again, as Session.send does. Returns send times."""
+    Retry-After) and then the request is sent again, as Session.send does. ``answer()`` is a
+    request's round trip, in its slot (default: 1 ms). Returns send times."""
     times: list[float] = []
     todo = iter(range(n))
 
@@ -41,7 +43,7 @@ async def send_all(pacer: Pacer, n: int, workers: int, *, kind: str = "write",
             while True:
                 async with pacer.slot(kind) as sent_at:
                     times.append(sent_at)
-                    await anyio.sleep(0.001)  # the answer's round trip
+                    await (answer() if answer else anyio.sleep(0.001))  # the answer's round trip
                 retry_after = on_send(i, sent_at) if on_send else None
                 if retry_after is None:
                     pacer.ok()
@@ -53,6 +55,19 @@ async def send_all(pacer: Pacer, n: int, workers: int, *, kind: str = "write",
         for _ in range(workers):
             tg.start_soon(worker)
     return times
+
+
+def once_at(index: int, cut: list[float]) -> Callable[[int, float], float | None]:
+    """An ``on_send`` for :func:`send_all`: request ``index`` is answered 429 (Retry-After 1 s)
+    the first time only, and the loop time of that answer goes into ``cut``."""
+
+    def on_send(i: int, sent_at: float) -> float | None:
+        if i != index or cut:
+            return None
+        cut.append(now())
+        return 1.0
+
+    return on_send
 
 
 def pacer(rate: float, **kw: Any) -> Pacer:

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from test_pacer import peak_in_flight, send_all
+from test_pacer import once_at, peak_in_flight, send_all
 
 from bulk.pacing import CLIMB_EVERY, Pacer, burst_for
 from bulk.testing import VirtualLoop, run_virtual
@@ -99,24 +99,7 @@ def test_after_a_429_the_window_grows_back_by_demand_well_before_the_retry_after
 
     async def go() -> list[float]:
         p = Pacer(limits={"write": 100.0}, concurrency=64, give_up_after=600, max_wait=30, burst=2)
-        times: list[float] = []
-
-        async def worker() -> None:
-            for i in todo:
-                while True:
-                    async with p.slot("write") as sent_at:
-                        times.append(sent_at)
-                        await anyio.sleep(0.05)
-                    if i != 100 or cut:
-                        break
-                    cut.append(now())
-                    await anyio.sleep(p.throttled(1.0, "write", sent_at))
-
-        todo = iter(range(300))
-        async with anyio.create_task_group() as tg:
-            for _ in range(64):
-                tg.start_soon(worker)
-        return times
+        return await send_all(p, 300, 64, on_send=once_at(100, cut), answer=lambda: anyio.sleep(0.05))
 
     times = run_virtual(go)
     start = cut[0] + 3 * CLIMB_EVERY

@@ -5,6 +5,7 @@ cut, not the rate a halved window allows."""
 from __future__ import annotations
 
 import anyio
+from test_pacer import once_at, send_all
 
 from bulk.pacing import CLIMB_EVERY, Pacer
 from bulk.testing import run_virtual
@@ -23,28 +24,15 @@ def test_an_isolated_429_at_1000_per_s_keeps_the_pace_the_window_needs() -> None
 
     async def go() -> list[float]:
         p = Pacer(limits={"write": 1000.0}, concurrency=64, give_up_after=600, max_wait=30)
-        times: list[float] = []
         inflight = [0]
 
-        async def worker() -> None:
-            for i in todo:
-                while True:
-                    async with p.slot("write") as sent_at:
-                        times.append(sent_at)
-                        inflight[0] += 1
-                        peak[0] = max(peak[0], inflight[0])
-                        await anyio.sleep(0.003)
-                        inflight[0] -= 1
-                    if i != 500 or cut:
-                        break
-                    cut.append(now())
-                    await anyio.sleep(p.throttled(1.0, "write", sent_at))
+        async def answer() -> None:
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+            await anyio.sleep(0.003)
+            inflight[0] -= 1
 
-        todo = iter(range(1500))
-        async with anyio.create_task_group() as tg:
-            for _ in range(64):
-                tg.start_soon(worker)
-        return times
+        return await send_all(p, 1500, 64, on_send=once_at(500, cut), answer=answer)
 
     times = run_virtual(go)
     assert cut, "the 429 was given"

@@ -41,6 +41,11 @@ class Health:
         self._last_ok = time.monotonic()
         self.failing_since = None
 
+    def ok_at(self, now: float) -> None:
+        """:meth:`ok` for an answer received at ``now`` (``time.monotonic()``, already read)."""
+        self._last_ok = now
+        self.failing_since = None
+
     @property
     def last_ok(self) -> float:
         """Monotonic time of the last success (the run's start before any): the health
