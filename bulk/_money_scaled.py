@@ -77,10 +77,16 @@ def _fill(lines: Sequence[Any], prices: str) -> bool:
         if len(cache) + 2 * len(lines) > _KEPT:
             cache.clear()  # room for the whole record: its second pass finds every amount
     for line in lines:
-        quantity, unit_price, rate = _scaled(line.quantity), _scaled(line.unit_price), _scaled(line.tax_rate)
-        if quantity is None or unit_price is None or rate is None or not 0 <= rate[0] <= _RATE_HIGH * 10 ** rate[1]:
+        for amount in (line.quantity, line.unit_price):
+            if amount not in _UNITS:  # only the amounts met for the first time
+                if (scaled := _scaled(amount)) is None:
+                    return False
+                _UNITS[amount] = scaled
+        if line.tax_rate in rates:
+            continue
+        rate = _scaled(line.tax_rate)
+        if rate is None or not 0 <= rate[0] <= _RATE_HIGH * 10 ** rate[1]:
             return False
-        _UNITS[line.quantity], _UNITS[line.unit_price] = quantity, unit_price
         n, e = rate
         if prices == "net":
             rates[line.tax_rate] = (n, 10 ** (e + 2) >> 1, 10 ** (e + 2))
