@@ -31,6 +31,8 @@ from decimal import (
 from typing import Any, NamedTuple
 
 from ._frozen import constructor
+from ._money_scaled import _sums
+from ._money_scaled import scaled_totals as _scaled_totals
 
 __all__ = [
     "CurrencyTotals",
@@ -87,6 +89,7 @@ _CTX = Context(
     traps=[InvalidOperation, DivisionByZero, Overflow],
 )
 _HUNDRED = Decimal(100)
+_MULTIPLY = _CTX.multiply  # bound once: a Context's attribute lookup is slow (its own getattr)
 # quantize()'s unsigned zero per quantum ("0.00", never "-0.00"): where lines_totals' sums start.
 _ZERO_BY_Q: dict[Decimal, Decimal] = {q: (q * 0).copy_abs() for q in _QUANTUM.values()}
 
@@ -175,7 +178,27 @@ def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
     """The sums of :func:`line_totals` over ``lines`` (each with ``quantity``, ``unit_price``, ``tax_rate``).
 
     Exactly ``sum(line_totals(...) for each line)`` from ``Totals.zero(currency)``, digit for
-    digit, computed with less work: it runs once per record, on the hot path. Every step is
+    digit. It runs once per record, on the hot path: computed on integers in minor units
+    (`bulk._money_scaled`: 20.7k instructions a benchmark record against 33.5k), each sum made
+    a Decimal once; whatever that path is unsure of (amounts outside the parser's limits) takes
+    :func:`_decimal_lines_totals`.
+    """
+    exponent = _MINOR_UNITS[currency]
+    try:
+        sums = _sums(lines, prices, exponent)
+    except KeyError:  # an amount met for the first time (or one outside the limits)
+        sums = _scaled_totals(lines, prices, exponent)
+    if sums is None:
+        return _decimal_lines_totals(lines, prices, currency)
+    # An int times the quantum, in _CTX (50 digits, more than any sum of valid lines has): exact,
+    # with the quantized amounts' exponent; one call each (Decimal(n).scaleb costs twice as much).
+    q = _QUANTUM[currency]
+    return _new_totals(_MULTIPLY(sums[0], q), _MULTIPLY(sums[1], q), _MULTIPLY(sums[2], q))
+
+
+def _decimal_lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
+    """:func:`lines_totals` in Decimal arithmetic: the reference the integer path is tested against,
+    and its fallback. Every step is
     exact (see the module docstring), so the shortcuts change no digit: dividing by 100 is
     ``scaleb(-2)``, multiplying by 100 is ``scaleb(2)``, and the third sum is the sum of the
     other two (gross = net + tax, tax = gross - net hold line by line, so also for the sums).
