@@ -11,6 +11,7 @@ caller marks the record finished in the watermark right after, still without an 
 from __future__ import annotations
 
 from .errors import InvalidRecord
+from .money import lines_totals as _lines_totals
 from .outputs import Outputs
 from .records import Record
 from .source import RawLine
@@ -35,7 +36,7 @@ class Recorder:
         self._copyable = copyable
 
     def created(self, record: Record, created: Created) -> None:
-        totals = record.totals()
+        totals = _lines_totals(record.lines, record.prices, record.currency)  # record.totals(), one frame less
         action = created.action or ("existing" if created.existed else "created")  # Created.outcome, inline
         self._outputs.created_row(
             record.external_id, created.invoice_id, record.line_no, created.customer_id or "",

@@ -87,9 +87,9 @@ class Session:
             self.state.forget(ns, key)
             self.stale[(ns, key)] = stale
 
-    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]]) -> str:
-        cached = self.state.get(ns, key)
-        if cached is not None:
+    async def resolve(self, ns: str, key: str, factory: Callable[[], Awaitable[str]], look: bool = True) -> str:
+        """Cached (``look`` False: the caller just looked), else in flight, else ``factory()``'s."""
+        if look and (cached := self.state.get(ns, key)) is not None:
             return cached
         flight = self._flights.get((ns, key))
         if flight is not None:
@@ -177,7 +177,7 @@ class RecordJob(SessionJob):
         cached = session.state.get(ns, key)
         if cached is not None:
             return cached
-        return await session.resolve(ns, key, factory)
+        return await session.resolve(ns, key, factory, False)
 
 
 def new_record_job(session: Session, record: Record, progress: dict[str, Any] | None,

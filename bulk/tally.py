@@ -64,10 +64,10 @@ class Tally:
         add = _EXACT.add
         doc: dict[str, dict[str, int | str]] = {}
         for code, batch in self._pending.items():
-            doc[code] = {"invoices": len(batch),
-                         "net": str(reduce(add, [t.net for t in batch])),
-                         "tax": str(reduce(add, [t.tax for t in batch])),
-                         "gross": str(reduce(add, [t.gross for t in batch]))}
+            net, tax = reduce(add, [t.net for t in batch]), reduce(add, [t.tax for t in batch])
+            # Totals' gross == net + tax, so the gross sum is net's plus tax's (exact, the same
+            # digits and exponent): one addition a batch instead of one an invoice.
+            doc[code] = {"invoices": len(batch), "net": str(net), "tax": str(tax), "gross": str(add(net, tax))}
         self._pending.clear()
         self._totals.merge(CurrencyTotals.from_json(doc))  # decimal strings: exact both ways
 
