@@ -26,6 +26,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from time import monotonic
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from ._deadlines import Deadlines
 from .errors import ConfigError, TransportError
 
 __all__ = ["BaseTransport", "Reply", "Request", "Transport", "dumps", "redactor", "write_request"]
@@ -111,6 +113,7 @@ def _new_reply(status: int, headers: Mapping[str, str], content: bytes) -> Reply
 
 
 _new_object = object.__new__
+_current_task = asyncio.current_task
 
 
 def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
@@ -167,7 +170,11 @@ class Transport:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers)
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        # The total is kept by one watchdog (bulk._deadlines), not by aiohttp's timer per request;
+        # aiohttp keeps the connect timeout (only a new connection, or waiting for one, arms it).
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=min(timeout, 10.0))
+        self._deadline = timeout
+        self._deadlines: Deadlines | None = None
         self._connections = connections
         self._secrets = [s for s in secrets if s]
         self._redact = redactor(self._secrets)
@@ -182,11 +189,17 @@ class Transport:
             connector=connector, headers=self._headers, timeout=self._timeout, auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self._deadlines = Deadlines(self._deadline)
+        self._deadlines.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        try:
+            if self._session is not None:
+                await self._session.close()
+        finally:
+            if self._deadlines is not None:
+                await self._deadlines.close()
 
     def redact(self, text: str) -> str:
         return self._redact(text)
@@ -204,6 +217,12 @@ class Transport:
         body = req.body()  # a method call, not inlined: a target's Request may encode itself (ChargeOver's batch)
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
+        deadlines = self._deadlines
+        assert deadlines is not None
+        task = _current_task()
+        assert task is not None, "send() runs in a task"
+        deadlines.due[task] = monotonic() + deadlines.timeout
+        settled = False
         try:
             # Awaited, not ``async with``: its enter and exit are two coroutines each, and all the
             # exit does after a complete read is release(), which the finally does.
@@ -213,6 +232,13 @@ class Transport:
                 return _new_reply(resp.status, resp.headers, await resp.read())
             finally:
                 resp.release()
+        except asyncio.CancelledError:
+            settled = True
+            # The watchdog's cancellation, and nobody else's: the request had no answer in time.
+            if deadlines.settle(task) and not task.cancelling():
+                raise TransportError(self._describe("no answer", TimeoutError()), maybe_committed=True,
+                                     reason="timeout") from None
+            raise
         except aiohttp.ClientConnectorCertificateError as exc:
             # The server's certificate does not verify (untrusted, expired, wrong host): no retry
             # can fix that, and nothing was sent. Stop now rather than retry until --give-up-after.
@@ -226,6 +252,9 @@ class Transport:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(self._describe("no answer", exc), maybe_committed=True,
                                  reason="timeout" if isinstance(exc, asyncio.TimeoutError) else "reset") from None
+        finally:
+            if not settled:
+                deadlines.settle(task)
 
     def _url(self, path: str) -> URL | str:
         """The URL of ``path``, parsed once per distinct path (at most :data:`_URLS` kept).
