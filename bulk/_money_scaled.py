@@ -60,14 +60,21 @@ def _scaled(amount: Any) -> tuple[int, int] | None:
     limits; else None."""
     if type(amount) is not Decimal or not amount.is_finite() or not -_LIMIT < amount < _LIMIT:
         return None
-    exponent = amount.as_tuple().exponent
+    sign, digits, exponent = amount.as_tuple()
     assert isinstance(exponent, int)  # finite
     if exponent >= 0:
-        return int(amount), 0
-    n, e = int(amount.scaleb(-exponent)), -exponent
-    while e and n % 10 == 0:  # trailing zeros are not precision ("1.50" has 1 decimal)
-        n, e = n // 10, e - 1
-    return (n, e) if e <= _PLACES else None
+        return int(amount), 0  # exact: int() of a Decimal uses no context
+    # From the digits, not amount.scaleb(): that rounds to the context's precision (28 digits),
+    # so a long amount would pass as a short one, and a very long one would raise Overflow.
+    e, k = -exponent, len(digits)
+    while e and k and digits[k - 1] == 0:  # trailing zeros are not precision ("1.50" has 1 decimal)
+        e, k = e - 1, k - 1
+    if e > _PLACES:
+        return None
+    n = int("".join(map(str, digits[:k])) or "0")
+    if n == 0:
+        return 0, 0
+    return (-n if sign else n), e
 
 
 def _fill(lines: Sequence[Any], prices: str) -> bool:

@@ -116,3 +116,18 @@ def test_outside_the_limits_the_decimal_path_decides() -> None:
         lines_totals([L(d(1), d(1), d(0))], "other", "EUR")
     with pytest.raises(KeyError):
         lines_totals([L(d(1), d(1), d(0))], "net", "XXX")
+
+
+def test_long_amounts_are_scaled_from_their_digits_not_in_the_context() -> None:
+    """More digits than the context's 28: the integer path must not round them first (0.4999...
+    became 0.5, one decimal, and a JPY total of 1 where the Decimal path gives 0), and a valid
+    amount with very many trailing zeros must not raise Overflow."""
+    d = Decimal
+    long = d("0." + "4" * 3 + "9" * 28)  # 31 decimals
+    assert _money_scaled._scaled(long) is None
+    fast, ref = both([L(d(1), long, d(0))], "net", "JPY")
+    assert fast == ref == ("0", "0", "0")
+    zeros = d("1." + "0" * 5000)
+    assert _money_scaled._scaled(zeros) == (1, 0)
+    fast, ref = both([L(zeros, d("2.50"), d(10))], "net", "EUR")
+    assert fast == ref
