@@ -104,36 +104,32 @@ def _fill(lines: Sequence[Any], prices: str) -> bool:
 
 
 def _sums(lines: Sequence[Any], prices: str, exponent: int) -> tuple[int, int, int] | None:
-    """`scaled_totals` for lines whose amounts are all in the caches (KeyError for one that is not)."""
+    """`scaled_totals` for lines whose amounts are all in the caches (KeyError for one that is not).
+
+    One loop for both price modes: a line's amount is rounded from quantity x unit price, and
+    its second figure from amount x a rate's (multiplier, half, divisor), which the caches hold
+    per mode: the tax ("net" prices) or the net ("gross" prices)."""
+    if prices == "net":
+        rates = _NET_RATES
+    elif prices == "gross":
+        rates = _GROSS_RATES
+    else:
+        return None
     units, product = _UNITS, _PRODUCT[exponent]
     first = second = 0  # net and tax ("net" prices), gross and net ("gross" prices)
+    for line in lines:
+        qn, qe = units[line.quantity]
+        pn, pe = units[line.unit_price]
+        up, half, down = product[qe + pe]
+        x = qn * pn * up
+        amount = (x + half) // down if x >= 0 else -((half - x) // down)
+        first += amount
+        up, half, down = rates[line.tax_rate]
+        x = amount * up
+        second += (x + half) // down if x >= 0 else -((half - x) // down)
     if prices == "net":
-        net_rates = _NET_RATES
-        for line in lines:
-            qn, qe = units[line.quantity]
-            pn, pe = units[line.unit_price]
-            up, half, down = product[qe + pe]
-            x = qn * pn * up
-            amount = (x + half) // down if x >= 0 else -((half - x) // down)
-            first += amount
-            rate, half, down = net_rates[line.tax_rate]
-            x = amount * rate
-            second += (x + half) // down if x >= 0 else -((half - x) // down)
         return first, second, first + second
-    if prices == "gross":
-        gross_rates = _GROSS_RATES
-        for line in lines:
-            qn, qe = units[line.quantity]
-            pn, pe = units[line.unit_price]
-            up, half, down = product[qe + pe]
-            x = qn * pn * up
-            amount = (x + half) // down if x >= 0 else -((half - x) // down)
-            first += amount
-            up, half, down = gross_rates[line.tax_rate]
-            x = amount * up
-            second += (x + half) // down if x >= 0 else -((half - x) // down)
-        return second, first - second, first
-    return None
+    return second, first - second, first
 
 
 def scaled_totals(lines: Sequence[Any], prices: str, exponent: int) -> tuple[int, int, int] | None:
