@@ -42,7 +42,7 @@ def run(n: int, source: Path) -> None:
     from bulk.tally import Tally
     from bulk.targets.agiled import AgiledTarget
     from bulk.testing import MemoryState, MockTransport
-    from bulk.transport import Reply
+    from bulk.transport import Reply, Request
     from bulk.watermark import Tracker
 
     lines = source.read_bytes().splitlines()
@@ -50,8 +50,9 @@ def run(n: int, source: Path) -> None:
     contacts = Reply(200, {}, b'{"data":[{"id":1}]}')
     invoice_body = b'{"data":{"id":1,"status":"draft","total":null}}'
 
-    def answer(req: object) -> Reply:
-        if getattr(req, "path", "").endswith("/contacts"):
+    def answer(req: Request) -> Reply:
+        req.body()  # the encoding the real transport does before sending (a target may do it first)
+        if req.path.endswith("/contacts"):
             return contacts
         return Reply(201, {}, invoice_body)  # a new one each time, as the transport makes
 

@@ -8,7 +8,8 @@ with that message: the invoice was already created from different data).
 
 Agiled does not publish its invoice body; the mapping below is our documented assumption
 (README, "Agiled request body"), kept in :func:`invoice_body` and :func:`contact_body` so it
-is one place to adjust against a real deployment's OpenAPI reference.
+is one place to adjust against a real deployment's OpenAPI reference. The create sends
+:func:`invoice_json`, the same body already encoded (a test holds the two byte for byte equal).
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from .._frozen import constructor
 from ..errors import RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
-from ..transport import Reply, Request, write_request
+from ..transport import Reply, Request, dumps
 from .agiled_existing import find_invoice, settle_invoice
 from .base import Created, Job, RunJob, Target
 
-__all__ = ["AgiledTarget", "contact_body", "idempotency_key", "invoice_body"]
+__all__ = ["AgiledTarget", "contact_body", "idempotency_key", "invoice_body", "invoice_json"]
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _new_created = constructor(Created)  # once per invoice: without the frozen __init__'s cost (bulk._frozen)
@@ -88,6 +91,69 @@ def invoice_body(record: Record, contact_id: str) -> dict[str, Any]:
     return body
 
 
+# invoice_json's layout of invoice_body: the same keys in the same order (msgspec encodes a
+# Struct's fields in declaration order, a Decimal as its str() text, a date as isoformat()).
+class _Item(msgspec.Struct, gc=False):
+    name: Any
+    description: Any
+    quantity: Any
+    unit_price: Any
+    tax_rate: Any
+    sku: Any
+
+
+class _Invoice(msgspec.Struct, gc=False):
+    invoice_number: Any
+    contact_id: Any
+    currency: Any
+    issue_date: Any
+    due_date: Any
+    status: Any
+    tax_inclusive: Any
+    notes: Any
+    items: Any
+
+
+_encode = msgspec.json.Encoder().encode
+_MAPPED = frozenset(_Invoice.__struct_fields__)  # the keys record.extra never overrides
+
+
+def invoice_json(record: Record, contact_id: str) -> bytes:
+    """``bulk.transport.dumps(invoice_body(record, contact_id))``, byte for byte, for less work.
+
+    Once per invoice: msgspec encodes the mapping in one C pass (the amounts' and dates' text
+    included), where the dict path built a dict per line, called ``str()`` on nine amounts
+    and ``isoformat()`` on two dates in Python, then had orjson encode it all (callgrind:
+    ~12,000 instructions an invoice less). Both write compact JSON with the same string
+    escapes (tests/test_upload_agiled.py compares them on every code point). ``record.extra``'s
+    keys the mapping does not have follow its own, encoded by ``dumps`` as before."""
+    main = _encode(_Invoice(
+        record.external_id, int(contact_id), record.currency, record.issue_date, record.due_date, record.status,
+        record.prices == "gross", record.notes,
+        [_Item(ln.title, ln.description, ln.quantity, ln.unit_price, ln.tax_rate, ln.item_ref) for ln in record.lines],
+    ))
+    if extra := record.extra:
+        rest = {key: value for key, value in extra.items() if key not in _MAPPED}
+        if rest:
+            return main[:-1] + b"," + dumps(rest)[1:]  # the two objects' members as one object
+    return main
+
+
+def _invoice_request(body: bytes, key: str) -> Request:
+    """``Request("POST", "/public/v1/invoices", None, None, headers, "write", ..., body)``: the
+    create, already encoded (``json`` None: :func:`invoice_json`'s bytes are the body), without
+    the class call's cost, once per invoice; Content-Type given here: the transport would merge
+    it into a new dict per request."""
+    req = _new_object(Request)
+    req.method, req.path, req.params, req.json, req.kind = "POST", "/public/v1/invoices", None, None, "write"
+    req.headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+    req.content_type, req._body = "application/json", body
+    return req
+
+
+_new_object = object.__new__
+
+
 class AgiledTarget(Target):
     # Contacts are created (POST /contacts) as before; invoice lines are free text (no catalogue
     # to reference), so --create-missing items is refused (exit 2) rather than ignored.
@@ -131,18 +197,13 @@ class AgiledTarget(Target):
         contact_id = job.cached("agiled.contact", customer.external_id)  # the common case: no coroutine
         if contact_id is None:
             contact_id = await job.resolve("agiled.contact", customer.external_id, lambda: self._contact(record, job))
-        body = invoice_body(record, contact_id)
         if self.on_existing != "skip":  # bulk.targets.agiled_existing: look first, so an identical one is found
             stored = await find_invoice(job, record.external_id)
             if stored is not None:
-                return await self._existing(job, stored, body, contact_id)
+                return await self._existing(job, stored, invoice_body(record, contact_id), contact_id)
         try:
             reply = await job.send(
-                # Request("POST", path, None, body, headers) without the class call's cost, once per invoice;
-                # Content-Type given here: the transport would merge it into a new dict per request
-                write_request("/public/v1/invoices", body,
-                              {"Idempotency-Key": idempotency_key("invoice", record.external_id),
-                               "Content-Type": "application/json"}),
+                _invoice_request(invoice_json(record, contact_id), idempotency_key("invoice", record.external_id)),
                 stage="invoice", refs=(("agiled.contact", customer.external_id),),
             )
         except RecordRefused as exc:
@@ -153,7 +214,7 @@ class AgiledTarget(Target):
             stored = await find_invoice(job, record.external_id)
             if stored is None:
                 raise
-            return await self._existing(job, stored, body, contact_id)
+            return await self._existing(job, stored, invoice_body(record, contact_id), contact_id)
         data = reply.json()["data"]
         total = data.get("total")
         return _new_created(str(data["id"]), contact_id, data.get("status"),
