@@ -39,7 +39,7 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   answer came back), so the late request lands before that request (and any later one)
   reaches the server: however slow the machine is.
   With ``settle=S`` (anny's contract, time-based: a late request lands before, or within
-  ``S`` seconds of, the resumed run's first answer) the hold is also released at a moment
+  ``S`` seconds of, the resumed run's first answer) k is no trigger: the hold is released at a moment
   drawn from ``(seed, hold)`` in [0, S) after the first answer the server gives to a request
   that arrived after ``release_after`` (the next run's first answer; each process of that
   run starts its own settle clock at its own first answer, never before this one), whether
@@ -51,7 +51,8 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   & read_back.writes(held)``), arriving before that moment, releases it once the server has
   answered that read: the late request lands right after the client looked, the worst moment
   for a client that looked too early, and never before the moment for one that waits its
-  window out. Whichever trigger comes first releases it (``k``, ``time`` or ``read``);
+  window out. Whichever trigger comes first releases it (``k`` without ``settle``, ``time``
+  or ``read`` with it);
   ``late_log`` says, per release, what released it, when (seconds after the next run's first
   answer) and which of the next run's requests the server had answered before the held one
   landed (:class:`LateDelivery`).
@@ -338,12 +339,13 @@ class HostileProxy:
 
     def release_after(self, hold: Hold, k: int, *, delay: float | None = None) -> None:
         """Release ``hold`` when the k-th request from now arrives (k >= 1), before it goes on;
-        with ``settle``, or at a moment in the settle window after the next run's first answer
-        (``delay`` s, else drawn from the seed), if first; with ``read_back``, or right after
-        a read-back of what it writes was answered, if that comes first (module docstring)."""
+        with ``settle`` instead at a moment in the settle window after the next run's first
+        answer (``delay`` s, else drawn from the seed); with ``read_back``, or right after a
+        read-back of what it writes was answered, if that comes first (module docstring)."""
         assert k >= 1
         with self._lock:
-            self._watchers.setdefault(self._seen + k, []).append(hold)
+            if self.settle is None:
+                self._watchers.setdefault(self._seen + k, []).append(hold)
             self._read_watch[id(hold)] = (hold, self._seen)
             if self.settle is not None:
                 if delay is None:

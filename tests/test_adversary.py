@@ -252,7 +252,8 @@ def audit(target: str, state: dict[str, Any], out: Path, job: Job) -> tuple[list
 
 
 def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, late: float = 0.4, span: int = 40,
-              rates: dict[str, float] | None = None, extra: tuple[str, ...] = ()) -> None:
+              rates: dict[str, float] | None = None, extra: tuple[str, ...] = ()) -> list[LateDelivery]:
+    """One scenario (module docstring), audited; returns the proxy's late deliveries."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     job = Job(src, n, seed)
     # anny has no idempotency keys: its defence against a killed run's late request is to wait
@@ -264,15 +265,15 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
     # counted (tests/test_anny.py, the "after-look" case). So the rule for anny is the
     # contract, not the client's defence: the proxy (``settle=ANNY_SETTLE``) releases each
     # held request at a moment drawn from the seed in [0, settle) after the next run's first
-    # answer, whatever the client reads; earlier if the next run's k-th request (k drawn up
-    # to 5, as for the other targets) comes first (landing before that request goes on), or
-    # right after the server answered a read-back of the object it writes (tests/anny_reads:
-    # the worst moment for a client that looked too early; one that waits its window out
-    # never reads it before the drawn moment). A client that reads back before its window has
-    # passed is caught (test_a_client_reading_back_before_its_settle_window_is_caught); every
-    # case the rule allows is inside anny's contract: a failed record here is a bulk bug. The
-    # audit also counts anny's customers: one per e-mail. The other targets find late creates
-    # at any time (released at the k-th request).
+    # answer, whatever the client reads (the k the harness draws is no trigger here), or right
+    # after the server answered a read-back of the object it writes (tests/anny_reads), if
+    # that comes first: the worst moment for a client that looked too early, and one that
+    # waits its window out never reads it before the drawn moment, so such a release is
+    # itself listed as a problem. A client that reads back before its window has passed is
+    # caught (tests/test_anny_settle_window.py); every case the rule allows is inside anny's
+    # contract: a failed record here is a bulk bug. The audit also counts anny's customers:
+    # one per e-mail. The other targets find late creates at any time (released at the k-th
+    # request).
     timed = target == "anny"
     if timed:
         extra = (*extra, "--option", f"settle={ANNY_SETTLE}")
@@ -291,7 +292,6 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
         state = sb.state()
         stats = px.stats()
         deliveries = list(px.late_log)
-        answered = px.answered()
     problems, figures = audit(target, state, out, job)
     if timed:
         problems += customers_once(state)
@@ -304,7 +304,7 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
               f"late deliveries into the next run: {order}")
     print(report)
     if timed:  # the rule's premise, from the proxy's own record
-        problems = [*late_rule_broken(deliveries, answered), *problems]
+        problems = [*late_rule_broken(deliveries), *problems]
     if result.done.returncode != 1:  # 1: finished, with the bad lines rejected
         problems.insert(0, f"the last run exited {result.done.returncode}: {result.done.stderr[-2000:]}")
     assert not problems, f"{report}\n{len(problems)} problems:\n  " + "\n  ".join(problems[:60])
@@ -313,6 +313,7 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
     assert not missing, f"{report}\nfaults never injected: {missing}"
     assert stats["late"] >= result.delivered, report
     assert_outputs_whole(out)
+    return deliveries
 
 
 def customers_once(state: dict[str, Any]) -> list[str]:
@@ -321,18 +322,18 @@ def customers_once(state: dict[str, Any]) -> list[str]:
     return [f"customer {email}: {n} customers at the API" for email, n in sorted(emails.items()) if n > 1]
 
 
-def late_rule_broken(deliveries: list[LateDelivery], answered: list[int]) -> list[str]:
-    """What the anny rule promises of each release, checked from the proxy's log: it landed; a
-    ``k`` release landed before its trigger went on; a ``read`` release landed after the read's
-    answer; every release came within the settle window of the next run's first answer."""
-    rank = {number: i for i, number in enumerate(answered)}  # in the order the server answered them
+def late_rule_broken(deliveries: list[LateDelivery]) -> list[str]:
+    """What the anny rule promises of each release, checked from the proxy's log: it came at
+    its drawn moment (``time``: a ``read`` release means the client read the held request's
+    object back before that moment, inside its settle window), drawn in the window, and landed."""
     broken = []
     for d in deliveries:
-        before = rank.get(d.hold, len(rank)) < rank.get(d.at, len(rank))
-        if not d.landed or (d.trigger == "k" and not before) or (d.trigger == "read" and before):
-            broken.append(f"held request {d.hold} ({d.trigger}) did not land as the rule says: {d}")
-        if d.after_answer is not None and d.after_answer >= ANNY_SETTLE:
-            broken.append(f"held request {d.hold} released {d.after_answer:.3f} s after the first answer: {d}")
+        if d.trigger != "time":
+            broken.append(f"held request {d.hold} was read back before its moment (released by {d.trigger}): {d}")
+        # the drawn moment (a timer late on a busy machine is overtaken by the next arrival,
+        # which goes on only once the held request landed: the proxy's own guarantee)
+        if not d.landed or d.delay is None or not 0 <= d.delay < ANNY_SETTLE:
+            broken.append(f"held request {d.hold} did not land at a moment in the settle window: {d}")
     return broken
 
 
@@ -370,6 +371,16 @@ def test_two_processes_kill_and_resume_through_a_hostile_network(target: str, tm
     skips the other's lines unparsed (bulk._intake), and the SIGKILL of the parent takes both."""
     n, kills = CI[target]
     _scenario(target, tmp_path, n=n, kills=kills, seed=3000 + TARGETS.index(target), extra=("--processes", "2"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("seed", range(8))
+def test_anny_seed_sweep_kill_and_resume_through_a_hostile_network(seed: int, processes: int, tmp_path: Path) -> None:
+    """The anny CI scenario over more seeds (the time-based rule draws a new moment per hold)."""
+    n, kills = CI["anny"]
+    _scenario("anny", tmp_path, n=n, kills=kills, seed=5000 + 10 * seed + processes,
+              extra=("--processes", str(processes)))
 
 
 @pytest.mark.slow
@@ -641,8 +652,8 @@ def test_a_read_back_of_a_held_requests_object_releases_it_right_after_its_answe
 def test_a_held_request_lands_at_its_moment_after_the_next_runs_first_answer_whatever_is_read() -> None:
     """``settle`` (anny's contract): the clock starts at the first answer to a request that
     arrived after ``release_after`` (not at a request that arrived before it, nor at one still
-    unanswered), and the held request lands ``delay`` s after it, with nothing more arriving:
-    a timer, not a client's request, releases it."""
+    unanswered), the k-th request is no trigger, and the held request lands ``delay`` s after
+    that answer, with nothing more arriving: a timer, not a client's request, releases it."""
     rec = _AnnyShaped(lag=0.0)
     with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=1, rates={}, late_lands_first=True,
                                                          read_back=AnnyObjects(), settle=60) as px:
@@ -650,15 +661,16 @@ def test_a_held_request_lands_at_its_moment_after_the_next_runs_first_answer_wha
         item = _doc("items", {"title": "x"}, document="inv-7")
         threading.Thread(target=_send_and_vanish, args=(px.base_url, "/api/v1/items?o=1", item), daemon=True).start()
         assert hold.reached.wait(10)
-        px.release_after(hold, 1000, delay=0.2)
+        px.release_after(hold, 1, delay=1.0)  # with settle, k (the next request) is no trigger
         assert rec.committed == [] and px.late_log == []  # no answer yet: the clock has not started
         assert _request(px.base_url, "GET", "/api/v1/invoices?o=1&page[size]=1")[0] == 200  # type: ignore[index]
+        assert len(rec.committed) == 1  # the 1st request went on alone; the moment is 1 s after its answer
         wait_until(lambda: len(rec.committed) == 2, timeout=30, interval=0.01, what="the held item to land")
         assert [p for _, p, _ in rec.committed] == ["/api/v1/invoices?o=1&page[size]=1", "/api/v1/items?o=1"]
         px.drain()
         [entry] = px.late_log
-        assert (entry.trigger, entry.trigger_kind, entry.status, entry.delay) == ("time", "(timer)", 201, 0.2)
-        assert entry.after_answer is not None and entry.after_answer >= 0.2
+        assert (entry.trigger, entry.trigger_kind, entry.status, entry.delay) == ("time", "(timer)", 201, 1.0)
+        assert entry.after_answer is not None and entry.after_answer >= 1.0
 
 
 def test_the_settle_moment_is_drawn_from_the_seed_within_the_window() -> None:
