@@ -9,9 +9,9 @@ a killed run reaches the sandbox after its sender died), on every kind of reques
 The kills come from progress, never from wall-clock sleeps: the proxy holds the run's k-th
 request and the run is SIGKILLed while it waits for it (harness.kill_until_done). The held
 request is then delivered late: after the kill, or while the next run is already working
-(at its 1st-5th request; for anny at its k-th or at its first read-back of what the held
-request writes, whichever comes first, landing before that request goes on: see _scenario),
-which is what a request stuck in a network does. Then the same
+(at its 1st-5th request; for anny, whose contract is time-based, at a seeded moment in its
+settle window after its first answer, or right after it read back what the held request
+writes if that comes first: see _scenario), which is what a request stuck in a network does. Then the same
 command runs until it exits on its own, and the audit checks, from the sandbox's own state
 (GET /_sandbox/state) and the input file alone:
 
@@ -24,7 +24,8 @@ command runs until it exits on its own, and the audit checks, from the sandbox's
 - summary.json: complete, counts (read, created, rejected, failed, uncertain) and per-currency
   totals equal to an independent computation from the input (Decimal, written here: not
   bulk.money);
-- every bad input line is rejected once, with its field, and copied verbatim to failed.ndjson.
+- every bad input line is rejected once, with its field, and copied verbatim to failed.ndjson;
+- anny: one customer per e-mail, and every late delivery released at its drawn moment.
 
 Every problem found is listed in the assertion message (seed, target, what differs). The
 default variant kills 26 times over the four targets; ``-m slow`` runs more records, kills and
@@ -362,9 +363,10 @@ def test_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) 
 # (a killed run's held item create landing after a resumed worker's read-back: record failed,
 # extra item at the server) was this scenario's, not the engine's: the proxy released the held
 # request at the next run's k-th request (k up to 5), which could come after a read-back of
-# the very invoice, outside anny's contract. For anny the held request is now released at the
-# k-th request or at the first read-back of its object, whichever comes first (see _scenario),
-# with 1 or 2 processes (each shard worker reads back on its own).
+# the very invoice, outside anny's contract. For anny the held request is now released at a
+# seeded moment in the settle window after the next run's first answer (anny's contract, see
+# _scenario), with 1 or 2 processes (each shard worker keeps its own settle clock, started at
+# its own first answer, never before the proxy's).
 @pytest.mark.parametrize("target", TARGETS)
 def test_two_processes_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) -> None:
     """The same with --processes 2 (what auto takes for a big plain file): each shard worker
