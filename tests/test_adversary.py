@@ -253,8 +253,11 @@ def audit(target: str, state: dict[str, Any], out: Path, job: Job) -> tuple[list
 
 
 def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, late: float = 0.4, span: int = 40,
-              rates: dict[str, float] | None = None, extra: tuple[str, ...] = ()) -> list[LateDelivery]:
-    """One scenario (module docstring), audited; returns the proxy's late deliveries."""
+              rates: dict[str, float] | None = None, extra: tuple[str, ...] = (),
+              client_settle: float = 0.0) -> list[LateDelivery]:
+    """One scenario (module docstring), audited; returns the proxy's late deliveries. anny:
+    ``client_settle`` (if given) is bulk's ``--option settle`` instead of the proxy's window
+    (a client waiting too short, for the test that shows the scenario catches it)."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     job = Job(src, n, seed)
     # anny has no idempotency keys: its defence against a killed run's late request is to wait
@@ -277,7 +280,7 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
     # request).
     timed = target == "anny"
     if timed:
-        extra = (*extra, "--option", f"settle={ANNY_SETTLE}")
+        extra = (*extra, "--option", f"settle={client_settle or ANNY_SETTLE}")
     with SandboxServer(target, latency_ms=5, seed=seed) as sb, \
             HostileProxy(sb.base_url, seed=seed, rates=rates, cover=True, late_lands_first=timed,
                          read_back=AnnyObjects() if timed else None, settle=ANNY_SETTLE if timed else None) as px:
@@ -383,6 +386,26 @@ def test_anny_seed_sweep_kill_and_resume_through_a_hostile_network(seed: int, pr
     n, kills = CI["anny"]
     _scenario("anny", tmp_path, n=n, kills=kills, seed=5000 + 10 * seed + processes,
               extra=("--processes", str(processes)))
+
+
+@pytest.mark.slow
+def test_the_anny_scenario_catches_a_client_that_reads_back_before_its_settle_window(tmp_path: Path) -> None:
+    """bulk with ``--option settle=0.01`` (it reads back at once) in the anny scenario, whose
+    proxy releases held requests in a 2 s window: within a few seeds the audit lists a
+    problem (a second customer or item, a failed record, or a held write read back before its
+    moment). Bounded: at most 6 seeds; which seed catches it depends on what the kills hold
+    (a held read is harmless), so the test asks for one, not for each."""
+    caught = []
+    for seed in range(6):
+        (tmp_path / f"s{seed}").mkdir()
+        try:
+            _scenario("anny", tmp_path / f"s{seed}", n=24, kills=8, seed=7000 + seed, late=1.0, client_settle=0.01)
+        except AssertionError as exc:
+            assert " problems:\n" in str(exc), exc  # the audit's finding, not another check
+            caught.append((seed, str(exc)))
+            break
+    assert caught, "no seed caught a client that reads back at once"
+    print(f"caught at seed {caught[0][0]}: {caught[0][1][:3000]}")
 
 
 @pytest.mark.slow
