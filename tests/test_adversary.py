@@ -405,7 +405,8 @@ def test_the_anny_scenario_catches_a_client_that_reads_back_before_its_settle_wi
             caught.append((seed, str(exc)))
             break
     assert caught, "no seed caught a client that reads back at once"
-    print(f"caught at seed {caught[0][0]}: {caught[0][1][:3000]}")
+    seed, message = caught[0]
+    print(f"caught at seed {7000 + seed}:{message.split(' problems:', 1)[1][:3000]}")
 
 
 @pytest.mark.slow
