@@ -56,8 +56,8 @@ def _write(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
 
 
-def _is_post(suffix: str) -> Any:
-    return lambda method, path, body: method == "POST" and path.endswith(suffix)
+def _is_post(suffix: str, carrying: bytes = b"") -> Any:
+    return lambda method, path, body: method == "POST" and path.endswith(suffix) and carrying in body
 
 
 def _problems(state: dict[str, Any], out: Path, records: list[dict[str, Any]]) -> list[str]:
@@ -116,6 +116,7 @@ def _killed_then_resumed(tmp_path: Path, records: list[dict[str, Any]], *, hold:
 
 
 CUSTOMER = [_record(1, "ada@example.com"), _record(2, "bob@example.com", "paid")]
+HOLD_ADA = _is_post("/customers", b"ada@example.com")  # the two creates race: hold this one's
 
 
 @pytest.mark.parametrize("read_back", [False, True], ids=["time-only", "with-read-back"])
@@ -125,7 +126,7 @@ def test_a_client_reading_back_before_its_settle_window_is_caught(read_back: boo
     the late create makes a second one, which the audit reports. Time-only: the release is the
     proxy's timer alone (run 2's look-up comes milliseconds after its first answer, the moment
     5 s); with the read-back trigger: right after the look-up's answer, on progress alone."""
-    problems, entry, done = _killed_then_resumed(tmp_path, CUSTOMER, hold=_is_post("/customers"), settle=0,
+    problems, entry, done = _killed_then_resumed(tmp_path, CUSTOMER, hold=HOLD_ADA, settle=0,
                                                  read_back=read_back, window=EARLY_WINDOW, delay=EARLY_DELAY)
     assert "customer ada@example.com: 2 customers at the API" in problems, (problems, entry, done.stderr)
     assert entry.trigger == ("read" if read_back else "time"), entry
@@ -136,7 +137,7 @@ def test_a_client_waiting_its_settle_window_out_finds_the_late_customer(read_bac
     """The same, with ``--option settle`` = the proxy's window: the held create lands at DELAY,
     before run 2 looks (its look-up arrives after the moment, and waits for the landing): one
     customer per e-mail, every record created exactly once; no read-back came first."""
-    problems, entry, done = _killed_then_resumed(tmp_path, CUSTOMER, hold=_is_post("/customers"), settle=WINDOW,
+    problems, entry, done = _killed_then_resumed(tmp_path, CUSTOMER, hold=HOLD_ADA, settle=WINDOW,
                                                  read_back=read_back)
     assert (problems, done.returncode) == ([], 0), (problems, entry, done.stderr)
     # at its moment (a timer a little late is overtaken by the next arrival, landing first)
