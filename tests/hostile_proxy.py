@@ -34,20 +34,28 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   its run meanwhile, because it waits for that answer.
 - ``release_after(hold, k)``: release the hold when the k-th request from now arrives (the
   next run's k-th request, say), before that request goes on. With ``late_lands_first=True``
-  (for a client whose defence is a *settle* wait, anny's: it covers a late request that lands
-  before, or within ``settle`` seconds of, its run's first answer, never one held for as long
-  as the test likes), that request, and every one arriving until then, goes on only once the
-  released one has landed at the server (its answer came back), so the late request lands
-  before that request (and any later one) reaches the server: however slow the machine is.
-  With ``read_back`` as well (an object saying what a request writes and what one reads back,
-  e.g. tests/anny_reads.AnnyObjects: for a client whose defence against a late request is to
-  read back before it goes on, anny's), the hold is released at the k-th request OR at the
-  first request from now that reads back an object the held request writes (``read_back.
-  reads(request) & read_back.writes(held)``), whichever comes first, and with
-  ``late_lands_first`` lands before that request goes on: a held create lands while the next
-  run already works, never after that run looked at what it creates. ``late_log`` says, per
-  such release, what released it and which of the next run's requests the server had
-  answered before the held one landed (:class:`LateDelivery`).
+  (for a client whose defence is a *settle* wait, anny's), that request, and every one
+  arriving until then, goes on only once the released one has landed at the server (its
+  answer came back), so the late request lands before that request (and any later one)
+  reaches the server: however slow the machine is.
+  With ``settle=S`` (anny's contract, time-based: a late request lands before, or within
+  ``S`` seconds of, the resumed run's first answer) k is no trigger: the hold is released at a moment
+  drawn from ``(seed, hold)`` in [0, S) after the first answer the server gives to a request
+  that arrived after ``release_after`` (the next run's first answer; each process of that
+  run starts its own settle clock at its own first answer, never before this one), whether
+  anything arrives then or not (a timer, and every arrival checks the moment too, so a late
+  timer never lets a request overtake it), whatever the client reads: a client that looks
+  before its settle window has passed can miss it. With ``read_back`` as well (an object
+  saying what a request writes and what one reads back, e.g. tests/anny_reads.AnnyObjects),
+  a request that reads back an object the held request writes (``read_back.reads(request)
+  & read_back.writes(held)``), arriving before that moment, releases it once the server has
+  answered that read: the late request lands right after the client looked, the worst moment
+  for a client that looked too early, and never before the moment for one that waits its
+  window out. Whichever trigger comes first releases it (``k`` without ``settle``, ``time``
+  or ``read`` with it);
+  ``late_log`` says, per release, what released it, when (seconds after the next run's first
+  answer) and which of the next run's requests the server had answered before the held one
+  landed (:class:`LateDelivery`).
 - ``hold_next_after(match)``: once a request for which ``match(method, path, body)`` is true
   has been answered (forwarded, its answer passed on), the next request to arrive is held as
   by ``hold_after`` (a client that sends one request at a time sends it after reading that
@@ -74,6 +82,7 @@ import hashlib
 import random
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,11 +131,15 @@ class ReadBack(Protocol):
 @dataclass
 class LateDelivery:
     """One held request released into the next run by :meth:`HostileProxy.release_after`:
-    ``trigger`` ``"k"`` (the next run's k-th request) or ``"read"`` (its first read-back of
-    what the held request writes), ``at`` that request's number, ``ordinal`` its place in the
-    next run (1 = its first), ``trigger_kind`` its kind; ``landed_after`` the (number, kind)
-    of the next run's requests the server had answered before the held one landed, and
-    ``status`` the server's answer to the held one (None until it landed, or none came)."""
+    ``trigger`` ``"k"`` (the next run's k-th request), ``"time"`` (the moment drawn in the
+    settle window) or ``"read"`` (a read-back of what the held request writes, answered
+    before that moment); ``at`` the number of the request that released it (for ``"time"``:
+    of the last request seen then), ``ordinal`` its place in the next run (1 = its first),
+    ``trigger_kind`` its kind (``"(timer)"`` for a timer); ``delay`` the drawn moment and
+    ``after_answer`` when the release came, both in seconds after the next run's first answer
+    (None: no settle window, or no answer yet); ``landed_after`` the (number, kind) of the
+    next run's requests the server had answered before the held one landed, and ``status``
+    the server's answer to the held one (None until it landed, or none came)."""
 
     hold: int
     kind: str | None
@@ -134,9 +147,22 @@ class LateDelivery:
     at: int
     ordinal: int
     trigger_kind: str
+    delay: float | None = None
+    after_answer: float | None = None
     landed_after: list[tuple[int, str]] = field(default_factory=list)
     status: int | None = None
     landed: bool = False
+
+
+@dataclass
+class _Timed:
+    """A hold with a settle window (``settle``): released ``delay`` s after ``start``, the first
+    answer to a request numbered after ``base`` (the requests seen at ``release_after``)."""
+
+    hold: Hold
+    base: int
+    delay: float
+    start: float | None = None
 
 
 @dataclass
@@ -179,7 +205,8 @@ class HostileProxy:
 
     def __init__(self, upstream: str, *, seed: int, rates: dict[str, float] | None = None,
                  max_faults: int = 3, delay_ms: tuple[int, int] = (50, 600), cover: bool = False,
-                 late_lands_first: bool = False, read_back: ReadBack | None = None) -> None:
+                 late_lands_first: bool = False, read_back: ReadBack | None = None,
+                 settle: float | None = None) -> None:
         split = urlsplit(upstream)
         self.upstream = f"{split.scheme}://{split.netloc}"
         self._prefix = split.path.rstrip("/")
@@ -195,6 +222,8 @@ class HostileProxy:
         self.delay_ms = delay_ms
         self.late_lands_first = late_lands_first
         self.read_back = read_back
+        self.settle = settle
+        self._timed: dict[int, _Timed] = {}  # id(hold) -> its settle window, until released
         self.late_log: list[LateDelivery] = []  # release_after's releases, in order
         self._read_watch: dict[int, tuple[Hold, int]] = {}  # id(hold) -> (hold, requests seen at release_after)
         self._deliveries: dict[int, LateDelivery] = {}  # hold number -> its entry, until it landed
@@ -308,31 +337,86 @@ class HostileProxy:
             self._when.append((match, hold))
         return hold
 
-    def release_after(self, hold: Hold, k: int) -> None:
+    def release_after(self, hold: Hold, k: int, *, delay: float | None = None) -> None:
         """Release ``hold`` when the k-th request from now arrives (k >= 1), before it goes on;
-        with ``read_back``, or when a request reading back what it writes arrives, if first."""
+        with ``settle`` instead at a moment in the settle window after the next run's first
+        answer (``delay`` s, else drawn from the seed); with ``read_back``, or right after a
+        read-back of what it writes was answered, if that comes first (module docstring)."""
         assert k >= 1
         with self._lock:
-            self._watchers.setdefault(self._seen + k, []).append(hold)
+            if self.settle is None:
+                self._watchers.setdefault(self._seen + k, []).append(hold)
             self._read_watch[id(hold)] = (hold, self._seen)
+            if self.settle is not None:
+                if delay is None:
+                    delay = random.Random(f"{self.seed}|late|{hold.number}").random() * self.settle
+                self._timed[id(hold)] = _Timed(hold, self._seen, delay)
 
-    def _triggered(self, number: int, kind: str, method: str, path: str, query: str) -> list[Hold]:
-        """The holds request ``number`` releases (the caller holds the lock), logged."""
+    def _triggered(self, number: int, kind: str) -> list[Hold]:
+        """The holds request ``number``'s arrival releases (the caller holds the lock), logged:
+        its k-th watchers, and every hold whose settle moment has passed."""
         fired = [(h, "k") for h in self._watchers.pop(number, [])]
-        if self.read_back is not None:
-            reads = self.read_back.reads(method, path, query)
-            fired += [(h, "read") for h, _ in self._read_watch.values()
-                      if reads and h.request is not None and reads & self.read_back.writes(*h.request)]
-        released = []
+        now = time.monotonic()
+        fired += [(t.hold, "time") for t in self._timed.values() if t.start is not None and now >= t.start + t.delay]
+        return self._log_releases(fired, number, kind)
+
+    def _log_releases(self, fired: list[tuple[Hold, str]], number: int, kind: str) -> list[Hold]:
+        """Log each release of ``fired`` not done yet (the caller holds the lock): its entry in
+        ``late_log``; the holds to release."""
+        released: list[Hold] = []
+        now = time.monotonic()
         for hold, trigger in fired:
             if hold._released or any(h is hold for h in released):
                 continue
             released.append(hold)
             _, base = self._read_watch.pop(id(hold), (hold, number - 1))
+            timed = self._timed.pop(id(hold), None)
             entry = LateDelivery(hold.number, hold.kind, trigger, number, number - base, kind)
+            if timed is not None:
+                entry.delay = timed.delay
+                entry.after_answer = None if timed.start is None else now - timed.start
             self.late_log.append(entry)
             self._deliveries[hold.number] = entry
         return released
+
+    def _let_go(self, holds: list[Hold]) -> None:
+        """Release ``holds`` (in the loop); with ``late_lands_first`` every request arriving
+        from now on waits until they landed."""
+        for released in holds:
+            if self.late_lands_first and released.number in self._waiting:  # arrived, still held
+                self._landing.setdefault(released.number, asyncio.Event())
+            released.release()
+
+    def _answered_now(self, number: int) -> None:
+        """Request ``number``'s answer from the server is passed on: the first such of the next
+        run starts the settle clock of every hold armed before it arrived (in the loop)."""
+        with self._lock:
+            starting = [t for t in self._timed.values() if t.start is None and number > t.base]
+            for t in starting:
+                t.start = time.monotonic()
+        assert self._loop is not None
+        for t in starting:
+            self._loop.call_later(t.delay, self._timer, t)
+
+    def _timer(self, timed: _Timed) -> None:
+        with self._lock:
+            if self._timed.get(id(timed.hold)) is not timed:
+                return  # released meanwhile
+            holds = self._log_releases([(timed.hold, "time")], self._seen, "(timer)")
+        self._let_go(holds)
+
+    def _read_answered(self, number: int, kind: str, method: str, path: str, query: str) -> None:
+        """A read-back was answered by the server: release what it reads (``read``, in the loop)."""
+        if self.read_back is None:
+            return
+        reads = self.read_back.reads(method, path, query)
+        if not reads:
+            return
+        with self._lock:
+            fired = [(h, "read") for h, _ in self._read_watch.values()
+                     if h.request is not None and reads & self.read_back.writes(*h.request)]
+            holds = self._log_releases(fired, number, kind)
+        self._let_go(holds)
 
     def release_all(self) -> None:
         """Release every hold not released yet, whether its request arrived or not."""
@@ -347,6 +431,7 @@ class HostileProxy:
                 return
             hold._released = True
             self._read_watch.pop(id(hold), None)
+            self._timed.pop(id(hold), None)
             self._unreleased.discard(hold.number)
             self._holds.pop(hold.number, None)  # not arrived yet: it will not wait
         loop = self._loop
@@ -442,7 +527,7 @@ class HostileProxy:
                 hold.number = number
                 self._unreleased.add(number)
                 self._all_holds[number] = hold
-            watchers = self._triggered(number, kind, request.method, request.path, request.query_string)
+            watchers = self._triggered(number, kind)
             gate = None
             if hold is None:
                 gate = next((g for g in self._gates if g.match(request.method, request.path, body)), None)
@@ -461,10 +546,7 @@ class HostileProxy:
             self._kinds[kind] += 1
             self._by_kind[(kind, fate)] += 1
             self.journal.append((number, kind, identity, attempt, fate))
-        for released in watchers:
-            if self.late_lands_first and released.number in self._waiting:  # arrived, still held
-                self._landing.setdefault(released.number, asyncio.Event())
-            released.release()
+        self._let_go(watchers)
         for landed in list(self._landing.values()):  # late_lands_first: the late request goes first
             await landed.wait()
         if gate is not None:
@@ -497,7 +579,7 @@ class HostileProxy:
                 landed = self._landing.pop(number, None)
                 if landed is not None:
                     landed.set()
-            return await self._answer(request, answer)
+            return await self._answer(request, answer, number)
         if fate == "throttle":
             return web.json_response({"message": "Too Many Attempts."}, status=429,
                                      headers={"Retry-After": "0" if extra < 0.75 else "1"})
@@ -513,13 +595,15 @@ class HostileProxy:
             lo, hi = self.delay_ms
             delay = (lo + extra * (hi - lo)) / 1000
         answer = await self._detached(request, body, delay, number)
+        if answer is not None:
+            self._read_answered(number, kind, request.method, request.path, request.query_string)
         if arms:
             with self._lock:
                 if answer is None:  # not answered: wait for another such request
                     self._after.extend(arms)
                 else:
                     self._armed.extend(h for _, h in arms)
-        return await self._answer(request, answer)
+        return await self._answer(request, answer, number)
 
     def _log_landing(self, number: int) -> None:
         """A held request released by release_after landed: say after which of the next run's."""
@@ -569,10 +653,12 @@ class HostileProxy:
         except Exception:  # the server itself dropped it (its own faults): so does the proxy
             return None
 
-    async def _answer(self, request: web.Request,
-                      answer: tuple[int, list[tuple[str, str]], bytes] | None) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, answer: tuple[int, list[tuple[str, str]], bytes] | None,
+                      number: int = 0) -> web.StreamResponse:
         if answer is None:
             return self._abort(request)
+        if number and self._timed:
+            self._answered_now(number)
         status, headers, data = answer
         response = web.Response(status=status, body=data)
         for k, v in headers:

@@ -9,9 +9,9 @@ a killed run reaches the sandbox after its sender died), on every kind of reques
 The kills come from progress, never from wall-clock sleeps: the proxy holds the run's k-th
 request and the run is SIGKILLed while it waits for it (harness.kill_until_done). The held
 request is then delivered late: after the kill, or while the next run is already working
-(at its 1st-5th request; for anny at its k-th or at its first read-back of what the held
-request writes, whichever comes first, landing before that request goes on: see _scenario),
-which is what a request stuck in a network does. Then the same
+(at its 1st-5th request; for anny, whose contract is time-based, at a seeded moment in its
+settle window after its first answer, or right after it read back what the held request
+writes if that comes first: see _scenario), which is what a request stuck in a network does. Then the same
 command runs until it exits on its own, and the audit checks, from the sandbox's own state
 (GET /_sandbox/state) and the input file alone:
 
@@ -24,7 +24,8 @@ command runs until it exits on its own, and the audit checks, from the sandbox's
 - summary.json: complete, counts (read, created, rejected, failed, uncertain) and per-currency
   totals equal to an independent computation from the input (Decimal, written here: not
   bulk.money);
-- every bad input line is rejected once, with its field, and copied verbatim to failed.ndjson.
+- every bad input line is rejected once, with its field, and copied verbatim to failed.ndjson;
+- anny: one customer per e-mail, and every late delivery released at its drawn moment.
 
 Every problem found is listed in the assertion message (seed, target, what differs). The
 default variant kills 26 times over the four targets; ``-m slow`` runs more records, kills and
@@ -62,7 +63,7 @@ from harness import (
     upload_args,
     wait_until,
 )
-from hostile_proxy import FAULTS, HostileProxy, LateDelivery, request_kind
+from hostile_proxy import FAULTS, Hold, HostileProxy, LateDelivery, request_kind
 
 import bulk.targets
 from bulk.generate import generate
@@ -72,6 +73,9 @@ CORPUS = (REPO / "fixtures" / "hostile.ndjson").read_bytes().split(b"\n")
 # Lines of fixtures/hostile.ndjson that every target rejects before sending, with the field named.
 BAD_LINES = {2: "(line)", 13: "external_id", 21: "customer.email", 26: "currency", 44: "lines[0].quantity",
              53: "lines[0].unit_price"}
+
+# anny's settle window (--option settle) in the adversary scenarios, and the proxy's release window.
+ANNY_SETTLE = 2.0
 
 # ISO 4217 minor units that are not 2 (the README's money rule), written out here on purpose.
 _MINOR = {**dict.fromkeys("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0),
@@ -249,29 +253,37 @@ def audit(target: str, state: dict[str, Any], out: Path, job: Job) -> tuple[list
 
 
 def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, late: float = 0.4, span: int = 40,
-              rates: dict[str, float] | None = None, extra: tuple[str, ...] = ()) -> None:
+              rates: dict[str, float] | None = None, extra: tuple[str, ...] = (),
+              client_settle: float = 0.0) -> list[LateDelivery]:
+    """One scenario (module docstring), audited; returns the proxy's late deliveries. anny:
+    ``client_settle`` (if given) is bulk's ``--option settle`` instead of the proxy's window
+    (a client waiting too short, for the test that shows the scenario catches it)."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     job = Job(src, n, seed)
     # anny has no idempotency keys: its defence against a killed run's late request is to wait
-    # out a settle window (bulk.targets.anny, step 1) before it reads back what an earlier run
-    # may have sent, then to trust that read. A late request landing AFTER that read-back
-    # cannot be told apart from a line bulk must add; it ends, by design, in a failed record,
-    # never in a wrong one counted (tests/test_anny.py, the "after-look" case), which this
-    # audit would list as a problem. So the rule for anny (the proxy's ``read_back``, with
-    # tests/anny_reads.AnnyObjects): the held request is released at the next run's k-th
-    # request (k drawn up to 5, as for the other targets) OR at the next run's first request
-    # that reads back the object the held request writes, whichever comes first, and lands
-    # before that request goes on. The object: for an invoice, item, send or set-paid request
-    # its invoice (read by GET /invoices/{id} or GET /invoices?filter[number]=); for a customer
-    # or address create its customer (GET /customers/{id} or GET /customers?filter[email]=).
-    # So a late invoice, item, customer or address create lands while the resumed run already
-    # works (px.late_log: after which of its requests), never after it looked. Every case the
-    # rule allows is inside anny's contract: a failed record here is a bulk bug. The other
-    # targets find late creates at any time (no read_back, released at the k-th request).
-    read_bound = target == "anny"
+    # out a settle window (bulk.targets.anny, step 1: ``--option settle``, from each process's
+    # first answer) before it reads back what an earlier run may have sent, then to trust that
+    # read. anny's contract is time-based: a late request lands before, or within ``settle``
+    # seconds of, the resumed run's first answer; one landing later cannot be told apart from
+    # a line bulk must add, and ends, by design, in a failed record, never in a wrong one
+    # counted (tests/test_anny.py, the "after-look" case). So the rule for anny is the
+    # contract, not the client's defence: the proxy (``settle=ANNY_SETTLE``) releases each
+    # held request at a moment drawn from the seed in [0, settle) after the next run's first
+    # answer, whatever the client reads (the k the harness draws is no trigger here), or right
+    # after the server answered a read-back of the object it writes (tests/anny_reads), if
+    # that comes first: the worst moment for a client that looked too early, and one that
+    # waits its window out never reads it before the drawn moment, so such a release is
+    # itself listed as a problem. A client that reads back before its window has passed is
+    # caught (tests/test_anny_settle_window.py); every case the rule allows is inside anny's
+    # contract: a failed record here is a bulk bug. The audit also counts anny's customers:
+    # one per e-mail. The other targets find late creates at any time (released at the k-th
+    # request).
+    timed = target == "anny"
+    if timed:
+        extra = (*extra, "--option", f"settle={client_settle or ANNY_SETTLE}")
     with SandboxServer(target, latency_ms=5, seed=seed) as sb, \
-            HostileProxy(sb.base_url, seed=seed, rates=rates, cover=True, late_lands_first=read_bound,
-                         read_back=AnnyObjects() if read_bound else None) as px:
+            HostileProxy(sb.base_url, seed=seed, rates=rates, cover=True, late_lands_first=timed,
+                         read_back=AnnyObjects() if timed else None, settle=ANNY_SETTLE if timed else None) as px:
         def args_for(rng: random.Random) -> list[str]:
             # The concurrency and the checkpoint interval may change between runs (a user may
             # well change them on resume); frequent checkpoints put kills between checkpoints.
@@ -284,8 +296,9 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
         state = sb.state()
         stats = px.stats()
         deliveries = list(px.late_log)
-        answered = px.answered()
     problems, figures = audit(target, state, out, job)
+    if timed:
+        problems += customers_once(state)
     order = _late_order(deliveries)
     fates = {f: stats["fates"].get(f, 0) for f in (*FAULTS, "held", "forward")}
     report = (f"{target} seed {seed}: {result.delivered} of {kills} kills landed (on {Counter(result.held_kinds)}), "
@@ -294,11 +307,8 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
               f"was gone; audited {figures['invoices']} invoices, {figures['items']} items; "
               f"late deliveries into the next run: {order}")
     print(report)
-    if read_bound:  # the rule's premise, from the proxy's own record: each landed before its trigger went on
-        rank = {number: i for i, number in enumerate(answered)}  # in the order the server answered them
-        for d in deliveries:
-            if not d.landed or rank.get(d.at, len(rank)) < rank.get(d.hold, len(rank)):
-                problems.insert(0, f"held request {d.hold} did not land before request {d.at}: {d}")
+    if timed:  # the rule's premise, from the proxy's own record
+        problems = [*late_rule_broken(deliveries), *problems]
     if result.done.returncode != 1:  # 1: finished, with the bad lines rejected
         problems.insert(0, f"the last run exited {result.done.returncode}: {result.done.stderr[-2000:]}")
     assert not problems, f"{report}\n{len(problems)} problems:\n  " + "\n  ".join(problems[:60])
@@ -307,13 +317,36 @@ def _scenario(target: str, tmp_path: Path, *, n: int, kills: int, seed: int, lat
     assert not missing, f"{report}\nfaults never injected: {missing}"
     assert stats["late"] >= result.delivered, report
     assert_outputs_whole(out)
+    return deliveries
+
+
+def customers_once(state: dict[str, Any]) -> list[str]:
+    """anny: every e-mail at most one customer at the server (a late create found, not repeated)."""
+    emails = Counter(str(c["email"]).lower() for c in state["customers"])
+    return [f"customer {email}: {n} customers at the API" for email, n in sorted(emails.items()) if n > 1]
+
+
+def late_rule_broken(deliveries: list[LateDelivery]) -> list[str]:
+    """What the anny rule promises of each release, checked from the proxy's log: it came at
+    its drawn moment (``time``: a ``read`` release means the client read the held request's
+    object back before that moment, inside its settle window), drawn in the window, and landed."""
+    broken = []
+    for d in deliveries:
+        if d.trigger != "time":
+            broken.append(f"held request {d.hold} was read back before its moment (released by {d.trigger}): {d}")
+        # the drawn moment (a timer late on a busy machine is overtaken by the next arrival,
+        # which goes on only once the held request landed: the proxy's own guarantee)
+        if not d.landed or d.delay is None or not 0 <= d.delay < ANNY_SETTLE:
+            broken.append(f"held request {d.hold} did not land at a moment in the settle window: {d}")
+    return broken
 
 
 def _late_order(deliveries: list[LateDelivery]) -> str:
     """The logged order of each late delivery: what was held, what released it (the next
     run's ordinal-th request, k-th or a read-back), which of that run's requests landed first."""
     return "; ".join(
-        f"#{d.hold} {d.kind} released by {d.trigger} at the next run's request {d.ordinal} ({d.trigger_kind}), "
+        f"#{d.hold} {d.kind} released by {d.trigger} at the next run's request {d.ordinal} ({d.trigger_kind})"
+        f"{'' if d.after_answer is None else f' {d.after_answer:.2f} s after its first answer (drawn {d.delay:.2f})'}, "
         f"answered {d.status}, after {len(d.landed_after)} of its requests had landed "
         f"[{', '.join(kind for _, kind in d.landed_after[:6])}{', ...' if len(d.landed_after) > 6 else ''}]"
         for d in deliveries) or "none"
@@ -333,15 +366,47 @@ def test_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) 
 # (a killed run's held item create landing after a resumed worker's read-back: record failed,
 # extra item at the server) was this scenario's, not the engine's: the proxy released the held
 # request at the next run's k-th request (k up to 5), which could come after a read-back of
-# the very invoice, outside anny's contract. For anny the held request is now released at the
-# k-th request or at the first read-back of its object, whichever comes first (see _scenario),
-# with 1 or 2 processes (each shard worker reads back on its own).
+# the very invoice, outside anny's contract. For anny the held request is now released at a
+# seeded moment in the settle window after the next run's first answer (anny's contract, see
+# _scenario), with 1 or 2 processes (each shard worker keeps its own settle clock, started at
+# its own first answer, never before the proxy's).
 @pytest.mark.parametrize("target", TARGETS)
 def test_two_processes_kill_and_resume_through_a_hostile_network(target: str, tmp_path: Path) -> None:
     """The same with --processes 2 (what auto takes for a big plain file): each shard worker
     skips the other's lines unparsed (bulk._intake), and the SIGKILL of the parent takes both."""
     n, kills = CI[target]
     _scenario(target, tmp_path, n=n, kills=kills, seed=3000 + TARGETS.index(target), extra=("--processes", "2"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("seed", range(8))
+def test_anny_seed_sweep_kill_and_resume_through_a_hostile_network(seed: int, processes: int, tmp_path: Path) -> None:
+    """The anny CI scenario over more seeds (the time-based rule draws a new moment per hold)."""
+    n, kills = CI["anny"]
+    _scenario("anny", tmp_path, n=n, kills=kills, seed=5000 + 10 * seed + processes,
+              extra=("--processes", str(processes)))
+
+
+@pytest.mark.slow
+def test_the_anny_scenario_catches_a_client_that_reads_back_before_its_settle_window(tmp_path: Path) -> None:
+    """bulk with ``--option settle=0.01`` (it reads back at once) in the anny scenario, whose
+    proxy releases held requests in a 2 s window: within a few seeds the audit lists a
+    problem (a second customer or item, a failed record, or a held write read back before its
+    moment). Bounded: at most 6 seeds; which seed catches it depends on what the kills hold
+    (a held read is harmless), so the test asks for one, not for each."""
+    caught = []
+    for seed in range(6):
+        (tmp_path / f"s{seed}").mkdir()
+        try:
+            _scenario("anny", tmp_path / f"s{seed}", n=24, kills=8, seed=7000 + seed, late=1.0, client_settle=0.01)
+        except AssertionError as exc:
+            assert " problems:\n" in str(exc), exc  # the audit's finding, not another check
+            caught.append((seed, str(exc)))
+            break
+    assert caught, "no seed caught a client that reads back at once"
+    seed, message = caught[0]
+    print(f"caught at seed {7000 + seed}:{message.split(' problems:', 1)[1][:3000]}")
 
 
 @pytest.mark.slow
@@ -579,31 +644,79 @@ READ_BACK = {
 
 
 @pytest.mark.parametrize("case", READ_BACK)
-def test_a_held_request_lands_before_the_next_runs_first_read_back_of_its_object(case: str) -> None:
-    """``read_back`` (the anny scenarios): with k far off, the held request goes on only at the
-    first request that reads back what it writes (by anny's documented API: tests/anny_reads),
-    and lands before that read goes on, however long the server takes over it; the requests
-    before it (the next run's other work) went on and landed first, and the log says so."""
+def test_a_read_back_of_a_held_requests_object_releases_it_right_after_its_answer(case: str) -> None:
+    """``read_back`` (the anny scenarios): with k far off and the settle moment not reached, the
+    held request goes on only once a request that reads back what it writes (by anny's
+    documented API: tests/anny_reads) was answered: it lands right after the client looked (the
+    worst moment for a client that looked too early), before any later request goes on; the
+    requests before it (the next run's other work) went on and landed first, and the log says so."""
     made, (held_path, held_body), others, read = READ_BACK[case]
     rec = _AnnyShaped(lag=0.3)
     with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=1, rates={}, late_lands_first=True,
-                                                         read_back=AnnyObjects()) as px:
+                                                         read_back=AnnyObjects(), settle=60) as px:
         for path, body in made:
             assert _request(px.base_url, "POST", path, body)[0] == 201  # type: ignore[index]
         hold = px.hold_after(1)
         threading.Thread(target=_send_and_vanish, args=(px.base_url, held_path, held_body), daemon=True).start()
         assert hold.reached.wait(10)
         before = len(rec.committed)
-        px.release_after(hold, 1000)  # k never comes: only the read-back releases it
+        px.release_after(hold, 1000, delay=50)  # neither k nor the moment comes: only the read-back
         for path in others:
             assert _request(px.base_url, "GET", path)[0] == 200  # type: ignore[index]
         assert len(rec.committed) == before + len(others)  # still held: none of those reads its object
         assert _request(px.base_url, "GET", read)[0] == 200  # type: ignore[index]
+        assert _request(px.base_url, "GET", "/api/v1/invoices?o=1&page[size]=1")[0] == 200  # type: ignore[index]
         landed = [path for _, path, _ in rec.committed[before:]]
-        assert landed == [unquote(p) for p in (*others, held_path, read)]  # the held one first, then the read
+        # the read first (it saw nothing), then the held one, then the next request
+        assert landed == [unquote(p) for p in (*others, read, held_path, "/api/v1/invoices?o=1&page[size]=1")]
         [entry] = px.late_log
         assert (entry.trigger, entry.ordinal, entry.status, entry.landed) == ("read", len(others) + 1, 201, True)
-        assert [n for n, _ in entry.landed_after] == list(range(hold.number + 1, hold.number + 1 + len(others)))
+        assert entry.after_answer is not None and entry.after_answer < 50 and entry.delay == 50
+        assert [n for n, _ in entry.landed_after] == list(range(hold.number + 1, hold.number + 2 + len(others)))
+
+
+def test_a_held_request_lands_at_its_moment_after_the_next_runs_first_answer_whatever_is_read() -> None:
+    """``settle`` (anny's contract): the clock starts at the first answer to a request that
+    arrived after ``release_after`` (not at a request that arrived before it, nor at one still
+    unanswered), the k-th request is no trigger, and the held request lands ``delay`` s after
+    that answer, with nothing more arriving: a timer, not a client's request, releases it."""
+    rec = _AnnyShaped(lag=0.0)
+    with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=1, rates={}, late_lands_first=True,
+                                                         read_back=AnnyObjects(), settle=60) as px:
+        hold = px.hold_after(1)
+        item = _doc("items", {"title": "x"}, document="inv-7")
+        threading.Thread(target=_send_and_vanish, args=(px.base_url, "/api/v1/items?o=1", item), daemon=True).start()
+        assert hold.reached.wait(10)
+        px.release_after(hold, 1, delay=1.0)  # with settle, k (the next request) is no trigger
+        assert rec.committed == [] and px.late_log == []  # no answer yet: the clock has not started
+        assert _request(px.base_url, "GET", "/api/v1/invoices?o=1&page[size]=1")[0] == 200  # type: ignore[index]
+        assert len(rec.committed) == 1  # the 1st request went on alone; the moment is 1 s after its answer
+        wait_until(lambda: len(rec.committed) == 2, timeout=30, interval=0.01, what="the held item to land")
+        assert [p for _, p, _ in rec.committed] == ["/api/v1/invoices?o=1&page[size]=1", "/api/v1/items?o=1"]
+        px.drain()
+        [entry] = px.late_log
+        assert (entry.trigger, entry.trigger_kind, entry.status, entry.delay) == ("time", "(timer)", 201, 1.0)
+        assert entry.after_answer is not None and entry.after_answer >= 1.0
+
+
+def test_the_settle_moment_is_drawn_from_the_seed_within_the_window() -> None:
+    """Without ``delay`` the moment is drawn from (seed, hold) in [0, settle): the same seed and
+    hold draw the same moment, others spread over the window."""
+    def moments(seed: int) -> list[float]:
+        rec = _Recorder()
+        with ScriptedServer(rec.respond) as up, HostileProxy(up.base_url, seed=seed, rates={}, settle=2.0) as px:
+            drawn = []
+            for number in range(1, 9):
+                hold = Hold(number, _proxy=px)
+                px.release_after(hold, 1000)
+                drawn.append(px._timed[id(hold)].delay)
+                hold.release()
+            return drawn
+
+    first = moments(5)
+    assert moments(5) == first
+    assert moments(6) != first
+    assert all(0 <= d < 2.0 for d in first) and max(first) - min(first) > 0.5, first
 
 
 def test_the_k_th_request_releases_a_held_one_when_it_comes_before_any_read_back() -> None:
