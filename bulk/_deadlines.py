@@ -6,7 +6,7 @@ than the rest of the transport's own work. A run's requests all share one timeou
 watchdog that wakes every ``tick`` (an eighth of the timeout, at most 1 s) and cancels the task
 of each request past its deadline does the same job for a dict insert and delete a request.
 
-The contract is ``asyncio.timeout``'s: :meth:`Deadlines.expired` is true for a request the
+The contract is ``asyncio.timeout``'s: :meth:`Deadlines.settle` is true for a request the
 watchdog cancelled, and the cancellation is then taken back (``Task.uncancel``), so a request
 that is also cancelled from outside (a cancel scope, the run stopping) stays cancelled. A
 request times out between ``timeout`` and ``timeout + tick`` after it started.

@@ -222,9 +222,7 @@ class Transport:
         # Only the request's own headers: the session adds the run's (aiohttp merges them).
         headers = req.headers
         path = req.path
-        url: URL | str | None = self._urls.get(path)
-        if url is None:
-            url = self._url(path)
+        url: URL | str = self._urls.get(path) or self._url(path)  # a parsed URL is never falsy
         body = req.body()  # a method call, not inlined: a target's Request may encode itself (ChargeOver's batch)
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
@@ -232,9 +230,13 @@ class Transport:
         try:
             resp = await session.request(req.method, url, params=req.params, data=body,
                                          headers=headers, allow_redirects=False)
-            # No release() after: a complete read() has given the connection back to the pool
-            # (aiohttp's documented behaviour), and a failed one has closed the response.
-            content = await resp.read()
+            # The stream, not read() + release(): a complete body gives the connection back to the
+            # pool by itself (aiohttp documents it); ~16k instructions a request fewer (callgrind).
+            try:
+                content = await resp.content.read()
+            except BaseException:
+                resp.close()  # what read() does on a failure: a half-read connection is never reused
+                raise
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: the request had no answer in time.
             if deadlines.settle(task) and not task.cancelling():
@@ -270,9 +272,8 @@ class Transport:
                               reason="timeout" if timeout else "reset")
 
     def _watchdog_died(self, why: str) -> AbortRun:
-        return AbortRun(self.redact(
-            f"internal error: the --timeout watchdog stopped ({why}), so no request could time out: "
-            "the run stopped; run the same command again to resume"))
+        return AbortRun(self.redact(f"internal error: the --timeout watchdog stopped ({why}), so no request "
+                                    "could time out: the run stopped; run the same command again to resume"))
 
     def _url(self, path: str) -> URL | str:
         """The URL of ``path``, parsed once per distinct path (at most :data:`_URLS` kept).
