@@ -196,3 +196,16 @@ def test_a_full_customer_cache_drops_its_oldest_customer_only() -> None:
     reused = {k: again[k] is not None and made[k] is not None and again[k].customer is made[k].customer  # type: ignore[union-attr]
               for k in order}
     assert reused.pop(0) is False and all(reused.values())
+
+
+@pytest.mark.parametrize("locale", ["en", "de-DE", "pt_BR", "zh-Hant-TW", "EN", "e", "english", "en-", "en--US",
+                                    " en", "en\n", "", "x" * 36, "de-" + "a" * 9, "ja-JP", "ja-JP"])
+def test_a_locale_is_matched_by_the_fast_path_as_by_the_general_path(locale: str) -> None:
+    """The locale's pattern left the schema for a check in Python (once per distinct tag): each
+    tag, met for the first time or again, gets the general path's verdict."""
+    for k in range(2):  # the second time, a tag that passed is known
+        doc = _with("customer.locale", locale)
+        doc["customer"]["external_id"] = f"C-LOC-{k}"
+        fast = check(orjson.dumps(doc))
+        if fast is not None:
+            assert fast.customer.locale == locale
