@@ -31,8 +31,7 @@ from decimal import (
 from typing import Any, NamedTuple
 
 from ._frozen import constructor
-from ._money_scaled import _sums
-from ._money_scaled import scaled_totals as _scaled_totals
+from ._money_scaled import _refilled_sums, _sums
 
 __all__ = [
     "CurrencyTotals",
@@ -186,8 +185,8 @@ def lines_totals(lines: Sequence[Any], prices: str, currency: str) -> Totals:
     exponent = _MINOR_UNITS[currency]
     try:
         sums = _sums(lines, prices, exponent)
-    except KeyError:  # an amount met for the first time (or one outside the limits)
-        sums = _scaled_totals(lines, prices, exponent)
+    except KeyError:  # an amount met for the first time (or one outside the limits, or not a Decimal)
+        sums = _refilled_sums(lines, prices, exponent)
     if sums is None:
         return _decimal_lines_totals(lines, prices, currency)
     # An int times the quantum, in _CTX (50 digits, more than any sum of valid lines has): exact,

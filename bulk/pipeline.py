@@ -138,34 +138,39 @@ class Run:
         add, finish, pending, put = tracker.add, tracker.finish, tracker.pending, feed.put
         reserved = js.reserved  # js.reserved's value: only this task changes it
         try:
-            async for raw in self._input.lines(start=tracker.offset, first_line=tracker.line,
-                                               max_line_bytes=c.max_line_bytes):
+            # Lines come in small batches (InputFile.batches: one generator step for many lines);
+            # each is handled exactly as one at a time, the stop flag checked before each.
+            async for batch in self._input.batches(start=tracker.offset, first_line=tracker.line,
+                                                   max_line_bytes=c.max_line_bytes):
+                for raw in batch:
+                    if self.stopping:
+                        break
+                    entry = add(raw)
+                    line_no = raw.line_no
+                    if done_beyond and line_no in done_beyond:
+                        done_beyond.discard(line_no)  # from now on the tracker holds it
+                        finish(entry)
+                        continue
+                    if len(pending) >= window:
+                        await tracker.wait_for_room(window)
+                    try:
+                        record = screen(raw)
+                    except InvalidRecord as exc:
+                        reject(raw, exc, intake.external_id)
+                        finish(entry)
+                        continue
+                    if record is None:  # blank, or another shard's
+                        finish(entry)
+                        continue
+                    if line_no > reserved:
+                        # Write ahead: a resumed run must know which records may have been sent.
+                        js.reserved = reserved = line_no + window
+                        js.checkpoint()
+                    data = raw.data
+                    assert data is not None  # a record's line is in memory (intake rejects an overlong one)
+                    await put((entry, record, data))
                 if self.stopping:
                     break
-                entry = add(raw)
-                line_no = raw.line_no
-                if done_beyond and line_no in done_beyond:
-                    done_beyond.discard(line_no)  # from now on the tracker holds it
-                    finish(entry)
-                    continue
-                if len(pending) >= window:
-                    await tracker.wait_for_room(window)
-                try:
-                    record = screen(raw)
-                except InvalidRecord as exc:
-                    reject(raw, exc, intake.external_id)
-                    finish(entry)
-                    continue
-                if record is None:  # blank, or another shard's
-                    finish(entry)
-                    continue
-                if line_no > reserved:
-                    # Write ahead: a resumed run must know which records may have been sent.
-                    js.reserved = reserved = line_no + window
-                    js.checkpoint()
-                data = raw.data
-                assert data is not None  # a record's line is in memory (intake rejects an overlong one)
-                await put((entry, record, data))
         finally:
             feed.close()
 

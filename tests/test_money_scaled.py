@@ -131,3 +131,30 @@ def test_long_amounts_are_scaled_from_their_digits_not_in_the_context() -> None:
     assert _money_scaled._scaled(zeros) == (1, 0)
     fast, ref = both([L(zeros, d("2.50"), d(10))], "net", "EUR")
     assert fast == ref
+
+
+def _outcome(fn: object, lines: list[L], prices: str) -> object:
+    try:
+        totals = fn(lines, prices, "EUR")  # type: ignore[operator]  # both paths, one signature
+    except Exception as exc:  # the outcome compared: the same exception type, or the same digits
+        return type(exc)
+    return str(totals.net), str(totals.tax), str(totals.gross)
+
+
+@pytest.mark.parametrize("prices", ["net", "gross"])
+@pytest.mark.parametrize("field", [0, 1, 2])
+@pytest.mark.parametrize("other", [0.5, 1, True])
+def test_a_float_or_int_equal_to_a_cached_decimal_takes_the_decimal_path(prices: str, field: int,
+                                                                           other: object) -> None:
+    """Review point 2: the scaled caches are keyed by value, and 0.5 == Decimal("0.5") with the
+    same hash, so a hand-built line's float hit a cached Decimal's entry and got totals where the
+    reference raises. Primed with the Decimals first, then the same values as another type."""
+    d = Decimal
+    cached = [d("0.5"), d("0.5"), d("0.5")] if type(other) is float else [d(1), d(1), d(1)]
+    lines_totals([L(*cached)], prices, "EUR")  # every amount of the line now in the caches
+    amounts: list[object] = list(cached)
+    amounts[field] = other
+    lines = [L(*amounts)]  # type: ignore[arg-type]  # deliberately not Decimal
+    assert _outcome(lines_totals, lines, prices) == _outcome(_decimal_lines_totals, lines, prices)
+    every = [L(*[other] * 3)]  # type: ignore[arg-type]
+    assert _outcome(lines_totals, every, prices) == _outcome(_decimal_lines_totals, every, prices)

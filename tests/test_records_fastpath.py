@@ -176,3 +176,36 @@ def test_a_customer_is_known_by_its_text_and_one_written_otherwise_is_decoded_an
     bad = orjson.dumps(_with("customer.address.country", "XX"))
     for _ in range(2):  # the second time too: a refused customer is not kept
         assert check(bad) is None
+
+
+def test_a_full_customer_cache_drops_its_oldest_customer_only() -> None:
+    """Bounded first in, first out: with more customers than room, the next new one pushes out the
+    one kept longest, and every other stays (emptying the whole cache made 72% of the benchmark's
+    invoices decode their customer anew)."""
+    from bulk import _record_fast
+
+    kept = _record_fast._CUSTOMERS_KEPT
+    docs = [_with("customer.external_id", f"C-FIFO-{k}") for k in range(kept + 1)]
+    first = [check(orjson.dumps({**doc, "external_id": f"INV-F{k}"})) for k, doc in enumerate(docs[:kept])]
+    newest = check(orjson.dumps({**docs[kept], "external_id": "INV-F-NEW"}))
+    assert newest is not None and len(_record_fast._CUSTOMERS) == kept
+    # met again newest first (hits insert nothing): every one but the oldest is the very Customer kept
+    order = range(kept, -1, -1)
+    again = {k: check(orjson.dumps({**docs[k], "external_id": f"INV-G{k}"})) for k in order}
+    made = {**dict(enumerate(first)), kept: newest}
+    reused = {k: again[k] is not None and made[k] is not None and again[k].customer is made[k].customer  # type: ignore[union-attr]
+              for k in order}
+    assert reused.pop(0) is False and all(reused.values())
+
+
+@pytest.mark.parametrize("locale", ["en", "de-DE", "pt_BR", "zh-Hant-TW", "EN", "e", "english", "en-", "en--US",
+                                    " en", "en\n", "", "x" * 36, "de-" + "a" * 9, "ja-JP", "ja-JP"])
+def test_a_locale_is_matched_by_the_fast_path_as_by_the_general_path(locale: str) -> None:
+    """The locale's pattern left the schema for a check in Python (once per distinct tag): each
+    tag, met for the first time or again, gets the general path's verdict."""
+    for k in range(2):  # the second time, a tag that passed is known
+        doc = _with("customer.locale", locale)
+        doc["customer"]["external_id"] = f"C-LOC-{k}"
+        fast = check(orjson.dumps(doc))
+        if fast is not None:
+            assert fast.customer.locale == locale

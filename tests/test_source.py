@@ -68,3 +68,34 @@ def test_fingerprint_changes_when_the_file_changes(tmp_path: Path) -> None:
     assert fingerprint(str(p)) == before
     p.write_bytes(b'{"a":2}\n' * 1000)
     assert fingerprint(str(p)) != before
+
+
+def test_batches_are_the_lines_in_small_lists_that_never_span_two_reads(tmp_path: Path) -> None:
+    """The producer reads batches (one generator step for many lines): together exactly the lines
+    `lines` yields, at most _BATCH each, and a read's lines handed on before the next read."""
+    from bulk import source
+
+    p = tmp_path / "in.ndjson"
+    lines = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 3000)) for i in range(2500)]  # ~3.7 MB: several reads
+    p.write_bytes(b"\n".join(lines) + b"\n" + b'{"tail":1}')  # no final newline
+
+    async def go() -> tuple[list[list[source.RawLine]], list[int]]:
+        src = InputFile(str(p))
+        batches, positions = [], []
+        try:
+            async for batch in src.batches(max_line_bytes=2500):
+                batches.append(batch)
+                positions.append(src.position)
+        finally:
+            src.close()
+        return batches, positions
+
+    batches, positions = anyio.run(go)
+    flat = [(r.line_no, r.start, r.end, r.data, r.length) for batch in batches for r in batch]
+    assert flat == read_all(p, max_line_bytes=2500)
+    overlong = sum(len(line) > 2500 for line in lines)
+    assert len(flat) == 2501 and overlong and sum(r[3] is None for r in flat) == overlong
+    assert all(0 < len(batch) <= source._BATCH for batch in batches)
+    # every line of a batch was in the bytes read when the batch was handed on
+    assert all(batch[-1].end <= pos for batch, pos in zip(batches, positions, strict=True))
+    assert len(set(positions)) >= 4  # several reads
