@@ -9,7 +9,7 @@ itself is done by the parts below; this is the path of one record, top to bottom
     bulk._jobstate.JobState      the job's state, restored from that Checkpoint: tally,
          |                       watermark (Tracker), done_beyond, reserved, traffic, elapsed
          v
-    bulk.source.InputFile.lines  read: one RawLine (bytes, line number, offsets), from the watermark
+    bulk.source.InputFile.batches  read: lists of up to 64 RawLines (bytes, line number, offsets), from the watermark
          |
     Run._produce                 the producer task, for each line, in input order:
          |  bulk.watermark.Tracker.add       the line is started (the watermark waits for it)
