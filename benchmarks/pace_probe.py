@@ -47,10 +47,13 @@ def child(argv: list[str]) -> int:
     from bulk._pacing import bucket, lane, window
     from bulk.cli import main
 
-    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": []}
+    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": [], "sends": []}
     if os.environ.get("PACE_PROBE_NOCUT"):
         lane.Lane.cut = lambda self, climb_from: None  # type: ignore[method-assign]
         window.Window.narrow = lambda self, inflight, episode_end, now: None  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_BURST"):  # variant kN: every lane lets N go back to back
+        fixed = int(os.environ["PACE_PROBE_BURST"])
+        pacing.burst_for = lane.burst_for = lambda rate: fixed  # type: ignore[assignment]
     wake = bucket.Bucket._wake_next
 
     def counted(self: bucket.Bucket, *args: object) -> None:
@@ -76,6 +79,15 @@ def child(argv: list[str]) -> int:
         seen["throttled"].append(time.time())
         return throttled(self, *a, **kw)
 
+    if os.environ.get("PACE_PROBE_SENDS"):  # the wall time each request left the pacer at
+        enter, sends = pacing.Pacer.enter, seen["sends"]
+
+        async def entered(self: pacing.Pacer, kind: str) -> float:
+            sent_at = await enter(self, kind)
+            sends.append(time.time())
+            return sent_at
+
+        pacing.Pacer.enter = entered  # type: ignore[method-assign]
     pacing.Pacer.__init__ = start  # type: ignore[method-assign]
     pacing.Pacer.throttled = noted  # type: ignore[method-assign]
     atexit.register(lambda: Path(os.environ["PACE_PROBE"]).write_bytes(orjson.dumps(seen)))
@@ -100,6 +112,8 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
         env = {**os.environ, "AGILED_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "PACE_PROBE": str(dump)}
         if variant == "nocut":
             env["PACE_PROBE_NOCUT"] = "1"
+        if variant[:1] == "k" and variant[1:].isdigit():
+            env["PACE_PROBE_BURST"] = variant[1:]
         if profile is not None:
             env["PACE_PROBE_PROFILE"] = str(profile / f"{variant}-{rate:g}-{time.monotonic_ns()}.prof")
         cmd = [sys.executable, "-m", "benchmarks.pace_probe", "--child", "upload", str(make_input(work, n)),
