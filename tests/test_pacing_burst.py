@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import cast
 
 import anyio
 from test_pacer import send_all
 
 from bulk._pacing.lane import MIN_BURST, Lane, burst_for
 from bulk.pacing import Pacer
-from bulk.testing import run_virtual
+from bulk.testing import VirtualLoop, run_virtual
 
 
 def test_a_429_takes_one_off_the_burst_once_per_bunch_down_to_the_floor() -> None:
@@ -51,14 +52,14 @@ def test_after_two_429s_a_stalled_loop_catches_up_no_more_than_the_floor_at_once
     seen: set[int] = set()
 
     async def go() -> list[float]:
-        loop = asyncio.get_running_loop()
+        loop = cast(VirtualLoop, asyncio.get_running_loop())
         p = Pacer(limits={"write": 1000.0}, concurrency=64, give_up_after=600, max_wait=30)
         done = False
 
         async def staller() -> None:
             while not done:
                 await anyio.sleep(0.020)
-                loop.clock[0] += 0.008  # type: ignore[attr-defined]  # the loop is busy 8 ms (VirtualLoop)
+                loop.clock[0] += 0.008  # the loop is busy for 8 ms
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(staller)
