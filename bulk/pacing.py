@@ -93,9 +93,9 @@ class Pacer(Health):
         self.concurrency = concurrency
         # The lanes each kind passes, at one instant (acquire_together): its own and the "*" one.
         self._routes: dict[str, tuple[Lane, ...]] = {}
-        # In flight: what the pace needs (paced: from the smallest burst on), fewer after a 429.
+        # In flight: what the pace needs (from the smallest burst on, at the limits' rate), fewer after a 429.
         start = min(lane.burst for lane in self._lanes.values()) if self._lanes else None
-        self._window = Window(concurrency, start)
+        self._window = Window(concurrency, start, self._shared.rate if self._shared else sum(limits.values()))
         # One gate holds both bounds (the concurrency, or the window's size where smaller).
         self._gate = self._window.gate
         self._inflight = 0
@@ -154,7 +154,7 @@ class Pacer(Health):
             self._answered += 1
         window = self._window
         if window.active:
-            window.leave(self._inflight, self._loop.time())
+            window.leave(self._inflight, self._loop.time(), sent_at)
         self._inflight -= 1
         gate = self._gate
         gate.held -= 1
