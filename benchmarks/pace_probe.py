@@ -8,7 +8,11 @@ burst 5, 429 + ``Retry-After: 1``), run in a child process that instruments the 
 
 - ``cut``: as shipped; ``nocut``: a 429 neither cuts the lanes' rate nor narrows the window
   (the throttled request alone waits its Retry-After); ``free``: the same server with a bucket
-  nothing overruns and ``--rate 1e9`` (what the client can send).
+  nothing overruns and ``--rate 1e9`` (what the client can send); ``kN`` (``k2``, ``k4``...):
+  as shipped, but every lane's burst starts at N.
+
+With ``PACE_PROBE_SENDS=1`` in the child's environment the wall time each request left the
+pacer at goes into the dump too (``sends``), to set beside nginx's access log.
 
 Per run it prints the accepted rate at the server (nginx's access log, first to last accepted
 request) / R, the 429s, the CPU per 1,000 invoices, the bulk process's context switches per
