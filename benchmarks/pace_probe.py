@@ -20,7 +20,8 @@ request (it sleeps in epoll between requests when paced) and the lane's wake-up 
 request (``Bucket._wake_next`` calls), the pacer's own rate over time (the lane's ``current_rate`` every
 100 ms: its mean / R and its minimum) and the share of 100 ms steps in which the server
 accepted fewer than 0.9 x R/10 while the pacer asked for at least 0.99 R (the client, not the
-pacer, was behind). ``--profile DIR`` writes a cProfile of each child to DIR.
+pacer, was behind), and the time the run's checkpoints held the event loop (``JobState.checkpoint``
+is synchronous: its fsyncs stall every request). ``--profile DIR`` writes a cProfile of each child to DIR.
 """
 
 from __future__ import annotations
@@ -47,11 +48,19 @@ STEP = 0.1  # seconds per sample of the pacer's rate
 
 def child(argv: list[str]) -> int:
     """In the bulk process: instrument, run ``bulk upload``, dump what was seen to $PACE_PROBE."""
-    from bulk import pacing
+    from bulk import _jobstate, pacing
     from bulk._pacing import bucket, lane, window
     from bulk.cli import main
 
-    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": [], "sends": []}
+    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": [], "sends": [], "checkpoints": []}
+    checkpoint = _jobstate.JobState.checkpoint
+
+    def timed(self: _jobstate.JobState) -> None:  # a checkpoint runs on the event loop: a stall
+        t = time.perf_counter()
+        checkpoint(self)
+        seen["checkpoints"].append(time.perf_counter() - t)
+
+    _jobstate.JobState.checkpoint = timed  # type: ignore[method-assign]
     if os.environ.get("PACE_PROBE_NOCUT"):
         lane.Lane.cut = lambda self, climb_from: None  # type: ignore[method-assign]
         window.Window.narrow = lambda self, inflight, episode_end, now: None  # type: ignore[method-assign]
@@ -144,7 +153,9 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
             "switches": (u1.ru_nvcsw - u0.ru_nvcsw + u1.ru_nivcsw - u0.ru_nivcsw) / max(1, total),
             "wakes": seen["wakes"] / max(1, total),
             "asked_mean": sum(asked) / len(asked) / rate if asked else None,
-            "asked_min": min(asked) / rate if asked else None, "behind": behind}
+            "asked_min": min(asked) / rate if asked else None, "behind": behind,
+            "checkpoints": len(seen["checkpoints"]), "checkpoint_s": sum(seen["checkpoints"]),
+            "checkpoint_max": max(seen["checkpoints"], default=0.0)}
 
 
 def _accepted_stamps(server: servers.Server, offset: int) -> list[float]:
@@ -203,7 +214,9 @@ def main() -> None:
                       f"{m['switches']:.2f} context switches and {m['wakes']:.2f} limiter wake-ups per request, "
                       f"pacer asked "
                       f"mean {fmt(m['asked_mean'])} R min {fmt(m['asked_min'])} R, client behind in "
-                      f"{fmt(m['behind'])} of 100 ms steps at full pace", flush=True)
+                      f"{fmt(m['behind'])} of 100 ms steps at full pace; {m['checkpoints']} checkpoints "
+                      f"stalled the loop {m['checkpoint_s']:.2f} s (longest {m['checkpoint_max'] * 1000:.0f} ms)",
+                      flush=True)
 
 
 if __name__ == "__main__":
