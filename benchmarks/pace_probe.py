@@ -9,7 +9,8 @@ burst 5, 429 + ``Retry-After: 1``), run in a child process that instruments the 
 - ``cut``: as shipped; ``nocut``: a 429 neither cuts the lanes' rate nor narrows the window
   (the throttled request alone waits its Retry-After); ``free``: the same server with a bucket
   nothing overruns and ``--rate 1e9`` (what the client can send); ``kN`` (``k2``, ``k4``...):
-  as shipped, but every lane's burst starts at N.
+  as shipped, but every lane's burst starts at N; ``noshrink``: a 429 does not lower the
+  burst; ``nocap``: the window's growth is not capped by the median round trip.
 
 With ``PACE_PROBE_SENDS=1`` in the child's environment the wall time each request left the
 pacer at goes into the dump too (``sends``), to set beside nginx's access log.
@@ -64,6 +65,16 @@ def child(argv: list[str]) -> int:
     if os.environ.get("PACE_PROBE_NOCUT"):
         lane.Lane.cut = lambda self, climb_from: None  # type: ignore[method-assign]
         window.Window.narrow = lambda self, inflight, episode_end, now: None  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_NOSHRINK"):  # variant noshrink: a 429 leaves the burst as it is
+        lane.Lane.shrink = lambda self, sent_at, now: None  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_NOCAP"):  # variant nocap: the window grows by demand alone
+        window_init = window.Window.__init__
+
+        def uncapped(self: window.Window, *a: Any) -> None:
+            window_init(self, *a)
+            self.rate = 1e12  # the cap, floor + 2 x rate x median round trip, out of reach
+
+        window.Window.__init__ = uncapped  # type: ignore[method-assign]
     if os.environ.get("PACE_PROBE_BURST"):  # variant kN: every lane lets N go back to back
         fixed = int(os.environ["PACE_PROBE_BURST"])
         pacing.burst_for = lane.burst_for = lambda rate: fixed  # type: ignore[assignment]
@@ -125,6 +136,8 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
         env = {**os.environ, "AGILED_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "PACE_PROBE": str(dump)}
         if variant == "nocut":
             env["PACE_PROBE_NOCUT"] = "1"
+        if variant in ("noshrink", "nocap"):
+            env[f"PACE_PROBE_{variant.upper()}"] = "1"
         if variant[:1] == "k" and variant[1:].isdigit():
             env["PACE_PROBE_BURST"] = variant[1:]
         if profile is not None:
