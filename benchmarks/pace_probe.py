@@ -66,7 +66,7 @@ def child(argv: list[str]) -> int:
         lane.Lane.cut = lambda self, climb_from: None  # type: ignore[method-assign]
         window.Window.narrow = lambda self, inflight, episode_end, now: None  # type: ignore[method-assign]
     if os.environ.get("PACE_PROBE_NOSHRINK"):  # variant noshrink: a 429 leaves the burst as it is
-        lane.Lane.shrink = lambda self, sent_at, now: None  # type: ignore[method-assign]
+        lane.Lane.shrink = lambda self, sent_at, now, answers: None  # type: ignore[method-assign]
     if os.environ.get("PACE_PROBE_NOCAP"):  # variant nocap: the window grows by demand alone
         window_init = window.Window.__init__
 

@@ -209,8 +209,8 @@ class Pacer(Health):
         lanes = self._lanes_of(kind)
         for lane in lanes:  # every 429 takes its share off the rate, on its way or not
             lane.cut(now)
-            if sent_at is not None:  # ... and says the server's bucket holds less than the burst
-                lane.shrink(sent_at, now)
+            if sent_at is not None:  # ... and may say the server's bucket holds less than the burst
+                lane.shrink(sent_at, now, self._window.answers)
         if sent_at is not None and sent_at < self._cut_at:
             self._hold.check(wait)
             return wait  # on its way before the episode began: it alone waits
