@@ -8,7 +8,7 @@
   it waits its ``Retry-After`` and goes through the limiter again; every 429 lowers the lanes'
   rate by its share of the answers, and the rate climbs back steadily (:mod:`bulk._pacing.lane`:
   with a steady share ``f`` of sporadic 429s it settles at ``R x CLIMB / f``, R while ``f`` is
-  under ``CLIMB``), and lowers the lanes' burst (:meth:`Lane.shrink`). A 429 outside a
+  under ``CLIMB``); 429s beyond 0.5% lower the burst (:meth:`Lane.shrink`). A 429 outside a
   throttling episode begins one (for its Retry-After) and narrows the window; within one, a 429
   to a request sent after the last narrowing narrows it again. When requests sent
   *after* the episode began are throttled (two at least) and most answers to those were 429s
