@@ -8,7 +8,12 @@ burst 5, 429 + ``Retry-After: 1``), run in a child process that instruments the 
 
 - ``cut``: as shipped; ``nocut``: a 429 neither cuts the lanes' rate nor narrows the window
   (the throttled request alone waits its Retry-After); ``free``: the same server with a bucket
-  nothing overruns and ``--rate 1e9`` (what the client can send).
+  nothing overruns and ``--rate 1e9`` (what the client can send); ``kN`` (``k2``, ``k4``...):
+  as shipped, but every lane's burst starts at N; ``noshrink``: a 429 does not lower the
+  burst; ``nocap``: the window's growth is not capped by the median round trip.
+
+With ``PACE_PROBE_SENDS=1`` in the child's environment the wall time each request left the
+pacer at goes into the dump too (``sends``), to set beside nginx's access log.
 
 Per run it prints the accepted rate at the server (nginx's access log, first to last accepted
 request) / R, the 429s, the CPU per 1,000 invoices, the bulk process's context switches per
@@ -16,7 +21,8 @@ request (it sleeps in epoll between requests when paced) and the lane's wake-up 
 request (``Bucket._wake_next`` calls), the pacer's own rate over time (the lane's ``current_rate`` every
 100 ms: its mean / R and its minimum) and the share of 100 ms steps in which the server
 accepted fewer than 0.9 x R/10 while the pacer asked for at least 0.99 R (the client, not the
-pacer, was behind). ``--profile DIR`` writes a cProfile of each child to DIR.
+pacer, was behind), and the time the run's checkpoints held the event loop (``JobState.checkpoint``
+is synchronous: its fsyncs stall every request). ``--profile DIR`` writes a cProfile of each child to DIR.
 """
 
 from __future__ import annotations
@@ -43,14 +49,35 @@ STEP = 0.1  # seconds per sample of the pacer's rate
 
 def child(argv: list[str]) -> int:
     """In the bulk process: instrument, run ``bulk upload``, dump what was seen to $PACE_PROBE."""
-    from bulk import pacing
+    from bulk import _jobstate, pacing
     from bulk._pacing import bucket, lane, window
     from bulk.cli import main
 
-    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": []}
+    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": [], "sends": [], "checkpoints": []}
+    checkpoint = _jobstate.JobState.checkpoint
+
+    def timed(self: _jobstate.JobState) -> None:  # a checkpoint runs on the event loop: a stall
+        t = time.perf_counter()
+        checkpoint(self)
+        seen["checkpoints"].append(time.perf_counter() - t)
+
+    _jobstate.JobState.checkpoint = timed  # type: ignore[method-assign]
     if os.environ.get("PACE_PROBE_NOCUT"):
         lane.Lane.cut = lambda self, climb_from: None  # type: ignore[method-assign]
         window.Window.narrow = lambda self, inflight, episode_end, now: None  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_NOSHRINK"):  # variant noshrink: a 429 leaves the burst as it is
+        lane.Lane.shrink = lambda self, sent_at, now, answers: None  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_NOCAP"):  # variant nocap: the window grows by demand alone
+        window_init = window.Window.__init__
+
+        def uncapped(self: window.Window, *a: Any) -> None:
+            window_init(self, *a)
+            self.rate = 1e12  # the cap, floor + 2 x rate x median round trip, out of reach
+
+        window.Window.__init__ = uncapped  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_BURST"):  # variant kN: every lane lets N go back to back
+        fixed = int(os.environ["PACE_PROBE_BURST"])
+        pacing.burst_for = lane.burst_for = lambda rate: fixed  # type: ignore[assignment]
     wake = bucket.Bucket._wake_next
 
     def counted(self: bucket.Bucket, *args: object) -> None:
@@ -76,6 +103,15 @@ def child(argv: list[str]) -> int:
         seen["throttled"].append(time.time())
         return throttled(self, *a, **kw)
 
+    if os.environ.get("PACE_PROBE_SENDS"):  # the wall time each request left the pacer at
+        enter, sends = pacing.Pacer.enter, seen["sends"]
+
+        async def entered(self: pacing.Pacer, kind: str) -> float:
+            sent_at = await enter(self, kind)
+            sends.append(time.time())
+            return sent_at
+
+        pacing.Pacer.enter = entered  # type: ignore[method-assign]
     pacing.Pacer.__init__ = start  # type: ignore[method-assign]
     pacing.Pacer.throttled = noted  # type: ignore[method-assign]
     atexit.register(lambda: Path(os.environ["PACE_PROBE"]).write_bytes(orjson.dumps(seen)))
@@ -100,6 +136,10 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
         env = {**os.environ, "AGILED_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "PACE_PROBE": str(dump)}
         if variant == "nocut":
             env["PACE_PROBE_NOCUT"] = "1"
+        if variant in ("noshrink", "nocap"):
+            env[f"PACE_PROBE_{variant.upper()}"] = "1"
+        if variant[:1] == "k" and variant[1:].isdigit():
+            env["PACE_PROBE_BURST"] = variant[1:]
         if profile is not None:
             env["PACE_PROBE_PROFILE"] = str(profile / f"{variant}-{rate:g}-{time.monotonic_ns()}.prof")
         cmd = [sys.executable, "-m", "benchmarks.pace_probe", "--child", "upload", str(make_input(work, n)),
@@ -126,7 +166,9 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
             "switches": (u1.ru_nvcsw - u0.ru_nvcsw + u1.ru_nivcsw - u0.ru_nivcsw) / max(1, total),
             "wakes": seen["wakes"] / max(1, total),
             "asked_mean": sum(asked) / len(asked) / rate if asked else None,
-            "asked_min": min(asked) / rate if asked else None, "behind": behind}
+            "asked_min": min(asked) / rate if asked else None, "behind": behind,
+            "checkpoints": len(seen["checkpoints"]), "checkpoint_s": sum(seen["checkpoints"]),
+            "checkpoint_max": max(seen["checkpoints"], default=0.0)}
 
 
 def _accepted_stamps(server: servers.Server, offset: int) -> list[float]:
@@ -185,7 +227,9 @@ def main() -> None:
                       f"{m['switches']:.2f} context switches and {m['wakes']:.2f} limiter wake-ups per request, "
                       f"pacer asked "
                       f"mean {fmt(m['asked_mean'])} R min {fmt(m['asked_min'])} R, client behind in "
-                      f"{fmt(m['behind'])} of 100 ms steps at full pace", flush=True)
+                      f"{fmt(m['behind'])} of 100 ms steps at full pace; {m['checkpoints']} checkpoints "
+                      f"stalled the loop {m['checkpoint_s']:.2f} s (longest {m['checkpoint_max'] * 1000:.0f} ms)",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@
   it waits its ``Retry-After`` and goes through the limiter again; every 429 lowers the lanes'
   rate by its share of the answers, and the rate climbs back steadily (:mod:`bulk._pacing.lane`:
   with a steady share ``f`` of sporadic 429s it settles at ``R x CLIMB / f``, R while ``f`` is
-  under ``CLIMB``). A 429 outside a throttling episode begins one (for its Retry-After) and
-  narrows the window; within one, a 429 to a request sent after the last narrowing narrows it
-  again (those already in flight then do not). When requests sent
+  under ``CLIMB``); 429s beyond 0.5% lower the burst (:meth:`Lane.shrink`). A 429 outside a
+  throttling episode begins one (for its Retry-After) and narrows the window; within one, a 429
+  to a request sent after the last narrowing narrows it again. When requests sent
   *after* the episode began are throttled (two at least) and most answers to those were 429s
   (slowing down was not enough: a fixed window is spent, a quota), every worker pauses until
   ``Retry-After`` (:mod:`bulk._pacing.pause`); a sporadic one (a stall bunched the requests
-  in flight) cuts again instead. A request that passed the limiter
-  while a pause began passes it again after the pause, so the paused workers never leave
-  together: at most the (shrunk) burst goes at once.
+  in flight) cuts again instead. A request that passed the limiter while a pause began passes
+  it again after the pause, so the paused workers never leave together.
 - The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a paced run (any lanes)
   to what the pace needs (from the burst on, growing while the latency needs more), so a server that
   stalls and then stamps a whole batch with one clock reading never sees more than that; a
@@ -94,19 +93,16 @@ class Pacer(Health):
         self.concurrency = concurrency
         # The lanes each kind passes, at one instant (acquire_together): its own and the "*" one.
         self._routes: dict[str, tuple[Lane, ...]] = {}
-        # In flight: what the pace needs (a paced run, from the smallest burst on), and fewer
-        # after a 429.
+        # In flight: what the pace needs (from the smallest burst on, at the limits' rate), fewer after a 429.
         start = min(lane.burst for lane in self._lanes.values()) if self._lanes else None
-        self._window = Window(concurrency, start)
-        # One gate holds both bounds (the concurrency, or the window's size where smaller): a
-        # free place is taken without yielding to the event loop (the request's I/O yields).
+        self._window = Window(concurrency, start, self._shared.rate if self._shared else sum(limits.values()))
+        # One gate holds both bounds (the concurrency, or the window's size where smaller).
         self._gate = self._window.gate
         self._inflight = 0
         self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
         self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
         self._narrowed_at = float("-inf")  # loop time the window was last narrowed
-        # Answers to requests sent since the cut, and how many of those were 429s: mostly 429s
-        # means the limit is spent (pause everyone); a few is jitter (cut again).
+        # Answers to requests sent since the cut, and their 429s: mostly 429s is a spent limit.
         self._answered = self._refused = 0
 
     @property
@@ -158,7 +154,7 @@ class Pacer(Health):
             self._answered += 1
         window = self._window
         if window.active:
-            window.leave(self._inflight, self._loop.time())
+            window.leave(self._inflight, self._loop.time(), sent_at)
         self._inflight -= 1
         gate = self._gate
         gate.held -= 1
@@ -179,16 +175,18 @@ class Pacer(Health):
                     await hold.event.wait()
                 if len(lanes) == 1:
                     lane = lanes[0]
+                    limiter = lane.limiter
                     if lane.weight == 1.0:  # at full rate: what Lane.acquire does, one frame less
-                        await lane.limiter.acquire()
+                        await limiter.acquire()
                     else:
                         await lane.acquire(self._loop.time())
-                elif lanes:
-                    await acquire_together(lanes, self._loop.time())
-                if hold.event is None:
+                    if hold.event is None and lane.limiter is limiter:
+                        return
+                elif (not lanes or await acquire_together(lanes, self._loop.time())) and hold.event is None:
                     return
                 # A pause began while we waited for the limiter: take the limiter again after
-                # it, or every worker held here would send at once when it ends.
+                # it, or every worker held here would send at once when it ends. The same for a
+                # lane whose burst shrank meanwhile (Lane.shrink): its new bucket counts it too.
         except BaseException:
             gate.leave()
             raise
@@ -211,6 +209,8 @@ class Pacer(Health):
         lanes = self._lanes_of(kind)
         for lane in lanes:  # every 429 takes its share off the rate, on its way or not
             lane.cut(now)
+            if sent_at is not None:  # ... and may say the server's bucket holds less than the burst
+                lane.shrink(sent_at, now, self._window.answers)
         if sent_at is not None and sent_at < self._cut_at:
             self._hold.check(wait)
             return wait  # on its way before the episode began: it alone waits

@@ -5,7 +5,7 @@ cut, not the rate a halved window allows."""
 from __future__ import annotations
 
 import anyio
-from test_pacer import once_at, send_all
+from test_pacer import once_at, peak_in_flight, send_all
 
 from bulk.pacing import CLIMB_EVERY, Pacer
 from bulk.testing import run_virtual
@@ -108,3 +108,21 @@ def test_a_paced_window_grown_by_slow_answers_comes_back_down_before_a_stall() -
     peak = run_virtual(go)
     assert peak >= 5  # it did grow for the slow answers
     assert during and max(during) <= 3  # and came down to what 1 ms answers need
+
+
+def test_stalls_of_the_server_do_not_grow_the_window_beyond_what_the_median_round_trip_needs() -> None:
+    # 1,000/s (the lane's burst is 4), answers after 1 ms, but the server stalls 15 ms every
+    # 100 ms and answers what it took meanwhile at the stall's end (nginx stamps them with one
+    # clock reading): each stall fills the window, and a window grown by every answer that came
+    # while full reached 20 and more, all sent into the next stall at once. The median round
+    # trip (1 ms, to its 5% steps) caps it at 4 + 2 x 1000 x 0.00105, 7 (14 without the cap).
+    def answer_at(t: float) -> float:
+        into = t % 0.1
+        return t - into + 0.015 if into < 0.015 else t + 0.001
+
+    peak, times = peak_in_flight(
+        lambda: Pacer(limits={"write": 1000.0}, concurrency=64, give_up_after=600, max_wait=30), answer_at, 1500)
+    assert len(times) == 1500
+    assert peak <= 7
+    # ... and the rate is kept between the stalls: 1,500 requests in their 1.5 s and the stalls'.
+    assert max(times) - min(times) <= 1.5 / 0.85

@@ -21,6 +21,22 @@ R, a hair above it. (A multiplicative cut per 429 settled at ``sqrt(2 R / f)``, 
 per 429, and the more so the higher R.) A request at a cut rate takes ``R / rate`` of the
 bucket's capacity, so the burst shrinks with the rate. Several limits on one request (a kind's
 and the shared ``--rate``) are passed at one instant (:func:`acquire_together`).
+
+429s also lower the burst, by one down to ``MIN_BURST`` (:meth:`Lane.shrink`), once they are
+more than ``SHRINK_SHARE`` of the answers (``SHRINK_AFTER`` at least): the server's bucket holds
+less than the lane lets go back to back, once the time between our send and the server's count
+is added. That time is the server's, and on a busy machine it is ms: nginx,
+starved of its core for 3 ms, counts 3 ms of our sends at one clock reading, so a lane that
+caught up 4 after a stall of its own and sent 4 more at its pace within those 3 ms met a bucket
+of 5 with 8 (2026-12-02, R = 1,000, load 8 on 2 cores, `benchmarks/pace_probe.py`: 130-142
+429s in 8,800 requests at a burst of 4, 57-66 at 3, 7-11 at 2). What a lane sends within any
+``t`` seconds is at most ``burst + t x R``, so each request less of burst is ``1 / R`` more of
+the server's lateness taken. But a smaller burst costs CPU and rate where the client is the one
+late (fewer requests per wake-up, less caught up after its own stalls: at the same load, burst 2
+0.29-0.37 R at 0.83-0.93 ms of CPU a request, burst 4 0.45 R at 0.69-0.74 ms with 1.0-1.1%
+429s), and a sporadic 429 costs one request's Retry-After: so only a share of 429s that would
+miss the issue's 1% shrinks it. The burst never grows back: a server found to hold less goes on
+holding less.
 """
 
 from __future__ import annotations
@@ -28,13 +44,21 @@ from __future__ import annotations
 from .bucket import Bucket
 
 __all__ = [
-    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "SAMPLE", "SLACK", "UNBOUNDED",
-    "Lane", "acquire_together", "burst_for", "pace_for", "sample_for",
+    "BURST_SECONDS", "CLIMB", "CLIMB_EVERY", "FLOOR", "MARGIN", "MAX_BURST", "MIN_BURST", "SAMPLE",
+    "SHRINK_AFTER", "SHRINK_SHARE", "SLACK", "UNBOUNDED", "Lane", "acquire_together", "burst_for", "pace_for",
+    "sample_for",
 ]
 
 #: Most requests a lane lets go back to back (measured: see README, Performance; a server
 #: bucket of 5 takes it with room for the network's jitter).
 MAX_BURST = 4
+#: The fewest a 429 shrinks a lane's burst to (Lane.shrink): under 2, every wake-up of a loop
+#: late by more than 1 / R loses the slot for good (a lane at burst 1 keeps 1).
+MIN_BURST = 2
+#: 429s shrink the burst when, since the last shrink, they are at least SHRINK_AFTER and this
+#: share of the answers (under 1%, the issue's bound on 429s).
+SHRINK_AFTER = 3
+SHRINK_SHARE = 0.005
 #: The burst is this many seconds of traffic, between 2 and MAX_BURST requests (2: a request
 #: the event loop wakes late is made up by the next one instead of lost), and 1 under
 #: 2 requests/s, where a server's bucket may hold only one.
@@ -84,7 +108,8 @@ class Lane:
     ``full`` = :func:`pace_for` (R), and the AIMD state that slows it after a 429. ``weight`` =
     full / current rate: the bucket capacity one request takes (1.0 at full rate)."""
 
-    __slots__ = ("_climb_at", "_step", "burst", "full", "limiter", "rate", "weight")
+    __slots__ = ("_climb_at", "_refusals", "_shrunk_answers", "_shrunk_at", "_step", "burst", "full", "limiter",
+                 "rate", "weight")
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
@@ -98,6 +123,9 @@ class Lane:
         self.limiter = Bucket(self.burst + EPS, (self.burst + EPS) / self.full)
         self.weight = 1.0
         self._climb_at = 0.0
+        self._shrunk_at = float("-inf")  # loop time of the last shrink
+        self._shrunk_answers = 0  # the run's answers at the last shrink
+        self._refusals = 0  # 429s to requests sent since the last shrink
         self._step = rate / sample_for(rate)  # what one 429 takes off the rate
 
     @property
@@ -141,6 +169,29 @@ class Lane:
         if rate < current:
             self.weight = self.full / rate
 
+    def shrink(self, sent_at: float, now: float, answers: int) -> None:
+        """A 429 at ``now`` to a request sent at ``sent_at``, ``answers`` answered in the run so
+        far: when such 429s since the last shrink reach SHRINK_AFTER and SHRINK_SHARE of the
+        answers since, let one request less go back to back from now on, down to MIN_BURST
+        (see the module). A 429 to a request sent before the last shrink is not counted: the
+        requests of one bunch shrink the burst once.
+
+        aiolimiter's capacity cannot shrink under its waiters (one waiting for more than the
+        new capacity would wait forever), so :attr:`limiter` is a new bucket at the same pace,
+        as full as the old one was; who waits on the old one is let go by it and passes the
+        new one again (:meth:`bulk.pacing.Pacer.enter`)."""
+        if sent_at < self._shrunk_at or self.burst <= MIN_BURST:
+            return
+        self._refusals += 1
+        if self._refusals < max(SHRINK_AFTER, SHRINK_SHARE * (answers - self._shrunk_answers)):
+            return
+        self._shrunk_at, self._shrunk_answers, self._refusals = now, answers, 0
+        self.burst -= 1
+        old, capacity = self.limiter, self.burst + EPS
+        new = Bucket(capacity, capacity / self.full)
+        new._level, new._last_check = min(old._level, capacity), old._last_check
+        self.limiter = new
+
     def hold_climb(self, until: float) -> None:
         """Every worker pauses until ``until``: the climb waits for it too."""
         if self.weight != 1.0:
@@ -153,9 +204,10 @@ class Lane:
             self._climb_at = resume_at + CLIMB_EVERY
 
 
-async def acquire_together(lanes: tuple[Lane, ...], now: float) -> None:
+async def acquire_together(lanes: tuple[Lane, ...], now: float) -> bool:
     """Pass every one of ``lanes`` at one instant: the request leaves only when each of them
-    admits it then, so none of them counts it earlier than it leaves.
+    admits it then, so none of them counts it earlier than it leaves. False when a lane's
+    bucket was replaced meanwhile (:meth:`Lane.shrink`): pass them again.
 
     Taking one lane and then waiting for the next would let the request leave later than the
     first lane counted it, and the next request of that lane follow it closer than its rate
@@ -164,6 +216,7 @@ async def acquire_together(lanes: tuple[Lane, ...], now: float) -> None:
     and wait for the one that did not admit. Capacity beyond a lane's burst (a cut rate's
     weight) is taken first, as plain waiting.
     """
+    limiters = [lane.limiter for lane in lanes]
     parts: list[tuple[Lane, float]] = []
     for lane in lanes:
         weight = lane.weight_at(now)
@@ -181,6 +234,6 @@ async def acquire_together(lanes: tuple[Lane, ...], now: float) -> None:
             for other, w in parts:
                 if other is not lane:
                     await other.limiter.acquire(w)  # admits: no suspension, the same instant
-            return
+            return all(lane.limiter is limiter for lane, limiter in zip(lanes, limiters, strict=True))
         lane.give_back(weight)
         first = blocked
