@@ -62,6 +62,10 @@ Progress hooks, for kills triggered by progress instead of wall clock (requests 
   answer: kill it then, and it died between an answer and its next step).
 - ``hold_when(match)``: the first request from now for which ``match(method, path, body)`` is
   true is held as by ``hold_after``.
+- ``hold.abandoned`` (a threading.Event, every hold): set when the client closed the held
+  request's connection while the proxy still held it (it gave up: a timeout, say); the proxy
+  polls the connection every few milliseconds. Release at that moment + d, and the request
+  lands d seconds after its sender stopped waiting for it.
 - ``drain()``: wait until no forward is in flight (nothing more can land at the server).
 - ``gate(match)``: every request for which ``match(method, path, body)`` is true is stopped
   at the proxy (fate ``held``; ``gate.reached`` is set when the first arrives) and never
@@ -171,6 +175,7 @@ class Hold:
 
     number: int
     reached: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)  # the client closed it while held
     kind: str | None = None  # the held request's kind, once it arrived
     request: tuple[str, str, str, bytes] | None = None  # (method, path, query string, body), once it arrived
     _proxy: HostileProxy | None = None
@@ -571,7 +576,11 @@ class HostileProxy:
                 self._waiting.pop(number, None)
                 event.set()
             hold.reached.set()
-            await event.wait()
+            watch = asyncio.create_task(self._watch_abandoned(request, hold))
+            try:
+                await event.wait()
+            finally:
+                watch.cancel()
             try:
                 answer = await self._detached(request, body, 0, number)
             finally:
@@ -604,6 +613,14 @@ class HostileProxy:
                 else:
                     self._armed.extend(h for _, h in arms)
         return await self._answer(request, answer, number)
+
+    @staticmethod
+    async def _watch_abandoned(request: web.Request, hold: Hold) -> None:
+        """Set ``hold.abandoned`` once the client closed the held request's connection."""
+        # ASYNC110: the transport's closing is aiohttp's state, with no event to wait on
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        hold.abandoned.set()
 
     def _log_landing(self, number: int) -> None:
         """A held request released by release_after landed: say after which of the next run's."""

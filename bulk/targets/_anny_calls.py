@@ -4,8 +4,9 @@
 process that uploads): the organization every call carries (``?o=``), identical-request
 spacing through the engine's :class:`~bulk.spacing.KeySpacer` (:class:`IdenticalSpacer`
 only says what "identical" means and the 1 s window), the settle clock (step 1 of the
-module docstring of ``bulk.targets.anny``), a create whose lost answer is looked up before
-any resend, and the invoice look-ups every recovery starts from.
+module docstring of ``bulk.targets.anny``), a create whose lost answer is looked up, once
+``settle`` seconds have passed, before any resend, and the invoice look-ups every recovery
+starts from.
 """
 
 from __future__ import annotations
@@ -69,12 +70,19 @@ class Calls:
 
     async def create(self, job: Job, req: Request, stage: str,
                      find: Callable[[], Awaitable[T | None]]) -> tuple[Reply | None, T | None]:
-        """Send a create; after an answer that may be lost, ``find()`` looks for it first.
-        Returns ``(reply, None)`` when created now, ``(None, found)`` when found."""
+        """Send a create; after an answer that may be lost, ``find()`` looks for it first, once
+        ``settle`` seconds have passed (the lost request may still be on its way: it lands
+        within ``settle`` seconds, anny's contract). Returns ``(reply, None)`` when created
+        now, ``(None, found)`` when found."""
         found: T | None = None
 
         async def recover() -> Reply | None:
             nonlocal found
+            # Session.send calls this right after its backoff, which follows the failure: a
+            # full ``settle`` from now is past ``settle`` after the failure (a bound, not a
+            # measure: _send.py does not say when it failed). Lost answers only: rare.
+            if self.settle > 0:
+                await anyio.sleep(self.settle)
             found = await find()
             return _FOUND if found is not None else None
 

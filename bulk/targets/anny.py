@@ -10,6 +10,9 @@ One record becomes, every call with ``?o={organization}`` and the Bearer token, 
 Exactly once, without an idempotency key: every create whose answer may be lost is looked up
 before it is sent again, and a resumed record verifies what its resume state says.
 
+Within a run too, a create whose answer was lost is looked up only ``settle`` seconds after
+the failure (step 1's contract: it may still be on its way), then found or sent again.
+
 - customer: one lookup-or-create per distinct e-mail (``job.resolve``: single flight, cached,
   kept in the resume file); the e-mail lookup also finds a create whose answer was lost, and
   an address missing after a crash is added then.
