@@ -85,3 +85,29 @@ def test_after_two_bunches_of_429s_a_stalled_loop_catches_up_no_more_than_the_fl
     after = Counter(round(t, 5) for t in times if t > throttled_at[-1])
     assert max(before.values()) == 4  # the stalls bunch the full burst, also after a sporadic 429
     assert max(after.values()) == MIN_BURST
+
+
+def test_a_burst_shrunk_while_acquire_together_waits_makes_it_pass_again_instead_of_raising() -> None:
+    # Two lanes at a cut rate (weight 3.5 of a burst of 4); lane b's bucket is full, so the
+    # request waits on b. Meanwhile a 429 shrinks lane a to a bucket of 3: the 3.5 computed for
+    # a no longer fits it, and aiolimiter raises ValueError for an amount beyond its capacity.
+    # acquire_together says "pass again" (False) instead, and the next pass goes through.
+    from bulk._pacing.lane import acquire_together
+
+    async def main() -> tuple[bool, bool]:
+        a, b = Lane(1000.0), Lane(1000.0)
+        for lane in (a, b):
+            lane.weight, lane._climb_at = 3.5, float("inf")  # cut, and no climb while we look
+        b.limiter._level = b.limiter.max_rate  # full: the request waits for b to leak
+        b.limiter._last_check = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        waiting = asyncio.ensure_future(acquire_together((a, b), now))
+        await asyncio.sleep(0)  # it takes a, finds b full, gives a back and waits on b
+        for i in range(SHRINK_AFTER):
+            a.shrink(sent_at=now + i, now=now + i, answers=0)
+        assert a.burst == 3
+        first = await asyncio.wait_for(waiting, 5)
+        second = await asyncio.wait_for(acquire_together((a, b), asyncio.get_running_loop().time()), 5)
+        return first, second
+
+    assert asyncio.run(main()) == (False, True)

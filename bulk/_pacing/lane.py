@@ -226,14 +226,25 @@ async def acquire_together(lanes: tuple[Lane, ...], now: float) -> bool:
         parts.append((lane, weight))
     first = 0
     while True:
+        if _swapped(lanes, limiters):
+            return False  # a part may no longer fit the shrunk bucket (aiolimiter would raise)
         lane, weight = parts[first]
         await lane.limiter.acquire(weight)
+        if _swapped(lanes, limiters):
+            if lane.limiter is limiters[first]:
+                lane.give_back(weight)  # taken at this instant from a bucket still in use
+            return False
         blocked = next((i for i, (other, w) in enumerate(parts)
                         if other is not lane and not other.limiter.has_capacity(w)), None)
         if blocked is None:
             for other, w in parts:
                 if other is not lane:
                     await other.limiter.acquire(w)  # admits: no suspension, the same instant
-            return all(lane.limiter is limiter for lane, limiter in zip(lanes, limiters, strict=True))
+            return True
         lane.give_back(weight)
         first = blocked
+
+
+def _swapped(lanes: tuple[Lane, ...], limiters: list[Bucket]) -> bool:
+    """Whether a lane's bucket was replaced (:meth:`Lane.shrink`) since ``limiters`` was read."""
+    return any(lane.limiter is not limiter for lane, limiter in zip(lanes, limiters, strict=True))
