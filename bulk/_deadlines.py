@@ -49,7 +49,7 @@ class Deadlines:
 
     async def close(self) -> None:
         watch, self._watch = self._watch, None  # None first: its stop is then not a death
-        if watch is not None:
+        if watch is not None and not watch.done():  # a dead one's error is in `dead` (awaiting would re-raise it)
             watch.cancel()
             try:
                 await watch

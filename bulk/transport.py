@@ -237,16 +237,17 @@ class Transport:
             except BaseException:
                 resp.close()  # what read() does on a failure: a half-read connection is never reused
                 raise
-        except asyncio.CancelledError:
-            # The watchdog's cancellation, and nobody else's: the request had no answer in time.
+        except asyncio.CancelledError:  # the watchdog's, and nobody else's: no answer in time
             if deadlines.settle(task) and not task.cancelling():
                 if deadlines.dead is not None:
                     raise self._watchdog_died(deadlines.dead) from None
                 raise TransportError(self._describe("no answer", TimeoutError()), maybe_committed=True,
                                      reason="timeout") from None
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._failure(exc, expired=deadlines.settle(task)) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:  # (the watchdog's cancel, converted, too)
+            if (expired := deadlines.settle(task)) and deadlines.dead is not None:
+                raise self._watchdog_died(deadlines.dead) from None
+            raise self._failure(exc, expired=expired) from None
         except BaseException:
             deadlines.settle(task)  # e.g. aiohttp's ValueError for a bad header: it goes up as it is
             raise

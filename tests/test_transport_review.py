@@ -47,6 +47,33 @@ def test_a_dead_watchdog_fails_the_request_in_flight_and_every_next_one() -> Non
                             "could time out: the run stopped; run the same command again to resume")
 
 
+class _Faulty:
+    """Stands in for a request's task in the watchdog's table: cancelling it raises."""
+
+    def cancel(self) -> None:
+        raise RuntimeError("boom")
+
+
+def test_a_watchdog_dead_by_an_exception_fails_the_request_and_the_transport_closes_cleanly() -> None:
+    # Dead by an exception, not a cancel: close() must not re-raise that exception (it would
+    # replace the AbortRun, "run the same command again", by a foreign error at the run's end).
+    async def go() -> BaseException:
+        arrived = asyncio.Event()
+        async with raw_server(_arrival_server(arrived)) as base, \
+                Transport(base, headers={}, timeout=30, connections=4) as t:
+            sending = asyncio.get_running_loop().create_task(t.send(Request("POST", "/x", json={"a": 1})))
+            await arrived.wait()
+            assert t._deadlines is not None
+            t._deadlines.due[_Faulty()] = 0.0  # type: ignore[index]  # its next tick raises in expire()
+            with anyio.fail_after(10):  # a failsafe only: the send ends at the next tick, or hangs for 60 s
+                (in_flight,) = await asyncio.gather(sending, return_exceptions=True)
+            return in_flight
+
+    in_flight = asyncio.run(go())  # leaving `async with Transport` raised RuntimeError("boom") before
+    assert isinstance(in_flight, AbortRun)
+    assert "watchdog stopped (RuntimeError: boom)" in str(in_flight)
+
+
 class _ShiftedLoop(asyncio.SelectorEventLoop):
     """A loop whose clock is not time.monotonic: a day ahead."""
 
