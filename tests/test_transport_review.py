@@ -85,7 +85,7 @@ def test_deadlines_are_on_the_loops_clock() -> None:
     async def go() -> tuple[float, float, TransportError]:
         arrived = asyncio.Event()
         async with raw_server(_arrival_server(arrived)) as base, \
-                Transport(base, headers={}, timeout=0.3, connections=4) as t:
+                Transport(base, headers={}, timeout=2, connections=4) as t:
             sending = asyncio.get_running_loop().create_task(t.send(Request("POST", "/x", json={"a": 1})))
             await arrived.wait()
             assert t._deadlines is not None
@@ -97,7 +97,7 @@ def test_deadlines_are_on_the_loops_clock() -> None:
 
     with asyncio.Runner(loop_factory=_ShiftedLoop) as runner:
         deadline, now, err = runner.run(go())
-    assert now < deadline <= now + 0.3
+    assert now < deadline <= now + 2  # (2 s, not less: a loaded machine must not time it out before we look)
     assert err.reason == "timeout"
 
 
