@@ -215,7 +215,9 @@ def kill_until_done(sb: SandboxServer, proxy: HostileProxy, args_for: Callable[[
     the kill (the proxy drains, so everything the killed run sent has landed before the next
     run starts) or, with probability ``late_into_next_run``, when one of the next run's first
     ``late_window`` requests arrives (a request of a dead run landing while its successor
-    works). ``after_each`` checks the server after every kill (by default: no duplicate
+    works); a proxy made with ``settle=S`` (anny's time-based contract) ignores that k and
+    releases it at a seeded moment in [0, S) after the next run's first answer instead
+    (tests/hostile_proxy.py). ``after_each`` checks the server after every kill (by default: no duplicate
     invoice, not even transiently).
     """
     rng = random.Random(seed)

@@ -14,6 +14,7 @@ from bulk.targets.base import Target
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "bulk" / "targets"
 #: (module, enclosing function) of every sleep the contract allows, and the words naming it there
 ALLOWED = {("_anny_calls", "Calls.settled"): "``Calls.settled``",
+           ("_anny_calls", "Calls.create.recover"): "``recover`` in ``Calls.create``",
            ("coperniq", "CoperniqTarget._create.recover"): "``recover`` in ``CoperniqTarget._create``"}
 
 

@@ -8,7 +8,6 @@ retries, checkpoints or writes output: the engine does, through the :class:`Job`
 through ``bulk.sandbox``; how the two meet in the embedded sandbox and the tests (credentials,
 seeds) is ``bulk.embedded``'s, not the target's. Prove it with ``bulk.testing.conformance``
 (README: "Writing a target"; ``tests/plugin_ledger`` is a complete fifth target).
-
 What a target implements: the class attributes of :class:`Target` (``name``, ``credential_env``,
 ``base_url_env``, ...), :meth:`~Target.headers` and :meth:`~Target.upload`; where the API needs
 it, :meth:`~Target.check`, :meth:`~Target.classify` / :meth:`~Target.error_detail` (its error
@@ -110,9 +109,8 @@ class Target(abc.ABC):
     creatable: ClassVar[frozenset[str]] = frozenset()
     #: what the target creates without the flag (today's behaviour)
     default_create: ClassVar[frozenset[str]] = frozenset()
-    #: the creatable kinds whose create the API refuses to repeat (a unique key): only these may
-    #: be created by several upload processes at once (``--processes N``), which do not share
-    #: their single flight
+    #: the creatable kinds whose create the API refuses to repeat (a unique key): only these may be
+    #: created by several upload processes at once (``--processes N``: no shared single flight)
     unique_creates: ClassVar[frozenset[str]] = frozenset()
     #: why a kind is not creatable, said with the exit-2 refusal
     cannot_create_why: ClassVar[str] = ""
@@ -204,12 +202,14 @@ class Target(abc.ABC):
         key): time for a request already on its way (a killed run's, a lost answer's attempt) to
         land before the target looks for it, so the look-up does not miss what a resend would
         duplicate. No engine hook says "not before T" (KeySpacer and QuotaGate count requests),
-        so it is the target's; there are two (``tests/test_target_contract.py`` checks it):
+        so it is the target's; there are three (``tests/test_target_contract.py`` checks it):
 
         - anny, ``Calls.settled`` (``bulk.targets._anny_calls``): a record an earlier run may
           have sent (``job.maybe_sent_before`` or resume progress) is not looked up before
           ``--option settle`` seconds (default 2, at most 3600) have passed since this
           process's first answer from anny: one deadline per process, paid once, by a resumed run.
+          And ``recover`` in ``Calls.create``: a create whose answer was lost within a run is
+          looked up ``settle`` seconds after the engine's backoff (only a lost answer pays it).
         - Coperniq, ``recover`` in ``CoperniqTarget._create``: after a create's answer was lost,
           the invoice is looked up again, pausing 0.5 s doubling to 5 s between look-ups, for
           up to ``--option settle`` seconds (default 10, at most 3600) before the engine sends
