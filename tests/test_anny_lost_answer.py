@@ -14,15 +14,14 @@ record's items exactly, and bulk exits 0 with every record created.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from anny_audit import exactly_once_problems
 from harness import SandboxServer, start_cli, stop, upload_args, wait_until
 from hostile_proxy import HostileProxy
 
@@ -35,23 +34,6 @@ def _record(number: int, email: str) -> dict[str, Any]:
             "customer": {"external_id": f"C-{email}", "email": email, "name": f"Person {number}", "locale": "de"},
             "lines": [{"title": f"Line {number}.{i}", "quantity": 1 + i, "unit_price": "10.50", "tax_rate": "19"}
                       for i in range(2)]}
-
-
-def _problems(state: dict[str, Any], out: Path, records: list[dict[str, Any]]) -> list[str]:
-    """What differs from exactly once, at the server and in failed_reasons.csv."""
-    problems = [f"customer {e}: {n} customers at the API"
-                for e, n in Counter(str(c["email"]).lower() for c in state["customers"]).items() if n > 1]
-    for rec in records:
-        found = [inv for inv in state["invoices"] if inv["number"] == rec["external_id"]]
-        if len(found) != 1:
-            problems.append(f"{rec['external_id']}: {len(found)} invoices at the API")
-        for inv in found:
-            titles = Counter(item["title"] for item in inv["items"])
-            if titles != Counter(line["title"] for line in rec["lines"]):
-                problems.append(f"{rec['external_id']}: items {dict(titles)}")
-    with open(out / "failed_reasons.csv", newline="", encoding="utf-8") as f:
-        problems += [f"{r['external_id']} failed at {r['stage']}: {r['message'][:200]}" for r in csv.DictReader(f)]
-    return problems
 
 
 def _lost_answer_lands_late(tmp_path: Path, records: list[dict[str, Any]], hold: Any, looks_up: Any,
@@ -93,7 +75,7 @@ def _lost_answer_lands_late(tmp_path: Path, records: list[dict[str, Any]], hold:
         finally:
             stop(proc)
         px.drain()
-        problems = _problems(sb.state(), out, records)
+        problems = exactly_once_problems(sb.state(), out, records)
     # a look-up inside the window came before the late request: the client did not wait
     assert (problems, proc.returncode, early) == ([], 0, False), (problems, d, stderr)
 

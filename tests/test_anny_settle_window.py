@@ -23,14 +23,13 @@ and the holds come from progress (the held request reached the proxy, records cr
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from anny_audit import exactly_once_problems
 from anny_reads import AnnyObjects
 from harness import SandboxServer, cli, start_cli, stop, upload_args, wait_until
 from hostile_proxy import HostileProxy, LateDelivery
@@ -58,25 +57,6 @@ def _write(path: Path, records: list[dict[str, Any]]) -> None:
 
 def _is_post(suffix: str, carrying: bytes = b"") -> Any:
     return lambda method, path, body: method == "POST" and path.endswith(suffix) and carrying in body
-
-
-def _problems(state: dict[str, Any], out: Path, records: list[dict[str, Any]]) -> list[str]:
-    """What differs from exactly once: customers per e-mail, invoices per number, items per
-    invoice, failed records."""
-    problems = [f"customer {e}: {n} customers at the API"
-                for e, n in Counter(str(c["email"]).lower() for c in state["customers"]).items() if n > 1]
-    by_number = Counter(inv["number"] for inv in state["invoices"])
-    for rec in records:
-        found = [inv for inv in state["invoices"] if inv["number"] == rec["external_id"]]
-        if by_number[rec["external_id"]] != 1:
-            problems.append(f"{rec['external_id']}: {by_number[rec['external_id']]} invoices at the API")
-        for inv in found:
-            titles = Counter(item["title"] for item in inv["items"])
-            if titles != Counter(line["title"] for line in rec["lines"]):
-                problems.append(f"{rec['external_id']}: items {dict(titles)}")
-    with open(out / "failed_reasons.csv", newline="", encoding="utf-8") as f:
-        problems += [f"{r['external_id']} failed at {r['stage']}: {r['message'][:200]}" for r in csv.DictReader(f)]
-    return problems
 
 
 def _killed_then_resumed(tmp_path: Path, records: list[dict[str, Any]], *, hold: Any, settle: float,
@@ -112,7 +92,7 @@ def _killed_then_resumed(tmp_path: Path, records: list[dict[str, Any]], *, hold:
         state = sb.state()
         [entry] = px.late_log
     assert entry.landed and entry.status == 201, entry
-    return _problems(state, out, records), entry, done
+    return exactly_once_problems(state, out, records), entry, done
 
 
 CUSTOMER = [_record(1, "ada@example.com"), _record(2, "bob@example.com", "paid")]
