@@ -146,7 +146,8 @@ def run_client(client: Client, input_path: Path, server: servers.Server, *, conc
         cpu=usage["utime"] + usage["stime"], rss_mb=usage.get("tree_rss_kb", usage["maxrss_kb"]) / 1024,
         created=created, requests=requests, throttled=throttled,
         server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0, exit_code=code,
-        extra={"work_seconds": work_seconds, "processes": processes},
+        extra={"work_seconds": work_seconds, "processes": processes, "pss_mb": usage.get("tree_pss_kb", 0) / 1024,
+               "rss_parts_mb": [kb / 1024 for kb in usage.get("tree_rss_parts_kb", ())]},
     )
 
 
@@ -356,20 +357,28 @@ def memory_goal(args: argparse.Namespace, work: Path, log: Callable[[str], None]
             for n in (small, big):
                 m = run_client(CLIENTS["bulk"], make_input(work, n), server, concurrency=args.concurrency, work=work,
                                bulk_args=("--rate", "1e9", *extra))
-                log(f"[memory] --processes {mode}, {n:,} records: peak RSS {m.rss_mb:.1f} MB, {m.rate:,.0f} inv/s, "
-                    f"{m.wall:.1f} s")
+                log(f"[memory] --processes {mode}, {n:,} records: peak RSS {m.rss_mb:.1f} MB ({_parts(m)}), "
+                    f"PSS {m.extra['pss_mb']:.1f} MB, {m.rate:,.0f} inv/s, {m.wall:.1f} s")
                 rows.append((mode, m))
     finally:
         server.stop()
-    lines = ["| --processes | records | processes used | peak RSS MB (summed) | invoices/s | wall s |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {mode} | {m.records:,} | {m.extra.get('processes', '?')} | {m.rss_mb:.1f} | {m.rate:,.0f} | "
-              f"{m.wall:.1f} |" for mode, m in rows]
+    # The parts say which process holds what (bulk --processes N: the parent, which supervises
+    # and merges, then its N shard workers); PSS counts a page the processes share once.
+    lines = ["| --processes | records | processes used | peak RSS MB (summed) | at that peak, MB each | "
+             "peak PSS MB (summed) | invoices/s | wall s |",
+             "|---|---:|---:|---:|---|---:|---:|---:|"]
+    lines += [f"| {mode} | {m.records:,} | {m.extra.get('processes', '?')} | {m.rss_mb:.1f} | {_parts(m)} | "
+              f"{m.extra['pss_mb']:.1f} | {m.rate:,.0f} | {m.wall:.1f} |" for mode, m in rows]
     lines.append("")
     for i, (mode, _) in enumerate(modes):
         lo, hi = rows[2 * i][1], rows[2 * i + 1][1]
         lines.append(f"--processes {mode}: peak RSS at {big:,} ÷ at {small:,}: {hi.rss_mb / lo.rss_mb:.2f}  ")
     return lines
+
+
+def _parts(m: Measurement) -> str:
+    """The processes' RSS at the summed peak, the parent first: "44.9 + 57.3 + 57.1"."""
+    return " + ".join(f"{mb:.1f}" for mb in m.extra.get("rss_parts_mb", ())) or "?"
 
 
 def resume_goal(args: argparse.Namespace, work: Path, scratch: Path, log: Callable[[str], None]) -> list[str]:
