@@ -100,15 +100,22 @@ async def taken() -> AsyncIterator[Hub]:
             signals = stack.enter_context(anyio.open_signal_receiver(*SIGNALS))
         except (ValueError, NotImplementedError):  # not the main thread
             signals = None
-        async with anyio.create_task_group() as tg:
-            if signals is not None:
-                tg.start_soon(_forward, signals, hub)
-            token = _HUB.set(hub)
-            try:
-                yield hub
-            finally:
-                _HUB.reset(token)
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                if signals is not None:
+                    tg.start_soon(_forward, signals, hub)
+                token = _HUB.set(hub)
+                try:
+                    yield hub
+                finally:
+                    _HUB.reset(token)
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The task group wraps the body's own exception (the forwarder raises none): the
+            # caller gets it as the body raised it (a ConfigError is exit 2, not a group).
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
 
 async def _forward(signals: AsyncIterator[signal.Signals], hub: Hub) -> None:
