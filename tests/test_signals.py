@@ -4,6 +4,8 @@ exit 130; the same command then resumes and finishes exactly once."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import subprocess
 import threading
@@ -29,6 +31,7 @@ from harness import (
 from hostile_proxy import HostileProxy
 
 import bulk.targets
+from bulk._runlock import LOCK_NAME
 
 TARGETS = bulk.targets.names()  # the registered targets (entry points included)
 FIRST_SIGNAL_NOTE = "again to stop now"  # the CLI's note once it has taken in a first signal
@@ -129,3 +132,76 @@ def test_second_signal_abandons_requests_in_flight_safely(target: str, tmp_path:
         wait_until(lambda: in_flight(sb) == 0, timeout=30, what="the abandoned requests to finish at the server")
         resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux: its /proc fd table)."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.path.realpath(fd) == str(path) for fd in fds.iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # the process is gone, or not there yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads another process's open files in /proc")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_before_the_run_stops_the_command_cleanly(signum: signal.Signals, tmp_path: Path) -> None:
+    """The earliest signal that can meet the event loop: the CLI waits for the run directory's
+    lock (held here, as another bulk process would) before anything is sent. The signal stops
+    it there: exit 130, said how to resume, no traceback, nothing sent; once the lock is free
+    the same command finishes exactly once. (Before, SIGTERM killed it unannounced (-15), and
+    SIGINT went through asyncio.Runner's cancel: 130 with a bare "interrupted".) Triggered on
+    progress: the CLI has the lock file open, waiting; it waits up to 5 s for the lock, a bound
+    the signal comes well within."""
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 8, seed=203)
+    out.mkdir()
+    lock_path = (out / LOCK_NAME).resolve()
+    with SandboxServer("agiled") as sb, open(lock_path, "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        args = upload_args(sb, src, out)
+        proc = start_cli(args, sb.env)
+        try:
+            wait_until(lambda: proc.poll() is not None or _holds_open(proc.pid, lock_path), timeout=60,
+                       interval=0.005, what="the CLI to wait for the run directory's lock")
+            proc.send_signal(signum)
+            _, stderr = proc.communicate(timeout=30)  # a hang bound, not a measurement
+        finally:
+            stop(proc)
+        assert proc.returncode == 130, stderr
+        assert "interrupted: run the same command again to resume" in stderr, stderr
+        assert "Traceback" not in stderr, stderr
+        assert sb.state()["requests"]["total"] == 0, "a request was sent before the run started"
+        fcntl.flock(held, fcntl.LOCK_UN)
+        resume_to_the_end(sb, args, out, records)
+    assert_counts(out, records)
+
+
+def test_a_signal_just_before_the_runs_watcher_is_kept_for_it() -> None:
+    """From ``Hub.to_run`` (the run directory locked) until the run's watcher is up, a signal
+    is queued for the run, not lost nor turned into a cancel: the watcher, however late it
+    starts, takes both at once (stop, then stop now). Real signals to this process, through
+    the event loop the CLI uses; each sent once the one before has arrived."""
+    import anyio
+
+    from bulk._signals import taken, watch
+    from bulk.config import loop_options
+
+    class Run:
+        stopping = False
+
+    async def go() -> tuple[bool, list[bool], bool]:
+        run, cancelled = Run(), []
+        async with taken() as hub:
+            hub.to_run()
+            with anyio.fail_after(30):  # a hang bound only
+                for n in (1, 2):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    while len(hub._pending) < n:  # noqa: ASYNC110 - the hub signals no event
+                        await anyio.sleep(0.005)
+                await watch(run, None, lambda: cancelled.append(True))
+        return run.stopping, cancelled, hub.interrupted
+
+    # off the main thread the loop cannot take signals, and SIGINT would stop the test session
+    assert threading.current_thread() is threading.main_thread()
+    assert anyio.run(go, backend_options=loop_options()) == (True, [True], False)

@@ -6,13 +6,15 @@ slower than ``--timeout`` times out, and misuse is a clear RuntimeError. Real so
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import anyio
 import pytest
 
 from bulk.errors import AbortRun, TransportError
-from bulk.transport import Request, Transport
+from bulk.transport import Reply, Request, Transport
 from tests.test_transport_boundary import raw_server
 from tests.test_transport_deadlines import _answering
 
@@ -25,13 +27,22 @@ def _arrival_server(arrived: asyncio.Event):  # type: ignore[no-untyped-def]
     return silent
 
 
+@asynccontextmanager
+async def _one_request_unanswered(request_timeout: float) -> AsyncIterator[tuple[Transport, asyncio.Task[Reply]]]:
+    """An open transport (``request_timeout``) and the task of one POST it sent, once the POST has reached
+    a server that reads it and answers nothing; its watchdog's table is there to look at."""
+    arrived = asyncio.Event()
+    async with raw_server(_arrival_server(arrived)) as base, \
+            Transport(base, headers={}, timeout=request_timeout, connections=4) as t:
+        sending = asyncio.get_running_loop().create_task(t.send(Request("POST", "/x", json={"a": 1})))
+        await arrived.wait()
+        assert t._deadlines is not None
+        yield t, sending
+
+
 def test_a_dead_watchdog_fails_the_request_in_flight_and_every_next_one() -> None:
     async def go() -> tuple[BaseException, BaseException]:
-        arrived = asyncio.Event()
-        async with raw_server(_arrival_server(arrived)) as base, \
-                Transport(base, headers={}, timeout=30, connections=4) as t:
-            sending = asyncio.get_running_loop().create_task(t.send(Request("POST", "/x", json={"a": 1})))
-            await arrived.wait()
+        async with _one_request_unanswered(request_timeout=30) as (t, sending):
             assert t._deadlines is not None and t._deadlines._watch is not None
             t._deadlines._watch.cancel()  # the watchdog dies (as a bug or a stray cancel would do)
             with anyio.fail_after(10):  # a failsafe only: the send ends at once, or hangs for 60 s
@@ -58,12 +69,7 @@ def test_a_watchdog_dead_by_an_exception_fails_the_request_and_the_transport_clo
     # Dead by an exception, not a cancel: close() must not re-raise that exception (it would
     # replace the AbortRun, "run the same command again", by a foreign error at the run's end).
     async def go() -> BaseException:
-        arrived = asyncio.Event()
-        async with raw_server(_arrival_server(arrived)) as base, \
-                Transport(base, headers={}, timeout=30, connections=4) as t:
-            sending = asyncio.get_running_loop().create_task(t.send(Request("POST", "/x", json={"a": 1})))
-            await arrived.wait()
-            assert t._deadlines is not None
+        async with _one_request_unanswered(request_timeout=30) as (t, sending):
             t._deadlines.due[_Faulty()] = 0.0  # type: ignore[index]  # its next tick raises in expire()
             with anyio.fail_after(10):  # a failsafe only: the send ends at the next tick, or hangs for 60 s
                 (in_flight,) = await asyncio.gather(sending, return_exceptions=True)
@@ -83,12 +89,7 @@ class _ShiftedLoop(asyncio.SelectorEventLoop):
 
 def test_deadlines_are_on_the_loops_clock() -> None:
     async def go() -> tuple[float, float, TransportError]:
-        arrived = asyncio.Event()
-        async with raw_server(_arrival_server(arrived)) as base, \
-                Transport(base, headers={}, timeout=2, connections=4) as t:
-            sending = asyncio.get_running_loop().create_task(t.send(Request("POST", "/x", json={"a": 1})))
-            await arrived.wait()
-            assert t._deadlines is not None
+        async with _one_request_unanswered(request_timeout=2) as (t, sending):
             (deadline,) = t._deadlines.due.values()
             now = asyncio.get_running_loop().time()
             with pytest.raises(TransportError) as info:

@@ -4,13 +4,13 @@ and a URL aiohttp cannot parse is still reported as a TransportError (real socke
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 import anyio
 import pytest
+from support.raw_http import answering_server
 
 from bulk.errors import TransportError
 from bulk.transport import Request, Transport
@@ -26,27 +26,9 @@ CASES: list[tuple[str, Sequence[tuple[str, str]] | dict[str, str] | None]] = [
 ]
 
 
-@asynccontextmanager
-async def recording_server(seen: list[bytes]) -> AsyncIterator[str]:
+def recording_server(seen: list[bytes]) -> AbstractAsyncContextManager[str]:
     """Answers 200 to every request on a connection; ``seen`` gets each request line."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                seen.append(head.split(b"\r\n", 1)[0])
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    return answering_server(lambda line, _fields, _body: seen.append(line))
 
 
 def test_the_request_line_is_aiohttps_own_for_the_same_text_first_and_cached() -> None:

@@ -5,12 +5,11 @@ headers at all, and a GET without a body (real sockets, no mocks)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 import anyio
+from support.raw_http import answering_server
 
 from bulk.transport import Request, Transport
 
@@ -25,30 +24,15 @@ CASES: list[Request] = [
 ]
 
 
-@asynccontextmanager
-async def capturing_server(seen: list[tuple[bytes, list[bytes], bytes]]) -> AsyncIterator[str]:
+def capturing_server(seen: list[tuple[bytes, list[bytes], bytes]]) -> AbstractAsyncContextManager[str]:
     """Answers 200 to every request; ``seen`` gets (request line, sorted header lines, body)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line, *fields = (await reader.readuntil(b"\r\n\r\n"))[:-4].split(b"\r\n")
-                length = next((int(f.split(b":", 1)[1]) for f in fields if f.lower().startswith(b"content-length:")), 0)
-                # the Host line names each server's own port: kept as its name only
-                fields = [b"host:" if f.lower().startswith(b"host:") else f.lower() for f in fields]
-                seen.append((line, sorted(fields), await reader.readexactly(length)))
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def record(line: bytes, fields: list[bytes], body: bytes) -> None:
+        # the Host line names each server's own port: kept as its name only
+        fields = [b"host:" if f.lower().startswith(b"host:") else f.lower() for f in fields]
+        seen.append((line, sorted(fields), body))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    return answering_server(record)
 
 
 def test_headers_and_body_on_the_wire_are_plain_aiohttps() -> None:

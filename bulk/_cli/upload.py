@@ -27,13 +27,28 @@ from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_THRESHOLD, re
 from .settings import check_options, check_paths, parse_options, upload_config
 
 if TYPE_CHECKING:
+    from .._signals import Hub
     from ..pipeline import RunResult  # imported when a run starts (see run)
 
 __all__ = ["run", "upload"]
 
 
 async def upload(args: argparse.Namespace) -> int:
-    """``bulk upload``: its exit code (:mod:`bulk._cli.console`); a usage error raises ConfigError first."""
+    """``bulk upload``: its exit code (:mod:`bulk._cli.console`); a usage error raises ConfigError first.
+    SIGINT/SIGTERM are the event loop's from here to the end (:func:`bulk._signals.taken`): one
+    before the run stops the command at once (130), one from the run's start on is the run's."""
+    from .._signals import taken
+
+    code: int | None = None
+    async with taken() as hub:
+        code = await _upload(args, hub)
+    if code is None:  # a signal before the run started
+        say("interrupted: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    return code
+
+
+async def _upload(args: argparse.Namespace, hub: Hub) -> int:
     from ..progress import make_progress
 
     # A run allocates a few objects per record and reference counting frees nearly all of them
@@ -79,7 +94,7 @@ async def upload(args: argparse.Namespace) -> int:
         if target is not None:
             if (pace := _pace_note(config, target)) is not None:
                 console.note(pace)
-            result = await run(config, target, console, metrics)
+            result = await run(config, target, console, metrics, hub)
         else:
             from ..embedded import pairing
             from ..sandbox import serve  # aiohttp.web and the dialects: imported only when used
@@ -102,7 +117,7 @@ async def upload(args: argparse.Namespace) -> int:
                 options = {**pair.client_options(), **config.options, ON_EXISTING_KEY: config.on_existing}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
-                result = await run(config, target, console, metrics)
+                result = await run(config, target, console, metrics, hub)
         if result.summary:
             console.finish(result.summary)
     finally:
@@ -121,8 +136,11 @@ async def upload(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-async def run(config: UploadConfig, target: Target, console: Any, metrics: Any = None) -> RunResult:
-    """The job in one process, or in N shard workers (``--processes N``, bulk.procs)."""
+async def run(config: UploadConfig, target: Target, console: Any, metrics: Any = None,
+              hub: Hub | None = None) -> RunResult:
+    """The job in one process, or in N shard workers (``--processes N``, bulk.procs). With the
+    command's ``hub``, a signal once the run directory is locked is the run's (its graceful stop);
+    N processes handle their own (bulk.procs), so until then one stops the command."""
     from .._runlock import hold_dir
     from ..pipeline import Run, RunResult
     from ..procs import job_processes, run_processes
@@ -131,6 +149,8 @@ async def run(config: UploadConfig, target: Target, console: Any, metrics: Any =
     if n == 1:
         lock = await hold_dir(config.out)  # one process uploads into a run directory at a time
         try:
+            if hub is not None:
+                hub.to_run()
             return await Run(config, target, progress=console, metrics=metrics).execute()
         finally:
             if lock is not None:

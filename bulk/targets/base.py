@@ -17,7 +17,9 @@ shape), :meth:`~Target.start_run` (run state), :meth:`~Target.prepare` (a smoke 
 (a Decimal goes as an exact number), ``headers``, ``kind`` ``"read"``/``"write"``); an answer a
 :class:`bulk.transport.Reply` (``status``, ``headers``, ``content``; ``json()`` gives floats:
 read money with ``json.loads(reply.content, parse_float=Decimal)``). The record is a
-:class:`bulk.records.Record`, already validated (money as Decimal).
+:class:`bulk.records.Record`, already validated (money as Decimal). This module is the whole
+contract; the default bodies of the error-answer hooks live in ``bulk.targets._answers`` and the
+credential check in ``bulk.targets._credentials`` (private: extend the hooks with ``super()``).
 
 The lifecycle: ``__init__`` before the run (check the options: a ConfigError is exit 2 before
 anything starts); ``check`` for every record as it is read, before anything is sent for it
@@ -67,19 +69,16 @@ import abc
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import AbortRun, AuthError, ConfigError, RecordRefused, ServerError, Throttled
-from ..pacing import parse_retry_after
 from ..refs import kinds_of
 from ..transport import Reply
+from . import _answers, _credentials
+from ._credentials import MIN_SECRET_LENGTH
 from ._handles import Created, Job, RunJob
 
 if TYPE_CHECKING:
     from ..records import Record
 
 __all__ = ["MIN_SECRET_LENGTH", "Created", "Job", "RunJob", "Target"]
-
-#: the shortest credential accepted from the environment (see ``credentials_from_env``)
-MIN_SECRET_LENGTH = 8
 
 
 class Target(abc.ABC):
@@ -131,18 +130,9 @@ class Target(abc.ABC):
     # --- construction --------------------------------------------------------------------
     @classmethod
     def credentials_from_env(cls, env: Mapping[str, str]) -> dict[str, str]:
-        missing = [name for name in cls.credential_env if not env.get(name)]
-        if missing:
-            raise ConfigError(f"the {cls.name} target needs {', '.join(missing)} in the environment")
-        # Refused, not warned about: a credential this short also occurs in ordinary text (an
-        # id, an amount, a word of an error message), so it can be kept out of the outputs only
-        # by mangling them ("***" for every "a"), and left in them it would leak. No real API
-        # issues keys this short (the embedded sandbox makes its own long secrets).
-        short = [name for name in cls.credential_env if len(env[name]) < MIN_SECRET_LENGTH]
-        if short:
-            raise ConfigError(f"{', '.join(short)} is shorter than {MIN_SECRET_LENGTH} characters: too short to "
-                              "keep out of messages and output files safely; give the real credential")
-        return {name: env[name] for name in cls.credential_env}
+        """The :attr:`credential_env` variables of ``env``: ConfigError for one missing, or one
+        shorter than ``MIN_SECRET_LENGTH`` (too short to redact from messages and outputs safely)."""
+        return _credentials.credentials_from_env(cls.name, cls.credential_env, env)
 
     # --- the adapter's contract ----------------------------------------------------------
     @abc.abstractmethod
@@ -244,18 +234,7 @@ class Target(abc.ABC):
         names (comma-separated, empty when none) and its message, with each field's own message.
         Understands a Laravel-style ``{"message", "errors": {field: [messages]}}`` (Agiled) and
         a top-level ``{"message", "field"}`` (Coperniq); override for other shapes."""
-        message = self.error_message(reply)
-        data = reply.json()
-        if isinstance(data, dict):
-            errors = data.get("errors")
-            if isinstance(errors, dict) and errors:
-                pairs = [(str(name), "; ".join(str(m) for m in (msgs if isinstance(msgs, list) else [msgs])))
-                         for name, msgs in list(errors.items())[:10]]
-                detail = "; ".join(f"{name}: {text}" if text else name for name, text in pairs)
-                return ", ".join(name for name, _ in pairs), f"{message} ({detail})"
-            if isinstance(data.get("field"), str) and data["field"]:
-                return str(data["field"]), message
-        return "", message
+        return _answers.error_detail(reply, self.error_message(reply))
 
     async def finish(self, job: RunJob) -> dict[str, Any] | None:
         """Called once at the end of a run whose input was read to the end (also when the job
@@ -268,12 +247,7 @@ class Target(abc.ABC):
 
     def error_message(self, reply: Reply) -> str:
         """The API's own message from an error answer (override for its error shape)."""
-        data = reply.json()
-        if isinstance(data, dict):
-            for key in ("message", "error", "detail", "title"):
-                if isinstance(data.get(key), str) and data[key]:
-                    return str(data[key])
-        return reply.text() or f"HTTP {reply.status}"
+        return _answers.error_message(reply)
 
     def classify(self, reply: Reply, stage: str) -> Reply:
         """Return a 2xx reply; raise the `bulk` error that says what to do with any other.
@@ -282,19 +256,6 @@ class Target(abc.ABC):
         3xx AbortRun (redirects are never followed), any other status RecordRefused with
         :meth:`error_detail`'s field and message. Override to read more of an answer (quota
         headers, an API that says 200 for an error, an UnknownReference) and call ``super()``."""
-        status = reply.status
-        if 200 <= status < 300:
+        if 200 <= reply.status < 300:
             return reply
-        field, message = self.error_detail(reply)
-        if status in (401, 403):
-            raise AuthError(status, message, self.auth_hint)
-        if status == 429:
-            raise Throttled(message, retry_after=parse_retry_after(reply.headers.get("Retry-After")))
-        if status >= 500:
-            raise ServerError(status, message)
-        if 300 <= status < 400:
-            raise AbortRun(
-                f"HTTP {status}: the API redirected to {reply.headers.get('Location', '?')}; "
-                "check --base-url (credentials are never forwarded across redirects)"
-            )
-        raise RecordRefused(status, message, stage=stage, field=field)
+        raise _answers.error_for(reply, stage, self.error_detail(reply), self.auth_hint)
