@@ -104,6 +104,7 @@ class Pacer(Health):
         self._narrowed_at = float("-inf")  # loop time the window was last narrowed
         # Answers to requests sent since the cut, and their 429s: mostly 429s is a spent limit.
         self._answered = self._refused = 0
+        self._answers = 0  # every answer of the run (a 429's share of them shrinks a burst)
 
     @property
     def max_wait(self) -> float:
@@ -150,6 +151,7 @@ class Pacer(Health):
     def give(self, sent_at: float) -> None:
         """Give back the slot :meth:`take` or :meth:`enter` returned ``sent_at`` for: its
         request is answered (or failed, or cancelled)."""
+        self._answers += 1
         if sent_at >= self._cut_at:
             self._answered += 1
         window = self._window
@@ -210,7 +212,7 @@ class Pacer(Health):
         for lane in lanes:  # every 429 takes its share off the rate, on its way or not
             lane.cut(now)
             if sent_at is not None:  # ... and may say the server's bucket holds less than the burst
-                lane.shrink(sent_at, now, self._window.answers)
+                lane.shrink(sent_at, now, self._answers)
         if sent_at is not None and sent_at < self._cut_at:
             self._hold.check(wait)
             return wait  # on its way before the episode began: it alone waits
