@@ -98,8 +98,7 @@ def test_a_burst_shrunk_while_acquire_together_waits_makes_it_pass_again_instead
         a, b = Lane(1000.0), Lane(1000.0)
         for lane in (a, b):
             lane.weight, lane._climb_at = 3.5, float("inf")  # cut, and no climb while we look
-        b.limiter._level = b.limiter.max_rate  # full: the request waits for b to leak
-        b.limiter._last_check = asyncio.get_running_loop().time()
+        await b.limiter.acquire(b.limiter.max_rate)  # full: the request waits for b to leak
         now = asyncio.get_running_loop().time()
         waiting = asyncio.ensure_future(acquire_together((a, b), now))
         await asyncio.sleep(0)  # it takes a, finds b full, gives a back and waits on b
