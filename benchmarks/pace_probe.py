@@ -10,7 +10,12 @@ burst 5, 429 + ``Retry-After: 1``), run in a child process that instruments the 
   (the throttled request alone waits its Retry-After); ``free``: the same server with a bucket
   nothing overruns and ``--rate 1e9`` (what the client can send); ``kN`` (``k2``, ``k4``...):
   as shipped, but every lane's burst starts at N; ``noshrink``: a 429 does not lower the
-  burst; ``nocap``: the window's growth is not capped by the median round trip.
+  burst; ``nocap``: the window's growth is not capped by the median round trip; ``epsX``
+  (``eps0.2``): every lane's bucket holds the burst + X (``bulk._pacing.lane.EPS``, 1e-6 as
+  shipped): on a ms clock at 0.99 R the tick after a catch-up burst is skipped, which leaves the
+  bucket a request under full for ~100 ms, and a stall meanwhile loses that request; X of
+  headroom moves that skip 100 x X ticks on (tests/test_pacing_limit_req.py's model: +0.5 to
+  +4% under stalls every 10-50 ms), at X of a request less room for the server's jitter.
 
 With ``PACE_PROBE_SENDS=1`` in the child's environment the wall time each request left the
 pacer at goes into the dump too (``sends``), to set beside nginx's access log.
@@ -96,6 +101,8 @@ def child(argv: list[str]) -> int:
             self.rate = 1e12  # the cap, floor + 2 x rate x median round trip, out of reach
 
         window.Window.__init__ = uncapped  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_EPS"):  # variant epsX: a bucket of the burst + X
+        lane.EPS = float(os.environ["PACE_PROBE_EPS"])
     if os.environ.get("PACE_PROBE_BURST"):  # variant kN: every lane lets N go back to back
         fixed = int(os.environ["PACE_PROBE_BURST"])
         pacing.burst_for = lane.burst_for = lambda rate: fixed  # type: ignore[assignment]
@@ -167,6 +174,8 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
             env["PACE_PROBE_NOCUT"] = "1"
         if variant in ("noshrink", "nocap"):
             env[f"PACE_PROBE_{variant.upper()}"] = "1"
+        if variant[:3] == "eps":
+            env["PACE_PROBE_EPS"] = variant[3:]
         if variant[:1] == "k" and variant[1:].isdigit():
             env["PACE_PROBE_BURST"] = variant[1:]
         if profile is not None:
