@@ -10,7 +10,12 @@ burst 5, 429 + ``Retry-After: 1``), run in a child process that instruments the 
   (the throttled request alone waits its Retry-After); ``free``: the same server with a bucket
   nothing overruns and ``--rate 1e9`` (what the client can send); ``kN`` (``k2``, ``k4``...):
   as shipped, but every lane's burst starts at N; ``noshrink``: a 429 does not lower the
-  burst; ``nocap``: the window's growth is not capped by the median round trip.
+  burst; ``nocap``: the window's growth is not capped by the median round trip; ``epsX``
+  (``eps0.2``): every lane's bucket holds the burst + X (``bulk._pacing.lane.EPS``, 1e-6 as
+  shipped): on a ms clock at 0.99 R the tick after a catch-up burst is skipped, which leaves the
+  bucket a request under full for ~100 ms, and a stall meanwhile loses that request; X of
+  headroom moves that skip 100 x X ticks on (tests/test_pacing_limit_req.py's model: +0.5 to
+  +4% under stalls every 10-50 ms), at X of a request less room for the server's jitter.
 
 With ``PACE_PROBE_SENDS=1`` in the child's environment the wall time each request left the
 pacer at goes into the dump too (``sends``), to set beside nginx's access log.
@@ -21,8 +26,16 @@ request (it sleeps in epoll between requests when paced) and the lane's wake-up 
 request (``Bucket._wake_next`` calls), the pacer's own rate over time (the lane's ``current_rate`` every
 100 ms: its mean / R and its minimum) and the share of 100 ms steps in which the server
 accepted fewer than 0.9 x R/10 while the pacer asked for at least 0.99 R (the client, not the
-pacer, was behind), and the time the run's checkpoints held the event loop (``JobState.checkpoint``
-is synchronous: its fsyncs stall every request). ``--profile DIR`` writes a cProfile of each child to DIR.
+pacer, was behind), the time the run's checkpoints held the event loop (``JobState.checkpoint``
+is synchronous: its fsyncs stall every request), the loop's stalls (a timer every 2 ms: how
+often, and how long in all, it ran more than 4 ms late, a lane's burst at 1,000/s: each such
+stall loses its length x R requests less the burst; and of that, the time the loop's thread ran:
+the rest it waited for a core, or on a checkpoint's fsync), the garbage collector's pauses, and
+the share of the pacer's samples at which the window was full (it, not the lane, held requests).
+The accepted rate is also given without the run's tail (``pace``: as ``benchmarks/run.py``'s
+"x R, pace", without the last accepted requests but as many as were answered 429: a 429 in
+the run's last second makes it wait up to that second for the resend's Retry-After).
+``--profile DIR`` writes a cProfile of each child to DIR.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import cProfile
+import gc
 import os
 import resource
 import subprocess
@@ -45,6 +59,8 @@ from benchmarks import servers
 from benchmarks.run import ROOT, TOKEN, make_input
 
 STEP = 0.1  # seconds per sample of the pacer's rate
+LAG_EVERY = 0.002  # seconds between the loop-lag timers
+LAG_STALL = 0.004  # a timer later than this is a stall: longer than the lane's burst of 4 at 1,000/s
 
 
 def child(argv: list[str]) -> int:
@@ -53,7 +69,17 @@ def child(argv: list[str]) -> int:
     from bulk._pacing import bucket, lane, window
     from bulk.cli import main
 
-    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": [], "sends": [], "checkpoints": []}
+    seen: dict[str, Any] = {"wakes": 0, "samples": [], "throttled": [], "sends": [], "checkpoints": [], "lags": [],
+                            "lag_cpu": [], "gcs": []}
+    gc_started = [0.0]
+
+    def gc_timed(phase: str, info: dict[str, Any]) -> None:  # a collection holds the loop too
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            seen["gcs"].append(time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(gc_timed)
     checkpoint = _jobstate.JobState.checkpoint
 
     def timed(self: _jobstate.JobState) -> None:  # a checkpoint runs on the event loop: a stall
@@ -75,6 +101,8 @@ def child(argv: list[str]) -> int:
             self.rate = 1e12  # the cap, floor + 2 x rate x median round trip, out of reach
 
         window.Window.__init__ = uncapped  # type: ignore[method-assign]
+    if os.environ.get("PACE_PROBE_EPS"):  # variant epsX: a bucket of the burst + X
+        lane.EPS = float(os.environ["PACE_PROBE_EPS"])
     if os.environ.get("PACE_PROBE_BURST"):  # variant kN: every lane lets N go back to back
         fixed = int(os.environ["PACE_PROBE_BURST"])
         pacing.burst_for = lane.burst_for = lambda rate: fixed  # type: ignore[assignment]
@@ -98,6 +126,14 @@ def child(argv: list[str]) -> int:
                                     w.gate.size if w.active else None, self._inflight))
             loop.call_later(STEP, sample)
         loop.call_soon(sample)
+
+        def lag(due: float, cpu: float) -> None:  # the loop's lateness: a timer every LAG_EVERY s, how late
+            now, used = time.perf_counter(), time.thread_time()
+            if now - due > LAG_STALL:  # ... and how much of it the loop's thread ran (busy, not descheduled)
+                seen["lags"].append(now - due)
+                seen["lag_cpu"].append(min(now - due, max(0.0, used - cpu - LAG_EVERY)))
+            loop.call_later(LAG_EVERY, lag, now + LAG_EVERY, used)
+        loop.call_soon(lag, time.perf_counter(), time.thread_time())
 
     def noted(self: pacing.Pacer, *a: Any, **kw: Any) -> float:
         seen["throttled"].append(time.time())
@@ -138,6 +174,8 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
             env["PACE_PROBE_NOCUT"] = "1"
         if variant in ("noshrink", "nocap"):
             env[f"PACE_PROBE_{variant.upper()}"] = "1"
+        if variant[:3] == "eps":
+            env["PACE_PROBE_EPS"] = variant[3:]
         if variant[:1] == "k" and variant[1:].isdigit():
             env["PACE_PROBE_BURST"] = variant[1:]
         if profile is not None:
@@ -151,7 +189,7 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
         if proc.returncode != 0:
             raise SystemExit(f"bulk exited {proc.returncode}: {proc.stderr.decode()[-800:]}")
         seen = orjson.loads(dump.read_bytes())
-        total, n429, span, _ = server.answers(offset)
+        total, n429, span, paced = server.answers(offset)
         stamps = _accepted_stamps(server, offset)
     finally:
         server.stop()
@@ -160,7 +198,9 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
     samples = seen["samples"]
     asked = [s[1][0] for s in samples if s[1]]
     behind = _behind(samples, stamps, rate)
+    windowed = [s for s in samples if s[2] is not None]  # (time, lanes' rates, window size, in flight)
     return {"variant": variant, "share": (total - n429 - 1) / span / rate if span > 0 else 0.0, "n429": n429,
+            "pace": (total - 2 * n429 - 1) / paced / rate if paced > 0 else 0.0,
             "total": total, "cpu_per_1000": cpu / n * 1000,
             "sys_share": system / cpu if cpu else 0.0,
             "switches": (u1.ru_nvcsw - u0.ru_nvcsw + u1.ru_nivcsw - u0.ru_nivcsw) / max(1, total),
@@ -168,7 +208,12 @@ def one(variant: str, rate: float, n: int, work: Path, profile: Path | None) -> 
             "asked_mean": sum(asked) / len(asked) / rate if asked else None,
             "asked_min": min(asked) / rate if asked else None, "behind": behind,
             "checkpoints": len(seen["checkpoints"]), "checkpoint_s": sum(seen["checkpoints"]),
-            "checkpoint_max": max(seen["checkpoints"], default=0.0)}
+            "checkpoint_max": max(seen["checkpoints"], default=0.0),
+            "window_full": sum(1 for s in windowed if s[3] >= s[2]) / max(1, len(samples)),
+            "window_mean": sum(s[2] for s in windowed) / max(1, len(windowed)),
+            "stalls": len(seen["lags"]), "stall_s": sum(seen["lags"]), "stall_cpu": sum(seen["lag_cpu"]),
+            "stall_max": max(seen["lags"], default=0.0),
+            "gc_s": sum(seen["gcs"]), "gc_max": max(seen["gcs"], default=0.0)}
 
 
 def _accepted_stamps(server: servers.Server, offset: int) -> list[float]:
@@ -222,13 +267,19 @@ def main() -> None:
         for r in range(a.rounds):
             for v in a.variants.split(","):
                 m = one(v, a.rate, int(a.rate * a.seconds), Path(tmp), a.profile)
-                print(f"round {r + 1} R={a.rate:g} {v:5s}: {m['share']:.3f} R accepted, 429 {m['n429']}/{m['total']}, "
+                print(f"round {r + 1} R={a.rate:g} {v:5s}: {m['share']:.3f} R accepted ({m['pace']:.3f} R pace), "
+                      f"429 {m['n429']}/{m['total']}, "
                       f"CPU {m['cpu_per_1000']:.2f} s/1k ({m['sys_share']:.0%} system), "
                       f"{m['switches']:.2f} context switches and {m['wakes']:.2f} limiter wake-ups per request, "
                       f"pacer asked "
                       f"mean {fmt(m['asked_mean'])} R min {fmt(m['asked_min'])} R, client behind in "
                       f"{fmt(m['behind'])} of 100 ms steps at full pace; {m['checkpoints']} checkpoints "
-                      f"stalled the loop {m['checkpoint_s']:.2f} s (longest {m['checkpoint_max'] * 1000:.0f} ms)",
+                      f"stalled the loop {m['checkpoint_s']:.2f} s (longest {m['checkpoint_max'] * 1000:.0f} ms); "
+                      f"loop late > {LAG_STALL * 1000:g} ms {m['stalls']} times, {m['stall_s']:.2f} s in all "
+                      f"(longest {m['stall_max'] * 1000:.0f} ms, the loop ran {m['stall_cpu']:.2f} s of it); "
+                      f"gc {m['gc_s']:.2f} s (longest "
+                      f"{m['gc_max'] * 1000:.0f} ms); window full in {m['window_full']:.0%} of samples "
+                      f"(mean size {m['window_mean']:.1f})",
                       flush=True)
 
 

@@ -8,14 +8,11 @@
   it waits its ``Retry-After`` and goes through the limiter again; every 429 lowers the lanes'
   rate by its share of the answers, and the rate climbs back steadily (:mod:`bulk._pacing.lane`:
   with a steady share ``f`` of sporadic 429s it settles at ``R x CLIMB / f``, R while ``f`` is
-  under ``CLIMB``); 429s beyond 0.5% lower the burst (:meth:`Lane.shrink`). A 429 outside a
-  throttling episode begins one (for its Retry-After) and narrows the window; within one, a 429
-  to a request sent after the last narrowing narrows it again. When requests sent
-  *after* the episode began are throttled (two at least) and most answers to those were 429s
-  (slowing down was not enough: a fixed window is spent, a quota), every worker pauses until
-  ``Retry-After`` (:mod:`bulk._pacing.pause`); a sporadic one (a stall bunched the requests
-  in flight) cuts again instead. A request that passed the limiter while a pause began passes
-  it again after the pause, so the paused workers never leave together.
+  under ``CLIMB``); 429s beyond 0.5% lower the burst (:meth:`Lane.shrink`). A 429 also
+  begins or goes on with a throttling episode (:mod:`bulk._pacing.episode`): the window
+  narrows, and when most answers since it began are 429s every worker pauses until
+  ``Retry-After`` (:mod:`bulk._pacing.pause`), then passes the limiter again, so the paused
+  workers never leave together.
 - The requests in flight are bounded too (:mod:`bulk._pacing.window`): in a paced run (any lanes)
   to what the pace needs (from the burst on, growing while the latency needs more), so a server that
   stalls and then stamps a whole batch with one clock reading never sees more than that; a
@@ -39,6 +36,7 @@ from collections.abc import Mapping
 
 from multidict import istr
 
+from ._pacing.episode import Episodes
 from ._pacing.headers import parse_rate_limit_reset, parse_retry_after
 from ._pacing.health import Backoff, Health
 from ._pacing.lane import (
@@ -99,11 +97,8 @@ class Pacer(Health):
         # One gate holds both bounds (the concurrency, or the window's size where smaller).
         self._gate = self._window.gate
         self._inflight = 0
-        self._cut_at = float("-inf")  # loop time of the last cut: the throttling episode's start
-        self._episode_end = float("-inf")  # ... and its end (the cut's Retry-After)
-        self._narrowed_at = float("-inf")  # loop time the window was last narrowed
-        # Answers to requests sent since the cut, and their 429s: mostly 429s is a spent limit.
-        self._answered = self._refused = 0
+        self._episodes = Episodes(self._hold, self._window)
+        self._answers = 0  # every answer of the run (a 429's share of them shrinks a burst)
 
     @property
     def max_wait(self) -> float:
@@ -150,8 +145,10 @@ class Pacer(Health):
     def give(self, sent_at: float) -> None:
         """Give back the slot :meth:`take` or :meth:`enter` returned ``sent_at`` for: its
         request is answered (or failed, or cancelled)."""
-        if sent_at >= self._cut_at:
-            self._answered += 1
+        self._answers += 1
+        episodes = self._episodes
+        if sent_at >= episodes.cut_at:
+            episodes.answered += 1
         window = self._window
         if window.active:
             window.leave(self._inflight, self._loop.time(), sent_at)
@@ -210,52 +207,13 @@ class Pacer(Health):
         for lane in lanes:  # every 429 takes its share off the rate, on its way or not
             lane.cut(now)
             if sent_at is not None:  # ... and may say the server's bucket holds less than the burst
-                lane.shrink(sent_at, now, self._window.answers)
-        if sent_at is not None and sent_at < self._cut_at:
-            self._hold.check(wait)
-            return wait  # on its way before the episode began: it alone waits
-        self._refused += 1
-        within = now < self._episode_end
-        if sent_at is None or (within and self._refused >= 2 and 2 * self._refused > self._answered):
-            # Sent since the episode began and still throttled, as most of those answered since
-            # (or not known): the limit is spent, not jittered; everyone waits, then climbs back.
-            # Two at least: one 429 among a single answer is no majority (aiolimiter serves the
-            # lightest waiter first, so a request queued at a cut rate's weight can leave well
-            # after the episode began and meet the server's next jitter 429).
-            resume_at = self._hold.hold(wait)
-            for lane in lanes:
-                lane.hold_climb(resume_at)
-            self._episode(resume_at)
-            return 0.0
-        # A new episode, or a sporadic 429 among the answers since (a stall that bunched the
-        # requests in flight: counted on, and the window narrowed again, as a stalled server
-        # takes all that are in flight at once): this request alone waits, and the rate keeps
-        # climbing (a cut rate held for the whole Retry-After cost a tenth of R per 429 at
-        # nginx's Retry-After: 1).
-        self._hold.check(wait)
-        if within:
-            if sent_at >= self._narrowed_at:  # not one of those in flight at the last narrowing
-                self._narrow(now)
-        else:
-            self._episode(now + wait)
-        return wait
+                lane.shrink(sent_at, now, self._answers)
+        return self._episodes.throttled(wait, now, sent_at, lanes, self._inflight)
 
     def _lanes_of(self, kind: str | None) -> list[Lane]:
         """The lanes that paced a request of ``kind`` (every lane when not known which)."""
         lanes = self._lanes.values() if kind is None else (self.lane(kind), self._shared)
         return list({id(x): x for x in lanes if x is not None}.values())
-
-    def _episode(self, resume_at: float) -> None:
-        """A throttling episode begins (or goes on): narrow the requests in flight, and count
-        the answers to those sent from now on."""
-        now = self._cut_at = self._loop.time()
-        self._answered = self._refused = 0
-        self._episode_end = max(self._episode_end, resume_at)
-        self._narrow(now)
-
-    def _narrow(self, now: float) -> None:
-        self._narrowed_at = now
-        self._window.narrow(self._inflight, self._episode_end, now)
 
     def observe(self, kind: str, headers: Mapping[str, str]) -> None:
         """Read an answer's ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``, where sent."""

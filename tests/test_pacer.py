@@ -194,10 +194,10 @@ def test_requests_already_on_their_way_cut_by_their_share_and_begin_no_episode()
         async with p.slot("write") as second:
             pass
         assert p.throttled(1.0, "write", second) == 1.0  # a new episode: cut, this request waits
-        begun = p._cut_at
+        begun = p._episodes.cut_at
         rate = p.lane("write").current_rate  # type: ignore[union-attr]
         assert p.throttled(1.0, "write", first) == 1.0  # sent before it: its share, it alone waits
-        assert not p.paused and p._cut_at == begun
+        assert not p.paused and p._episodes.cut_at == begun
         return begun, rate, p.lane("write").current_rate  # type: ignore[union-attr]
 
     _, rate, after = run_virtual(go)

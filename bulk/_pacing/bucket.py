@@ -9,6 +9,12 @@ and held the rate to 0.71 R. :class:`Bucket` arms the timer for the first tick o
 clock at which the capacity is there (never less than one tick ahead), so the head waiter
 wakes once, when it can go. Admission itself is aiolimiter's, unchanged: the bucket never
 lets a request go earlier than aiolimiter would, it only stops asking before it can.
+
+Every use of aiolimiter's internals is in this module (aiolimiter has no public way to give
+capacity back or to read a bucket's level: ``acquire`` and ``has_capacity`` are all): the
+overridden ``_wake_next``, and :meth:`Bucket.give_back` / :meth:`Bucket.resized`, which
+read and write ``_level`` and ``_last_check``. pyproject.toml pins the aiolimiter versions
+they were written against, and tests/test_pacing_bucket.py fails when those internals change.
 """
 
 from __future__ import annotations
@@ -73,6 +79,22 @@ class Bucket(AsyncLimiter):
         # would come due at once (uvloop rounds it to 0 ms) and find the clock unchanged.
         ticks = max(1, math.ceil(needed / self._rate_per_sec / tick))
         self._waker_handle = loop.call_at(self._last_check + ticks * tick, self._wake_next)
+
+    def give_back(self, amount: float) -> None:
+        """Undo an :meth:`acquire` of ``amount`` made at this instant (aiolimiter has no release:
+        its state is the bucket's level), and re-arm the wake-up timer for the lower level (the
+        one armed after that acquire was for the higher one: its head waiter would wake late)."""
+        self._level = max(self._level - amount, 0.0)
+        if self._waiters:
+            self._wake_next()
+
+    def resized(self, capacity: float) -> Bucket:
+        """A new bucket of ``capacity`` at this one's pace, as full as this one is (at most
+        ``capacity``): aiolimiter's capacity cannot change under its waiters (one waiting for
+        more than a smaller capacity would wait forever), so a lane replaces its bucket."""
+        new = Bucket(capacity, capacity / self._rate_per_sec)
+        new._level, new._last_check = min(self._level, capacity), self._last_check
+        return new
 
     def _find_tick(self, loop: asyncio.AbstractEventLoop) -> float:
         self._tick = tick_of(loop)

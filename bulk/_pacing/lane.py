@@ -154,10 +154,9 @@ class Lane:
         return weight
 
     def give_back(self, weight: float) -> None:
-        """Undo an acquire of ``weight`` made at this instant (aiolimiter has no release: its
-        state is the bucket's level). :func:`acquire_together` needs it."""
-        limiter = self.limiter
-        limiter._level = max(limiter._level - weight, 0.0)
+        """Undo an acquire of ``weight`` made at this instant (:meth:`Bucket.give_back`).
+        :func:`acquire_together` needs it."""
+        self.limiter.give_back(weight)
 
     def cut(self, now: float) -> None:
         """A 429 answered at ``now``: lower the rate by its share (see the module). A lane that
@@ -187,10 +186,7 @@ class Lane:
             return
         self._shrunk_at, self._shrunk_answers, self._refusals = now, answers, 0
         self.burst -= 1
-        old, capacity = self.limiter, self.burst + EPS
-        new = Bucket(capacity, capacity / self.full)
-        new._level, new._last_check = min(old._level, capacity), old._last_check
-        self.limiter = new
+        self.limiter = self.limiter.resized(self.burst + EPS)
 
     def hold_climb(self, until: float) -> None:
         """Every worker pauses until ``until``: the climb waits for it too."""

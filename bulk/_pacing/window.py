@@ -42,14 +42,13 @@ class Window:
     """Sizes :attr:`gate`; ``active`` is False while the size is just the concurrency (an
     unpaced run without a 429: :meth:`leave` has nothing to do, one attribute check)."""
 
-    __slots__ = ("_climb_at", "_peak", "_period_end", "active", "answers", "by_demand", "concurrency", "floor",
+    __slots__ = ("_climb_at", "_peak", "_period_end", "active", "by_demand", "concurrency", "floor",
                  "gate", "rate", "rtt")
 
     def __init__(self, concurrency: int, start: int | None = None, rate: float = 0.0) -> None:
         self.concurrency = concurrency
         self.rate = rate  # the requests per second of the pace (a paced run)
         self.rtt = 0.0  # the running median of the round trips, s (0: none yet)
-        self.answers = 0  # answers so far (a paced run)
         #: the cap follows what the pace needs (a paced run) rather than the clock
         self.by_demand = start is not None and start < concurrency
         self.gate = Gate(start if start is not None and self.by_demand else concurrency)
@@ -70,7 +69,6 @@ class Window:
         needs at the median round trip), an unpaced one by one per ``CLIMB_EVERY``."""
         gate = self.gate
         if self.by_demand:
-            self.answers += 1
             rtt, took = self.rtt, now - sent_at
             self.rtt = took if not rtt else rtt * STEP if took > rtt else rtt / STEP
             self._follow(inflight, now)
