@@ -189,3 +189,67 @@ def test_many_ids_of_one_commit_are_all_found_after_reopen(tmp_path: Path) -> No
     assert all(s.first_line(external_id, 50_000 + line) == line for line, external_id in enumerate(ids, start=1))
     assert s._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 20_000
     s.close()
+
+
+def test_while_a_commit_is_written_the_loop_reads_everything_put_and_later_puts_go_to_the_next(
+        tmp_path: Path) -> None:
+    """take() at the checkpoint's instant, write() in a thread while the store keeps being used
+    (reads of what the commit holds, new puts, a forget), settle(): the commit holds exactly what
+    was put before take(); everything stays readable throughout; the next commit holds the rest."""
+    import threading
+
+    s = StateStore(tmp_path, cache_size=1)  # a value is found without the cache
+    s.first_line("INV-1", 1)
+    s.put("customer", "C1", "10")
+    s.put("customer", "C2", "20")
+    commit = s.take({"n": 1})
+    s.put("customer", "C3", "30")  # after the instant: the next commit's
+    s.forget("customer", "C2")
+    assert s.first_line("INV-2", 2) == 2
+    writer = threading.Thread(target=s.write, args=(commit,))
+    writer.start()
+    for _ in range(200):  # while (or after) the thread commits: the values are where they were put
+        assert s.first_line("INV-1", 9) == 1
+        assert s.get("customer", "C1") == "10"
+        assert s.get("customer", "C2") is None
+        assert s.items("customer") == {"C1": "10", "C3": "30"}
+    writer.join()
+    s.settle(commit, ok=True)
+    assert s.first_line("INV-1", 9) == 1 and s.get("customer", "C1") == "10"  # now read from the table
+    assert s.items("customer") == {"C1": "10", "C3": "30"}
+    s.close()
+    s = StateStore(tmp_path)  # what that commit made durable: the instant's rows, not the later ones
+    assert s.load() == {"n": 1}
+    assert s.items("customer") == {"C1": "10", "C2": "20"}
+    assert s.first_line("INV-1", 9) == 1 and s.first_line("INV-2", 9) == 9
+    s.close()
+
+
+def test_a_failed_write_puts_its_rows_back_as_pending(tmp_path: Path) -> None:
+    """A commit refused (by SQLite's authorizer, as a full disk would) raises OutputError from
+    write(); after settle(ok=False) its rows are pending again, under the later puts, and the next
+    commit stores them."""
+    import sqlite3
+
+    import pytest
+
+    from bulk.errors import OutputError
+
+    s = StateStore(tmp_path)
+    s.put("customer", "C1", "old")
+    s.first_line("INV-1", 1)
+    commit = s.take({"n": 1})
+    s.put("customer", "C1", "new")  # a later put wins over the failed commit's
+    s._wdb.set_authorizer(lambda action, arg1, *_: sqlite3.SQLITE_DENY
+                          if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" else sqlite3.SQLITE_OK)
+    with pytest.raises(OutputError, match="cannot write the resume file"):
+        s.write(commit)
+    s.settle(commit, ok=False)
+    s._wdb.set_authorizer(None)
+    assert s.load() is None
+    assert s.first_line("INV-1", 5) == 1 and s.items("customer") == {"C1": "new"}
+    s.commit({"n": 2})
+    s.close()
+    s = StateStore(tmp_path)
+    assert s.load() == {"n": 2} and s.items("customer") == {"C1": "new"} and s.first_line("INV-1", 5) == 1
+    s.close()
