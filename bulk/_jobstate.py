@@ -10,7 +10,10 @@ any); :meth:`JobState.checkpoint` makes everything finished so far durable, and
 
 The contract a checkpoint keeps (see :mod:`bulk.pipeline`): the outputs are flushed, the state
 snapshotted and committed with no await between flush and snapshot, so no checkpoint sees an
-outcome in the outputs without it in the tally and the watermark, or the other way round.
+outcome in the outputs without it in the tally and the watermark, or the other way round. The
+durable part (fsyncs, the state.db commit, the summary) runs in a worker thread from what that
+synchronous step took, so the loop goes on meanwhile: appends beyond the flushed sizes are the
+next checkpoint's (a resume cuts the outputs back to the sizes a commit recorded).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from . import _summary
 from ._rundir import SHARD_BY, SHARD_BY_LINE_REPORTS, OpenJob, places_rejects
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, Commit
 from .config import UploadConfig
 from .job import RecordJob, Session
 from .measure import Measure
@@ -59,6 +64,7 @@ class JobState:
         self.ended_at: str | None = None
         self.session: Session | None = None
         self.reconciled: dict[str, Any] | None = None  # what target.finish reported
+        self._one_at_a_time = anyio.Lock()  # checkpoints, in order (anyio's Lock is first come, first served)
         offset, line = self._restore(job.checkpoint) if job.checkpoint else (0, 1)
         self.created0 = self.tally.created
         self.tracker = Tracker(offset, line)
@@ -91,19 +97,42 @@ class JobState:
             reserved=self.reserved, tally=self.tally.to_json(), traffic=self.traffic(), elapsed=self.elapsed(),
             outputs=sizes, complete=self.complete, started_at=self.started_at, **self.measure.snapshot())
 
-    def checkpoint(self) -> None:
-        """Make everything finished so far durable, in this order: outputs, then state."""
+    async def checkpoint(self) -> None:
+        """Make everything finished so far durable, in this order: outputs, then state; then
+        ``latency.hdr.json`` and ``summary.json``.
+
+        On the loop, with no await between: the outputs flushed, the state snapshotted (and
+        serialized, with the summary and the histograms), the state.db rows taken. Then, in a
+        worker thread while the loop goes on: the outputs' and refs' fsyncs, the commit, the
+        histograms and the summary written. One checkpoint at a time, in the order they were
+        called (a later snapshot never commits before an earlier one). The thread's wait is
+        not cancellable (anyio's default): once taken, a checkpoint is written or raises
+        (OutputError, as before); a caller cancelled meanwhile sees it after."""
+        async with self._one_at_a_time:
+            job = self.opened
+            sizes = job.outputs.flush()
+            sizes[REFS_FILE] = job.refs.flush()
+            snapshot = self._snapshot(sizes).to_json()  # no await between flush and snapshot: they agree
+            summary = job.outputs.summary_bytes(self.summary())
+            latency = self.measure.persisted(snapshot)
+            commit = job.state.take(snapshot)
+            try:
+                await anyio.to_thread.run_sync(self._write, commit, latency, summary)
+            except BaseException:
+                job.state.settle(commit, ok=False)
+                raise
+            job.state.settle(commit, ok=True)
+
+    def _write(self, commit: Commit, latency: bytes, summary: bytes) -> None:
+        """A checkpoint's durable part (a worker thread): nothing here reads the live state."""
         job = self.opened
-        sizes = job.outputs.flush()
-        sizes[REFS_FILE] = job.refs.flush()
-        doc = self._snapshot(sizes).to_json()  # no await between flush and snapshot: they agree
         job.outputs.sync()
         job.refs.sync()
-        job.state.commit(doc)
+        job.state.write(commit)
         # after the commit: a kill between the two leaves latency.hdr.json behind the checkpoint
         # (the resumed run's histograms, from the checkpoint, include all it holds), never ahead
-        self.measure.persist(self.out, doc)
-        job.outputs.write_summary(self.summary())
+        self.measure.persist(self.out, latency)
+        job.outputs.write_summary(summary)
 
     # --- what it reports --------------------------------------------------------------------
     def traffic(self) -> dict[str, int]:

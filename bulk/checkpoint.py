@@ -14,27 +14,29 @@ durable in one commit (SQLite's own journal gives the temp-file-and-rename guara
 
 Rows in ``seen`` and ``resolved`` may run ahead of the checkpoint (they are facts, true
 whatever happened later), never behind it: they are committed in the same transaction.
+A checkpoint takes them on the event loop at its instant (:meth:`StateStore.take`) and may
+write them in a worker thread (:meth:`StateStore.write`) while the loop puts the next ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ._checkpoint_doc import VERSION, Checkpoint, load_checkpoint, read_checkpoint
 from .errors import OutputError
 
-__all__ = ["VERSION", "Checkpoint", "StateStore", "id_hash", "load_checkpoint", "read_checkpoint"]
+__all__ = ["VERSION", "Checkpoint", "Commit", "StateStore", "id_hash", "load_checkpoint", "read_checkpoint"]
 
-#: the checkpoint document's format (``Checkpoint.version``)
-VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -77,108 +79,50 @@ def id_hash(external_id: str) -> int:
     return value
 
 
-@dataclass(slots=True, kw_only=True)
-class Checkpoint:
-    """The checkpoint document (``meta['checkpoint']``): what a run writes, a resumed run, a
-    dry run (``bulk.plan``) and a merge (``bulk.merge``) read.
+@dataclass(slots=True)
+class Commit:
+    """One checkpoint's share of ``state.db``, taken on the loop (:meth:`StateStore.take`) and
+    written by :meth:`StateStore.write`, which may run in a worker thread: the document's bytes
+    and the rows first put since the last take (``resolved``: None is a forgotten key)."""
 
-    :meth:`to_json` / :meth:`from_json` are the file format (JSON keys as the fields, in this
-    order); a key missing from an earlier version's document reads as the field's default.
-    """
-
-    version: int = VERSION
-    target: str | None = None
-    input: str | None = None  # the input's fingerprint (bulk.source.fingerprint)
-    shard: str | None = None  # "K/N" of a --shard run
-    shard_by: str | None = None  # how a shard's records were chosen (bulk.pipeline.SHARD_BY)
-    offset: int = 0  # the watermark: every record before this byte offset ...
-    line: int = 1  # ... and this line number is finished
-    done_beyond: list[int] = field(default_factory=list)  # lines finished beyond the watermark
-    progress: dict[str, Any] = field(default_factory=dict)  # line -> step state of a record in flight
-    reserved: int = 0  # write ahead: records up to this line may have been sent
-    tally: dict[str, Any] = field(default_factory=dict)  # bulk.tally.Tally.to_json
-    traffic: dict[str, int] = field(default_factory=dict)  # requests, retries, throttled
-    elapsed: float = 0.0  # seconds, every run of the job
-    outputs: dict[str, int] | None = None  # file -> size at this checkpoint (None: a version that kept none)
-    complete: bool = False
-    started_at: str | None = None  # when the job's first run started (UTC)
-    latency: dict[str, Any] | None = None  # bulk.measure.Measure.snapshot's part
-    late_starts: int = 0
-    timeline: dict[str, Any] | None = None
-
-    def measured(self) -> dict[str, Any]:
-        """The part :meth:`bulk.measure.Measure.restore` reads."""
-        return {"latency": self.latency, "late_starts": self.late_starts, "timeline": self.timeline}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version, "target": self.target, "input": self.input, "shard": self.shard,
-            "shard_by": self.shard_by, "watermark": [self.offset, self.line], "done_beyond": self.done_beyond,
-            "progress": self.progress, "reserved": self.reserved, "tally": self.tally, "traffic": self.traffic,
-            "elapsed": self.elapsed, "outputs": self.outputs, "complete": self.complete,
-            "started_at": self.started_at, "latency": self.latency, "late_starts": self.late_starts,
-            "timeline": self.timeline,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Checkpoint:
-        offset, line = doc.get("watermark") or (0, 1)
-        latency = doc.get("latency")
-        return cls(
-            version=int(doc.get("version", VERSION)), target=doc.get("target"), input=doc.get("input"),
-            shard=doc.get("shard"), shard_by=doc.get("shard_by"), offset=int(offset), line=int(line),
-            done_beyond=list(doc.get("done_beyond") or ()), progress=dict(doc.get("progress") or {}),
-            reserved=int(doc.get("reserved") or 0), tally=dict(doc.get("tally") or {}),
-            traffic=dict(doc.get("traffic") or {}), elapsed=float(doc.get("elapsed") or 0.0),
-            outputs=doc.get("outputs"), complete=bool(doc.get("complete")), started_at=doc.get("started_at"),
-            latency=latency if isinstance(latency, dict) else None, late_starts=int(doc.get("late_starts") or 0),
-            timeline=doc.get("timeline"),
-        )
-
-
-def load_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """:func:`read_checkpoint`, typed."""
-    doc = read_checkpoint(run_dir)
-    return None if doc is None else Checkpoint.from_json(doc)
-
-
-def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint document of ``run_dir/state.db``, opened read-only (the job is not
-    changed); None when the directory has no resume file or no checkpoint yet."""
-    path = run_dir / "state.db"
-    if not path.is_file():
-        return None
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise OutputError(f"cannot read the resume file {path}: {exc}") from None
-    return orjson.loads(row[0]) if row else None
+    doc: bytes
+    seen: dict[int, int]
+    resolved: dict[tuple[str, str], str | None]
 
 
 class StateStore:
-    """Owns ``state.db``. All methods are synchronous and cheap; commit() is the only fsync."""
+    """Owns ``state.db``. Every method but :meth:`write` is synchronous, cheap and for the event
+    loop; :meth:`write` (the only fsync) may run in a worker thread while the loop goes on.
+
+    Two connections, so the loop never waits for a commit: the loop's (``_db``) only reads, in
+    autocommit mode (each SELECT sees the last commit); the writer's (``_wdb``) is used by
+    :meth:`write` alone, one at a time (the caller serializes checkpoints). What the loop put
+    since the last commit is held in memory (``_new_seen``, ``_pending``) and, while a commit is
+    being written, in that :class:`Commit` (``_committing``): reads look there first, so a value
+    is never missing between its put and its commit.
+    """
 
     def __init__(self, run_dir: Path, *, cache_size: int = CACHE_ENTRIES) -> None:
         self.path = run_dir / "state.db"
         try:
+            self._wdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._wdb.execute("PRAGMA journal_mode=WAL")
+            self._wdb.execute("PRAGMA synchronous=FULL")
+            self._wdb.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+            self._wdb.executescript(_SCHEMA)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("BEGIN")
         except sqlite3.Error as exc:
             raise OutputError(f"cannot open the resume file {self.path}: {exc}") from None
         self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._cache_size = cache_size
-        #: id hash -> first line, of the ids first seen since the last commit (written to
-        #: ``seen`` by :meth:`commit`, in the checkpoint's transaction: durable at the same
+        #: id hash -> first line, of the ids first seen since the last take (written to
+        #: ``seen`` by :meth:`write`, in the checkpoint's transaction: durable at the same
         #: COMMIT as an INSERT per record was)
         self._new_seen: dict[int, int] = {}
+        #: (ns, key) -> value (None: forgotten) put since the last take, likewise
+        self._pending: dict[tuple[str, str], str | None] = {}
+        self._committing: Commit | None = None  # taken, not yet settled
         #: ``seen`` had rows when opened (a resumed job): every id not pending is looked up
         #: there. A fresh job's rows are all this run's, each marked in ``_filter`` (below):
         #: only an id whose bit is set can be in the table, the others need no SELECT.
@@ -192,11 +136,9 @@ class StateStore:
         self.on_new: dict[str, Callable[[str, str], None]] = {}
 
     def close(self) -> None:
-        try:
-            self._db.execute("ROLLBACK") if self._db.in_transaction else None
-            self._db.close()
-        except sqlite3.Error:
-            pass
+        for db in (self._db, self._wdb):
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
 
     # --- the checkpoint document ----------------------------------------------------
     def load(self) -> dict[str, Any] | None:
@@ -209,30 +151,60 @@ class StateStore:
         return None if doc is None else Checkpoint.from_json(doc)
 
     def commit(self, checkpoint: dict[str, Any] | Checkpoint) -> None:
-        """Write the checkpoint and every pending row in one durable transaction."""
-        doc = checkpoint.to_json() if isinstance(checkpoint, Checkpoint) else checkpoint
+        """Write the checkpoint and every pending row in one durable transaction, here and now
+        (:meth:`take`, :meth:`write`, :meth:`settle`)."""
+        commit = self.take(checkpoint)
         try:
-            if self._new_seen:  # in key order: each page of the table's B-tree visited once
-                self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", sorted(self._new_seen.items()))
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('checkpoint', ?)", (orjson.dumps(doc),))
-            self._db.execute("COMMIT")
-            self._new_seen.clear()
-            self._db.execute("BEGIN")
+            self.write(commit)
+        except BaseException:
+            self.settle(commit, ok=False)
+            raise
+        self.settle(commit, ok=True)
+
+    def take(self, checkpoint: dict[str, Any] | Checkpoint) -> Commit:
+        """On the loop, at the checkpoint's instant: the document, serialized now (what it holds
+        may change after), and every row put since the last take; later puts go to the next.
+        One commit at a time: :meth:`settle` this one before the next take."""
+        assert self._committing is None, "one commit at a time"
+        doc = checkpoint.to_json() if isinstance(checkpoint, Checkpoint) else checkpoint
+        commit = Commit(orjson.dumps(doc), self._new_seen, self._pending)
+        self._new_seen, self._pending = {}, {}
+        self._committing = commit
+        return commit
+
+    def write(self, commit: Commit) -> None:
+        """Write ``commit`` in one durable transaction (the only fsync); any thread, never two at
+        once. OutputError if SQLite refuses it (SQLITE_FULL, IOERR...): nothing of it is stored."""
+        db = self._wdb
+        try:
+            db.execute("BEGIN")
+            if commit.seen:  # in key order: each page of the table's B-tree visited once
+                db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", sorted(commit.seen.items()))
+            if commit.resolved:
+                db.executemany("DELETE FROM resolved WHERE ns=? AND k=?",
+                               [k for k, v in commit.resolved.items() if v is None])
+                db.executemany("INSERT OR REPLACE INTO resolved VALUES (?, ?, ?)",
+                               [(*k, v) for k, v in commit.resolved.items() if v is not None])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('checkpoint', ?)", (commit.doc,))
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            # A failed COMMIT (SQLITE_FULL, IOERR...) may leave the connection inside or outside
-            # a transaction: roll back what is left, open a new one, so the store stays usable and
-            # consistent (this checkpoint's rows stay pending; the run stops on the error). The
-            # ROLLBACK also drops the resolved ids put since the last commit: forget the cache, so
-            # a lookup reads what is stored (a missing id is looked up at the API again, never
-            # created twice: resolving looks before it creates).
-            self._cache.clear()
+            # A failed COMMIT may leave the connection inside or outside a transaction: roll back
+            # what is left, so the next write starts clean (settle puts the rows back as pending).
             try:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self._db.execute("BEGIN")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             raise OutputError(f"cannot write the resume file {self.path}: {exc}") from None
+
+    def settle(self, commit: Commit, *, ok: bool) -> None:
+        """On the loop, after :meth:`write` returned (``ok``) or raised: a written commit's rows
+        are read from the table from now on; a failed one's are pending again (they go with the
+        next commit, the run stops on the error)."""
+        self._committing = None
+        if not ok:  # the ids are disjoint (first_line looked in the commit); later puts win
+            self._new_seen = {**commit.seen, **self._new_seen}
+            self._pending = {**commit.resolved, **self._pending}
 
     # --- duplicates -------------------------------------------------------------------
     def first_line(self, external_id: str, line_no: int) -> int:
@@ -240,6 +212,9 @@ class StateStore:
         h = id_hash(external_id)
         first = self._new_seen.get(h)
         if first is not None:
+            return first
+        committing = self._committing
+        if committing is not None and (first := committing.seen.get(h)) is not None:
             return first
         bit = h & _FILTER_MASK
         byte, flag = bit >> 3, 1 << (bit & 7)
@@ -258,6 +233,9 @@ class StateStore:
         if hit is not None:
             self._cache.move_to_end((ns, key))
             return hit
+        for rows in (self._pending, self._committing.resolved if self._committing else None):
+            if rows is not None and (ns, key) in rows:
+                return rows[(ns, key)]  # put (or forgotten) since the last commit
         row = self._db.execute("SELECT v FROM resolved WHERE ns=? AND k=?", (ns, key)).fetchone()
         if row is None:
             return None
@@ -268,18 +246,26 @@ class StateStore:
         hook = self.on_new.get(ns)
         if hook is not None and self.get(ns, key) is None:
             hook(key, value)
-        self._db.execute("INSERT OR REPLACE INTO resolved VALUES (?, ?, ?)", (ns, key, value))
+        self._pending[(ns, key)] = value
         self._remember(ns, key, value)
 
     def forget(self, ns: str, key: str) -> None:
         """Drop a resolved value the API no longer knows (committed with the next checkpoint)."""
-        self._db.execute("DELETE FROM resolved WHERE ns=? AND k=?", (ns, key))
+        self._pending[(ns, key)] = None
         self._cache.pop((ns, key), None)
 
     def items(self, ns: str) -> dict[str, str]:
         """Every key -> value of ``ns`` (committed or pending), e.g. what a target keeps watching."""
-        rows = self._db.execute("SELECT k, v FROM resolved WHERE ns=?", (ns,)).fetchall()
-        return {str(k): str(v) for k, v in rows}
+        found = {str(k): str(v) for k, v in self._db.execute("SELECT k, v FROM resolved WHERE ns=?", (ns,))}
+        for rows in (self._committing.resolved if self._committing else {}, self._pending):
+            for (n, k), v in rows.items():
+                if n != ns:
+                    continue
+                if v is None:
+                    found.pop(k, None)
+                else:
+                    found[k] = v
+        return found
 
     def _remember(self, ns: str, key: str, value: str) -> None:
         self._cache[(ns, key)] = value

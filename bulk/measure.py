@@ -61,10 +61,14 @@ class Measure:
         return {"latency": self.latency.to_json(), "late_starts": self.late_starts,
                 "timeline": self.timeline.state() if self.timeline else self._timeline_state}
 
-    def persist(self, run_dir: Path, snapshot: dict[str, Any]) -> None:
-        """``latency.hdr.json`` (atomically) from the checkpoint's ``snapshot``; the timeline synced."""
-        doc = {k: v for k, v in snapshot["latency"].items() if not k.startswith("_")}
-        write_atomic(run_dir / "latency.hdr.json", orjson.dumps(doc) + b"\n")
+    def persisted(self, snapshot: dict[str, Any]) -> bytes:
+        """``latency.hdr.json``'s bytes from the checkpoint's ``snapshot`` (on the loop, with it)."""
+        return orjson.dumps({k: v for k, v in snapshot["latency"].items() if not k.startswith("_")}) + b"\n"
+
+    def persist(self, run_dir: Path, latency: bytes) -> None:
+        """``latency.hdr.json`` written (atomically) from :meth:`persisted`; the timeline synced.
+        Reads nothing live: a checkpoint calls it in a worker thread."""
+        write_atomic(run_dir / "latency.hdr.json", latency)
         if self.timeline is not None:
             self.timeline.sync()
 

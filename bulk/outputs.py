@@ -259,14 +259,23 @@ class Outputs:
             raise OutputError(f"cannot write to the run directory: {exc.strerror or exc}") from None
 
     def sync(self) -> None:
+        """fsync the files (what :meth:`flush` wrote is durable after); any thread: the loop
+        may go on appending meanwhile (what lies beyond the flushed sizes is the next one's)."""
         try:
             for f in (self._id_map, self._reasons, self._failed):
                 os.fsync(f.fileno())
         except OSError as exc:
             raise OutputError(f"cannot sync the run directory: {exc.strerror or exc}") from None
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_atomic(self.dir / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    @staticmethod
+    def summary_bytes(summary: dict[str, Any]) -> bytes:
+        """``summary.json``'s bytes (a checkpoint takes them on the loop, with its snapshot)."""
+        return orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n"
+
+    def write_summary(self, summary: dict[str, Any] | bytes) -> None:
+        """``summary.json`` (temp file, fsync, rename); any thread."""
+        data = summary if isinstance(summary, bytes) else self.summary_bytes(summary)
+        write_atomic(self.dir / "summary.json", data)
 
     def close(self) -> None:
         """Close the files, then cut each back to its last complete flush.

@@ -30,8 +30,9 @@ itself is done by the parts below; this is the path of one record, top to bottom
          |  Tracker.finish                   finished: the watermark moves past it
          v                                   (these three in one synchronous step)
     JobState.checkpoint          every --checkpoint-every s, at each write-ahead and at the end:
-                                 outputs flushed -> Checkpoint (bulk.checkpoint) -> one commit;
-                                 then latency.hdr.json and summary.json (bulk._summary.build)
+                                 outputs flushed -> Checkpoint (bulk.checkpoint) on the loop;
+                                 fsyncs -> one commit -> latency.hdr.json and summary.json
+                                 (bulk._summary.build) in a worker thread, one at a time
 
 Alongside: the checkpointer, the progress ticker (bulk._status), the measurements' second ticker
 (bulk.measure) and the signal watcher (bulk._signals: SIGINT/SIGTERM -> stop reading, let
@@ -164,8 +165,9 @@ class Run:
                         continue
                     if line_no > reserved:
                         # Write ahead: a resumed run must know which records may have been sent.
+                        # Durable before this record is put: the wait holds the producer only.
                         js.reserved = reserved = line_no + window
-                        js.checkpoint()
+                        await js.checkpoint()
                     data = raw.data
                     assert data is not None  # a record's line is in memory (intake rejects an overlong one)
                     await put((entry, record, data))
@@ -177,7 +179,7 @@ class Run:
     async def _checkpointer(self) -> None:
         while True:
             await anyio.sleep(self.config.checkpoint_every)
-            self._job.checkpoint()
+            await self._job.checkpoint()
 
     def _cancel_work(self) -> None:
         if self._work_scope is not None:
@@ -215,7 +217,8 @@ class Run:
                 if error is None and not self.stopping:
                     js.complete = True
                 try:
-                    js.checkpoint()
+                    with CancelScope(shield=True):  # the final checkpoint completes, whatever cancels the run
+                        await js.checkpoint()
                 except OutputError as exc:
                     error = error or exc
             job.outputs.close()

@@ -142,6 +142,7 @@ class RefsFile:
             raise OutputError(f"cannot write {FILE}: {exc.strerror or exc}") from None
 
     def sync(self) -> None:
+        """fsync the file; any thread (a checkpoint's worker thread), as Outputs.sync."""
         try:
             os.fsync(self._f.fileno())
         except OSError as exc:

@@ -115,7 +115,7 @@ def test_id_hash_is_the_signed_big_endian_8_byte_blake2b_earlier_runs_stored() -
     assert {id_hash(f"INV-{i}") < 0 for i in range(64)} == {True, False}  # signed: SQLite's INTEGER range
 
 
-def test_a_failed_commit_leaves_the_store_in_a_transaction_and_the_last_checkpoint(tmp_path: Path) -> None:
+def test_a_failed_commit_leaves_the_store_usable_and_the_last_checkpoint(tmp_path: Path) -> None:
     """A COMMIT that fails (here refused by SQLite's authorizer hook) raises OutputError; the
     store rolls back and begins again, so the next commit works and holds the pending rows."""
     import sqlite3
@@ -136,12 +136,13 @@ def test_a_failed_commit_leaves_the_store_in_a_transaction_and_the_last_checkpoi
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
-    s._db.set_authorizer(deny_one_commit)  # SQLite refuses this COMMIT, as it would a full disk's
+    s._wdb.set_authorizer(deny_one_commit)  # SQLite refuses this COMMIT, as it would a full disk's
     with pytest.raises(OutputError, match="cannot write the resume file"):
         s.commit({"n": 2})
     assert denied == ["COMMIT"]
-    assert s._db.in_transaction
+    assert not s._wdb.in_transaction  # rolled back: the next write starts clean
     assert s.load() == {"n": 1}
+    assert s.first_line("INV-2", 5) == 2  # pending again, still a duplicate's first line
     s.commit({"n": 3})
     s.close()
     s = StateStore(tmp_path)
@@ -153,16 +154,20 @@ def test_a_failed_commit_leaves_the_store_in_a_transaction_and_the_last_checkpoi
 def test_a_full_resolved_cache_and_the_page_cache_stay_small(tmp_path: Path) -> None:
     """The memory goal (issue 11: 64 MB at 1,000,000 records, 100,000 customers): the resolved
     values kept in memory are bounded to well under a megabyte however many the job resolves,
-    every one of them still found (in ``state.db``), and SQLite's page cache is 512 KiB."""
+    every one of them still found (in ``state.db``), and SQLite's page cache is 512 KiB. The
+    values put since the last commit are held until it (a checkpoint a second: here 1,000)."""
     import tracemalloc
 
     s = StateStore(tmp_path)
     assert s._db.execute("PRAGMA cache_size").fetchone()[0] == -512  # KiB (the default: -2000)
+    assert s._wdb.execute("PRAGMA cache_size").fetchone()[0] == -512
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(30_000):
             s.put("agiled.contact", f"CUST-{i:06d}", str(1_000_000 + i))
+            if i % 1_000 == 999:
+                s.commit({"n": i})
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -183,4 +188,68 @@ def test_many_ids_of_one_commit_are_all_found_after_reopen(tmp_path: Path) -> No
     s = StateStore(tmp_path)
     assert all(s.first_line(external_id, 50_000 + line) == line for line, external_id in enumerate(ids, start=1))
     assert s._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 20_000
+    s.close()
+
+
+def test_while_a_commit_is_written_the_loop_reads_everything_put_and_later_puts_go_to_the_next(
+        tmp_path: Path) -> None:
+    """take() at the checkpoint's instant, write() in a thread while the store keeps being used
+    (reads of what the commit holds, new puts, a forget), settle(): the commit holds exactly what
+    was put before take(); everything stays readable throughout; the next commit holds the rest."""
+    import threading
+
+    s = StateStore(tmp_path, cache_size=1)  # a value is found without the cache
+    s.first_line("INV-1", 1)
+    s.put("customer", "C1", "10")
+    s.put("customer", "C2", "20")
+    commit = s.take({"n": 1})
+    s.put("customer", "C3", "30")  # after the instant: the next commit's
+    s.forget("customer", "C2")
+    assert s.first_line("INV-2", 2) == 2
+    writer = threading.Thread(target=s.write, args=(commit,))
+    writer.start()
+    for _ in range(200):  # while (or after) the thread commits: the values are where they were put
+        assert s.first_line("INV-1", 9) == 1
+        assert s.get("customer", "C1") == "10"
+        assert s.get("customer", "C2") is None
+        assert s.items("customer") == {"C1": "10", "C3": "30"}
+    writer.join()
+    s.settle(commit, ok=True)
+    assert s.first_line("INV-1", 9) == 1 and s.get("customer", "C1") == "10"  # now read from the table
+    assert s.items("customer") == {"C1": "10", "C3": "30"}
+    s.close()
+    s = StateStore(tmp_path)  # what that commit made durable: the instant's rows, not the later ones
+    assert s.load() == {"n": 1}
+    assert s.items("customer") == {"C1": "10", "C2": "20"}
+    assert s.first_line("INV-1", 9) == 1 and s.first_line("INV-2", 9) == 9
+    s.close()
+
+
+def test_a_failed_write_puts_its_rows_back_as_pending(tmp_path: Path) -> None:
+    """A commit refused (by SQLite's authorizer, as a full disk would) raises OutputError from
+    write(); after settle(ok=False) its rows are pending again, under the later puts, and the next
+    commit stores them."""
+    import sqlite3
+
+    import pytest
+
+    from bulk.errors import OutputError
+
+    s = StateStore(tmp_path)
+    s.put("customer", "C1", "old")
+    s.first_line("INV-1", 1)
+    commit = s.take({"n": 1})
+    s.put("customer", "C1", "new")  # a later put wins over the failed commit's
+    s._wdb.set_authorizer(lambda action, arg1, *_: sqlite3.SQLITE_DENY
+                          if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" else sqlite3.SQLITE_OK)
+    with pytest.raises(OutputError, match="cannot write the resume file"):
+        s.write(commit)
+    s.settle(commit, ok=False)
+    s._wdb.set_authorizer(None)
+    assert s.load() is None
+    assert s.first_line("INV-1", 5) == 1 and s.items("customer") == {"C1": "new"}
+    s.commit({"n": 2})
+    s.close()
+    s = StateStore(tmp_path)
+    assert s.load() == {"n": 2} and s.items("customer") == {"C1": "new"} and s.first_line("INV-1", 5) == 1
     s.close()
