@@ -10,8 +10,10 @@ caller marks the record finished in the watermark right after, still without an 
 
 from __future__ import annotations
 
+from ._money_minor import lines_minor as _lines_minor
+from ._money_scaled import _sums
 from .errors import InvalidRecord
-from .money import lines_totals as _lines_totals
+from .money import _MINOR_UNITS, _MULTIPLY, _QUANTUM
 from .outputs import Outputs
 from .records import Record
 from .source import RawLine
@@ -36,11 +38,26 @@ class Recorder:
         self._copyable = copyable
 
     def created(self, record: Record, created: Created) -> None:
-        totals = _lines_totals(record.lines, record.prices, record.currency)  # record.totals(), one frame less
+        # The money rule on integers of minor units (bulk._money_minor), the common case inline:
+        # the tally sums them as integers (Tally.add_minor), no Totals an invoice.
+        currency = record.currency
+        exponent = _MINOR_UNITS[currency]
+        try:
+            sums = _sums(record.lines, record.prices, exponent)
+        except KeyError:  # an amount met for the first time, or one the integer path is unsure of
+            sums = None
+        if sums is None:
+            sums = _lines_minor(record.lines, record.prices, currency)
+        net, tax, gross = sums
+        # The row's amounts: the Decimals lines_totals gives (an int times the quantum, exact in
+        # _MULTIPLY's 50 digits), whose text libmpdec writes for less than formatting the ints in
+        # Python does (callgrind: ~2,400 instructions an amount against ~3,800).
+        q = _QUANTUM[currency]
+        expected = _MULTIPLY(gross, q)
         action = created.action or ("existing" if created.existed else "created")  # Created.outcome, inline
         self._outputs.created_row(
             record.external_id, created.invoice_id, record.line_no, created.customer_id or "",
-            created.status or record.status, record.currency, totals.net, totals.tax, totals.gross, action,
+            created.status or record.status, currency, _MULTIPLY(net, q), _MULTIPLY(tax, q), expected, action,
         )
         t = self.tally
         t.read += 1
@@ -54,9 +71,9 @@ class Recorder:
         else:
             t.created += 1
             t.existing += action == "existing"
-        t.add_totals(record.currency, totals)
-        if created.reported_gross is not None and created.reported_gross != totals.gross:
-            t.mismatch(record.external_id, record.currency, totals.gross, created.reported_gross)
+        t.add_minor(currency, net, tax)
+        if created.reported_gross is not None and created.reported_gross != expected:
+            t.mismatch(record.external_id, currency, expected, created.reported_gross)
 
     def failed(self, line_no: int, data: bytes | RawLine, external_id: str | None, kind: str, stage: str,
                field: str, status: int | str, message: str) -> None:

@@ -11,7 +11,7 @@ from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Inv
 from functools import reduce
 from typing import Any
 
-from .money import CurrencyTotals, Totals
+from .money import CurrencyTotals, Totals, minor_units
 
 __all__ = ["Tally"]
 
@@ -38,13 +38,28 @@ class Tally:
     mismatches: list[dict[str, str]] = field(default_factory=list)
     #: invoices counted by add_totals and not yet in _totals, by currency (see add_totals)
     _pending: dict[str, list[Totals]] = field(default_factory=dict, repr=False, compare=False)
+    #: invoices counted by add_minor and not yet in _totals, by currency: [count, net, tax] in minor units
+    _minor: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def totals(self) -> CurrencyTotals:
         """Per-currency counts and sums of every invoice in the ID map (pending ones folded in)."""
-        if self._pending:
+        if self._pending or self._minor:
             self._fold()
         return self._totals
+
+    def add_minor(self, currency: str, net: int, tax: int) -> None:
+        """Count one invoice whose totals are ``net`` and ``tax`` (gross: their sum) in minor units
+        of ``currency`` (:func:`bulk._money_minor.lines_minor`): the same as :meth:`add_totals`
+        of those amounts as Decimals (exponent minus the currency's), digit for digit, for less
+        work once per invoice: integer sums, made Decimals when :attr:`totals` is next read."""
+        acc = self._minor.get(currency)
+        if acc is None:
+            self._minor[currency] = [1, net, tax]
+        else:
+            acc[0] += 1
+            acc[1] += net
+            acc[2] += tax
 
     def add_totals(self, currency: str, totals: Totals) -> None:
         """Count one invoice's totals: kept aside and summed in one batch when :attr:`totals` is
@@ -70,6 +85,17 @@ class Tally:
             doc[code] = {"invoices": len(batch), "net": str(net), "tax": str(tax), "gross": str(add(net, tax))}
         self._pending.clear()
         self._totals.merge(CurrencyTotals.from_json(doc))  # decimal strings: exact both ways
+        if self._minor:
+            # n minor units are n * 10^-e exactly (scaleb at unbounded precision never rounds): the
+            # Decimal sum of the same invoices' amounts, whose exponent is -e too.
+            doc = {}
+            for code, (count, net_units, tax_units) in self._minor.items():
+                e = -minor_units(code)
+                doc[code] = {"invoices": count, "net": str(_EXACT.scaleb(net_units, e)),
+                             "tax": str(_EXACT.scaleb(tax_units, e)),
+                             "gross": str(_EXACT.scaleb(net_units + tax_units, e))}
+            self._minor.clear()
+            self._totals.merge(CurrencyTotals.from_json(doc))
 
     @property
     def mapped(self) -> int:

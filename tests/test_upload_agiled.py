@@ -13,6 +13,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from harness import (
     REPO,
     SandboxServer,
@@ -203,3 +204,17 @@ def test_invoice_json_is_dumps_of_invoice_body_byte_for_byte() -> None:
     odd += [replace(base, notes=chunk, lines=(replace(line, title=chunk),)) for chunk in chunks]
     for record in records + odd:
         assert invoice_json(record, "42") == dumps(invoice_body(record, "42")), record.external_id
+
+
+def test_invoice_json_refuses_a_contact_id_orjson_cannot_encode_as_dumps_does() -> None:
+    # msgspec encodes any int; orjson (dumps, the documented body) only -2^63 .. 2^64-1: the
+    # fast body must refuse what the reference refuses, with the same error, and keep the edges.
+    record = _records()[0]
+    for contact_id in ("-9223372036854775808", "18446744073709551615", "0"):
+        assert invoice_json(record, contact_id) == dumps(invoice_body(record, contact_id))
+    for contact_id in ("18446744073709551616", "-9223372036854775809", str(10**40)):
+        with pytest.raises(TypeError) as reference:
+            dumps(invoice_body(record, contact_id))
+        with pytest.raises(TypeError) as fast:
+            invoice_json(record, contact_id)
+        assert str(fast.value) == str(reference.value)
