@@ -14,10 +14,10 @@ import os
 import stat
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import anyio.to_thread
+import msgspec
 
 from .errors import ConfigError
 
@@ -31,8 +31,12 @@ _CHUNK = 1 << 20
 _BATCH = 64
 
 
-@dataclass(slots=True)
-class RawLine:
+class RawLine(msgspec.Struct, gc=False):
+    """One line of the input. A msgspec struct, not a dataclass: built in C, ~300 instructions
+    against ~1,400 for a slotted dataclass's ``__init__`` (callgrind), once per line read
+    (:meth:`InputFile.batches`). Same fields, positional or by keyword; not tracked by the
+    garbage collector (it holds no container)."""
+
     line_no: int
     start: int  # offset of the line's first byte
     end: int  # offset just past its newline (or end of input)
@@ -185,7 +189,7 @@ def estimate_records(path: str, *, exact_up_to: int = 64 << 20) -> int | None:
         with open(path, "rb") as raw:
             f: BinaryIO = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw  # type: ignore[assignment]
             while read < exact_up_to and (block := f.read(_CHUNK)):
-                lines += block.count(b"\n")
+                lines += _newlines(block)
                 read += len(block)
                 last = block[-1:]
             whole = not f.read(1)
@@ -195,6 +199,21 @@ def estimate_records(path: str, *, exact_up_to: int = 64 << 20) -> int | None:
     if whole:
         return lines + (last != b"\n")
     return round(lines * size / used) if used else None
+
+
+def _newlines(block: bytes) -> int:
+    """``block.count(b"\\n")``, faster for lines of typical length: ``bytes.count`` tests every
+    byte (~6 instructions a byte, ~5,000 an 870-byte invoice), ``bytes.find`` jumps to the next
+    newline with memchr (~150 instructions a line). Lines shorter than ~64 bytes on average
+    would make the loop slower than the count: past one newline per 64 bytes it counts the rest."""
+    find, count, most = block.find, 0, len(block) >> 6
+    at = find(b"\n")
+    while at >= 0:
+        count += 1
+        if count > most:
+            return count + block.count(b"\n", at + 1)
+        at = find(b"\n", at + 1)
+    return count
 
 
 async def _discard(f: _Raw, n: int) -> None:

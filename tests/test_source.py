@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bulk.source import InputFile, fingerprint
+from bulk.source import InputFile, RawLine, estimate_records, fingerprint
 
 
 def read_all(path: Path, **kw: object) -> list[tuple[int, int, int, bytes | None, int]]:
@@ -99,3 +99,30 @@ def test_batches_are_the_lines_in_small_lists_that_never_span_two_reads(tmp_path
     # every line of a batch was in the bytes read when the batch was handed on
     assert all(batch[-1].end <= pos for batch, pos in zip(batches, positions, strict=True))
     assert len(set(positions)) >= 4  # several reads
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\n", b"\n" * 5000, b"x", b"x\n", b"\nx", b'{"a":1}\n' * 3000 + b'{"b":2}',
+    (b"y" * 900 + b"\n") * 40, b"\n" * 100 + b"z" * 5000 + b"\n" * 3,  # short lines, then long ones
+    b"z" * 5000 + b"\n" * 200,  # long lines, then many short ones: past the loop's bound
+])
+def test_estimate_records_counts_every_line_of_a_small_file(tmp_path: Path, data: bytes) -> None:
+    # exact below exact_up_to, whatever the lines' lengths (the newline count has two ways)
+    p = tmp_path / "in.ndjson"
+    p.write_bytes(data)
+    assert estimate_records(str(p)) == data.count(b"\n") + (not data.endswith(b"\n") and bool(data))
+
+
+def test_estimate_records_scales_what_it_counted(tmp_path: Path) -> None:
+    p = tmp_path / "in.ndjson"
+    p.write_bytes(b"a" * 99 + b"\n" + (b"b" * 9 + b"\n") * 10_000)
+    assert estimate_records(str(p), exact_up_to=1 << 20) == 10_001
+    assert estimate_records(str(p), exact_up_to=1000) is not None
+
+
+def test_a_raw_line_is_built_by_position_or_keyword() -> None:
+    by_keyword = RawLine(line_no=3, start=10, end=15, data=b"abcd", length=4)
+    assert by_keyword == RawLine(3, 10, 15, b"abcd", 4)
+    assert (by_keyword.line_no, by_keyword.start, by_keyword.end, by_keyword.data, by_keyword.length) == \
+        (3, 10, 15, b"abcd", 4)
+    assert RawLine(1, 0, 0, None, 0) != by_keyword
