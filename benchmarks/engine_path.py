@@ -19,11 +19,11 @@ of a change to the worker, job, transport or target compare even on a busy machi
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks import _callgrind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,12 +96,7 @@ def run(n: int, source: Path) -> None:
 def count(n: int, source: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cg.out"
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                        "benchmarks.engine_path", "--child", str(n), "--input", str(source)],
-                       check=True, capture_output=True, cwd=ROOT)
-        match = re.search(rb"^(?:summary|totals): (\d+)", out.read_bytes(), re.M)
-        assert match is not None
-        return int(match[1])
+        return _callgrind.total("benchmarks.engine_path", ["--child", str(n), "--input", str(source)], out)
 
 
 def main() -> int:

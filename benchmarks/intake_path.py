@@ -22,11 +22,11 @@ machine.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks import _callgrind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,12 +91,7 @@ def run(source: Path) -> None:
 def count(source: Path, keep: Path | None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = (keep / f"callgrind.intake.{source.stem}") if keep else Path(tmp) / "cg.out"
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                        "benchmarks.intake_path", "--child", str(source)],
-                       check=True, capture_output=True, cwd=ROOT)
-        match = re.search(rb"^(?:summary|totals): (\d+)", out.read_bytes(), re.M)
-        assert match is not None
-        return int(match[1])
+        return _callgrind.total("benchmarks.intake_path", ["--child", str(source)], out)
 
 
 def main() -> int:
