@@ -194,6 +194,7 @@ class Run:
         self._recorder = Recorder(job.outputs, js.tally, input_path=c.input,
                                   copyable=not (self._input.is_stdin or c.input.endswith(".gz")))
         error: BulkError | None = None
+        finished = False  # _run_tasks returned: not cancelled from outside, no foreign exception
         try:
             pacer = Pacer(limits=c.pacing_limits(self.target.default_limits), concurrency=c.concurrency,
                           give_up_after=c.give_up_after, max_wait=c.max_wait)
@@ -205,6 +206,7 @@ class Run:
                 self._session.latency = self.measure.latency
                 self.measure.open_timeline(self.out, js.counters())
                 error = await self._run_tasks(handle_signals)
+                finished = True
         finally:
             js.ended_at = _utc_now()
             try:
@@ -214,8 +216,8 @@ class Run:
             js.t_end = time.monotonic()
             self._input.close()
             if not isinstance(error, OutputError):
-                if error is None and not self.stopping:
-                    js.complete = True
+                if finished and error is None and not self.stopping:
+                    js.complete = True  # never for a run its caller cancelled or a crash ended
                 try:
                     with CancelScope(shield=True):  # the final checkpoint completes, whatever cancels the run
                         await js.checkpoint()
