@@ -26,7 +26,7 @@ from harness import (
     write_input,
 )
 
-from bulk.errors import InvalidRecord
+from bulk.errors import InvalidRecord, RecordError
 from bulk.generate import generate
 from bulk.records import Record, parse_record
 from bulk.targets.agiled import invoice_body, invoice_json
@@ -209,12 +209,14 @@ def test_invoice_json_is_dumps_of_invoice_body_byte_for_byte() -> None:
 def test_invoice_json_refuses_a_contact_id_orjson_cannot_encode_as_dumps_does() -> None:
     # msgspec encodes any int; orjson (dumps, the documented body) only -2^63 .. 2^64-1: the
     # fast body must refuse what the reference refuses, with the same error, and keep the edges.
+    # The refusal fails the record (a RecordError naming the API's id), never the run.
     record = _records()[0]
     for contact_id in ("-9223372036854775808", "18446744073709551615", "0"):
         assert invoice_json(record, contact_id) == dumps(invoice_body(record, contact_id))
-    for contact_id in ("18446744073709551616", "-9223372036854775809", str(10**40)):
-        with pytest.raises(TypeError) as reference:
+    for contact_id in ("18446744073709551616", "-9223372036854775809", str(10**40), "c-17"):
+        with pytest.raises(RecordError) as reference:
             dumps(invoice_body(record, contact_id))
-        with pytest.raises(TypeError) as fast:
+        with pytest.raises(RecordError) as fast:
             invoice_json(record, contact_id)
         assert str(fast.value) == str(reference.value)
+        assert repr(contact_id) in str(fast.value) and fast.value.stage == "customer"

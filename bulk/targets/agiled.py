@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from .._frozen import constructor
-from ..errors import RecordRefused, ServerError, UnknownReference
+from ..errors import RecordError, RecordRefused, ServerError, UnknownReference
 from ..records import Record
 from ..refs import begin_create, record_created
 from ..refs import found as refs_found
@@ -62,11 +62,26 @@ def contact_body(record: Record) -> dict[str, Any]:
     }
 
 
+def _contact_int(contact_id: str) -> int:
+    """The contact id the API gave, as the integer the body carries; one the body cannot carry
+    (not an integer, or outside the integers JSON encoders agree on, -2^63 .. 2^64-1) fails this
+    record, naming the API's id, instead of ending the run with a foreign exception."""
+    try:
+        contact = int(contact_id)
+    except ValueError:
+        contact = None
+    if contact is None or not _INT_LOW <= contact <= _INT_HIGH:
+        raise RecordError(f"the API gave contact id {contact_id!r}, which is not an integer from -2^63 to "
+                          "2^64-1 that Agiled's contact_id can carry: check the contact at the API",
+                          stage="customer")
+    return contact
+
+
 def invoice_body(record: Record, contact_id: str) -> dict[str, Any]:
     issue_date, due_date = record.issue_date, record.due_date
     body: dict[str, Any] = {
         "invoice_number": record.external_id,
-        "contact_id": int(contact_id),
+        "contact_id": _contact_int(contact_id),
         "currency": record.currency,
         "issue_date": issue_date.isoformat() if issue_date else None,
         "due_date": due_date.isoformat() if due_date else None,
@@ -128,11 +143,9 @@ def invoice_json(record: Record, contact_id: str) -> bytes:
     ~12,000 instructions an invoice less). Both write compact JSON with the same string
     escapes (tests/test_upload_agiled.py compares them on every code point). ``record.extra``'s
     keys the mapping does not have follow its own, encoded by ``dumps`` as before. A contact id
-    outside orjson's integers (-2^63 .. 2^64-1), which msgspec would encode, is refused with
-    the TypeError ``dumps`` raises for it."""
-    contact = int(contact_id)
-    if not _INT_LOW <= contact <= _INT_HIGH:
-        raise TypeError("Integer exceeds 64-bit range")  # orjson's words (its JSONEncodeError is TypeError)
+    outside orjson's integers (-2^63 .. 2^64-1), which msgspec would encode, is refused as
+    :func:`invoice_body` refuses it (:func:`_contact_int`)."""
+    contact = _contact_int(contact_id)
     main = _encode(_Invoice(
         record.external_id, contact, record.currency, record.issue_date, record.due_date, record.status,
         record.prices == "gross", record.notes,
