@@ -12,11 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import REPO
 
 from benchmarks import spawn
 
 MB = 1024
+pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(),
+                                reason="benchmarks.spawn reads Linux /proc/PID/smaps_rollup (Linux 4.14+), not here")
+
 HELD_MB = 40
 
 # A root that starts one child; the child fills HELD_MB of its own memory, says "ready" and

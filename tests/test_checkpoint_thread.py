@@ -83,10 +83,10 @@ def test_sigkill_while_a_checkpoint_commits_in_its_thread_then_resume(target: st
     with SandboxServer(target, latency_ms=20, seed=900) as sb:
         # The window covers the input: one write-ahead checkpoint (line 1, before any record is
         # sent); the periodic one after it is held, mid-run.
-        # --rate 100: the run lasts ~4 s, so the count read once the marker shows is far from the
+        # --rate 50: the run lasts ~8 s, so the count read once the marker shows is far from the
         # end however late this (loaded) test process looks (the last --rate given wins).
         args = upload_args(sb, src, out, "--concurrency", str(CONCURRENCY), "--checkpoint-every", "0.05",
-                           "--rate", "100")
+                           "--rate", "50")
         proc = _start_with(PRELUDE, args, {**sb.env, "HOLD_COMMIT_MARKER": str(marker)})
         try:
             wait_until(lambda: proc.poll() is not None or marker.exists(), timeout=60, interval=0.005,
