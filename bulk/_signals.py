@@ -18,12 +18,15 @@ the run (while the command checks, starts the embedded sandbox, waits for the ru
 lock) stops the command at its next await (:attr:`Hub.interrupted`); one from
 :meth:`Hub.to_run` on is the run's, queued until its watcher takes it (a signal just before the
 run stops it as soon as it starts, gracefully: summary, outputs, exit 130); one after the
-watcher's end is ignored (what is left is the run's own bounded end: its checkpoint and report).
+watcher's end is ignored (what is left is the run's own bounded end: its checkpoint and report),
+and a second one then exits at once (``os._exit(130)``: a hung final fsync must not need SIGKILL,
+and the run's files survive SIGKILL by design).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -36,12 +39,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._worker import Stoppable
 from .progress import ProgressSink
 
-__all__ = ["GRACE_S", "Hub", "taken", "watch"]
+__all__ = ["GRACE_S", "Hub", "current", "taken", "watch"]
 
 #: after the first signal, how long records in flight may take before the run stops anyway
 GRACE_S = 10
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+#: the exit code of a command stopped by a second signal after its run's watcher ended (EXIT_INTERRUPTED)
+_EXIT_NOW = 130
 
 
 class Hub:
@@ -54,17 +60,27 @@ class Hub:
         self._for_run = False
         self._pending: list[signal.Signals] = []
         self._watcher: MemoryObjectSendStream[signal.Signals] | None = None
+        #: the run's watcher has ended; then how many signals came since
+        self._ended = False
+        self._after_end = 0
 
     def to_run(self) -> None:
         """From now on a signal is the run's: queued until its watcher takes it (call it when
         nothing stands between the command and :meth:`bulk.pipeline.Run.execute`)."""
         self._for_run = True
+        self._ended = False
 
     def deliver(self, sig: signal.Signals) -> None:
         if self._watcher is not None:
             self._watcher.send_nowait(sig)
+        elif self._ended:
+            # The run is finishing (its checkpoint, merge, report: bounded, unless a disk hangs):
+            # the first signal is ignored; a second means it, and nothing here needs a clean exit.
+            self._after_end += 1
+            if self._after_end >= 2:
+                os._exit(_EXIT_NOW)
         elif self._for_run:
-            self._pending.append(sig)  # for the watcher still to come; after it, ignored
+            self._pending.append(sig)  # for the watcher still to come
         else:
             self.interrupted = True
             self._scope.cancel()
@@ -82,9 +98,15 @@ class Hub:
                 yield receive
             finally:
                 self._watcher = None
+                self._ended = True
 
 
 _HUB: ContextVar[Hub | None] = ContextVar("bulk_signal_hub", default=None)
+
+
+def current() -> Hub | None:
+    """The hub of the command's :func:`taken` this task runs under, if any."""
+    return _HUB.get()
 
 
 @asynccontextmanager
@@ -100,6 +122,7 @@ async def taken() -> AsyncIterator[Hub]:
             signals = stack.enter_context(anyio.open_signal_receiver(*SIGNALS))
         except (ValueError, NotImplementedError):  # not the main thread
             signals = None
+        error: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 if signals is not None:
@@ -113,9 +136,13 @@ async def taken() -> AsyncIterator[Hub]:
         except BaseExceptionGroup as group:
             # The task group wraps the body's own exception (the forwarder raises none): the
             # caller gets it as the body raised it (a ConfigError is exit 2, not a group).
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            if len(group.exceptions) != 1:
+                raise
+            error = group.exceptions[0]
+        if error is not None:
+            # Raised here, out of the ``except``: its __cause__ and __context__ stay the body's
+            # (``raise ... from None`` inside would have overwritten them).
+            raise error
 
 
 async def _forward(signals: AsyncIterator[signal.Signals], hub: Hub) -> None:
@@ -127,7 +154,7 @@ async def watch(run: Stoppable, progress: ProgressSink | None, cancel_work: Call
     """Until cancelled: handle SIGINT/SIGTERM as the module says, from the command's
     :func:`taken` when there is one. Off the main thread (signals cannot be received there) it
     only waits: the caller handles signals."""
-    hub = _HUB.get()
+    hub = current()
     if hub is not None:
         with hub.attached() as received:
             await _handle(received, run, progress)

@@ -37,13 +37,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 
-from . import _summary
+from . import _signals, _summary
 from ._procworker import WorkerTask, die_with_parent, read_task, run_worker
 from ._runlock import hold_dir, is_free
 from .config import Shard, UploadConfig
@@ -144,6 +145,8 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
     # own handling is in place (bulk.pipeline unblocks it then), instead of killing the worker.
     cmd = [sys.executable, "-c", "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, "
            "(signal.SIGINT, signal.SIGTERM)); from bulk.cli import worker_main; sys.exit(worker_main())"]
+    if (hub := _signals.current()) is not None:
+        hub.to_run()  # from here a signal is the workers' (queued until _watch_signals forwards it)
     async with anyio.create_task_group() as tg:
         procs = [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
                                           start_new_session=True) for _ in tasks]
@@ -157,15 +160,10 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
                     with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                         p.send_signal(sig)
 
-        async def watch_signals() -> None:
+        def on_signal(sig: signal.Signals) -> None:
             nonlocal stopping
-            try:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for sig in signals:
-                        stopping = True
-                        signal_all(sig)  # a second one stops them at once, as it stops one process
-            except (ValueError, NotImplementedError):
-                await anyio.sleep_forever()  # not the main thread: the caller handles signals
+            stopping = True
+            signal_all(sig)  # a second one stops them at once, as it stops one process
 
         async def supervise(k: int, proc: Any, task: WorkerTask) -> None:
             assert proc.stdin is not None
@@ -179,7 +177,7 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
                 first_bad.append(k)
                 signal_all(signal.SIGTERM)  # the others finish what is in flight, then stop
 
-        tg.start_soon(watch_signals)
+        tg.start_soon(_watch_signals, on_signal)
         if progress is not None:
             tg.start_soon(_tick, progress, dirs)
         async with anyio.create_task_group() as workers:
@@ -196,6 +194,25 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
             raise
         summary = {}  # no worker got as far as a checkpoint (e.g. refused its configuration)
     return _outcome(codes, first_bad, stopping, summary)
+
+
+async def _watch_signals(on_signal: Callable[[signal.Signals], None]) -> None:
+    """Until cancelled: each SIGINT/SIGTERM to ``on_signal``, from the command's hub
+    (:func:`bulk._signals.taken`) when there is one. A receiver of its own would replace the
+    hub's loop handlers, and its end restore Python's defaults, not the hub's: a signal during
+    the merge and report would then raise KeyboardInterrupt, or kill the parent (SIGTERM)."""
+    hub = _signals.current()
+    if hub is not None:
+        with hub.attached() as received:
+            async for sig in received:
+                on_signal(sig)
+        return
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                on_signal(sig)
+    except (ValueError, NotImplementedError):
+        await anyio.sleep_forever()  # not the main thread: the caller handles signals
 
 
 async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:

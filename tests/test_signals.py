@@ -8,6 +8,7 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -205,3 +206,78 @@ def test_a_signal_just_before_the_runs_watcher_is_kept_for_it() -> None:
     # off the main thread the loop cannot take signals, and SIGINT would stop the test session
     assert threading.current_thread() is threading.main_thread()
     assert anyio.run(go, backend_options=loop_options()) == (True, [True], False)
+
+
+def test_the_processes_watcher_leaves_the_hubs_handlers_in_place() -> None:
+    """``--processes N``: the parent's watcher (bulk.procs) forwards the hub's signals, and when
+    it ends (the shard workers done) a signal still meets the hub, not Python's default handler
+    (a KeyboardInterrupt during the merge and report; SIGTERM's default, the parent killed).
+    Real signals to this process through the CLI's event loop; each awaited by its arrival."""
+    import anyio
+
+    from bulk._signals import taken
+    from bulk.config import loop_options
+    from bulk.procs import _watch_signals
+
+    async def go() -> tuple[list[signal.Signals], int, bool]:
+        forwarded: list[signal.Signals] = []
+        async with taken() as hub:
+            hub.to_run()
+            with anyio.fail_after(30):  # a hang bound only
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_watch_signals, forwarded.append)
+                    while hub._watcher is None:  # noqa: ASYNC110 - the hub signals no event
+                        await anyio.sleep(0.005)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    while not forwarded:  # noqa: ASYNC110
+                        await anyio.sleep(0.005)
+                    tg.cancel_scope.cancel()
+                os.kill(os.getpid(), signal.SIGINT)  # the merge and report: the first is ignored
+                while hub._after_end < 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
+        return forwarded, hub._after_end, hub.interrupted
+
+    assert threading.current_thread() is threading.main_thread()
+    assert anyio.run(go, backend_options=loop_options()) == ([signal.SIGTERM], 1, False)
+
+
+def test_after_the_runs_watcher_a_first_signal_is_ignored_a_second_exits_at_once(tmp_path: Path) -> None:
+    """Once the run's watcher has ended (the run writes its last checkpoint and report), the
+    first signal is ignored; a second exits 130 at once, without cleanup (a hung final fsync
+    must not need SIGKILL). Hub.deliver directly, in a process of its own (it exits)."""
+    script = tmp_path / "hub.py"
+    script.write_text(
+        "import signal, anyio\n"
+        "from bulk._signals import Hub\n"
+        "async def main():\n"
+        "    with anyio.CancelScope() as scope:\n"
+        "        hub = Hub(scope)\n"
+        "        hub.to_run()\n"
+        "        with hub.attached():\n"
+        "            pass\n"
+        "        hub.deliver(signal.SIGINT)\n"
+        "        print('ignored', hub.interrupted, scope.cancel_called, flush=True)\n"
+        "        hub.deliver(signal.SIGTERM)\n"
+        "    print('not reached', flush=True)\n"
+        "anyio.run(main)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (130, "ignored False False\n"), done.stderr
+
+
+def test_taken_lets_the_bodys_exception_keep_its_cause() -> None:
+    """The hub's task group wraps the body's exception; ``taken`` unwraps it without touching
+    its ``__cause__`` or ``__suppress_context__`` (a ``raise ... from None`` would drop them)."""
+    import anyio
+
+    from bulk._signals import taken
+    from bulk.config import loop_options
+
+    cause = OSError("disk")
+
+    async def go() -> None:
+        async with taken():
+            raise RuntimeError("wrapped") from cause
+
+    with pytest.raises(RuntimeError) as info:
+        anyio.run(go, backend_options=loop_options())
+    assert info.value.__cause__ is cause and info.value.__suppress_context__
