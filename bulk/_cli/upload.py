@@ -140,7 +140,8 @@ async def run(config: UploadConfig, target: Target, console: Any, metrics: Any =
               hub: Hub | None = None) -> RunResult:
     """The job in one process, or in N shard workers (``--processes N``, bulk.procs). With the
     command's ``hub``, a signal once the run directory is locked is the run's (its graceful stop);
-    N processes handle their own (bulk.procs), so until then one stops the command."""
+    with N processes bulk.procs takes the hub's signals from ``hub.to_run()``, before it spawns
+    the workers, so until then one stops the command."""
     from .._runlock import hold_dir
     from ..pipeline import Run, RunResult
     from ..procs import job_processes, run_processes
