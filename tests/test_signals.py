@@ -152,8 +152,10 @@ def test_a_signal_before_the_run_stops_the_command_cleanly(signum: signal.Signal
     it there: exit 130, said how to resume, no traceback, nothing sent; once the lock is free
     the same command finishes exactly once. (Before, SIGTERM killed it unannounced (-15), and
     SIGINT went through asyncio.Runner's cancel: 130 with a bare "interrupted".) Triggered on
-    progress: the CLI has the lock file open, waiting; it waits up to 5 s for the lock, a bound
-    the signal comes well within."""
+    progress: the CLI has the lock file open, waiting. It waits up to 5 s for the lock; a test
+    process so loaded that its signal comes after that (the CLI then refuses: "another bulk
+    process is still uploading", exit 2) has not tried the case, and tries again (at most 5
+    times): every attempt whose signal met the wait is checked in full."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 8, seed=203)
     out.mkdir()
@@ -161,14 +163,17 @@ def test_a_signal_before_the_run_stops_the_command_cleanly(signum: signal.Signal
     with SandboxServer("agiled") as sb, open(lock_path, "a+b") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         args = upload_args(sb, src, out)
-        proc = start_cli(args, sb.env)
-        try:
-            wait_until(lambda: proc.poll() is not None or _holds_open(proc.pid, lock_path), timeout=60,
-                       interval=0.005, what="the CLI to wait for the run directory's lock")
-            proc.send_signal(signum)
-            _, stderr = proc.communicate(timeout=30)  # a hang bound, not a measurement
-        finally:
-            stop(proc)
+        for _attempt in range(5):
+            proc = start_cli(args, sb.env)
+            try:
+                wait_until(lambda p=proc: p.poll() is not None or _holds_open(p.pid, lock_path), timeout=60,
+                           interval=0.005, what="the CLI to wait for the run directory's lock")
+                proc.send_signal(signum)
+                _, stderr = proc.communicate(timeout=30)  # a hang bound, not a measurement
+            finally:
+                stop(proc)
+            if not (proc.returncode == 2 and "another bulk process is still uploading" in stderr):
+                break  # the signal met the wait (or something else happened: checked below)
         assert proc.returncode == 130, stderr
         assert "interrupted: run the same command again to resume" in stderr, stderr
         assert "Traceback" not in stderr, stderr
