@@ -133,8 +133,10 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
         external_id, notes = inv.external_id, inv.notes
+        bad_text = _BAD_TEXT.search
+        # _fast_id and _fast_text written out (two calls a record saved)
         if not (external_id.isprintable() and external_id.strip() == external_id
-                and (notes is None or _fast_text(notes))):
+                and (notes is None or (not notes.isspace() and (notes.isprintable() or not bad_text(notes))))):
             return None
         text = bytes(inv.customer)
         customer = _CUSTOMERS.get(text) or _customer(text)
@@ -149,7 +151,7 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
         # field; one not met yet goes through _amount and the field's range (_field_amount). A
         # unit price met before (as a string, the usual JSON) is one lookup in _amount's own
         # cache, without the call; anything else goes through _amount.
-        quantities, rates, price_of, bad_text = _QUANTITIES, _RATES, _PRICE_OF, _BAD_TEXT.search
+        quantities, rates, price_of = _QUANTITIES, _RATES, _PRICE_OF
         for item in inv.lines:
             title, description, item_ref = item.title, item.description, item.item_ref
             if not (title.isprintable() and not title.isspace()
