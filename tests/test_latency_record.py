@@ -3,6 +3,7 @@ iterators and percentiles): the inlined hot path and the C-level bucket scan cha
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 from hdrh.histogram import HdrHistogram
@@ -137,3 +138,50 @@ def test_adding_deltas_decodes_into_one_histogram_and_adds_exactly() -> None:
     assert parent.kinds == {"write"} and parent.finished == len(values)
     assert parent.errors == sum(1 for v in values if not v % 5)
     assert stats_ms(parent.hist["write"]) == stats_ms(ref_write)
+
+
+def test_the_senders_inline_record_equals_latency_record() -> None:
+    """``Session.send`` records a request's latency inline (bulk._send) when its list exists and
+    no fold is due: what it leaves is what ``Latency.record`` of the same values leaves, and it
+    folds in at the same counts."""
+    import anyio
+
+    from bulk import latency as latency_mod
+    from bulk.errors import RecordRefused
+    from bulk.targets.agiled import AgiledTarget
+    from bulk.testing import MockTransport
+    from bulk.testing._mock import session
+    from bulk.transport import Reply, Request
+
+    statuses = [200, 201, 200, 404, 201]  # (a 404 is recorded, then refused: no retry)
+
+    def answer(req: Request) -> Reply:
+        return Reply(statuses[len(transport.requests) % len(statuses)], {}, b"{}")
+
+    transport = MockTransport(answer)
+    target = AgiledTarget(base_url="http://mock.invalid", credentials={"AGILED_API_TOKEN": "token-12345678"},
+                          options={})
+    n = 2 * latency_mod.FLUSH_AT + 7
+    waiting: list[int] = []
+    runs = []
+
+    async def main() -> None:
+        run = session(target, transport)
+        runs.append(run)
+        for i in range(n):
+            req = Request("GET", "/public/v1/me", kind="read" if i % 2 else "write")
+            with contextlib.suppress(RecordRefused):  # the 404s: recorded all the same
+                await run.send(req, stage="auth" if i % 3 else "invoice")
+            waiting.append(run.latency._waiting)
+
+    anyio.run(main)
+    run = runs[0]
+    ref = Latency()
+    ref_waiting = []
+    for i in range(n):
+        ref.record("read" if i % 2 else "write", "auth" if i % 3 else "invoice", 5, statuses[(i + 1) % len(statuses)])
+        ref_waiting.append(ref._waiting)
+    assert waiting == ref_waiting  # folded in at the same requests
+    assert run.latency.finished == ref.finished == n
+    assert run.latency.status_codes() == ref.status_codes()
+    assert {k: v.total_count for k, v in run.latency.hist.items()} == {k: v.total_count for k, v in ref.hist.items()}
