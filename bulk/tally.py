@@ -52,7 +52,8 @@ class Tally:
         """Count one invoice whose totals are ``net`` and ``tax`` (gross: their sum) in minor units
         of ``currency`` (:func:`bulk._money_minor.lines_minor`): the same as :meth:`add_totals`
         of those amounts as Decimals (exponent minus the currency's), digit for digit, for less
-        work once per invoice: integer sums, made Decimals when :attr:`totals` is next read."""
+        work once per invoice: integer sums, made Decimals when :attr:`totals` is next read.
+        :meth:`bulk._recorder.Recorder.created` has the same steps inline: keep the two alike."""
         acc = self._minor.get(currency)
         if acc is None:
             self._minor[currency] = [1, net, tax]
