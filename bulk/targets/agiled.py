@@ -165,18 +165,6 @@ def invoice_json(record: Record, contact_id: str) -> bytes:
     return main
 
 
-def _invoice_request(body: bytes, key: str) -> Request:
-    """``Request("POST", "/public/v1/invoices", None, None, headers, "write", ..., body)``: the
-    create, already encoded (``json`` None: :func:`invoice_json`'s bytes are the body), without
-    the class call's cost, once per invoice; Content-Type given here: the transport would merge
-    it into a new dict per request."""
-    req = _new_object(Request)
-    req.method, req.path, req.params, req.json, req.kind = "POST", "/public/v1/invoices", None, None, "write"
-    req.headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
-    req.content_type, req._body = "application/json", body
-    return req
-
-
 _new_object = object.__new__
 
 
@@ -227,14 +215,19 @@ class AgiledTarget(Target):
             stored = await find_invoice(job, record.external_id)
             if stored is not None:
                 return await self._existing(job, stored, invoice_body(record, contact_id), contact_id)
+        # The create, ``Request("POST", "/public/v1/invoices", None, None, headers, "write",
+        # "application/json", body)`` built in place, once per invoice (no class call, no helper's
+        # call): already encoded (``json`` None: invoice_json's bytes are the body), Content-Type
+        # given here (the transport would merge it into a new dict per request), and
+        # idempotency_key("invoice", ext) with its common case inline.
         ext = record.external_id
-        # idempotency_key("invoice", ext), its common case inline (once per invoice: a call fewer)
-        key = "invoice-" + ext if _safe_key(ext) else idempotency_key("invoice", ext)
+        req = _new_object(Request)
+        req.method, req.path, req.params, req.json, req.kind = "POST", "/public/v1/invoices", None, None, "write"
+        req.headers = {"Idempotency-Key": "invoice-" + ext if _safe_key(ext) else idempotency_key("invoice", ext),
+                       "Content-Type": "application/json"}
+        req.content_type, req._body = "application/json", invoice_json(record, contact_id)
         try:
-            reply = await job.send(
-                _invoice_request(invoice_json(record, contact_id), key),
-                stage="invoice", refs=(("agiled.contact", customer.external_id),),
-            )
+            reply = await job.send(req, stage="invoice", refs=(("agiled.contact", customer.external_id),))
         except RecordRefused as exc:
             # 409: the key was used with another body; 422: the number is taken (a key expired):
             # the invoice exists, made from other data.
