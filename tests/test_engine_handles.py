@@ -122,7 +122,8 @@ def test_a_cached_customer_is_a_synchronous_hit_and_costs_no_lookup() -> None:
 
 
 def test_the_fast_request_and_reply_are_the_classes_own() -> None:
-    from bulk.transport import _new_reply, write_request
+    from bulk._wire import _new_reply
+    from bulk.transport import write_request
 
     body = {"a": 1}
     headers = {"Idempotency-Key": "k"}
