@@ -14,6 +14,13 @@ Under callgrind, two sizes, the marginal count (start-up excluded)::
 
 The figure is deterministic (no timers fire: nothing here sleeps), so before/after counts
 of a change to the worker, job, transport or target compare even on a busy machine.
+
+``--transport`` counts :meth:`bulk.transport.Transport.send` itself instead: a real
+``Transport`` whose aiohttp session is replaced by one answering at once (no sockets), so
+the figure is bulk's own work around ``session.request`` per request (the URL, the headers,
+the watchdog's deadline, the Reply), deterministic too::
+
+    .venv/bin/python -m benchmarks.engine_path --transport --small 2000 --large 12000
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 from benchmarks import _callgrind
 
@@ -93,10 +101,51 @@ def run(n: int, source: Path) -> None:
         anyio.run(main, Path(tmp), backend_options={"use_uvloop": True})
 
 
-def count(n: int, source: Path) -> int:
+def run_transport(n: int) -> None:
+    """Send ``n`` invoice creates, one after another, through a Transport over a fake session."""
+    import uvloop
+
+    from bulk.transport import Request, Transport
+
+    class _Content:
+        async def read(self) -> bytes:
+            return b'{"data":{"id":1,"status":"draft","total":null}}'
+
+    class _Response:
+        status = 201
+        headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json"}
+        content = _Content()
+
+    response = _Response()
+
+    class _Session:
+        async def request(self, method: str, url: object, **_: object) -> _Response:
+            return response
+
+        async def close(self) -> None:
+            return None
+
+    body = b'{"invoice_number":"INV-0-0000001","contact_id":1}'
+
+    async def main() -> None:
+        transport = Transport("http://127.0.0.1:9", headers={"Authorization": "Bearer bench-token-1"},
+                              timeout=30, connections=64)
+        async with transport:
+            await transport._session.close()  # type: ignore[union-attr]  # open: async with made it
+            transport._session = _Session()  # type: ignore[assignment]  # the fake: no sockets
+            for _ in range(n):
+                await transport.send(Request("POST", "/public/v1/invoices", None, None,
+                                             {"Idempotency-Key": "invoice-INV-1", "Content-Type": "application/json"},
+                                             "write", "application/json", body))
+
+    uvloop.run(main())
+
+
+def count(n: int, source: Path, transport: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cg.out"
-        return _callgrind.total("benchmarks.engine_path", ["--child", str(n), "--input", str(source)], out)
+        args = ["--child", str(n), "--input", str(source)] + (["--transport"] if transport else [])
+        return _callgrind.total("benchmarks.engine_path", args, out)
 
 
 def main() -> int:
@@ -105,6 +154,7 @@ def main() -> int:
     p.add_argument("--large", type=int, default=10000)
     p.add_argument("--input", type=Path, help="an input file (default: benchmarks/data's 1,000-record input)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--transport", action="store_true", help="count Transport.send over a fake session instead")
     args = p.parse_args()
     if args.input is None:
         from benchmarks.run import make_input
@@ -113,11 +163,15 @@ def main() -> int:
         data.mkdir(exist_ok=True)
         args.input = make_input(data, 1000)
     if args.child is not None:
-        run(args.child, args.input)
+        if args.transport:
+            run_transport(args.child)
+        else:
+            run(args.child, args.input)
         return 0
-    small, large = count(args.small, args.input), count(args.large, args.input)
-    print(f"engine path: {small:,} Ir for {args.small}, {large:,} Ir for {args.large}: "
-          f"{(large - small) / (args.large - args.small):,.0f} instructions per invoice (marginal)")
+    small, large = count(args.small, args.input, args.transport), count(args.large, args.input, args.transport)
+    what, per = ("transport send", "request") if args.transport else ("engine path", "invoice")
+    print(f"{what}: {small:,} Ir for {args.small}, {large:,} Ir for {args.large}: "
+          f"{(large - small) / (args.large - args.small):,.0f} instructions per {per} (marginal)")
     return 0
 
 
