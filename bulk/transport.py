@@ -149,7 +149,10 @@ class Transport:
         headers = req.headers
         path = req.path
         url: URL | str = self._urls.get(path) or self._url(path)  # a parsed URL is never falsy
-        body = req.body()  # a method call, not inlined: a target's Request may encode itself (ChargeOver's batch)
+        # The body already encoded (a target's create, a resend) without a call; else the method,
+        # not inlined: a target's Request may encode itself then (ChargeOver's batch, at its first send)
+        if (body := req._body) is None:
+            body = req.body()
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": req.content_type} if headers else _content_type(req.content_type)
         deadlines.due[task] = deadlines.now() + deadlines.timeout
