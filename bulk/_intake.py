@@ -42,7 +42,9 @@ from collections.abc import Callable
 
 import msgspec
 
+from ._record_fast import _fast_record
 from ._record_fields import _plain_exact
+from ._record_general import _parse_general
 from .checkpoint import id_hash
 from .config import Shard
 from .errors import InputUnreadable, InvalidRecord
@@ -123,7 +125,10 @@ class Intake:
             raise ValueError("a shard chooses its records by the target's affinity key: give the target")
         self._max_line = max_line_bytes
         self._first_line = first_line
-        self._check = target.check if target is not None else None
+        # Target.check's default does nothing: not called a line then (an override, even one set
+        # on the instance, is called)
+        check = target.check if target is not None else None
+        self._check = check if getattr(check, "__func__", None) is not Target.check else None
         self._affinity = target.affinity if target is not None and shard is not None else None
         self._shard = shard
         # Skipping needs the customer key without a parse: only the default key (customer.external_id).
@@ -157,19 +162,23 @@ class Intake:
                 return None
             if placed is not _UNPLACED:
                 reports = placed is _MINE
+        line_no = raw.line_no
         try:
-            record = parse_record(data, raw.line_no)
+            # parse_record's two paths, called here (a frame a line saved)
+            record = _fast_record(data, line_no) or _parse_general(data, line_no)
         except InvalidRecord:
             if not reports:
                 return None  # another shard reports it
             self.external_id = peek_external_id(data)
             raise
         ext_id = self.external_id = record.external_id
-        first = self._first_valid(ext_id, raw.line_no)
+        first = self._first_line(ext_id, line_no)
+        if first < 0:  # the id's first line was noted, not validated (_first_valid)
+            first = self._first_valid(ext_id, line_no, first)
         if shard and affinity and id_hash(affinity(record)) % shard.count != shard.index:
             return None
-        if first != raw.line_no:
-            raise InvalidRecord(raw.line_no, "external_id", f"duplicate of line {first} ({ext_id[:80]!r})",
+        if first != line_no:
+            raise InvalidRecord(line_no, "external_id", f"duplicate of line {first} ({ext_id[:80]!r})",
                                 "give each invoice its own external_id; the first one stands")
         if self._check is not None:
             self._check(record)
@@ -198,11 +207,9 @@ class Intake:
         # else the id came before: parse, so that it counts
         return _NOTED if self._first_line(ext_id, note) == note else _OTHERS
 
-    def _first_valid(self, ext_id: str, line_no: int) -> int:
-        """The first valid line of ``ext_id``, given that ``line_no`` is a valid one."""
-        first = self._first_line(ext_id, line_no)
-        if first >= 0:
-            return first
+    def _first_valid(self, ext_id: str, line_no: int, first: int) -> int:
+        """The first valid line of ``ext_id``, given that ``line_no`` is a valid one and that
+        ``first_line`` gave ``first``, a note (negative)."""
         noted, start = -first >> _BITS, -first & (_MAX_START - 1)
         if noted >= line_no:
             return line_no

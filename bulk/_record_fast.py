@@ -105,6 +105,55 @@ def _customer(text: bytes) -> Customer | None:
     return built
 
 
+# Strings met that passed their field's check, per rule (the schema has bounded their length
+# for the field): titles (_fast_short), descriptions and notes (_fast_text, both Long), item refs
+# (_fast_id). Titles and item refs repeat from line to line (a catalogue's), descriptions and
+# notes too (boilerplate): one `in` a string, not two or three str method calls (the checks of
+# the first meeting are the ones written out before; only passing strings are kept). None (an
+# absent optional value) is always in the optional ones. Bounded: emptied when full (a hit
+# costs nothing to keep order); a description or notes longer than _TEXT_KEPT_LEN is checked
+# each time, so the three hold at most ~1,000 strings of <= 255 characters each.
+_TITLES: set[str] = set()
+_TEXTS: set[str | None] = {None}
+_REFS: set[str | None] = {None}
+_STRINGS_KEPT = 1024
+_TEXT_KEPT_LEN = 255
+
+
+def _new_title(value: str) -> bool:
+    if not value.isprintable() or value.isspace():
+        return False
+    if len(_TITLES) >= _STRINGS_KEPT:
+        _TITLES.clear()
+    _TITLES.add(value)
+    return True
+
+
+def _new_text(value: str | None) -> bool:
+    if value is None:
+        return True
+    if value.isspace() or not (value.isprintable() or not _BAD_TEXT.search(value)):
+        return False
+    if len(value) <= _TEXT_KEPT_LEN:
+        if len(_TEXTS) >= _STRINGS_KEPT:
+            _TEXTS.clear()
+            _TEXTS.add(None)
+        _TEXTS.add(value)
+    return True
+
+
+def _new_ref(value: str | None) -> bool:
+    if value is None:
+        return True
+    if not value.isprintable() or value.strip() != value:
+        return False
+    if len(_REFS) >= _STRINGS_KEPT:
+        _REFS.clear()
+        _REFS.add(None)
+    _REFS.add(value)
+    return True
+
+
 # Per amount field: the JSON int or string as written -> its Decimal (`_amount`), kept only once
 # it passed that field's checks (quantity > 0, 0 <= tax rate <= 1000). Bounded like the others.
 _QUANTITIES: dict[int | str, Decimal] = {}
@@ -133,10 +182,10 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
     try:
         inv = _schema.decode(raw)
         external_id, notes = inv.external_id, inv.notes
-        bad_text = _BAD_TEXT.search
-        # _fast_id and _fast_text written out (two calls a record saved)
+        texts = _TEXTS
+        # _fast_id written out (a call a record saved); notes as a description (_TEXTS)
         if not (external_id.isprintable() and external_id.strip() == external_id
-                and (notes is None or (not notes.isspace() and (notes.isprintable() or not bad_text(notes))))):
+                and (notes in texts or _new_text(notes))):
             return None
         text = bytes(inv.customer)
         customer = _CUSTOMERS.get(text) or _customer(text)
@@ -146,18 +195,19 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
         if inv.currency not in _MINOR_UNITS or (inv.issue_date is None and status != "draft"):
             return None
         lines = []
-        # Per invoice line, the checks of _fast_short/_fast_text/_fast_id are written out (~15
-        # calls a line saved), and each amount is one lookup of a value already checked for its
-        # field; one not met yet goes through _amount and the field's range (_field_amount). A
-        # unit price met before (as a string, the usual JSON) is one lookup in _amount's own
-        # cache, without the call; anything else goes through _amount.
+        # Per invoice line, each string is one lookup of a value already checked for its field
+        # (_TITLES, _TEXTS, _REFS; one not met yet is checked by _new_title/_new_text/_new_ref),
+        # and each amount is one lookup of a value already checked for its field; one not met
+        # yet goes through _amount and the field's range (_field_amount). A unit price met
+        # before (as a string, the usual JSON) is one lookup in _amount's own cache, without
+        # the call; anything else goes through _amount.
         quantities, rates, price_of = _QUANTITIES, _RATES, _PRICE_OF
+        titles, refs = _TITLES, _REFS
         for item in inv.lines:
             title, description, item_ref = item.title, item.description, item.item_ref
-            if not (title.isprintable() and not title.isspace()
-                    and (description is None or (not description.isspace()
-                                                 and (description.isprintable() or not bad_text(description))))
-                    and (item_ref is None or (item_ref.isprintable() and item_ref.strip() == item_ref))):
+            if not ((title in titles or _new_title(title))
+                    and (description in texts or _new_text(description))
+                    and (item_ref in refs or _new_ref(item_ref))):
                 return None
             quantity = quantities.get(item.quantity)
             if quantity is None and (quantity := _field_amount(quantities, item.quantity, _POSITIVE)) is None:

@@ -55,7 +55,8 @@ class Feed(Generic[T]):
             self._room = room = self._event()
             await room.wait()
         self._items.append(item)
-        self._wake_one()
+        if self._waiters:  # _wake_one, inline (a call a record saved): the item just put is there
+            self._waiters.popleft().set()
 
     def close(self) -> None:
         """No more items: waiting workers get ``EndOfStream`` once the feed is empty."""

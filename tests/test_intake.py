@@ -160,8 +160,9 @@ def test_a_shard_skips_others_lines_without_parsing_them(tmp_path: Path, monkeyp
     path = tmp_path / "in.ndjson"
     path.write_bytes(b"\n".join(_doc(f"INV-{n}", other) for n in range(1, 41)) + b"\n")
     parsed: list[int] = []
-    real = _intake.parse_record
-    monkeypatch.setattr(_intake, "parse_record", lambda data, n: parsed.append(n) or real(data, n))
+    real, general = _intake._fast_record, _intake._parse_general
+    monkeypatch.setattr(_intake, "_fast_record", lambda data, n: parsed.append(n) or real(data, n))
+    monkeypatch.setattr(_intake, "_parse_general", lambda data, n: parsed.append(n) or general(data, n))
     intake = Intake(max_line_bytes=600, first_line=memory_dedupe(), target=target, shard=mine,
                     reread=file_reread(str(path)))
     assert _outcomes(intake, _raw_lines(path.read_bytes(), 600)) == []

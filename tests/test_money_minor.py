@@ -159,3 +159,23 @@ def test_recorder_writes_the_rows_and_totals_the_decimal_path_wrote(tmp_path: Pa
     assert recorder.tally.to_json() == ref_tally.to_json()
     assert _exact(recorder.tally.totals) == _exact(ref_tally.totals)
     assert recorder.tally.mismatch_count > 0
+
+
+@pytest.mark.parametrize("prices", ["net", "gross"])
+def test_the_parser_limits_never_leave_an_error_for_after_the_create(prices: str) -> None:
+    """The recorder computes an invoice's minor units after its create: for every record the parser
+    accepts (amounts below 10^12, at most 12 decimals, quantity > 0, tax rate 0..1000) they must
+    come out, exactly as the Decimal reference (its quantize in 50 digits, and _whole's refusal of
+    a fraction of a minor unit, cannot be reached from a valid record). The extremes, parsed, at
+    every minor unit."""
+    top, tiny = "999999999999.999999999999", "0.000000000001"
+    for currency in ("JPY", "EUR", "KWD", "CLF"):
+        for quantity in (top, tiny, "1"):
+            for price in (top, "-" + top, tiny, "-" + tiny, "0"):
+                for rate in ("1000", "999.999999999999", tiny, "0"):
+                    item = (f'{{"title":"t","quantity":"{quantity}","unit_price":"{price}",'
+                            f'"tax_rate":"{rate}"}}')
+                    raw = (f'{{"external_id":"X","customer":{{"external_id":"C","email":"a@b.co"}},'
+                           f'"currency":"{currency}","prices":"{prices}","lines":[{",".join([item] * 40)}]}}')
+                    record = parse_record(raw.encode(), 1)
+                    assert _outcome(list(record.lines), prices, currency)[0] not in ("ValueError", "InvalidOperation")

@@ -209,3 +209,32 @@ def test_a_locale_is_matched_by_the_fast_path_as_by_the_general_path(locale: str
         fast = check(orjson.dumps(doc))
         if fast is not None:
             assert fast.customer.locale == locale
+
+
+@pytest.mark.parametrize("text", ["Wartung · Premium", " padded ", "tab\there", "line\nbreak", "\u00a0nbsp",
+                                  "bell\x07"])
+def test_a_string_kept_for_one_field_is_judged_anew_for_another(text: str) -> None:
+    """The kept strings (_TITLES, _TEXTS, _REFS) are per rule: a text met and passed as a description
+    or a title is still refused as an item ref (or a title) when that field's rule refuses it; met
+    again in each field, every one gets the general path's verdict."""
+    for _ in range(2):  # the second time, whatever passed is kept
+        for path in ("notes", "lines.0.description", "lines.0.title", "lines.0.item_ref"):
+            check(orjson.dumps(_with(path, text)))
+
+
+def test_full_string_caches_are_emptied_and_still_take_none() -> None:
+    from bulk import _record_fast
+
+    kept = _record_fast._STRINGS_KEPT
+    for k in range(kept + 2):
+        doc = _with("lines.0.title", f"Title {k}")
+        doc["lines"][0]["description"] = f"Description {k}"
+        doc["lines"][0]["item_ref"] = f"REF-{k}"
+        doc["notes"] = f"Notes {k}"
+        assert check(orjson.dumps(doc)) is not None
+    assert len(_record_fast._TITLES) <= kept and len(_record_fast._REFS) <= kept and len(_record_fast._TEXTS) <= kept
+    assert None in _record_fast._TEXTS and None in _record_fast._REFS
+    doc = _with("lines.0.description", None)
+    doc["lines"][0]["item_ref"] = None
+    fast = check(orjson.dumps(doc))
+    assert fast is not None and fast.lines[0].description is None and fast.lines[0].item_ref is None
