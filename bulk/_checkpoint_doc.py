@@ -13,7 +13,7 @@ import orjson
 
 from .errors import OutputError
 
-__all__ = ["VERSION", "Checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = ["VERSION", "Checkpoint", "load_checkpoint", "one", "read_checkpoint", "stored_document"]
 
 #: the checkpoint document's format (``Checkpoint.version``)
 VERSION = 1
@@ -93,9 +93,20 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     try:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            row = db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
+            return stored_document(db)
         finally:
             db.close()
     except sqlite3.Error as exc:
         raise OutputError(f"cannot read the resume file {path}: {exc}") from None
-    return orjson.loads(row[0]) if row else None
+
+
+def one(db: sqlite3.Connection, sql: str, *params: object) -> Any:
+    """The first column of the first row ``sql`` selects (``params`` bound), None for no row."""
+    row = db.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
+def stored_document(db: sqlite3.Connection) -> dict[str, Any] | None:
+    """The checkpoint document ``db`` (a ``state.db``) holds, None before the first checkpoint."""
+    value = one(db, "SELECT v FROM meta WHERE k='checkpoint'")
+    return None if value is None else orjson.loads(value)

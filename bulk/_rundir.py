@@ -8,6 +8,7 @@ checkpoint recorded: rows written after it are redone by this run, never kept tw
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +60,20 @@ def open_job(config: UploadConfig, out: Path) -> OpenJob:
     if free < 16 << 20:
         raise OutputError(f"only {free >> 20} MiB free in {out}: free some space first")
     input_print = fingerprint(config.input)
-    state = StateStore(out)
-    cp = state.checkpoint()
-    if cp is not None:
-        _check_same_job(config, out, cp, input_print)
-    outputs = Outputs(out, cp.outputs if cp else None)
-    refs = RefsFile(out, cp.outputs if cp else None, state.items(CREATED_NS))
-    state.on_new[CREATED_NS] = refs.add
-    return OpenJob(state, outputs, refs, MarkLog(out), cp, input_print)
+    with contextlib.ExitStack() as opened:  # an error (another job's directory...) closes what is open
+        state = StateStore(out)
+        opened.callback(state.close)
+        cp = state.checkpoint()
+        if cp is not None:
+            _check_same_job(config, out, cp, input_print)
+        outputs = Outputs(out, cp.outputs if cp else None)
+        opened.callback(outputs.close)
+        refs = RefsFile(out, cp.outputs if cp else None, state.items(CREATED_NS))
+        opened.callback(refs.close)
+        state.on_new[CREATED_NS] = refs.add
+        job = OpenJob(state, outputs, refs, MarkLog(out), cp, input_print)
+        opened.pop_all()  # opened: the run closes each
+    return job
 
 
 def _check_same_job(c: UploadConfig, out: Path, cp: Checkpoint, input_print: str) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ._checkpoint_doc import VERSION, Checkpoint, load_checkpoint, read_checkpoint
+from ._checkpoint_doc import VERSION, Checkpoint, load_checkpoint, one, read_checkpoint, stored_document
 from .errors import OutputError
 
 __all__ = ["VERSION", "Checkpoint", "Commit", "StateStore", "id_hash", "load_checkpoint", "read_checkpoint"]
@@ -126,7 +126,7 @@ class StateStore:
         #: ``seen`` had rows when opened (a resumed job): every id not pending is looked up
         #: there. A fresh job's rows are all this run's, each marked in ``_filter`` (below):
         #: only an id whose bit is set can be in the table, the others need no SELECT.
-        self._earlier_rows = self._db.execute("SELECT 1 FROM seen LIMIT 1").fetchone() is not None
+        self._earlier_rows = self._one("SELECT 1 FROM seen LIMIT 1") is not None
         #: one bit per (hash mod 2**23) of every id this run recorded (1 MiB): set means "may be
         #: in ``seen``", clear means "is not". At 100,000 ids ~1% of new ids still need the
         #: SELECT, at 1,000,000 ~11%; a bit set for a row a failed commit lost is only that.
@@ -135,6 +135,10 @@ class StateStore:
         #: run's created_refs.csv appender: it is written in the same checkpoint as the row)
         self.on_new: dict[str, Callable[[str, str], None]] = {}
 
+    def _one(self, sql: str, *params: object) -> Any:
+        """The loop connection's single-value read (:func:`bulk._checkpoint_doc.one`)."""
+        return one(self._db, sql, *params)
+
     def close(self) -> None:
         for db in (self._db, self._wdb):
             with contextlib.suppress(sqlite3.Error):
@@ -142,8 +146,7 @@ class StateStore:
 
     # --- the checkpoint document ----------------------------------------------------
     def load(self) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT v FROM meta WHERE k='checkpoint'").fetchone()
-        return orjson.loads(row[0]) if row else None
+        return stored_document(self._db)
 
     def checkpoint(self) -> Checkpoint | None:
         """:meth:`load`, typed: the last committed checkpoint, None before the first."""
@@ -220,9 +223,9 @@ class StateStore:
         byte, flag = bit >> 3, 1 << (bit & 7)
         filt = self._filter
         if self._earlier_rows or filt[byte] & flag:
-            row = self._db.execute("SELECT line FROM seen WHERE h=?", (h,)).fetchone()
-            if row is not None:
-                return int(row[0])
+            first = self._one("SELECT line FROM seen WHERE h=?", h)
+            if first is not None:
+                return int(first)
         filt[byte] |= flag
         self._new_seen[h] = line_no
         return line_no
@@ -236,11 +239,11 @@ class StateStore:
         for rows in (self._pending, self._committing.resolved if self._committing else None):
             if rows is not None and (ns, key) in rows:
                 return rows[(ns, key)]  # put (or forgotten) since the last commit
-        row = self._db.execute("SELECT v FROM resolved WHERE ns=? AND k=?", (ns, key)).fetchone()
-        if row is None:
+        value = self._one("SELECT v FROM resolved WHERE ns=? AND k=?", ns, key)
+        if value is None:
             return None
-        self._remember(ns, key, row[0])
-        return str(row[0])
+        self._remember(ns, key, value)
+        return str(value)
 
     def put(self, ns: str, key: str, value: str) -> None:
         hook = self.on_new.get(ns)

@@ -8,17 +8,21 @@ gets for a generated secret and which token the dialect accepts, which dialect o
 embedded sandbox runs with, and which client ``--option`` defaults fit the sandbox's seeded
 data. The seeds themselves are the sandbox's (``bulk.sandbox.<name>``): read from there, never
 copied. A target without an entry here (a plug-in) gets the default: every credential variable
-holds the secret, which is also the token; no options on either side.
+holds the secret, which is also the token; no options on either side. :func:`seeded_options`
+adds what a run's input references to the dialect's options (read off the event loop).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
+    from .config import UploadConfig
     from .targets.base import Target
 
-__all__ = ["Pairing", "pairing"]
+__all__ = ["Pairing", "pairing", "seeded_options"]
 
 
 class Pairing:
@@ -84,3 +88,23 @@ _BUILT_IN: dict[str, type[Pairing]] = {"anny": _Anny, "chargeover": _ChargeOver,
 def pairing(target: type[Target]) -> Pairing:
     """The pairing of ``target`` (a registered target class) with its sandbox dialect."""
     return _BUILT_IN.get(target.name, Pairing)(target)
+
+
+async def seeded_options(target: type[Target], config: UploadConfig, create: frozenset[str] | None) -> dict[str, Any]:
+    """The embedded sandbox's options for a run of ``config``: the pairing's
+    (:meth:`Pairing.dialect_options`), plus what the input references (``--seed-from`` of that
+    input), less the kinds ``--create-missing`` (``create``) is to create: that run rehearses
+    the creating. The input is read in a worker thread (:func:`bulk.sandbox.seed_from.references`):
+    a signal meanwhile is handled at once, not after the whole file."""
+    from .sandbox.seed_from import SEEDED, references, seed_options
+
+    options = pairing(target).dialect_options()
+    # stdin cannot be read twice; a sandbox.db already there is restored as it is (a resumed
+    # run meets the API the killed one left), so its seed would be ignored: not read for nothing.
+    if config.input == "-" or target.name not in SEEDED or (config.out / "sandbox.db").exists():
+        return options
+    try:
+        refs = await references(config.input)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config.input}: {exc.strerror or exc}") from None
+    return {**options, **seed_options(target.name, refs, leave_out=create or frozenset())}

@@ -98,7 +98,6 @@ class Pacer(Health):
         self._gate = self._window.gate
         self._inflight = 0
         self._episodes = Episodes(self._hold, self._window)
-        self._answers = 0  # every answer of the run (a 429's share of them shrinks a burst)
 
     @property
     def max_wait(self) -> float:
@@ -145,7 +144,6 @@ class Pacer(Health):
     def give(self, sent_at: float) -> None:
         """Give back the slot :meth:`take` or :meth:`enter` returned ``sent_at`` for: its
         request is answered (or failed, or cancelled)."""
-        self._answers += 1
         episodes = self._episodes
         if sent_at >= episodes.cut_at:
             episodes.answered += 1
@@ -178,8 +176,11 @@ class Pacer(Health):
                     else:
                         await lane.acquire(self._loop.time())
                     if hold.event is None and lane.limiter is limiter:
+                        lane.passed += 1
                         return
                 elif (not lanes or await acquire_together(lanes, self._loop.time())) and hold.event is None:
+                    for lane in lanes:
+                        lane.passed += 1
                     return
                 # A pause began while we waited for the limiter: take the limiter again after
                 # it, or every worker held here would send at once when it ends. The same for a
@@ -207,7 +208,7 @@ class Pacer(Health):
         for lane in lanes:  # every 429 takes its share off the rate, on its way or not
             lane.cut(now)
             if sent_at is not None:  # ... and may say the server's bucket holds less than the burst
-                lane.shrink(sent_at, now, self._answers)
+                lane.shrink(sent_at, now, lane.passed)
         return self._episodes.throttled(wait, now, sent_at, lanes, self._inflight)
 
     def _lanes_of(self, kind: str | None) -> list[Lane]:

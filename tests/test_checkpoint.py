@@ -64,7 +64,9 @@ def test_checkpoint_schema_reads_and_writes_the_file_format_unchanged(tmp_path: 
     assert (cp.offset, cp.line, cp.reserved, cp.shard_by) == (120, 7, 40, "affinity")
     assert list(cp.to_json().items()) == list(doc.items())  # same keys, same order, same values
     s = StateStore(tmp_path)
+    assert s.checkpoint() is None and load_checkpoint(tmp_path) is None  # no checkpoint yet
     s.commit(cp)
+    assert s.checkpoint() == cp  # the store's read and the read-only one (below) agree
     s.close()
     assert load_checkpoint(tmp_path) == cp
     # an earlier version's document, without the keys added since: the defaults

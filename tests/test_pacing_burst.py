@@ -135,3 +135,31 @@ def test_sporadic_429s_leave_the_burst_when_the_concurrency_is_under_it() -> Non
 
     assert run_virtual(go) == 4
     assert seen == sporadic
+
+
+def test_a_lanes_429_share_is_of_its_own_answers_not_the_other_lanes() -> None:
+    # Reads at 2,000/s and writes at 1,000/s (both burst 4), two reads per write. Every 100th
+    # write is answered 429 once (1% of the writes: twice SHRINK_SHARE), no read ever is. Taken of
+    # the run's answers (reads too) the writes' 429s were 0.33%, under SHRINK_SHARE: the write
+    # lane never shrank. Of its own answers they are 1%: it shrinks; the read lane stays 4.
+    seen: set[int] = set()
+
+    def on_write(i: int, sent_at: float) -> float | None:
+        if i % 100 == 99 and i not in seen:
+            seen.add(i)
+            return 0.01
+        return None
+
+    async def go() -> tuple[int, int]:
+        p = Pacer(limits={"read": 2000.0, "write": 1000.0}, concurrency=64, give_up_after=600, max_wait=30)
+        reads, writes = p.lane("read"), p.lane("write")
+        assert reads is not None and writes is not None and reads.burst == writes.burst == 4
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: send_all(p, 4000, 16, kind="read"))
+            tg.start_soon(lambda: send_all(p, 2000, 16, kind="write", on_send=on_write))
+        return reads.burst, writes.burst
+
+    reads_burst, writes_burst = run_virtual(go)
+    assert len(seen) == 20
+    assert reads_burst == 4
+    assert writes_burst < 4

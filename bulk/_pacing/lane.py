@@ -23,7 +23,7 @@ bucket's capacity, so the burst shrinks with the rate. Several limits on one req
 and the shared ``--rate``) are passed at one instant (:func:`acquire_together`).
 
 429s also lower the burst, by one down to ``MIN_BURST`` (:meth:`Lane.shrink`), once they are
-more than ``SHRINK_SHARE`` of the answers (``SHRINK_AFTER`` at least): the server's bucket holds
+more than ``SHRINK_SHARE`` of the lane's answers (``SHRINK_AFTER`` at least): the server's bucket holds
 less than the lane lets go back to back, once the time between our send and the server's count
 is added. That time is the server's, and on a busy machine it is ms: nginx,
 starved of its core for 3 ms, counts 3 ms of our sends at one clock reading, so a lane that
@@ -56,7 +56,7 @@ MAX_BURST = 4
 #: late by more than 1 / R loses the slot for good (a lane at burst 1 keeps 1).
 MIN_BURST = 2
 #: 429s shrink the burst when, since the last shrink, they are at least SHRINK_AFTER and this
-#: share of the answers (under 1%, the issue's bound on 429s).
+#: share of the lane's answers (under 1%, the issue's bound on 429s).
 SHRINK_AFTER = 3
 SHRINK_SHARE = 0.005
 #: The burst is this many seconds of traffic, between 2 and MAX_BURST requests (2: a request
@@ -109,7 +109,7 @@ class Lane:
     full / current rate: the bucket capacity one request takes (1.0 at full rate)."""
 
     __slots__ = ("_climb_at", "_refusals", "_shrunk_answers", "_shrunk_at", "_step", "burst", "full", "limiter",
-                 "rate", "weight")
+                 "passed", "rate", "weight")
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
@@ -124,7 +124,12 @@ class Lane:
         self.weight = 1.0
         self._climb_at = 0.0
         self._shrunk_at = float("-inf")  # loop time of the last shrink
-        self._shrunk_answers = 0  # the run's answers at the last shrink
+        # The requests this lane let go (the pacer counts them), and their count at the last
+        # shrink: a 429's share is of this lane's own traffic, not the run's (another lane's
+        # answers would dilute it: a write lane beside two reads per write shrank only at 3x
+        # the share). Counted as they leave, so at most the window ahead of their answers.
+        self.passed = 0
+        self._shrunk_answers = 0
         self._refusals = 0  # 429s to requests sent since the last shrink
         self._step = rate / sample_for(rate)  # what one 429 takes off the rate
 
@@ -169,8 +174,8 @@ class Lane:
             self.weight = self.full / rate
 
     def shrink(self, sent_at: float, now: float, answers: int) -> None:
-        """A 429 at ``now`` to a request sent at ``sent_at``, ``answers`` answered in the run so
-        far: when such 429s since the last shrink reach SHRINK_AFTER and SHRINK_SHARE of the
+        """A 429 at ``now`` to a request sent at ``sent_at``, ``answers`` requests let go by this
+        lane so far (:attr:`passed`): when such 429s since the last shrink reach SHRINK_AFTER and SHRINK_SHARE of the
         answers since, let one request less go back to back from now on, down to MIN_BURST
         (see the module). A 429 to a request sent before the last shrink is not counted: the
         requests of one bunch shrink the burst once.
