@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import servers
+from benchmarks._callgrind import precompile
 from benchmarks.run import CLIENTS, make_input, run_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +176,11 @@ def main() -> int:
     p.add_argument("--no-callgrind", action="store_true", help="only the --wall check")
     p.add_argument("--processes", default="1", help="comma-separated --processes of bulk (e.g. 1,2)")
     p.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
+    p.add_argument("--no-precompile", action="store_true",
+                   help="do not byte-compile bulk/ and benchmarks/ first (remove their .pyc files): every "
+                        "process compiles from source, as under PYTHONDONTWRITEBYTECODE=1 with no compiled tree")
     args = p.parse_args()
+    precompile(not args.no_precompile)  # before any run (benchmarks._callgrind)
     if args.wall:
         wall(args)
     if args.no_callgrind:

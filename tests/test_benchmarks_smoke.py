@@ -60,3 +60,35 @@ def test_the_limit_scenario_runs_and_counts_the_429s(tmp_path: Path) -> None:
         assert len(runs) == 2 and all(r["exit_code"] == 0 and r["created"] == r["records"] == 50 for r in runs), runs
         assert all(r["extra"]["server_requests"] >= 51 for r in runs)  # counted at the server
 
+
+
+
+def test_precompile_writes_the_bytecode_children_read_and_no_precompile_removes_it(tmp_path: Path) -> None:
+    """benchmarks.run / benchmarks.instructions byte-compile the tree before any round (the
+    machine's PYTHONDONTWRITEBYTECODE=1 only stops writing: a child reads what is there), and
+    ``--no-precompile`` removes it for the A/B. On a package of its own, not on this tree."""
+    import importlib.util
+
+    from benchmarks._callgrind import precompile
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "mod.py").write_text("X = 1\n")
+    cached = Path(importlib.util.cache_from_source(str(pkg / "sub" / "mod.py")))
+
+    def child_loads() -> str:
+        probe = subprocess.run([sys.executable, "-v", "-c", "import pkg.sub.mod"], capture_output=True, text=True,
+                               env={**client_env({}), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tmp_path)},
+                               cwd=tmp_path)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        return probe.stderr
+
+    assert f"code object from '{cached}'" not in child_loads()
+    assert not cached.exists()  # the child wrote nothing
+    precompile(True, [pkg])
+    assert cached.is_file()
+    assert f"code object from '{cached}'" in child_loads()  # the child read the .pyc
+    precompile(False, [pkg])
+    assert not cached.exists() and not (pkg / "__pycache__").exists()
