@@ -1,5 +1,5 @@
 """The embedded sandbox's seed (bulk/embedded.py seeded_options, bulk/sandbox/seed_from.py
-references): the input is read in a worker thread, so the event loop (its signal handling:
+references): the input is read in a daemon thread, so the event loop (its signal handling:
 a Ctrl-C) goes on meanwhile, and a cancel stops the reading before the end of the file."""
 
 from __future__ import annotations
@@ -93,3 +93,32 @@ def test_seeded_options_read_nothing_for_an_unseeded_dialect_or_a_restored_sandb
     (tmp_path / "run" / "sandbox.db").unlink()
     with pytest.raises(ConfigError, match=r"cannot read .*no such file"):
         anyio.run(seeded_options, get_target("chargeover"), config(tmp_path, missing, "chargeover"), None)
+
+
+def test_a_ctrl_c_while_the_seed_reads_a_stalled_input_ends_the_command(tmp_path: Path) -> None:
+    # `bulk upload FIFO` with the embedded Coperniq sandbox (a seeded dialect): the seed's reader
+    # waits for lines the writer never sends. A SIGINT then ends the command at once, its reading
+    # thread with it (a worker thread that is not a daemon kept the process alive for good).
+    import signal
+    import subprocess
+
+    from tests.harness import start_cli
+
+    fifo = tmp_path / "export.ndjson"
+    os.mkfifo(fifo)
+    proc = start_cli(["upload", str(fifo), "--target", "coperniq", "--out", str(tmp_path / "run"), "--quiet"], {})
+    fd = os.open(fifo, os.O_WRONLY)  # returns once the command opened the input
+    try:
+        os.write(fd, LINE * CHUNK)  # beyond the pipe's 64 KiB: returns once the reader has read most of it
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("bulk upload did not end after SIGINT while its input was still open")
+        assert proc.returncode == 130, err
+        assert "interrupted: run the same command again to resume" in err
+        assert not (tmp_path / "run" / "sandbox.db").exists()  # nothing started
+    finally:
+        os.close(fd)

@@ -96,7 +96,7 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
                 console.note(pace)
             result = await run(config, target, console, metrics, hub)
         else:
-            from ..embedded import pairing
+            from ..embedded import pairing, seeded_options
             from ..sandbox import serve  # aiohttp.web and the dialects: imported only when used
             from ..sandbox.config import SandboxConfig
 
@@ -109,7 +109,7 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
             except OSError as exc:
                 raise OutputError(f"cannot create the run directory {config.out}: {exc.strerror or exc}") from None
             state = config.out / "sandbox.db"
-            seed = _embedded_seed(cls, config, create, pair.dialect_options())
+            seed = await seeded_options(cls, config, create)  # the input read in a worker thread
             sandbox_config = SandboxConfig(token=token, options=seed, state=str(state))
             async with serve(config.target, sandbox_config) as sandbox:
                 console.note(f"no --base-url: using the embedded {config.target} sandbox at {sandbox.base_url} "
@@ -172,26 +172,6 @@ async def _dry_run(config: UploadConfig, cls: type[Target]) -> int:
         f"{plan.done} already done, reconcile {plan.reconcile} possibly sent by an interrupted run, "
         f"create {plan.create}; nothing was sent")
     return EXIT_PARTIAL if plan.problem_count else EXIT_OK
-
-
-def _embedded_seed(cls: type[Target], config: UploadConfig, create: frozenset[str] | None,
-                   options: dict[str, Any]) -> dict[str, Any]:
-    """The embedded sandbox's options: the target's own seed, plus what the input references
-    (``--seed-from`` of that input), less the kinds ``--create-missing`` is to create: that
-    run rehearses the creating."""
-    from ..sandbox.seed_from import SEEDED, read_references, seed_options
-
-    # stdin cannot be read twice; a sandbox.db already there is restored as it is (a resumed
-    # run meets the API the killed one left), so its seed would be ignored: not read for nothing.
-    if config.input == "-" or cls.name not in SEEDED or (config.out / "sandbox.db").exists():
-        return options
-
-    try:
-        refs = read_references(config.input)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config.input}: {exc.strerror or exc}") from None
-    return {**options, **seed_options(cls.name, refs, leave_out=create or frozenset())}
-
 
 
 def _duration(seconds: float) -> str:

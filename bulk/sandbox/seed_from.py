@@ -15,7 +15,7 @@ request, so the export rehearses end to end with no hand-made ``--option items=.
 ``leave_out`` drops the kinds a run creates itself (``customers``, ``items``: the
 ``--create-missing`` it rehearses), so the rehearsal exercises the creating, not the seed.
 
-In a run (the embedded sandbox) the file is read in a worker thread (:func:`references`): a
+In a run (the embedded sandbox) the file is read in a daemon thread (:func:`references`): a
 200,000-line export held the event loop, and with it a Ctrl-C, for 4.19 s.
 
 The file is read here with this module's own minimal reading (one JSON object per line,
@@ -26,15 +26,14 @@ client-side record parsing, as a simulator must not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
-import anyio.from_thread
-import anyio.to_thread
 
 __all__ = ["SEEDED", "References", "read_references", "references", "seed_options"]
 
@@ -64,12 +63,47 @@ def _key(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= _MAX_KEY else None
 
 
+class _Stopped(Exception):
+    """Raised in the reading thread by its ``check`` once the awaiting task is gone."""
+
+
 async def references(path: str) -> References:
-    """:func:`read_references` in a worker thread, the event loop free meanwhile (its signals
+    """:func:`read_references` in a daemon thread, the event loop free meanwhile (its signals
     handled at once). Cancelled, it returns at once, and the thread stops within ``CHUNK``
-    lines (anyio's worker threads are not daemons: the process would wait for the whole file)."""
-    return await anyio.to_thread.run_sync(read_references, path, anyio.from_thread.check_cancelled,
-                                          abandon_on_cancel=True)
+    lines; a thread blocked on a read that never ends (a FIFO its writer holds open, a stuck
+    mount) does not keep the process alive, as anyio's worker threads (not daemons) would."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[References] = loop.create_future()
+    gone = threading.Event()
+
+    def check() -> None:
+        if gone.is_set():
+            raise _Stopped
+
+    def settle(outcome: References | BaseException) -> None:
+        if done.done():
+            return
+        if isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+
+    def read() -> None:
+        outcome: References | BaseException
+        try:
+            outcome = read_references(path, check)
+        except _Stopped:
+            return
+        except BaseException as exc:  # OSError, or anything else: the awaiting task raises it
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=read, name="bulk-seed-read", daemon=True).start()
+    try:
+        return await done
+    finally:
+        gone.set()
 
 
 def read_references(path: str, check: Callable[[], None] | None = None) -> References:
