@@ -396,3 +396,25 @@ def test_failed_reasons_escape_control_characters_and_keep_the_message_itself(tm
     # the message itself: "line 3: external_id:" is already in its own columns
     assert reason["message"] and not reason["message"].startswith(("line ", "external_id")), reason
     assert (out / "failed.ndjson").read_bytes() == bad_line + b"\n"  # verbatim, to fix and re-feed
+
+
+def test_a_ctrl_c_during_a_dry_run_says_nothing_was_sent(tmp_path: Path) -> None:
+    # A dry run sends nothing and makes no job: "run the same command again to resume" is wrong there.
+    import signal
+
+    from tests.harness import start_cli
+
+    line = b'{"customer": {"external_id": "C-1"}, "currency": "eur", "lines": [{"item_ref": "SKU-1"}]}\n'
+    fifo = tmp_path / "export.ndjson"
+    os.mkfifo(fifo)
+    proc = start_cli(["upload", str(fifo), "--target", "agiled", "--out", str(tmp_path / "run"), "--dry-run"], {})
+    fd = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(fd, line * 4096)  # returns once the dry run has read most of it: it is under way
+        proc.send_signal(signal.SIGINT)
+    finally:
+        os.close(fd)  # the end of the input: the reader's pending read returns
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: the dry run stopped; nothing was sent" in err
+    assert "resume" not in err and "dry run:" not in err  # no plan of a half-read file either

@@ -42,8 +42,9 @@ async def upload(args: argparse.Namespace) -> int:
     code: int | None = None
     async with taken() as hub:
         code = await _upload(args, hub)
-    if code is None:  # a signal before the run started
-        say("interrupted: run the same command again to resume")
+    if code is None:  # a signal before the run started (or during a dry run, which has none)
+        say("interrupted: the dry run stopped; nothing was sent" if getattr(args, "dry_run", False)
+            else "interrupted: run the same command again to resume")
         return EXIT_INTERRUPTED
     return code
 
