@@ -37,6 +37,20 @@ def test_resolved_values_survive_and_cache_is_bounded(tmp_path: Path) -> None:
     s.close()
 
 
+def test_the_cache_keeps_its_bound_and_an_evicted_value_is_read_again(tmp_path: Path) -> None:
+    s = StateStore(tmp_path, cache_size=3)
+    for i in range(10):
+        s.put("customer", f"C{i}", str(i))
+        assert len(s._cache) <= 3
+    assert ("customer", "C0") not in s._cache  # the oldest went first
+    s.commit({})
+    assert [s.get("customer", f"C{i}") for i in range(10)] == [str(i) for i in range(10)]
+    assert len(s._cache) == 3
+    s.forget("customer", "C9")
+    assert s.get("customer", "C9") is None
+    s.close()
+
+
 def test_outputs_truncate_to_the_checkpointed_sizes(tmp_path: Path) -> None:
     o = Outputs(tmp_path, None)
     o.created(["INV-1", "1", 1, "", "draft", "EUR", "1.00", "0.19", "1.19"])

@@ -42,7 +42,8 @@ class Health:
         self.failing_since = None
 
     def ok_at(self, now: float) -> None:
-        """:meth:`ok` for an answer received at ``now`` (``time.monotonic()``, already read)."""
+        """:meth:`ok` for an answer received at ``now`` (``time.monotonic()``, already read).
+        ``bulk._send.send`` does the same inline (keep the two alike)."""
         self._last_ok = now
         self.failing_since = None
 
