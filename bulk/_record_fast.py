@@ -35,7 +35,7 @@ from ._record_fields import (
     _amount,
     _remember,
 )
-from ._record_types import Customer, Record, _new_address, _new_customer, _new_line, _new_record
+from ._record_types import Customer, Line, Record, _LineDraft, _new_address, _new_customer, _RecordDraft
 from .errors import InvalidRecord
 from .money import _MINOR_UNITS  # is_currency without the call
 
@@ -176,6 +176,7 @@ def _field_amount(cache: dict[int | str, Decimal], raw: int | str, rule: tuple[b
 # _amount's cache of amount strings (only ever emptied in place, never replaced): a JSON int
 # unit price just misses it (an int never equals a str) and goes through _amount.
 _PRICE_OF = cast("Callable[[int | str], Decimal | None]", _AMOUNT_CACHE.get)
+_new = object.__new__
 
 
 def _fast_record(raw: bytes, ln: int) -> Record | None:
@@ -218,10 +219,20 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
             tax_rate = rates.get(item.tax_rate)
             if tax_rate is None and (tax_rate := _field_amount(rates, item.tax_rate, _RATE_RANGE)) is None:
                 return None
-            lines.append(_new_line(title, description, quantity, unit_price, tax_rate, item_ref))
+            # _new_line(...) written out (bulk._frozen.constructor's steps): a call a line saved
+            line = _new(_LineDraft)
+            line.title, line.description, line.quantity = title, description, quantity
+            line.unit_price, line.tax_rate, line.item_ref = unit_price, tax_rate, item_ref
+            line.__class__ = Line
+            lines.append(line)
         extra = inv.extra
         extra = {key: orjson.loads(memoryview(value)) for key, value in extra.items()} if extra else {}
     except (msgspec.MsgspecError, InvalidRecord, orjson.JSONDecodeError, RecursionError):
         return None
-    return _new_record(ln, external_id, customer, inv.currency, inv.issue_date, inv.due_date, status,
-                       inv.prices or "net", notes, tuple(lines), extra)
+    # _new_record(...) written out, as the lines
+    record = _new(_RecordDraft)
+    record.line_no, record.external_id, record.customer, record.currency = ln, external_id, customer, inv.currency
+    record.issue_date, record.due_date, record.status = inv.issue_date, inv.due_date, status
+    record.prices, record.notes, record.lines, record.extra = inv.prices or "net", notes, tuple(lines), extra
+    record.__class__ = Record
+    return record  # type: ignore[no-any-return]
