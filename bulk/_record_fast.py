@@ -224,7 +224,11 @@ def _fast_record(raw: bytes, ln: int) -> Record | None:
             line.__class__ = Line
             lines.append(line)
         extra = inv.extra
-        extra = {key: orjson.loads(memoryview(value)) for key, value in extra.items()} if extra else {}
+        if extra:
+            extra = {key: orjson.loads(memoryview(value)) for key, value in extra.items()}
+        elif extra is None:
+            extra = {}
+        # else: the empty dict msgspec made for this line's "extra":{}, the record's own
     except (msgspec.MsgspecError, InvalidRecord, orjson.JSONDecodeError, RecursionError):
         return None
     # _new_record(...) written out, as the lines
