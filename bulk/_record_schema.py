@@ -9,7 +9,7 @@ stand. So the one rule for this module: never accept a value the general path wo
 would turn into something else (lengths count code points in both).
 
 What stays for `bulk.records` to check: the strings' characters, blankness and surrounding
-whitespace, the locale's pattern, currency and country codes against their tables, the amounts (kept as the JSON int or
+whitespace, the locale's pattern, country codes against their table, the amounts (kept as the JSON int or
 string they were: never a float), quantity > 0, the tax rate's range, issue_date when status is
 not draft, and ``extra``'s values (kept raw for orjson).
 """
@@ -17,9 +17,11 @@ not draft, and ``extra``'s values (kept raw for orjson).
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
+
+from .money import _MINOR_UNITS
 
 __all__ = ["Customer", "Invoice", "decode", "decode_customer"]
 
@@ -39,6 +41,13 @@ Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 # The JSON int or string as written; bulk.records turns it into a Decimal exactly as its general
 # path does. A JSON number with a fraction or an exponent (a float here) is refused: general path.
 Amount = int | str
+# A currency code of bulk.money's table: a Literal checks it in C and decodes it to the one str
+# object of its code (no new str a record, its hash kept), so bulk._record_fast needs no lookup.
+# Any other value (lower case, unknown) is refused here: the general path reports it.
+if TYPE_CHECKING:
+    Currency = str
+else:
+    Currency = Literal[tuple(_MINOR_UNITS)]
 
 
 class Address(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
@@ -73,7 +82,7 @@ class Invoice(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False
     # Kept as its JSON text: `bulk._record_fast` looks a customer met before up by it, and
     # decodes it (decode_customer) only when it is new.
     customer: msgspec.Raw
-    currency: str
+    currency: Currency
     issue_date: datetime.date | None = None  # msgspec takes exactly YYYY-MM-DD, a real date
     due_date: datetime.date | None = None
     status: Literal["draft", "sent", "paid"] | None = None

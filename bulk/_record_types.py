@@ -81,3 +81,10 @@ _new_address = constructor(Address)
 _new_customer = constructor(Customer)
 _new_line = constructor(Line)
 _new_record = constructor(Record)
+
+# Plain classes of Line's and Record's very slots, for a caller that builds one in its own frame
+# (bulk._record_fast: a `_new_line` call per invoice line saved) as `bulk._frozen.constructor`
+# does, but with ``obj = _LineDraft()`` (cheaper than object.__new__), one attribute store a field, then
+# ``obj.__class__ = Line`` (allowed between classes of one layout).
+_LineDraft: type[Any] = type("_LineDraft", (), {"__slots__": Line.__slots__})
+_RecordDraft: type[Any] = type("_RecordDraft", (), {"__slots__": Record.__slots__})

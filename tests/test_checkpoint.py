@@ -131,6 +131,31 @@ def test_id_hash_is_the_signed_big_endian_8_byte_blake2b_earlier_runs_stored() -
     assert {id_hash(f"INV-{i}") < 0 for i in range(64)} == {True, False}  # signed: SQLite's INTEGER range
 
 
+def test_first_line_stores_and_finds_ids_by_id_hash(tmp_path: Path) -> None:
+    """``first_line`` hashes an id itself (id_hash written out): the rows it writes are keyed by
+    ``id_hash``, as an earlier version's, and a row keyed so is found as a duplicate."""
+    import sqlite3
+
+    from bulk.checkpoint import id_hash
+
+    s = StateStore(tmp_path)
+    ids = ("INV-1", "é€ \x00 long " * 40)
+    for n, ext in enumerate(ids, 1):
+        assert s.first_line(ext, n) == n
+    s.commit({"n": 1})
+    s.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    rows = dict(db.execute("SELECT h, line FROM seen").fetchall())
+    db.execute("INSERT INTO seen (h, line) VALUES (?, ?)", (id_hash("INV-OLD"), 7))
+    db.commit()
+    db.close()
+    assert rows == {id_hash(ext): n for n, ext in enumerate(ids, 1)}
+    s = StateStore(tmp_path)
+    assert s.first_line("INV-OLD", 9) == 7
+    assert s.first_line(ids[1], 9) == 2
+    s.close()
+
+
 def test_a_failed_commit_leaves_the_store_usable_and_the_last_checkpoint(tmp_path: Path) -> None:
     """A COMMIT that fails (here refused by SQLite's authorizer hook) raises OutputError; the
     store rolls back and begins again, so the next commit works and holds the pending rows."""

@@ -126,3 +126,34 @@ def test_a_raw_line_is_built_by_position_or_keyword() -> None:
     assert (by_keyword.line_no, by_keyword.start, by_keyword.end, by_keyword.data, by_keyword.length) == \
         (3, 10, 15, b"abcd", 4)
     assert RawLine(1, 0, 0, None, 0) != by_keyword
+
+
+def _reference_lines(data: bytes, max_line_bytes: int) -> list[tuple[int, int, int, bytes | None, int]]:
+    rows, offset = [], 0
+    parts = data.split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()  # a final newline ends the last line; nothing follows it
+    for n, part in enumerate(parts, 1):
+        end = offset + len(part) + (1 if offset + len(part) < len(data) else 0)
+        rows.append((n, offset, end, part if len(part) <= max_line_bytes else None, len(part)))
+        offset = end
+    return rows
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_lines_match_a_plain_split_whatever_the_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     chunk: int) -> None:
+    """Lines cut by reads of any size (overlong ones discarded across several reads, blank lines,
+    no final newline) are those of splitting the whole input at its newlines."""
+    import random
+
+    from bulk import source
+
+    monkeypatch.setattr(source, "_CHUNK", chunk)
+    rng = random.Random(chunk)
+    for case in range(30):
+        data = b"\n".join(b"x" * rng.choice((0, 1, 5, 9, 10, 11, 30)) for _ in range(rng.randrange(1, 40)))
+        data += rng.choice((b"", b"\n"))
+        p = tmp_path / f"in{case}.ndjson"
+        p.write_bytes(data)
+        assert read_all(p, max_line_bytes=10) == _reference_lines(data, 10), data
