@@ -20,9 +20,12 @@ from harness import (
     assert_exactly_once,
     cli,
     client_env,
+    created_count,
+    read_id_map,
     read_reasons,
     summary,
     upload_args,
+    wait_until,
     write_input,
 )
 
@@ -221,3 +224,27 @@ def test_invoice_json_refuses_a_contact_id_orjson_cannot_encode_as_dumps_does() 
             invoice_json(record, contact_id)
         assert str(fast.value) == str(reference.value)
         assert repr(contact_id) in str(fast.value) and fast.value.stage == "customer"
+
+
+def test_lines_piped_in_are_sent_as_they_come_not_when_a_chunk_fills(tmp_path: Path) -> None:
+    # A slow exporter piped into `bulk upload -`: its first lines are created while the pipe is
+    # still open (a buffered read(1 MiB) of a pipe waited for the whole MiB, or the pipe's end).
+    out = tmp_path / "run"
+    records = list(generate(5, seed=3))
+    with SandboxServer("agiled") as sb:
+        args = upload_args(sb, Path("-"), out)
+        proc = subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(b"".join(records))
+            proc.stdin.flush()
+            wait_until(lambda: created_count(sb) == 5 or proc.poll() is not None, timeout=60,
+                       what="the 5 piped invoices created while the pipe is open")
+            assert proc.poll() is None and created_count(sb) == 5
+        finally:
+            proc.stdin.close()
+            proc.stdin = None  # closed: communicate() must not flush it
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert len(read_id_map(out)) == 5
