@@ -35,10 +35,10 @@ def constructor(cls: type[T]) -> Callable[..., T]:
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__, which this constructor would skip")
     draft = type(f"_{cls.__name__}Draft", (), {"__slots__": names})
-    lines = [f"def make({', '.join(names)}):", "    obj = _new(_draft)"]
+    lines = [f"def make({', '.join(names)}):", "    obj = _draft()"]
     lines += [f"    obj.{name} = {name}" for name in names]
     lines += ["    obj.__class__ = _cls", "    return obj"]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_draft": draft, "_cls": cls}
+    namespace: dict[str, Any] = {"_draft": draft, "_cls": cls}
     exec("\n".join(lines), namespace)  # exec is safe here: a fixed template over the class's own field names
     make: Callable[..., T] = namespace["make"]
     make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
