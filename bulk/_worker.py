@@ -31,7 +31,7 @@ from .job import RecordJob, Session, failure, upload_again
 from .latency import INTENDED
 from .records import Record
 from .targets.base import Target
-from .watermark import _DONE, _END, _LINE, Entry, Tracker
+from .watermark import Entry, Tracker
 
 __all__ = ["Item", "Stoppable", "Workers"]
 
@@ -67,8 +67,7 @@ class Workers:
     async def work(self, feed: Feed[Item]) -> None:
         run, session, target, arrivals = self._run, self._session, self._target, self._arrivals
         inflight, resume_progress, prev_reserved = self._inflight, self._resume_progress, self._prev_reserved
-        created, failed, tracker = self._recorder.created, self._recorder.failed, self._tracker
-        pending = tracker.pending
+        created, failed, finish = self._recorder.created, self._recorder.failed, self._tracker.finish
         redact = session.transport.redact
         # bulk.job.new_record_job, inline (once per record: a call fewer), with what every
         # record's handle shares bound once per loop: the same handle (tests/test_engine_handles.py)
@@ -106,13 +105,4 @@ class Workers:
             else:
                 created(record, outcome)
             del inflight[line]
-            # Tracker.finish(entry), inline (once per record: a call fewer; keep the two alike)
-            assert not entry[_DONE], "a record finished twice"  # its outcome would be written twice
-            entry[_DONE] = 1
-            if pending and pending[0] is entry:  # the oldest: the watermark moves past it and the done after it
-                pending.popleft()
-                while pending and pending[0][_DONE]:
-                    entry = pending.popleft()
-                tracker.offset, tracker.line = entry[_END], entry[_LINE] + 1
-            if tracker._waiting:
-                tracker._room.set()
+            finish(entry)  # the watermark's own step (kept in one place: resume rests on it)

@@ -61,7 +61,6 @@ class Tracker:
         return self.offset, self.line
 
     def finish(self, entry: Entry) -> None:
-        # bulk._worker.Workers.work does the same inline (keep the two alike)
         assert not entry[_DONE], "a record finished twice"  # its outcome would be written twice
         entry[_DONE] = 1
         pending = self.pending
