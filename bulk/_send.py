@@ -2,8 +2,7 @@
 
 The one coroutine per request between a target and the transport: it runs for every request
 of the run, so it is kept to plain statements (the pacer's slot taken and given back by
-:meth:`~bulk.pacing.Pacer.take`'s and :meth:`~bulk.pacing.Pacer.give`'s steps inline, where
-nothing must wait) and what it reads more than once is bound to
+synchronous calls where nothing must wait) and what it reads more than once is bound to
 locals first. A module of its own, with :class:`~bulk.job.Session` as ``self``: ``Session.send``
 *is* this function (a class attribute), no forwarding frame.
 """
@@ -45,14 +44,8 @@ async def send(
     try:
         while True:
             try:
-                # The pacer's slot without a context manager's two coroutines (Pacer.slot's steps),
-                # and Pacer.take inline (once per request: a call fewer; keep the two alike)
-                gate = pacer._gate
-                if pacer._unpaced and gate.held < gate.size and pacer._hold.event is None:
-                    gate.held += 1
-                    pacer._inflight += 1
-                    sent_at = pacer._loop.time()
-                else:
+                # The pacer's slot without a context manager's two coroutines (Pacer.slot's steps)
+                if (sent_at := pacer.take(kind)) is None:
                     sent_at = await pacer.enter(kind)
                 try:
                     counters.requests += 1
@@ -76,16 +69,7 @@ async def send(
                         values.append(micros)
                         latency._waiting += 1
                 finally:
-                    # Pacer.give(sent_at), inline (once per request: a call fewer; keep the two alike)
-                    episodes = pacer._episodes
-                    if sent_at >= episodes.cut_at:
-                        episodes.answered += 1
-                    if (window := pacer._window).active:
-                        window.leave(pacer._inflight, pacer._loop.time(), sent_at)
-                    pacer._inflight -= 1
-                    gate.held -= 1
-                    if gate.waiters:
-                        gate.admit()  # Gate.leave, inline
+                    pacer.give(sent_at)
                 # Pacer.observe's first test inline (once per request: a call fewer when, as
                 # mostly, the answer has no X-RateLimit-Remaining); observe reads it all again.
                 if (headers := reply.headers).get(_REMAINING) is not None:

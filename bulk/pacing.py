@@ -127,8 +127,7 @@ class Pacer(Health):
         place, no pause): the loop time it was taken at, the request's ``sent_at``. None when
         the request must wait: then ``await`` :meth:`enter` instead. Either way, :meth:`give`
         it back once the request is answered (or failed). Synchronous: the common case of a
-        run at ``--rate 1e9`` pays no coroutine for its slot. ``bulk._send.send`` does the same
-        inline (keep the two alike)."""
+        run at ``--rate 1e9`` pays no coroutine for its slot."""
         gate = self._gate
         if self._unpaced and gate.held < gate.size and self._hold.event is None:
             gate.held += 1
@@ -144,8 +143,7 @@ class Pacer(Health):
 
     def give(self, sent_at: float) -> None:
         """Give back the slot :meth:`take` or :meth:`enter` returned ``sent_at`` for: its
-        request is answered (or failed, or cancelled). ``bulk._send.send`` does the same inline
-        (keep the two alike)."""
+        request is answered (or failed, or cancelled)."""
         episodes = self._episodes
         if sent_at >= episodes.cut_at:
             episodes.answered += 1
