@@ -45,7 +45,7 @@ import msgspec
 from ._record_fast import _fast_record
 from ._record_fields import _plain_exact
 from ._record_general import _parse_general
-from .checkpoint import _BLAKE2B_8, _SIGNED_64, id_hash
+from .checkpoint import id_hash
 from .config import Shard
 from .errors import InputUnreadable, InvalidRecord
 from .records import Record, parse_record, peek_external_id
@@ -59,12 +59,9 @@ def memory_dedupe() -> Callable[[str, int], int]:
     """A ``first_line`` that remembers in memory (64-bit id hashes): for a reader that must
     not write the job's ``state.db`` (``bulk validate``, ``--dry-run``)."""
     seen: dict[int, int] = {}
-    remember, copy, unpack = seen.setdefault, _BLAKE2B_8.copy, _SIGNED_64
 
     def first_line(external_id: str, line_no: int) -> int:
-        hasher = copy()  # id_hash(external_id) written out: a call a line saved
-        hasher.update(external_id.encode())
-        return remember(unpack(hasher.digest())[0], line_no)
+        return seen.setdefault(id_hash(external_id), line_no)
 
     return first_line
 

@@ -211,10 +211,7 @@ class StateStore:
     # --- duplicates -------------------------------------------------------------------
     def first_line(self, external_id: str, line_no: int) -> int:
         """Record that ``external_id`` is used on ``line_no``; return the first line that used it."""
-        # id_hash(external_id) written out (a call a record saved; the same hash, as stored)
-        hasher = _BLAKE2B_8.copy()
-        hasher.update(external_id.encode())
-        h: int = _SIGNED_64(hasher.digest())[0]
+        h = id_hash(external_id)
         first = self._new_seen.get(h)
         if first is not None:
             return first
