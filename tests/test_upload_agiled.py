@@ -248,3 +248,42 @@ def test_lines_piped_in_are_sent_as_they_come_not_when_a_chunk_fills(tmp_path: P
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert len(read_id_map(out)) == 5
+
+
+def test_a_sigterm_while_a_piped_input_stalls_ends_the_run_at_once(tmp_path: Path) -> None:
+    # `zcat export.gz | bulk upload -`, the exporter stalled with the pipe open: a SIGTERM stops
+    # the run (what was created is recorded, the job resumable) and the process exits, its read
+    # still pending (an anyio worker thread blocked in read() is not a daemon: the interpreter
+    # waited for it, that is for the writer, for good).
+    import signal
+
+    out = tmp_path / "run"
+    records = list(generate(5, seed=3))
+    with SandboxServer("agiled") as sb:
+        args = upload_args(sb, Path("-"), out)
+        proc = subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pipe, proc.stdin = proc.stdin, None  # held open here: communicate() would close it
+        assert pipe is not None
+        try:
+            pipe.write(b"".join(records))
+            pipe.flush()
+            wait_until(lambda: created_count(sb) == 5 or proc.poll() is not None, timeout=60,
+                       what="the 5 piped invoices created while the pipe is open")
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                pytest.fail("bulk upload did not end after SIGTERM while its piped input was still open")
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                pipe.close()
+        assert proc.returncode == 130, err
+        assert "interrupted: run the same command again to resume" in err.decode()
+        assert len(read_id_map(out)) == 5  # the created five are recorded: a resumed run skips them
+        again = subprocess.run([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
+                               input=b"".join(records), capture_output=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert created_count(sb) == 5 and len(read_id_map(out)) == 5
