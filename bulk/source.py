@@ -8,21 +8,19 @@ memory: it is skipped up to its newline and reported as overlong (``data is None
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import gzip
 import hashlib
 import os
 import stat
 import sys
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO
 
 import anyio.to_thread
 import msgspec
 
+from ._daemonread import DaemonReads
 from .errors import ConfigError
 
 __all__ = ["InputFile", "RawLine", "directory_message", "estimate_records", "fingerprint"]
@@ -81,11 +79,11 @@ class InputFile:
         # A pipe (stdin, a FIFO) is read as its lines come: ``read(n)`` of a buffered pipe waits
         # for all n bytes (1 MiB: ~700 invoices of a slow exporter sat unsent until then);
         # ``os.read`` of its descriptor returns what one read gives, in a daemon thread
-        # (_DaemonReads), and takes no lock of the file object that the interpreter's exit
+        # (bulk._daemonread), and takes no lock of the file object that the interpreter's exit
         # would wait for. A file is read whole chunks at a time, in anyio's worker threads.
         self._read: Callable[[int], Awaitable[bytes]] = (
             functools.partial(anyio.to_thread.run_sync, self._raw.read) if self.size is not None or self._gz_size
-            else _DaemonReads(functools.partial(os.read, self._raw.fileno())))
+            else DaemonReads(functools.partial(os.read, self._raw.fileno())))
 
     def estimated_size(self) -> int | None:
         """The input's (decompressed) size in bytes: exact for a file, estimated for ``.gz``
@@ -226,54 +224,6 @@ def _newlines(block: bytes) -> int:
             return count + block.count(b"\n", at + 1)
         at = find(b"\n", at + 1)
     return count
-
-
-class _DaemonReads:
-    """``await reads(n)``: ``read(n)`` in a new daemon thread, the event loop free meanwhile.
-
-    Not anyio's worker threads: those are not daemons, and one blocked on a read that never
-    returns (stdin or a FIFO its stalled writer holds open) kept the process alive after the
-    run had ended, waiting for the writer. ``read`` must take no lock the interpreter's exit
-    needs: ``os.read`` of a descriptor, not a buffered file's read (a daemon thread holding
-    stdin's buffer lock at exit aborts the interpreter). A cancelled wait leaves its read
-    pending, not lost: the next call takes that read's bytes (shielded), so no line is dropped
-    however often the reader's task is cancelled. A thread a read, one read at a time: a
-    thread start costs ~50 us, a read is 1 MiB of a file or up to 64 KiB of a pipe."""
-
-    def __init__(self, read: Callable[[int], bytes]) -> None:
-        self._read = read
-        self._pending: asyncio.Future[bytes] | None = None
-
-    async def __call__(self, n: int) -> bytes:
-        if self._pending is None:
-            self._pending = self._start(n)
-        got = await asyncio.shield(self._pending)
-        self._pending = None
-        return got
-
-    def _start(self, n: int) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes] = loop.create_future()
-
-        def settle(data: bytes | None, exc: BaseException | None) -> None:
-            if done.done():
-                return
-            if exc is not None:
-                done.set_exception(exc)
-            else:
-                done.set_result(data or b"")
-
-        def run() -> None:
-            data, exc = None, None
-            try:
-                data = self._read(n)
-            except BaseException as e:  # OSError, a bad gzip stream: the awaiting task raises it
-                exc = e
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, data, exc)
-
-        threading.Thread(target=run, name="bulk-input-read", daemon=True).start()
-        return done
 
 
 async def _discard(read: Callable[[int], Awaitable[bytes]], n: int) -> None:
