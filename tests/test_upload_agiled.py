@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import IO
 
 import pytest
 from harness import (
@@ -226,25 +227,39 @@ def test_invoice_json_refuses_a_contact_id_orjson_cannot_encode_as_dumps_does() 
         assert repr(contact_id) in str(fast.value) and fast.value.stage == "customer"
 
 
+def _piped_in(sb: SandboxServer, args: list[str], records: list[bytes]) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """``bulk upload -`` started with ``records`` written to its stdin, the pipe left open, once
+    the sandbox has created them all (or the process ended). The pipe is the caller's to close:
+    ``proc.stdin`` is None, so ``communicate()`` does not close it."""
+    proc = subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pipe, proc.stdin = proc.stdin, None
+    assert pipe is not None
+    try:
+        pipe.write(b"".join(records))
+        pipe.flush()
+        wait_until(lambda: created_count(sb) == len(records) or proc.poll() is not None, timeout=60,
+                   what=f"the {len(records)} piped invoices created while the pipe is open")
+    except BaseException:
+        proc.kill()
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()
+        proc.communicate()
+        raise
+    return proc, pipe
+
+
 def test_lines_piped_in_are_sent_as_they_come_not_when_a_chunk_fills(tmp_path: Path) -> None:
     # A slow exporter piped into `bulk upload -`: its first lines are created while the pipe is
     # still open (a buffered read(1 MiB) of a pipe waited for the whole MiB, or the pipe's end).
     out = tmp_path / "run"
     records = list(generate(5, seed=3))
     with SandboxServer("agiled") as sb:
-        args = upload_args(sb, Path("-"), out)
-        proc = subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdin is not None
+        proc, pipe = _piped_in(sb, upload_args(sb, Path("-"), out), records)
         try:
-            proc.stdin.write(b"".join(records))
-            proc.stdin.flush()
-            wait_until(lambda: created_count(sb) == 5 or proc.poll() is not None, timeout=60,
-                       what="the 5 piped invoices created while the pipe is open")
             assert proc.poll() is None and created_count(sb) == 5
         finally:
-            proc.stdin.close()
-            proc.stdin = None  # closed: communicate() must not flush it
+            pipe.close()
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert len(read_id_map(out)) == 5
@@ -261,15 +276,8 @@ def test_a_sigterm_while_a_piped_input_stalls_ends_the_run_at_once(tmp_path: Pat
     records = list(generate(5, seed=3))
     with SandboxServer("agiled") as sb:
         args = upload_args(sb, Path("-"), out)
-        proc = subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        pipe, proc.stdin = proc.stdin, None  # held open here: communicate() would close it
-        assert pipe is not None
+        proc, pipe = _piped_in(sb, args, records)
         try:
-            pipe.write(b"".join(records))
-            pipe.flush()
-            wait_until(lambda: created_count(sb) == 5 or proc.poll() is not None, timeout=60,
-                       what="the 5 piped invoices created while the pipe is open")
             proc.send_signal(signal.SIGTERM)
             try:
                 _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing
