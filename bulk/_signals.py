@@ -1,8 +1,8 @@
 """SIGINT/SIGTERM during an upload run: the first stops reading, a second (or a 10 s grace) stops now.
 
 :func:`watch` is one task of a run (:class:`bulk.pipeline.Run`): on the first signal it sets
-``run.stopping`` (the producer reads no more, the workers start nothing new, records in flight
-finish) and notes it; a second signal, or 10 s without one, calls ``cancel_work`` (the run's
+``run.stopping`` and calls ``stop_reading`` (the producer reads no more, a read waiting for a
+stalled pipe included; the workers start nothing new, records in flight finish) and notes it; a second signal, or 10 s without one, calls ``cancel_work`` (the run's
 work is cancelled: what is unfinished stays unfinished, the next run does it). Exit 130 is the
 run's to decide.
 
@@ -150,32 +150,35 @@ async def _forward(signals: AsyncIterator[signal.Signals], hub: Hub) -> None:
         hub.deliver(sig)
 
 
-async def watch(run: Stoppable, progress: ProgressSink | None, cancel_work: Callable[[], None]) -> None:
+async def watch(run: Stoppable, progress: ProgressSink | None, cancel_work: Callable[[], None],
+                stop_reading: Callable[[], None] = lambda: None) -> None:
     """Until cancelled: handle SIGINT/SIGTERM as the module says, from the command's
     :func:`taken` when there is one. Off the main thread (signals cannot be received there) it
     only waits: the caller handles signals."""
     hub = current()
     if hub is not None:
         with hub.attached() as received:
-            await _handle(received, run, progress)
+            await _handle(received, run, progress, stop_reading)
     else:
         try:
             with anyio.open_signal_receiver(*SIGNALS) as signals:
                 # A shard worker (bulk.procs) starts with both blocked: one that came early is delivered now.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-                await _handle(signals, run, progress)
+                await _handle(signals, run, progress, stop_reading)
         except (ValueError, NotImplementedError):
             await anyio.sleep_forever()  # not the main thread: the caller handles signals
             return
     cancel_work()
 
 
-async def _handle(signals: AsyncIterator[signal.Signals], run: Stoppable, progress: ProgressSink | None) -> None:
-    """Return at the second signal, or :data:`GRACE_S` after the first."""
+async def _handle(signals: AsyncIterator[signal.Signals], run: Stoppable, progress: ProgressSink | None,
+                  stop_reading: Callable[[], None]) -> None:
+    """Return at the second signal, or :data:`GRACE_S` after the first (which stops the reading)."""
     async for _ in signals:
         if run.stopping:
             return  # second signal: stop now
         run.stopping = True
+        stop_reading()  # a read waiting for input (a stalled pipe) would hold the run for the grace
         if progress:
             progress.note("interrupted: finishing requests in flight (again to stop now)")
         with anyio.move_on_after(GRACE_S):

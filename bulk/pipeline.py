@@ -139,40 +139,41 @@ class Run:
         add, finish, pending, put = tracker.add, tracker.finish, tracker.pending, feed.put
         reserved = js.reserved  # js.reserved's value: only this task changes it
         try:
-            # Lines come in small batches (InputFile.batches: one generator step for many lines);
-            # each is handled exactly as one at a time, the stop flag checked before each.
-            async for batch in self._input.batches(start=tracker.offset, first_line=tracker.line,
-                                                   max_line_bytes=c.max_line_bytes):
-                for raw in batch:
+            with self._reading:  # a first signal cancels it: a read waiting on a stalled pipe ends now
+                # Lines come in small batches (InputFile.batches: one generator step for many lines);
+                # each is handled exactly as one at a time, the stop flag checked before each.
+                async for batch in self._input.batches(start=tracker.offset, first_line=tracker.line,
+                                                       max_line_bytes=c.max_line_bytes):
+                    for raw in batch:
+                        if self.stopping:
+                            break
+                        entry = add(raw)
+                        line_no = raw.line_no
+                        if done_beyond and line_no in done_beyond:
+                            done_beyond.discard(line_no)  # from now on the tracker holds it
+                            finish(entry)
+                            continue
+                        if len(pending) >= window:
+                            await tracker.wait_for_room(window)
+                        try:
+                            record = screen(raw)
+                        except InvalidRecord as exc:
+                            reject(raw, exc, intake.external_id)
+                            finish(entry)
+                            continue
+                        if record is None:  # blank, or another shard's
+                            finish(entry)
+                            continue
+                        if line_no > reserved:
+                            # Write ahead: a resumed run must know which records may have been sent.
+                            # Durable before this record is put: the wait holds the producer only.
+                            js.reserved = reserved = line_no + window
+                            await js.checkpoint()
+                        data = raw.data
+                        assert data is not None  # a record's line is in memory (intake rejects an overlong one)
+                        await put((entry, record, data))
                     if self.stopping:
                         break
-                    entry = add(raw)
-                    line_no = raw.line_no
-                    if done_beyond and line_no in done_beyond:
-                        done_beyond.discard(line_no)  # from now on the tracker holds it
-                        finish(entry)
-                        continue
-                    if len(pending) >= window:
-                        await tracker.wait_for_room(window)
-                    try:
-                        record = screen(raw)
-                    except InvalidRecord as exc:
-                        reject(raw, exc, intake.external_id)
-                        finish(entry)
-                        continue
-                    if record is None:  # blank, or another shard's
-                        finish(entry)
-                        continue
-                    if line_no > reserved:
-                        # Write ahead: a resumed run must know which records may have been sent.
-                        # Durable before this record is put: the wait holds the producer only.
-                        js.reserved = reserved = line_no + window
-                        await js.checkpoint()
-                    data = raw.data
-                    assert data is not None  # a record's line is in memory (intake rejects an overlong one)
-                    await put((entry, record, data))
-                if self.stopping:
-                    break
         finally:
             feed.close()
 
@@ -191,6 +192,7 @@ class Run:
         job = open_job(c, self.out)
         self._job = js = JobState(c, self.measure, job, self._inflight, t0=self._t0, started_at=self._started_at)
         self._input = InputFile(c.input)
+        self._reading = CancelScope()  # the producer's: a graceful stop ends its reading (bulk._signals)
         self._recorder = Recorder(job.outputs, js.tally, input_path=c.input,
                                   copyable=not (self._input.is_stdin or c.input.endswith(".gz")))
         error: BulkError | None = None
@@ -248,7 +250,7 @@ class Run:
                 if self.progress is not None:
                     outer.start_soon(_status.tick, self.progress, self._job, self._input, c)
                 if handle_signals:
-                    outer.start_soon(_signals.watch, self, self.progress, self._cancel_work)
+                    outer.start_soon(_signals.watch, self, self.progress, self._cancel_work, self._reading.cancel)
                 with CancelScope() as work_scope:
                     self._work_scope = work_scope
                     assert self._session is not None

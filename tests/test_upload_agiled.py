@@ -227,11 +227,15 @@ def test_invoice_json_refuses_a_contact_id_orjson_cannot_encode_as_dumps_does() 
         assert repr(contact_id) in str(fast.value) and fast.value.stage == "customer"
 
 
-def _piped_in(sb: SandboxServer, args: list[str], records: list[bytes]) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+def _piped_in(sb: SandboxServer, args: list[str], records: list[bytes],
+              grace_s: float | None = None) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     """``bulk upload -`` started with ``records`` written to its stdin, the pipe left open, once
     the sandbox has created them all (or the process ended). The pipe is the caller's to close:
-    ``proc.stdin`` is None, so ``communicate()`` does not close it."""
-    proc = subprocess.Popen([sys.executable, "-m", "bulk", *args], env=client_env(sb.env), cwd=REPO,
+    ``proc.stdin`` is None, so ``communicate()`` does not close it. ``grace_s`` replaces the
+    first signal's grace (bulk._signals.GRACE_S) in that process."""
+    start = ["-m", "bulk"] if grace_s is None else [
+        "-c", f"import sys, bulk._signals, bulk.cli; bulk._signals.GRACE_S = {grace_s!r}; sys.exit(bulk.cli.main())"]
+    proc = subprocess.Popen([sys.executable, *start, *args], env=client_env(sb.env), cwd=REPO,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pipe, proc.stdin = proc.stdin, None
     assert pipe is not None
@@ -269,14 +273,17 @@ def test_a_sigterm_while_a_piped_input_stalls_ends_the_run_at_once(tmp_path: Pat
     # `zcat export.gz | bulk upload -`, the exporter stalled with the pipe open: a SIGTERM stops
     # the run (what was created is recorded, the job resumable) and the process exits, its read
     # still pending (an anyio worker thread blocked in read() is not a daemon: the interpreter
-    # waited for it, that is for the writer, for good).
+    # waited for it, that is for the writer, for good). The first signal's grace (10 s, then the
+    # work is cancelled) is made an hour here: the run must end because the stop cancels the
+    # pending read, not because the grace ran out (it waited the whole grace before; the 60 s
+    # hang guard below then fails the test).
     import signal
 
     out = tmp_path / "run"
     records = list(generate(5, seed=3))
     with SandboxServer("agiled") as sb:
         args = upload_args(sb, Path("-"), out)
-        proc, pipe = _piped_in(sb, args, records)
+        proc, pipe = _piped_in(sb, args, records, grace_s=3600)
         try:
             proc.send_signal(signal.SIGTERM)
             try:
