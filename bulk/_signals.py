@@ -2,9 +2,9 @@
 
 :func:`watch` is one task of a run (:class:`bulk.pipeline.Run`): on the first signal it sets
 ``run.stopping`` and calls ``stop_reading`` (the producer reads no more, a read waiting for a
-stalled pipe included; the workers start nothing new, records in flight finish) and notes it; a second signal, or 10 s without one, calls ``cancel_work`` (the run's
-work is cancelled: what is unfinished stays unfinished, the next run does it). Exit 130 is the
-run's to decide.
+stalled pipe included; the workers start nothing new, records in flight finish) and notes it;
+a second signal, or 10 s without one, calls ``cancel_work`` (the run's work is cancelled: what
+is unfinished stays unfinished, the next run does it). Exit 130 is the run's to decide.
 
 :func:`taken` is the command's (``bulk upload``): it takes both signals for the event loop from
 the command's first moment on the loop to its last, so that no signal meets the handlers a run's

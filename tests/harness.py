@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, AnyStr
 
+import pytest
 from hostile_proxy import HostileProxy
 
 from bulk.embedded import pairing
@@ -585,6 +586,20 @@ class ScriptedServer:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+
+def signalled(proc: subprocess.Popen[AnyStr], signum: int, what: str) -> AnyStr:
+    """Send ``signum`` to a started CLI and wait for it to end (60 s: a guard against a hang,
+    not a timing); its stderr. A process still running then is killed and the test fails,
+    saying ``what`` it should have done."""
+    proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"bulk upload did not end after signal {signum}: {what}")
+    return err
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

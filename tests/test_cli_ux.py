@@ -402,7 +402,7 @@ def test_a_ctrl_c_during_a_dry_run_says_nothing_was_sent(tmp_path: Path) -> None
     # A dry run sends nothing and makes no job: "run the same command again to resume" is wrong there.
     import signal
 
-    from tests.harness import start_cli
+    from harness import start_cli
 
     line = b'{"customer": {"external_id": "C-1"}, "currency": "eur", "lines": [{"item_ref": "SKU-1"}]}\n'
     fifo = tmp_path / "export.ndjson"

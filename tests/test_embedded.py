@@ -100,9 +100,8 @@ def test_a_ctrl_c_while_the_seed_reads_a_stalled_input_ends_the_command(tmp_path
     # waits for lines the writer never sends. A SIGINT then ends the command at once, its reading
     # thread with it (a worker thread that is not a daemon kept the process alive for good).
     import signal
-    import subprocess
 
-    from tests.harness import start_cli
+    from harness import signalled, start_cli
 
     fifo = tmp_path / "export.ndjson"
     os.mkfifo(fifo)
@@ -110,13 +109,7 @@ def test_a_ctrl_c_while_the_seed_reads_a_stalled_input_ends_the_command(tmp_path
     fd = os.open(fifo, os.O_WRONLY)  # returns once the command opened the input
     try:
         os.write(fd, LINE * CHUNK)  # beyond the pipe's 64 KiB: returns once the reader has read most of it
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            pytest.fail("bulk upload did not end after SIGINT while its input was still open")
+        err = signalled(proc, signal.SIGINT, "it should end while its input is still open")
         assert proc.returncode == 130, err
         assert "interrupted: run the same command again to resume" in err
         assert not (tmp_path / "run" / "sandbox.db").exists()  # nothing started

@@ -24,6 +24,7 @@ from harness import (
     created_count,
     read_id_map,
     read_reasons,
+    signalled,
     summary,
     upload_args,
     wait_until,
@@ -285,13 +286,7 @@ def test_a_sigterm_while_a_piped_input_stalls_ends_the_run_at_once(tmp_path: Pat
         args = upload_args(sb, Path("-"), out)
         proc, pipe = _piped_in(sb, args, records, grace_s=3600)
         try:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                pytest.fail("bulk upload did not end after SIGTERM while its piped input was still open")
+            err = signalled(proc, signal.SIGTERM, "it should end while its piped input is still open")
         finally:
             with contextlib.suppress(BrokenPipeError):
                 pipe.close()
