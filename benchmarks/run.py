@@ -103,8 +103,19 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, Any]:
         time.sleep(0.005)
 
 
+def host_steal() -> tuple[int, int]:
+    """(steal, all) CPU ticks of the whole machine so far (``/proc/stat``; (0, 0) where there is
+    none): steal is the time the hypervisor gave this VM's CPUs to its other guests."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
 def run_client(client: Client, input_path: Path, server: servers.Server, *, concurrency: int, work: Path,
-               bulk_args: Sequence[str] = (), timeout: float = 1800) -> Measurement:
+               bulk_args: Sequence[str] = (), timeout: float = 1800, cpus: set[int] | None = None) -> Measurement:
     out = work / f"out-{client.name}-{time.monotonic_ns()}"
     env = {**os.environ, "AGILED_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     if client.module is None:
@@ -114,10 +125,11 @@ def run_client(client: Client, input_path: Path, server: servers.Server, *, conc
         cmd = [sys.executable, "-m", f"benchmarks.clients.{client.module}", str(input_path), "--base-url",
                server.base_url, "--out", str(out), "--token", TOKEN, "--concurrency", str(concurrency), *client.extra]
     usage_file = work / f"usage-{client.name}-{time.monotonic_ns()}.json"
-    cpu0 = server.cpu_seconds()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.spawn", str(usage_file), "--", *cmd],
+    pinned = ["--cpus", ",".join(map(str, sorted(cpus)))] if cpus else []
+    cpu0, steal0 = server.cpu_seconds(), host_steal()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.spawn", str(usage_file), *pinned, "--", *cmd],
                           capture_output=True, env=env, cwd=ROOT, timeout=timeout)
-    cpu1 = server.cpu_seconds()
+    cpu1, steal1 = server.cpu_seconds(), host_steal()
     stdout, stderr = proc.stdout, proc.stderr
     try:
         usage = orjson.loads(usage_file.read_bytes())
@@ -147,7 +159,9 @@ def run_client(client: Client, input_path: Path, server: servers.Server, *, conc
         cpu=usage["utime"] + usage["stime"], rss_mb=usage.get("tree_rss_kb", usage["maxrss_kb"]) / 1024,
         created=created, requests=requests, throttled=throttled,
         server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0, exit_code=code,
-        extra={"work_seconds": work_seconds, "processes": processes, "pss_mb": usage.get("tree_pss_kb", 0) / 1024,
+        extra={"work_seconds": work_seconds, "processes": processes,
+               "steal": (steal1[0] - steal0[0]) / (steal1[1] - steal0[1]) if steal1[1] > steal0[1] else 0.0,
+               "pss_mb": usage.get("tree_pss_kb", 0) / 1024, "cpus": usage.get("cpus", []),
                "rss_parts_mb": [kb / 1024 for kb in usage.get("tree_rss_parts_kb", ())]},
     )
 
@@ -227,11 +241,35 @@ def plans(args: argparse.Namespace) -> list[Plan]:
     return out
 
 
-def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Pin:
+    """``--pin``: the server's processes on ``server``, every client (and its children) on ``clients``."""
+
+    server: set[int]
+    clients: set[int]
+
+    @classmethod
+    def split(cls, cpus: set[int]) -> Pin:
+        """The last of ``cpus`` for the server, the rest for the clients (two at least)."""
+        if len(cpus) < 2:
+            raise ValueError(f"--pin needs at least 2 CPUs to give the server one of its own; this process may "
+                             f"use {len(cpus)}")
+        ordered = sorted(cpus)
+        return cls({ordered[-1]}, set(ordered[:-1]))
+
+    def describe(self) -> str:
+        return (f"pinned: the server on CPU {', '.join(map(str, sorted(self.server)))}, each client on CPU "
+                f"{', '.join(map(str, sorted(self.clients)))}")
+
+
+def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Callable[[str], None],
+             pin: Pin | None = None) -> dict[str, Any]:
     inputs = {c.name: make_input(work, plan.sizes.get(c.name) or plan.sizes["bulk"]) for c in clients}
     results: dict[str, list[Measurement]] = {c.name: [] for c in clients}
     server = plan.server()
     try:
+        if pin is not None:
+            server.pin(pin.server)
         log(f"[{plan.scenario}] server: {server.label} at {server.base_url}")
         for r in range(rounds):
             for c in clients:  # alternate: A B C D, A B C D, ...
@@ -241,7 +279,7 @@ def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Ca
                 elif plan.rate is not None:
                     servers.sandbox_call(server, "POST", "/_sandbox/reset")  # fresh data, full buckets
                 m = run_client(c, inputs[c.name], server, concurrency=1 if c.name == "requests" else plan.concurrency,
-                               work=work, bulk_args=plan.bulk_args)
+                               work=work, bulk_args=plan.bulk_args, cpus=pin.clients if pin else None)
                 if plan.counted_by_nginx:
                     total, n429, span, paced = server.answers(offset)
                     accepted = total - n429
@@ -266,7 +304,7 @@ def run_plan(plan: Plan, clients: list[Client], rounds: int, work: Path, log: Ca
                     })
                 results[c.name].append(m)
                 log(f"[{plan.scenario}] round {r + 1} {c.name:15s} {m.created:7d} inv {m.wall:7.2f} s "
-                    f"{m.rate:8.1f} inv/s cpu {m.cpu:6.2f} s rss {m.rss_mb:6.1f} MB"
+                    f"{m.rate:8.1f} inv/s cpu {m.cpu:6.2f} s rss {m.rss_mb:6.1f} MB steal {m.extra['steal']:5.1%}"
                     + (f" server cpu {m.server_cpu:5.2f} s" if m.server_cpu is not None else "")
                     + (f" 429 {m.extra['server_429']}/{m.extra['server_requests']}" if plan.rate else ""))
     finally:
@@ -326,6 +364,16 @@ def table(outcome: dict[str, Any], clients: list[Client]) -> list[str]:
             server_cpu = f"{_median(scpu):.0%}" if scpu else "–"
             lines.append(f"| {c.label} | {ms[0].records:,} | {rate:,.0f} | {cpu_k:.2f} | {rss:.0f} | {ratio} | "
                          f"{server_cpu} |")
+    steals = [m.extra["steal"] for ms in res.values() for m in ms if "steal" in m.extra]
+    if steals:
+        lines += ["", f"Host CPU steal during the runs (the hypervisor's other guests): median "
+                      f"{_median(steals):.1%}, max {max(steals):.1%}."]
+    if plan.rate is None and ref_name in res:
+        for c in clients:
+            if c.name != ref_name and res.get(c.name):  # round by round: the spread the medians hide
+                per = ", ".join(f"{m.rate / r.rate:.2f}" for m, r in zip(res[c.name], res[ref_name], strict=False)
+                                if r.rate)
+                lines.append(f"{c.label} x bare loop, round by round: {per}.")
     if plan.scenario == "latency" and seq:
         bulk_rate = _median([m.rate for m in res.get("bulk", [])])
         lines += ["", f"bulk ÷ sequential requests loop: {bulk_rate / seq:,.0f}×"]
@@ -469,6 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="'limit' also measures each R unthrottled (burst 1,000,000, bulk --rate 1e9): what the "
                         "client can send on this machine now, to tell a busy machine from the pacing")
     p.add_argument("--memory-records", type=int, default=1_000_000)
+    p.add_argument("--pin", action="store_true",
+                   help="the server on one CPU of its own, every client on the others (sched_setaffinity): the "
+                        "client and the server no longer take turns on one core, which on a 2-CPU machine moves "
+                        "a no-latency figure by up to 2x between rounds; bulk's --processes auto then sees the "
+                        "client's CPUs only")
     p.add_argument("--no-nginx", action="store_true", help="use the Python canned server even if nginx is there")
     p.add_argument("--tiny", action="store_true", help="a few seconds: tiny inputs, 1 round (harness check)")
     p.add_argument("--work", help="directory for inputs and run directories (default benchmarks/data)")
@@ -478,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "that every process compiles from source (PYTHONDONTWRITEBYTECODE=1 and an editable "
                         "install): the A/B of the start-up a user's pip install does not pay")
     args = p.parse_args(argv)
+    pin = None
+    if args.pin:
+        try:
+            pin = Pin.split(os.sched_getaffinity(0))
+        except ValueError as exc:
+            p.error(str(exc))
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.limit_rates = [float(r) for r in args.limit_rates.split(",") if r]
     if args.tiny:
@@ -516,12 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     command = "python -m benchmarks.run" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    report = [f"Machine: {machine()}", f"Date: {started:%Y-%m-%d %H:%M} UTC", f"Command: `{command}`", ""]
+    report = [f"Machine: {machine()}", f"Date: {started:%Y-%m-%d %H:%M} UTC", f"Command: `{command}`",
+              *([f"CPUs: {pin.describe()}"] if pin else []), ""]
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bulk-bench-", dir=work) as tmp:
         scratch = Path(tmp)
         for plan in plans(args):
-            outcome = run_plan(plan, clients, args.rounds, work, log)
+            outcome = run_plan(plan, clients, args.rounds, work, log, pin)
             report += [*table(outcome, clients), ""]
             raw.append({"scenario": plan.scenario, "server": outcome["server"],
                         "runs": [vars(m) for ms in outcome["results"].values() for m in ms]})

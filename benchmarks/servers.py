@@ -76,6 +76,12 @@ class Server:
     def track_children(self) -> None:
         self._pids = [self.proc.pid, *_children(self.proc.pid)]
 
+    def pin(self, cpus: set[int]) -> None:
+        """Run every thread of the server's processes on ``cpus`` only (``benchmarks.run --pin``)."""
+        for pid in self._pids:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+
     def cpu_seconds(self) -> float | None:
         values = [_proc_cpu(pid) for pid in self._pids]
         return None if any(v is None for v in values) else sum(v for v in values if v is not None)

@@ -17,11 +17,15 @@ one process only. Written:
 - ``tree_rss_parts_kb``: each process's RSS at the moment of the summed RSS peak, the program
   first, then its descendants (depth first): which process holds what.
 
-    python -m benchmarks.spawn RESULT.json -- COMMAND [ARG...]
+    python -m benchmarks.spawn RESULT.json [--cpus 0,1] -- COMMAND [ARG...]
+
+``--cpus`` runs the program (and so every process it starts) on those CPUs only
+(``sched_setaffinity``): ``benchmarks.run --pin`` keeps the clients off the server's CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -86,6 +90,7 @@ def sample(pid: int) -> TreeSample:
 class Peaks:
     rss: TreeSample = field(default_factory=TreeSample)  # the sample with the largest summed RSS
     pss_kb: int = 0
+    cpus: list[int] = field(default_factory=list)  # the CPUs the program may run on, as last seen
 
 
 def _sample_tree(pid: int, peaks: Peaks, done: threading.Event) -> None:
@@ -94,16 +99,24 @@ def _sample_tree(pid: int, peaks: Peaks, done: threading.Event) -> None:
         if s.rss_kb > peaks.rss.rss_kb:
             peaks.rss = s
         peaks.pss_kb = max(peaks.pss_kb, s.pss_kb)
+        with contextlib.suppress(OSError):  # it has exited
+            peaks.cpus = sorted(os.sched_getaffinity(pid))
 
 
 def main() -> int:
     result, sep, *cmd = sys.argv[1:]
+    cpus: set[int] | None = None
+    if sep == "--cpus" and len(cmd) > 1:
+        cpus = {int(c) for c in cmd[0].split(",")}
+        sep, *cmd = cmd[1:]
     if sep != "--" or not cmd:
         raise SystemExit(__doc__)
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         try:
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
             os.execvp(cmd[0], cmd)
         finally:
             os._exit(127)
@@ -117,7 +130,7 @@ def main() -> int:
     with open(result, "w") as f:
         json.dump({"wall": wall, "utime": usage.ru_utime, "stime": usage.ru_stime, "maxrss_kb": usage.ru_maxrss,
                    "tree_rss_kb": max(peaks.rss.rss_kb, usage.ru_maxrss), "tree_pss_kb": peaks.pss_kb,
-                   "tree_rss_parts_kb": peaks.rss.parts_kb,
+                   "tree_rss_parts_kb": peaks.rss.parts_kb, "cpus": peaks.cpus,
                    "exit_code": os.waitstatus_to_exitcode(status)}, f)
     return 0
 

@@ -92,3 +92,33 @@ def test_precompile_writes_the_bytecode_children_read_and_no_precompile_removes_
     assert f"code object from '{cached}'" in child_loads()  # the child read the .pyc
     precompile(False, [pkg])
     assert not cached.exists() and not (pkg / "__pycache__").exists()
+
+
+def test_pin_keeps_every_client_off_the_servers_cpu_and_reports_the_hosts_steal(tmp_path: Path) -> None:
+    """``--pin``: the server gets the last CPU to itself, each client runs on the others (what
+    the client's process was allowed, read by benchmarks.spawn while it ran); the table says so,
+    with the host's CPU steal and each round's ratio. With one CPU it is a usage error."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--no-nginx", "--pin", "--scenarios", "none",
+         "--clients", "bulk-p1,aiohttp-uvloop", "--work", str(tmp_path / "work"),
+         "--results", str(tmp_path / "results")],
+        env=client_env({}), capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    if len(cpus) < 2:
+        assert done.returncode == 2 and "--pin needs at least 2 CPUs" in done.stderr, done.stderr[-2000:]
+        return
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"CPUs: pinned: the server on CPU {cpus[-1]}, each client on CPU {', '.join(map(str, cpus[:-1]))}" \
+        in done.stdout
+    assert "Host CPU steal during the runs" in done.stdout
+    raw = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    runs = raw["scenarios"][0]["runs"]
+    bulk, bare = (next(r for r in runs if r["client"] == name) for name in ("bulk-p1", "aiohttp-uvloop"))
+    ratio = (bulk["created"] / bulk["wall"]) / (bare["created"] / bare["wall"])
+    assert f"bulk --processes 1 x bare loop, round by round: {ratio:.2f}." in done.stdout  # --tiny: one round
+    assert len(runs) == 2 and all(run["exit_code"] == 0 and run["created"] == run["records"] for run in runs)
+    assert all(run["extra"]["cpus"] == cpus[:-1] for run in runs), [run["extra"]["cpus"] for run in runs]
+    assert all(0.0 <= run["extra"]["steal"] < 1.0 for run in runs)
