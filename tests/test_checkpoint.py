@@ -51,6 +51,45 @@ def test_the_cache_keeps_its_bound_and_an_evicted_value_is_read_again(tmp_path: 
     s.close()
 
 
+def test_a_fresh_jobs_lookup_of_a_key_it_never_evicted_reads_no_table(tmp_path: Path) -> None:
+    """A fresh job looks in ``resolved`` only for a key it evicted from the cache (its bit set):
+    a new customer's lookup is a dict miss, not a SELECT; an evicted value is read again from
+    the table; a resumed job (the table has rows) looks there for every key memory lacks."""
+    from bulk.checkpoint import _EVICTED_MASK
+
+    def reads(sql: list[str]) -> int:
+        return sum("FROM resolved" in q for q in sql)
+
+    s = StateStore(tmp_path, cache_size=3)
+    sql: list[str] = []
+    s._db.set_trace_callback(sql.append)
+    for i in range(10):
+        s.put("customer", f"C{i}", str(i))
+    s.commit({})
+
+    def evicted(key: str) -> bool:
+        bit = hash(("customer", key)) & _EVICTED_MASK
+        return bool(s._evicted[bit >> 3] & (1 << (bit & 7)))
+
+    new = next(k for k in (f"N{i}" for i in range(100)) if not evicted(k))  # not sharing an evicted key's bit
+    assert s.get("customer", new) is None
+    assert s.get("customer", "C9") == "9"  # cached
+    assert reads(sql) == 0
+    assert [s.get("customer", f"C{i}") for i in range(7)] == [str(i) for i in range(7)]  # the 7 evicted
+    assert reads(sql) == 7
+    s.forget("customer", "C0")
+    s.commit({})
+    assert s.get("customer", "C0") is None  # forgotten: deleted from the table, not served from memory
+    s.close()
+    s = StateStore(tmp_path)  # resumed: its rows are an earlier run's
+    sql.clear()
+    s._db.set_trace_callback(sql.append)
+    assert s.get("customer", new) is None
+    assert s.get("customer", "C1") == "1"
+    assert reads(sql) == 2
+    s.close()
+
+
 def test_outputs_truncate_to_the_checkpointed_sizes(tmp_path: Path) -> None:
     o = Outputs(tmp_path, None)
     o.created(["INV-1", "1", 1, "", "draft", "EUR", "1.00", "0.19", "1.19"])
