@@ -48,5 +48,16 @@ def test_auto_takes_two_processes_only_where_the_measurement_says_they_pay(
     assert _config(tmp_path, big, arrival_rate=5.0).processes_for() == 1
     assert _config(tmp_path, big, options={"create_missing": "items"}).processes_for() == 1
     assert _config(tmp_path, big, processes=3).processes_for() == 3  # asked for: given
+    # a pace one process keeps up with: the real API's documented limit (Agiled: 0.5 writes/s),
+    # or --rate / --limit at most 1,000 a second; the embedded sandbox (no --base-url) has none
+    api = "https://api.example.com"
+    assert _config(tmp_path, big, base_url=api).processes_for() == 1
+    assert _config(tmp_path, big, base_url=api, rate=1000.0).processes_for() == 1
+    assert _config(tmp_path, big, base_url=api, rate=1001.0).processes_for() == 2
+    assert _config(tmp_path, big, base_url=api, limits={"write": 5000.0}).processes_for() == 2
+    assert _config(tmp_path, big, base_url=api, rate=1e9, limits={"write": 900.0}).processes_for() == 1
+    assert _config(tmp_path, big, rate=500.0).processes_for() == 1
+    assert _config(tmp_path, big, target="coperniq", base_url=api).processes_for() == 1  # 100 requests/s
+    assert _config(tmp_path, big, target="coperniq", base_url=api, rate=1e9).processes_for() == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert _config(tmp_path, big).processes_for() == 1
