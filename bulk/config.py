@@ -144,6 +144,13 @@ class UploadConfig:
         share = self.shard.count if self.shard else 1
         return {kind: rate / share for kind, rate in limits.items()}
 
+    def invoice_pace(self, documented: Mapping[str, float]) -> tuple[str, float | None]:
+        """The kind whose limit paces the invoices' creates (``write``, else ``*``) and that
+        limit for this process (:meth:`pacing_limits`), None when nothing limits it."""
+        limits = self.pacing_limits(documented)
+        kind = "write" if "write" in limits else "*"
+        return kind, limits.get(kind)
+
     def processes_for(self) -> int:
         """How many upload processes this run uses (``bulk.procs``: one shard worker each).
 
@@ -189,8 +196,7 @@ class UploadConfig:
         if cls.affinity is not Target.affinity:
             return False
         # The embedded sandbox (no --base-url) has no limit unless --rate sets one (bulk._cli.upload).
-        limits = self.pacing_limits({} if self.base_url is None else cls.default_limits)
-        pace = limits.get("write", limits.get("*"))
+        _, pace = self.invoice_pace({} if self.base_url is None else cls.default_limits)
         return pace is None or pace > _ONE_KEEPS_UP
 
     @property

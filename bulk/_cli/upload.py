@@ -189,9 +189,7 @@ def _duration(seconds: float) -> str:
 def _pace_note(config: UploadConfig, target: Target) -> str | None:
     """One line at the start of a real run whose pace makes it long: the write rate and the
     estimated duration (the input's invoices, each costing ``writes_per_invoice`` writes)."""
-    limits = config.pacing_limits(target.default_limits)
-    kind = "write" if "write" in limits else "*"
-    rate = limits.get(kind)
+    kind, rate = config.invoice_pace(target.default_limits)
     if not rate:
         return None
     what = "writes" if kind == "write" else "requests"
