@@ -18,8 +18,10 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from . import _quotashare
 from .config import UploadConfig
 
 __all__ = ["WorkerTask", "die_with_parent", "read_task", "run_worker"]
@@ -36,6 +38,7 @@ class WorkerTask:
     options: Mapping[str, Any]
     default_limits: Mapping[str, float]
     parent_pid: int
+    quota_share: str  # the job's quota counts (bulk._quotashare): this worker's record is its shard's
 
     def to_bytes(self) -> bytes:
         fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(UploadConfig)}
@@ -84,7 +87,9 @@ async def run_worker(task: WorkerTask) -> Any:
     # A worker of an earlier run of this job that still lives (no PR_SET_PDEATHSIG here) holds the shard.
     lock = await hold_dir(task.config.out)
     try:
-        return await Run(task.config, target, progress=None).execute()
+        assert task.config.shard is not None
+        with _quotashare.bind(Path(task.quota_share), task.config.shard.index):
+            return await Run(task.config, target, progress=None).execute()
     finally:
         if lock is not None:
             lock.close()

@@ -5,6 +5,7 @@ the job, run side by side on this machine, and their outputs are merged into the
 directory by :func:`bulk.merge.merge_runs` after every run::
 
     <out>/processes.json          {"processes": N}: a resumed run keeps the job's N
+    <out>/quota.bin               the processes' shared count of a daily quota (bulk._quotashare)
     <out>/shards/KofN/            shard K's own run directory (state.db, outputs): a whole job
     <out>/id_map.csv, failed.ndjson, failed_reasons.csv, summary.json
                                   the shards merged, as far as their last checkpoints
@@ -13,7 +14,8 @@ Each worker is an ordinary :class:`~bulk.pipeline.Run` (the same worker loop, ch
 resume as one process), so exactly-once and resume are the shards': a killed job resumed with
 the same command resumes every shard. A shard owns the records whose customer key
 (``target.affinity``) hashes to it, so a customer is resolved by one process, and takes 1/N
-of every rate limit (:meth:`~bulk.config.UploadConfig.pacing_limits`) and of ``--concurrency``:
+of every rate limit (:meth:`~bulk.config.UploadConfig.pacing_limits`) and of ``--concurrency``,
+and a daily quota's gate counts all the processes' requests (:mod:`bulk._quotashare`):
 together the processes stay within the API's limits.
 
 A worker is started with ``python -c`` and reads its :class:`WorkerTask` (typed settings,
@@ -44,7 +46,7 @@ from typing import Any
 import anyio
 import orjson
 
-from . import _signals, _summary
+from . import _quotashare, _signals, _summary
 from ._procworker import WorkerTask, die_with_parent, read_task, run_worker
 from ._runlock import hold_dir, is_free
 from .config import Shard, UploadConfig
@@ -127,12 +129,17 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {out}: {exc.strerror or exc}") from None
     dirs = shard_dirs(out, n)
+    quota = out / "quota.bin"
+    try:
+        _quotashare.reset(quota, n)  # a killed run's counts are gone with its processes
+    except OSError as exc:
+        raise ConfigError(f"cannot write {quota}: {exc.strerror or exc}") from None
     tasks = [WorkerTask(
         config=dataclasses.replace(config, out=d, shard=Shard(k, n), processes=1,
                                    concurrency=max(1, round(config.concurrency / n))),
         target=config.target, base_url=target.base_url, credentials=target.credentials,
         options={**target.options, ON_EXISTING_KEY: target.on_existing},  # Target took it out of options
-        default_limits=target.default_limits, parent_pid=os.getpid(),
+        default_limits=target.default_limits, parent_pid=os.getpid(), quota_share=str(quota),
     ) for k, d in enumerate(dirs)]
     if progress is not None:
         progress.note(f"{n} upload processes, one per shard of the job (in {out / 'shards'}), merged into {out}")

@@ -27,7 +27,12 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-__all__ = ["KeySpacer", "QuotaGate"]
+from . import _quotashare
+
+__all__ = ["PEER_POLL", "KeySpacer", "QuotaGate"]
+
+#: s: how often a gate waiting on another process's requests in flight looks again
+PEER_POLL = 0.02
 
 
 class _Key:
@@ -90,26 +95,59 @@ class QuotaGate:
     nothing is in flight and nothing is left, so no sent request is abandoned. ``remaining``
     None (no header seen yet) never waits. The pacer still paces every request; this only
     keeps a run from spending a quota it does not have.
+
+    In a worker of ``--processes N`` (made while :func:`bulk._quotashare.bind` holds) the
+    counts are the job's: the requests in flight of all N processes, and the least of their
+    last answers' Remaining (:class:`~bulk._quotashare.QuotaShare`). A wait for another process's
+    requests looks again every :data:`PEER_POLL` seconds, as their answers reach no Event
+    here; it happens only when the quota is all but spent.
     """
 
     def __init__(self) -> None:
-        self.remaining: int | None = None
-        self.inflight = 0
+        self._remaining: int | None = None
+        self.inflight = 0  # this process's
         self._settled: anyio.Event | None = None
+        self._share = _quotashare.current()
+
+    @property
+    def remaining(self) -> int | None:
+        return self._remaining if self._share is None else self._share.remaining()
+
+    @remaining.setter
+    def remaining(self, value: int) -> None:
+        if self._share is None:
+            self._remaining = value
+        else:
+            self._share.observe(value)
 
     @asynccontextmanager
     async def slot(self, exhausted: Callable[[], BaseException]) -> AsyncIterator[None]:
-        while self.remaining is not None and self.remaining <= self.inflight:
-            if self.inflight == 0:
+        share = self._share
+        while True:
+            if share is None:
+                inflight = self.inflight
+                if self._remaining is None or self._remaining > inflight:
+                    break
+            else:
+                counted, inflight = share.enter()
+                if counted:
+                    break
+            if inflight == 0:
                 raise exhausted()
             if self._settled is None:
                 self._settled = anyio.Event()
-            await self._settled.wait()
+            if share is None:
+                await self._settled.wait()
+            else:
+                with anyio.move_on_after(PEER_POLL):
+                    await self._settled.wait()
         self.inflight += 1
         try:
             yield
         finally:
             self.inflight -= 1
+            if share is not None:
+                share.leave()
             if self._settled is not None:
                 self._settled.set()
                 self._settled = None

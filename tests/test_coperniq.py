@@ -267,6 +267,35 @@ def test_daily_quota_stops_before_any_429_then_resumes(tmp_path: Path) -> None:
         assert sb.state()["requests"]["throttled"] == 0
 
 
+def test_daily_quota_is_the_jobs_across_its_processes(tmp_path: Path) -> None:
+    # --processes 2: both shards spend one API key's quota. Each process sees only its own
+    # requests in flight, so gating each on the key's Remaining alone let the two together
+    # send more than was left (60 requests allowed: 62 sent, 2 answered 429, 4 of 4 runs).
+    src, out = tmp_path / "in.ndjson", tmp_path / "run"
+    records = write_input(src, 90, seed=29)
+    with SandboxServer("coperniq", options={"daily_quota": 60, "quota_window": 4, "record_exchanges": True}) as sb:
+        args = ["upload", str(src), "--target", "coperniq", "--base-url", sb.base_url, "--out", str(out),
+                "--quiet", "--processes", "2", "--concurrency", "32", *MAP]
+        stopped = cli(args, sb.env)
+        assert stopped.returncode == 3, stopped.stderr
+        assert "daily request quota" in stopped.stderr and "resume after" in stopped.stderr
+        state = sb.state()
+        assert state["requests"]["throttled"] == 0
+        assert sum(1 for ex in exchanges(sb) if ex["status"] != 429) == 60
+        assert 0 < summary(out)["records"]["created"] == len(state["invoices"]) < 60
+        time.sleep(4.1)  # the sandbox's rolling window
+        for _ in range(4):  # 60 requests a window: 90 records take two or three
+            done = cli(args, sb.env)
+            if done.returncode == 0:
+                break
+            assert done.returncode == 3, done.stderr
+            assert sb.state()["requests"]["throttled"] == 0
+            time.sleep(4.1)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(sb, out, records)
+        assert sb.state()["requests"]["throttled"] == 0
+
+
 def test_429_with_quota_left_is_a_pause_and_without_it_a_stop() -> None:
     target = CoperniqTarget(base_url="", credentials={"COPERNIQ_API_KEY": "k"}, options={})
     target.start_run()  # as the engine does inside the run: the quota seen is run state

@@ -292,7 +292,8 @@ def test_a_worker_task_crosses_the_process_boundary_whole(tmp_path: Path) -> Non
                           shard=Shard(1, 2), limits={"write": 3.0}, options={"bulk": "false"}, rate=7.5)
     task = WorkerTask(config=config, target="chargeover", base_url="http://127.0.0.1:9/",
                       credentials={"public": "pk-12345678", "private": "sk-12345678"}, options={"bulk": "false"},
-                      default_limits={"write": 1.0}, parent_pid=os.getpid())
+                      default_limits={"write": 1.0}, parent_pid=os.getpid(),
+                      quota_share=str(tmp_path / "run" / "quota.bin"))
     back = WorkerTask.from_bytes(task.to_bytes())
     assert back == task
     assert back.config.pacing_limits({}) == {"*": 7.5 / 2, "write": 1.5}  # its shard's part of the budget

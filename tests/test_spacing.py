@@ -1,11 +1,18 @@
-"""bulk.spacing.KeySpacer: at most ``limit`` requests of a key per window, counted from completion."""
+"""bulk.spacing: KeySpacer (at most ``limit`` requests of a key per window, counted from
+completion) and QuotaGate (requests in flight within the quota left), in one process and
+shared by a job's processes (bulk._quotashare)."""
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import pytest
 
 from bulk.spacing import KeySpacer
 
@@ -116,3 +123,42 @@ def test_the_quota_gate_waits_for_answers_in_flight_and_stops_only_when_nothing_
 
     assert anyio.run(main) == ["two at once, no header yet", "first sent", "second still waiting", "first answered",
                                "second stopped: quota spent"]
+
+
+def test_the_processes_of_a_job_share_one_quota_count(tmp_path: Path) -> None:
+    # Two shard workers' records in the job's quota file (bulk._quotashare): a check and its
+    # count are one step across them, what is left is the least of their last answers', and a
+    # record whose process is gone counts nothing in flight.
+    from bulk import _quotashare
+
+    path = tmp_path / "quota.bin"
+    _quotashare.reset(path, 2)
+    a, b = _quotashare.QuotaShare(path, 0), _quotashare.QuotaShare(path, 1)
+    assert a.remaining() is None
+    assert a.enter() == (True, 0) and b.enter() == (True, 1)  # nothing known yet: never waits
+    a.leave()
+    b.leave()
+    a.observe(2)
+    assert b.remaining() == 2
+    assert a.enter() == (True, 0) and b.enter() == (True, 1)
+    assert a.enter() == (False, 2) and b.enter() == (False, 2)  # 2 left, 2 in flight: the job's
+    b.observe(5)  # an answer that reached b after a's, but that the server gave before
+    assert a.remaining() == 2 and a.enter() == (False, 2)
+    b.leave()
+    assert a.enter() == (True, 1)
+    a.observe(0)
+    a.leave()
+    a.leave()
+    assert b.enter() == (False, 0)  # spent, and nothing in flight: the caller stops
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    _quotashare.reset(path, 2)
+    with path.open("r+b") as f:  # a killed worker's record: 3 in flight, 3 left
+        f.write(struct.pack("<qqq", int(dead.stdout), 3, 3))
+    c = _quotashare.QuotaShare(path, 1)
+    assert c.enter() == (True, 0)
+    with pytest.raises(ValueError, match="no record 2"):
+        _quotashare.QuotaShare(path, 2)
+    for share in (a, b, c):
+        share.close()
