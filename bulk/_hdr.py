@@ -128,15 +128,25 @@ def _bounds(h: HdrHistogram) -> tuple[int, int]:
 
 def _nonzero(h: HdrHistogram) -> list[tuple[int, int]]:
     """(index, count) of every non-empty bucket, in index order. Only the buckets between the
-    recorded minimum's and maximum's are read (a slice of the ctypes array: a list, made in C),
-    and the empty ones are skipped by ``itertools.compress`` (C): the histogram's ~23,000
-    counts are never walked in Python, nor copied whole. A summary reads four histograms at
-    every checkpoint, the timeline one a second."""
+    recorded minimum's and maximum's are read (a slice of a memoryview of the counts: no copy,
+    no ctypes item getter per count), and the empty ones are skipped by ``itertools.compress``
+    (C): the histogram's ~23,000 counts are never walked in Python, nor copied. A summary
+    reads four histograms at every checkpoint, the timeline one a second."""
     if h.get_total_count() == 0:
         return []
     first, last = _bounds(h)
-    counts = h.counts[first:last]
-    return list(zip(compress(range(first, last), counts), compress(counts, counts), strict=True))
+    counts = _counts(h)[first:last]
+    return [(first + i, counts[i]) for i in compress(range(last - first), counts)]
+
+
+def _counts(h: HdrHistogram) -> Any:
+    """``h``'s counts as a memoryview of unsigned 64-bit integers (no copy, read in C without
+    the ctypes array's item getter, which slicing calls per count); a histogram of another word
+    size (not one :func:`histogram` made) as its ctypes array."""
+    counts = h.counts
+    if h.word_size == _WORD and ctypes.sizeof(counts) == _WORD * h.counts_len:
+        return memoryview(counts).cast("B").cast("Q")
+    return counts
 
 
 def buckets(h: HdrHistogram) -> list[tuple[int, int, int]]:

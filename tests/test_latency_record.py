@@ -70,6 +70,16 @@ def test_buckets_and_percentiles_match_hdrhistograms_own() -> None:
     assert buckets(one) == _reference_buckets(one) and len(buckets(one)) == 1
 
 
+def test_buckets_of_a_histogram_of_another_word_size_match_hdrhistograms_own() -> None:
+    """The readers view a histogram() one's counts as 64-bit words; one of 32-bit counts (not
+    made by bulk) is read from its ctypes array, with the same result."""
+    h = HdrHistogram(1, HIGHEST_US, 3, word_size=4)
+    for micros in _values():
+        h.record_value(min(max(micros, 1), HIGHEST_US))
+    assert buckets(h) == _reference_buckets(h)
+    assert stats_ms(h)["p99"] == round(h.get_value_at_percentile(99.0) / 1000, 3)
+
+
 def test_take_interval_returns_each_seconds_requests_and_then_an_empty_histogram() -> None:
     lat = Latency()
     seconds = [[1500, 2500, 900_000], [7, 7, 3_000_000], [], [42]]
