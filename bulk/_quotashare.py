@@ -28,6 +28,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OutputError
 from .outputs import write_atomic
 
 __all__ = ["QuotaShare", "bind", "current", "reset"]
@@ -48,8 +49,13 @@ def current() -> QuotaShare | None:
 
 @contextlib.contextmanager
 def bind(path: Path, index: int) -> Iterator[QuotaShare]:
-    """Within: this process's gates share the job's counts as record ``index`` of ``path``."""
-    share = QuotaShare(path, index)
+    """Within: this process's gates share the job's counts as record ``index`` of ``path``
+    (:class:`~bulk.errors.OutputError`, a resumable stop, when that file cannot be used)."""
+    try:
+        share = QuotaShare(path, index)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot use the job's quota file {path}: {getattr(exc, 'strerror', None) or exc}; "
+                          "run the same command again") from None
     token = _CURRENT.set(share)
     try:
         yield share
