@@ -91,9 +91,10 @@ class Quota:
         if remaining is not None:
             self.gate.remaining = remaining
             self.limit = reply.headers.get("X-RateLimit-Limit") or self.limit
-        left = self.gate.remaining
-        if reply.status == 429 and left is not None and left <= _QUOTA_429_MARGIN:
-            raise self.exhausted()
+        if reply.status == 429:  # what is left read only then (with --processes N, a read of the job's file)
+            left = self.gate.remaining
+            if left is not None and left <= _QUOTA_429_MARGIN:
+                raise self.exhausted()
 
     def exhausted(self) -> QuotaExhausted:
         now = dt.datetime.now(dt.UTC)
