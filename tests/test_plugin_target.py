@@ -97,3 +97,24 @@ def test_a_builtin_target_passes_the_same_suite(target: str, tmp_path: Path) -> 
     support = importlib.import_module(f"support.{target}")
     options = dict(arg.split("=", 1) for arg in support.EXTRA_ARGS[1::2])
     bulk.testing.conformance(target, bulk.testing.Support(support.invoices, support.refusable, options), tmp_path)
+
+
+def test_the_command_line_takes_the_plugin_and_reads_entry_points_only_for_it(
+        ledger_installed: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bulk._cli.parser import build_parser
+
+    scans: list[int] = []
+    real = bulk.targets._entry_points
+    monkeypatch.setattr(bulk.targets, "_entry_points", lambda: scans.append(1) or real())
+    parser = build_parser()
+    assert parser.parse_args(["upload", "in.ndjson", "--target", "anny"]).target == "anny"
+    assert parser.parse_args(["sandbox", "--target", "all"]).target == "all"
+    assert not scans  # a built-in name (or all): no scan of the installed distributions
+    assert parser.parse_args(["upload", "in.ndjson", "--target", "ledger"]).target == "ledger"
+    assert parser.parse_args(["validate", "in.ndjson", "--target", "ledger"]).target == "ledger"
+    assert scans
+    with pytest.raises(SystemExit):
+        parser.parse_args(["upload", "in.ndjson", "--target", "nope"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["upload", "--help"])
+    assert "agiled, anny, chargeover, coperniq, ledger" in " ".join(capsys.readouterr().out.split())

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from ..errors import ConfigError
 from ..existing import DEFAULT, POLICIES
-from ..targets import available_targets, get_target
+from ..targets import Names, available_targets, get_target
 from .console import EXIT_USAGE, say
 
 __all__ = ["EXIT_CODES", "build_parser"]
@@ -98,22 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bulk", description="Fast, exact, resumable bulk invoice uploads.", formatter_class=raw)
     p.epilog_fn = _upload_epilog
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    targets = available_targets()
+    targets = Names()  # the entry points are read only for a name that is not built in, or a listing
     _upload_arguments(sub, targets)
     _validate_arguments(sub, targets)
-    _sandbox_arguments(sub, targets)
+    _sandbox_arguments(sub)
     _run_dir_arguments(sub)
     _generate_arguments(sub)
     return p
 
 
-def _upload_arguments(sub: argparse._SubParsersAction[_Parser], targets: list[str]) -> None:
+def _upload_arguments(sub: argparse._SubParsersAction[_Parser], targets: Names) -> None:
     """``bulk upload``: the run's source, target, pace, outputs and conditions."""
     raw = argparse.RawDescriptionHelpFormatter
     up = sub.add_parser("upload", help="upload an NDJSON file of invoices (resumable)", formatter_class=raw)
     up.epilog_fn = _upload_epilog
     up.add_argument("input", help="NDJSON file, .gz file, or - for stdin")
-    up.add_argument("--target", default="agiled", choices=targets, help="the API to upload to (default: agiled)")
+    up.add_argument("--target", default="agiled", choices=targets, metavar="TARGET",
+                    help="the API to upload to: %(choices)s (default: agiled)")
     up.add_argument("--base-url", help="the API's base URL (default: the target's *_BASE_URL env var, "
                     "else the embedded sandbox)")
     up.add_argument("--rate", type=float,
@@ -168,24 +169,26 @@ def _upload_arguments(sub: argparse._SubParsersAction[_Parser], targets: list[st
                     "and chargeover, nothing else)")
 
 
-def _validate_arguments(sub: argparse._SubParsersAction[_Parser], targets: list[str]) -> None:
+def _validate_arguments(sub: argparse._SubParsersAction[_Parser], targets: Names) -> None:
     """``bulk validate``: an offline check of an input file."""
     va = sub.add_parser("validate", help="check an input file offline; nothing is sent")
     va.add_argument("input", help="NDJSON file or .gz file")
-    va.add_argument("--target", choices=targets,
-                    help="also apply this target's own rules (default: only the common input rules)")
+    va.add_argument("--target", choices=targets, metavar="TARGET",
+                    help="also apply this target's own rules, one of %(choices)s (default: only the common input "
+                         "rules)")
     va.add_argument("--max-line-bytes", type=int, default=1 << 20, help="longest accepted input line (default 1 MiB)")
     va.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="target setting, as for bulk upload (default: none)")
 
 
-def _sandbox_arguments(sub: argparse._SubParsersAction[_Parser], targets: list[str]) -> None:
+def _sandbox_arguments(sub: argparse._SubParsersAction[_Parser]) -> None:
     """``bulk sandbox``: an API simulator, its faults and its seed."""
     raw = argparse.RawDescriptionHelpFormatter
     sb = sub.add_parser("sandbox", help="run an API simulator on loopback", formatter_class=raw)
     sb.epilog_fn = _sandbox_epilog
-    sb.add_argument("--target", default="agiled", choices=[*targets, "all"],
-                    help="the API to simulate; all serves every dialect under /<target> (default: agiled)")
+    sb.add_argument("--target", default="agiled", choices=Names("all"), metavar="TARGET",
+                    help="the API to simulate: %(choices)s; all serves every dialect under /<target> (default: "
+                         "agiled)")
     sb.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sb.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
     sb.add_argument("--rate-limit", type=float, help="writes per second per token, 429 beyond (default: no limit)")

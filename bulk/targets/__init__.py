@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .base import Created, Job, Target
 
-__all__ = ["TARGETS", "Created", "Job", "Target", "available_targets", "get_target", "names"]
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoints
+
+__all__ = ["TARGETS", "Created", "Job", "Names", "Target", "available_targets", "get_target", "names"]
 
 TARGETS: dict[str, str] = {
     "agiled": "bulk.targets.agiled:AgiledTarget",
@@ -18,10 +22,33 @@ TARGETS: dict[str, str] = {
 }
 
 
+def _entry_points() -> EntryPoints:
+    """The ``bulk.targets`` entry points. importlib.metadata (~30 ms to import, and a scan of every
+    installed distribution) is loaded only when a name is not a built-in target, or all are listed."""
+    from importlib.metadata import entry_points
+
+    return entry_points(group="bulk.targets")
+
+
+class Names:
+    """The target names as argparse ``choices``: a built-in name is found without looking at the
+    entry points (what nearly every command line gives); an other name, or a listing (help, a
+    usage error), looks at them. ``extra`` are names the command adds (``sandbox``: ``all``)."""
+
+    def __init__(self, *extra: str) -> None:
+        self._extra = extra
+
+    def __contains__(self, name: object) -> bool:
+        return name in TARGETS or name in self._extra or name in list(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*available_targets(), *self._extra])
+
+
 def available_targets() -> list[str]:
     """Every registered target name, sorted: the built-in ones and the ``bulk.targets`` entry points."""
     found = set(TARGETS)
-    found.update(ep.name for ep in entry_points(group="bulk.targets"))
+    found.update(ep.name for ep in _entry_points())
     return sorted(found)
 
 
@@ -35,7 +62,7 @@ def get_target(name: str) -> type[Target]:
     """The adapter class registered as ``name``; a ConfigError lists the available ones."""
     spec = TARGETS.get(name)
     if spec is None:
-        for ep in entry_points(group="bulk.targets"):
+        for ep in _entry_points():
             if ep.name == name:
                 cls = ep.load()
                 break
