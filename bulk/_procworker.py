@@ -24,7 +24,7 @@ from typing import Any
 from . import _quotashare
 from .config import UploadConfig
 
-__all__ = ["WorkerTask", "die_with_parent", "read_task", "run_worker"]
+__all__ = ["WorkerTask", "die_with_parent", "read_task", "read_task_fd", "run_worker"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +73,19 @@ def read_task() -> WorkerTask:
     if os.getppid() != task.parent_pid:
         os._exit(1)
     return task
+
+
+def read_task_fd(fd: int) -> WorkerTask | None:
+    """A forked worker's task (:mod:`bulk._procfork`) from its pipe, which it closes; None when
+    the pipe ended without one (the parent closed an unused worker, or died)."""
+    chunks = []
+    with open(fd, "rb", closefd=True) as pipe:
+        while chunk := pipe.read():
+            chunks.append(chunk)
+    if not chunks:
+        return None
+    task = WorkerTask.from_bytes(b"".join(chunks))
+    return task if os.getppid() == task.parent_pid else None
 
 
 async def run_worker(task: WorkerTask) -> Any:

@@ -16,8 +16,10 @@ report).
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -34,10 +36,13 @@ from ._cli.console import (
 from ._cli.offline import generate, merge, report_html, validate
 from ._cli.parser import EXIT_CODES, build_parser
 from ._cli.sandbox import sandbox
-from ._cli.upload import upload
+from ._cli.upload import planned_processes, upload
 from .config import loop_options
 from .errors import BulkError, ConfigError
 from .targets import get_target
+
+if TYPE_CHECKING:
+    from ._procworker import WorkerTask
 
 # main and worker_main are the entry points; the exit codes, their --help text and the parser are
 # re-exported (tests and tools read them through bulk.cli).
@@ -49,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``bulk`` command: its exit code. ConfigError is a usage error (2), any other BulkError
     a resumable stop (3), Ctrl-C an interruption (130)."""
     args = build_parser().parse_args(argv)
+    pool = None
     try:
         if args.command == "generate":
             return generate(args)
@@ -57,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return report_html(args)
         runner = {"upload": upload, "validate": validate, "sandbox": sandbox}[args.command]
+        if args.command == "upload" and (n := planned_processes(args)) > 1:
+            # Forked now, one thread and no event loop yet: started in a millisecond, not a new
+            # interpreter's imports (bulk._procfork); bulk.procs hands them their shards.
+            from ._procfork import fork_workers
+
+            pool = fork_workers(n, forked_worker)
+            runner = functools.partial(upload, pool=pool)
         return anyio.run(runner, args, backend_options=loop_options())
     except ConfigError as exc:
         say(f"error: {exc}")
@@ -67,17 +80,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return EXIT_INTERRUPTED
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def worker_main() -> int:
-    """Entry point of one shard worker of ``--processes N`` (started by bulk.procs): it reads
-    its task from stdin, runs its shard, and prints only why it stopped (if it did)."""
-    from .procs import die_with_parent, read_task, run_worker
+    """Entry point of one shard worker of ``--processes N`` spawned by bulk.procs: it reads its
+    task from stdin, runs its shard, and prints only why it stopped (if it did)."""
+    from .procs import die_with_parent, read_task
 
     die_with_parent()
+    return run_task(read_task())
+
+
+def forked_worker(fd: int) -> int:
+    """One shard worker of ``--processes N`` forked before the event loop (bulk._procfork): as
+    :func:`worker_main`, its task from its pipe ``fd``; 0 at once for none (an unused worker)."""
+    import os
+
+    from .procs import die_with_parent, read_task_fd
+
+    die_with_parent()
+    devnull = os.open(os.devnull, os.O_RDONLY)  # stdin is the parent's; a spawned worker's is its task pipe
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    task = read_task_fd(fd)
+    return 0 if task is None else run_task(task)
+
+
+def run_task(task: WorkerTask) -> int:
+    """A shard worker's run of ``task``: its exit code; it prints only why it stopped."""
+    from .procs import run_worker
+
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-    task = read_task()
     try:
         result = anyio.run(run_worker, task, backend_options=loop_options())
     except BulkError as exc:

@@ -18,8 +18,10 @@ of every rate limit (:meth:`~bulk.config.UploadConfig.pacing_limits`) and of ``-
 and a daily quota's gate counts all the processes' requests (:mod:`bulk._quotashare`):
 together the processes stay within the API's limits.
 
-A worker is started with ``python -c`` and reads its :class:`WorkerTask` (typed settings,
-credentials included) from its stdin, never from argv or the environment. It dies with its
+A worker is forked before the event loop starts (:mod:`bulk._procfork`: the CLI decides N
+first) and reads its :class:`WorkerTask` (typed settings, credentials included) from its own
+pipe; where there is no such pool, it is started with ``python -c`` and reads the task from its
+stdin. Never from argv or the environment. It dies with its
 parent (Linux ``PR_SET_PDEATHSIG``), runs in its own session (a terminal's Ctrl-C reaches it
 once, through the parent), finishes its requests in flight on SIGINT/SIGTERM, and prints only
 why it stopped (its stderr is the parent's). A worker that dies, or stops on an error, stops
@@ -47,7 +49,8 @@ import anyio
 import orjson
 
 from . import _quotashare, _signals, _summary
-from ._procworker import WorkerTask, die_with_parent, read_task, run_worker
+from ._procfork import Pool, signal_when_ready, takes_signals
+from ._procworker import WorkerTask, die_with_parent, read_task, read_task_fd, run_worker
 from ._runlock import hold_dir, is_free
 from .config import Shard, UploadConfig
 from .errors import AbortRun, BulkError, ConfigError
@@ -59,7 +62,8 @@ from .refs import OPTION as CREATE_MISSING
 from .tally import Tally
 from .targets.base import Target
 
-__all__ = ["WorkerTask", "die_with_parent", "job_processes", "read_task", "run_processes", "run_worker", "shard_dirs"]
+__all__ = ["WorkerTask", "die_with_parent", "job_processes", "read_task", "read_task_fd", "run_processes", "run_worker",
+           "shard_dirs"]
 
 _EXITS_OF_A_RUN = {0, 1, 2, 3, 130}  # what a worker's Run can end with (bulk.cli's exit codes)
 
@@ -105,24 +109,25 @@ def job_processes(config: UploadConfig) -> int:
 
 
 async def run_processes(config: UploadConfig, target: Target, n: int, *, progress: ProgressSink | None = None,
-                        ) -> tuple[int, dict[str, Any], BulkError | None]:
+                        pool: Pool | None = None) -> tuple[int, dict[str, Any], BulkError | None]:
     """Run the job in ``config.out`` as ``n`` shard workers; merge; return (exit code,
     merged summary, error). ``target`` is the parent's target object (its base URL,
     credentials, options and limits are handed to the workers); ``progress`` gets a note and
-    the shards' counts summed from their checkpointed summaries."""
+    the shards' counts summed from their checkpointed summaries. The workers are ``pool``'s when
+    it has ``n`` (forked before the event loop, bulk._procfork), else spawned."""
     out = config.out
     lock = await hold_dir(out)  # one run of the job at a time (each worker holds its shard's too)
     try:
         for d in shard_dirs(out, n):  # a killed run's worker that still lives: refuse before any sends
             await is_free(d)
-        return await _run_processes(config, target, n, progress)
+        return await _run_processes(config, target, n, progress, pool)
     finally:
         if lock is not None:
             lock.close()
 
 
 async def _run_processes(config: UploadConfig, target: Target, n: int, progress: ProgressSink | None,
-                         ) -> tuple[int, dict[str, Any], BulkError | None]:
+                         pool: Pool | None) -> tuple[int, dict[str, Any], BulkError | None]:
     out = config.out
     try:
         write_atomic(out / "processes.json", orjson.dumps({"processes": n}) + b"\n")
@@ -155,14 +160,15 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
     if (hub := _signals.current()) is not None:
         hub.to_run()  # from here a signal is the workers' (queued until _watch_signals forwards it)
     async with anyio.create_task_group() as tg:
-        procs = [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
-                                          start_new_session=True) for _ in tasks]
+        forked = pool.take(n) if pool is not None else None
+        procs: list[Any] = forked or [await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=None, stderr=None,
+                                                               start_new_session=True) for _ in tasks]
 
         def signal_all(sig: signal.Signals) -> None:
             for p in procs:
                 if p.returncode is None:
-                    if not _takes_signals(p.pid):
-                        tg.start_soon(_signal_when_ready, p, sig)  # still starting: its default action would kill it
+                    if not takes_signals(p.pid):
+                        tg.start_soon(signal_when_ready, p, sig)  # still starting: its default action would kill it
                         continue
                     with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                         p.send_signal(sig)
@@ -173,12 +179,15 @@ async def _run_processes(config: UploadConfig, target: Target, n: int, progress:
             signal_all(sig)  # a second one stops them at once, as it stops one process
 
         async def supervise(k: int, proc: Any, task: WorkerTask) -> None:
-            assert proc.stdin is not None
-            try:
-                await proc.stdin.send(task.to_bytes())
-                await proc.stdin.aclose()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass  # it died at once: its exit code says so
+            if forked:
+                await proc.hand(task.to_bytes())
+            else:
+                assert proc.stdin is not None
+                try:
+                    await proc.stdin.send(task.to_bytes())
+                    await proc.stdin.aclose()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass  # it died at once: its exit code says so
             codes[k] = code = await proc.wait()
             if code not in (0, 1, 130) and not first_bad:
                 first_bad.append(k)
@@ -239,26 +248,6 @@ async def _tick(progress: ProgressSink, dirs: list[Path]) -> None:
                 traffic[key] += int(s.get(key, 0))
         progress.update(tally, traffic, Status(done_bytes=0, done_lines=0, total_bytes=None))
         await anyio.sleep(0.5)
-
-
-def _takes_signals(pid: int) -> bool:
-    """Whether the worker blocks or handles SIGTERM yet (Linux: /proc; elsewhere assumed)."""
-    term = 1 << (signal.SIGTERM - 1)
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(int(ln.split()[1], 16) & term for ln in f if ln.startswith(("SigBlk:", "SigCgt:")))
-    except (OSError, ValueError, IndexError):
-        return True  # no /proc, or it is gone: send (ProcessLookupError is handled)
-
-
-async def _signal_when_ready(proc: Any, sig: signal.Signals) -> None:
-    """Forward ``sig`` once the worker's first line has blocked it (a few ms after its start).
-    A poll: another process's signal mask changes without any event this one could wait on."""
-    while proc.returncode is None and not _takes_signals(proc.pid):  # noqa: ASYNC110
-        await anyio.sleep(0.005)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
 
 
 def _has_state(run_dir: Path) -> bool:

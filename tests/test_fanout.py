@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -21,11 +22,13 @@ from pathlib import Path
 import orjson
 import pytest
 from harness import (
+    REPO,
     SandboxServer,
     assert_counts,
     assert_exactly_once,
     assert_outputs_whole,
     cli,
+    client_env,
     created_count,
     in_flight,
     kill_until_done,
@@ -161,17 +164,24 @@ def _signal_mask(pid: int, field: str) -> int:
         return 0
 
 
-def test_a_signal_forwarded_while_the_workers_still_start_stops_the_run_resumably(tmp_path: Path) -> None:
+# A host process that runs a thread when it calls bulk.cli.main: bulk cannot fork its workers
+# safely then (bulk._procfork), so it spawns them (the fallback, also where there is no fork).
+THREADED_CLI = ("import sys, threading, bulk.cli; threading.Thread(target=threading.Event().wait, daemon=True)"
+                ".start(); sys.exit(bulk.cli.main())")
+
+
+def test_a_signal_forwarded_while_spawned_workers_still_start_stops_the_run_resumably(tmp_path: Path) -> None:
     """SIGTERM reaches the run once the parent handles it (SIGTERM in its caught set) and both
-    workers exist but neither handles SIGTERM yet (not in their caught set: still importing):
-    the parent forwards it at once, and each worker must take it when its run is ready to stop
-    cleanly instead of dying of it (which ended the run 3, "killed by signal 15")."""
+    spawned workers exist but neither handles SIGTERM yet (not in their caught set: still
+    importing): the parent forwards it at once, and each worker must take it when its run is
+    ready to stop cleanly instead of dying of it (which ended the run 3, "killed by signal 15")."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 40, seed=851)
     term = 1 << (signal.SIGTERM - 1)
     with SandboxServer("agiled") as sb:
         args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
-        proc = start_cli(args, sb.env)
+        proc = subprocess.Popen([sys.executable, "-c", THREADED_CLI, *args], env=client_env(sb.env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         try:
             wait_until(lambda: proc.poll() is not None or (
                 _signal_mask(proc.pid, "SigCgt") & term and len(_children(proc.pid)) == 2), timeout=30,
@@ -186,6 +196,59 @@ def test_a_signal_forwarded_while_the_workers_still_start_stops_the_run_resumabl
         assert "ended unexpectedly" not in stderr
         resume_to_the_end(sb, args, out, records)
     assert_counts(out, records)
+
+
+def _term_with_the_workers_stopped_idle(args: list[str], env: dict[str, str]) -> tuple[bool, int, str]:
+    """One run: its forked workers SIGSTOPped as soon as they exist; if they were idle then, SIGTERM
+    to the parent once it said it runs the processes; then SIGCONT. (idle, exit code, stderr)."""
+    term = 1 << (signal.SIGTERM - 1)
+    proc = start_cli(args, env)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or len(_children(proc.pid)) == 2, timeout=30,
+                   interval=0.001, what="the workers to be forked")
+        workers = _children(proc.pid)
+        for k in workers:
+            os.kill(k, signal.SIGSTOP)
+        reader.start()
+        idle = not any(_signal_mask(k, "SigCgt") & term for k in workers)
+        if idle:
+            wait_until(lambda: proc.poll() is not None or any("upload processes" in ln for ln in lines),
+                       timeout=30, what="the parent to run the processes")
+            proc.send_signal(signal.SIGTERM)
+        for k in workers:
+            os.kill(k, signal.SIGCONT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        stop(proc)
+    return idle, proc.returncode, "".join(lines)
+
+
+def test_a_signal_forwarded_before_forked_workers_handle_it_stops_the_run_resumably(tmp_path: Path) -> None:
+    """The forked workers (bulk._procfork) exist before the parent's event loop, idle until
+    handed their shards. Stopped (SIGSTOP) while idle, they cannot get to handling SIGTERM; the
+    parent's note that it runs the processes is said just before a signal becomes the run's
+    (no await between them): SIGTERM then is forwarded to workers that do not handle it yet,
+    and each must take it once its run can stop cleanly, not die of it."""
+    src = tmp_path / "in.ndjson"
+    records = write_input(src, 40, seed=852)
+    for attempt in range(5):  # the workers must be caught idle: the parent hands them work ms later
+        out = tmp_path / f"run{attempt}"
+        with SandboxServer("agiled") as sb:
+            args = upload_args(sb, src, out, "--processes", "2", "--concurrency", "4")
+            idle, code, stderr = _term_with_the_workers_stopped_idle(args, sb.env)
+            if not idle:
+                assert code == 0, stderr  # it ran unsignalled: again, from the start
+                continue
+            assert code == 130, stderr
+            assert "ended unexpectedly" not in stderr and "killed by signal" not in stderr, stderr
+            resume_to_the_end(sb, args, out, records)
+        assert_counts(out, records)
+        return
+    pytest.fail("the forked workers were never caught idle")
 
 
 def test_a_resumed_run_does_not_resolve_again_what_an_earlier_run_resolved(tmp_path: Path) -> None:

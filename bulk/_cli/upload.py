@@ -27,13 +27,39 @@ from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_THRESHOLD, re
 from .settings import check_options, check_paths, parse_options, upload_config
 
 if TYPE_CHECKING:
+    from .._procfork import Pool
     from .._signals import Hub
     from ..pipeline import RunResult  # imported when a run starts (see run)
 
-__all__ = ["run", "upload"]
+__all__ = ["planned_processes", "run", "upload"]
 
 
-async def upload(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace, cls: type[Target]) -> UploadConfig:
+    """The run's settings (a usage error raises ConfigError)."""
+    base_url = args.base_url or os.environ.get(cls.base_url_env) or None
+    config = upload_config(args, base_url)
+    if args.metrics_port is not None and not config.processes and not (config.out / "processes.json").exists():
+        # auto, for a new job: --metrics-port serves one process's figures (a resumed N-process
+        # job keeps its N, and is refused in _upload)
+        config = replace(config, processes=1)
+    return config
+
+
+def planned_processes(args: argparse.Namespace) -> int:
+    """How many upload processes ``bulk upload`` with ``args`` will run, decided before its event
+    loop starts (bulk.cli forks them then, bulk._procfork): the job's N, as :func:`run` takes it.
+    0 for a dry run or a usage error, which the command itself then reports."""
+    from ..errors import BulkError
+    from ..procs import job_processes
+
+    try:
+        config = _config(args, get_target(args.target))
+        return 0 if config.dry_run else job_processes(config)
+    except (BulkError, OSError, ValueError):
+        return 0
+
+
+async def upload(args: argparse.Namespace, pool: Pool | None = None) -> int:
     """``bulk upload``: its exit code (:mod:`bulk._cli.console`); a usage error raises ConfigError first.
     SIGINT/SIGTERM are the event loop's from here to the end (:func:`bulk._signals.taken`): one
     before the run stops the command at once (130), one from the run's start on is the run's."""
@@ -41,7 +67,7 @@ async def upload(args: argparse.Namespace) -> int:
 
     code: int | None = None
     async with taken() as hub:
-        code = await _upload(args, hub)
+        code = await _upload(args, hub, pool)
     if code is None:  # a signal before the run started (or during a dry run, which has none)
         say("interrupted: the dry run stopped; nothing was sent" if getattr(args, "dry_run", False)
             else "interrupted: run the same command again to resume")
@@ -49,7 +75,7 @@ async def upload(args: argparse.Namespace) -> int:
     return code
 
 
-async def _upload(args: argparse.Namespace, hub: Hub) -> int:
+async def _upload(args: argparse.Namespace, hub: Hub, pool: Pool | None) -> int:
     from ..progress import make_progress
 
     # A run allocates a few objects per record and reference counting frees nearly all of them
@@ -60,8 +86,7 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
     gc.set_threshold(20_000, 50, 100)
 
     cls = get_target(args.target)
-    base_url = args.base_url or os.environ.get(cls.base_url_env) or None
-    config = upload_config(args, base_url)
+    config = _config(args, cls)
     check_options(cls, parse_options(args.option))
     create = None if args.create_missing is None else parse_kinds(args.create_missing)
     if create is not None:
@@ -71,10 +96,6 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
         return await _dry_run(config, cls)
     from ..procs import job_processes
 
-    if args.metrics_port is not None and not config.processes and not (config.out / "processes.json").exists():
-        # auto, for a new job: --metrics-port serves one process's figures (a resumed N-process
-        # job keeps its N, and is refused below)
-        config = replace(config, processes=1)
     processes = job_processes(config)  # usage errors of N processes, a resumed job's N included
     target: Target | None = None
     if config.base_url is not None:  # a missing credential is said before any bar is drawn
@@ -95,7 +116,7 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
         if target is not None:
             if (pace := _pace_note(config, target)) is not None:
                 console.note(pace)
-            result = await run(config, target, console, metrics, hub)
+            result = await run(config, target, console, metrics, hub, pool)
         else:
             from ..embedded import pairing, seeded_options
             from ..sandbox import serve  # aiohttp.web and the dialects: imported only when used
@@ -118,7 +139,7 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
                 options = {**pair.client_options(), **config.options, ON_EXISTING_KEY: config.on_existing}
                 target = cls(base_url=sandbox.base_url, credentials=creds, options=options)
                 target.default_limits = {}  # the sandbox has no limit unless --rate sets one
-                result = await run(config, target, console, metrics, hub)
+                result = await run(config, target, console, metrics, hub, pool)
         if result.summary:
             console.finish(result.summary)
     finally:
@@ -138,11 +159,12 @@ async def _upload(args: argparse.Namespace, hub: Hub) -> int:
 
 
 async def run(config: UploadConfig, target: Target, console: Any, metrics: Any = None,
-              hub: Hub | None = None) -> RunResult:
-    """The job in one process, or in N shard workers (``--processes N``, bulk.procs). With the
-    command's ``hub``, a signal once the run directory is locked is the run's (its graceful stop);
-    with N processes bulk.procs takes the hub's signals from ``hub.to_run()``, before it spawns
-    the workers, so until then one stops the command."""
+              hub: Hub | None = None, pool: Pool | None = None) -> RunResult:
+    """The job in one process, or in N shard workers (``--processes N``, bulk.procs: the ``pool``
+    forked before the event loop when it has N, else spawned). With the command's ``hub``, a
+    signal once the run directory is locked is the run's (its graceful stop); with N processes
+    bulk.procs takes the hub's signals from ``hub.to_run()``, before it hands the workers their
+    shards, so until then one stops the command."""
     from .._runlock import hold_dir
     from ..pipeline import Run, RunResult
     from ..procs import job_processes, run_processes
@@ -157,7 +179,7 @@ async def run(config: UploadConfig, target: Target, console: Any, metrics: Any =
         finally:
             if lock is not None:
                 lock.close()
-    code, summary, error = await run_processes(config, target, n, progress=console)
+    code, summary, error = await run_processes(config, target, n, progress=console, pool=pool)
     return RunResult(code, summary, error, interrupted=code == EXIT_INTERRUPTED)
 
 
