@@ -19,9 +19,9 @@ from .errors import ConfigError
 
 __all__ = ["Shard", "UploadConfig", "check_base_url", "loop_options"]
 
-# auto takes 2 processes from an input this big (processes_for: start-up won back after ~6,000
-# invoices; 16 MiB is ~19,000 of `bulk generate`'s 870-byte invoices, ~55,000 of 300 bytes).
-_TWO_PAY_BYTES = 16 << 20
+# auto takes 2 processes from an input this big (processes_for: forked, their start-up is won
+# back by ~2,000 invoices; 4 MiB is ~4,800 of `bulk generate`'s 870-byte invoices, ~14,000 of 300 bytes).
+_TWO_PAY_BYTES = 4 << 20
 # ... and only where the run may go faster than this many invoice writes a second: one process
 # made >= 2,128 invoices/s at no latency in every measurement on 2 vCPUs (README, Performance),
 # so at a pace of at most this (every real target's documented limit: Agiled 0.5 writes/s,
@@ -161,9 +161,10 @@ class UploadConfig:
         ``.gz``; the target's default customer key): 2 processes then execute ~867,000-909,000
         instructions per invoice summed (callgrind, ``benchmarks/instructions.py --processes
         1,2``), 1.67-1.75x the bare loop's, below the 1.93x at which two beat it on two cores
-        shared with the server (ceiling 1.10-1.15x, one process 0.69x). Their start-up costs
-        ~1.8 G instructions of wall time more than one process's, won back after ~6,000
-        invoices: auto takes 2 from a 16 MiB input. What two processes cannot do (a
+        shared with the server (ceiling 1.10-1.15x, one process 0.69x). Forked before the event
+        loop (``bulk._procfork``), the two start about as fast as one: at no latency they were
+        even with one process at 2,000 invoices and 0.74-0.94x its wall time at 5,000 (both
+        rounds of 3, 2026-12-06): auto takes 2 from a 4 MiB input. What two processes cannot do (a
         threshold, an arrival rate, items created by several processes) keeps 1, and so does a
         pace one process keeps up with: the invoices' limit (``write``, else ``*``: the target's
         documented one against a real API, ``--rate``/``--limit``) at most 1,000 a second.

@@ -369,10 +369,10 @@ def _config(tmp_path: Path, size: int, **kw: object) -> UploadConfig:
 
 
 def test_auto_is_one_process_as_measured_and_n_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto: one process below 16 MiB of input on any machine (a second one does not win back its
+    """auto: one process below 4 MiB of input on any machine (a second one does not win back its
     start-up there: README, Processes); an explicit N is given, at most one per unit of --concurrency."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    big = 8 << 20
+    big = (4 << 20) - 1
     assert _config(tmp_path, big, processes=0).processes_for() == 1
     assert _config(tmp_path, big, processes=0, rate=1e6).processes_for() == 1
     assert _config(tmp_path, 10, processes=3).processes_for() == 3  # asked for: given
@@ -404,8 +404,8 @@ def test_metrics_port_on_an_input_auto_would_split_runs_one_process(tmp_path: Pa
     --processes, which the user never gave."""
     src, out = tmp_path / "in.ndjson", tmp_path / "run"
     records = write_input(src, 6, seed=905)
-    with src.open("ab") as f:  # blank lines (skipped) make the input 17 MiB, over auto's 16 MiB
-        f.write((b" " * ((1 << 20) - 2) + b"\n") * 17)
+    with src.open("ab") as f:  # blank lines (skipped) make the input 5 MiB, over auto's 4 MiB
+        f.write((b" " * ((1 << 20) - 2) + b"\n") * 5)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert UploadConfig(input=str(src), out=out, processes=0).processes_for() == 2  # what auto takes without it
     with SandboxServer("agiled") as sb:

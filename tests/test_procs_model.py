@@ -39,7 +39,7 @@ def _config(tmp_path: Path, size: int, name: str = "in.ndjson", **kw: Any) -> Up
 def test_auto_takes_two_processes_only_where_the_measurement_says_they_pay(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    big, small = 16 << 20, (16 << 20) - 1
+    big, small = 4 << 20, (4 << 20) - 1
     assert _config(tmp_path, big).processes_for() == 2
     assert _config(tmp_path, small).processes_for() == 1  # start-up not won back
     assert _config(tmp_path, big, "in.ndjson.gz").processes_for() == 1  # a .gz: each worker parses every line

@@ -144,7 +144,7 @@ def _upload_arguments(sub: argparse._SubParsersAction[_Parser], targets: Names) 
     up.add_argument("--allow-insecure-http", action="store_true", help="allow plain http to a non-loopback host")
     up.add_argument("--processes", type=_processes, default=0, metavar="N|auto",
                     help="upload processes: N shard workers of the job, merged into --out (default auto: 2 "
-                    "for a plain-file input of 16 MiB or more on 2+ cores where measured to pay, else 1; 1 "
+                    "for a plain-file input of 4 MiB or more on 2+ cores where measured to pay, else 1; 1 "
                     "also where the invoices' rate limit is at most 1,000/s, as every real API's documented "
                     "one is: one process keeps that pace; see the README)")
     up.add_argument("--shard", help="K/N: only the records whose customer hashes to shard K of N (default: all "
