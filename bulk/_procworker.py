@@ -1,12 +1,13 @@
 """The worker side of ``bulk upload --processes N``: what one shard worker is handed and how it runs.
 
-The parent (:mod:`bulk.procs`) starts each worker with ``python -c`` and writes its
-:class:`WorkerTask` (typed settings, credentials included) to the worker's stdin, never to argv
-or the environment. The worker (``bulk.cli.worker_main``) first asks to die with its parent
-(:func:`die_with_parent`, Linux ``PR_SET_PDEATHSIG``: a killed run leaves no worker sending),
-reads its task (:func:`read_task`, exiting at once if the parent is already gone), and runs
-its shard as an ordinary :class:`~bulk.pipeline.Run` (:func:`run_worker`), holding the
-shard's directory (:mod:`bulk._runlock`: no two processes upload one shard).
+The parent (:mod:`bulk.procs`) writes each worker's :class:`WorkerTask` (typed settings,
+credentials included) to the worker's own pipe (forked before the event loop,
+:mod:`bulk._procfork`; ``bulk.cli.forked_worker``) or to its stdin (started with ``python -c``;
+``bulk.cli.worker_main``), never to argv or the environment. The worker first asks to die with
+its parent (:func:`die_with_parent`, Linux ``PR_SET_PDEATHSIG``: a killed run leaves no worker
+sending), reads its task (:func:`read_task_fd`, :func:`read_task`; it ends at once if the
+parent is already gone), and runs its shard as an ordinary :class:`~bulk.pipeline.Run`
+(:func:`run_worker`), holding the shard's directory (:mod:`bulk._runlock`: no two processes upload one shard).
 """
 
 from __future__ import annotations

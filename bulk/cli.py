@@ -5,19 +5,20 @@ Exit codes: 0 everything created; 1 finished, but some records were rejected or 
 2 usage or configuration error; 3 aborted but resumable; 4 finished, but a --threshold was not
 met; 130 interrupted, resumable.
 
-This module holds the entry points, :func:`main` (the ``bulk`` console script) and
-:func:`worker_main` (one shard worker of ``--processes N``), and maps the exception tree to exit
-codes. The rest of the command line lives in :mod:`bulk._cli`, one concept a module:
-``parser`` (every command's arguments and help), ``settings`` (arguments to settings and their
-usage checks), ``console`` (the exit codes and what is said on stderr), and one module per
-command group for the handlers: ``upload``, ``sandbox``, ``offline`` (validate, generate, merge,
-report).
+This module holds the entry points, :func:`main` (the ``bulk`` console script) and one shard
+worker of ``--processes N`` (:func:`forked_worker`, forked by ``main`` before its event loop;
+:func:`worker_main`, a spawned one), and maps the exception tree to exit codes. The rest of
+the command line lives in :mod:`bulk._cli`, one concept a module: ``parser`` (every command's
+arguments and help), ``settings`` (arguments to settings and their usage checks), ``console``
+(the exit codes and what is said on stderr), and one module per command group for the
+handlers: ``upload``, ``sandbox``, ``offline`` (validate, generate, merge, report).
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -97,8 +98,6 @@ def worker_main() -> int:
 def forked_worker(fd: int) -> int:
     """One shard worker of ``--processes N`` forked before the event loop (bulk._procfork): as
     :func:`worker_main`, its task from its pipe ``fd``; 0 at once for none (an unused worker)."""
-    import os
-
     from .procs import die_with_parent, read_task_fd
 
     die_with_parent()
