@@ -28,11 +28,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
-__all__ = ["ForkedWorker", "Pool", "fork_workers", "signal_when_ready", "takes_signals"]
+__all__ = ["ForkedWorker", "Pool", "fork_workers", "forkable", "signal_when_ready", "takes_signals"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -66,11 +66,15 @@ class ForkedWorker:
     async def wait(self) -> int:
         """Its exit code (a negative signal number if a signal killed it), as anyio's Process gives it."""
         if self.returncode is None:
-            pidfd = os.pidfd_open(self.pid)  # readable once the process has ended
             try:
-                await anyio.wait_readable(pidfd)
-            finally:
-                os.close(pidfd)
+                pidfd = os.pidfd_open(self.pid)  # readable once the process has ended
+            except ProcessLookupError:  # gone already: reaped by someone else
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    await anyio.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
             self._reap(0)
         assert self.returncode is not None
         return self.returncode
@@ -78,8 +82,8 @@ class ForkedWorker:
     def _reap(self, flags: int) -> None:
         try:
             pid, status = os.waitpid(self.pid, flags)
-        except ChildProcessError:  # reaped already (or not ours): it has ended
-            self.returncode = self.returncode if self.returncode is not None else 0
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): how it ended is unknown
+            self.returncode = 255 if self.returncode is None else self.returncode  # asyncio's code for that
             return
         if pid:
             self.returncode = os.waitstatus_to_exitcode(status)
@@ -116,51 +120,89 @@ class Pool:
                 w._reap(0 if idle else os.WNOHANG)
 
 
+def forkable() -> bool:
+    """Whether :func:`fork_workers` can fork here: fork, and a pidfd the kernel gives (Linux 5.3+;
+    a seccomp profile may refuse it), so the parent's event loop can wait for its children.
+    Whether another thread runs is known only at the fork itself."""
+    if not (hasattr(os, "fork") and hasattr(os, "pidfd_open")):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+def _one_thread() -> bool:
+    """No other thread runs (Linux: /proc counts native ones too; elsewhere the threading module's)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
+
+
 def fork_workers(n: int, run: Callable[[int], int]) -> Pool | None:
     """Fork ``n`` idle workers; each runs ``run(task_fd)`` in the child and exits with its code.
     None where this process cannot fork them safely (see the module)."""
-    if not (hasattr(os, "fork") and hasattr(os, "pidfd_open")) or threading.active_count() > 1:
+    if not (forkable() and _one_thread()):
         return None
     sys.stdout.flush()
     sys.stderr.flush()  # a buffered line would be written by every child too
     workers: list[ForkedWorker] = []
-    for _ in range(n):
-        r, w = os.pipe()
-        # Blocked before the fork, so the child has them blocked from its first instruction.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            os.close(r)
-            os.close(w)
-            Pool(workers).close()
-            return None
-        if pid == 0:  # the worker
-            code = 70
+    # Blocked for the whole loop: each child has them blocked from its first instruction, and a
+    # Ctrl-C now is raised only once every forked worker is in the pool (closed if it is raised).
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        for _ in range(n):
+            r, w = os.pipe()
             try:
+                pid = os.fork()
+            except OSError:
+                os.close(r)
                 os.close(w)
-                for other in workers:  # the siblings' pipes: their ends must be the parent's alone
-                    if other._fd is not None:
-                        os.close(other._fd)
-                os.setsid()  # its own session: a terminal's Ctrl-C reaches it through the parent only
-                code = run(r)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # a child never returns into the parent's code
-                with contextlib.suppress(BaseException):
-                    import traceback
-
-                    traceback.print_exc()
-            finally:
-                with contextlib.suppress(BaseException):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        os.close(r)
-        workers.append(ForkedWorker(pid, w))
+                Pool(workers).close()
+                return None
+            if pid == 0:
+                _child(r, w, workers, run)  # never returns
+            os.close(r)
+            workers.append(ForkedWorker(pid, w))
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending signal's handler runs here
+        except BaseException:
+            Pool(workers).close()
+            raise
     return Pool(workers)
+
+
+def _child(r: int, w: int, siblings: list[ForkedWorker], run: Callable[[int], int]) -> NoReturn:
+    """The forked worker: ``run(r)``, then exit with its code, as Python itself would exit."""
+    code = 1
+    try:
+        os.close(w)
+        for other in siblings:  # the siblings' pipes: their write ends must be the parent's alone
+            if other._fd is not None:
+                os.close(other._fd)
+        os.setsid()  # its own session: a terminal's Ctrl-C reaches it through the parent only
+        code = run(r)
+    except SystemExit as exc:  # as the interpreter exits on it
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            with contextlib.suppress(BaseException):
+                print(exc.code, file=sys.stderr)
+    except BaseException:  # a traceback, then 1, as the interpreter; never back into the parent's code
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def takes_signals(pid: int) -> bool:

@@ -45,6 +45,8 @@ from .targets import get_target
 if TYPE_CHECKING:
     from ._procworker import WorkerTask
 
+EXIT_SOFTWARE = 70  # a worker's internal error (sysexits EX_SOFTWARE): its parent stops the run resumably
+
 # main and worker_main are the entry points; the exit codes, their --help text and the parser are
 # re-exported (tests and tools read them through bulk.cli).
 __all__ = ["EXIT_ABORTED", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_THRESHOLD",
@@ -125,6 +127,13 @@ def run_task(task: WorkerTask) -> int:
         if isinstance(exc, ConfigError):
             return EXIT_USAGE
         return EXIT_ABORTED
+    except Exception:  # a bug: not "finished" (1, which the parent would merge as a done shard)
+        import traceback
+
+        from .transport import redactor
+
+        say(redactor(task.credentials.values())(traceback.format_exc()).rstrip())
+        return EXIT_SOFTWARE
     if result.error is not None:
         cls = get_target(task.target)
         stopped(cls, task.config, result.error, result.exit_code)

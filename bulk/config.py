@@ -19,9 +19,11 @@ from .errors import ConfigError
 
 __all__ = ["Shard", "UploadConfig", "check_base_url", "loop_options"]
 
-# auto takes 2 processes from an input this big (processes_for: forked, their start-up is won
-# back by ~2,000 invoices; 4 MiB is ~4,800 of `bulk generate`'s 870-byte invoices, ~14,000 of 300 bytes).
+# auto takes 2 processes from an input this big (processes_for): forked (bulk._procfork), their
+# start-up is won back by ~2,000 invoices; 4 MiB is ~4,800 of `bulk generate`'s 870-byte invoices,
+# ~14,000 of 300 bytes. Spawned (no fork here), after ~6,000: 16 MiB, ~19,000 of 870 bytes.
 _TWO_PAY_BYTES = 4 << 20
+_TWO_PAY_SPAWNED_BYTES = 16 << 20
 # ... and only where the run may go faster than this many invoice writes a second: one process
 # made >= 2,128 invoices/s at no latency in every measurement on 2 vCPUs (README, Performance),
 # so at a pace of at most this (every real target's documented limit: Agiled 0.5 writes/s,
@@ -164,7 +166,8 @@ class UploadConfig:
         shared with the server (ceiling 1.10-1.15x, one process 0.69x). Forked before the event
         loop (``bulk._procfork``), the two start about as fast as one: at no latency they were
         even with one process at 2,000 invoices and 0.74-0.94x its wall time at 5,000 (both
-        rounds of 3, 2026-12-06): auto takes 2 from a 4 MiB input. What two processes cannot do (a
+        rounds of 3, 2026-12-06): auto takes 2 from a 4 MiB input (16 MiB where they are spawned:
+        their start-up, ~1.8 G instructions more, is won back after ~6,000). What two processes cannot do (a
         threshold, an arrival rate, items created by several processes) keeps 1, and so does a
         pace one process keeps up with: the invoices' limit (``write``, else ``*``: the target's
         documented one against a real API, ``--rate``/``--limit``) at most 1,000 a second.
@@ -180,7 +183,11 @@ class UploadConfig:
             return False
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         try:
-            if cores < 2 or os.path.getsize(self.input) < _TWO_PAY_BYTES:
+            if cores < 2:
+                return False
+            from ._procfork import forkable
+
+            if os.path.getsize(self.input) < (_TWO_PAY_BYTES if forkable() else _TWO_PAY_SPAWNED_BYTES):
                 return False
         except OSError:
             return False  # the run says what is wrong with the input

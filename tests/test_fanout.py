@@ -155,6 +155,14 @@ def test_sigint_finishes_in_flight_in_every_process_then_resumes(target: str, tm
     assert_counts(out, records)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _signal_mask(pid: int, field: str) -> int:
     """A /proc/PID/status signal mask (SigBlk, SigCgt...) as an int; 0 once the process is gone."""
     try:
@@ -186,11 +194,14 @@ def test_a_signal_forwarded_while_spawned_workers_still_start_stops_the_run_resu
             wait_until(lambda: proc.poll() is not None or (
                 _signal_mask(proc.pid, "SigCgt") & term and len(_children(proc.pid)) == 2), timeout=30,
                 what="the workers to start")
-            early = [k for k in _children(proc.pid) if not _signal_mask(k, "SigCgt") & term]
+            children = _children(proc.pid)
+            early = [k for k in children if not _signal_mask(k, "SigCgt") & term]
+            spawned = [k for k in children if "worker_main" in _cmdline(k)]
             proc.send_signal(signal.SIGTERM)
             _, stderr = proc.communicate(timeout=60)
         finally:
             stop(proc)
+        assert len(spawned) == 2, "a threaded host's workers are spawned (python -c ... worker_main), not forked"
         assert early, "both workers handled SIGTERM already: the test missed the moment it is about"
         assert proc.returncode == 130, stderr
         assert "ended unexpectedly" not in stderr
@@ -213,6 +224,9 @@ def _term_with_the_workers_stopped_idle(args: list[str], env: dict[str, str]) ->
         for k in workers:
             os.kill(k, signal.SIGSTOP)
         reader.start()
+        # forked: the parent's own command line, not a spawned python -c; SIGTERM blocked from birth
+        assert all("worker_main" not in _cmdline(k) and "upload" in _cmdline(k) for k in workers)
+        assert all(_signal_mask(k, "SigBlk") & term for k in workers)
         idle = not any(_signal_mask(k, "SigCgt") & term for k in workers)
         if idle:
             wait_until(lambda: proc.poll() is not None or any("upload processes" in ln for ln in lines),

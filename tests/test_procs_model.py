@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import bulk._procfork
 from benchmarks.instructions import ceiling
 from bulk.config import UploadConfig
 
@@ -61,3 +62,8 @@ def test_auto_takes_two_processes_only_where_the_measurement_says_they_pay(
     assert _config(tmp_path, big, target="coperniq", base_url=api, rate=1e9).processes_for() == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert _config(tmp_path, big).processes_for() == 1
+    # where the workers cannot be forked (bulk._procfork), spawned ones win back their start-up later
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(bulk._procfork, "forkable", lambda: False)
+    assert _config(tmp_path, big).processes_for() == 1
+    assert _config(tmp_path, 16 << 20).processes_for() == 2
